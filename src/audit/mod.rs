@@ -1,0 +1,461 @@
+//! The audit trail: one record per action, hash-chained, exportable as JSON lines.
+
+mod chain;
+
+use std::io::Write;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::store::{Backend, Store, StoreError, timestamp};
+
+pub use chain::{GENESIS, Problem, VerifyReport, record_hash};
+
+/// Failures of the audit trail.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing an export failed.
+    #[error("cannot write the export: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<sqlx::Error> for AuditError {
+    fn from(e: sqlx::Error) -> Self {
+        AuditError::Store(StoreError::Query(e))
+    }
+}
+
+/// What a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A signed event was verified and accepted.
+    EventAccepted,
+    /// A request was refused (bad signature, bad input, bad token, …).
+    RequestRejected,
+    /// An operator asked for a revocation.
+    RevocationRequested,
+    /// The plan an action is about to execute.
+    ActionPlanned,
+    /// A session was terminated.
+    SessionTerminated,
+    /// A session would have been terminated (dry run).
+    SessionWouldTerminate,
+    /// A matching session was left alone (protected, superuser, sever's own, unreadable).
+    SessionSkipped,
+    /// Terminating a session failed.
+    SessionFailed,
+    /// A terminated session was still there after the verification timeout.
+    SessionRemaining,
+    /// A whole target failed (unreachable, timed out, refused).
+    TargetFailed,
+    /// An action finished; its summary.
+    ActionCompleted,
+}
+
+impl Kind {
+    /// The stable name stored in the record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::EventAccepted => "event.accepted",
+            Kind::RequestRejected => "request.rejected",
+            Kind::RevocationRequested => "revocation.requested",
+            Kind::ActionPlanned => "action.planned",
+            Kind::SessionTerminated => "session.terminated",
+            Kind::SessionWouldTerminate => "session.would_terminate",
+            Kind::SessionSkipped => "session.skipped",
+            Kind::SessionFailed => "session.failed",
+            Kind::SessionRemaining => "session.remaining",
+            Kind::TargetFailed => "target.failed",
+            Kind::ActionCompleted => "action.completed",
+        }
+    }
+}
+
+/// A record to append.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// What it is about.
+    pub kind: Kind,
+    /// Who caused it: `webhook`, `operator:<name>`, `cli:<user>`, `anonymous`.
+    pub actor: String,
+    /// The action it belongs to, if any.
+    pub action_id: Option<Uuid>,
+    /// Details; never secrets.
+    pub detail: Value,
+}
+
+impl Entry {
+    /// A record about `kind` by `actor`.
+    pub fn new(kind: Kind, actor: impl Into<String>, action_id: Option<Uuid>, detail: Value) -> Self {
+        Self {
+            kind,
+            actor: actor.into(),
+            action_id,
+            detail,
+        }
+    }
+}
+
+/// A record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Position in the chain, from 1, without gaps.
+    pub seq: i64,
+    /// Unique id.
+    pub id: String,
+    /// When it was written (RFC 3339, UTC, microseconds).
+    pub at: String,
+    /// [`Kind`] name.
+    pub kind: String,
+    /// Who caused it.
+    pub actor: String,
+    /// The action it belongs to.
+    pub action_id: Option<String>,
+    /// Compact, key-sorted JSON, exactly as hashed.
+    pub detail: String,
+    /// Hash of the previous record.
+    pub prev_hash: String,
+    /// Hash of this record.
+    pub hash: String,
+}
+
+/// A record as exported: `detail` as a JSON object.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExportedRecord {
+    /// Position in the chain.
+    pub seq: i64,
+    /// Unique id.
+    pub id: String,
+    /// When it was written.
+    pub at: String,
+    /// Kind name.
+    pub kind: String,
+    /// Who caused it.
+    pub actor: String,
+    /// The action it belongs to.
+    pub action_id: Option<String>,
+    /// Details.
+    pub detail: Value,
+    /// Hash of the previous record.
+    pub prev_hash: String,
+    /// Hash of this record.
+    pub hash: String,
+}
+
+impl From<AuditRecord> for ExportedRecord {
+    fn from(r: AuditRecord) -> Self {
+        Self {
+            detail: serde_json::from_str(&r.detail)
+                .unwrap_or_else(|_| Value::String(r.detail.clone())),
+            seq: r.seq,
+            id: r.id,
+            at: r.at,
+            kind: r.kind,
+            actor: r.actor,
+            action_id: r.action_id,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        }
+    }
+}
+
+/// Which records to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this action's records.
+    pub action_id: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only records after this sequence number.
+    pub after_seq: Option<i64>,
+    /// At most this many, newest last.
+    pub limit: Option<i64>,
+}
+
+/// The audit trail, on top of the store.
+#[derive(Debug)]
+pub struct Audit {
+    store: Store,
+    // Appends from this process queue here instead of racing on the chain head.
+    append_lock: Mutex<()>,
+}
+
+/// The stored columns, in one place for every statement (sqlx wants static SQL text).
+macro_rules! columns {
+    () => {
+        "seq, id, at, kind, actor, action_id, detail, prev_hash, hash"
+    };
+}
+const PAGE: i64 = 1000;
+
+impl Audit {
+    /// The trail kept in `store`.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            append_lock: Mutex::new(()),
+        }
+    }
+
+    /// Appends one record.
+    pub async fn append(&self, entry: Entry) -> Result<(), AuditError> {
+        self.append_all(vec![entry]).await
+    }
+
+    /// Appends records in order, atomically: all of them or none.
+    pub async fn append_all(&self, entries: Vec<Entry>) -> Result<(), AuditError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.append_lock.lock().await;
+        // Another process (the CLI beside the server, or a second replica) may take the same
+        // sequence number; the primary key refuses the loser, which then retries on the new head.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_append(&entries).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 8 => {
+                    tracing::debug!(error = %e, attempt, "audit append conflicted; retrying");
+                    tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn try_append(&self, entries: &[Entry]) -> Result<(), sqlx::Error> {
+        let mut tx = self.store.pool().begin().await?;
+        if self.store.backend() == Backend::Postgres {
+            // Serialise writers across replicas for the length of this transaction.
+            sqlx::query("SELECT pg_advisory_xact_lock(7262837)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let head = sqlx::query("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (mut seq, mut prev_hash) = match head {
+            Some(row) => (row.try_get::<i64, _>("seq")?, row.try_get::<String, _>("hash")?),
+            None => (0, GENESIS.to_owned()),
+        };
+        let at = timestamp(Utc::now());
+        for entry in entries {
+            seq += 1;
+            let mut record = AuditRecord {
+                seq,
+                id: Uuid::now_v7().to_string(),
+                at: at.clone(),
+                kind: entry.kind.as_str().to_owned(),
+                actor: entry.actor.clone(),
+                action_id: entry.action_id.map(|id| id.to_string()),
+                // serde_json's map is key-sorted, so this text is canonical.
+                detail: entry.detail.to_string(),
+                prev_hash: prev_hash.clone(),
+                hash: String::new(),
+            };
+            record.hash = record_hash(&prev_hash, &record);
+            sqlx::query(concat!(
+                "INSERT INTO audit_records (",
+                columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            ))
+            .bind(record.seq)
+            .bind(&record.id)
+            .bind(&record.at)
+            .bind(&record.kind)
+            .bind(&record.actor)
+            .bind(&record.action_id)
+            .bind(&record.detail)
+            .bind(&record.prev_hash)
+            .bind(&record.hash)
+            .execute(&mut *tx)
+            .await?;
+            prev_hash = record.hash;
+        }
+        tx.commit().await
+    }
+
+    /// Records matching `filter`, in chain order.
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<AuditRecord>, AuditError> {
+        // Newest `limit` records, returned oldest first.
+        let sql = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM audit_records \
+             WHERE (CAST($1 AS TEXT) IS NULL OR action_id = $1) \
+             AND (CAST($2 AS TEXT) IS NULL OR kind = $2) AND seq > $3 \
+             ORDER BY seq DESC LIMIT $4"
+        );
+        let rows = sqlx::query(sql)
+            .bind(&filter.action_id)
+            .bind(&filter.kind)
+            .bind(filter.after_seq.unwrap_or(0))
+            .bind(filter.limit.unwrap_or(i64::MAX))
+            .fetch_all(self.store.pool())
+            .await?;
+        let mut records = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        records.reverse();
+        Ok(records)
+    }
+
+    /// Every record in chain order, page by page, to `visit`.
+    async fn scan(&self, mut visit: impl FnMut(AuditRecord) -> Result<(), AuditError>) -> Result<(), AuditError> {
+        let mut after = 0i64;
+        loop {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM audit_records WHERE seq > $1 ORDER BY seq LIMIT $2"
+            ))
+            .bind(after)
+            .bind(PAGE)
+            .fetch_all(self.store.pool())
+            .await?;
+            let n = rows.len();
+            for row in &rows {
+                let record = decode(row)?;
+                after = record.seq;
+                visit(record)?;
+            }
+            if (n as i64) < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Checks the whole chain and names every record where it breaks.
+    pub async fn verify(&self) -> Result<VerifyReport, AuditError> {
+        let mut verifier = chain::Verifier::default();
+        self.scan(|record| {
+            verifier.push(&record);
+            Ok(())
+        })
+        .await?;
+        Ok(verifier.finish())
+    }
+
+    /// Writes every record as one JSON line; returns how many.
+    pub async fn export_jsonl(&self, out: &mut impl Write) -> Result<u64, AuditError> {
+        let mut n = 0;
+        self.scan(|record| {
+            serde_json::to_writer(&mut *out, &ExportedRecord::from(record))
+                .map_err(std::io::Error::from)?;
+            out.write_all(b"\n")?;
+            n += 1;
+            Ok(())
+        })
+        .await?;
+        out.flush()?;
+        Ok(n)
+    }
+}
+
+fn decode(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {
+    Ok(AuditRecord {
+        seq: row.try_get("seq")?,
+        id: row.try_get("id")?,
+        at: row.try_get("at")?,
+        kind: row.try_get("kind")?,
+        actor: row.try_get("actor")?,
+        action_id: row.try_get("action_id")?,
+        detail: row.try_get("detail")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+    use serde_json::json;
+
+    async fn audit() -> (tempfile::TempDir, Audit) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+        let store = Store::connect(&SecretString::from(url)).await.unwrap();
+        (dir, Audit::new(store))
+    }
+
+    #[tokio::test]
+    async fn appended_records_chain_verify_and_export() {
+        let (_dir, audit) = audit().await;
+        let action = Uuid::now_v7();
+        audit
+            .append(Entry::new(Kind::EventAccepted, "webhook", Some(action), json!({"b": 1, "a": 2})))
+            .await
+            .unwrap();
+        audit
+            .append_all(vec![
+                Entry::new(Kind::SessionTerminated, "webhook", Some(action), json!({"pid": 7})),
+                Entry::new(Kind::ActionCompleted, "webhook", Some(action), json!({})),
+            ])
+            .await
+            .unwrap();
+        let records = audit.list(&ListFilter::default()).await.unwrap();
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(records[0].detail, r#"{"a":2,"b":1}"#);
+        assert_eq!(records[1].prev_hash, records[0].hash);
+        let report = audit.verify().await.unwrap();
+        assert!(report.ok && report.records == 3, "{report:?}");
+
+        let mut out = Vec::new();
+        assert_eq!(audit.export_jsonl(&mut out).await.unwrap(), 3);
+        let lines: Vec<ExportedRecord> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[1].detail, json!({"pid": 7}));
+        assert_eq!(lines[2].kind, "action.completed");
+
+        let filtered = audit
+            .list(&ListFilter {
+                kind: Some("session.terminated".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(filtered.len(), 1);
+        let last = audit
+            .list(&ListFilter {
+                limit: Some(2),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(last.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_keep_one_chain() {
+        let (_dir, audit) = audit().await;
+        let audit = std::sync::Arc::new(audit);
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let audit = audit.clone();
+                tokio::spawn(async move {
+                    audit
+                        .append(Entry::new(Kind::RequestRejected, "anonymous", None, json!({"i": i})))
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let report = audit.verify().await.unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.records, 20);
+    }
+}

@@ -1,0 +1,469 @@
+//! The service's configuration: TOML, strictly validated, secrets kept outside the file.
+
+mod secret;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+pub use secret::{SecretRef, UrlSource, redact_url};
+
+/// Everything that can be wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the schema (unknown keys included).
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A value is out of range or a reference dangles.
+    #[error("invalid config at {path}: {reason}")]
+    Invalid {
+        /// Dotted path of the offending key.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A secret could not be loaded; the value itself is never part of the message.
+    #[error("cannot load {what} from {source_name}: {reason}")]
+    Secret {
+        /// Which secret.
+        what: String,
+        /// Where it should have come from.
+        source_name: String,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+/// The whole configuration, as validated.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listener settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where audit records and service state live.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Signed-webhook intake.
+    #[serde(default)]
+    pub webhooks: WebhookConfig,
+    /// Timeouts for terminating and verifying.
+    #[serde(default)]
+    pub termination: TerminationConfig,
+    /// Logins never terminated on any target.
+    #[serde(default)]
+    pub protected_logins: Vec<String>,
+    /// People (or systems) allowed to call the operator API.
+    #[serde(default)]
+    pub operators: Vec<OperatorConfig>,
+    /// Database servers sever can terminate sessions on, by id.
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetConfig>,
+    /// Credentials that rotate, by stable id, and the logins they map to.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, CredentialConfig>,
+}
+
+/// HTTP listener settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Upper bound for one request, including `?wait=true` executions.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            request_timeout: Duration::from_secs(30),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Audit and state store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://…` (default, embedded) or `postgres://…`.
+    pub url: UrlSource,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: UrlSource::Inline("sqlite://sever.db?mode=rwc".into()),
+        }
+    }
+}
+
+/// Standard Webhooks intake.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Signing secrets (`whsec_…`); any one verifies, so keys can be rotated.
+    pub secrets: Vec<SecretRef>,
+    /// Largest accepted distance between `webhook-timestamp` and now, past or future.
+    #[serde(with = "humantime_serde")]
+    pub tolerance: Duration,
+    /// How long processed `webhook-id`s are remembered (at least the tolerance).
+    #[serde(with = "humantime_serde")]
+    pub replay_retention: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            secrets: Vec::new(),
+            tolerance: Duration::from_secs(300),
+            replay_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Timeouts applied per target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TerminationConfig {
+    /// Upper bound for finding and terminating sessions on one target.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long to wait for terminated sessions to disappear.
+    #[serde(with = "humantime_serde")]
+    pub verify_timeout: Duration,
+}
+
+impl Default for TerminationConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            verify_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An operator: a name for the audit trail and the SHA-256 of their bearer token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// Recorded as the actor in audit records.
+    pub name: String,
+    /// Hex SHA-256 of the token (`sever operator-token` makes one).
+    pub token_sha256: String,
+}
+
+/// Database engines sever can terminate sessions on.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// PostgreSQL 10 or later.
+    Postgres,
+}
+
+/// One database server (or cluster) sever connects to with its own admin login.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Which engine speaks there.
+    pub engine: Engine,
+    /// Connection URL of sever's admin login.
+    pub url: UrlSource,
+    /// Logins never terminated on this target, in addition to the global list.
+    #[serde(default)]
+    pub protected_logins: Vec<String>,
+    /// Connections kept in this target's pool.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// Upper bound for opening a connection.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+fn default_pool_size() -> u32 {
+    2
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// What a rotation of a credential does to the sessions of its logins.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RotationPolicy {
+    /// Terminate sessions that began before the rotation's cutoff.
+    #[default]
+    TerminateBeforeCutoff,
+    /// Terminate every session of the login.
+    TerminateAll,
+    /// Record the rotation and terminate nothing.
+    None,
+}
+
+/// A credential and the logins it can reach.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Free text for people.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// What a `rotated` event does (a `revoked` event always terminates every session).
+    #[serde(default)]
+    pub policy: RotationPolicy,
+    /// The logins this credential authenticates, per target.
+    pub logins: Vec<LoginMapping>,
+}
+
+/// One login on one target.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct LoginMapping {
+    /// Target id.
+    pub target: String,
+    /// Login (role) name on that target.
+    pub login: String,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Logins protected on `target`: the global list plus the target's own.
+    pub fn protected_on(&self, target: &str) -> BTreeSet<String> {
+        let mut set: BTreeSet<String> = self.protected_logins.iter().cloned().collect();
+        if let Some(t) = self.targets.get(target) {
+            set.extend(t.protected_logins.iter().cloned());
+        }
+        set
+    }
+
+    /// Loads every webhook signing secret.
+    pub fn webhook_secrets(&self) -> Result<Vec<SecretString>, ConfigError> {
+        self.webhooks
+            .secrets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.load(&format!("webhooks.secrets[{i}]")))
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |path: String, reason: &str| ConfigError::Invalid {
+            path,
+            reason: reason.to_owned(),
+        };
+        if self.webhooks.tolerance.is_zero() {
+            return Err(invalid("webhooks.tolerance".into(), "must be positive"));
+        }
+        if self.webhooks.replay_retention < self.webhooks.tolerance {
+            return Err(invalid(
+                "webhooks.replay_retention".into(),
+                "must be at least webhooks.tolerance, or a replay inside the window would pass",
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes".into(), "must be positive"));
+        }
+        for (i, login) in self.protected_logins.iter().enumerate() {
+            check_login(login).map_err(|r| invalid(format!("protected_logins[{i}]"), r))?;
+        }
+        for (id, target) in &self.targets {
+            check_id(id).map_err(|r| invalid(format!("targets.{id}"), r))?;
+            if target.pool_size == 0 {
+                return Err(invalid(format!("targets.{id}.pool_size"), "must be positive"));
+            }
+            for (i, login) in target.protected_logins.iter().enumerate() {
+                check_login(login)
+                    .map_err(|r| invalid(format!("targets.{id}.protected_logins[{i}]"), r))?;
+            }
+        }
+        for (id, credential) in &self.credentials {
+            let path = format!("credentials.{id}");
+            check_id(id).map_err(|r| invalid(path.clone(), r))?;
+            if credential.logins.is_empty() {
+                return Err(invalid(format!("{path}.logins"), "must name at least one login"));
+            }
+            let mut seen = BTreeSet::new();
+            for (i, mapping) in credential.logins.iter().enumerate() {
+                let at = format!("{path}.logins[{i}]");
+                if !self.targets.contains_key(&mapping.target) {
+                    return Err(invalid(
+                        format!("{at}.target"),
+                        &format!("no target named {:?}", mapping.target),
+                    ));
+                }
+                check_login(&mapping.login).map_err(|r| invalid(format!("{at}.login"), r))?;
+                if self.protected_on(&mapping.target).contains(&mapping.login) {
+                    return Err(invalid(
+                        format!("{at}.login"),
+                        &format!(
+                            "{:?} is protected on target {:?} and cannot be mapped to a credential",
+                            mapping.login, mapping.target
+                        ),
+                    ));
+                }
+                if !seen.insert(mapping) {
+                    return Err(invalid(at, "duplicate login mapping"));
+                }
+            }
+        }
+        let mut names = BTreeSet::new();
+        let mut hashes = BTreeSet::new();
+        for (i, op) in self.operators.iter().enumerate() {
+            let path = format!("operators[{i}]");
+            if op.name.trim().is_empty() || op.name.len() > 128 {
+                return Err(invalid(format!("{path}.name"), "must be 1 to 128 characters"));
+            }
+            if !names.insert(op.name.as_str()) {
+                return Err(invalid(format!("{path}.name"), "duplicate operator name"));
+            }
+            let hash = op.token_sha256.to_ascii_lowercase();
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    format!("{path}.token_sha256"),
+                    "must be 64 hex characters (run `sever operator-token`)",
+                ));
+            }
+            if !hashes.insert(hash) {
+                return Err(invalid(
+                    format!("{path}.token_sha256"),
+                    "the same token is configured for two operators",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Target and credential ids appear in URLs, logs and audit records: keep them plain.
+fn check_id(id: &str) -> Result<(), &'static str> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'));
+    if ok {
+        Ok(())
+    } else {
+        Err("ids are 1 to 128 characters of letters, digits, '_', '-', '.', ':' or '/'")
+    }
+}
+
+fn check_login(login: &str) -> Result<(), &'static str> {
+    if login.is_empty() || login.len() > 128 || login.contains('\0') {
+        Err("login names are 1 to 128 characters without NUL")
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        protected_logins = ["postgres"]
+        [webhooks]
+        secrets = [{ env = "X" }]
+        [[operators]]
+        name = "alice"
+        token_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+        [targets.pg]
+        engine = "postgres"
+        url = "postgres://sever@localhost/postgres"
+        [credentials.app]
+        logins = [{ target = "pg", login = "app" }]
+    "#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_complete_config_parses_with_defaults() {
+        let config = Config::parse(GOOD).unwrap();
+        assert_eq!(config.webhooks.tolerance, Duration::from_secs(300));
+        assert_eq!(
+            config.credentials["app"].policy,
+            RotationPolicy::TerminateBeforeCutoff
+        );
+        assert!(config.protected_on("pg").contains("postgres"));
+    }
+
+    #[test]
+    fn empty_config_is_the_embedded_default() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert!(config.targets.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(err("[server]\nlisen = \"127.0.0.1:1\"").contains("lisen"));
+        let e = err(&GOOD.replace("engine = \"postgres\"", "engine = \"postgres\"\nfoo = 1"));
+        assert!(e.contains("foo"), "{e}");
+    }
+
+    #[test]
+    fn dangling_target_reference_is_an_error() {
+        let e = err(&GOOD.replace("target = \"pg\"", "target = \"nope\""));
+        assert!(e.contains("credentials.app.logins[0].target"), "{e}");
+    }
+
+    #[test]
+    fn mapping_a_protected_login_is_an_error() {
+        let e = err(&GOOD.replace("login = \"app\"", "login = \"postgres\""));
+        assert!(e.contains("protected"), "{e}");
+    }
+
+    #[test]
+    fn bad_operator_hash_and_duplicates_are_errors() {
+        assert!(err(&GOOD.replace(&"0".repeat(64), "abc")).contains("token_sha256"));
+        let twice = format!(
+            "{GOOD}\n[[operators]]\nname = \"alice\"\ntoken_sha256 = \"{}\"",
+            "1".repeat(64)
+        );
+        assert!(err(&twice).contains("duplicate operator"));
+    }
+
+    #[test]
+    fn unknown_engine_and_policy_are_errors() {
+        assert!(err(&GOOD.replace("engine = \"postgres\"", "engine = \"oracle\"")).contains("oracle"));
+        let e = err(&GOOD.replace(
+            "[credentials.app]",
+            "[credentials.app]\npolicy = \"sometimes\"",
+        ));
+        assert!(e.contains("sometimes"), "{e}");
+    }
+}

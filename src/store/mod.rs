@@ -1,0 +1,289 @@
+//! The state store: audit records and service state, in SQLite (default) or PostgreSQL.
+//!
+//! One set of SQL serves both through sqlx's `Any` driver: every statement uses `$n`
+//! placeholders (which SQLite accepts too) and plain TEXT/INTEGER columns, and timestamps are
+//! fixed-width RFC 3339 text so they sort and compare the same way in both.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+
+/// Failures of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL names no supported backend.
+    #[error("unsupported store URL scheme {0:?} (use sqlite:// or postgres://)")]
+    Scheme(String),
+    /// Connecting failed.
+    #[error("cannot open the store: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("cannot migrate the store: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("store query failed: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// Which database holds the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// Outcome of claiming a `webhook-id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// First time this id is seen: go ahead.
+    Claimed,
+    /// Already processed, as this action.
+    Duplicate {
+        /// The action the first delivery started.
+        action_id: String,
+    },
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend).finish()
+    }
+}
+
+/// Formats a timestamp the way the store keeps it: UTC, microseconds, fixed width.
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+impl Store {
+    /// Opens the store at `url` and applies pending migrations.
+    pub async fn connect(url: &SecretString) -> Result<Self, StoreError> {
+        install_default_drivers();
+        let url = url.expose_secret();
+        let scheme = url.split(':').next().unwrap_or_default();
+        let backend = match scheme {
+            "sqlite" => Backend::Sqlite,
+            "postgres" | "postgresql" => Backend::Postgres,
+            other => return Err(StoreError::Scheme(other.to_owned())),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                // SQLite has one writer; more connections only add lock contention.
+                Backend::Sqlite => 4,
+                Backend::Postgres => 8,
+            })
+            .connect(url)
+            .await
+            .map_err(StoreError::Connect)?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
+        }
+        Ok(Self { pool, backend })
+    }
+
+    /// The connection pool, for modules that keep their own tables here.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Proves the store accepts writes (for `/readyz`).
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO store_probe (id, at) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+        )
+        .bind(timestamp(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records `webhook_id` as processed by `action_id` unless it already was.
+    pub async fn claim_delivery(
+        &self,
+        webhook_id: &str,
+        action_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Claim, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO webhook_deliveries (webhook_id, received_at, action_id) \
+             VALUES ($1, $2, $3) ON CONFLICT (webhook_id) DO NOTHING",
+        )
+        .bind(webhook_id)
+        .bind(timestamp(now))
+        .bind(action_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(Claim::Claimed);
+        }
+        let row = sqlx::query("SELECT action_id FROM webhook_deliveries WHERE webhook_id = $1")
+            .bind(webhook_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Claim::Duplicate {
+            action_id: row.try_get("action_id")?,
+        })
+    }
+
+    /// Forgets a claim whose processing could not be recorded, so the sender's retry is served.
+    pub async fn release_delivery(&self, webhook_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1")
+            .bind(webhook_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Drops remembered `webhook-id`s received before `before`; returns how many.
+    pub async fn prune_deliveries(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
+                .bind(timestamp(before))
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// Remembers engine identities (e.g. role oids) seen for logins on a target.
+    pub async fn remember_identities(
+        &self,
+        target: &str,
+        seen: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (login, identity) in seen {
+            sqlx::query(
+                "INSERT INTO login_identities (target, login, identity, seen_at) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (target, login, identity) DO UPDATE SET seen_at = excluded.seen_at",
+            )
+            .bind(target)
+            .bind(login)
+            .bind(identity)
+            .bind(timestamp(now))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every identity ever seen for `logins` on `target`, as (login, identity).
+    pub async fn identities(
+        &self,
+        target: &str,
+        logins: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        // Few rows per target: filtering here keeps the SQL identical on both backends.
+        let rows = sqlx::query("SELECT login, identity FROM login_identities WHERE target = $1")
+            .bind(target)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let login: String = row.try_get("login")?;
+            if logins.contains(&login) {
+                out.push((login, row.try_get("identity")?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        let store = Store::connect(&SecretString::from(url)).await.unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_delivery_is_claimed_once_and_can_be_pruned() {
+        let (_dir, store) = temp_store().await;
+        let now = Utc::now();
+        assert_eq!(
+            store.claim_delivery("msg_1", "a1", now).await.unwrap(),
+            Claim::Claimed
+        );
+        assert_eq!(
+            store.claim_delivery("msg_1", "a2", now).await.unwrap(),
+            Claim::Duplicate {
+                action_id: "a1".into()
+            }
+        );
+        assert_eq!(
+            store
+                .prune_deliveries(now + chrono::Duration::seconds(1))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store.claim_delivery("msg_1", "a3", now).await.unwrap(),
+            Claim::Claimed
+        );
+    }
+
+    #[tokio::test]
+    async fn identities_are_remembered_per_target_and_login() {
+        let (_dir, store) = temp_store().await;
+        let now = Utc::now();
+        store
+            .remember_identities("pg", &[("app".into(), "16384".into())], now)
+            .await
+            .unwrap();
+        store
+            .remember_identities("pg", &[("app".into(), "16384".into())], now)
+            .await
+            .unwrap();
+        store
+            .remember_identities("other", &[("app".into(), "1".into())], now)
+            .await
+            .unwrap();
+        let found = store.identities("pg", &["app".into()]).await.unwrap();
+        assert_eq!(found, vec![("app".to_string(), "16384".to_string())]);
+        assert!(
+            store
+                .identities("pg", &["nobody".into()])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        store.probe().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unknown_scheme_is_refused() {
+        let err = Store::connect(&SecretString::from("mysql://x/y".to_string()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Scheme(_)));
+    }
+}
