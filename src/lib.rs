@@ -2,8 +2,109 @@
 //!
 //! Data flow: [`intake`] (HTTP, signed events and operator calls) → [`resolve`] (credential →
 //! targets and logins) → [`terminate`] (per-engine session termination and verification) →
-//! [`audit`] (hash-chained records). [`pipeline`] runs a plan through the last two.
+//! [`audit`] (hash-chained records). [`pipeline`] runs a plan through the last two, and
+//! [`context`] holds what the server and the CLI share.
 
 pub mod audit;
+pub mod cli;
 pub mod config;
+pub mod context;
+pub mod intake;
+pub mod pipeline;
+pub mod resolve;
 pub mod store;
+pub mod terminate;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::context::{Context, ContextError};
+use crate::intake::{AppState, IntakeError};
+
+/// How often remembered `webhook-id`s past their retention are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How often mapped logins' identities are refreshed.
+const LEARN_EVERY: Duration = Duration::from_secs(300);
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Start-up failed.
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    /// The intake could not be set up.
+    #[error(transparent)]
+    Intake(#[from] IntakeError),
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Installs the process-wide TLS crypto provider. Several crates pull in rustls with
+/// different backends; without an explicit choice the first TLS connection panics.
+pub fn install_crypto_provider() {
+    // An Err only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Builds everything from `config` and serves on `listener` until `shutdown` completes, then
+/// waits for running actions to finish.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    install_crypto_provider();
+    let ctx = Arc::new(Context::build(config).await?);
+    let tracker = TaskTracker::new();
+    let state = AppState::new(ctx.clone(), tracker.clone())?;
+    let background = CancellationToken::new();
+    tokio::spawn(maintain(ctx.clone(), background.clone()));
+
+    tracing::info!(addr = %listener.local_addr()?, "sever listening");
+    axum::serve(
+        listener,
+        intake::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+
+    background.cancel();
+    tracker.close();
+    let termination = &ctx.config.termination;
+    let drain = termination.timeout + termination.verify_timeout + Duration::from_secs(5);
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::error!(running = tracker.len(), "actions still running at shutdown");
+    }
+    tracing::info!("sever stopped");
+    Ok(())
+}
+
+/// Background upkeep: learn login identities, prune old `webhook-id`s.
+async fn maintain(ctx: Arc<Context>, stop: CancellationToken) {
+    let mut learn = tokio::time::interval(LEARN_EVERY);
+    let mut prune = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = learn.tick() => ctx.learn_logins().await,
+            _ = prune.tick() => {
+                let retention = chrono::Duration::from_std(ctx.config.webhooks.replay_retention)
+                    .unwrap_or(chrono::Duration::MAX);
+                let before = chrono::Utc::now() - retention;
+                match ctx.store.prune_deliveries(before).await {
+                    Ok(n) if n > 0 => tracing::debug!(pruned = n, "old webhook-ids dropped"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not prune webhook-ids"),
+                }
+            }
+        }
+    }
+}

@@ -81,7 +81,10 @@ impl Verifier {
                     record.seq - 1
                 )
             } else {
-                format!("sequence number out of order (expected {})", self.expected_seq)
+                format!(
+                    "sequence number out of order (expected {})",
+                    self.expected_seq
+                )
             });
         }
         if record.prev_hash != self.prev_hash {

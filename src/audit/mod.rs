@@ -41,8 +41,6 @@ pub enum Kind {
     EventAccepted,
     /// A request was refused (bad signature, bad input, bad token, …).
     RequestRejected,
-    /// An operator asked for a revocation.
-    RevocationRequested,
     /// The plan an action is about to execute.
     ActionPlanned,
     /// A session was terminated.
@@ -67,7 +65,6 @@ impl Kind {
         match self {
             Kind::EventAccepted => "event.accepted",
             Kind::RequestRejected => "request.rejected",
-            Kind::RevocationRequested => "revocation.requested",
             Kind::ActionPlanned => "action.planned",
             Kind::SessionTerminated => "session.terminated",
             Kind::SessionWouldTerminate => "session.would_terminate",
@@ -95,7 +92,12 @@ pub struct Entry {
 
 impl Entry {
     /// A record about `kind` by `actor`.
-    pub fn new(kind: Kind, actor: impl Into<String>, action_id: Option<Uuid>, detail: Value) -> Self {
+    pub fn new(
+        kind: Kind,
+        actor: impl Into<String>,
+        action_id: Option<Uuid>,
+        detail: Value,
+    ) -> Self {
         Self {
             kind,
             actor: actor.into(),
@@ -245,7 +247,10 @@ impl Audit {
             .fetch_optional(&mut *tx)
             .await?;
         let (mut seq, mut prev_hash) = match head {
-            Some(row) => (row.try_get::<i64, _>("seq")?, row.try_get::<String, _>("hash")?),
+            Some(row) => (
+                row.try_get::<i64, _>("seq")?,
+                row.try_get::<String, _>("hash")?,
+            ),
             None => (0, GENESIS.to_owned()),
         };
         let at = timestamp(Utc::now());
@@ -309,7 +314,10 @@ impl Audit {
     }
 
     /// Every record in chain order, page by page, to `visit`.
-    async fn scan(&self, mut visit: impl FnMut(AuditRecord) -> Result<(), AuditError>) -> Result<(), AuditError> {
+    async fn scan(
+        &self,
+        mut visit: impl FnMut(AuditRecord) -> Result<(), AuditError>,
+    ) -> Result<(), AuditError> {
         let mut after = 0i64;
         loop {
             let rows = sqlx::query(concat!(
@@ -392,12 +400,22 @@ mod tests {
         let (_dir, audit) = audit().await;
         let action = Uuid::now_v7();
         audit
-            .append(Entry::new(Kind::EventAccepted, "webhook", Some(action), json!({"b": 1, "a": 2})))
+            .append(Entry::new(
+                Kind::EventAccepted,
+                "webhook",
+                Some(action),
+                json!({"b": 1, "a": 2}),
+            ))
             .await
             .unwrap();
         audit
             .append_all(vec![
-                Entry::new(Kind::SessionTerminated, "webhook", Some(action), json!({"pid": 7})),
+                Entry::new(
+                    Kind::SessionTerminated,
+                    "webhook",
+                    Some(action),
+                    json!({"pid": 7}),
+                ),
                 Entry::new(Kind::ActionCompleted, "webhook", Some(action), json!({})),
             ])
             .await
@@ -446,7 +464,12 @@ mod tests {
                 let audit = audit.clone();
                 tokio::spawn(async move {
                     audit
-                        .append(Entry::new(Kind::RequestRejected, "anonymous", None, json!({"i": i})))
+                        .append(Entry::new(
+                            Kind::RequestRejected,
+                            "anonymous",
+                            None,
+                            json!({"i": i}),
+                        ))
                         .await
                 })
             })

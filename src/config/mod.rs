@@ -301,7 +301,10 @@ impl Config {
         for (id, target) in &self.targets {
             check_id(id).map_err(|r| invalid(format!("targets.{id}"), r))?;
             if target.pool_size == 0 {
-                return Err(invalid(format!("targets.{id}.pool_size"), "must be positive"));
+                return Err(invalid(
+                    format!("targets.{id}.pool_size"),
+                    "must be positive",
+                ));
             }
             for (i, login) in target.protected_logins.iter().enumerate() {
                 check_login(login)
@@ -312,7 +315,10 @@ impl Config {
             let path = format!("credentials.{id}");
             check_id(id).map_err(|r| invalid(path.clone(), r))?;
             if credential.logins.is_empty() {
-                return Err(invalid(format!("{path}.logins"), "must name at least one login"));
+                return Err(invalid(
+                    format!("{path}.logins"),
+                    "must name at least one login",
+                ));
             }
             let mut seen = BTreeSet::new();
             for (i, mapping) in credential.logins.iter().enumerate() {
@@ -343,7 +349,10 @@ impl Config {
         for (i, op) in self.operators.iter().enumerate() {
             let path = format!("operators[{i}]");
             if op.name.trim().is_empty() || op.name.len() > 128 {
-                return Err(invalid(format!("{path}.name"), "must be 1 to 128 characters"));
+                return Err(invalid(
+                    format!("{path}.name"),
+                    "must be 1 to 128 characters",
+                ));
             }
             if !names.insert(op.name.as_str()) {
                 return Err(invalid(format!("{path}.name"), "duplicate operator name"));
@@ -459,7 +468,9 @@ mod tests {
 
     #[test]
     fn unknown_engine_and_policy_are_errors() {
-        assert!(err(&GOOD.replace("engine = \"postgres\"", "engine = \"oracle\"")).contains("oracle"));
+        assert!(
+            err(&GOOD.replace("engine = \"postgres\"", "engine = \"oracle\"")).contains("oracle")
+        );
         let e = err(&GOOD.replace(
             "[credentials.app]",
             "[credentials.app]\npolicy = \"sometimes\"",

@@ -1,0 +1,581 @@
+//! The command line: the server, and the operator commands that work from the config alone
+//! (so they still work when the service is down) and write the same audit records.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use serde_json::{Value, json};
+
+use crate::audit::{AuditError, ExportedRecord, ListFilter};
+use crate::config::{Config, ConfigError};
+use crate::context::{Context, ContextError};
+use crate::intake::operator::new_token;
+use crate::intake::webhook::{SecretError, Verifier};
+use crate::pipeline::{self, ActionReport, PipelineError, Status};
+use crate::resolve::{self, ResolveError, RevocationRequest, TargetSelection};
+use crate::terminate::{Session, SessionFilter};
+
+/// Exit code when `audit verify` finds a problem.
+pub const EXIT_AUDIT_BROKEN: u8 = 2;
+/// Exit code when an action did not complete on every target.
+pub const EXIT_INCOMPLETE: u8 = 3;
+
+/// Command-line failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The config is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A webhook secret is malformed.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// Start-up failed.
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    /// The request cannot be planned.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// The action could not be recorded.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// The audit trail failed.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The server failed.
+    #[error(transparent)]
+    Serve(#[from] crate::ServeError),
+    /// Terminal or file I/O failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// An argument is invalid.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// sever: terminates database sessions that outlive a credential rotation or revocation.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Config file (TOML). Without one, embedded defaults apply: SQLite store ./sever.db,
+    /// listening on 127.0.0.1:8080, no targets.
+    #[arg(long, short, env = "SEVER_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SEVER_LOG_FORMAT", global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service.
+    Serve {
+        /// Listen address, overriding `server.listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate the config, load every secret, and print the resolved plan (secrets redacted).
+    CheckConfig,
+    /// List sessions on the configured targets.
+    Sessions(SessionsArgs),
+    /// Terminate a login's sessions now.
+    Revoke(RevokeArgs),
+    /// Read and check the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Generate an operator token and the hash to put in `operators[].token_sha256`.
+    OperatorToken,
+}
+
+/// `sever sessions`.
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    /// Only this target.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Only this login.
+    #[arg(long)]
+    pub login: Option<String>,
+    /// Only this database.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Only this application name.
+    #[arg(long)]
+    pub application_name: Option<String>,
+    /// Only this client address.
+    #[arg(long)]
+    pub client_addr: Option<String>,
+    /// Only sessions that started before this time (RFC 3339).
+    #[arg(long)]
+    pub started_before: Option<DateTime<Utc>>,
+    /// Only sessions that started at or after this time (RFC 3339).
+    #[arg(long)]
+    pub started_after: Option<DateTime<Utc>>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sever revoke`.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The login whose sessions end.
+    #[arg(long)]
+    pub login: String,
+    /// A target to act on (repeat for several).
+    #[arg(
+        long = "target",
+        required_unless_present = "all_targets",
+        conflicts_with = "all_targets"
+    )]
+    pub targets: Vec<String>,
+    /// Act on every configured target.
+    #[arg(long)]
+    pub all_targets: bool,
+    /// Only sessions that began before this time (RFC 3339); default: all sessions.
+    #[arg(long)]
+    pub before: Option<DateTime<Utc>>,
+    /// Why (recorded in the audit trail).
+    #[arg(long)]
+    pub reason: String,
+    /// Show what would be terminated; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the JSON report instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sever audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exit code 2 names a broken trail.
+    Verify {
+        /// Print the JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show recent records.
+    List {
+        /// Only this action's records.
+        #[arg(long)]
+        action: Option<String>,
+        /// Only this kind (e.g. `session.terminated`).
+        #[arg(long)]
+        kind: Option<String>,
+        /// How many of the newest records.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every record as JSON lines, for SIEMs and archives.
+    Export {
+        /// JSON lines (the only format; required so scripts say what they expect).
+        #[arg(long, required = true)]
+        jsonl: bool,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+impl Cli {
+    /// Loads the config this invocation names (or the embedded defaults).
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        match &self.config {
+            Some(path) => Config::load(path),
+            None => Config::parse(""),
+        }
+    }
+
+    /// Sets up logging to standard error.
+    pub fn init_tracing(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("SEVER_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+    }
+
+    /// Runs the command; `shutdown` ends `serve`.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<ExitCode, CliError> {
+        crate::install_crypto_provider();
+        let config = self.load_config()?;
+        match self.command {
+            Command::Serve { listen } => serve(config, listen, shutdown).await,
+            Command::CheckConfig => check_config(&config),
+            Command::Sessions(args) => sessions(config, args).await,
+            Command::Revoke(args) => revoke(config, args).await,
+            Command::Audit(cmd) => audit(config, cmd).await,
+            Command::OperatorToken => {
+                let (token, hash) = new_token();
+                println!("token (give to the operator; shown once): {token}");
+                println!("token_sha256 (put in the config):         {hash}");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+}
+
+async fn serve(
+    mut config: Config,
+    listen: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<ExitCode, CliError> {
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
+    let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
+    crate::run(config, listener, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_config(config: &Config) -> Result<ExitCode, CliError> {
+    let secrets = config.webhook_secrets()?;
+    Verifier::new(&secrets, config.webhooks.tolerance)?;
+    config.store.url.load("store.url")?;
+    for (id, target) in &config.targets {
+        target.url.load(&format!("targets.{id}.url"))?;
+    }
+    let targets: serde_json::Map<String, Value> = config
+        .targets
+        .iter()
+        .map(|(id, t)| {
+            let detail = json!({
+                "engine": t.engine,
+                "url": t.url.describe(),
+                "protected_logins": config.protected_on(id),
+                "pool_size": t.pool_size,
+                "connect_timeout": humantime::format_duration(t.connect_timeout).to_string(),
+            });
+            (id.clone(), detail)
+        })
+        .collect();
+    let credentials: serde_json::Map<String, Value> = config
+        .credentials
+        .iter()
+        .map(|(id, c)| {
+            let detail =
+                json!({"description": c.description, "policy": c.policy, "logins": c.logins});
+            (id.clone(), detail)
+        })
+        .collect();
+    let plan = json!({
+        "server": {
+            "listen": config.server.listen,
+            "request_timeout": humantime::format_duration(config.server.request_timeout).to_string(),
+            "max_body_bytes": config.server.max_body_bytes,
+        },
+        "store": config.store.url.describe(),
+        "webhooks": {
+            "secrets": config.webhooks.secrets.iter().map(|s| format!("<redacted, {}>", s.describe())).collect::<Vec<_>>(),
+            "tolerance": humantime::format_duration(config.webhooks.tolerance).to_string(),
+            "replay_retention": humantime::format_duration(config.webhooks.replay_retention).to_string(),
+        },
+        "termination": {
+            "timeout": humantime::format_duration(config.termination.timeout).to_string(),
+            "verify_timeout": humantime::format_duration(config.termination.verify_timeout).to_string(),
+        },
+        "operators": config.operators.iter().map(|o| json!({"name": o.name, "token_sha256": "<redacted>"})).collect::<Vec<_>>(),
+        "targets": targets,
+        "credentials": credentials,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&plan).unwrap_or_default()
+    );
+    eprintln!("config OK: every secret loaded");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sessions(config: Config, args: SessionsArgs) -> Result<ExitCode, CliError> {
+    if let Some(target) = &args.target
+        && !config.targets.contains_key(target)
+    {
+        return Err(ResolveError::UnknownTarget(target.clone()).into());
+    }
+    let timeout = config.termination.timeout;
+    let ctx = Context::build(config).await?;
+    let filter = SessionFilter {
+        login: args.login,
+        database: args.database,
+        application_name: args.application_name,
+        client_addr: args.client_addr,
+        started_before: args.started_before,
+        started_after: args.started_after,
+    };
+    let report = ctx
+        .targets
+        .sessions(args.target.as_deref(), &filter, timeout)
+        .await;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        let mut table = session_table(["target"]);
+        for s in &report.sessions {
+            table.add_row(session_row([s.target.as_str()], &s.session));
+        }
+        writeln!(out, "{table}")?;
+        writeln!(out, "{} session(s)", report.sessions.len())?;
+        for e in &report.errors {
+            writeln!(out, "target {} failed: {}", e.target, e.error)?;
+        }
+    }
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INCOMPLETE)
+    })
+}
+
+fn session_table<const N: usize>(leading: [&str; N]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    let mut header: Vec<&str> = leading.to_vec();
+    header.extend([
+        "pid",
+        "login",
+        "database",
+        "application",
+        "client",
+        "started",
+        "state",
+    ]);
+    table.set_header(header);
+    table
+}
+
+fn session_row<const N: usize>(leading: [&str; N], s: &Session) -> Vec<String> {
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let mut row: Vec<String> = leading.iter().map(|v| (*v).to_owned()).collect();
+    row.extend([
+        s.pid.to_string(),
+        s.login
+            .clone()
+            .unwrap_or_else(|| format!("(dropped, oid {})", s.login_id.as_deref().unwrap_or("?"))),
+        dash(&s.database),
+        dash(&s.application_name),
+        dash(&s.client_addr),
+        s.backend_start
+            .map_or_else(|| "-".into(), |t| t.to_rfc3339()),
+        dash(&s.state),
+    ]);
+    row
+}
+
+/// Who is at the keyboard, for the audit trail.
+fn cli_actor() -> String {
+    let user = ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".into());
+    format!("cli:{user}")
+}
+
+async fn revoke(config: Config, args: RevokeArgs) -> Result<ExitCode, CliError> {
+    let request = RevocationRequest {
+        login: args.login,
+        targets: if args.all_targets {
+            TargetSelection::Keyword("all".into())
+        } else {
+            TargetSelection::Named(args.targets)
+        },
+        before: args.before,
+        reason: args.reason,
+        dry_run: args.dry_run,
+    };
+    // Plan before connecting anything, so bad input fails fast and leaves no trace but an error.
+    let plan = resolve::revocation(&config, &request)?;
+    let ctx = Context::build(config).await?;
+    let report = pipeline::execute(&ctx, plan, &cli_actor()).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        print_report(&mut out, &report)?;
+    }
+    Ok(match report.status {
+        Status::Completed => ExitCode::SUCCESS,
+        Status::Incomplete => ExitCode::from(EXIT_INCOMPLETE),
+    })
+}
+
+fn print_report(out: &mut impl Write, report: &ActionReport) -> std::io::Result<()> {
+    let verb = if report.dry_run {
+        "would terminate"
+    } else {
+        "terminated"
+    };
+    writeln!(out, "action {} ({:?})", report.action_id, report.status)?;
+    let mut table = session_table(["target", "outcome"]);
+    for t in &report.targets {
+        let listed = if report.dry_run {
+            &t.outcome.matched
+        } else {
+            &t.outcome.terminated
+        };
+        for s in listed {
+            table.add_row(session_row([t.target.as_str(), verb], s));
+        }
+        for s in &t.outcome.skipped {
+            let why = format!(
+                "skipped: {}",
+                serde_json::to_value(s.reason)
+                    .unwrap_or_default()
+                    .as_str()
+                    .unwrap_or("?")
+            );
+            table.add_row(session_row([t.target.as_str(), why.as_str()], &s.session));
+        }
+        for s in &t.outcome.failed {
+            table.add_row(session_row([t.target.as_str(), "FAILED"], &s.session));
+        }
+        for s in &t.outcome.remaining {
+            table.add_row(session_row([t.target.as_str(), "STILL CONNECTED"], s));
+        }
+    }
+    writeln!(out, "{table}")?;
+    for t in &report.targets {
+        write!(
+            out,
+            "{}: found {}, {verb} {}, skipped {}, failed {}, remaining {}",
+            t.target,
+            t.found,
+            if report.dry_run {
+                t.outcome.matched.len()
+            } else {
+                t.outcome.terminated.len()
+            },
+            t.outcome.skipped.len(),
+            t.outcome.failed.len(),
+            t.outcome.remaining.len()
+        )?;
+        match &t.error {
+            Some(e) => writeln!(out, ", ERROR: {e}")?,
+            None => writeln!(out)?,
+        }
+        for f in &t.outcome.failed {
+            writeln!(out, "  pid {}: {}", f.session.pid, f.error)?;
+        }
+    }
+    Ok(())
+}
+
+async fn audit(config: Config, command: AuditCommand) -> Result<ExitCode, CliError> {
+    let ctx = Context::build(config).await?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        AuditCommand::Verify { json } => {
+            let report = ctx.audit.verify().await?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            } else if report.ok {
+                writeln!(
+                    out,
+                    "audit trail OK: {} records, last hash {}",
+                    report.records, report.last_hash
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "audit trail BROKEN ({} records checked):",
+                    report.records
+                )?;
+                for p in &report.problems {
+                    writeln!(out, "  record seq {} (id {}): {}", p.seq, p.id, p.what)?;
+                }
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_AUDIT_BROKEN)
+            })
+        }
+        AuditCommand::List {
+            action,
+            kind,
+            limit,
+            json,
+        } => {
+            if limit <= 0 {
+                return Err(CliError::Usage("--limit must be positive".into()));
+            }
+            let filter = ListFilter {
+                action_id: action,
+                kind,
+                after_seq: None,
+                limit: Some(limit),
+            };
+            let records = ctx.audit.list(&filter).await?;
+            if json {
+                for r in records {
+                    serde_json::to_writer(&mut out, &ExportedRecord::from(r))
+                        .map_err(std::io::Error::from)?;
+                    writeln!(out)?;
+                }
+            } else {
+                let mut table = Table::new();
+                table.load_preset(UTF8_BORDERS_ONLY);
+                table.set_header(["seq", "at", "kind", "actor", "action", "detail"]);
+                for r in records {
+                    let mut detail = r.detail.clone();
+                    if detail.chars().count() > 100 {
+                        detail = detail.chars().take(97).collect::<String>() + "...";
+                    }
+                    table.add_row([
+                        r.seq.to_string(),
+                        r.at,
+                        r.kind,
+                        r.actor,
+                        r.action_id.unwrap_or_default(),
+                        detail,
+                    ]);
+                }
+                writeln!(out, "{table}")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Export { jsonl: _, output } => {
+            let n = match output {
+                Some(path) => {
+                    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                    ctx.audit.export_jsonl(&mut file).await?
+                }
+                None => ctx.audit.export_jsonl(&mut out).await?,
+            };
+            eprintln!("exported {n} records");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

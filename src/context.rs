@@ -1,0 +1,72 @@
+//! What the server and the CLI share: the config, the store, the audit trail and the targets.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::audit::Audit;
+use crate::config::{Config, ConfigError};
+use crate::store::{Store, StoreError};
+use crate::terminate::Targets;
+
+/// Failures while bringing the service up.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// A setting or secret is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Everything an action needs, built once from the config.
+#[derive(Debug)]
+pub struct Context {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// State store.
+    pub store: Store,
+    /// Audit trail.
+    pub audit: Audit,
+    /// Engines per target.
+    pub targets: Targets,
+}
+
+impl Context {
+    /// Opens the store (applying migrations) and prepares every target (without connecting).
+    pub async fn build(config: Config) -> Result<Self, ContextError> {
+        let store = Store::connect(&config.store.url.load("store.url")?).await?;
+        let targets = Targets::from_config(&config, &store)?;
+        Ok(Self {
+            audit: Audit::new(store.clone()),
+            config: Arc::new(config),
+            store,
+            targets,
+        })
+    }
+
+    /// Looks up and remembers the identity of every mapped login on every target, so their
+    /// sessions are still found after the login is dropped. Failures are logged, not fatal:
+    /// a target that is down now is learned at its next action.
+    pub async fn learn_logins(&self) {
+        let mut by_target: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for credential in self.config.credentials.values() {
+            for mapping in &credential.logins {
+                by_target
+                    .entry(&mapping.target)
+                    .or_default()
+                    .insert(mapping.login.clone());
+            }
+        }
+        let work = by_target.into_iter().filter_map(|(target, logins)| {
+            let engine = self.targets.get(target)?;
+            let logins: Vec<String> = logins.into_iter().collect();
+            Some(async move {
+                if let Err(e) = engine.learn_logins(&logins).await {
+                    tracing::warn!(target_id = target, error = %e, "could not learn login identities");
+                }
+            })
+        });
+        futures_util::future::join_all(work).await;
+    }
+}

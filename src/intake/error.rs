@@ -1,0 +1,119 @@
+//! One JSON error shape for every failure: `{"error": {"code": "…", "message": "…"}}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::webhook::WebhookError;
+use crate::resolve::ResolveError;
+
+/// Everything an HTTP request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The Standard Webhooks check failed.
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
+    /// This `webhook-id` was processed before.
+    #[error("webhook-id already processed (action {action_id})")]
+    Replayed {
+        /// The action the first delivery started.
+        action_id: String,
+    },
+    /// The body is not JSON.
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// The body or query is JSON of the wrong shape or with bad values.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The request names something sever does not know, or may not touch.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// The body is over the limit.
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// The body could not be read.
+    #[error("cannot read the request body: {0}")]
+    Body(String),
+    /// No operator token was sent.
+    #[error("missing bearer token")]
+    MissingToken,
+    /// The operator token matches no operator.
+    #[error("invalid operator token")]
+    InvalidToken,
+    /// The state store or audit trail is unavailable; nothing was executed.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// HTTP status and stable machine-readable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use StatusCode as S;
+        match self {
+            ApiError::Webhook(WebhookError::MissingHeader(_)) => {
+                (S::UNAUTHORIZED, "missing_header")
+            }
+            ApiError::Webhook(WebhookError::MalformedHeader(_)) => {
+                (S::BAD_REQUEST, "malformed_header")
+            }
+            ApiError::Webhook(WebhookError::Timestamp(_)) => {
+                (S::UNAUTHORIZED, "timestamp_out_of_tolerance")
+            }
+            ApiError::Webhook(WebhookError::Signature) => (S::UNAUTHORIZED, "invalid_signature"),
+            ApiError::Replayed { .. } => (S::CONFLICT, "replayed_delivery"),
+            ApiError::MalformedJson(_) => (S::BAD_REQUEST, "malformed_json"),
+            ApiError::Invalid(_) => (S::UNPROCESSABLE_ENTITY, "invalid_request"),
+            ApiError::Resolve(ResolveError::UnknownCredential(_)) => {
+                (S::UNPROCESSABLE_ENTITY, "unknown_credential")
+            }
+            ApiError::Resolve(ResolveError::UnknownTarget(_)) => {
+                (S::UNPROCESSABLE_ENTITY, "unknown_target")
+            }
+            ApiError::Resolve(ResolveError::ProtectedLogin { .. }) => {
+                (S::UNPROCESSABLE_ENTITY, "protected_login")
+            }
+            ApiError::Resolve(ResolveError::Invalid(_)) => {
+                (S::UNPROCESSABLE_ENTITY, "invalid_request")
+            }
+            ApiError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::Body(_) => (S::BAD_REQUEST, "unreadable_body"),
+            ApiError::MissingToken => (S::UNAUTHORIZED, "missing_token"),
+            ApiError::InvalidToken => (S::UNAUTHORIZED, "invalid_token"),
+            ApiError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+/// Builds the JSON error body.
+pub fn error_body(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let mut response = error_body(status, code, &self.to_string());
+        if status == StatusCode::UNAUTHORIZED
+            && matches!(self, ApiError::MissingToken | ApiError::InvalidToken)
+        {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// Parses a JSON body: syntax errors are 400, shape and value errors 422.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Invalid(e.to_string()),
+        _ => ApiError::MalformedJson(e.to_string()),
+    })
+}

@@ -1,0 +1,87 @@
+//! `GET /healthz` (the process is up) and `GET /readyz` (store writable, targets reachable).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+
+/// Upper bound for each readiness probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Always 200 while the process serves HTTP.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// One component's readiness.
+#[derive(Debug, Serialize)]
+pub struct Probe {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl Probe {
+    fn from<E: std::fmt::Display>(result: Option<Result<(), E>>) -> Self {
+        match result {
+            Some(Ok(())) => Probe {
+                ok: true,
+                error: None,
+            },
+            Some(Err(e)) => Probe {
+                ok: false,
+                error: Some(e.to_string()),
+            },
+            None => Probe {
+                ok: false,
+                error: Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+            },
+        }
+    }
+}
+
+/// Readiness report: 503 when the store cannot take writes (nothing could be audited);
+/// unreachable targets are reported per target and make the status `degraded`.
+#[derive(Debug, Serialize)]
+pub struct Readiness {
+    status: &'static str,
+    store: Probe,
+    targets: BTreeMap<String, Probe>,
+}
+
+/// Probes the store and every target concurrently.
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let ctx = &state.ctx;
+    let store = tokio::time::timeout(PROBE_TIMEOUT, ctx.store.probe());
+    let targets =
+        futures_util::future::join_all(ctx.targets.iter().map(|(id, engine)| async move {
+            let result = tokio::time::timeout(PROBE_TIMEOUT, engine.check())
+                .await
+                .ok();
+            (id.clone(), Probe::from(result))
+        }));
+    let (store, targets) = tokio::join!(store, targets);
+    let store = Probe::from(store.ok());
+    let targets: BTreeMap<String, Probe> = targets.into_iter().collect();
+    let (code, status) = if !store.ok {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    } else if targets.values().all(|t| t.ok) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::OK, "degraded")
+    };
+    (
+        code,
+        Json(Readiness {
+            status,
+            store,
+            targets,
+        }),
+    )
+}

@@ -1,0 +1,406 @@
+//! From what was asked (a rotation event, an operator's revocation) to a [`Plan`]: which
+//! logins on which targets, which of their sessions, and what stays protected.
+//!
+//! A credential reaches only the logins mapped to it in the config; nothing in a request can
+//! widen that.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::{Config, RotationPolicy};
+use crate::terminate::Scope;
+
+/// Longest accepted `reason`.
+pub const MAX_REASON: usize = 1024;
+
+/// Requests that cannot be turned into a plan.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResolveError {
+    /// No credential with this id is configured.
+    #[error("unknown credential {0:?}")]
+    UnknownCredential(String),
+    /// No target with this id is configured.
+    #[error("unknown target {0:?}")]
+    UnknownTarget(String),
+    /// The login is protected on a chosen target.
+    #[error("login {login:?} is protected on target {target:?}")]
+    ProtectedLogin {
+        /// The login.
+        login: String,
+        /// The target.
+        target: String,
+    },
+    /// A field is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `rotated`: the old secret stopped being valid; `revoked`: the login must lose every session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Terminate sessions that predate the rotation (per the credential's policy).
+    Rotated,
+    /// Terminate every session.
+    Revoked,
+}
+
+/// The generic rotation event any rotation tool can send to `POST /v1/events`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+// Unknown fields are refused: a misspelt `rotated_at` would otherwise silently move the cutoff.
+#[serde(deny_unknown_fields)]
+pub struct RotationEvent {
+    /// Configured credential id.
+    pub credential: String,
+    /// Rotated or revoked.
+    pub kind: EventKind,
+    /// When the secret changed; defaults to the moment the event was verified.
+    #[serde(default)]
+    pub rotated_at: Option<DateTime<Utc>>,
+    /// Free text for the audit trail.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Which targets an operator's revocation covers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum TargetSelection {
+    /// These targets.
+    Named(Vec<String>),
+    /// The word `"all"`: every configured target.
+    Keyword(String),
+}
+
+/// An operator's request to end a login's sessions now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationRequest {
+    /// The login whose sessions end.
+    pub login: String,
+    /// Target ids, or `"all"`.
+    pub targets: TargetSelection,
+    /// Only sessions that began before this time; absent means all sessions.
+    #[serde(default)]
+    pub before: Option<DateTime<Utc>>,
+    /// Why; required, recorded in the audit trail.
+    pub reason: String,
+    /// Report what would be terminated and change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Where an action came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "origin", rename_all = "snake_case")]
+pub enum Origin {
+    /// A rotation event for a configured credential.
+    Event {
+        /// Credential id.
+        credential: String,
+        /// Rotated or revoked.
+        kind: EventKind,
+        /// The credential's policy at the time.
+        policy: RotationPolicy,
+    },
+    /// An operator's revocation of a login.
+    Revocation {
+        /// The login.
+        login: String,
+    },
+}
+
+/// One target's part of a plan.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Step {
+    /// Target id.
+    pub target: String,
+    /// Logins whose sessions are in scope there.
+    pub logins: Vec<String>,
+    /// Logins never terminated there.
+    pub protected: BTreeSet<String>,
+}
+
+/// Everything an action will do, decided before anything is done.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// Unique id of the action, returned to the caller and on every audit record.
+    pub action_id: Uuid,
+    /// What asked for it.
+    #[serde(flatten)]
+    pub origin: Origin,
+    /// Which sessions; `None` when the credential's policy is to terminate nothing.
+    pub scope: Option<Scope>,
+    /// Change nothing, report what would happen.
+    pub dry_run: bool,
+    /// Why, as given by the caller.
+    pub reason: Option<String>,
+    /// Per-target work.
+    pub steps: Vec<Step>,
+}
+
+fn check_reason(reason: &str) -> Result<(), ResolveError> {
+    if reason.chars().count() > MAX_REASON {
+        return Err(ResolveError::Invalid(format!(
+            "reason is longer than {MAX_REASON} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Plans a rotation event verified at `verified_at`.
+///
+/// A `rotated_at` slightly ahead of sever's clock (within `tolerance`) is clock skew and is
+/// clamped to `verified_at`; one further ahead is refused rather than trusted, because a
+/// cutoff in the future would also end sessions opened with the new secret.
+pub fn event(
+    config: &Config,
+    event: &RotationEvent,
+    verified_at: DateTime<Utc>,
+    tolerance: Duration,
+) -> Result<Plan, ResolveError> {
+    let credential = config
+        .credentials
+        .get(&event.credential)
+        .ok_or_else(|| ResolveError::UnknownCredential(event.credential.clone()))?;
+    if let Some(reason) = &event.reason {
+        check_reason(reason)?;
+    }
+    let cutoff = match event.rotated_at {
+        None => verified_at,
+        Some(at) if at > verified_at + tolerance => {
+            return Err(ResolveError::Invalid(format!(
+                "rotated_at {at} is more than {}s in the future",
+                tolerance.as_secs()
+            )));
+        }
+        Some(at) => at.min(verified_at),
+    };
+    let scope = match (event.kind, credential.policy) {
+        (EventKind::Revoked, _) | (EventKind::Rotated, RotationPolicy::TerminateAll) => {
+            Some(Scope::All)
+        }
+        (EventKind::Rotated, RotationPolicy::TerminateBeforeCutoff) => Some(Scope::Before(cutoff)),
+        (EventKind::Rotated, RotationPolicy::None) => None,
+    };
+    let mut by_target: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for mapping in &credential.logins {
+        by_target
+            .entry(&mapping.target)
+            .or_default()
+            .push(mapping.login.clone());
+    }
+    Ok(Plan {
+        action_id: Uuid::now_v7(),
+        origin: Origin::Event {
+            credential: event.credential.clone(),
+            kind: event.kind,
+            policy: credential.policy,
+        },
+        scope,
+        dry_run: false,
+        reason: event.reason.clone(),
+        steps: by_target
+            .into_iter()
+            .map(|(target, logins)| Step {
+                target: target.to_owned(),
+                logins,
+                protected: config.protected_on(target),
+            })
+            .collect(),
+    })
+}
+
+/// Plans an operator's revocation.
+pub fn revocation(config: &Config, request: &RevocationRequest) -> Result<Plan, ResolveError> {
+    if request.login.is_empty() || request.login.len() > 128 {
+        return Err(ResolveError::Invalid(
+            "login must be 1 to 128 characters".into(),
+        ));
+    }
+    if request.reason.trim().is_empty() {
+        return Err(ResolveError::Invalid("reason is required".into()));
+    }
+    check_reason(&request.reason)?;
+    let targets: Vec<String> = match &request.targets {
+        TargetSelection::Keyword(word) if word == "all" => config.targets.keys().cloned().collect(),
+        TargetSelection::Keyword(other) => {
+            return Err(ResolveError::Invalid(format!(
+                "targets must be a list of target ids or \"all\", not {other:?}"
+            )));
+        }
+        TargetSelection::Named(names) => {
+            let unique: BTreeSet<&String> = names.iter().collect();
+            unique.into_iter().cloned().collect()
+        }
+    };
+    if targets.is_empty() {
+        return Err(ResolveError::Invalid("no targets chosen".into()));
+    }
+    let mut steps = Vec::new();
+    for target in targets {
+        if !config.targets.contains_key(&target) {
+            return Err(ResolveError::UnknownTarget(target));
+        }
+        let protected = config.protected_on(&target);
+        if protected.contains(&request.login) {
+            return Err(ResolveError::ProtectedLogin {
+                login: request.login.clone(),
+                target,
+            });
+        }
+        steps.push(Step {
+            target,
+            logins: vec![request.login.clone()],
+            protected,
+        });
+    }
+    Ok(Plan {
+        action_id: Uuid::now_v7(),
+        origin: Origin::Revocation {
+            login: request.login.clone(),
+        },
+        scope: Some(request.before.map_or(Scope::All, Scope::Before)),
+        dry_run: request.dry_run,
+        reason: Some(request.reason.clone()),
+        steps,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(policy: &str) -> Config {
+        Config::parse(&format!(
+            r#"
+            protected_logins = ["postgres"]
+            [targets.a]
+            engine = "postgres"
+            url = "postgres://sever@h/db"
+            [targets.b]
+            engine = "postgres"
+            url = "postgres://sever@h2/db"
+            protected_logins = ["ops"]
+            [credentials.app]
+            policy = "{policy}"
+            logins = [{{ target = "a", login = "app" }}, {{ target = "b", login = "app" }}, {{ target = "a", login = "app2" }}]
+            "#
+        ))
+        .unwrap()
+    }
+
+    fn rotated(at: Option<DateTime<Utc>>) -> RotationEvent {
+        RotationEvent {
+            credential: "app".into(),
+            kind: EventKind::Rotated,
+            rotated_at: at,
+            reason: None,
+        }
+    }
+
+    const TOL: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn a_rotation_reaches_exactly_the_mapped_logins() {
+        let now = Utc::now();
+        let plan = event(&config("terminate_before_cutoff"), &rotated(None), now, TOL).unwrap();
+        assert_eq!(plan.scope, Some(Scope::Before(now)));
+        assert_eq!(plan.steps.len(), 2);
+        assert_eq!(plan.steps[0].target, "a");
+        assert_eq!(plan.steps[0].logins, ["app", "app2"]);
+        assert!(plan.steps[1].protected.contains("ops"));
+        assert!(plan.steps[1].protected.contains("postgres"));
+    }
+
+    #[test]
+    fn policy_and_kind_choose_the_scope() {
+        let now = Utc::now();
+        let earlier = now - chrono::Duration::minutes(1);
+        let p = event(
+            &config("terminate_before_cutoff"),
+            &rotated(Some(earlier)),
+            now,
+            TOL,
+        )
+        .unwrap();
+        assert_eq!(p.scope, Some(Scope::Before(earlier)));
+        let p = event(&config("terminate_all"), &rotated(None), now, TOL).unwrap();
+        assert_eq!(p.scope, Some(Scope::All));
+        let p = event(&config("none"), &rotated(None), now, TOL).unwrap();
+        assert_eq!(p.scope, None);
+        let mut revoked = rotated(None);
+        revoked.kind = EventKind::Revoked;
+        let p = event(&config("none"), &revoked, now, TOL).unwrap();
+        assert_eq!(p.scope, Some(Scope::All));
+    }
+
+    #[test]
+    fn future_rotated_at_is_clamped_within_tolerance_and_refused_beyond() {
+        let now = Utc::now();
+        let skewed = now + chrono::Duration::seconds(3);
+        let p = event(
+            &config("terminate_before_cutoff"),
+            &rotated(Some(skewed)),
+            now,
+            TOL,
+        )
+        .unwrap();
+        assert_eq!(p.scope, Some(Scope::Before(now)));
+        let far = now + chrono::Duration::hours(1);
+        let e = event(
+            &config("terminate_before_cutoff"),
+            &rotated(Some(far)),
+            now,
+            TOL,
+        )
+        .unwrap_err();
+        assert!(matches!(e, ResolveError::Invalid(_)));
+    }
+
+    #[test]
+    fn unknown_credential_is_refused() {
+        let mut e = rotated(None);
+        e.credential = "nope".into();
+        assert_eq!(
+            event(&config("none"), &e, Utc::now(), TOL).unwrap_err(),
+            ResolveError::UnknownCredential("nope".into())
+        );
+    }
+
+    fn revoke(login: &str, targets: TargetSelection) -> RevocationRequest {
+        RevocationRequest {
+            login: login.into(),
+            targets,
+            before: None,
+            reason: "incident 42".into(),
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn revocation_checks_targets_protection_and_reason() {
+        let c = config("none");
+        let all = revocation(&c, &revoke("x", TargetSelection::Keyword("all".into()))).unwrap();
+        assert_eq!(all.steps.len(), 2);
+        assert_eq!(all.scope, Some(Scope::All));
+        assert_eq!(
+            revocation(&c, &revoke("x", TargetSelection::Named(vec!["zz".into()]))).unwrap_err(),
+            ResolveError::UnknownTarget("zz".into())
+        );
+        assert!(matches!(
+            revocation(&c, &revoke("ops", TargetSelection::Named(vec!["b".into()]))).unwrap_err(),
+            ResolveError::ProtectedLogin { .. }
+        ));
+        assert!(revocation(&c, &revoke("ops", TargetSelection::Named(vec!["a".into()]))).is_ok());
+        let mut no_reason = revoke("x", TargetSelection::Keyword("all".into()));
+        no_reason.reason = "  ".into();
+        assert!(revocation(&c, &no_reason).is_err());
+        assert!(revocation(&c, &revoke("x", TargetSelection::Keyword("some".into()))).is_err());
+        assert!(revocation(&c, &revoke("x", TargetSelection::Named(vec![]))).is_err());
+    }
+}

@@ -1,0 +1,266 @@
+//! Finding and terminating sessions, per engine, behind one [`Engine`] interface.
+
+pub mod postgres;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, ConfigError, Engine as EngineKind};
+use crate::store::Store;
+
+/// A database session as the engine reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Session {
+    /// Server-side session id (PostgreSQL backend pid).
+    pub pid: i64,
+    /// Login name; `None` when the login has been dropped and sever never knew it.
+    pub login: Option<String>,
+    /// The engine's identity for the login (PostgreSQL role oid).
+    pub login_id: Option<String>,
+    /// Database the session is connected to.
+    pub database: Option<String>,
+    /// Client-supplied application name (informational only).
+    pub application_name: Option<String>,
+    /// Client address; `None` for local socket connections.
+    pub client_addr: Option<String>,
+    /// When the session connected; `None` when sever lacks the privilege to see it.
+    pub backend_start: Option<DateTime<Utc>>,
+    /// Current state (`active`, `idle`, …).
+    pub state: Option<String>,
+}
+
+/// Filters for listing sessions; every field narrows the list.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionFilter {
+    /// Only this login (also found after it was dropped, if sever had seen it).
+    pub login: Option<String>,
+    /// Only sessions on this database.
+    pub database: Option<String>,
+    /// Only sessions with this application name.
+    pub application_name: Option<String>,
+    /// Only sessions from this client address.
+    pub client_addr: Option<String>,
+    /// Only sessions that started before this time.
+    pub started_before: Option<DateTime<Utc>>,
+    /// Only sessions that started at or after this time.
+    pub started_after: Option<DateTime<Utc>>,
+}
+
+/// Which of a login's sessions to terminate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "sessions", content = "before")]
+pub enum Scope {
+    /// Every session.
+    All,
+    /// Sessions that connected before this moment.
+    Before(DateTime<Utc>),
+}
+
+/// What to do on one target.
+#[derive(Debug, Clone)]
+pub struct TerminateRequest {
+    /// Logins whose sessions are in scope.
+    pub logins: Vec<String>,
+    /// Which sessions.
+    pub scope: Scope,
+    /// Logins never terminated, whatever else matches.
+    pub protected: BTreeSet<String>,
+    /// Report what would be terminated, change nothing.
+    pub dry_run: bool,
+    /// How long to wait for terminated sessions to disappear.
+    pub verify_timeout: Duration,
+}
+
+/// Why a matching session was left alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// A session of sever's own login.
+    OwnLogin,
+    /// A superuser session: sever never signals those.
+    Superuser,
+    /// A protected login.
+    Protected,
+    /// Its start time is unreadable, so it cannot be compared with the cutoff
+    /// (PostgreSQL: grant `pg_read_all_stats` to sever's login).
+    StartUnknown,
+    /// It ended on its own between being found and being signalled.
+    AlreadyGone,
+}
+
+/// A session that matched but was not terminated, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Skipped {
+    /// The session.
+    #[serde(flatten)]
+    pub session: Session,
+    /// Why it was left alone.
+    pub reason: SkipReason,
+}
+
+/// A session that could not be terminated, and the engine's error.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Failed {
+    /// The session.
+    #[serde(flatten)]
+    pub session: Session,
+    /// What the engine said.
+    pub error: String,
+}
+
+/// What happened on one target.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TerminateOutcome {
+    /// Sessions in scope and eligible (in a dry run: what would be terminated).
+    pub matched: Vec<Session>,
+    /// Sessions signalled to terminate.
+    pub terminated: Vec<Session>,
+    /// Sessions in scope but left alone.
+    pub skipped: Vec<Skipped>,
+    /// Sessions whose termination failed.
+    pub failed: Vec<Failed>,
+    /// Terminated sessions still present when verification gave up.
+    pub remaining: Vec<Session>,
+}
+
+/// Errors from one target as a whole.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    /// The target could not be reached or refused sever's login.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// A statement failed.
+    #[error("query failed: {0}")]
+    Query(String),
+    /// The target did not answer within the termination timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The target's URL or options are unusable.
+    #[error("invalid target configuration: {0}")]
+    Config(String),
+}
+
+/// One engine's way of listing and terminating sessions on one target.
+#[async_trait]
+pub trait Engine: Send + Sync + Debug {
+    /// Connects and runs a trivial query (readiness).
+    async fn check(&self) -> Result<(), EngineError>;
+    /// Client sessions matching `filter`.
+    async fn sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>, EngineError>;
+    /// Terminates (or, in a dry run, lists) the sessions `request` selects, then verifies.
+    async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError>;
+    /// Looks up and remembers the identities of `logins`, so they are found after a drop.
+    async fn learn_logins(&self, logins: &[String]) -> Result<(), EngineError>;
+}
+
+/// Every configured target, by id, each behind its engine.
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    engines: BTreeMap<String, Arc<dyn Engine>>,
+}
+
+impl Targets {
+    /// Builds an engine per configured target; connections open lazily on first use.
+    pub fn from_config(config: &Config, store: &Store) -> Result<Self, ConfigError> {
+        let mut engines: BTreeMap<String, Arc<dyn Engine>> = BTreeMap::new();
+        for (id, target) in &config.targets {
+            let url = target.url.load(&format!("targets.{id}.url"))?;
+            let engine: Arc<dyn Engine> = match target.engine {
+                EngineKind::Postgres => Arc::new(
+                    postgres::Postgres::new(id, &url, target, &config.termination, store.clone())
+                        .map_err(|e| ConfigError::Invalid {
+                        path: format!("targets.{id}.url"),
+                        reason: e.to_string(),
+                    })?,
+                ),
+            };
+            engines.insert(id.clone(), engine);
+        }
+        Ok(Self { engines })
+    }
+
+    /// The engine for target `id`.
+    pub fn get(&self, id: &str) -> Option<&Arc<dyn Engine>> {
+        self.engines.get(id)
+    }
+
+    /// Every target, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<dyn Engine>)> {
+        self.engines.iter()
+    }
+
+    /// Sessions matching `filter` on `target` (or every target), queried concurrently;
+    /// a target that fails is reported beside the others' sessions.
+    pub async fn sessions(
+        &self,
+        target: Option<&str>,
+        filter: &SessionFilter,
+        timeout: Duration,
+    ) -> SessionsReport {
+        let chosen = self
+            .engines
+            .iter()
+            .filter(|(id, _)| target.is_none_or(|t| t == id.as_str()));
+        let results = futures_util::future::join_all(chosen.map(|(id, engine)| async move {
+            let result = match tokio::time::timeout(timeout, engine.sessions(filter)).await {
+                Ok(result) => result,
+                Err(_) => Err(EngineError::Timeout(timeout)),
+            };
+            (id.clone(), result)
+        }))
+        .await;
+        let mut report = SessionsReport::default();
+        for (target, result) in results {
+            match result {
+                Ok(sessions) => {
+                    report
+                        .sessions
+                        .extend(sessions.into_iter().map(|session| TargetSession {
+                            target: target.clone(),
+                            session,
+                        }))
+                }
+                Err(e) => report.errors.push(TargetError {
+                    target,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        report
+    }
+}
+
+/// A session and the target it is on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TargetSession {
+    /// Target id.
+    pub target: String,
+    /// The session.
+    #[serde(flatten)]
+    pub session: Session,
+}
+
+/// A target that could not answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TargetError {
+    /// Target id.
+    pub target: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// Sessions across targets, and the targets that failed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionsReport {
+    /// Matching sessions, grouped by target in id order.
+    pub sessions: Vec<TargetSession>,
+    /// Targets that could not be listed.
+    pub errors: Vec<TargetError>,
+}

@@ -1,0 +1,414 @@
+//! PostgreSQL: sessions from `pg_stat_activity`, matched on role oid, ended with
+//! `pg_terminate_backend` in one set-based statement, then verified gone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+
+use super::{
+    Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped,
+    TerminateOutcome, TerminateRequest,
+};
+use crate::config::{TargetConfig, TerminationConfig};
+use crate::store::Store;
+
+/// SQLSTATE insufficient_privilege: `pg_terminate_backend` raises it instead of returning false.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+
+/// One PostgreSQL target.
+#[derive(Debug)]
+pub struct Postgres {
+    id: String,
+    pool: PgPool,
+    store: Store,
+}
+
+/// Selects the in-scope sessions of the given role oids and, unless it is a dry run, signals
+/// every eligible one, all in one round trip. Ineligible rows come back with a `skip` reason
+/// instead of being filtered out, so the report can say why they survived.
+///
+/// The one-argument `pg_terminate_backend` is used on purpose: it does not wait (waiting
+/// serialises the backends, ~100 ms each) and it exists on every supported version; the
+/// verification poll afterwards does the waiting for all of them at once.
+const TERMINATE_SQL: &str = r#"
+WITH me AS (SELECT usesysid FROM pg_stat_activity WHERE pid = pg_backend_pid()),
+m AS (
+    SELECT a.pid,
+           a.usesysid::int8 AS role_oid,
+           r.rolname::text AS login,
+           a.datname::text AS database,
+           a.application_name::text AS application_name,
+           host(a.client_addr) AS client_addr,
+           a.backend_start,
+           a.state::text AS state,
+           CASE
+               WHEN a.pid = pg_backend_pid() OR a.usesysid = (SELECT usesysid FROM me) THEN 'own_login'
+               WHEN r.rolsuper THEN 'superuser'
+               WHEN r.rolname = ANY($2::text[]) THEN 'protected'
+               WHEN $3::timestamptz IS NOT NULL AND a.backend_start IS NULL THEN 'start_unknown'
+           END AS skip
+    FROM pg_stat_activity a
+    LEFT JOIN pg_roles r ON r.oid = a.usesysid
+    WHERE a.backend_type = 'client backend'
+      AND a.usesysid::int8 = ANY($1::int8[])
+      AND ($3::timestamptz IS NULL OR a.backend_start IS NULL OR a.backend_start < $3::timestamptz)
+)
+SELECT m.*,
+       CASE WHEN m.skip IS NULL AND NOT $4::bool THEN pg_terminate_backend(m.pid) ELSE false END
+           AS signalled
+FROM m
+ORDER BY m.backend_start NULLS FIRST, m.pid
+"#;
+
+const SESSIONS_SQL: &str = r#"
+SELECT a.pid,
+       a.usesysid::int8 AS role_oid,
+       r.rolname::text AS login,
+       a.datname::text AS database,
+       a.application_name::text AS application_name,
+       host(a.client_addr) AS client_addr,
+       a.backend_start,
+       a.state::text AS state
+FROM pg_stat_activity a
+LEFT JOIN pg_roles r ON r.oid = a.usesysid
+WHERE a.backend_type = 'client backend'
+  AND ($1::int8[] IS NULL OR a.usesysid::int8 = ANY($1::int8[]))
+  AND ($2::text IS NULL OR a.datname = $2::text)
+  AND ($3::text IS NULL OR a.application_name = $3::text)
+  AND ($4::text IS NULL OR host(a.client_addr) = $4::text)
+  AND ($5::timestamptz IS NULL OR a.backend_start < $5::timestamptz)
+  AND ($6::timestamptz IS NULL OR a.backend_start >= $6::timestamptz)
+ORDER BY a.backend_start NULLS FIRST, a.pid
+"#;
+
+/// Which of the given (pid, backend_start) pairs are still connected. Matching on the start
+/// time too keeps a recycled pid from counting as a survivor.
+const REMAINING_SQL: &str = r#"
+SELECT a.pid
+FROM pg_stat_activity a
+JOIN unnest($1::int4[], $2::timestamptz[]) AS t(pid, started) ON a.pid = t.pid
+WHERE a.backend_start IS NOT DISTINCT FROM t.started
+"#;
+
+/// Role oids for the given names, and whatever role currently holds the remembered oids.
+const ROLES_SQL: &str = "SELECT oid::int8 AS oid, rolname::text AS rolname FROM pg_roles \
+                         WHERE rolname = ANY($1::text[]) OR oid::int8 = ANY($2::int8[])";
+
+impl Postgres {
+    /// A target whose pool connects lazily with sever's admin login at `url`.
+    pub fn new(
+        id: &str,
+        url: &SecretString,
+        target: &TargetConfig,
+        termination: &TerminationConfig,
+        store: Store,
+    ) -> Result<Self, EngineError> {
+        let statement_timeout = format!("{}ms", termination.timeout.as_millis());
+        let options = PgConnectOptions::from_str(url.expose_secret())
+            // The parse error can quote the URL; say only that it is unusable.
+            .map_err(|_| EngineError::Config("not a valid PostgreSQL URL".into()))?
+            // Makes sever's own sessions recognisable in pg_stat_activity.
+            .application_name("sever")
+            .options([("statement_timeout", statement_timeout.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(target.pool_size)
+            .min_connections(0)
+            .acquire_timeout(target.connect_timeout)
+            .idle_timeout(Duration::from_secs(300))
+            .connect_lazy_with(options);
+        Ok(Self {
+            id: id.to_owned(),
+            pool,
+            store,
+        })
+    }
+
+    /// Resolves login names to role oids, including remembered oids of dropped roles, and
+    /// remembers what it found. Returns oid → login name.
+    async fn role_oids(&self, logins: &[String]) -> Result<BTreeMap<i64, String>, EngineError> {
+        let remembered = self
+            .store
+            .identities(&self.id, logins)
+            .await
+            .map_err(|e| EngineError::Query(format!("state store: {e}")))?;
+        let remembered: Vec<(String, i64)> = remembered
+            .into_iter()
+            .filter_map(|(login, oid)| oid.parse().ok().map(|oid| (login, oid)))
+            .collect();
+        let remembered_oids: Vec<i64> = remembered.iter().map(|(_, oid)| *oid).collect();
+        let rows = sqlx::query(ROLES_SQL)
+            .bind(logins)
+            .bind(&remembered_oids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error)?;
+        let current: BTreeMap<i64, String> = rows
+            .iter()
+            .map(|row| Ok((row.try_get("oid")?, row.try_get("rolname")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query_error)?;
+
+        let mut oids = BTreeMap::new();
+        let mut seen = Vec::new();
+        for (oid, name) in &current {
+            if logins.contains(name) {
+                oids.insert(*oid, name.clone());
+                seen.push((name.clone(), oid.to_string()));
+            }
+        }
+        for (login, oid) in remembered {
+            match current.get(&oid) {
+                // The role is gone but its sessions may live on under its oid.
+                None => {
+                    oids.insert(oid, login);
+                }
+                Some(name) if *name == login => {}
+                // The oid now belongs to another role: never act on it.
+                Some(other) => tracing::warn!(
+                    target_id = %self.id, %login, oid, now = %other,
+                    "remembered role oid now belongs to a different role; ignoring it"
+                ),
+            }
+        }
+        self.store
+            .remember_identities(&self.id, &seen, Utc::now())
+            .await
+            .map_err(|e| EngineError::Query(format!("state store: {e}")))?;
+        Ok(oids)
+    }
+
+    async fn still_connected(&self, sessions: &[Session]) -> Result<Vec<Session>, EngineError> {
+        let pids: Vec<i32> = sessions.iter().map(|s| s.pid as i32).collect();
+        let starts: Vec<Option<DateTime<Utc>>> = sessions.iter().map(|s| s.backend_start).collect();
+        let rows = sqlx::query(REMAINING_SQL)
+            .bind(&pids)
+            .bind(&starts)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error)?;
+        let alive: BTreeSet<i64> = rows
+            .iter()
+            .map(|row| row.try_get::<i32, _>("pid").map(i64::from))
+            .collect::<Result<_, _>>()
+            .map_err(query_error)?;
+        Ok(sessions
+            .iter()
+            .filter(|s| alive.contains(&s.pid))
+            .cloned()
+            .collect())
+    }
+
+    /// Polls until every terminated session is gone or `timeout` passes; returns survivors.
+    async fn verify_gone(
+        &self,
+        terminated: &[Session],
+        timeout: Duration,
+    ) -> Result<Vec<Session>, EngineError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        let mut remaining = terminated.to_vec();
+        while !remaining.is_empty() {
+            remaining = self.still_connected(&remaining).await?;
+            if remaining.is_empty() || tokio::time::Instant::now() + pause > deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+        Ok(remaining)
+    }
+
+    /// Fallback when the set-based statement hit a permission error: one statement per
+    /// session, so one refusal does not stop the rest.
+    async fn terminate_one_by_one(
+        &self,
+        candidates: Vec<Session>,
+        outcome: &mut TerminateOutcome,
+    ) -> Result<(), EngineError> {
+        for session in candidates {
+            let signalled = sqlx::query_scalar::<_, bool>("SELECT pg_terminate_backend($1)")
+                .bind(session.pid as i32)
+                .fetch_one(&self.pool)
+                .await;
+            match signalled {
+                Ok(true) => outcome.terminated.push(session),
+                Ok(false) => outcome.skipped.push(Skipped {
+                    session,
+                    reason: SkipReason::AlreadyGone,
+                }),
+                Err(e) => outcome.failed.push(Failed {
+                    session,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_terminate(
+        &self,
+        oids: &[i64],
+        request: &TerminateRequest,
+        dry_run: bool,
+    ) -> Result<Vec<PgRow>, sqlx::Error> {
+        let cutoff = match request.scope {
+            Scope::All => None,
+            Scope::Before(at) => Some(at),
+        };
+        let protected: Vec<&str> = request.protected.iter().map(String::as_str).collect();
+        sqlx::query(TERMINATE_SQL)
+            .bind(oids)
+            .bind(&protected)
+            .bind(cutoff)
+            .bind(dry_run)
+            .fetch_all(&self.pool)
+            .await
+    }
+}
+
+fn query_error(e: sqlx::Error) -> EngineError {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Protocol(_) => EngineError::Connect(e.to_string()),
+        sqlx::Error::Database(ref db) if db.code().is_some_and(|c| c.starts_with("28")) => {
+            // Class 28: invalid authorization (wrong password, no such role).
+            EngineError::Connect(e.to_string())
+        }
+        other => EngineError::Query(other.to_string()),
+    }
+}
+
+fn decode_session(row: &PgRow, names: &BTreeMap<i64, String>) -> Result<Session, sqlx::Error> {
+    let oid: i64 = row.try_get("role_oid")?;
+    let login: Option<String> = row.try_get("login")?;
+    Ok(Session {
+        pid: i64::from(row.try_get::<i32, _>("pid")?),
+        // A dropped role has no name in pg_roles any more; use the one sever remembered.
+        login: login.or_else(|| names.get(&oid).cloned()),
+        login_id: Some(oid.to_string()),
+        database: row.try_get("database")?,
+        application_name: row.try_get("application_name")?,
+        client_addr: row.try_get("client_addr")?,
+        backend_start: row.try_get("backend_start")?,
+        state: row.try_get("state")?,
+    })
+}
+
+fn skip_reason(text: &str) -> SkipReason {
+    match text {
+        "own_login" => SkipReason::OwnLogin,
+        "superuser" => SkipReason::Superuser,
+        "protected" => SkipReason::Protected,
+        _ => SkipReason::StartUnknown,
+    }
+}
+
+#[async_trait]
+impl Engine for Postgres {
+    async fn check(&self) -> Result<(), EngineError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(query_error)?;
+        Ok(())
+    }
+
+    async fn sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>, EngineError> {
+        let (oids, names) = match &filter.login {
+            Some(login) => {
+                let names = self.role_oids(std::slice::from_ref(login)).await?;
+                (Some(names.keys().copied().collect::<Vec<i64>>()), names)
+            }
+            None => (None, BTreeMap::new()),
+        };
+        let rows = sqlx::query(SESSIONS_SQL)
+            .bind(oids)
+            .bind(&filter.database)
+            .bind(&filter.application_name)
+            .bind(&filter.client_addr)
+            .bind(filter.started_before)
+            .bind(filter.started_after)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error)?;
+        rows.iter()
+            .map(|row| decode_session(row, &names))
+            .collect::<Result<_, _>>()
+            .map_err(query_error)
+    }
+
+    async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError> {
+        let names = self.role_oids(&request.logins).await?;
+        let oids: Vec<i64> = names.keys().copied().collect();
+        let mut outcome = TerminateOutcome::default();
+        if oids.is_empty() {
+            return Ok(outcome);
+        }
+        let (rows, permission_denied) =
+            match self.run_terminate(&oids, request, request.dry_run).await {
+                Ok(rows) => (rows, false),
+                Err(sqlx::Error::Database(db))
+                    if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) =>
+                {
+                    tracing::warn!(target_id = %self.id, error = %db,
+                    "set-based termination refused; falling back to one session at a time");
+                    let rows = self
+                        .run_terminate(&oids, request, true)
+                        .await
+                        .map_err(query_error)?;
+                    (rows, true)
+                }
+                Err(e) => return Err(query_error(e)),
+            };
+        let mut to_signal = Vec::new();
+        for row in &rows {
+            let session = decode_session(row, &names).map_err(query_error)?;
+            let skip: Option<String> = row.try_get("skip").map_err(query_error)?;
+            let signalled: bool = row.try_get("signalled").map_err(query_error)?;
+            match skip {
+                Some(reason) => outcome.skipped.push(Skipped {
+                    session,
+                    reason: skip_reason(&reason),
+                }),
+                None => {
+                    outcome.matched.push(session.clone());
+                    if request.dry_run {
+                        continue;
+                    }
+                    if permission_denied {
+                        to_signal.push(session);
+                    } else if signalled {
+                        outcome.terminated.push(session);
+                    } else {
+                        outcome.skipped.push(Skipped {
+                            session,
+                            reason: SkipReason::AlreadyGone,
+                        });
+                    }
+                }
+            }
+        }
+        if permission_denied {
+            self.terminate_one_by_one(to_signal, &mut outcome).await?;
+        }
+        if !outcome.terminated.is_empty() {
+            outcome.remaining = self
+                .verify_gone(&outcome.terminated, request.verify_timeout)
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn learn_logins(&self, logins: &[String]) -> Result<(), EngineError> {
+        self.role_oids(logins).await.map(|_| ())
+    }
+}

@@ -1,0 +1,4 @@
+#![allow(dead_code)]
+//! Shared helpers for the integration tests. Include with `mod support;`.
+
+pub mod pg;
