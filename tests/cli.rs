@@ -1,0 +1,288 @@
+//! The CLI, run as a real process from the config alone (no service running), against a real
+//! PostgreSQL: sessions, revoke, audit verify/list/export, check-config, operator-token.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::Digest;
+use support::pg::TestPostgres;
+use support::sever::{ADMIN_PASSWORD, Workspace, create_admin};
+
+fn sever(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sever"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("USER", "responder")
+        .env_remove("SUDO_USER")
+        .output()
+        .expect("run sever")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn revoke_sessions_and_audit_from_the_command_line() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.create_login("leaked", "pw").await;
+    pg.create_login("bystander", "pw").await;
+    let ws = Workspace::new();
+    let config = ws.write_config(&format!(
+        "{}{}",
+        ws.base_config(),
+        ws.target("main", &pg, "")
+    ));
+
+    let (_c1, a) = pg.session("leaked", "pw", "postgres", "api").await;
+    let (_c2, b) = pg.session("leaked", "pw", "postgres", "api").await;
+    let (_c3, keep) = pg.session("bystander", "pw", "postgres", "api").await;
+
+    // sessions, as JSON for scripts and as a table for people.
+    let out = sever(&config, &["sessions", "--login", "leaked", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let mut pids: Vec<i64> = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pid"].as_i64().unwrap())
+        .collect();
+    pids.sort();
+    let mut expected = vec![i64::from(a), i64::from(b)];
+    expected.sort();
+    assert_eq!(pids, expected);
+    let out = sever(&config, &["sessions", "--login", "leaked"]);
+    assert!(
+        stdout(&out).contains(&a.to_string()) && stdout(&out).contains("2 session(s)"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Dry run changes nothing.
+    let out = sever(
+        &config,
+        &[
+            "revoke",
+            "--login",
+            "leaked",
+            "--target",
+            "main",
+            "--reason",
+            "INC-9",
+            "--dry-run",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("would terminate"), "{}", stdout(&out));
+    assert!(pg.is_alive(a).await && pg.is_alive(b).await);
+
+    // The real thing.
+    let out = sever(
+        &config,
+        &[
+            "revoke",
+            "--login",
+            "leaked",
+            "--all-targets",
+            "--reason",
+            "INC-9",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["status"], "completed");
+    assert_eq!(
+        report["targets"][0]["terminated"].as_array().unwrap().len(),
+        2
+    );
+    for pid in [a, b] {
+        assert!(
+            pg.wait_gone(pid, Duration::from_secs(5)).await,
+            "{pid} survived"
+        );
+    }
+    assert!(pg.is_alive(keep).await);
+
+    // Refusals exit non-zero with a message and touch nothing.
+    let out = sever(
+        &config,
+        &[
+            "revoke", "--login", "postgres", "--target", "main", "--reason", "x",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("protected"), "{}", stderr(&out));
+    let out = sever(
+        &config,
+        &["revoke", "--login", "bystander", "--reason", "x"],
+    );
+    assert!(!out.status.success(), "a target choice is required");
+    assert!(pg.is_alive(keep).await);
+
+    // The CLI wrote the same records as the API would, as the person at the keyboard.
+    let out = sever(&config, &["audit", "export", "--jsonl"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let records: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let terminated: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "session.terminated")
+        .collect();
+    assert_eq!(terminated.len(), 2);
+    assert!(terminated.iter().all(|r| r["actor"] == "cli:responder"));
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["kind"] == "session.would_terminate")
+            .count(),
+        2
+    );
+    let out = sever(&config, &["audit", "list", "--kind", "session.terminated"]);
+    assert!(
+        stdout(&out).contains("session.terminated"),
+        "{}",
+        stdout(&out)
+    );
+
+    // verify passes, then names the record someone edited.
+    let out = sever(&config, &["audit", "verify"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).contains("audit trail OK"));
+    let edited = terminated[0]["seq"].as_i64().unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", ws.path("sever.db").display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE audit_records SET detail = replace(detail, 'leaked', 'innocent') WHERE seq = $1",
+    )
+    .bind(edited)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = sever(&config, &["audit", "verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(sever::cli::EXIT_AUDIT_BROKEN))
+    );
+    assert!(
+        stdout(&out).contains(&format!("record seq {edited} ")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("edited"), "{}", stdout(&out));
+
+    // Deleting a record is named too.
+    let last: i64 = sqlx::query_scalar("SELECT max(seq) FROM audit_records")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_records WHERE seq = $1")
+        .bind(last - 1)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = sever(&config, &["audit", "verify", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(sever::cli::EXIT_AUDIT_BROKEN))
+    );
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["seq"] == last && p["what"].as_str().unwrap().contains("missing")),
+        "{report}"
+    );
+}
+
+#[test]
+fn check_config_validates_and_redacts() {
+    let ws = Workspace::new();
+    // A target URL with a password, from a file: loaded, never printed.
+    let url_file = ws.path("pg.url");
+    std::fs::write(
+        &url_file,
+        format!("postgres://sever_admin:{ADMIN_PASSWORD}@127.0.0.1:1/postgres\n"),
+    )
+    .unwrap();
+    let good = format!(
+        "{}[targets.main]\nengine = \"postgres\"\nurl = {{ file = {:?} }}\n\
+         [credentials.orders]\nlogins = [{{ target = \"main\", login = \"app\" }}]\n",
+        ws.base_config(),
+        url_file.display().to_string(),
+    );
+    let config = ws.write_config(&good);
+    let out = sever(&config, &["check-config"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(plan["credentials"]["orders"]["logins"][0]["login"], "app");
+    assert_eq!(plan["targets"]["main"]["protected_logins"][0], "postgres");
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!all.contains(ADMIN_PASSWORD), "a secret was printed");
+    assert!(
+        !all.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        "the webhook secret was printed"
+    );
+    assert!(all.contains("redacted"));
+
+    // Dangling reference and unknown key: named, non-zero exit.
+    let bad = ws.write_config(&format!(
+        "{}[credentials.orders]\nlogins = [{{ target = \"ghost\", login = \"app\" }}]\n",
+        ws.base_config()
+    ));
+    let out = sever(&bad, &["check-config"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("credentials.orders.logins[0].target"),
+        "{}",
+        stderr(&out)
+    );
+    let bad = ws.write_config(&format!(
+        "{}[server]\nlisten_addr = \"0.0.0.0:1\"\n",
+        ws.base_config()
+    ));
+    let out = sever(&bad, &["check-config"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("listen_addr"), "{}", stderr(&out));
+    // A missing secret file is named by path, and the service would not start.
+    std::fs::remove_file(&url_file).unwrap();
+    let config = ws.write_config(&good);
+    let out = sever(&config, &["check-config"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("pg.url"), "{}", stderr(&out));
+}
+
+#[test]
+fn operator_token_prints_a_token_and_its_hash() {
+    let ws = Workspace::new();
+    let config = ws.write_config("");
+    let out = sever(&config, &["operator-token"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    let value = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap()
+            .to_owned()
+    };
+    let token = value("token (");
+    let hash = value("token_sha256");
+    assert!(token.starts_with("sev_") && token.len() > 60);
+    assert_eq!(hash, hex::encode(sha2::Sha256::digest(token.as_bytes())));
+}

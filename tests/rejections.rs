@@ -1,0 +1,391 @@
+//! Bad input, each answered with the right status and JSON error, nothing terminated, and
+//! the refusal audited; replays refused also after a restart.
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::pg::TestPostgres;
+use support::sever::{SECRET, TOKEN, TestServer, WRONG_SECRET, Workspace, create_admin, now};
+
+struct Case {
+    name: &'static str,
+    status: StatusCode,
+    code: &'static str,
+}
+
+async fn expect(case: &Case, response: reqwest::Response) {
+    assert_eq!(response.status(), case.status, "{}", case.name);
+    let body: Value = response
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{}: body is not JSON: {e}", case.name));
+    assert_eq!(body["error"]["code"], case.code, "{}: {body}", case.name);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        case.name
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_audited_and_execute_nothing() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.create_login("app", "pw").await;
+    let ws = Workspace::new();
+    let config = format!(
+        "{}{}\
+         [credentials.orders]\npolicy = \"terminate_all\"\nlogins = [{{ target = \"main\", login = \"app\" }}]\n\
+         [credentials.noop]\npolicy = \"none\"\nlogins = [{{ target = \"main\", login = \"app\" }}]\n",
+        ws.base_config(),
+        ws.target("main", &pg, ""),
+    );
+    let path = ws.write_config(&config);
+    let server = TestServer::start(&path).await;
+    let (_conn, victim) = pg.session("app", "pw", "postgres", "must-survive").await;
+
+    let good = serde_json::to_vec(&json!({"credential": "orders", "kind": "revoked"})).unwrap();
+    let mut cases = Vec::new();
+
+    let case = Case {
+        name: "wrong signature",
+        status: StatusCode::UNAUTHORIZED,
+        code: "invalid_signature",
+    };
+    expect(
+        &case,
+        server
+            .post_signed("/v1/events", &good, "msg_a", now(), WRONG_SECRET)
+            .await,
+    )
+    .await;
+    cases.push(case);
+
+    let case = Case {
+        name: "missing headers",
+        status: StatusCode::UNAUTHORIZED,
+        code: "missing_header",
+    };
+    let r = server
+        .client
+        .post(server.url("/v1/events"))
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    expect(&case, r).await;
+    cases.push(case);
+
+    let case = Case {
+        name: "stale timestamp",
+        status: StatusCode::UNAUTHORIZED,
+        code: "timestamp_out_of_tolerance",
+    };
+    expect(
+        &case,
+        server
+            .post_signed("/v1/events", &good, "msg_b", now() - 600, SECRET)
+            .await,
+    )
+    .await;
+    cases.push(case);
+
+    let case = Case {
+        name: "future timestamp",
+        status: StatusCode::UNAUTHORIZED,
+        code: "timestamp_out_of_tolerance",
+    };
+    expect(
+        &case,
+        server
+            .post_signed("/v1/events", &good, "msg_c", now() + 600, SECRET)
+            .await,
+    )
+    .await;
+    cases.push(case);
+
+    let case = Case {
+        name: "signature over another body",
+        status: StatusCode::UNAUTHORIZED,
+        code: "invalid_signature",
+    };
+    let sig = sever::intake::webhook::sign(SECRET, "msg_d", now(), b"{}").unwrap();
+    let r = server
+        .client
+        .post(server.url("/v1/events"))
+        .header("webhook-id", "msg_d")
+        .header("webhook-timestamp", now().to_string())
+        .header("webhook-signature", sig)
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    expect(&case, r).await;
+    cases.push(case);
+
+    let case = Case {
+        name: "unknown credential",
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "unknown_credential",
+    };
+    let body = serde_json::to_vec(&json!({"credential": "nope", "kind": "revoked"})).unwrap();
+    expect(
+        &case,
+        server
+            .post_signed("/v1/events", &body, "msg_e", now(), SECRET)
+            .await,
+    )
+    .await;
+    cases.push(case);
+
+    let case = Case {
+        name: "malformed JSON",
+        status: StatusCode::BAD_REQUEST,
+        code: "malformed_json",
+    };
+    expect(
+        &case,
+        server
+            .post_signed("/v1/events", b"{\"credential\": ", "msg_f", now(), SECRET)
+            .await,
+    )
+    .await;
+    cases.push(case);
+
+    let case = Case {
+        name: "misspelt field",
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "invalid_request",
+    };
+    let body = serde_json::to_vec(
+        &json!({"credential": "orders", "kind": "rotated", "rotatedAt": "2020-01-01T00:00:00Z"}),
+    )
+    .unwrap();
+    expect(
+        &case,
+        server
+            .post_signed("/v1/events", &body, "msg_g", now(), SECRET)
+            .await,
+    )
+    .await;
+    cases.push(case);
+
+    let case = Case {
+        name: "unknown kind",
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "invalid_request",
+    };
+    let body = serde_json::to_vec(&json!({"credential": "orders", "kind": "expired"})).unwrap();
+    expect(
+        &case,
+        server
+            .post_signed("/v1/events", &body, "msg_h", now(), SECRET)
+            .await,
+    )
+    .await;
+    cases.push(case);
+
+    let case = Case {
+        name: "body over the limit",
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        code: "body_too_large",
+    };
+    let huge = format!(
+        "{{\"credential\": \"orders\", \"kind\": \"revoked\", \"reason\": \"{}\"}}",
+        "x".repeat(70_000)
+    );
+    expect(
+        &case,
+        server
+            .post_signed("/v1/events", huge.as_bytes(), "msg_i", now(), SECRET)
+            .await,
+    )
+    .await;
+    cases.push(case);
+
+    // A valid delivery (policy none: recorded, nothing terminated), then its replay.
+    let noop = serde_json::to_vec(&json!({"credential": "noop", "kind": "rotated"})).unwrap();
+    let ts = now();
+    let first = server
+        .post_signed("/v1/events?wait=true", &noop, "msg_replayed", ts, SECRET)
+        .await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["scope"], Value::Null);
+    let case = Case {
+        name: "replayed webhook-id",
+        status: StatusCode::CONFLICT,
+        code: "replayed_delivery",
+    };
+    expect(
+        &case,
+        server
+            .post_signed("/v1/events", &noop, "msg_replayed", ts, SECRET)
+            .await,
+    )
+    .await;
+    cases.push(case);
+
+    let case = Case {
+        name: "operator call without token",
+        status: StatusCode::UNAUTHORIZED,
+        code: "missing_token",
+    };
+    let revoke = json!({"login": "app", "targets": "all", "reason": "test"});
+    let r = server
+        .client
+        .post(server.url("/v1/revocations"))
+        .json(&revoke)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    expect(&case, r).await;
+    cases.push(case);
+
+    let case = Case {
+        name: "operator call with wrong token",
+        status: StatusCode::UNAUTHORIZED,
+        code: "invalid_token",
+    };
+    let r = server
+        .client
+        .post(server.url("/v1/revocations"))
+        .bearer_auth("sev_not_the_token")
+        .json(&revoke)
+        .send()
+        .await
+        .unwrap();
+    expect(&case, r).await;
+    cases.push(case);
+
+    let case = Case {
+        name: "revocation without reason",
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "invalid_request",
+    };
+    let (status, body) = server
+        .operator_post(
+            "/v1/revocations",
+            &json!({"login": "app", "targets": "all", "reason": " "}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str().unwrap()),
+        (case.status, case.code),
+        "{body}"
+    );
+    cases.push(case);
+
+    let case = Case {
+        name: "revocation of a protected login",
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "protected_login",
+    };
+    let (status, body) = server
+        .operator_post(
+            "/v1/revocations",
+            &json!({"login": "postgres", "targets": "all", "reason": "oops"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str().unwrap()),
+        (case.status, case.code),
+        "{body}"
+    );
+    cases.push(case);
+
+    let case = Case {
+        name: "revocation on an unknown target",
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "unknown_target",
+    };
+    let (status, body) = server
+        .operator_post(
+            "/v1/revocations",
+            &json!({"login": "app", "targets": ["nope"], "reason": "x"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str().unwrap()),
+        (case.status, case.code),
+        "{body}"
+    );
+    cases.push(case);
+
+    // The replay is refused after a restart too: the store remembers.
+    server.stop().await;
+    let server = TestServer::start(&path).await;
+    let case = Case {
+        name: "replay after restart",
+        status: StatusCode::CONFLICT,
+        code: "replayed_delivery",
+    };
+    expect(
+        &case,
+        server
+            .post_signed("/v1/events", &noop, "msg_replayed", ts, SECRET)
+            .await,
+    )
+    .await;
+    cases.push(case);
+    server.stop().await;
+
+    // Nothing was terminated by any of it.
+    assert!(
+        pg.is_alive(victim).await,
+        "a rejected request terminated a session"
+    );
+    let audit = ws.audit().await;
+    let records = audit.list(&Default::default()).await.unwrap();
+    assert!(records.iter().all(|r| r.kind != "session.terminated"));
+    // Every refusal is on record, with its code and where it came from.
+    let rejected: Vec<Value> = records
+        .iter()
+        .filter(|r| r.kind == "request.rejected")
+        .map(|r| serde_json::from_str(&r.detail).unwrap())
+        .collect();
+    assert_eq!(rejected.len(), cases.len(), "{rejected:#?}");
+    for (case, record) in cases.iter().zip(&rejected) {
+        assert_eq!(record["code"], case.code, "{}", case.name);
+        assert_eq!(record["status"], case.status.as_u16(), "{}", case.name);
+        assert!(
+            record["remote_addr"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:")
+        );
+    }
+    // The operator's token never reaches the trail.
+    assert!(records.iter().all(|r| !r.detail.contains(TOKEN)));
+    assert!(audit.verify().await.unwrap().ok);
+}
+
+#[tokio::test]
+async fn framework_errors_share_the_json_shape() {
+    let ws = Workspace::new();
+    let path = ws.write_config(&ws.base_config());
+    let server = TestServer::start(&path).await;
+    let r = server
+        .client
+        .get(server.url("/v2/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    let r = server
+        .client
+        .get(server.url("/v1/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    server.stop().await;
+}
