@@ -311,6 +311,9 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
         "{}",
         serde_json::to_string_pretty(&plan).unwrap_or_default()
     );
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
     eprintln!("config OK: every secret loaded");
     Ok(ExitCode::SUCCESS)
 }

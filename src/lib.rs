@@ -65,6 +65,9 @@ pub async fn run(
     let ctx = Arc::new(Context::build(config).await?);
     let tracker = TaskTracker::new();
     let state = AppState::new(ctx.clone(), tracker.clone())?;
+    for warning in ctx.config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let background = CancellationToken::new();
     tokio::spawn(maintain(ctx.clone(), background.clone()));
 

@@ -512,3 +512,96 @@ async fn one_target_down_does_not_stop_the_other_and_is_reported() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["target"], "b");
 }
+
+#[tokio::test]
+async fn a_tls_target_is_reached_with_certificate_verification() {
+    // Guards the process-wide rustls crypto provider: without one installed explicitly,
+    // the first TLS connection panics once two backends are linked.
+    let pg = TestPostgres::start();
+    let ca = pg.enable_tls();
+    create_admin(&pg).await;
+    pg.create_login("app", "pw").await;
+    let ws = Workspace::new();
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        pg.url("sever_admin", support::sever::ADMIN_PASSWORD, "postgres"),
+        ca.display()
+    );
+    let config = format!(
+        "{}[targets.tls]\nengine = \"postgres\"\nurl = {{ file = {:?} }}\n",
+        ws.base_config(),
+        ws.secret_file("tls.url", &url).trim_matches('"'),
+    );
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let victims = app_sessions(&pg, "app", "pw", 1).await;
+    let (status, report) = server
+        .operator_post(
+            "/v1/revocations",
+            &json!({"login": "app", "targets": ["tls"], "reason": "tls test"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        pids(&report, "tls", "terminated"),
+        vec![i64::from(victims[0])]
+    );
+    // sever's own connection really is encrypted.
+    let mut admin = pg.session("postgres", "", "postgres", "").await.0;
+    let encrypted: bool = sqlx::query_scalar(
+        "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'sever'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(encrypted);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn missing_signal_privilege_is_reported_per_session_not_hidden() {
+    let pg = TestPostgres::start();
+    // Can see sessions but not signal them.
+    pg.exec("CREATE ROLE sever_admin LOGIN PASSWORD 'pw' IN ROLE pg_read_all_stats")
+        .await;
+    pg.create_login("app", "pw").await;
+    let ws = Workspace::new();
+    let url = ws.secret_file("weak.url", &pg.url("sever_admin", "pw", "postgres"));
+    let config = format!(
+        "{}[targets.main]\nengine = \"postgres\"\nurl = {{ file = {url} }}\n",
+        ws.base_config()
+    );
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let victims = app_sessions(&pg, "app", "pw", 2).await;
+
+    let (status, report) = server
+        .operator_post(
+            "/v1/revocations",
+            &json!({"login": "app", "targets": ["main"], "reason": "r"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "incomplete");
+    let failed = report["targets"][0]["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 2, "{report}");
+    assert!(
+        failed.iter().all(|f| f["error"]
+            .as_str()
+            .unwrap()
+            .contains("grant pg_signal_backend")),
+        "{report}"
+    );
+    for pid in &victims {
+        assert!(pg.is_alive(*pid).await);
+    }
+    server.stop().await;
+    let audit = ws.audit().await;
+    let failed = audit
+        .list(&sever::audit::ListFilter {
+            kind: Some("session.failed".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 2);
+}

@@ -286,3 +286,58 @@ fn operator_token_prints_a_token_and_its_hash() {
     assert!(token.starts_with("sev_") && token.len() > 60);
     assert_eq!(hash, hex::encode(sha2::Sha256::digest(token.as_bytes())));
 }
+
+#[tokio::test]
+async fn the_cli_and_a_busy_server_keep_one_audit_chain() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    let ws = Workspace::new();
+    let config = ws.write_config(&format!(
+        "{}{}[credentials.noop]\npolicy = \"none\"\nlogins = [{{ target = \"main\", login = \"app\" }}]\n",
+        ws.base_config(),
+        ws.target("main", &pg, ""),
+    ));
+    let server = support::sever::TestServer::start(&config).await;
+
+    // 20 events through the server and 3 CLI revocations (dry runs), all at once.
+    let noop = serde_json::json!({"credential": "noop", "kind": "rotated"});
+    let events = (0..20).map(|_| server.event(&noop));
+    let cli = (0..3).map(|i| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            sever(
+                &config,
+                &[
+                    "revoke",
+                    "--login",
+                    "nobody",
+                    "--all-targets",
+                    "--reason",
+                    &format!("drill {i}"),
+                    "--dry-run",
+                ],
+            )
+        })
+    });
+    let (events, cli) = tokio::join!(
+        futures_util::future::join_all(events),
+        futures_util::future::join_all(cli)
+    );
+    assert!(
+        events
+            .iter()
+            .all(|(status, _)| *status == reqwest::StatusCode::OK),
+        "{events:?}"
+    );
+    for out in cli {
+        let out = out.unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    server.stop().await;
+
+    let out = sever(&config, &["audit", "verify", "--json"]);
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    // Per event: accepted, planned, completed. Per dry run: planned, completed.
+    assert_eq!(report["records"], 20 * 3 + 3 * 2, "{report}");
+}

@@ -236,13 +236,20 @@ impl Audit {
     }
 
     async fn try_append(&self, entries: &[Entry]) -> Result<(), sqlx::Error> {
-        let mut tx = self.store.pool().begin().await?;
-        if self.store.backend() == Backend::Postgres {
-            // Serialise writers across replicas for the length of this transaction.
-            sqlx::query("SELECT pg_advisory_xact_lock(7262837)")
-                .execute(&mut *tx)
-                .await?;
-        }
+        let pool = self.store.pool();
+        let mut tx = match self.store.backend() {
+            // Take the write lock before reading the head, so another process appending at
+            // the same time makes this one wait (busy timeout) instead of fail.
+            Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => {
+                let mut tx = pool.begin().await?;
+                // Serialise writers across replicas for the length of this transaction.
+                sqlx::query("SELECT pg_advisory_xact_lock(7262837)")
+                    .execute(&mut *tx)
+                    .await?;
+                tx
+            }
+        };
         let head = sqlx::query("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?;

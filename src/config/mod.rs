@@ -268,6 +268,23 @@ impl Config {
         set
     }
 
+    /// Valid but probably unintended settings, for start-up logs and `check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.webhooks.secrets.is_empty() {
+            warnings.push(
+                "no webhooks.secrets configured: POST /v1/events refuses every delivery".into(),
+            );
+        }
+        if self.operators.is_empty() {
+            warnings.push("no operators configured: the operator API refuses every call".into());
+        }
+        if self.targets.is_empty() {
+            warnings.push("no targets configured: nothing can be terminated".into());
+        }
+        warnings
+    }
+
     /// Loads every webhook signing secret.
     pub fn webhook_secrets(&self) -> Result<Vec<SecretString>, ConfigError> {
         self.webhooks

@@ -242,6 +242,15 @@ impl Postgres {
                     session,
                     reason: SkipReason::AlreadyGone,
                 }),
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) => {
+                    outcome.failed.push(Failed {
+                        session,
+                        error: format!(
+                            "{} (grant pg_signal_backend to sever's login; superusers are never signalled)",
+                            db.message()
+                        ),
+                    })
+                }
                 Err(e) => outcome.failed.push(Failed {
                     session,
                     error: e.to_string(),

@@ -91,6 +91,103 @@ impl TestPostgres {
         self.port.load(Ordering::SeqCst)
     }
 
+    /// Turns on TLS with a server certificate for 127.0.0.1 issued by a fresh test CA, and
+    /// restarts the server. Returns the CA certificate's path (for `sslrootcert`).
+    pub fn enable_tls(&self) -> PathBuf {
+        let ca_key = self.base.join("ca.key");
+        let ca = self.base.join("ca.crt");
+        let key = self.data.join("server.key");
+        let csr = self.base.join("server.csr");
+        let crt = self.data.join("server.crt");
+        let ext = self.base.join("server.ext");
+        fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        let p = |path: &Path| path.to_str().expect("utf-8 temp path").to_owned();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", describe(&out));
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &p(&ca_key),
+                    "-out",
+                    &p(&ca),
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=sever test CA",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &p(&key),
+                    "-out",
+                    &p(&csr),
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p(&csr),
+            "-CA",
+            &p(&ca),
+            "-CAkey",
+            &p(&ca_key),
+            "-CAcreateserial",
+            "-out",
+            &p(&crt),
+            "-days",
+            "2",
+            "-extfile",
+            &p(&ext),
+        ]);
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        if self.as_root {
+            chown_to_pg(&[&key, &crt]);
+        }
+        fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))
+            .and_then(|mut f| {
+                use std::io::Write;
+                writeln!(
+                    f,
+                    "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+                )
+            })
+            .expect("append ssl settings");
+        self.restart();
+        ca
+    }
+
     /// The temp directory holding data, socket dir and log; removed on drop.
     pub fn base_dir(&self) -> &Path {
         &self.base
