@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde_json::{Value, json};
 
-use crate::audit::{AuditError, ExportedRecord, ListFilter};
+use crate::audit::{AuditError, ListFilter};
 use crate::config::{Config, ConfigError};
 use crate::context::{Context, ContextError};
 use crate::intake::operator::new_token;
@@ -543,8 +543,7 @@ async fn audit(config: Config, command: AuditCommand) -> Result<ExitCode, CliErr
             let records = ctx.audit.list(&filter).await?;
             if json {
                 for r in records {
-                    serde_json::to_writer(&mut out, &ExportedRecord::from(r))
-                        .map_err(std::io::Error::from)?;
+                    serde_json::to_writer(&mut out, &r).map_err(std::io::Error::from)?;
                     writeln!(out)?;
                 }
             } else {

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -107,8 +107,8 @@ impl Entry {
     }
 }
 
-/// A record as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A record as stored; serialises (for export) with `detail` as a JSON object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditRecord {
     /// Position in the chain, from 1, without gaps.
     pub seq: i64,
@@ -123,51 +123,12 @@ pub struct AuditRecord {
     /// The action it belongs to.
     pub action_id: Option<String>,
     /// Compact, key-sorted JSON, exactly as hashed.
+    #[serde(serialize_with = "raw_json")]
     pub detail: String,
     /// Hash of the previous record.
     pub prev_hash: String,
     /// Hash of this record.
     pub hash: String,
-}
-
-/// A record as exported: `detail` as a JSON object.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ExportedRecord {
-    /// Position in the chain.
-    pub seq: i64,
-    /// Unique id.
-    pub id: String,
-    /// When it was written.
-    pub at: String,
-    /// Kind name.
-    pub kind: String,
-    /// Who caused it.
-    pub actor: String,
-    /// The action it belongs to.
-    pub action_id: Option<String>,
-    /// Details.
-    pub detail: Value,
-    /// Hash of the previous record.
-    pub prev_hash: String,
-    /// Hash of this record.
-    pub hash: String,
-}
-
-impl From<AuditRecord> for ExportedRecord {
-    fn from(r: AuditRecord) -> Self {
-        Self {
-            detail: serde_json::from_str(&r.detail)
-                .unwrap_or_else(|_| Value::String(r.detail.clone())),
-            seq: r.seq,
-            id: r.id,
-            at: r.at,
-            kind: r.kind,
-            actor: r.actor,
-            action_id: r.action_id,
-            prev_hash: r.prev_hash,
-            hash: r.hash,
-        }
-    }
 }
 
 /// Which records to list.
@@ -363,8 +324,7 @@ impl Audit {
     pub async fn export_jsonl(&self, out: &mut impl Write) -> Result<u64, AuditError> {
         let mut n = 0;
         self.scan(|record| {
-            serde_json::to_writer(&mut *out, &ExportedRecord::from(record))
-                .map_err(std::io::Error::from)?;
+            serde_json::to_writer(&mut *out, &record).map_err(std::io::Error::from)?;
             out.write_all(b"\n")?;
             n += 1;
             Ok(())
@@ -372,6 +332,15 @@ impl Audit {
         .await?;
         out.flush()?;
         Ok(n)
+    }
+}
+
+/// Emits stored JSON text as JSON, not as a string, without re-parsing it into a map.
+fn raw_json<S: serde::Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    match serde_json::value::RawValue::from_string(text.to_owned()) {
+        Ok(raw) => raw.serialize(serializer),
+        // Not JSON (only possible if someone edited the row): export it as a string.
+        Err(_) => serializer.serialize_str(text),
     }
 }
 
@@ -436,13 +405,14 @@ mod tests {
 
         let mut out = Vec::new();
         assert_eq!(audit.export_jsonl(&mut out).await.unwrap(), 3);
-        let lines: Vec<ExportedRecord> = String::from_utf8(out)
+        let lines: Vec<Value> = String::from_utf8(out)
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines[1].detail, json!({"pid": 7}));
-        assert_eq!(lines[2].kind, "action.completed");
+        assert_eq!(lines[1]["detail"], json!({"pid": 7}));
+        assert_eq!(lines[2]["kind"], "action.completed");
+        assert_eq!(lines[2]["prev_hash"], lines[1]["hash"]);
 
         let filtered = audit
             .list(&ListFilter {

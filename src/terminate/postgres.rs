@@ -29,6 +29,16 @@ pub struct Postgres {
     store: Store,
 }
 
+/// The columns [`decode_session`] reads, from `pg_stat_activity a` joined to `pg_roles r`
+/// (a macro because sqlx wants static SQL text).
+macro_rules! session_columns {
+    () => {
+        "a.pid, a.usesysid::int8 AS role_oid, r.rolname::text AS login, \
+         a.datname::text AS database, a.application_name::text AS application_name, \
+         host(a.client_addr) AS client_addr, a.backend_start, a.state::text AS state"
+    };
+}
+
 /// Selects the in-scope sessions of the given role oids and, unless it is a dry run, signals
 /// every eligible one, all in one round trip. Ineligible rows come back with a `skip` reason
 /// instead of being filtered out, so the report can say why they survived.
@@ -36,17 +46,13 @@ pub struct Postgres {
 /// The one-argument `pg_terminate_backend` is used on purpose: it does not wait (waiting
 /// serialises the backends, ~100 ms each) and it exists on every supported version; the
 /// verification poll afterwards does the waiting for all of them at once.
-const TERMINATE_SQL: &str = r#"
+const TERMINATE_SQL: &str = concat!(
+    r#"
 WITH me AS (SELECT usesysid FROM pg_stat_activity WHERE pid = pg_backend_pid()),
 m AS (
-    SELECT a.pid,
-           a.usesysid::int8 AS role_oid,
-           r.rolname::text AS login,
-           a.datname::text AS database,
-           a.application_name::text AS application_name,
-           host(a.client_addr) AS client_addr,
-           a.backend_start,
-           a.state::text AS state,
+    SELECT "#,
+    session_columns!(),
+    r#",
            CASE
                WHEN a.pid = pg_backend_pid() OR a.usesysid = (SELECT usesysid FROM me) THEN 'own_login'
                WHEN r.rolsuper THEN 'superuser'
@@ -64,17 +70,13 @@ SELECT m.*,
            AS signalled
 FROM m
 ORDER BY m.backend_start NULLS FIRST, m.pid
-"#;
+"#
+);
 
-const SESSIONS_SQL: &str = r#"
-SELECT a.pid,
-       a.usesysid::int8 AS role_oid,
-       r.rolname::text AS login,
-       a.datname::text AS database,
-       a.application_name::text AS application_name,
-       host(a.client_addr) AS client_addr,
-       a.backend_start,
-       a.state::text AS state
+const SESSIONS_SQL: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    r#"
 FROM pg_stat_activity a
 LEFT JOIN pg_roles r ON r.oid = a.usesysid
 WHERE a.backend_type = 'client backend'
@@ -85,7 +87,8 @@ WHERE a.backend_type = 'client backend'
   AND ($5::timestamptz IS NULL OR a.backend_start < $5::timestamptz)
   AND ($6::timestamptz IS NULL OR a.backend_start >= $6::timestamptz)
 ORDER BY a.backend_start NULLS FIRST, a.pid
-"#;
+"#
+);
 
 /// Which of the given (pid, backend_start) pairs are still connected. Matching on the start
 /// time too keeps a recycled pid from counting as a survivor.
