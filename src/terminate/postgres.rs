@@ -121,7 +121,9 @@ impl Postgres {
             .options([("statement_timeout", statement_timeout.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(target.pool_size)
-            .min_connections(0)
+            // Keep one connection warm so a rotation does not pay for a TLS and auth
+            // handshake; sqlx opens it in the background, so a down target never blocks.
+            .min_connections(1)
             .acquire_timeout(target.connect_timeout)
             .idle_timeout(Duration::from_secs(300))
             .connect_lazy_with(options);
