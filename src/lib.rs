@@ -54,6 +54,22 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// What a caller can swap out when embedding the server (tests use it to keep SNS traffic
+/// off the internet).
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Fetches SNS signing certificates and confirms subscriptions.
+    pub sns_http: Arc<dyn intake::sns::SnsHttp>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            sns_http: Arc::new(intake::sns::HttpsClient::new()),
+        }
+    }
+}
+
 /// Builds everything from `config` and serves on `listener` until `shutdown` completes, then
 /// waits for running actions to finish.
 pub async fn run(
@@ -61,10 +77,20 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    run_with(config, listener, shutdown, RunOptions::default()).await
+}
+
+/// [`run`] with replaceable parts.
+pub async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: RunOptions,
+) -> Result<(), ServeError> {
     install_crypto_provider();
     let ctx = Arc::new(Context::build(config).await?);
     let tracker = TaskTracker::new();
-    let state = AppState::new(ctx.clone(), tracker.clone())?;
+    let state = AppState::new(ctx.clone(), tracker.clone(), options.sns_http).await?;
     for warning in ctx.config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -102,7 +128,7 @@ async fn maintain(ctx: Arc<Context>, stop: CancellationToken) {
                 let retention = chrono::Duration::from_std(ctx.config.webhooks.replay_retention)
                     .unwrap_or(chrono::Duration::MAX);
                 let before = chrono::Utc::now() - retention;
-                match ctx.store.prune_deliveries(before).await {
+                match ctx.store.prune_claims(before).await {
                     Ok(n) if n > 0 => tracing::debug!(pruned = n, "old webhook-ids dropped"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "could not prune webhook-ids"),

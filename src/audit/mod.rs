@@ -39,6 +39,12 @@ impl From<sqlx::Error> for AuditError {
 pub enum Kind {
     /// A signed event was verified and accepted.
     EventAccepted,
+    /// A verified event that needs no action (a non-final rotation step, a confirmation).
+    EventAcknowledged,
+    /// A verified event that is not about a mapped credential's rotation.
+    EventIgnored,
+    /// A verified event reporting a rotation that was already acted on.
+    EventDuplicate,
     /// A request was refused (bad signature, bad input, bad token, …).
     RequestRejected,
     /// The plan an action is about to execute.
@@ -64,6 +70,9 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::EventAccepted => "event.accepted",
+            Kind::EventAcknowledged => "event.acknowledged",
+            Kind::EventIgnored => "event.ignored",
+            Kind::EventDuplicate => "event.duplicate",
             Kind::RequestRejected => "request.rejected",
             Kind::ActionPlanned => "action.planned",
             Kind::SessionTerminated => "session.terminated",

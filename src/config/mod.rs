@@ -74,6 +74,66 @@ pub struct Config {
     /// Credentials that rotate, by stable id, and the logins they map to.
     #[serde(default)]
     pub credentials: BTreeMap<String, CredentialConfig>,
+    /// AWS Secrets Manager intake and lookups.
+    #[serde(default)]
+    pub aws: AwsConfig,
+}
+
+/// AWS access and intake settings.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Region of the secrets; default: the AWS SDK's region chain (`AWS_REGION`, profile, IMDS).
+    pub region: Option<String>,
+    /// Secrets Manager endpoint override (VPC endpoint, FIPS endpoint, or a local stand-in).
+    pub endpoint_url: Option<String>,
+    /// Static access keys; without them the SDK's default chain applies (env, web identity
+    /// / IRSA, container and instance metadata).
+    pub static_credentials: Option<StaticCredentials>,
+    /// EventBridge API-destination intake.
+    #[serde(default)]
+    pub eventbridge: EventBridgeConfig,
+    /// SNS HTTPS-subscription intake.
+    #[serde(default)]
+    pub sns: SnsConfig,
+}
+
+/// An access key pair, both halves kept outside the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticCredentials {
+    /// Access key id.
+    pub access_key_id: SecretRef,
+    /// Secret access key.
+    pub secret_access_key: SecretRef,
+}
+
+/// EventBridge API destinations cannot sign requests; they send an API-key header.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventBridgeConfig {
+    /// Accepted API keys (several, so a key can be rotated).
+    pub api_keys: Vec<SecretRef>,
+    /// Header the API destination's connection sends the key in.
+    pub header: String,
+}
+
+impl Default for EventBridgeConfig {
+    fn default() -> Self {
+        Self {
+            api_keys: Vec::new(),
+            header: "x-sever-api-key".into(),
+        }
+    }
+}
+
+/// SNS topics whose HTTPS notifications sever accepts.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SnsConfig {
+    /// Topic ARNs; subscriptions are confirmed for these only.
+    #[serde(default)]
+    pub topics: Vec<String>,
 }
 
 /// HTTP listener settings.
@@ -228,8 +288,37 @@ pub struct CredentialConfig {
     /// What a `rotated` event does (a `revoked` event always terminates every session).
     #[serde(default)]
     pub policy: RotationPolicy,
-    /// The logins this credential authenticates, per target.
+    /// The logins this credential authenticates, per target. May be empty for an AWS
+    /// secret, whose own `username` then names the login.
+    #[serde(default)]
     pub logins: Vec<LoginMapping>,
+    /// The AWS Secrets Manager secret this credential is.
+    pub aws: Option<CredentialAws>,
+}
+
+/// Ties a credential to an AWS Secrets Manager secret.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialAws {
+    /// Secret ARN or name.
+    pub secret: String,
+    /// Target of the derived login when `logins` is empty; default: the target whose
+    /// engine, host and port match the secret's.
+    pub target: Option<String>,
+    /// Alternating-users rotation: what happens to the previous user's sessions.
+    #[serde(default)]
+    pub previous_user: PreviousUserPolicy,
+}
+
+/// In AWS's alternating-users strategy the previous user stays valid by design.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PreviousUserPolicy {
+    /// Leave the previous user's sessions alone (AWS's intent).
+    #[default]
+    Keep,
+    /// Also terminate the previous user's sessions that began before the cutoff.
+    Terminate,
 }
 
 /// One login on one target.
@@ -359,6 +448,22 @@ impl Config {
                 if !seen.insert(mapping) {
                     return Err(invalid(at, "duplicate login mapping"));
                 }
+            }
+        }
+        if self.aws.eventbridge.header.is_empty()
+            || axum::http::HeaderName::from_bytes(self.aws.eventbridge.header.as_bytes()).is_err()
+        {
+            return Err(invalid(
+                "aws.eventbridge.header".into(),
+                "must be a valid HTTP header name",
+            ));
+        }
+        for (i, topic) in self.aws.sns.topics.iter().enumerate() {
+            if !topic.starts_with("arn:") || topic.split(':').count() != 6 {
+                return Err(invalid(
+                    format!("aws.sns.topics[{i}]"),
+                    "must be an SNS topic ARN",
+                ));
             }
         }
         let mut names = BTreeSet::new();

@@ -5,8 +5,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::sns::SnsError;
 use super::webhook::WebhookError;
 use crate::resolve::ResolveError;
+use crate::resolve::aws::AwsError;
 
 /// Everything an HTTP request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,26 @@ pub enum ApiError {
     /// The operator token matches no operator.
     #[error("invalid operator token")]
     InvalidToken,
+    /// An AWS request carried no credentials of any kind sever accepts.
+    #[error(
+        "missing credentials: sign with Standard Webhooks, send the EventBridge API key, or deliver through SNS"
+    )]
+    MissingCredentials,
+    /// The EventBridge API key matches no configured key.
+    #[error("invalid API key")]
+    InvalidApiKey,
+    /// An SNS message failed verification or confirmation.
+    #[error(transparent)]
+    Sns(#[from] SnsError),
+    /// An SNS message from a topic that is not configured.
+    #[error("SNS topic {0} is not configured in aws.sns.topics")]
+    UntrustedTopic(String),
+    /// Secrets Manager could not be asked, or answered unusably; nothing was executed.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// The Lambda hook reported a version that is not `AWSCURRENT` (called before finishSecret moved it).
+    #[error("version {0} is not AWSCURRENT yet: call the hook after finishSecret moved the label")]
+    VersionNotCurrent(String),
     /// The state store or audit trail is unavailable; nothing was executed.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -80,6 +102,18 @@ impl ApiError {
             ApiError::Body(_) => (S::BAD_REQUEST, "unreadable_body"),
             ApiError::MissingToken => (S::UNAUTHORIZED, "missing_token"),
             ApiError::InvalidToken => (S::UNAUTHORIZED, "invalid_token"),
+            ApiError::MissingCredentials => (S::UNAUTHORIZED, "missing_credentials"),
+            ApiError::InvalidApiKey => (S::UNAUTHORIZED, "invalid_api_key"),
+            ApiError::Sns(SnsError::Malformed(_)) => (S::BAD_REQUEST, "malformed_sns_message"),
+            ApiError::Sns(SnsError::Fetch(_)) => (S::BAD_GATEWAY, "sns_unavailable"),
+            ApiError::Sns(_) => (S::UNAUTHORIZED, "invalid_sns_signature"),
+            ApiError::UntrustedTopic(_) => (S::FORBIDDEN, "untrusted_topic"),
+            ApiError::Aws(AwsError::NotFound(_)) => (S::UNPROCESSABLE_ENTITY, "secret_not_found"),
+            ApiError::Aws(AwsError::BadValue(_)) => (S::UNPROCESSABLE_ENTITY, "unusable_secret"),
+            ApiError::Aws(AwsError::Unavailable(_)) => {
+                (S::BAD_GATEWAY, "secrets_manager_unavailable")
+            }
+            ApiError::VersionNotCurrent(_) => (S::CONFLICT, "version_not_current"),
             ApiError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }

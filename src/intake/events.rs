@@ -1,20 +1,17 @@
 //! `POST /v1/events`: the generic signed rotation event.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{ApiError, parse_json};
-use super::{AppState, RequestMeta, body_error};
-use crate::audit::{Entry, Kind};
+use super::{AppState, Claim, RequestMeta, body_error};
 use crate::resolve::{self, RotationEvent};
-use crate::store::Claim;
 
 /// `?wait=true` returns the finished result instead of `202 Accepted`.
 #[derive(Debug, Deserialize, Default)]
@@ -22,6 +19,13 @@ use crate::store::Claim;
 pub struct WaitQuery {
     #[serde(default)]
     wait: bool,
+}
+
+impl WaitQuery {
+    /// Whether the caller waits for the finished result.
+    pub fn wait(&self) -> bool {
+        self.wait
+    }
 }
 
 /// Verifies, de-duplicates, plans and starts a rotation; see the README for the contract.
@@ -60,48 +64,14 @@ pub async fn post_event(
         Ok(plan) => plan,
         Err(e) => return Err(reject(e.into()).await),
     };
-    let action_id = plan.action_id;
-    match state
-        .ctx
-        .store
-        .claim_delivery(&delivery.id, &action_id.to_string(), verified_at)
+    let accepted = json!({
+        "webhook_id": delivery.id,
+        "webhook_timestamp": delivery.timestamp,
+        "remote_addr": meta.remote,
+        "event": event,
+    });
+    let claims = vec![Claim::reject(format!("webhook:{}", delivery.id))];
+    state
+        .accept(&meta, ACTOR, claims, plan, accepted, wait)
         .await
-    {
-        Ok(Claim::Claimed) => {}
-        Ok(Claim::Duplicate { action_id }) => {
-            return Err(reject(ApiError::Replayed { action_id }).await);
-        }
-        Err(e) => return Err(ApiError::Unavailable(e.to_string())),
-    }
-    let accepted = Entry::new(
-        Kind::EventAccepted,
-        ACTOR,
-        Some(action_id),
-        json!({
-            "webhook_id": delivery.id,
-            "webhook_timestamp": delivery.timestamp,
-            "remote_addr": meta.remote,
-            "event": event,
-        }),
-    );
-    if let Err(e) = state.ctx.audit.append(accepted).await {
-        // Unrecorded means unaccepted: free the id so the sender's retry is processed.
-        if let Err(release) = state.ctx.store.release_delivery(&delivery.id).await {
-            tracing::error!(error = %release, "could not release webhook-id after audit failure");
-        }
-        return Err(ApiError::Unavailable(e.to_string()));
-    }
-    tracing::info!(%action_id, credential = %event.credential, kind = ?event.kind, "rotation event accepted");
-    let running = state.start(plan, ACTOR.to_owned());
-    if !wait {
-        let body = json!({"action_id": action_id, "status": "accepted"});
-        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
-    }
-    match running.await {
-        Ok(Ok(report)) => Ok(Json(report).into_response()),
-        Ok(Err(e)) => Err(ApiError::Unavailable(e.to_string())),
-        Err(e) => Err(ApiError::Unavailable(format!(
-            "action {action_id} aborted: {e}"
-        ))),
-    }
 }

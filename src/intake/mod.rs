@@ -1,23 +1,26 @@
 //! HTTP intake: signed rotation events, the operator API and health checks.
 
+mod aws;
 pub mod error;
+mod eventbridge;
 mod events;
 mod health;
 pub mod operator;
 mod revocations;
 mod sessions;
+pub mod sns;
 pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
-use axum::response::Response;
+use axum::http::{HeaderName, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
@@ -26,12 +29,58 @@ use tower_http::trace::TraceLayer;
 
 use self::error::{ApiError, error_body};
 use self::operator::Operators;
+use self::sns::{SnsHttp, SnsVerifier};
 use self::webhook::{SecretError, Verifier};
 use crate::audit::{Entry, Kind};
 use crate::config::ConfigError;
 use crate::context::Context;
 use crate::pipeline::{self, ActionReport, PipelineError};
 use crate::resolve::Plan;
+use crate::resolve::aws::{SecretsManager, mapped_secrets};
+use crate::store::Claim as StoreClaim;
+use secrecy::ExposeSecret;
+use sha2::Digest;
+
+/// The AWS intake's authentication and lookups.
+struct AwsIntake {
+    /// Present when a credential is an AWS secret.
+    secrets_manager: Option<SecretsManager>,
+    /// SHA-256 of each accepted EventBridge API key.
+    api_keys: Vec<[u8; 32]>,
+    api_key_header: HeaderName,
+    sns: SnsVerifier,
+}
+
+impl AwsIntake {
+    async fn new(
+        config: &crate::config::Config,
+        sns_http: Arc<dyn SnsHttp>,
+    ) -> Result<Self, ConfigError> {
+        let eventbridge = &config.aws.eventbridge;
+        let api_keys = eventbridge
+            .api_keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let key = key.load(&format!("aws.eventbridge.api_keys[{i}]"))?;
+                Ok(sha2::Sha256::digest(key.expose_secret().as_bytes()).into())
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        let secrets_manager = if mapped_secrets(config).is_empty() {
+            None
+        } else {
+            Some(SecretsManager::from_config(&config.aws).await?)
+        };
+        Ok(Self {
+            secrets_manager,
+            api_keys,
+            // Validated with the config.
+            api_key_header: HeaderName::from_bytes(eventbridge.header.as_bytes())
+                .unwrap_or(HeaderName::from_static("x-sever-api-key")),
+            sns: SnsVerifier::new(sns_http),
+        })
+    }
+}
 
 /// Why the intake could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -49,17 +98,25 @@ pub enum IntakeError {
 pub struct AppState {
     ctx: Arc<Context>,
     verifier: Arc<Verifier>,
+    aws: Arc<AwsIntake>,
     operators: Arc<Operators>,
     tracker: TaskTracker,
     max_body: usize,
 }
 
 impl AppState {
-    /// Loads the signing secrets and operators; actions run on `tracker` so shutdown can wait.
-    pub fn new(ctx: Arc<Context>, tracker: TaskTracker) -> Result<Self, IntakeError> {
+    /// Loads the signing secrets, API keys and operators; actions run on `tracker` so
+    /// shutdown can wait; SNS certificates and confirmations go through `sns_http`.
+    pub async fn new(
+        ctx: Arc<Context>,
+        tracker: TaskTracker,
+        sns_http: Arc<dyn SnsHttp>,
+    ) -> Result<Self, IntakeError> {
         let config = &ctx.config;
         let verifier = Verifier::new(&config.webhook_secrets()?, config.webhooks.tolerance)?;
+        let aws = AwsIntake::new(config, sns_http).await?;
         Ok(Self {
+            aws: Arc::new(aws),
             verifier: Arc::new(verifier),
             operators: Arc::new(Operators::new(&config.operators)),
             max_body: config.server.max_body_bytes,
@@ -92,12 +149,137 @@ impl AppState {
         error
     }
 
+    /// Takes the idempotency claims, audits the accepted event and starts the plan; answers
+    /// `202` with the action id, or with `wait` the finished report. A duplicate claim is
+    /// refused (`409`) or acknowledged (`200`, with the first action's id) as the claim says;
+    /// if the acceptance cannot be audited, every claim taken is released so a retry works.
+    async fn accept(
+        &self,
+        meta: &RequestMeta,
+        actor: &str,
+        claims: Vec<Claim>,
+        plan: Plan,
+        accepted: serde_json::Value,
+        wait: bool,
+    ) -> Result<Response, ApiError> {
+        let action_id = plan.action_id;
+        let now = chrono::Utc::now();
+        let mut taken = Vec::new();
+        for claim in claims {
+            match self
+                .ctx
+                .store
+                .claim(&claim.key, &action_id.to_string(), now)
+                .await
+            {
+                Ok(StoreClaim::Claimed) => taken.push(claim.key),
+                Ok(StoreClaim::Duplicate { action_id: first }) if claim.acknowledge_duplicate => {
+                    let entry = Entry::new(
+                        Kind::EventDuplicate,
+                        actor,
+                        None,
+                        json!({"key": claim.key, "first_action_id": first, "event": accepted}),
+                    );
+                    if let Err(e) = self.ctx.audit.append(entry).await {
+                        return Err(ApiError::Unavailable(e.to_string()));
+                    }
+                    let body = json!({"status": "duplicate", "action_id": first});
+                    return Ok((StatusCode::OK, Json(body)).into_response());
+                }
+                Ok(StoreClaim::Duplicate { action_id }) => {
+                    return Err(self
+                        .reject(meta, actor, ApiError::Replayed { action_id })
+                        .await);
+                }
+                Err(e) => {
+                    self.release(&taken).await;
+                    return Err(ApiError::Unavailable(e.to_string()));
+                }
+            }
+        }
+        let entry = Entry::new(Kind::EventAccepted, actor, Some(action_id), accepted);
+        if let Err(e) = self.ctx.audit.append(entry).await {
+            // Unrecorded means unaccepted: free the claims so the sender's retry is processed.
+            self.release(&taken).await;
+            return Err(ApiError::Unavailable(e.to_string()));
+        }
+        tracing::info!(%action_id, actor, "event accepted");
+        let running = self.start(plan, actor.to_owned());
+        if !wait {
+            let body = json!({"action_id": action_id, "status": "accepted"});
+            return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+        }
+        match running.await {
+            Ok(Ok(report)) => Ok(Json(report).into_response()),
+            Ok(Err(e)) => Err(ApiError::Unavailable(e.to_string())),
+            Err(e) => Err(ApiError::Unavailable(format!(
+                "action {action_id} aborted: {e}"
+            ))),
+        }
+    }
+
+    async fn release(&self, keys: &[String]) {
+        for key in keys {
+            if let Err(e) = self.ctx.store.release(key).await {
+                tracing::error!(error = %e, key, "could not release a claim after a failure");
+            }
+        }
+    }
+
+    /// Audits an event that needs nothing done and answers `200` with `status` and `reason`.
+    async fn acknowledge(
+        &self,
+        actor: &str,
+        kind: Kind,
+        status: &str,
+        reason: String,
+        mut detail: serde_json::Value,
+    ) -> Result<Response, ApiError> {
+        detail["reason"] = json!(reason);
+        let entry = Entry::new(kind, actor, None, detail);
+        self.ctx
+            .audit
+            .append(entry)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        tracing::info!(actor, status, %reason, "event needs no action");
+        let body = json!({"status": status, "reason": reason});
+        Ok((StatusCode::OK, Json(body)).into_response())
+    }
+
     /// Runs a plan in the background; the handle yields the report. The action completes
     /// even if the caller goes away.
     fn start(&self, plan: Plan, actor: String) -> JoinHandle<Result<ActionReport, PipelineError>> {
         let ctx = self.ctx.clone();
         self.tracker
             .spawn(async move { pipeline::execute(&ctx, plan, &actor).await })
+    }
+}
+
+/// An idempotency key to take before acting, and what a duplicate means.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    key: String,
+    /// `true`: a duplicate is the same event delivered again another way (acknowledge it);
+    /// `false`: a duplicate is a replay (refuse it).
+    acknowledge_duplicate: bool,
+}
+
+impl Claim {
+    /// A key whose duplicate is refused as a replay.
+    pub fn reject(key: String) -> Self {
+        Self {
+            key,
+            acknowledge_duplicate: false,
+        }
+    }
+
+    /// A key whose duplicate is acknowledged as already done.
+    pub fn acknowledge(key: String) -> Self {
+        Self {
+            key,
+            acknowledge_duplicate: true,
+        }
     }
 }
 
@@ -181,6 +363,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/v1/events", post(events::post_event))
+        .route("/v1/events/aws", post(aws::post_aws_event))
         .route("/v1/revocations", post(revocations::post_revocation))
         .route("/v1/sessions", get(sessions::get_sessions))
         // axum's limit rather than tower-http's: it surfaces as an extractor rejection, so

@@ -4,6 +4,8 @@
 //! A credential reaches only the logins mapped to it in the config; nothing in a request can
 //! widen that.
 
+pub mod aws;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -112,6 +114,23 @@ pub enum Origin {
         /// The login.
         login: String,
     },
+    /// A rotation reported by AWS Secrets Manager (Lambda hook, EventBridge or SNS).
+    Aws {
+        /// Credential id.
+        credential: String,
+        /// The secret's ARN.
+        secret_arn: String,
+        /// The version that became `AWSCURRENT`.
+        version_id: String,
+        /// Which intake path reported it.
+        source: aws::Source,
+        /// The credential's policy at the time.
+        policy: RotationPolicy,
+        /// The `AWSCURRENT` login.
+        current_user: String,
+        /// Alternating users: the previous login and what was decided about it.
+        previous_user: Option<aws::PreviousUser>,
+    },
 }
 
 /// One target's part of a plan.
@@ -187,13 +206,16 @@ pub fn event(
         (EventKind::Rotated, RotationPolicy::TerminateBeforeCutoff) => Some(Scope::Before(cutoff)),
         (EventKind::Rotated, RotationPolicy::None) => None,
     };
-    let mut by_target: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for mapping in &credential.logins {
-        by_target
-            .entry(&mapping.target)
-            .or_default()
-            .push(mapping.login.clone());
+    if credential.logins.is_empty() {
+        return Err(ResolveError::Invalid(format!(
+            "credential {:?} takes its logins from its AWS secret; send its events to /v1/events/aws",
+            event.credential
+        )));
     }
+    let mappings = credential
+        .logins
+        .iter()
+        .map(|m| (m.target.clone(), m.login.clone()));
     Ok(Plan {
         action_id: Uuid::now_v7(),
         origin: Origin::Event {
@@ -204,15 +226,27 @@ pub fn event(
         scope,
         dry_run: false,
         reason: event.reason.clone(),
-        steps: by_target
-            .into_iter()
-            .map(|(target, logins)| Step {
-                target: target.to_owned(),
-                logins,
-                protected: config.protected_on(target),
-            })
-            .collect(),
+        steps: steps_for(config, mappings),
     })
+}
+
+/// One step per target, each with its logins (deduplicated, in order) and protection.
+fn steps_for(config: &Config, mappings: impl IntoIterator<Item = (String, String)>) -> Vec<Step> {
+    let mut by_target: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (target, login) in mappings {
+        let logins = by_target.entry(target).or_default();
+        if !logins.contains(&login) {
+            logins.push(login);
+        }
+    }
+    by_target
+        .into_iter()
+        .map(|(target, logins)| Step {
+            protected: config.protected_on(&target),
+            target,
+            logins,
+        })
+        .collect()
 }
 
 /// Plans an operator's revocation.

@@ -35,7 +35,7 @@ pub enum Backend {
     Postgres,
 }
 
-/// Outcome of claiming a `webhook-id`.
+/// Outcome of claiming an idempotency key (a `webhook-id`, an SNS message id, a rotation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// First time this id is seen: go ahead.
@@ -116,8 +116,9 @@ impl Store {
         Ok(())
     }
 
-    /// Records `webhook_id` as processed by `action_id` unless it already was.
-    pub async fn claim_delivery(
+    /// Records `key` as processed by `action_id` unless it already was. Keys are namespaced
+    /// by their caller (`webhook:…`, `sns:…`, `aws-rotation:…`).
+    pub async fn claim(
         &self,
         webhook_id: &str,
         action_id: &str,
@@ -146,7 +147,7 @@ impl Store {
     }
 
     /// Forgets a claim whose processing could not be recorded, so the sender's retry is served.
-    pub async fn release_delivery(&self, webhook_id: &str) -> Result<(), StoreError> {
+    pub async fn release(&self, webhook_id: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1")
             .bind(webhook_id)
             .execute(&self.pool)
@@ -154,8 +155,8 @@ impl Store {
         Ok(())
     }
 
-    /// Drops remembered `webhook-id`s received before `before`; returns how many.
-    pub async fn prune_deliveries(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    /// Drops claims made before `before`; returns how many.
+    pub async fn prune_claims(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         Ok(
             sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
                 .bind(timestamp(before))
@@ -231,24 +232,24 @@ mod tests {
         let (_dir, store) = temp_store().await;
         let now = Utc::now();
         assert_eq!(
-            store.claim_delivery("msg_1", "a1", now).await.unwrap(),
+            store.claim("msg_1", "a1", now).await.unwrap(),
             Claim::Claimed
         );
         assert_eq!(
-            store.claim_delivery("msg_1", "a2", now).await.unwrap(),
+            store.claim("msg_1", "a2", now).await.unwrap(),
             Claim::Duplicate {
                 action_id: "a1".into()
             }
         );
         assert_eq!(
             store
-                .prune_deliveries(now + chrono::Duration::seconds(1))
+                .prune_claims(now + chrono::Duration::seconds(1))
                 .await
                 .unwrap(),
             1
         );
         assert_eq!(
-            store.claim_delivery("msg_1", "a3", now).await.unwrap(),
+            store.claim("msg_1", "a3", now).await.unwrap(),
             Claim::Claimed
         );
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError, Engine as EngineKind};
@@ -160,18 +161,46 @@ pub trait Engine: Send + Sync + Debug {
     async fn learn_logins(&self, logins: &[String]) -> Result<(), EngineError>;
 }
 
+/// Where a target is, from its URL: used to match secrets that name a host and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The target's engine.
+    pub engine: EngineKind,
+    /// Host from the URL.
+    pub host: String,
+    /// Port from the URL, or the engine's default.
+    pub port: u16,
+}
+
 /// Every configured target, by id, each behind its engine.
 #[derive(Debug, Clone, Default)]
 pub struct Targets {
     engines: BTreeMap<String, Arc<dyn Engine>>,
+    endpoints: BTreeMap<String, Endpoint>,
 }
 
 impl Targets {
     /// Builds an engine per configured target; connections open lazily on first use.
     pub fn from_config(config: &Config, store: &Store) -> Result<Self, ConfigError> {
         let mut engines: BTreeMap<String, Arc<dyn Engine>> = BTreeMap::new();
+        let mut endpoints = BTreeMap::new();
         for (id, target) in &config.targets {
             let url = target.url.load(&format!("targets.{id}.url"))?;
+            if let Ok(parsed) = url::Url::parse(url.expose_secret())
+                && let Some(host) = parsed.host_str()
+            {
+                let port = parsed.port().unwrap_or(match target.engine {
+                    EngineKind::Postgres => 5432,
+                });
+                endpoints.insert(
+                    id.clone(),
+                    Endpoint {
+                        engine: target.engine,
+                        host: host.to_owned(),
+                        port,
+                    },
+                );
+            }
             let engine: Arc<dyn Engine> = match target.engine {
                 EngineKind::Postgres => Arc::new(
                     postgres::Postgres::new(id, &url, target, &config.termination, store.clone())
@@ -183,7 +212,12 @@ impl Targets {
             };
             engines.insert(id.clone(), engine);
         }
-        Ok(Self { engines })
+        Ok(Self { engines, endpoints })
+    }
+
+    /// Each target's host and port, where its URL names them.
+    pub fn iter_endpoints(&self) -> impl Iterator<Item = (&String, &Endpoint)> {
+        self.endpoints.iter()
     }
 
     /// The engine for target `id`.

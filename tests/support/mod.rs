@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 //! Shared helpers for the integration tests. Include with `mod support;`.
 
+pub mod moto;
 pub mod pg;
 pub mod sever;
