@@ -264,6 +264,17 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
     for (id, target) in &config.targets {
         target.url.load(&format!("targets.{id}.url"))?;
     }
+    let aws = &config.aws;
+    for (i, key) in aws.eventbridge.api_keys.iter().enumerate() {
+        key.load(&format!("aws.eventbridge.api_keys[{i}]"))?;
+    }
+    if let Some(keys) = &aws.static_credentials {
+        keys.access_key_id
+            .load("aws.static_credentials.access_key_id")?;
+        keys.secret_access_key
+            .load("aws.static_credentials.secret_access_key")?;
+    }
+    let redacted = |s: &crate::config::SecretRef| format!("<redacted, {}>", s.describe());
     let targets: serde_json::Map<String, Value> = config
         .targets
         .iter()
@@ -282,8 +293,7 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
         .credentials
         .iter()
         .map(|(id, c)| {
-            let detail =
-                json!({"description": c.description, "policy": c.policy, "logins": c.logins});
+            let detail = json!({"description": c.description, "policy": c.policy, "logins": c.logins, "aws": c.aws});
             (id.clone(), detail)
         })
         .collect();
@@ -295,7 +305,7 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
         },
         "store": config.store.url.describe(),
         "webhooks": {
-            "secrets": config.webhooks.secrets.iter().map(|s| format!("<redacted, {}>", s.describe())).collect::<Vec<_>>(),
+            "secrets": config.webhooks.secrets.iter().map(redacted).collect::<Vec<_>>(),
             "tolerance": humantime::format_duration(config.webhooks.tolerance).to_string(),
             "replay_retention": humantime::format_duration(config.webhooks.replay_retention).to_string(),
         },
@@ -306,6 +316,19 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
         "operators": config.operators.iter().map(|o| json!({"name": o.name, "token_sha256": "<redacted>"})).collect::<Vec<_>>(),
         "targets": targets,
         "credentials": credentials,
+        "aws": {
+            "region": aws.region,
+            "endpoint_url": aws.endpoint_url,
+            "credentials": aws.static_credentials.as_ref().map_or_else(
+                || json!("default AWS credential chain"),
+                |k| json!({"access_key_id": redacted(&k.access_key_id), "secret_access_key": redacted(&k.secret_access_key)}),
+            ),
+            "eventbridge": {
+                "api_keys": aws.eventbridge.api_keys.iter().map(redacted).collect::<Vec<_>>(),
+                "header": aws.eventbridge.header,
+            },
+            "sns": {"topics": aws.sns.topics},
+        },
     });
     println!(
         "{}",

@@ -222,9 +222,13 @@ fn check_config_validates_and_redacts() {
     .unwrap();
     let good = format!(
         "{}[targets.main]\nengine = \"postgres\"\nurl = {{ file = {:?} }}\n\
-         [credentials.orders]\nlogins = [{{ target = \"main\", login = \"app\" }}]\n",
+         [credentials.orders]\nlogins = [{{ target = \"main\", login = \"app\" }}]\n{}",
         ws.base_config(),
         url_file.display().to_string(),
+        ws.aws_config(
+            "http://127.0.0.1:1",
+            &["arn:aws:sns:us-east-1:123456789012:t"]
+        ),
     );
     let config = ws.write_config(&good);
     let out = sever(&config, &["check-config"]);
@@ -238,7 +242,21 @@ fn check_config_validates_and_redacts() {
         !all.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
         "the webhook secret was printed"
     );
+    assert!(
+        !all.contains(support::sever::API_KEY),
+        "the EventBridge API key was printed"
+    );
     assert!(all.contains("redacted"));
+    assert_eq!(
+        plan["aws"]["sns"]["topics"][0],
+        "arn:aws:sns:us-east-1:123456789012:t"
+    );
+    assert!(
+        plan["aws"]["eventbridge"]["api_keys"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("<redacted, file:")
+    );
 
     // Dangling reference and unknown key: named, non-zero exit.
     let bad = ws.write_config(&format!(

@@ -420,11 +420,33 @@ impl Config {
         for (id, credential) in &self.credentials {
             let path = format!("credentials.{id}");
             check_id(id).map_err(|r| invalid(path.clone(), r))?;
-            if credential.logins.is_empty() {
+            if credential.logins.is_empty() && credential.aws.is_none() {
                 return Err(invalid(
                     format!("{path}.logins"),
-                    "must name at least one login",
+                    "must name at least one login (or set credentials.<id>.aws)",
                 ));
+            }
+            if let Some(aws) = &credential.aws {
+                if aws.secret.trim().is_empty() {
+                    return Err(invalid(format!("{path}.aws.secret"), "must not be empty"));
+                }
+                if let Some(target) = &aws.target
+                    && !self.targets.contains_key(target)
+                {
+                    return Err(invalid(
+                        format!("{path}.aws.target"),
+                        &format!("no target named {target:?}"),
+                    ));
+                }
+                let twin = self.credentials.iter().find(|(other, c)| {
+                    *other != id && c.aws.as_ref().is_some_and(|a| a.secret == aws.secret)
+                });
+                if let Some((other, _)) = twin {
+                    return Err(invalid(
+                        format!("{path}.aws.secret"),
+                        &format!("credential {other:?} maps the same secret"),
+                    ));
+                }
             }
             let mut seen = BTreeSet::new();
             for (i, mapping) in credential.logins.iter().enumerate() {
@@ -594,6 +616,36 @@ mod tests {
             "1".repeat(64)
         );
         assert!(err(&twice).contains("duplicate operator"));
+    }
+
+    #[test]
+    fn aws_credentials_may_derive_logins_but_not_share_a_secret() {
+        let aws =
+            format!("{GOOD}\n[credentials.rds]\n[credentials.rds.aws]\nsecret = \"prod/db\"\n");
+        let config = Config::parse(&aws).unwrap();
+        assert!(config.credentials["rds"].logins.is_empty());
+        assert_eq!(
+            config.credentials["rds"]
+                .aws
+                .as_ref()
+                .unwrap()
+                .previous_user,
+            PreviousUserPolicy::Keep
+        );
+        let twin =
+            format!("{aws}[credentials.rds2]\n[credentials.rds2.aws]\nsecret = \"prod/db\"\n");
+        assert!(err(&twin).contains("maps the same secret"));
+        let bad_target = aws.replace(
+            "secret = \"prod/db\"",
+            "secret = \"prod/db\"\ntarget = \"nope\"",
+        );
+        assert!(err(&bad_target).contains("credentials.rds.aws.target"));
+        let no_logins = format!("{GOOD}\n[credentials.bare]\ndescription = \"x\"\n");
+        assert!(err(&no_logins).contains("credentials.bare.logins"));
+        assert!(
+            err(&format!("{GOOD}\n[aws.sns]\ntopics = [\"not-an-arn\"]\n"))
+                .contains("aws.sns.topics[0]")
+        );
     }
 
     #[test]

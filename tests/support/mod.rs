@@ -4,3 +4,4 @@
 pub mod moto;
 pub mod pg;
 pub mod sever;
+pub mod sns;

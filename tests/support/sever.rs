@@ -20,6 +20,8 @@ pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const WRONG_SECRET: &str = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 /// The operator token every test config accepts (for operator "alice").
 pub const TOKEN: &str = "sev_test_operator_token_for_alice_0123456789";
+/// The EventBridge API key the AWS test configs accept.
+pub const API_KEY: &str = "eb-test-api-key-0123456789";
 /// Password of sever's own least-privilege login on test targets.
 pub const ADMIN_PASSWORD: &str = "severadminpw";
 
@@ -96,6 +98,20 @@ impl Workspace {
         path
     }
 
+    /// The `[aws]` tables for a moto endpoint, with static keys and the EventBridge API key
+    /// in files, trusting `topics`.
+    pub fn aws_config(&self, endpoint: &str, topics: &[&str]) -> String {
+        format!(
+            "[aws]\nregion = \"us-east-1\"\nendpoint_url = {endpoint:?}\n\
+             [aws.static_credentials]\naccess_key_id = {{ file = {} }}\nsecret_access_key = {{ file = {} }}\n\
+             [aws.eventbridge]\napi_keys = [{{ file = {} }}]\n\
+             [aws.sns]\ntopics = {topics:?}\n",
+            self.secret_file("aws.key", "testing"),
+            self.secret_file("aws.secret", "testing"),
+            self.secret_file("eventbridge.key", API_KEY),
+        )
+    }
+
     /// Opens the audit trail of this workspace's store directly.
     pub async fn audit(&self) -> sever::audit::Audit {
         let url = format!("sqlite://{}?mode=rw", self.path("sever.db").display());
@@ -121,13 +137,19 @@ pub struct TestServer {
 impl TestServer {
     /// Starts sever with the config at `path`, on a free port.
     pub async fn start(path: &Path) -> Self {
+        Self::start_with(path, sever::RunOptions::default()).await
+    }
+
+    /// Starts sever with replaced parts (e.g. the SNS HTTP client).
+    pub async fn start_with(path: &Path, options: sever::RunOptions) -> Self {
         let config = sever::config::Config::load(path).expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(sever::run(config, listener, async {
+        let shutdown = async {
             let _ = rx.await;
-        }));
+        };
+        let handle = tokio::spawn(sever::run_with(config, listener, shutdown, options));
         let server = Self {
             addr,
             client: reqwest::Client::new(),

@@ -1,0 +1,132 @@
+//! SNS test fixture: a real RSA key and certificate (made with the openssl CLI) that signs
+//! SNS messages the way SNS does, and an `SnsHttp` that serves that certificate for one SNS
+//! URL and records every other GET (subscription confirmations), so no test reaches AWS.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use sever::intake::sns::{SnsError, SnsHttp, parse};
+
+/// Where the fixture pretends SNS publishes its certificate.
+pub const CERT_URL: &str = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem";
+
+pub struct TestSns {
+    dir: tempfile::TempDir,
+    cert: Vec<u8>,
+    requested: Mutex<Vec<String>>,
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestSns {
+    pub fn new() -> Arc<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        let cert = dir.path().join("cert.pem");
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sns.amazonaws.com",
+        ]);
+        let cert = std::fs::read(cert).unwrap();
+        Arc::new(Self {
+            dir,
+            cert,
+            requested: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("key.pem")
+    }
+
+    /// Adds `SignatureVersion` 2, `SigningCertURL` and a real `Signature` to `message`.
+    pub fn sign(&self, mut message: Value) -> Vec<u8> {
+        message["SignatureVersion"] = json!("2");
+        message["SigningCertURL"] = json!(CERT_URL);
+        message["Signature"] = json!("");
+        let text = parse(&serde_json::to_vec(&message).unwrap())
+            .unwrap()
+            .string_to_sign()
+            .unwrap();
+        let input = self.dir.path().join("to-sign");
+        let output = self.dir.path().join("signature");
+        std::fs::write(&input, text).unwrap();
+        openssl(&[
+            "dgst",
+            "-sha256",
+            "-sign",
+            self.key().to_str().unwrap(),
+            "-out",
+            output.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ]);
+        let signature = std::fs::read(output).unwrap();
+        message["Signature"] = json!(base64::engine::general_purpose::STANDARD.encode(signature));
+        serde_json::to_vec(&message).unwrap()
+    }
+
+    /// A signed Notification carrying `event` (an EventBridge event) from `topic`.
+    pub fn notification(&self, topic: &str, message_id: &str, event: &Value) -> Vec<u8> {
+        self.sign(json!({
+            "Type": "Notification", "MessageId": message_id, "TopicArn": topic,
+            "Message": event.to_string(), "Timestamp": "2026-11-24T10:00:00.000Z",
+            "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe",
+        }))
+    }
+
+    /// A signed SubscriptionConfirmation from `topic`.
+    pub fn confirmation(&self, topic: &str, token: &str) -> Vec<u8> {
+        self.sign(json!({
+            "Type": "SubscriptionConfirmation", "MessageId": format!("confirm-{token}"),
+            "Token": token, "TopicArn": topic, "Message": "You have chosen to subscribe…",
+            "SubscribeURL": format!("https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&Token={token}"),
+            "Timestamp": "2026-11-24T10:00:00.000Z",
+        }))
+    }
+
+    /// Every URL other than the certificate that sever fetched.
+    pub fn confirmations(&self) -> Vec<String> {
+        self.requested.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl SnsHttp for TestSns {
+    async fn get(&self, url: &url::Url) -> Result<Vec<u8>, SnsError> {
+        if url.as_str() == CERT_URL {
+            return Ok(self.cert.clone());
+        }
+        if url
+            .query()
+            .is_some_and(|q| q.contains("Action=ConfirmSubscription"))
+        {
+            self.requested.lock().unwrap().push(url.to_string());
+            return Ok(b"<ConfirmSubscriptionResponse/>".to_vec());
+        }
+        Err(SnsError::Fetch(format!("unexpected URL in test: {url}")))
+    }
+}
