@@ -248,7 +248,7 @@ async fn eventbridge_cloudtrail_event_uses_the_event_time_as_cutoff() {
     });
     let (status, report) = e.eventbridge(&event, Some(API_KEY)).await;
     assert_eq!(status, StatusCode::OK, "{report}");
-    assert_eq!(report["source"], "event_bridge");
+    assert_eq!(report["source"], "eventbridge");
     assert_eq!(pids(&report, "main", "terminated"), sorted(&old));
     for pid in &old {
         assert!(e.pg.wait_gone(*pid, GONE).await);
@@ -404,6 +404,15 @@ async fn unmapped_secrets_other_events_and_bad_auth_change_nothing() {
         (status, body["error"]["code"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("invalid_sns_signature"))
     );
+    // A validly signed message older than the replay window cannot be replayed.
+    let old_message = e
+        .sns
+        .notification_at(TOPIC, "m-old", &rotation, "2020-01-01T00:00:00.000Z");
+    let (status, body) = e.sns(old_message, "Notification").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("stale_sns_message"))
+    );
     let stranger = "arn:aws:sns:us-east-1:999999999999:not-ours";
     let (status, body) = e
         .sns(
@@ -440,6 +449,7 @@ async fn unmapped_secrets_other_events_and_bad_auth_change_nothing() {
             "invalid_signature",
             "version_not_current",
             "invalid_sns_signature",
+            "stale_sns_message",
             "untrusted_topic",
             "untrusted_topic"
         ]

@@ -205,6 +205,18 @@ async fn sns(
     if let Err(e) = state.aws.sns.verify(&message).await {
         return Err(state.reject(meta, SNS, ApiError::Sns(e)).await);
     }
+    // The message-id claim that stops redeliveries lasts `replay_retention`; an older
+    // message could be replayed after its claim is pruned, so it is refused instead.
+    let retention = chrono::Duration::from_std(state.ctx.config.webhooks.replay_retention)
+        .unwrap_or(chrono::Duration::MAX);
+    let sent = DateTime::parse_from_rfc3339(&message.timestamp).map(|t| t.with_timezone(&Utc));
+    match sent {
+        Ok(sent) if received_at - sent <= retention => {}
+        _ => {
+            let e = ApiError::StaleSnsMessage(message.timestamp.clone());
+            return Err(state.reject(meta, SNS, e).await);
+        }
+    }
     if !state.ctx.config.aws.sns.topics.contains(&message.topic_arn) {
         let e = ApiError::UntrustedTopic(message.topic_arn.clone());
         return Err(state.reject(meta, SNS, e).await);

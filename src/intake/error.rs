@@ -54,6 +54,9 @@ pub enum ApiError {
     /// An SNS message failed verification or confirmation.
     #[error(transparent)]
     Sns(#[from] SnsError),
+    /// An SNS message older than the replay window (or with an unreadable timestamp).
+    #[error("SNS message timestamp {0:?} is older than webhooks.replay_retention or unreadable")]
+    StaleSnsMessage(String),
     /// An SNS message from a topic that is not configured.
     #[error("SNS topic {0} is not configured in aws.sns.topics")]
     UntrustedTopic(String),
@@ -107,6 +110,7 @@ impl ApiError {
             ApiError::Sns(SnsError::Malformed(_)) => (S::BAD_REQUEST, "malformed_sns_message"),
             ApiError::Sns(SnsError::Fetch(_)) => (S::BAD_GATEWAY, "sns_unavailable"),
             ApiError::Sns(_) => (S::UNAUTHORIZED, "invalid_sns_signature"),
+            ApiError::StaleSnsMessage(_) => (S::UNAUTHORIZED, "stale_sns_message"),
             ApiError::UntrustedTopic(_) => (S::FORBIDDEN, "untrusted_topic"),
             ApiError::Aws(AwsError::NotFound(_)) => (S::UNPROCESSABLE_ENTITY, "secret_not_found"),
             ApiError::Aws(AwsError::BadValue(_)) => (S::UNPROCESSABLE_ENTITY, "unusable_secret"),

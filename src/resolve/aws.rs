@@ -236,6 +236,7 @@ pub enum Source {
     /// The rotation Lambda's hook call after `finishSecret`.
     LambdaHook,
     /// An EventBridge API destination.
+    #[serde(rename = "eventbridge")]
     EventBridge,
     /// An SNS HTTPS subscription carrying an EventBridge event.
     Sns,

@@ -19,6 +19,11 @@ pub struct TestSns {
     requested: Mutex<Vec<String>>,
 }
 
+/// Now, in SNS's format.
+fn timestamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 fn openssl(args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
@@ -89,11 +94,26 @@ impl TestSns {
         serde_json::to_vec(&message).unwrap()
     }
 
+    /// A signed Notification sent at `timestamp` (RFC 3339).
+    pub fn notification_at(
+        &self,
+        topic: &str,
+        message_id: &str,
+        event: &Value,
+        timestamp: &str,
+    ) -> Vec<u8> {
+        self.sign(json!({
+            "Type": "Notification", "MessageId": message_id, "TopicArn": topic,
+            "Message": event.to_string(), "Timestamp": timestamp,
+            "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe",
+        }))
+    }
+
     /// A signed Notification carrying `event` (an EventBridge event) from `topic`.
     pub fn notification(&self, topic: &str, message_id: &str, event: &Value) -> Vec<u8> {
         self.sign(json!({
             "Type": "Notification", "MessageId": message_id, "TopicArn": topic,
-            "Message": event.to_string(), "Timestamp": "2026-11-24T10:00:00.000Z",
+            "Message": event.to_string(), "Timestamp": timestamp(),
             "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe",
         }))
     }
@@ -104,7 +124,7 @@ impl TestSns {
             "Type": "SubscriptionConfirmation", "MessageId": format!("confirm-{token}"),
             "Token": token, "TopicArn": topic, "Message": "You have chosen to subscribe…",
             "SubscribeURL": format!("https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&Token={token}"),
-            "Timestamp": "2026-11-24T10:00:00.000Z",
+            "Timestamp": timestamp(),
         }))
     }
 
