@@ -77,6 +77,118 @@ pub struct Config {
     /// AWS Secrets Manager intake and lookups.
     #[serde(default)]
     pub aws: AwsConfig,
+    /// HashiCorp Vault access, subscriber and watcher.
+    pub vault: Option<VaultConfig>,
+}
+
+/// How sever reaches Vault and which of its modes run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// `https://vault.internal:8200`.
+    pub address: String,
+    /// Default namespace (Enterprise), e.g. `admin/team`.
+    pub namespace: Option<String>,
+    /// How sever logs in.
+    pub auth: VaultAuth,
+    /// TLS to Vault.
+    #[serde(default)]
+    pub tls: VaultTls,
+    /// Event subscription over a websocket (Vault Enterprise).
+    #[serde(default)]
+    pub subscriber: VaultSubscriber,
+    /// Polling of static roles for rotations (every edition).
+    pub watcher: Option<VaultWatcher>,
+}
+
+/// Vault auth methods sever supports; tokens are renewed before they expire.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "method", rename_all = "snake_case")]
+pub enum VaultAuth {
+    /// A token.
+    Token {
+        /// The token.
+        token: SecretRef,
+    },
+    /// AppRole login.
+    Approle {
+        /// Role id (not secret on its own).
+        role_id: String,
+        /// Secret id.
+        secret_id: SecretRef,
+        /// Auth mount path.
+        #[serde(default = "default_approle_mount")]
+        mount: String,
+    },
+    /// Kubernetes service-account login.
+    Kubernetes {
+        /// Vault role.
+        role: String,
+        /// Service-account token file.
+        #[serde(default = "default_k8s_jwt")]
+        jwt_file: std::path::PathBuf,
+        /// Auth mount path.
+        #[serde(default = "default_k8s_mount")]
+        mount: String,
+    },
+}
+
+fn default_approle_mount() -> String {
+    "approle".into()
+}
+
+fn default_k8s_mount() -> String {
+    "kubernetes".into()
+}
+
+fn default_k8s_jwt() -> std::path::PathBuf {
+    "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
+}
+
+/// TLS settings for Vault.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct VaultTls {
+    /// PEM CA bundle to trust instead of the system roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate (mutual TLS).
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// PEM client key.
+    pub client_key_file: Option<std::path::PathBuf>,
+    /// Accept any certificate. Only for testing; logged loudly.
+    #[serde(default)]
+    pub skip_verify: bool,
+}
+
+/// The websocket event subscription.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultSubscriber {
+    /// Subscribe at start-up.
+    pub enabled: bool,
+    /// Event types (wildcards allowed), one subscription each.
+    pub event_types: Vec<String>,
+    /// Child namespaces to include (Enterprise).
+    pub namespaces: Vec<String>,
+}
+
+impl Default for VaultSubscriber {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            event_types: vec!["database/*".into(), "kv-v2/data-write".into()],
+            namespaces: Vec::new(),
+        }
+    }
+}
+
+/// Polling of static roles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultWatcher {
+    /// How often to read the static roles.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
 }
 
 /// AWS access and intake settings.
@@ -255,6 +367,20 @@ pub struct TargetConfig {
     /// Upper bound for opening a connection.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Periodic sweep for sessions of dropped or expired (e.g. Vault dynamic) logins.
+    pub sweep: Option<SweepConfig>,
+}
+
+/// Sessions whose login was dropped, or whose login matches `pattern` and has expired
+/// (`VALID UNTIL` in the past), are terminated every `interval`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepConfig {
+    /// SQL `LIKE` pattern of the logins to check for expiry, e.g. Vault's `v-%`.
+    pub pattern: String,
+    /// How often to sweep.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
 }
 
 fn default_pool_size() -> u32 {
@@ -294,6 +420,24 @@ pub struct CredentialConfig {
     pub logins: Vec<LoginMapping>,
     /// The AWS Secrets Manager secret this credential is.
     pub aws: Option<CredentialAws>,
+    /// The Vault static role or KV secret this credential is.
+    pub vault: Option<CredentialVault>,
+}
+
+/// Ties a credential to a Vault database static role or a kv-v2 secret.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialVault {
+    /// Secrets engine mount path, e.g. `database` or `secret`.
+    pub mount: String,
+    /// Static role name (database engine).
+    pub role: Option<String>,
+    /// Secret path inside a kv-v2 mount (without `data/`).
+    pub kv_path: Option<String>,
+    /// Namespace (Enterprise); default: the root or `vault.namespace`.
+    pub namespace: Option<String>,
+    /// Target of the static role's login when `logins` is empty.
+    pub target: Option<String>,
 }
 
 /// Ties a credential to an AWS Secrets Manager secret.
@@ -404,8 +548,33 @@ impl Config {
         for (i, login) in self.protected_logins.iter().enumerate() {
             check_login(login).map_err(|r| invalid(format!("protected_logins[{i}]"), r))?;
         }
+        if let Some(vault) = &self.vault {
+            if url::Url::parse(&vault.address).is_err() {
+                return Err(invalid(
+                    "vault.address".into(),
+                    "must be a URL like https://vault:8200",
+                ));
+            }
+            if vault.tls.client_cert_file.is_some() != vault.tls.client_key_file.is_some() {
+                return Err(invalid(
+                    "vault.tls".into(),
+                    "client_cert_file and client_key_file go together",
+                ));
+            }
+            if vault.watcher.as_ref().is_some_and(|w| w.interval.is_zero()) {
+                return Err(invalid("vault.watcher.interval".into(), "must be positive"));
+            }
+        }
         for (id, target) in &self.targets {
             check_id(id).map_err(|r| invalid(format!("targets.{id}"), r))?;
+            if let Some(sweep) = &target.sweep {
+                if sweep.pattern.is_empty() || sweep.interval.is_zero() {
+                    return Err(invalid(
+                        format!("targets.{id}.sweep"),
+                        "pattern must not be empty and interval must be positive",
+                    ));
+                }
+            }
             if target.pool_size == 0 {
                 return Err(invalid(
                     format!("targets.{id}.pool_size"),
@@ -420,11 +589,42 @@ impl Config {
         for (id, credential) in &self.credentials {
             let path = format!("credentials.{id}");
             check_id(id).map_err(|r| invalid(path.clone(), r))?;
-            if credential.logins.is_empty() && credential.aws.is_none() {
+            let derives_logins = credential.aws.is_some()
+                || credential
+                    .vault
+                    .as_ref()
+                    .is_some_and(|v| v.role.is_some() && v.target.is_some());
+            if credential.logins.is_empty() && !derives_logins {
                 return Err(invalid(
                     format!("{path}.logins"),
-                    "must name at least one login (or set credentials.<id>.aws)",
+                    "must name at least one login (or take it from credentials.<id>.aws, or from \
+                     credentials.<id>.vault with a role and a target)",
                 ));
+            }
+            if let Some(vault) = &credential.vault {
+                if self.vault.is_none() {
+                    return Err(invalid(format!("{path}.vault"), "needs a [vault] section"));
+                }
+                if vault.role.is_some() == vault.kv_path.is_some() {
+                    return Err(invalid(
+                        format!("{path}.vault"),
+                        "set exactly one of role (database static role) or kv_path (kv-v2 secret)",
+                    ));
+                }
+                if let Some(target) = &vault.target
+                    && !self.targets.contains_key(target)
+                {
+                    return Err(invalid(
+                        format!("{path}.vault.target"),
+                        &format!("no target named {target:?}"),
+                    ));
+                }
+                if credential.aws.is_some() {
+                    return Err(invalid(
+                        path.clone(),
+                        "a credential is either an AWS or a Vault secret",
+                    ));
+                }
             }
             if let Some(aws) = &credential.aws {
                 if aws.secret.trim().is_empty() {

@@ -131,6 +131,24 @@ pub enum Origin {
         /// Alternating users: the previous login and what was decided about it.
         previous_user: Option<aws::PreviousUser>,
     },
+    /// A rotation reported by HashiCorp Vault (forwarded event, subscription or watcher).
+    Vault {
+        /// Credential id.
+        credential: String,
+        /// Namespace, mount and role or KV path, as Vault names them.
+        vault_path: String,
+        /// Which intake path reported it (`event`, `subscriber`, `watcher`).
+        source: String,
+        /// The credential's policy at the time.
+        policy: RotationPolicy,
+    },
+    /// A periodic or manual sweep for sessions of dropped or expired logins on one target.
+    Sweep {
+        /// Target id.
+        target: String,
+        /// The `LIKE` pattern of logins checked for expiry.
+        pattern: String,
+    },
 }
 
 /// One target's part of a plan.
