@@ -567,13 +567,13 @@ impl Config {
         }
         for (id, target) in &self.targets {
             check_id(id).map_err(|r| invalid(format!("targets.{id}"), r))?;
-            if let Some(sweep) = &target.sweep {
-                if sweep.pattern.is_empty() || sweep.interval.is_zero() {
-                    return Err(invalid(
-                        format!("targets.{id}.sweep"),
-                        "pattern must not be empty and interval must be positive",
-                    ));
-                }
+            if let Some(sweep) = &target.sweep
+                && (sweep.pattern.is_empty() || sweep.interval.is_zero())
+            {
+                return Err(invalid(
+                    format!("targets.{id}.sweep"),
+                    "pattern must not be empty and interval must be positive",
+                ));
             }
             if target.pool_size == 0 {
                 return Err(invalid(
