@@ -98,6 +98,9 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// Terminate a login's sessions now.
     Revoke(RevokeArgs),
+    /// Terminate the sessions of dropped logins, and of expired logins matching a target's
+    /// sweep pattern, on the targets with `[targets.<id>.sweep]`.
+    Sweep(SweepArgs),
     /// Read and check the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -160,6 +163,20 @@ pub struct RevokeArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Print the JSON report instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sever sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// A target to sweep (repeat for several); default: every target with a sweep configured.
+    #[arg(long = "target")]
+    pub targets: Vec<String>,
+    /// Show what would be terminated; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print a JSON array of the reports (one action per target) instead of a summary.
     #[arg(long)]
     pub json: bool,
 }
@@ -233,6 +250,7 @@ impl Cli {
             Command::CheckConfig => check_config(&config),
             Command::Sessions(args) => sessions(config, args).await,
             Command::Revoke(args) => revoke(config, args).await,
+            Command::Sweep(args) => sweep(config, args).await,
             Command::Audit(cmd) => audit(config, cmd).await,
             Command::OperatorToken => {
                 let (token, hash) = new_token();
@@ -275,6 +293,40 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
             .load("aws.static_credentials.secret_access_key")?;
     }
     let redacted = |s: &crate::config::SecretRef| format!("<redacted, {}>", s.describe());
+    let vault = match &config.vault {
+        None => Value::Null,
+        Some(v) => {
+            let auth = match &v.auth {
+                crate::config::VaultAuth::Token { token } => {
+                    token.load("vault.auth.token")?;
+                    json!({"method": "token", "token": redacted(token)})
+                }
+                crate::config::VaultAuth::Approle {
+                    role_id,
+                    secret_id,
+                    mount,
+                } => {
+                    secret_id.load("vault.auth.secret_id")?;
+                    json!({"method": "approle", "role_id": role_id, "secret_id": redacted(secret_id), "mount": mount})
+                }
+                crate::config::VaultAuth::Kubernetes {
+                    role,
+                    jwt_file,
+                    mount,
+                } => {
+                    json!({"method": "kubernetes", "role": role, "jwt_file": jwt_file, "mount": mount})
+                }
+            };
+            json!({
+                "address": v.address,
+                "namespace": v.namespace,
+                "auth": auth,
+                "tls": {"ca_file": v.tls.ca_file, "client_cert_file": v.tls.client_cert_file, "skip_verify": v.tls.skip_verify},
+                "subscriber": {"enabled": v.subscriber.enabled, "event_types": v.subscriber.event_types, "namespaces": v.subscriber.namespaces},
+                "watcher": v.watcher.as_ref().map(|w| humantime::format_duration(w.interval).to_string()),
+            })
+        }
+    };
     let targets: serde_json::Map<String, Value> = config
         .targets
         .iter()
@@ -285,6 +337,7 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
                 "protected_logins": config.protected_on(id),
                 "pool_size": t.pool_size,
                 "connect_timeout": humantime::format_duration(t.connect_timeout).to_string(),
+                "sweep": t.sweep.as_ref().map(|w| json!({"pattern": w.pattern, "interval": humantime::format_duration(w.interval).to_string()})),
             });
             (id.clone(), detail)
         })
@@ -293,7 +346,7 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
         .credentials
         .iter()
         .map(|(id, c)| {
-            let detail = json!({"description": c.description, "policy": c.policy, "logins": c.logins, "aws": c.aws});
+            let detail = json!({"description": c.description, "policy": c.policy, "logins": c.logins, "aws": c.aws, "vault": c.vault});
             (id.clone(), detail)
         })
         .collect();
@@ -329,6 +382,7 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
             },
             "sns": {"topics": aws.sns.topics},
         },
+        "vault": vault,
     });
     println!(
         "{}",
@@ -456,6 +510,55 @@ async fn revoke(config: Config, args: RevokeArgs) -> Result<ExitCode, CliError> 
     })
 }
 
+async fn sweep(config: Config, args: SweepArgs) -> Result<ExitCode, CliError> {
+    // Check every target before connecting anything, so bad input leaves no trace.
+    let targets: Vec<String> = if args.targets.is_empty() {
+        let all: Vec<String> = config
+            .targets
+            .iter()
+            .filter(|(_, t)| t.sweep.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if all.is_empty() {
+            return Err(CliError::Usage(
+                "no target has a sweep configured ([targets.<id>.sweep])".into(),
+            ));
+        }
+        all
+    } else {
+        let mut named = args.targets;
+        named.sort();
+        named.dedup();
+        for target in &named {
+            pipeline::sweep_config(&config, target)?;
+        }
+        named
+    };
+    let ctx = Context::build(config).await?;
+    let actor = cli_actor();
+    let work = targets
+        .iter()
+        .map(|target| pipeline::sweep(&ctx, target, args.dry_run, &actor));
+    let reports = futures_util::future::join_all(work)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &reports).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        for report in &reports {
+            print_report(&mut out, report)?;
+        }
+    }
+    Ok(if reports.iter().all(|r| r.status == Status::Completed) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INCOMPLETE)
+    })
+}
+
 fn print_report(out: &mut impl Write, report: &ActionReport) -> std::io::Result<()> {
     let verb = if report.dry_run {
         "would terminate"
@@ -471,16 +574,15 @@ fn print_report(out: &mut impl Write, report: &ActionReport) -> std::io::Result<
             &t.outcome.terminated
         };
         for s in listed {
-            table.add_row(session_row([t.target.as_str(), verb], s));
+            // A sweep says why it chose each session.
+            let outcome = match t.outcome.sweep_reasons.get(&s.pid) {
+                Some(why) => format!("{verb}: {}", snake_case(why)),
+                None => verb.to_owned(),
+            };
+            table.add_row(session_row([t.target.as_str(), outcome.as_str()], s));
         }
         for s in &t.outcome.skipped {
-            let why = format!(
-                "skipped: {}",
-                serde_json::to_value(s.reason)
-                    .unwrap_or_default()
-                    .as_str()
-                    .unwrap_or("?")
-            );
+            let why = format!("skipped: {}", snake_case(&s.reason));
             table.add_row(session_row([t.target.as_str(), why.as_str()], &s.session));
         }
         for s in &t.outcome.failed {
@@ -515,6 +617,14 @@ fn print_report(out: &mut impl Write, report: &ActionReport) -> std::io::Result<
         }
     }
     Ok(())
+}
+
+/// A unit enum variant's name as serialised (`own_login`, `login_expired`, …).
+fn snake_case(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 async fn audit(config: Config, command: AuditCommand) -> Result<ExitCode, CliError> {

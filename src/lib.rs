@@ -13,6 +13,7 @@ pub mod intake;
 pub mod pipeline;
 pub mod resolve;
 pub mod store;
+pub mod sweep;
 pub mod terminate;
 
 use std::future::Future;
@@ -96,6 +97,9 @@ pub async fn run_with(
     }
     let background = CancellationToken::new();
     tokio::spawn(maintain(ctx.clone(), background.clone()));
+    intake::spawn_background(&state, &background);
+    // On the tracker, so shutdown waits for a sweep in progress to finish its records.
+    tracker.spawn(sweep::run_sweeper(ctx.clone(), background.clone()));
 
     tracing::info!(addr = %listener.local_addr()?, "sever listening");
     axum::serve(

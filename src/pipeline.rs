@@ -1,10 +1,12 @@
 //! Runs a [`Plan`]: audit it, terminate on every target concurrently, audit each outcome.
+//! A sweep (sessions of dropped or expired logins on one target) runs the same way.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::audit::{AuditError, Entry, Kind};
+use crate::config::{Config, SweepConfig};
 use crate::context::Context;
 use crate::resolve::{Origin, Plan, Step};
 use crate::terminate::{Scope, Session, TerminateOutcome, TerminateRequest};
@@ -15,6 +17,12 @@ pub enum PipelineError {
     /// The audit trail refused a record; for the plan record, nothing was executed.
     #[error("audit trail unavailable: {0}")]
     Audit(#[from] AuditError),
+    /// No target with this id is configured.
+    #[error("unknown target {0:?}")]
+    UnknownTarget(String),
+    /// The target has no `[targets.<id>.sweep]` table, so it cannot be swept.
+    #[error("target {0:?} has no sweep configured ([targets.{0}.sweep])")]
+    NoSweep(String),
 }
 
 /// Overall result of an action.
@@ -76,19 +84,85 @@ pub async fn execute(
     plan: Plan,
     actor: &str,
 ) -> Result<ActionReport, PipelineError> {
+    let work = plan.scope.map(Work::Terminate);
+    carry_out(ctx, plan, actor, work).await
+}
+
+/// The sweep settings of `target`, or why it cannot be swept.
+pub fn sweep_config<'a>(
+    config: &'a Config,
+    target: &str,
+) -> Result<&'a SweepConfig, PipelineError> {
+    config
+        .targets
+        .get(target)
+        .ok_or_else(|| PipelineError::UnknownTarget(target.to_owned()))?
+        .sweep
+        .as_ref()
+        .ok_or_else(|| PipelineError::NoSweep(target.to_owned()))
+}
+
+/// Sweeps `target` for sessions of dropped logins and of expired logins matching its sweep
+/// pattern: audited like any action (origin `sweep`), each session record saying why
+/// (`sweep_reason`). Only targets with a sweep configured can be swept.
+pub async fn sweep(
+    ctx: &Context,
+    target: &str,
+    dry_run: bool,
+    actor: &str,
+) -> Result<ActionReport, PipelineError> {
+    let pattern = sweep_config(&ctx.config, target)?.pattern.clone();
+    let plan = Plan {
+        action_id: Uuid::now_v7(),
+        origin: Origin::Sweep {
+            target: target.to_owned(),
+            pattern: pattern.clone(),
+        },
+        scope: Some(Scope::All),
+        dry_run,
+        reason: None,
+        // No named logins: the sweep finds its own, by pattern and by absence.
+        steps: vec![Step {
+            target: target.to_owned(),
+            logins: Vec::new(),
+            protected: ctx.config.protected_on(target),
+        }],
+    };
+    carry_out(ctx, plan, actor, Some(Work::Sweep { pattern })).await
+}
+
+/// What each step of a plan does on its target.
+enum Work {
+    /// Terminate the step's logins' sessions in this scope.
+    Terminate(Scope),
+    /// Sweep for sessions of dropped logins, and of expired logins matching the pattern.
+    Sweep {
+        /// `LIKE` pattern of the logins checked for expiry.
+        pattern: String,
+    },
+}
+
+/// Audits `plan`, does `work` on every step's target concurrently (nothing when `None`),
+/// audits the outcome and returns the report.
+async fn carry_out(
+    ctx: &Context,
+    plan: Plan,
+    actor: &str,
+    work: Option<Work>,
+) -> Result<ActionReport, PipelineError> {
     let action = Some(plan.action_id);
     let plan_detail = serde_json::to_value(&plan).unwrap_or(Value::Null);
     ctx.audit
         .append(Entry::new(Kind::ActionPlanned, actor, action, plan_detail))
         .await?;
 
-    let targets = match plan.scope {
-        Some(scope) => {
-            let work = plan
+    let targets = match &work {
+        Some(work) => {
+            let steps = plan
                 .steps
                 .iter()
-                .map(|step| run_step(ctx, step, scope, plan.dry_run));
-            futures_util::future::join_all(work).await
+                .map(|step| run_step(ctx, step, work, plan.dry_run));
+            futures_util::future::join_all(steps).await
         }
         None => Vec::new(),
     };
@@ -111,24 +185,43 @@ pub async fn execute(
     Ok(report)
 }
 
-async fn run_step(ctx: &Context, step: &Step, scope: Scope, dry_run: bool) -> TargetReport {
+async fn run_step(ctx: &Context, step: &Step, work: &Work, dry_run: bool) -> TargetReport {
     let termination = &ctx.config.termination;
-    let request = TerminateRequest {
-        logins: step.logins.clone(),
-        scope,
-        protected: step.protected.clone(),
-        dry_run,
-        verify_timeout: termination.verify_timeout,
-    };
     let limit = termination.timeout + termination.verify_timeout;
     let result = match ctx.targets.get(&step.target) {
         // Resolution only plans configured targets; this guards a config/target mismatch.
         None => Err(format!("target {:?} is not configured", step.target)),
-        Some(engine) => match tokio::time::timeout(limit, engine.terminate(&request)).await {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("timed out after {limit:?}")),
-        },
+        Some(engine) => {
+            let call = async {
+                match work {
+                    Work::Terminate(scope) => {
+                        let request = TerminateRequest {
+                            logins: step.logins.clone(),
+                            scope: *scope,
+                            protected: step.protected.clone(),
+                            dry_run,
+                            verify_timeout: termination.verify_timeout,
+                        };
+                        engine.terminate(&request).await
+                    }
+                    Work::Sweep { pattern } => {
+                        engine
+                            .sweep(
+                                pattern,
+                                &step.protected,
+                                dry_run,
+                                termination.verify_timeout,
+                            )
+                            .await
+                    }
+                }
+            };
+            match tokio::time::timeout(limit, call).await {
+                Ok(Ok(outcome)) => Ok(outcome),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("timed out after {limit:?}")),
+            }
+        }
     };
     let (outcome, error) = match result {
         Ok(outcome) => (outcome, None),
@@ -146,9 +239,12 @@ async fn run_step(ctx: &Context, step: &Step, scope: Scope, dry_run: bool) -> Ta
     }
 }
 
-fn session_detail(target: &str, session: &Session, extra: Value) -> Value {
+fn session_detail(t: &TargetReport, session: &Session, extra: Value) -> Value {
     let mut detail = serde_json::to_value(session).unwrap_or_else(|_| json!({}));
-    detail["target"] = json!(target);
+    detail["target"] = json!(t.target);
+    if let Some(why) = t.outcome.sweep_reasons.get(&session.pid) {
+        detail["sweep_reason"] = json!(why);
+    }
     if let (Value::Object(map), Value::Object(more)) = (&mut detail, extra) {
         map.extend(more);
     }
@@ -170,32 +266,32 @@ fn outcome_records(report: &ActionReport, actor: &str) -> Vec<Entry> {
             for s in &t.outcome.matched {
                 entries.push(entry(
                     Kind::SessionWouldTerminate,
-                    session_detail(&t.target, s, json!({})),
+                    session_detail(t, s, json!({})),
                 ));
             }
         }
         for s in &t.outcome.terminated {
             entries.push(entry(
                 Kind::SessionTerminated,
-                session_detail(&t.target, s, json!({})),
+                session_detail(t, s, json!({})),
             ));
         }
         for s in &t.outcome.skipped {
             entries.push(entry(
                 Kind::SessionSkipped,
-                session_detail(&t.target, &s.session, json!({"reason": s.reason})),
+                session_detail(t, &s.session, json!({"reason": s.reason})),
             ));
         }
         for s in &t.outcome.failed {
             entries.push(entry(
                 Kind::SessionFailed,
-                session_detail(&t.target, &s.session, json!({"error": s.error})),
+                session_detail(t, &s.session, json!({"error": s.error})),
             ));
         }
         for s in &t.outcome.remaining {
             entries.push(entry(
                 Kind::SessionRemaining,
-                session_detail(&t.target, s, json!({})),
+                session_detail(t, s, json!({})),
             ));
         }
     }

@@ -9,6 +9,7 @@ use super::sns::SnsError;
 use super::webhook::WebhookError;
 use crate::resolve::ResolveError;
 use crate::resolve::aws::AwsError;
+use crate::resolve::vault::VaultError;
 
 /// Everything an HTTP request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,9 @@ pub enum ApiError {
     /// Secrets Manager could not be asked, or answered unusably; nothing was executed.
     #[error(transparent)]
     Aws(#[from] AwsError),
+    /// Vault could not be asked, or answered unusably; nothing was executed.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
     /// The Lambda hook reported a version that is not `AWSCURRENT` (called before finishSecret moved it).
     #[error("version {0} is not AWSCURRENT yet: call the hook after finishSecret moved the label")]
     VersionNotCurrent(String),
@@ -118,6 +122,13 @@ impl ApiError {
                 (S::BAD_GATEWAY, "secrets_manager_unavailable")
             }
             ApiError::VersionNotCurrent(_) => (S::CONFLICT, "version_not_current"),
+            ApiError::Vault(VaultError::NotFound(_)) => {
+                (S::UNPROCESSABLE_ENTITY, "vault_role_not_found")
+            }
+            ApiError::Vault(VaultError::Malformed(_)) => {
+                (S::BAD_GATEWAY, "vault_response_unusable")
+            }
+            ApiError::Vault(_) => (S::BAD_GATEWAY, "vault_unavailable"),
             ApiError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }

@@ -53,6 +53,9 @@ pub struct Readiness {
     status: &'static str,
     store: Probe,
     targets: BTreeMap<String, Probe>,
+    /// Vault event subscriptions by event type, when the subscriber is enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vault_subscriber: Option<BTreeMap<String, super::vault::subscriber::StreamState>>,
 }
 
 /// Probes the store and every target concurrently.
@@ -69,19 +72,27 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     let (store, targets) = tokio::join!(store, targets);
     let store = Probe::from(store.ok());
     let targets: BTreeMap<String, Probe> = targets.into_iter().collect();
+    let subscribing = ctx
+        .config
+        .vault
+        .as_ref()
+        .is_some_and(|v| v.subscriber.enabled);
+    let vault_subscriber = subscribing.then(|| state.vault_status.snapshot());
+    let streams_ok = vault_subscriber
+        .as_ref()
+        .is_none_or(|s| s.values().all(|s| s.connected));
     let (code, status) = if !store.ok {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    } else if targets.values().all(|t| t.ok) {
+    } else if targets.values().all(|t| t.ok) && streams_ok {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::OK, "degraded")
     };
-    (
-        code,
-        Json(Readiness {
-            status,
-            store,
-            targets,
-        }),
-    )
+    let readiness = Readiness {
+        status,
+        store,
+        targets,
+        vault_subscriber,
+    };
+    (code, Json(readiness))
 }

@@ -9,6 +9,7 @@ pub mod operator;
 mod revocations;
 mod sessions;
 pub mod sns;
+pub mod vault;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -37,6 +39,7 @@ use crate::context::Context;
 use crate::pipeline::{self, ActionReport, PipelineError};
 use crate::resolve::Plan;
 use crate::resolve::aws::{SecretsManager, mapped_secrets};
+use crate::resolve::vault::Vault;
 use crate::store::Claim as StoreClaim;
 use secrecy::ExposeSecret;
 use sha2::Digest;
@@ -91,6 +94,9 @@ pub enum IntakeError {
     /// A signing secret is malformed.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// The Vault client could not be set up.
+    #[error(transparent)]
+    Vault(#[from] crate::resolve::vault::VaultError),
 }
 
 /// Shared state of every handler.
@@ -99,6 +105,8 @@ pub struct AppState {
     ctx: Arc<Context>,
     verifier: Arc<Verifier>,
     aws: Arc<AwsIntake>,
+    vault: Option<Arc<Vault>>,
+    vault_status: Arc<vault::subscriber::Status>,
     operators: Arc<Operators>,
     tracker: TaskTracker,
     max_body: usize,
@@ -115,8 +123,14 @@ impl AppState {
         let config = &ctx.config;
         let verifier = Verifier::new(&config.webhook_secrets()?, config.webhooks.tolerance)?;
         let aws = AwsIntake::new(config, sns_http).await?;
+        let vault = match &config.vault {
+            Some(v) => Some(Vault::connect(v).await?),
+            None => None,
+        };
         Ok(Self {
             aws: Arc::new(aws),
+            vault,
+            vault_status: Arc::default(),
             verifier: Arc::new(verifier),
             operators: Arc::new(Operators::new(&config.operators)),
             max_body: config.server.max_body_bytes,
@@ -149,19 +163,18 @@ impl AppState {
         error
     }
 
-    /// Takes the idempotency claims, audits the accepted event and starts the plan; answers
-    /// `202` with the action id, or with `wait` the finished report. A duplicate claim is
-    /// refused (`409`) or acknowledged (`200`, with the first action's id) as the claim says;
-    /// if the acceptance cannot be audited, every claim taken is released so a retry works.
-    async fn accept(
+    /// Takes the idempotency claims, audits the accepted event and starts the plan. A
+    /// duplicate claim is refused (a replay) or reported as [`Accepted::Duplicate`] (the same
+    /// event delivered another way), as the claim says; if the acceptance cannot be audited,
+    /// every claim taken is released so a retry works.
+    async fn accept_plan(
         &self,
         meta: &RequestMeta,
         actor: &str,
         claims: Vec<Claim>,
         plan: Plan,
         accepted: serde_json::Value,
-        wait: bool,
-    ) -> Result<Response, ApiError> {
+    ) -> Result<Accepted, ApiError> {
         let action_id = plan.action_id;
         let now = chrono::Utc::now();
         let mut taken = Vec::new();
@@ -183,8 +196,7 @@ impl AppState {
                     if let Err(e) = self.ctx.audit.append(entry).await {
                         return Err(ApiError::Unavailable(e.to_string()));
                     }
-                    let body = json!({"status": "duplicate", "action_id": first});
-                    return Ok((StatusCode::OK, Json(body)).into_response());
+                    return Ok(Accepted::Duplicate(first));
                 }
                 Ok(StoreClaim::Duplicate { action_id }) => {
                     return Err(self
@@ -204,17 +216,47 @@ impl AppState {
             return Err(ApiError::Unavailable(e.to_string()));
         }
         tracing::info!(%action_id, actor, "event accepted");
-        let running = self.start(plan, actor.to_owned());
-        if !wait {
-            let body = json!({"action_id": action_id, "status": "accepted"});
-            return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
-        }
-        match running.await {
-            Ok(Ok(report)) => Ok(Json(report).into_response()),
-            Ok(Err(e)) => Err(ApiError::Unavailable(e.to_string())),
-            Err(e) => Err(ApiError::Unavailable(format!(
-                "action {action_id} aborted: {e}"
-            ))),
+        Ok(Accepted::Started(
+            action_id,
+            self.start(plan, actor.to_owned()),
+        ))
+    }
+
+    /// [`Self::accept_plan`], answered over HTTP.
+    async fn accept(
+        &self,
+        meta: &RequestMeta,
+        actor: &str,
+        claims: Vec<Claim>,
+        plan: Plan,
+        accepted: serde_json::Value,
+        wait: bool,
+    ) -> Result<Response, ApiError> {
+        let accepted = self
+            .accept_plan(meta, actor, claims, plan, accepted)
+            .await?;
+        self.respond(accepted, wait).await
+    }
+
+    /// `202` with the action id, or with `wait` the finished report; a duplicate is `200`
+    /// with the first action's id.
+    async fn respond(&self, accepted: Accepted, wait: bool) -> Result<Response, ApiError> {
+        match accepted {
+            Accepted::Duplicate(first) => {
+                let body = json!({"status": "duplicate", "action_id": first});
+                Ok((StatusCode::OK, Json(body)).into_response())
+            }
+            Accepted::Started(action_id, _) if !wait => {
+                let body = json!({"action_id": action_id, "status": "accepted"});
+                Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+            }
+            Accepted::Started(action_id, running) => match running.await {
+                Ok(Ok(report)) => Ok(Json(report).into_response()),
+                Ok(Err(e)) => Err(ApiError::Unavailable(e.to_string())),
+                Err(e) => Err(ApiError::Unavailable(format!(
+                    "action {action_id} aborted: {e}"
+                ))),
+            },
         }
     }
 
@@ -226,15 +268,14 @@ impl AppState {
         }
     }
 
-    /// Audits an event that needs nothing done and answers `200` with `status` and `reason`.
-    async fn acknowledge(
+    /// Audits an event that needs nothing done.
+    async fn note(
         &self,
         actor: &str,
         kind: Kind,
-        status: &str,
-        reason: String,
+        reason: &str,
         mut detail: serde_json::Value,
-    ) -> Result<Response, ApiError> {
+    ) -> Result<(), ApiError> {
         detail["reason"] = json!(reason);
         let entry = Entry::new(kind, actor, None, detail);
         self.ctx
@@ -242,9 +283,21 @@ impl AppState {
             .append(entry)
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        tracing::info!(actor, status, %reason, "event needs no action");
-        let body = json!({"status": status, "reason": reason});
-        Ok((StatusCode::OK, Json(body)).into_response())
+        tracing::info!(actor, kind = kind.as_str(), %reason, "event needs no action");
+        Ok(())
+    }
+
+    /// Audits an event that needs nothing done and answers `200` with `status` and `reason`.
+    async fn acknowledge(
+        &self,
+        actor: &str,
+        kind: Kind,
+        status: &str,
+        reason: String,
+        detail: serde_json::Value,
+    ) -> Result<Response, ApiError> {
+        self.note(actor, kind, &reason, detail).await?;
+        Ok(status_response(status, &reason))
     }
 
     /// Runs a plan in the background; the handle yields the report. The action completes
@@ -254,6 +307,23 @@ impl AppState {
         self.tracker
             .spawn(async move { pipeline::execute(&ctx, plan, &actor).await })
     }
+}
+
+/// `200 {"status": …, "reason": …}` for events that need no action.
+fn status_response(status: &str, reason: &str) -> Response {
+    (
+        StatusCode::OK,
+        Json(json!({"status": status, "reason": reason})),
+    )
+        .into_response()
+}
+
+/// What became of an accepted event.
+pub enum Accepted {
+    /// The action runs; the handle yields its report.
+    Started(uuid::Uuid, JoinHandle<Result<ActionReport, PipelineError>>),
+    /// The same event was acted on before, as this action.
+    Duplicate(String),
 }
 
 /// An idempotency key to take before acting, and what a duplicate means.
@@ -355,6 +425,26 @@ async fn json_errors(response: Response) -> Response {
     error_body(status, code, message)
 }
 
+/// Starts the Vault token keeper, event subscriber and static-role watcher, as configured;
+/// they end when `stop` is cancelled.
+pub fn spawn_background(state: &AppState, stop: &CancellationToken) {
+    if let Some(client) = &state.vault {
+        tokio::spawn(client.clone().keep_token_alive(stop.clone()));
+    }
+    if let Some(config) = &state.ctx.config.vault {
+        if config.subscriber.enabled {
+            tokio::spawn(vault::subscriber::run(state.clone(), stop.clone()));
+        }
+        if let Some(watcher) = &config.watcher {
+            tokio::spawn(vault::watcher::run(
+                state.clone(),
+                watcher.interval,
+                stop.clone(),
+            ));
+        }
+    }
+}
+
 /// The HTTP application.
 pub fn router(state: AppState) -> Router {
     let timeout = state.ctx.config.server.request_timeout;
@@ -364,6 +454,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/v1/events", post(events::post_event))
         .route("/v1/events/aws", post(aws::post_aws_event))
+        .route("/v1/events/vault", post(vault::post_vault_event))
         .route("/v1/revocations", post(revocations::post_revocation))
         .route("/v1/sessions", get(sessions::get_sessions))
         // axum's limit rather than tower-http's: it surfaces as an extractor rejection, so

@@ -5,6 +5,7 @@
 //! widen that.
 
 pub mod aws;
+pub mod vault;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -226,7 +227,7 @@ pub fn event(
     };
     if credential.logins.is_empty() {
         return Err(ResolveError::Invalid(format!(
-            "credential {:?} takes its logins from its AWS secret; send its events to /v1/events/aws",
+            "credential {:?} takes its logins from its secret; send its events to /v1/events/aws or /v1/events/vault",
             event.credential
         )));
     }

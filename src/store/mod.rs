@@ -166,6 +166,34 @@ impl Store {
         )
     }
 
+    /// The last value a watcher recorded under `key`.
+    pub async fn mark(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM watch_marks WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("value")).transpose()?)
+    }
+
+    /// Records `value` under `key`, replacing what was there.
+    pub async fn set_mark(
+        &self,
+        key: &str,
+        value: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO watch_marks (key, value, seen_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, seen_at = excluded.seen_at",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(timestamp(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Remembers engine identities (e.g. role oids) seen for logins on a target.
     pub async fn remember_identities(
         &self,
@@ -280,6 +308,22 @@ mod tests {
                 .is_empty()
         );
         store.probe().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn marks_are_replaced_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = SecretString::from(format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("s.db").display()
+        ));
+        let store = Store::connect(&url).await.unwrap();
+        assert_eq!(store.mark("vault:a").await.unwrap(), None);
+        store.set_mark("vault:a", "1", Utc::now()).await.unwrap();
+        store.set_mark("vault:a", "2", Utc::now()).await.unwrap();
+        drop(store);
+        let store = Store::connect(&url).await.unwrap();
+        assert_eq!(store.mark("vault:a").await.unwrap().as_deref(), Some("2"));
     }
 
     #[tokio::test]

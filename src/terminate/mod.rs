@@ -116,6 +116,16 @@ pub struct Failed {
     pub error: String,
 }
 
+/// Why a sweep selected a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SweepReason {
+    /// Its login no longer exists (dropped, e.g. by Vault's revocation).
+    LoginDropped,
+    /// Its login matches the sweep pattern and is past its expiry (`VALID UNTIL`).
+    LoginExpired,
+}
+
 /// What happened on one target.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TerminateOutcome {
@@ -129,6 +139,30 @@ pub struct TerminateOutcome {
     pub failed: Vec<Failed>,
     /// Terminated sessions still present when verification gave up.
     pub remaining: Vec<Session>,
+    /// Sweeps only: why each selected session (by pid) was selected, whatever its fate.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "pid_keyed"
+    )]
+    pub sweep_reasons: BTreeMap<i64, SweepReason>,
+}
+
+/// Reads a map keyed by pid. JSON object keys are strings, and inside a `#[serde(flatten)]`
+/// (as in the pipeline's target report) serde no longer turns them back into integers.
+fn pid_keyed<'de, D, V>(deserializer: D) -> Result<BTreeMap<i64, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    BTreeMap::<String, V>::deserialize(deserializer)?
+        .into_iter()
+        .map(|(pid, v)| {
+            pid.parse()
+                .map(|pid| (pid, v))
+                .map_err(|_| serde::de::Error::custom(format!("not a pid: {pid:?}")))
+        })
+        .collect()
 }
 
 /// Errors from one target as a whole.
@@ -159,6 +193,17 @@ pub trait Engine: Send + Sync + Debug {
     async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError>;
     /// Looks up and remembers the identities of `logins`, so they are found after a drop.
     async fn learn_logins(&self, logins: &[String]) -> Result<(), EngineError>;
+    /// Terminates (or, in a dry run, lists) every client session whose login no longer
+    /// exists, or whose login matches the `LIKE` `pattern` and has expired, then verifies.
+    /// Sessions of sever's own login, superusers and `protected` logins are skipped; the
+    /// outcome's `sweep_reasons` says why each session was selected.
+    async fn sweep(
+        &self,
+        pattern: &str,
+        protected: &BTreeSet<String>,
+        dry_run: bool,
+        verify_timeout: Duration,
+    ) -> Result<TerminateOutcome, EngineError>;
 }
 
 /// Where a target is, from its URL: used to match secrets that name a host and port.

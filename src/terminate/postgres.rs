@@ -2,6 +2,7 @@
 //! `pg_terminate_backend` in one set-based statement, then verified gone.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
 use super::{
-    Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped,
+    Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped, SweepReason,
     TerminateOutcome, TerminateRequest,
 };
 use crate::config::{TargetConfig, TerminationConfig};
@@ -64,6 +65,45 @@ m AS (
     WHERE a.backend_type = 'client backend'
       AND a.usesysid::int8 = ANY($1::int8[])
       AND ($3::timestamptz IS NULL OR a.backend_start IS NULL OR a.backend_start < $3::timestamptz)
+)
+SELECT m.*,
+       CASE WHEN m.skip IS NULL AND NOT $4::bool THEN pg_terminate_backend(m.pid) ELSE false END
+           AS signalled
+FROM m
+ORDER BY m.backend_start NULLS FIRST, m.pid
+"#
+);
+
+/// Selects the client sessions whose role no longer exists (after `DROP ROLE` the session
+/// keeps its `usesysid` but the role row is gone, so it is an orphan whatever its former
+/// name), and those of roles matching the `LIKE` pattern whose `VALID UNTIL` has passed
+/// (PostgreSQL checks it only at login, so such sessions outlive the expiry). Sessions of
+/// valid roles, including `VALID UNTIL 'infinity'` or no expiry, are never selected. Skips
+/// and signalling work exactly as in [`TERMINATE_SQL`]; `$3` holds the oids of protected
+/// logins, so a protected login stays protected after it is dropped. A backend without a
+/// role yet (`usesysid` 0 or null, e.g. still authenticating) is never an orphan.
+const SWEEP_SQL: &str = concat!(
+    r#"
+WITH me AS (SELECT usesysid FROM pg_stat_activity WHERE pid = pg_backend_pid()),
+m AS (
+    SELECT "#,
+    session_columns!(),
+    r#",
+           CASE WHEN r.oid IS NULL THEN 'login_dropped' ELSE 'login_expired' END AS swept,
+           CASE
+               WHEN a.pid = pg_backend_pid() OR a.usesysid = (SELECT usesysid FROM me) THEN 'own_login'
+               WHEN r.rolsuper THEN 'superuser'
+               WHEN r.rolname = ANY($2::text[]) OR a.usesysid::int8 = ANY($3::int8[]) THEN 'protected'
+           END AS skip
+    FROM pg_stat_activity a
+    LEFT JOIN pg_roles r ON r.oid = a.usesysid
+    WHERE a.backend_type = 'client backend'
+      AND a.usesysid IS NOT NULL
+      AND a.usesysid <> 0::oid
+      AND (r.oid IS NULL
+           OR (r.rolname LIKE $1::text
+               AND r.rolvaliduntil IS NOT NULL
+               AND r.rolvaliduntil < now()))
 )
 SELECT m.*,
        CASE WHEN m.skip IS NULL AND NOT $4::bool THEN pg_terminate_backend(m.pid) ELSE false END
@@ -265,6 +305,83 @@ impl Postgres {
         Ok(())
     }
 
+    /// Runs a set-based select-and-signal statement (`run(dry_run)`). If signalling is
+    /// refused (SQLSTATE 42501), runs it again as a dry run to get the candidates, and says
+    /// so: they are then signalled one by one by [`Self::settle`].
+    async fn select_and_signal<F, Fut>(
+        &self,
+        dry_run: bool,
+        run: F,
+    ) -> Result<(Vec<PgRow>, bool), EngineError>
+    where
+        F: Fn(bool) -> Fut,
+        Fut: Future<Output = Result<Vec<PgRow>, sqlx::Error>>,
+    {
+        match run(dry_run).await {
+            Ok(rows) => Ok((rows, false)),
+            Err(sqlx::Error::Database(db))
+                if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) =>
+            {
+                tracing::warn!(target_id = %self.id, error = %db,
+                    "set-based termination refused; falling back to one session at a time");
+                let rows = run(true).await.map_err(query_error)?;
+                Ok((rows, true))
+            }
+            Err(e) => Err(query_error(e)),
+        }
+    }
+
+    /// Sorts the rows of a set-based statement (columns [`session_columns!`], `skip`,
+    /// `signalled`) into an outcome, signals one by one when the statement could not
+    /// (`permission_denied`), and verifies that every signalled session is gone.
+    async fn settle(
+        &self,
+        rows: &[PgRow],
+        names: &BTreeMap<i64, String>,
+        dry_run: bool,
+        permission_denied: bool,
+        verify_timeout: Duration,
+    ) -> Result<TerminateOutcome, EngineError> {
+        let mut outcome = TerminateOutcome::default();
+        let mut to_signal = Vec::new();
+        for row in rows {
+            let session = decode_session(row, names).map_err(query_error)?;
+            let skip: Option<String> = row.try_get("skip").map_err(query_error)?;
+            let signalled: bool = row.try_get("signalled").map_err(query_error)?;
+            match skip {
+                Some(reason) => outcome.skipped.push(Skipped {
+                    session,
+                    reason: skip_reason(&reason),
+                }),
+                None => {
+                    outcome.matched.push(session.clone());
+                    if dry_run {
+                        continue;
+                    }
+                    if permission_denied {
+                        to_signal.push(session);
+                    } else if signalled {
+                        outcome.terminated.push(session);
+                    } else {
+                        outcome.skipped.push(Skipped {
+                            session,
+                            reason: SkipReason::AlreadyGone,
+                        });
+                    }
+                }
+            }
+        }
+        if permission_denied {
+            self.terminate_one_by_one(to_signal, &mut outcome).await?;
+        }
+        if !outcome.terminated.is_empty() {
+            outcome.remaining = self
+                .verify_gone(&outcome.terminated, verify_timeout)
+                .await?;
+        }
+        Ok(outcome)
+    }
+
     async fn run_terminate(
         &self,
         oids: &[i64],
@@ -280,6 +397,22 @@ impl Postgres {
             .bind(oids)
             .bind(&protected)
             .bind(cutoff)
+            .bind(dry_run)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    async fn run_sweep(
+        &self,
+        pattern: &str,
+        protected: &[String],
+        protected_oids: &[i64],
+        dry_run: bool,
+    ) -> Result<Vec<PgRow>, sqlx::Error> {
+        sqlx::query(SWEEP_SQL)
+            .bind(pattern)
+            .bind(protected)
+            .bind(protected_oids)
             .bind(dry_run)
             .fetch_all(&self.pool)
             .await
@@ -326,6 +459,13 @@ fn skip_reason(text: &str) -> SkipReason {
     }
 }
 
+fn sweep_reason(text: &str) -> SweepReason {
+    match text {
+        "login_dropped" => SweepReason::LoginDropped,
+        _ => SweepReason::LoginExpired,
+    }
+}
+
 #[async_trait]
 impl Engine for Postgres {
     async fn check(&self) -> Result<(), EngineError> {
@@ -363,66 +503,53 @@ impl Engine for Postgres {
     async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError> {
         let names = self.role_oids(&request.logins).await?;
         let oids: Vec<i64> = names.keys().copied().collect();
-        let mut outcome = TerminateOutcome::default();
         if oids.is_empty() {
-            return Ok(outcome);
+            return Ok(TerminateOutcome::default());
         }
-        let (rows, permission_denied) =
-            match self.run_terminate(&oids, request, request.dry_run).await {
-                Ok(rows) => (rows, false),
-                Err(sqlx::Error::Database(db))
-                    if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) =>
-                {
-                    tracing::warn!(target_id = %self.id, error = %db,
-                    "set-based termination refused; falling back to one session at a time");
-                    let rows = self
-                        .run_terminate(&oids, request, true)
-                        .await
-                        .map_err(query_error)?;
-                    (rows, true)
-                }
-                Err(e) => return Err(query_error(e)),
-            };
-        let mut to_signal = Vec::new();
-        for row in &rows {
-            let session = decode_session(row, &names).map_err(query_error)?;
-            let skip: Option<String> = row.try_get("skip").map_err(query_error)?;
-            let signalled: bool = row.try_get("signalled").map_err(query_error)?;
-            match skip {
-                Some(reason) => outcome.skipped.push(Skipped {
-                    session,
-                    reason: skip_reason(&reason),
-                }),
-                None => {
-                    outcome.matched.push(session.clone());
-                    if request.dry_run {
-                        continue;
-                    }
-                    if permission_denied {
-                        to_signal.push(session);
-                    } else if signalled {
-                        outcome.terminated.push(session);
-                    } else {
-                        outcome.skipped.push(Skipped {
-                            session,
-                            reason: SkipReason::AlreadyGone,
-                        });
-                    }
-                }
-            }
-        }
-        if permission_denied {
-            self.terminate_one_by_one(to_signal, &mut outcome).await?;
-        }
-        if !outcome.terminated.is_empty() {
-            outcome.remaining = self
-                .verify_gone(&outcome.terminated, request.verify_timeout)
-                .await?;
-        }
-        Ok(outcome)
+        let (rows, permission_denied) = self
+            .select_and_signal(request.dry_run, |dry_run| {
+                self.run_terminate(&oids, request, dry_run)
+            })
+            .await?;
+        self.settle(
+            &rows,
+            &names,
+            request.dry_run,
+            permission_denied,
+            request.verify_timeout,
+        )
+        .await
     }
 
     async fn learn_logins(&self, logins: &[String]) -> Result<(), EngineError> {
         self.role_oids(logins).await.map(|_| ())
+    }
+
+    async fn sweep(
+        &self,
+        pattern: &str,
+        protected: &BTreeSet<String>,
+        dry_run: bool,
+        verify_timeout: Duration,
+    ) -> Result<TerminateOutcome, EngineError> {
+        let protected: Vec<String> = protected.iter().cloned().collect();
+        // The protected logins' oids, including remembered ones of dropped roles: a protected
+        // login stays protected once dropped, and its orphaned sessions keep their name.
+        let names = self.role_oids(&protected).await?;
+        let protected_oids: Vec<i64> = names.keys().copied().collect();
+        let (rows, permission_denied) = self
+            .select_and_signal(dry_run, |dry_run| {
+                self.run_sweep(pattern, &protected, &protected_oids, dry_run)
+            })
+            .await?;
+        let mut outcome = self
+            .settle(&rows, &names, dry_run, permission_denied, verify_timeout)
+            .await?;
+        for row in &rows {
+            let pid = i64::from(row.try_get::<i32, _>("pid").map_err(query_error)?);
+            let swept: String = row.try_get("swept").map_err(query_error)?;
+            outcome.sweep_reasons.insert(pid, sweep_reason(&swept));
+        }
+        Ok(outcome)
     }
 }

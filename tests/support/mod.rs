@@ -5,3 +5,4 @@ pub mod moto;
 pub mod pg;
 pub mod sever;
 pub mod sns;
+pub mod vault;

@@ -1,0 +1,400 @@
+//! HashiCorp Vault: `POST /v1/events/vault` (Vault's event notifications, forwarded and
+//! signed with Standard Webhooks), the websocket [`subscriber`] (Enterprise) and the static-role
+//! [`watcher`] (every edition). All three end in the same place: a rotation of a configured
+//! credential, acted on once per `last_vault_rotation` (or kv version).
+
+pub mod subscriber;
+pub mod watcher;
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use super::error::{ApiError, parse_json};
+use super::events::WaitQuery;
+use super::{Accepted, AppState, Claim, RequestMeta, body_error};
+use crate::audit::Kind;
+use crate::config::CredentialVault;
+use crate::resolve::vault::{self, StaticRole};
+
+/// A Vault event notification, read leniently from its CloudEvents envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultEvent {
+    /// Event id.
+    pub id: String,
+    /// `database/rotate`, `kv-v2/data-write`, …
+    pub event_type: String,
+    /// Mount path without slashes at either end.
+    pub mount_path: String,
+    /// Namespace path without slashes at either end; `None` for the root namespace.
+    pub namespace: Option<String>,
+    /// `data.event.metadata`; Vault sends every value as a string.
+    pub metadata: BTreeMap<String, String>,
+    /// When Vault emitted it.
+    pub time: Option<DateTime<Utc>>,
+}
+
+fn trimmed(s: &str) -> Option<String> {
+    Some(s.trim_matches('/').to_owned()).filter(|s| !s.is_empty())
+}
+
+impl VaultEvent {
+    /// Reads the envelope; `Err` says what is missing. Both spellings of the content-type key
+    /// (`datacontenttype`, `datacontentype`) are accepted by not depending on either.
+    pub fn parse(envelope: &Value) -> Result<Self, String> {
+        let data = envelope
+            .get("data")
+            .filter(|d| d.is_object())
+            .ok_or("no data object")?;
+        let event_type = data
+            .get("event_type")
+            .or_else(|| envelope.get("type"))
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty() && *t != "*")
+            .ok_or("no event_type")?
+            .to_owned();
+        let event = data
+            .get("event")
+            .filter(|e| e.is_object())
+            .ok_or("no data.event object")?;
+        let id = event
+            .get("id")
+            .or_else(|| envelope.get("id"))
+            .and_then(Value::as_str)
+            .ok_or("no event id")?
+            .to_owned();
+        let metadata = event
+            .get("metadata")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mount_path = data
+            .pointer("/plugin_info/mount_path")
+            .and_then(Value::as_str)
+            .and_then(trimmed)
+            .ok_or("no data.plugin_info.mount_path")?;
+        let namespace = data
+            .get("namespace")
+            .and_then(Value::as_str)
+            .and_then(trimmed);
+        let time = envelope
+            .get("time")
+            .and_then(Value::as_str)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        Ok(Self {
+            id,
+            event_type,
+            mount_path,
+            namespace,
+            metadata,
+            time,
+        })
+    }
+}
+
+/// `POST /v1/events/vault`: a forwarded, Standard Webhooks-signed Vault event.
+pub async fn post_vault_event(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    const ACTOR: &str = "vault:event";
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => {
+            return Err(state
+                .reject(&meta, ACTOR, body_error(e, state.max_body))
+                .await);
+        }
+    };
+    let received_at = Utc::now();
+    let checked = state
+        .verifier
+        .verify(&headers, &body, received_at.timestamp())
+        .map_err(ApiError::from)
+        .and_then(|delivery| {
+            let wait = query
+                .map(|Query(q)| q.wait())
+                .map_err(|e| ApiError::Invalid(e.body_text()))?;
+            let envelope: Value = parse_json(&body)?;
+            let event = VaultEvent::parse(&envelope)
+                .map_err(|e| ApiError::Invalid(format!("not a Vault event: {e}")))?;
+            Ok((delivery, wait, event))
+        });
+    let (delivery, wait, event) = match checked {
+        Ok(ok) => ok,
+        Err(e) => return Err(state.reject(&meta, ACTOR, e).await),
+    };
+    let claims = vec![Claim::reject(format!("webhook:{}", delivery.id))];
+    match handle_event(&state, &meta, ACTOR, "event", &event, received_at, claims).await? {
+        Handled::Accepted(accepted) => state.respond(accepted, wait).await,
+        Handled::Ignored(reason) => Ok(super::status_response("ignored", &reason)),
+        Handled::Acknowledged(reason) => Ok(super::status_response("acknowledged", &reason)),
+    }
+}
+
+/// What became of a Vault event.
+pub enum Handled {
+    /// A rotation was accepted (or recognised as already done).
+    Accepted(Accepted),
+    /// Not about a configured credential, or not a rotation; audited.
+    Ignored(String),
+    /// Needs no action but is worth a record (e.g. `database/rotate-fail`); audited.
+    Acknowledged(String),
+}
+
+fn event_detail(event: &VaultEvent, meta: &RequestMeta) -> Value {
+    json!({
+        "event_id": event.id, "event_type": event.event_type, "mount_path": event.mount_path,
+        "namespace": event.namespace, "metadata": event.metadata, "remote_addr": meta.remote,
+    })
+}
+
+/// Same namespace, treating empty and absent alike.
+fn same_namespace(a: Option<&str>, b: Option<&str>) -> bool {
+    a.and_then(trimmed) == b.and_then(trimmed)
+}
+
+/// Handles an event from any Vault source. Errors are already audited.
+pub async fn handle_event(
+    state: &AppState,
+    meta: &RequestMeta,
+    actor: &str,
+    source: &str,
+    event: &VaultEvent,
+    received_at: DateTime<Utc>,
+    claims: Vec<Claim>,
+) -> Result<Handled, ApiError> {
+    let detail = event_detail(event, meta);
+    let config = &state.ctx.config;
+    let default_ns = config.vault.as_ref().and_then(|v| v.namespace.as_deref());
+    let credential_ns = |c: &CredentialVault| c.namespace.clone().or(default_ns.map(str::to_owned));
+    let ignored = detail.clone();
+    let ignore = |reason: String| async move {
+        state
+            .note(actor, Kind::EventIgnored, &reason, ignored)
+            .await?;
+        Ok(Handled::Ignored(reason))
+    };
+    match event.event_type.as_str() {
+        "database/rotate" | "database/static-creds-create" => {
+            let Some(role) = event.metadata.get("name") else {
+                let e =
+                    ApiError::Invalid(format!("{} event without metadata.name", event.event_type));
+                return Err(state.reject(meta, actor, e).await);
+            };
+            let found = config.credentials.iter().find_map(|(id, c)| {
+                let v = c.vault.as_ref()?;
+                let matches = v.role.as_deref() == Some(role.as_str())
+                    && v.mount.trim_matches('/') == event.mount_path
+                    && same_namespace(credential_ns(v).as_deref(), event.namespace.as_deref());
+                matches.then_some((id.as_str(), v))
+            });
+            let Some((credential, cv)) = found else {
+                let path = vault::vault_path(event.namespace.as_deref(), &event.mount_path, role);
+                return ignore(format!(
+                    "static role {path} is not mapped to any credential"
+                ))
+                .await;
+            };
+            let Some(client) = &state.vault else {
+                return Err(ApiError::Unavailable("Vault is not configured".into()));
+            };
+            let ns = credential_ns(cv);
+            let static_role = match client.static_role(ns.as_deref(), &cv.mount, role).await {
+                Ok(r) => r,
+                Err(e) => return Err(state.reject(meta, actor, ApiError::Vault(e)).await),
+            };
+            static_role_rotated(
+                state,
+                meta,
+                actor,
+                source,
+                credential,
+                cv,
+                ns.as_deref(),
+                static_role,
+                received_at,
+                claims,
+                detail,
+            )
+            .await
+            .map(Handled::Accepted)
+        }
+        "kv-v2/data-write" => {
+            let Some(data_path) = event
+                .metadata
+                .get("data_path")
+                .or_else(|| event.metadata.get("path"))
+            else {
+                let e =
+                    ApiError::Invalid("kv-v2/data-write event without metadata.data_path".into());
+                return Err(state.reject(meta, actor, e).await);
+            };
+            let inner = data_path
+                .trim_matches('/')
+                .strip_prefix(&format!("{}/data/", event.mount_path))
+                .unwrap_or(data_path)
+                .trim_matches('/');
+            let found = config.credentials.iter().find_map(|(id, c)| {
+                let v = c.vault.as_ref()?;
+                let matches = v.kv_path.as_deref().map(|p| p.trim_matches('/')) == Some(inner)
+                    && v.mount.trim_matches('/') == event.mount_path
+                    && same_namespace(credential_ns(v).as_deref(), event.namespace.as_deref());
+                matches.then_some((id.as_str(), v))
+            });
+            let Some((credential, cv)) = found else {
+                return ignore(format!(
+                    "kv secret {}/{inner} is not mapped to any credential",
+                    event.mount_path
+                ))
+                .await;
+            };
+            let path = vault::vault_path(credential_ns(cv).as_deref(), &cv.mount, inner);
+            let cutoff = event.time.unwrap_or(received_at).min(received_at);
+            let plan = match vault::plan(config, credential, None, cutoff, source, path.clone()) {
+                Ok(plan) => plan,
+                Err(e) => return Err(state.reject(meta, actor, e.into()).await),
+            };
+            let version = event
+                .metadata
+                .get("current_version")
+                .cloned()
+                .unwrap_or_else(|| event.id.clone());
+            let mut claims = claims;
+            claims.push(Claim::acknowledge(format!("vault-kv:{path}:{version}")));
+            let mut detail = detail;
+            detail["credential"] = json!(credential);
+            detail["cutoff"] = json!(cutoff);
+            state
+                .accept_plan(meta, actor, claims, plan, detail)
+                .await
+                .map(Handled::Accepted)
+        }
+        "database/rotate-fail" => {
+            let reason = "Vault reports a failed rotation: the old password is still valid, nothing is terminated".to_owned();
+            tracing::warn!(event_id = %event.id, "{reason}");
+            state
+                .note(actor, Kind::EventAcknowledged, &reason, detail)
+                .await?;
+            Ok(Handled::Acknowledged(reason))
+        }
+        other => ignore(format!("{other} is not a rotation sever acts on")).await,
+    }
+}
+
+/// A static role whose `last_vault_rotation` is `static_role.last_vault_rotation`: the
+/// sessions of its user that began before then end, once per rotation however it is reported.
+#[allow(clippy::too_many_arguments)]
+pub async fn static_role_rotated(
+    state: &AppState,
+    meta: &RequestMeta,
+    actor: &str,
+    source: &str,
+    credential: &str,
+    cv: &CredentialVault,
+    namespace: Option<&str>,
+    static_role: StaticRole,
+    received_at: DateTime<Utc>,
+    mut claims: Vec<Claim>,
+    mut detail: Value,
+) -> Result<Accepted, ApiError> {
+    let role = cv.role.as_deref().unwrap_or_default();
+    let path = vault::vault_path(namespace, &cv.mount, role);
+    let rotated = static_role.last_vault_rotation;
+    let cutoff = rotated.min(received_at);
+    let plan = match vault::plan(
+        &state.ctx.config,
+        credential,
+        Some(&static_role.username),
+        cutoff,
+        source,
+        path.clone(),
+    ) {
+        Ok(plan) => plan,
+        Err(e) => return Err(state.reject(meta, actor, e.into()).await),
+    };
+    detail["credential"] = json!(credential);
+    detail["static_role"] = json!(static_role);
+    detail["cutoff"] = json!(cutoff);
+    claims.push(Claim::acknowledge(rotation_key(&path, rotated)));
+    state.accept_plan(meta, actor, claims, plan, detail).await
+}
+
+/// The idempotency key of one rotation of a static role: events, the subscriber and the
+/// watcher all derive the same one.
+pub fn rotation_key(path: &str, last_vault_rotation: DateTime<Utc>) -> String {
+    format!(
+        "vault-rotation:{path}:{}",
+        last_vault_rotation.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vaults_envelope_is_read_leniently() {
+        let envelope = json!({
+            "id": "a3be9fb1", "source": "https://vaultproject.io/", "specversion": "1.0", "type": "*",
+            "data": {
+                "event": {"id": "a3be9fb1", "metadata": {"name": "orders", "modified": "true", "operation": "rotate", "path": "database/rotate-role/orders"}},
+                "event_type": "database/rotate",
+                "plugin_info": {"mount_class": "secret", "mount_accessor": "database_1", "mount_path": "database/", "plugin": "database"},
+                "namespace": "admin/team/"
+            },
+            "datacontentype": "application/cloudevents",
+            "time": "2023-09-12T15:19:49.394915-07:00"
+        });
+        let event = VaultEvent::parse(&envelope).unwrap();
+        assert_eq!(event.event_type, "database/rotate");
+        assert_eq!(event.mount_path, "database");
+        assert_eq!(event.namespace.as_deref(), Some("admin/team"));
+        assert_eq!(event.metadata["name"], "orders");
+        assert_eq!(
+            event.time.unwrap().to_rfc3339(),
+            "2023-09-12T22:19:49.394915+00:00"
+        );
+    }
+
+    #[test]
+    fn malformed_envelopes_say_what_is_missing() {
+        assert!(
+            VaultEvent::parse(&json!({"hello": 1}))
+                .unwrap_err()
+                .contains("data")
+        );
+        let no_mount = json!({"data": {"event_type": "database/rotate", "event": {"id": "1", "metadata": {}}}});
+        assert!(
+            VaultEvent::parse(&no_mount)
+                .unwrap_err()
+                .contains("mount_path")
+        );
+    }
+
+    #[test]
+    fn namespaces_compare_without_slashes() {
+        assert!(same_namespace(Some("admin/"), Some("admin")));
+        assert!(same_namespace(None, Some("")));
+        assert!(!same_namespace(Some("admin"), None));
+    }
+}

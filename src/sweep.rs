@@ -1,0 +1,64 @@
+//! The sweeper: on every target with a `[targets.<id>.sweep]` table, periodically terminates
+//! the sessions of dropped logins and of expired logins matching the sweep pattern (Vault's
+//! dynamic roles outlive neither their revocation nor their `VALID UNTIL` on their own).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Context;
+use crate::pipeline::{self, Status};
+
+/// The actor the sweeper's audit records name.
+pub const ACTOR: &str = "sweeper";
+
+/// Sweeps every target that has a sweep configured, each on its own interval (the first
+/// sweep one interval after start-up), until `stop` is cancelled. A failed sweep is logged
+/// and the next one runs on schedule. A sweep under way when `stop` is cancelled is finished
+/// first (it is bounded by the termination timeouts), so its audit records are complete.
+pub async fn run_sweeper(ctx: Arc<Context>, stop: CancellationToken) {
+    let loops = ctx.config.targets.iter().filter_map(|(target, config)| {
+        let interval = config.sweep.as_ref()?.interval;
+        Some(sweep_loop(&ctx, target, interval, &stop))
+    });
+    futures_util::future::join_all(loops).await;
+}
+
+async fn sweep_loop(ctx: &Context, target: &str, interval: Duration, stop: &CancellationToken) {
+    let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+    // A sweep that overran its interval is followed by one a full interval later, not a burst.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match pipeline::sweep(ctx, target, false, ACTOR).await {
+            Ok(report) => {
+                let terminated: usize = report
+                    .targets
+                    .iter()
+                    .map(|t| t.outcome.terminated.len())
+                    .sum();
+                match report.status {
+                    Status::Completed if terminated == 0 => tracing::debug!(
+                        target_id = target, action_id = %report.action_id, "sweep found nothing"
+                    ),
+                    Status::Completed => tracing::info!(
+                        target_id = target, action_id = %report.action_id, terminated,
+                        "sweep terminated sessions of dropped or expired logins"
+                    ),
+                    Status::Incomplete => tracing::warn!(
+                        target_id = target, action_id = %report.action_id, terminated,
+                        errors = ?report.targets.iter().filter_map(|t| t.error.as_deref()).collect::<Vec<_>>(),
+                        "sweep incomplete"
+                    ),
+                }
+            }
+            Err(e) => tracing::error!(target_id = target, error = %e, "sweep failed"),
+        }
+    }
+}
