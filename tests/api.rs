@@ -12,17 +12,6 @@ use support::sever::{TestServer, Workspace, create_admin, db_now, pids};
 
 const GONE: Duration = Duration::from_secs(5);
 
-async fn app_sessions(pg: &TestPostgres, login: &str, password: &str, n: usize) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for _ in 0..n {
-        let (conn, pid) = pg.session(login, password, "postgres", "orders-api").await;
-        // Keep the connection open for the rest of the test.
-        std::mem::forget(conn);
-        pids.push(pid);
-    }
-    pids
-}
-
 async fn sever_sessions(pg: &TestPostgres) -> i64 {
     let mut conn = pg.session("postgres", "", "postgres", "").await.0;
     sqlx::query_scalar(
@@ -54,10 +43,10 @@ async fn rotation_terminates_only_sessions_older_than_the_cutoff() {
     );
     let server = TestServer::start(&ws.write_config(&config)).await;
 
-    let old = app_sessions(&pg, "app", "old", 3).await;
-    let other = app_sessions(&pg, "other", "pw", 1).await;
-    let ops = app_sessions(&pg, "ops", "pw", 1).await;
-    let su = app_sessions(&pg, "su", "pw", 1).await;
+    let old = pg.open_sessions("app", "old", 3).await;
+    let other = pg.open_sessions("other", "pw", 1).await;
+    let ops = pg.open_sessions("ops", "pw", 1).await;
+    let su = pg.open_sessions("su", "pw", 1).await;
 
     // The rotation: the password changes at a moment the database itself records.
     let (mut admin, _) = pg.session("postgres", "", "postgres", "rotator").await;
@@ -67,7 +56,7 @@ async fn rotation_terminates_only_sessions_older_than_the_cutoff() {
         .unwrap();
     let rotated_at = db_now(&mut admin).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let newer = app_sessions(&pg, "app", "new", 2).await;
+    let newer = pg.open_sessions("app", "new", 2).await;
 
     let (status, report) = server
         .event(&json!({"credential": "orders", "kind": "rotated", "rotated_at": rotated_at, "reason": "scheduled"}))
@@ -156,7 +145,7 @@ async fn default_cutoff_is_the_moment_of_verification_and_202_is_the_default() {
         ws.target("main", &pg, ""),
     );
     let server = TestServer::start(&ws.write_config(&config)).await;
-    let before = app_sessions(&pg, "app", "pw", 2).await;
+    let before = pg.open_sessions("app", "pw", 2).await;
 
     let body = serde_json::to_vec(&json!({"credential": "orders", "kind": "rotated"})).unwrap();
     let r = server
@@ -178,7 +167,7 @@ async fn default_cutoff_is_the_moment_of_verification_and_202_is_the_default() {
             "session {pid} predates the event and must end"
         );
     }
-    let after = app_sessions(&pg, "app", "pw", 1).await;
+    let after = pg.open_sessions("app", "pw", 1).await;
     server.stop().await; // waits for the action to finish
     assert!(pg.is_alive(after[0]).await);
     let audit = ws.audit().await;
@@ -209,13 +198,13 @@ async fn operator_revocation_dry_run_before_and_all() {
     let config = format!("{}{}", ws.base_config(), ws.target("main", &pg, ""));
     let server = TestServer::start(&ws.write_config(&config)).await;
 
-    let early = app_sessions(&pg, "leaked", "pw", 2).await;
+    let early = pg.open_sessions("leaked", "pw", 2).await;
     let (mut admin, _) = pg.session("postgres", "", "postgres", "").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let cut = db_now(&mut admin).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let late = app_sessions(&pg, "leaked", "pw", 1).await;
-    let bystander = app_sessions(&pg, "bystander", "pw", 1).await;
+    let late = pg.open_sessions("leaked", "pw", 1).await;
+    let bystander = pg.open_sessions("bystander", "pw", 1).await;
 
     // Dry run: reports exactly what would go, changes nothing.
     let (status, report) = server
@@ -395,7 +384,7 @@ async fn a_dropped_roles_sessions_are_still_found_and_terminated() {
         ws.target("main", &pg, ""),
     );
     let server = TestServer::start(&ws.write_config(&config)).await;
-    let victims = app_sessions(&pg, "v_token_app_x1", "pw", 2).await;
+    let victims = pg.open_sessions("v_token_app_x1", "pw", 2).await;
 
     // sever learns the role's oid at start-up; wait until it has.
     let mut learned = false;
@@ -462,7 +451,7 @@ async fn one_target_down_does_not_stop_the_other_and_is_reported() {
         ws.target("b", &down, ""),
     );
     let server = TestServer::start(&ws.write_config(&config)).await;
-    let victims = app_sessions(&up, "app", "pw", 2).await;
+    let victims = up.open_sessions("app", "pw", 2).await;
     down.stop();
 
     let (status, report) = server
@@ -533,7 +522,7 @@ async fn a_tls_target_is_reached_with_certificate_verification() {
         ws.secret_file("tls.url", &url).trim_matches('"'),
     );
     let server = TestServer::start(&ws.write_config(&config)).await;
-    let victims = app_sessions(&pg, "app", "pw", 1).await;
+    let victims = pg.open_sessions("app", "pw", 1).await;
     let (status, report) = server
         .operator_post(
             "/v1/revocations",
@@ -572,7 +561,7 @@ async fn missing_signal_privilege_is_reported_per_session_not_hidden() {
         ws.base_config()
     );
     let server = TestServer::start(&ws.write_config(&config)).await;
-    let victims = app_sessions(&pg, "app", "pw", 2).await;
+    let victims = pg.open_sessions("app", "pw", 2).await;
 
     let (status, report) = server
         .operator_post(

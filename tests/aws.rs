@@ -11,7 +11,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::moto::TestMoto;
 use support::pg::TestPostgres;
-use support::sever::{API_KEY, SECRET, TestServer, Workspace, create_admin, db_now, now, pids};
+use support::sever::{
+    API_KEY, SECRET, TestServer, Workspace, create_admin, db_now, now, pids, sorted,
+};
 use support::sns::TestSns;
 
 const GONE: Duration = Duration::from_secs(5);
@@ -20,22 +22,6 @@ const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:sever-rotations";
 fn rds_secret(pg: &TestPostgres, username: &str, password: &str) -> Value {
     json!({"engine": "postgres", "host": "127.0.0.1", "port": pg.port(), "username": username,
            "password": password, "dbname": "postgres"})
-}
-
-async fn sessions(pg: &TestPostgres, login: &str, password: &str, n: usize) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for _ in 0..n {
-        let (conn, pid) = pg.session(login, password, "postgres", "orders-api").await;
-        std::mem::forget(conn); // stays connected until terminated or the server stops
-        pids.push(pid);
-    }
-    pids
-}
-
-fn sorted(pids: &[i32]) -> Vec<i64> {
-    let mut v: Vec<i64> = pids.iter().map(|p| i64::from(*p)).collect();
-    v.sort();
-    v
 }
 
 /// A rotation the way the single-user template does it: new password in the database, then
@@ -131,18 +117,7 @@ impl Env {
     }
 
     async fn records(&self, kind: &str) -> Vec<Value> {
-        self.ws
-            .audit()
-            .await
-            .list(&sever::audit::ListFilter {
-                kind: Some(kind.into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| serde_json::from_str(&r.detail).unwrap())
-            .collect()
+        self.ws.records(kind).await
     }
 }
 
@@ -168,8 +143,8 @@ async fn lambda_hook_rotation_then_eventbridge_for_the_same_rotation_acts_once()
         .moto
         .create_secret("prod/orders", &rds_secret(&e.pg, "app", "pw0"))
         .await;
-    let old = sessions(&e.pg, "app", "pw0", 2).await;
-    let bystander = sessions(&e.pg, "bystander", "pw0", 1).await;
+    let old = e.pg.open_sessions("app", "pw0", 2).await;
+    let bystander = e.pg.open_sessions("bystander", "pw0", 1).await;
 
     // A lambda may call at every step; only finishSecret acts.
     let (status, body) = e.hook(&arn, "tok-create", "createSecret").await;
@@ -194,7 +169,7 @@ async fn lambda_hook_rotation_then_eventbridge_for_the_same_rotation_acts_once()
     assert!(e.pg.is_alive(bystander[0]).await);
 
     // EventBridge reports the same rotation: recognised, nothing terminated twice.
-    let after = sessions(&e.pg, "app", "pw1", 1).await;
+    let after = e.pg.open_sessions("app", "pw1", 1).await;
     let (status, body) = e
         .eventbridge(
             &label_updated(&arn, &version, "2026-11-24T10:00:00Z"),
@@ -232,12 +207,12 @@ async fn eventbridge_cloudtrail_event_uses_the_event_time_as_cutoff() {
         .moto
         .create_secret("prod/orders", &rds_secret(&e.pg, "app", "pw0"))
         .await;
-    let old = sessions(&e.pg, "app", "pw0", 2).await;
+    let old = e.pg.open_sessions("app", "pw0", 2).await;
     rotate(&e.pg, &e.moto, &arn, "app", "pw1").await;
     let (mut admin, _) = e.pg.session("postgres", "", "postgres", "").await;
     let moved_at = db_now(&mut admin).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let newer = sessions(&e.pg, "app", "pw1", 1).await;
+    let newer = e.pg.open_sessions("app", "pw1", 1).await;
 
     let event = json!({
         "version": "0", "id": "ct-1", "detail-type": "AWS Service Event via CloudTrail",
@@ -274,8 +249,8 @@ async fn alternating_users_keep_or_terminate_the_previous_user_as_configured() {
             .moto
             .create_secret(name, &rds_secret(&e.pg, user, "pw0"))
             .await;
-        let user_sessions = sessions(&e.pg, user, "pw0", 1).await;
-        let clone_sessions = sessions(&e.pg, &clone, "pw0", 1).await;
+        let user_sessions = e.pg.open_sessions(user, "pw0", 1).await;
+        let clone_sessions = e.pg.open_sessions(&clone, "pw0", 1).await;
         // The template sets a new password on the clone and makes the clone current.
         let version = rotate(&e.pg, &e.moto, &arn, &clone, "pw1").await;
         let (status, report) = e.hook(&arn, &version, "finishSecret").await;
@@ -332,7 +307,7 @@ async fn unmapped_secrets_other_events_and_bad_auth_change_nothing() {
         .moto
         .create_secret("prod/other", &rds_secret(&e.pg, "app", "pw0"))
         .await;
-    let alive = sessions(&e.pg, "app", "pw0", 1).await;
+    let alive = e.pg.open_sessions("app", "pw0", 1).await;
 
     // Verified but not ours, or not a rotation: acknowledged, audited, ignored.
     let (status, body) = e
@@ -470,7 +445,7 @@ async fn secrets_manager_unreachable_is_reported_audited_and_leaves_the_delivery
         .moto
         .create_secret("prod/orders", &rds_secret(&e.pg, "app", "pw0"))
         .await;
-    let alive = sessions(&e.pg, "app", "pw0", 1).await;
+    let alive = e.pg.open_sessions("app", "pw0", 1).await;
     let version = rotate(&e.pg, &e.moto, &arn, "app", "pw1").await;
     e.moto.stop();
 
@@ -517,7 +492,7 @@ async fn sns_confirms_configured_topics_and_delivers_rotations_once() {
         .moto
         .create_secret("prod/orders", &rds_secret(&e.pg, "app", "pw0"))
         .await;
-    let old = sessions(&e.pg, "app", "pw0", 2).await;
+    let old = e.pg.open_sessions("app", "pw0", 2).await;
     let version = rotate(&e.pg, &e.moto, &arn, "app", "pw1").await;
     let (mut admin, _) = e.pg.session("postgres", "", "postgres", "").await;
     let event = label_updated(&arn, &version, &db_now(&mut admin).await);
@@ -548,7 +523,7 @@ async fn the_shipped_python_lambda_hook_drives_a_rotation() {
         .moto
         .create_secret("prod/orders", &rds_secret(&e.pg, "app", "pw0"))
         .await;
-    let old = sessions(&e.pg, "app", "pw0", 2).await;
+    let old = e.pg.open_sessions("app", "pw0", 2).await;
     let version = rotate(&e.pg, &e.moto, &arn, "app", "pw1").await;
 
     // Exactly the file a Lambda author copies, run as its CLI.

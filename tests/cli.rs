@@ -3,33 +3,12 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
 use sha2::Digest;
 use support::pg::TestPostgres;
-use support::sever::{ADMIN_PASSWORD, Workspace, create_admin};
-
-fn sever(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sever"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("USER", "responder")
-        .env_remove("SUDO_USER")
-        .output()
-        .expect("run sever")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use support::sever::{ADMIN_PASSWORD, Workspace, cli, create_admin, stderr, stdout};
 
 #[tokio::test]
 async fn revoke_sessions_and_audit_from_the_command_line() {
@@ -49,7 +28,7 @@ async fn revoke_sessions_and_audit_from_the_command_line() {
     let (_c3, keep) = pg.session("bystander", "pw", "postgres", "api").await;
 
     // sessions, as JSON for scripts and as a table for people.
-    let out = sever(&config, &["sessions", "--login", "leaked", "--json"]);
+    let out = cli(&config, &["sessions", "--login", "leaked", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let listed: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let mut pids: Vec<i64> = listed["sessions"]
@@ -62,7 +41,7 @@ async fn revoke_sessions_and_audit_from_the_command_line() {
     let mut expected = vec![i64::from(a), i64::from(b)];
     expected.sort();
     assert_eq!(pids, expected);
-    let out = sever(&config, &["sessions", "--login", "leaked"]);
+    let out = cli(&config, &["sessions", "--login", "leaked"]);
     assert!(
         stdout(&out).contains(&a.to_string()) && stdout(&out).contains("2 session(s)"),
         "{}",
@@ -70,7 +49,7 @@ async fn revoke_sessions_and_audit_from_the_command_line() {
     );
 
     // Dry run changes nothing.
-    let out = sever(
+    let out = cli(
         &config,
         &[
             "revoke",
@@ -88,7 +67,7 @@ async fn revoke_sessions_and_audit_from_the_command_line() {
     assert!(pg.is_alive(a).await && pg.is_alive(b).await);
 
     // The real thing.
-    let out = sever(
+    let out = cli(
         &config,
         &[
             "revoke",
@@ -116,7 +95,7 @@ async fn revoke_sessions_and_audit_from_the_command_line() {
     assert!(pg.is_alive(keep).await);
 
     // Refusals exit non-zero with a message and touch nothing.
-    let out = sever(
+    let out = cli(
         &config,
         &[
             "revoke", "--login", "postgres", "--target", "main", "--reason", "x",
@@ -124,7 +103,7 @@ async fn revoke_sessions_and_audit_from_the_command_line() {
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("protected"), "{}", stderr(&out));
-    let out = sever(
+    let out = cli(
         &config,
         &["revoke", "--login", "bystander", "--reason", "x"],
     );
@@ -132,7 +111,7 @@ async fn revoke_sessions_and_audit_from_the_command_line() {
     assert!(pg.is_alive(keep).await);
 
     // The CLI wrote the same records as the API would, as the person at the keyboard.
-    let out = sever(&config, &["audit", "export", "--jsonl"]);
+    let out = cli(&config, &["audit", "export", "--jsonl"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let records: Vec<Value> = stdout(&out)
         .lines()
@@ -151,7 +130,7 @@ async fn revoke_sessions_and_audit_from_the_command_line() {
             .count(),
         2
     );
-    let out = sever(&config, &["audit", "list", "--kind", "session.terminated"]);
+    let out = cli(&config, &["audit", "list", "--kind", "session.terminated"]);
     assert!(
         stdout(&out).contains("session.terminated"),
         "{}",
@@ -159,7 +138,7 @@ async fn revoke_sessions_and_audit_from_the_command_line() {
     );
 
     // verify passes, then names the record someone edited.
-    let out = sever(&config, &["audit", "verify"]);
+    let out = cli(&config, &["audit", "verify"]);
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(stdout(&out).contains("audit trail OK"));
     let edited = terminated[0]["seq"].as_i64().unwrap();
@@ -173,7 +152,7 @@ async fn revoke_sessions_and_audit_from_the_command_line() {
     .execute(&pool)
     .await
     .unwrap();
-    let out = sever(&config, &["audit", "verify"]);
+    let out = cli(&config, &["audit", "verify"]);
     assert_eq!(
         out.status.code(),
         Some(i32::from(sever::cli::EXIT_AUDIT_BROKEN))
@@ -195,7 +174,7 @@ async fn revoke_sessions_and_audit_from_the_command_line() {
         .execute(&pool)
         .await
         .unwrap();
-    let out = sever(&config, &["audit", "verify", "--json"]);
+    let out = cli(&config, &["audit", "verify", "--json"]);
     assert_eq!(
         out.status.code(),
         Some(i32::from(sever::cli::EXIT_AUDIT_BROKEN))
@@ -231,7 +210,7 @@ fn check_config_validates_and_redacts() {
         ),
     );
     let config = ws.write_config(&good);
-    let out = sever(&config, &["check-config"]);
+    let out = cli(&config, &["check-config"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let plan: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(plan["credentials"]["orders"]["logins"][0]["login"], "app");
@@ -263,7 +242,7 @@ fn check_config_validates_and_redacts() {
         "{}[credentials.orders]\nlogins = [{{ target = \"ghost\", login = \"app\" }}]\n",
         ws.base_config()
     ));
-    let out = sever(&bad, &["check-config"]);
+    let out = cli(&bad, &["check-config"]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("credentials.orders.logins[0].target"),
@@ -274,13 +253,13 @@ fn check_config_validates_and_redacts() {
         "{}[server]\nlisten_addr = \"0.0.0.0:1\"\n",
         ws.base_config()
     ));
-    let out = sever(&bad, &["check-config"]);
+    let out = cli(&bad, &["check-config"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("listen_addr"), "{}", stderr(&out));
     // A missing secret file is named by path, and the service would not start.
     std::fs::remove_file(&url_file).unwrap();
     let config = ws.write_config(&good);
-    let out = sever(&config, &["check-config"]);
+    let out = cli(&config, &["check-config"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("pg.url"), "{}", stderr(&out));
 }
@@ -289,7 +268,7 @@ fn check_config_validates_and_redacts() {
 fn operator_token_prints_a_token_and_its_hash() {
     let ws = Workspace::new();
     let config = ws.write_config("");
-    let out = sever(&config, &["operator-token"]);
+    let out = cli(&config, &["operator-token"]);
     assert!(out.status.success());
     let text = stdout(&out);
     let value = |prefix: &str| {
@@ -320,10 +299,10 @@ async fn the_cli_and_a_busy_server_keep_one_audit_chain() {
     // 20 events through the server and 3 CLI revocations (dry runs), all at once.
     let noop = serde_json::json!({"credential": "noop", "kind": "rotated"});
     let events = (0..20).map(|_| server.event(&noop));
-    let cli = (0..3).map(|i| {
+    let drills = (0..3).map(|i| {
         let config = config.clone();
         tokio::task::spawn_blocking(move || {
-            sever(
+            cli(
                 &config,
                 &[
                     "revoke",
@@ -337,9 +316,9 @@ async fn the_cli_and_a_busy_server_keep_one_audit_chain() {
             )
         })
     });
-    let (events, cli) = tokio::join!(
+    let (events, drills) = tokio::join!(
         futures_util::future::join_all(events),
-        futures_util::future::join_all(cli)
+        futures_util::future::join_all(drills)
     );
     assert!(
         events
@@ -347,13 +326,13 @@ async fn the_cli_and_a_busy_server_keep_one_audit_chain() {
             .all(|(status, _)| *status == reqwest::StatusCode::OK),
         "{events:?}"
     );
-    for out in cli {
+    for out in drills {
         let out = out.unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
     server.stop().await;
 
-    let out = sever(&config, &["audit", "verify", "--json"]);
+    let out = cli(&config, &["audit", "verify", "--json"]);
     let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(report["ok"], true, "{report}");
     // Per event: accepted, planned, completed. Per dry run: planned, completed.

@@ -5,8 +5,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,27 +13,8 @@ use serde_json::Value;
 use sever::audit::AuditRecord;
 use sqlx::Connection;
 use support::pg::TestPostgres;
-use support::sever::{Workspace, create_admin};
+use support::sever::{Workspace, cli, create_admin, sorted, stderr, stdout};
 use tokio_util::sync::CancellationToken;
-
-fn sever(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sever"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("USER", "responder")
-        .env_remove("SUDO_USER")
-        .output()
-        .expect("run sever")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// Creates a login as Vault's PostgreSQL plugin does, `VALID UNTIL` `valid_for` from now on
 /// the database's clock (`None`: no expiry).
@@ -171,12 +151,6 @@ fn pids(target: &Value, key: &str) -> Vec<i64> {
     pids
 }
 
-fn sorted(pids: &[i32]) -> Vec<i64> {
-    let mut v: Vec<i64> = pids.iter().copied().map(i64::from).collect();
-    v.sort();
-    v
-}
-
 fn detail(record: &AuditRecord) -> Value {
     serde_json::from_str(&record.detail).unwrap()
 }
@@ -192,7 +166,7 @@ async fn sweep_ends_sessions_of_dropped_and_expired_logins_only() {
     let survivors = [f.valid, f.infinite, f.no_expiry, f.app, f.protected];
 
     // Dry run: exactly the expired and the dropped login's sessions, nothing changed.
-    let out = sever(&f.config, &["sweep", "--dry-run", "--json"]);
+    let out = cli(&f.config, &["sweep", "--dry-run", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let reports: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let reports = reports.as_array().unwrap();
@@ -230,7 +204,7 @@ async fn sweep_ends_sessions_of_dropped_and_expired_logins_only() {
     }
 
     // The human summary says why, too.
-    let out = sever(&f.config, &["sweep", "--dry-run", "--target", "main"]);
+    let out = cli(&f.config, &["sweep", "--dry-run", "--target", "main"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("would terminate: login_expired"), "{text}");
@@ -238,14 +212,14 @@ async fn sweep_ends_sessions_of_dropped_and_expired_logins_only() {
     assert!(text.contains("skipped: protected"), "{text}");
 
     // A target without a sweep, or no such target: refused, nothing done.
-    let out = sever(&f.config, &["sweep", "--target", "plain"]);
+    let out = cli(&f.config, &["sweep", "--target", "plain"]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("target \"plain\" has no sweep configured"),
         "{}",
         stderr(&out)
     );
-    let out = sever(
+    let out = cli(
         &f.config,
         &["sweep", "--target", "main", "--target", "nope"],
     );
@@ -258,7 +232,7 @@ async fn sweep_ends_sessions_of_dropped_and_expired_logins_only() {
     assert!(f.pg.is_alive(f.expired).await && f.pg.is_alive(f.dropped).await);
 
     // The real thing.
-    let out = sever(&f.config, &["sweep", "--json"]);
+    let out = cli(&f.config, &["sweep", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let reports: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let report = &reports[0];
@@ -321,7 +295,7 @@ async fn sweep_ends_sessions_of_dropped_and_expired_logins_only() {
     assert_eq!(skipped[0]["sweep_reason"], "login_expired");
 
     // Nothing left to sweep.
-    let out = sever(&f.config, &["sweep"]);
+    let out = cli(&f.config, &["sweep"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("main: found 1, terminated 0, skipped 1"),
@@ -412,7 +386,7 @@ async fn a_sweep_sever_may_not_signal_reports_each_session_and_exits_incomplete(
         ),
     ));
 
-    let out = sever(&config, &["sweep", "--json"]);
+    let out = cli(&config, &["sweep", "--json"]);
     assert_eq!(
         out.status.code(),
         Some(i32::from(sever::cli::EXIT_INCOMPLETE)),

@@ -10,26 +10,12 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::pg::TestPostgres;
-use support::sever::{SECRET, TestServer, WRONG_SECRET, Workspace, create_admin, now, pids};
+use support::sever::{
+    SECRET, TestServer, WRONG_SECRET, Workspace, create_admin, now, pids, sorted,
+};
 use support::vault::{Rotation, VaultStandIn};
 
 const GONE: Duration = Duration::from_secs(5);
-
-async fn sessions(pg: &TestPostgres, login: &str, password: &str, n: usize) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for _ in 0..n {
-        let (conn, pid) = pg.session(login, password, "postgres", "orders-api").await;
-        std::mem::forget(conn); // stays connected until terminated or the server stops
-        pids.push(pid);
-    }
-    pids
-}
-
-fn sorted(pids: &[i32]) -> Vec<i64> {
-    let mut v: Vec<i64> = pids.iter().map(|p| i64::from(*p)).collect();
-    v.sort();
-    v
-}
 
 /// What Vault does on rotation: a new password in the database, at a moment the database
 /// itself records, which becomes the static role's `last_vault_rotation`.
@@ -109,18 +95,7 @@ impl Env {
     }
 
     async fn records(&self, kind: &str) -> Vec<Value> {
-        self.ws
-            .audit()
-            .await
-            .list(&sever::audit::ListFilter {
-                kind: Some(kind.into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| serde_json::from_str(&r.detail).unwrap())
-            .collect()
+        self.ws.records(kind).await
     }
 }
 
@@ -149,11 +124,11 @@ const ORDERS: &str = "[credentials.orders]\n[credentials.orders.vault]\nmount = 
 async fn a_forwarded_rotation_ends_exactly_the_sessions_older_than_last_vault_rotation() {
     let e = env(&["orders_app", "bystander"], "", ORDERS).await;
     let server = e.server().await;
-    let old = sessions(&e.pg, "orders_app", "pw0", 2).await;
-    let bystander = sessions(&e.pg, "bystander", "pw0", 1).await;
+    let old = e.pg.open_sessions("orders_app", "pw0", 2).await;
+    let bystander = e.pg.open_sessions("bystander", "pw0", 1).await;
     let rotated = rotate(&e.pg, "orders_app", "pw1").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let newer = sessions(&e.pg, "orders_app", "pw1", 1).await;
+    let newer = e.pg.open_sessions("orders_app", "pw1", 1).await;
     e.vault.set_static_role(
         "",
         "database",
@@ -206,7 +181,7 @@ async fn schedule_roles_kv_v2_and_mismatched_mounts_or_namespaces() {
     let server = e.server().await;
 
     // A rotation_schedule role (vaultrs's own type would refuse it).
-    let old = sessions(&e.pg, "orders_app", "pw0", 1).await;
+    let old = e.pg.open_sessions("orders_app", "pw0", 1).await;
     let rotated = rotate(&e.pg, "orders_app", "pw1").await;
     let schedule = Rotation::Schedule {
         schedule: "0 * * * SAT".into(),
@@ -251,7 +226,7 @@ async fn schedule_roles_kv_v2_and_mismatched_mounts_or_namespaces() {
     assert_eq!(pids(&report, "main", "terminated"), sorted(&old));
 
     // kv-v2: a password kept in KV; the cutoff is the event's time.
-    let legacy = sessions(&e.pg, "legacy_app", "pw0", 2).await;
+    let legacy = e.pg.open_sessions("legacy_app", "pw0", 2).await;
     let kv = VaultStandIn::event(
         "kv-v2/data-write",
         "secret/",
@@ -292,7 +267,7 @@ async fn schedule_roles_kv_v2_and_mismatched_mounts_or_namespaces() {
 async fn bad_signatures_and_malformed_envelopes_are_refused_and_audited() {
     let e = env(&["orders_app"], "", ORDERS).await;
     let server = e.server().await;
-    let alive = sessions(&e.pg, "orders_app", "pw0", 1).await;
+    let alive = e.pg.open_sessions("orders_app", "pw0", 1).await;
     e.vault.set_static_role(
         "",
         "database",
@@ -369,7 +344,9 @@ async fn the_subscriber_receives_rotations_and_reconnects_after_vault_drops_it()
     );
 
     for round in 1..=2 {
-        let old = sessions(&e.pg, "orders_app", &format!("pw{}", round - 1), 1).await;
+        let old =
+            e.pg.open_sessions("orders_app", &format!("pw{}", round - 1), 1)
+                .await;
         let rotated = rotate(&e.pg, "orders_app", &format!("pw{round}")).await;
         e.vault.set_static_role(
             "",
@@ -426,7 +403,7 @@ async fn the_watcher_sees_rotations_survives_restarts_and_shares_them_with_event
         long_ago,
         Rotation::Period(86400),
     );
-    let survivor = sessions(&e.pg, "orders_app", "pw0", 1).await;
+    let survivor = e.pg.open_sessions("orders_app", "pw0", 1).await;
     let server = e.server().await;
     let planned = |n: usize| {
         let e = &e;
@@ -447,7 +424,7 @@ async fn the_watcher_sees_rotations_survives_restarts_and_shares_them_with_event
     // Vault rotates; no event at all: the watcher notices.
     let rotated = rotate(&e.pg, "orders_app", "pw1").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let newer = sessions(&e.pg, "orders_app", "pw1", 1).await;
+    let newer = e.pg.open_sessions("orders_app", "pw1", 1).await;
     e.vault.set_static_role(
         "",
         "database",
@@ -497,7 +474,7 @@ async fn the_watcher_sees_rotations_survives_restarts_and_shares_them_with_event
 async fn kubernetes_auth_logs_in_with_the_service_account_token() {
     let e = env_with_auth(&["orders_app"], Some("eyJhbGciOi.sa-token.sig"), "", ORDERS).await;
     let server = e.server().await;
-    let old = sessions(&e.pg, "orders_app", "pw0", 1).await;
+    let old = e.pg.open_sessions("orders_app", "pw0", 1).await;
     let rotated = rotate(&e.pg, "orders_app", "pw1").await;
     e.vault.set_static_role(
         "",

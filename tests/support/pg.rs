@@ -293,6 +293,21 @@ impl TestPostgres {
             .await;
     }
 
+    /// Opens `n` real sessions as `login` on `postgres` (application `orders-api`) that stay
+    /// connected for the rest of the test (or until terminated); returns their pids.
+    pub async fn open_sessions(&self, login: &str, password: &str, n: usize) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for _ in 0..n {
+            let (conn, pid) = self
+                .session(login, password, "postgres", "orders-api")
+                .await;
+            // Deliberately leaked: the session must outlive this call.
+            std::mem::forget(conn);
+            pids.push(pid);
+        }
+        pids
+    }
+
     /// True if a backend with this pid is still in pg_stat_activity.
     pub async fn is_alive(&self, pid: i32) -> bool {
         let mut conn = self.superuser_conn().await;

@@ -112,6 +112,21 @@ impl Workspace {
         )
     }
 
+    /// The details of every audit record of `kind`, oldest first.
+    pub async fn records(&self, kind: &str) -> Vec<Value> {
+        self.audit()
+            .await
+            .list(&sever::audit::ListFilter {
+                kind: Some(kind.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_str(&r.detail).unwrap())
+            .collect()
+    }
+
     /// Opens the audit trail of this workspace's store directly.
     pub async fn audit(&self) -> sever::audit::Audit {
         let url = format!("sqlite://{}?mode=rw", self.path("sever.db").display());
@@ -281,4 +296,33 @@ pub async fn db_now(conn: &mut sqlx::PgConnection) -> String {
         .await
         .unwrap();
     now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// pids as a report lists them: sorted, as i64.
+pub fn sorted(pids: &[i32]) -> Vec<i64> {
+    let mut v: Vec<i64> = pids.iter().map(|p| i64::from(*p)).collect();
+    v.sort();
+    v
+}
+
+/// Runs the real `sever` binary with `--config config` as user `responder`.
+pub fn cli(config: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sever"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("USER", "responder")
+        .env_remove("SUDO_USER")
+        .output()
+        .expect("run sever")
+}
+
+/// A process's standard output as text.
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A process's standard error as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
