@@ -497,3 +497,79 @@ async fn kubernetes_auth_logs_in_with_the_service_account_token() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_watched_mount_covers_every_static_role_on_it() {
+    let watcher = "[vault.watcher]\ninterval = \"200ms\"\n[[vault.watcher.mounts]]\nmount = \"database\"\ntarget = \"main\"\n";
+    let e = env(&["a_app", "b_app"], watcher, "").await;
+    let long_ago = Utc::now() - chrono::Duration::hours(1);
+    for (role, user) in [("svc_a", "a_app"), ("svc_b", "b_app")] {
+        e.vault.set_static_role(
+            "",
+            "database",
+            role,
+            user,
+            "main-db",
+            long_ago,
+            Rotation::Period(86400),
+        );
+    }
+    // A role whose user is protected: refused and audited, never terminated.
+    e.vault.set_static_role(
+        "",
+        "database",
+        "svc_admin",
+        "postgres",
+        "main-db",
+        Utc::now(),
+        Rotation::Period(86400),
+    );
+    let a = e.pg.open_sessions("a_app", "pw0", 1).await;
+    let b = e.pg.open_sessions("b_app", "pw0", 1).await;
+    let server = e.server().await;
+    let completed = |n: usize| {
+        let e = &e;
+        async move {
+            for _ in 0..100 {
+                if e.records("action.completed").await.len() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("expected {n} completed actions");
+        }
+    };
+    completed(2).await; // first sight of svc_a and svc_b: nothing older than their rotation
+
+    let rotated = rotate(&e.pg, "a_app", "pw1").await;
+    e.vault.set_static_role(
+        "",
+        "database",
+        "svc_a",
+        "a_app",
+        "main-db",
+        rotated,
+        Rotation::Period(86400),
+    );
+    assert!(
+        e.pg.wait_gone(a[0], GONE).await,
+        "the watched mount's rotation did not end a_app's session"
+    );
+    assert!(e.pg.is_alive(b[0]).await);
+    let planned = e.records("action.planned").await;
+    assert!(
+        planned
+            .iter()
+            .any(|p| p["vault_path"] == "database/svc_a" && p["credential"].is_null()),
+        "{planned:?}"
+    );
+    // Refused once, not on every pass.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let refused = e.records("request.rejected").await;
+    let protected = refused
+        .iter()
+        .filter(|r| r["code"] == "protected_login")
+        .count();
+    assert_eq!(protected, 1, "{refused:?}");
+    server.stop().await;
+}

@@ -189,6 +189,22 @@ pub struct VaultWatcher {
     /// How often to read the static roles.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// Mounts whose every static role is watched: a role's `username` on `target` is then in
+    /// scope without a credential of its own.
+    #[serde(default)]
+    pub mounts: Vec<WatchedMount>,
+}
+
+/// A database secrets-engine mount whose static roles all rotate logins on one target.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchedMount {
+    /// Mount path, e.g. `database`.
+    pub mount: String,
+    /// Target the roles' usernames live on.
+    pub target: String,
+    /// Namespace (Enterprise); default: `vault.namespace`.
+    pub namespace: Option<String>,
 }
 
 /// AWS access and intake settings.
@@ -561,8 +577,18 @@ impl Config {
                     "client_cert_file and client_key_file go together",
                 ));
             }
-            if vault.watcher.as_ref().is_some_and(|w| w.interval.is_zero()) {
-                return Err(invalid("vault.watcher.interval".into(), "must be positive"));
+            if let Some(watcher) = &vault.watcher {
+                if watcher.interval.is_zero() {
+                    return Err(invalid("vault.watcher.interval".into(), "must be positive"));
+                }
+                for (i, m) in watcher.mounts.iter().enumerate() {
+                    if !self.targets.contains_key(&m.target) {
+                        return Err(invalid(
+                            format!("vault.watcher.mounts[{i}].target"),
+                            &format!("no target named {:?}", m.target),
+                        ));
+                    }
+                }
             }
         }
         for (id, target) in &self.targets {

@@ -134,8 +134,8 @@ pub enum Origin {
     },
     /// A rotation reported by HashiCorp Vault (forwarded event, subscription or watcher).
     Vault {
-        /// Credential id.
-        credential: String,
+        /// Credential id; `None` for a role found through a watched mount.
+        credential: Option<String>,
         /// Namespace, mount and role or KV path, as Vault names them.
         vault_path: String,
         /// Which intake path reported it (`event`, `subscriber`, `watcher`).

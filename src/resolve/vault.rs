@@ -279,6 +279,50 @@ impl Vault {
     }
 }
 
+impl Vault {
+    /// `LIST <mount>/static-roles` (as `GET …?list=true`); an empty mount lists nothing.
+    pub async fn static_roles(
+        &self,
+        namespace: Option<&str>,
+        mount: &str,
+    ) -> Result<Vec<String>, VaultError> {
+        #[derive(Deserialize)]
+        struct Keys {
+            keys: Vec<String>,
+        }
+        let client = self.client.read().await;
+        let url = format!(
+            "{}/v1/{}/static-roles?list=true",
+            client.settings.address.as_str().trim_end_matches('/'),
+            mount.trim_matches('/'),
+        );
+        let mut request = client
+            .http
+            .http
+            .get(&url)
+            .header("X-Vault-Token", client.settings.token.as_str());
+        if let Some(ns) = namespace.filter(|ns| !ns.is_empty()) {
+            request = request.header("X-Vault-Namespace", ns);
+        }
+        let response = request.send().await.map_err(unavailable)?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(unavailable)?;
+        match status {
+            200 => serde_json::from_slice::<Envelope<Keys>>(&body)
+                .map(|e| e.data.keys)
+                .map_err(|e| VaultError::Malformed(format!("static role list of {mount}: {e}"))),
+            // Vault answers 404 for a mount without static roles.
+            404 => Ok(Vec::new()),
+            401 | 403 => Err(VaultError::Auth(format!(
+                "HTTP {status} listing {mount}/static-roles"
+            ))),
+            _ => Err(VaultError::Unavailable(format!(
+                "HTTP {status} listing {mount}/static-roles"
+            ))),
+        }
+    }
+}
+
 /// `namespace/mount/role` as one string, for audit records and idempotency keys.
 pub fn vault_path(namespace: Option<&str>, mount: &str, item: &str) -> String {
     let mount = mount.trim_matches('/');
@@ -357,7 +401,7 @@ pub fn plan(
     Ok(Plan {
         action_id: Uuid::now_v7(),
         origin: Origin::Vault {
-            credential: credential_id.to_owned(),
+            credential: Some(credential_id.to_owned()),
             vault_path,
             source: source.to_owned(),
             policy: credential.policy,
@@ -366,6 +410,40 @@ pub fn plan(
         dry_run: false,
         reason: None,
         steps: steps_for(config, mappings),
+    })
+}
+
+/// Plans the rotation of a static role found through a watched mount: its `username` on the
+/// mount's target loses the sessions that began before `cutoff`.
+pub fn plan_for_mount(
+    config: &Config,
+    target: &str,
+    username: &str,
+    cutoff: DateTime<Utc>,
+    source: &str,
+    vault_path: String,
+) -> Result<Plan, ResolveError> {
+    if !config.targets.contains_key(target) {
+        return Err(ResolveError::UnknownTarget(target.to_owned()));
+    }
+    if config.protected_on(target).contains(username) {
+        return Err(ResolveError::ProtectedLogin {
+            login: username.to_owned(),
+            target: target.to_owned(),
+        });
+    }
+    Ok(Plan {
+        action_id: Uuid::now_v7(),
+        origin: Origin::Vault {
+            credential: None,
+            vault_path,
+            source: source.to_owned(),
+            policy: RotationPolicy::TerminateBeforeCutoff,
+        },
+        scope: Some(Scope::Before(cutoff)),
+        dry_run: false,
+        reason: None,
+        steps: steps_for(config, [(target.to_owned(), username.to_owned())]),
     })
 }
 

@@ -20,7 +20,7 @@ use super::error::{ApiError, parse_json};
 use super::events::WaitQuery;
 use super::{Accepted, AppState, Claim, RequestMeta, body_error};
 use crate::audit::Kind;
-use crate::config::CredentialVault;
+use crate::config::{Config, CredentialVault, WatchedMount};
 use crate::resolve::vault::{self, StaticRole};
 
 /// A Vault event notification, read leniently from its CloudEvents envelope.
@@ -201,25 +201,19 @@ pub async fn handle_event(
                     ApiError::Invalid(format!("{} event without metadata.name", event.event_type));
                 return Err(state.reject(meta, actor, e).await);
             };
-            let found = config.credentials.iter().find_map(|(id, c)| {
-                let v = c.vault.as_ref()?;
-                let matches = v.role.as_deref() == Some(role.as_str())
-                    && v.mount.trim_matches('/') == event.mount_path
-                    && same_namespace(credential_ns(v).as_deref(), event.namespace.as_deref());
-                matches.then_some((id.as_str(), v))
-            });
-            let Some((credential, cv)) = found else {
+            let Some((owner, ns)) =
+                owner_of(config, &event.mount_path, role, event.namespace.as_deref())
+            else {
                 let path = vault::vault_path(event.namespace.as_deref(), &event.mount_path, role);
                 return ignore(format!(
-                    "static role {path} is not mapped to any credential"
+                    "static role {path} is not mapped to any credential or watched mount"
                 ))
                 .await;
             };
             let Some(client) = &state.vault else {
                 return Err(ApiError::Unavailable("Vault is not configured".into()));
             };
-            let ns = credential_ns(cv);
-            let static_role = match client.static_role(ns.as_deref(), &cv.mount, role).await {
+            let static_role = match client.static_role(ns.as_deref(), owner.mount(), role).await {
                 Ok(r) => r,
                 Err(e) => return Err(state.reject(meta, actor, ApiError::Vault(e)).await),
             };
@@ -228,8 +222,8 @@ pub async fn handle_event(
                 meta,
                 actor,
                 source,
-                credential,
-                cv,
+                owner,
+                role,
                 ns.as_deref(),
                 static_role,
                 received_at,
@@ -301,6 +295,24 @@ pub async fn handle_event(
     }
 }
 
+/// Whose static role it is: a configured credential, or a watched mount.
+#[derive(Debug, Clone, Copy)]
+pub enum Owner<'a> {
+    /// `credentials.<id>.vault`.
+    Credential(&'a str, &'a CredentialVault),
+    /// `vault.watcher.mounts[]`.
+    Mount(&'a WatchedMount),
+}
+
+impl Owner<'_> {
+    fn mount(&self) -> &str {
+        match self {
+            Owner::Credential(_, cv) => &cv.mount,
+            Owner::Mount(m) => &m.mount,
+        }
+    }
+}
+
 /// A static role whose `last_vault_rotation` is `static_role.last_vault_rotation`: the
 /// sessions of its user that began before then end, once per rotation however it is reported.
 #[allow(clippy::too_many_arguments)]
@@ -309,34 +321,64 @@ pub async fn static_role_rotated(
     meta: &RequestMeta,
     actor: &str,
     source: &str,
-    credential: &str,
-    cv: &CredentialVault,
+    owner: Owner<'_>,
+    role: &str,
     namespace: Option<&str>,
     static_role: StaticRole,
     received_at: DateTime<Utc>,
     mut claims: Vec<Claim>,
     mut detail: Value,
 ) -> Result<Accepted, ApiError> {
-    let role = cv.role.as_deref().unwrap_or_default();
-    let path = vault::vault_path(namespace, &cv.mount, role);
+    let path = vault::vault_path(namespace, owner.mount(), role);
     let rotated = static_role.last_vault_rotation;
     let cutoff = rotated.min(received_at);
-    let plan = match vault::plan(
-        &state.ctx.config,
-        credential,
-        Some(&static_role.username),
-        cutoff,
-        source,
-        path.clone(),
-    ) {
+    let config = &state.ctx.config;
+    let user = &static_role.username;
+    let planned = match owner {
+        Owner::Credential(id, _) => {
+            detail["credential"] = json!(id);
+            vault::plan(config, id, Some(user), cutoff, source, path.clone())
+        }
+        Owner::Mount(m) => {
+            vault::plan_for_mount(config, &m.target, user, cutoff, source, path.clone())
+        }
+    };
+    let plan = match planned {
         Ok(plan) => plan,
         Err(e) => return Err(state.reject(meta, actor, e.into()).await),
     };
-    detail["credential"] = json!(credential);
     detail["static_role"] = json!(static_role);
     detail["cutoff"] = json!(cutoff);
     claims.push(Claim::acknowledge(rotation_key(&path, rotated)));
     state.accept_plan(meta, actor, claims, plan, detail).await
+}
+
+/// The owner of static role `role` on `mount` in `namespace`: a credential first, else a
+/// watched mount.
+pub fn owner_of<'a>(
+    config: &'a Config,
+    mount: &str,
+    role: &str,
+    namespace: Option<&str>,
+) -> Option<(Owner<'a>, Option<String>)> {
+    let default_ns = config.vault.as_ref().and_then(|v| v.namespace.clone());
+    let credential = config.credentials.iter().find_map(|(id, c)| {
+        let v = c.vault.as_ref()?;
+        let ns = v.namespace.clone().or(default_ns.clone());
+        let matches = v.role.as_deref() == Some(role)
+            && v.mount.trim_matches('/') == mount.trim_matches('/')
+            && same_namespace(ns.as_deref(), namespace);
+        matches.then(|| (Owner::Credential(id.as_str(), v), ns))
+    });
+    credential.or_else(|| {
+        let watcher = config.vault.as_ref()?.watcher.as_ref()?;
+        watcher.mounts.iter().find_map(|m| {
+            let ns = m.namespace.clone().or(default_ns.clone());
+            let matches = m.mount.trim_matches('/') == mount.trim_matches('/')
+                && same_namespace(ns.as_deref(), namespace);
+            matches.then(|| (Owner::Mount(m), ns))
+        })
+    })
 }
 
 /// The idempotency key of one rotation of a static role: events, the subscriber and the

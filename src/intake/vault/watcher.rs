@@ -12,9 +12,10 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::static_role_rotated;
+use super::{Owner, owner_of, static_role_rotated};
+use crate::intake::error::ApiError;
 use crate::intake::{Accepted, AppState, RequestMeta};
-use crate::resolve::vault::vault_path;
+use crate::resolve::vault::{Vault, vault_path};
 
 const ACTOR: &str = "vault:watcher";
 
@@ -30,10 +31,12 @@ pub async fn run(state: AppState, interval: Duration, stop: CancellationToken) {
     }
 }
 
-/// One pass over every credential that is a Vault static role.
+/// One pass over every credential that is a Vault static role, then over every static role
+/// of the watched mounts that no credential claims.
 pub async fn check(state: &AppState) {
     let Some(vault) = &state.vault else { return };
     let config = &state.ctx.config;
+    let mut watched: Vec<(String, Option<String>, Owner<'_>)> = Vec::new();
     for (id, credential) in &config.credentials {
         let Some(cv) = credential.vault.as_ref() else {
             continue;
@@ -41,62 +44,109 @@ pub async fn check(state: &AppState) {
         let Some(role) = cv.role.as_deref() else {
             continue;
         };
-        let namespace = vault.namespace_for(cv);
-        let path = vault_path(namespace, &cv.mount, role);
-        let static_role = match vault.static_role(namespace, &cv.mount, role).await {
-            Ok(r) => r,
+        let namespace = vault.namespace_for(cv).map(str::to_owned);
+        watched.push((role.to_owned(), namespace, Owner::Credential(id, cv)));
+    }
+    let mounts = config
+        .vault
+        .as_ref()
+        .and_then(|v| v.watcher.as_ref())
+        .map(|w| w.mounts.as_slice())
+        .unwrap_or_default();
+    for m in mounts {
+        let namespace = m
+            .namespace
+            .clone()
+            .or_else(|| config.vault.as_ref().and_then(|v| v.namespace.clone()));
+        let roles = match vault.static_roles(namespace.as_deref(), &m.mount).await {
+            Ok(roles) => roles,
             Err(e) => {
-                tracing::warn!(credential = %id, %path, error = %e, "watcher could not read the static role");
+                tracing::warn!(mount = %m.mount, error = %e, "watcher could not list static roles");
                 continue;
             }
         };
-        let key = format!("vault-watch:{path}");
-        let seen = static_role
-            .last_vault_rotation
-            .to_rfc3339_opts(SecondsFormat::Nanos, true);
-        match state.ctx.store.mark(&key).await {
-            Ok(Some(mark)) if mark == seen => continue,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "watcher cannot read its marks");
-                return;
+        for role in roles {
+            // A role a credential claims is watched as that credential.
+            if let Some((Owner::Mount(_), _)) =
+                owner_of(config, &m.mount, &role, namespace.as_deref())
+            {
+                watched.push((role, namespace.clone(), Owner::Mount(m)));
             }
         }
-        let meta = RequestMeta {
-            remote: "vault".into(),
-            method: "GET".into(),
-            path: format!("/v1/{}/static-roles/{role}", cv.mount.trim_matches('/')),
-            webhook_id: None,
-        };
-        let detail = json!({"watched": path, "remote_addr": "vault"});
-        let namespace = namespace.map(str::to_owned);
-        let accepted = static_role_rotated(
-            state,
-            &meta,
-            ACTOR,
-            "watcher",
-            id,
-            cv,
-            namespace.as_deref(),
-            static_role,
-            Utc::now(),
-            Vec::new(),
-            detail,
-        )
-        .await;
-        match accepted {
-            Ok(Accepted::Started(action_id, _)) => {
-                tracing::info!(credential = %id, %path, %action_id, "watcher saw a rotation");
-            }
-            Ok(Accepted::Duplicate(_)) => {}
-            Err(e) => {
-                // Already audited; the mark stays, so the next pass tries again.
-                tracing::warn!(credential = %id, %path, error = %e, "watcher could not act on a rotation");
-                continue;
-            }
+    }
+    for (role, namespace, owner) in watched {
+        watch_one(state, vault, &role, namespace.as_deref(), owner).await;
+    }
+}
+
+async fn watch_one(
+    state: &AppState,
+    vault: &Vault,
+    role: &str,
+    namespace: Option<&str>,
+    owner: Owner<'_>,
+) {
+    let mount = match owner {
+        Owner::Credential(_, cv) => cv.mount.as_str(),
+        Owner::Mount(m) => m.mount.as_str(),
+    };
+    let path = vault_path(namespace, mount, role);
+    let static_role = match vault.static_role(namespace, mount, role).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(%path, error = %e, "watcher could not read the static role");
+            return;
         }
-        if let Err(e) = state.ctx.store.set_mark(&key, &seen, Utc::now()).await {
-            tracing::warn!(error = %e, "watcher cannot record its mark");
+    };
+    let key = format!("vault-watch:{path}");
+    let seen = static_role
+        .last_vault_rotation
+        .to_rfc3339_opts(SecondsFormat::Nanos, true);
+    match state.ctx.store.mark(&key).await {
+        Ok(Some(mark)) if mark == seen => return,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "watcher cannot read its marks");
+            return;
         }
+    }
+    let meta = RequestMeta {
+        remote: "vault".into(),
+        method: "GET".into(),
+        path: format!("/v1/{}/static-roles/{role}", mount.trim_matches('/')),
+        webhook_id: None,
+    };
+    let detail = json!({"watched": path, "remote_addr": "vault"});
+    let accepted = static_role_rotated(
+        state,
+        &meta,
+        ACTOR,
+        "watcher",
+        owner,
+        role,
+        namespace,
+        static_role,
+        Utc::now(),
+        Vec::new(),
+        detail,
+    )
+    .await;
+    match accepted {
+        Ok(Accepted::Started(action_id, _)) => {
+            tracing::info!(%path, %action_id, "watcher saw a rotation");
+        }
+        Ok(Accepted::Duplicate(_)) => {}
+        // Refused for good (a protected or unmapped login): audited once, not every pass.
+        Err(ApiError::Resolve(e)) => {
+            tracing::warn!(%path, error = %e, "watcher refused a rotation");
+        }
+        Err(e) => {
+            // Transient (store, audit): the mark stays, so the next pass tries again.
+            tracing::warn!(%path, error = %e, "watcher could not act on a rotation");
+            return;
+        }
+    }
+    if let Err(e) = state.ctx.store.set_mark(&key, &seen, Utc::now()).await {
+        tracing::warn!(error = %e, "watcher cannot record its mark");
     }
 }
