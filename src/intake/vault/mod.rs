@@ -368,7 +368,7 @@ pub fn owner_of<'a>(
         let matches = v.role.as_deref() == Some(role)
             && v.mount.trim_matches('/') == mount.trim_matches('/')
             && same_namespace(ns.as_deref(), namespace);
-        matches.then(|| (Owner::Credential(id.as_str(), v), ns))
+        matches.then_some((Owner::Credential(id.as_str(), v), ns))
     });
     credential.or_else(|| {
         let watcher = config.vault.as_ref()?.watcher.as_ref()?;
@@ -376,7 +376,7 @@ pub fn owner_of<'a>(
             let ns = m.namespace.clone().or(default_ns.clone());
             let matches = m.mount.trim_matches('/') == mount.trim_matches('/')
                 && same_namespace(ns.as_deref(), namespace);
-            matches.then(|| (Owner::Mount(m), ns))
+            matches.then_some((Owner::Mount(m), ns))
         })
     })
 }
