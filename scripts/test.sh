@@ -23,6 +23,19 @@ if ! command -v initdb >/dev/null 2>&1; then
     fi
     export PATH="$pgbin:$PATH"
 fi
+# --- MariaDB server binaries (mariadb-install-db, mariadbd) for the MySQL engine's tests -----
+if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing MariaDB server binaries (Debian package mariadb-server)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server >/dev/null
+    else
+        echo "error: MariaDB server binaries (mariadbd) not found; install the mariadb-server package" >&2
+        exit 1
+    fi
+fi
+export PATH="$PATH:/usr/sbin"
+
 # As root, the harness runs the server as the 'postgres' OS user (initdb refuses root).
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --no-create-home --shell /usr/sbin/nologin postgres

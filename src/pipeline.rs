@@ -307,6 +307,7 @@ fn outcome_records(report: &ActionReport, actor: &str) -> Vec<Entry> {
                 "failed": t.outcome.failed.len(),
                 "remaining": t.outcome.remaining.len(),
                 "error": t.error,
+                "notes": t.outcome.notes,
             })
         })
         .collect();

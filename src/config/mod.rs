@@ -364,6 +364,8 @@ pub struct OperatorConfig {
 pub enum Engine {
     /// PostgreSQL 10 or later.
     Postgres,
+    /// MySQL 8 or MariaDB 10.5 or later.
+    Mysql,
 }
 
 /// One database server (or cluster) sever connects to with its own admin login.
@@ -385,6 +387,9 @@ pub struct TargetConfig {
     pub connect_timeout: Duration,
     /// Periodic sweep for sessions of dropped or expired (e.g. Vault dynamic) logins.
     pub sweep: Option<SweepConfig>,
+    /// MySQL on Amazon RDS: terminate with `CALL mysql.rds_kill(id)` instead of `KILL`.
+    #[serde(default)]
+    pub rds: bool,
 }
 
 /// Sessions whose login was dropped, or whose login matches `pattern` and has expired
@@ -593,6 +598,18 @@ impl Config {
         }
         for (id, target) in &self.targets {
             check_id(id).map_err(|r| invalid(format!("targets.{id}"), r))?;
+            if target.sweep.is_some() && target.engine != Engine::Postgres {
+                return Err(invalid(
+                    format!("targets.{id}.sweep"),
+                    "sweeps find dropped or expired roles, which only PostgreSQL targets have",
+                ));
+            }
+            if target.rds && target.engine != Engine::Mysql {
+                return Err(invalid(
+                    format!("targets.{id}.rds"),
+                    "applies to MySQL targets only",
+                ));
+            }
             if let Some(sweep) = &target.sweep
                 && (sweep.pattern.is_empty() || sweep.interval.is_zero())
             {

@@ -1,5 +1,6 @@
 //! Finding and terminating sessions, per engine, behind one [`Engine`] interface.
 
+pub mod mysql;
 pub mod postgres;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -139,6 +140,9 @@ pub struct TerminateOutcome {
     pub failed: Vec<Failed>,
     /// Terminated sessions still present when verification gave up.
     pub remaining: Vec<Session>,
+    /// Things the audit must say about this target's action (e.g. a server restart).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Sweeps only: why each selected session (by pid) was selected, whatever its fate.
     #[serde(
         default,
@@ -236,6 +240,7 @@ impl Targets {
             {
                 let port = parsed.port().unwrap_or(match target.engine {
                     EngineKind::Postgres => 5432,
+                    EngineKind::Mysql => 3306,
                 });
                 endpoints.insert(
                     id.clone(),
@@ -252,6 +257,14 @@ impl Targets {
                         .map_err(|e| ConfigError::Invalid {
                         path: format!("targets.{id}.url"),
                         reason: e.to_string(),
+                    })?,
+                ),
+                EngineKind::Mysql => Arc::new(
+                    mysql::Mysql::new(&url, target, &config.termination).map_err(|e| {
+                        ConfigError::Invalid {
+                            path: format!("targets.{id}.url"),
+                            reason: e.to_string(),
+                        }
                     })?,
                 ),
             };
@@ -342,4 +355,25 @@ pub struct SessionsReport {
     pub sessions: Vec<TargetSession>,
     /// Targets that could not be listed.
     pub errors: Vec<TargetError>,
+}
+
+/// Maps a sqlx error to an engine error: connection trouble or refused credentials are
+/// `Connect`, anything else `Query`.
+pub(crate) fn sqlx_error(e: sqlx::Error) -> EngineError {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Protocol(_) => EngineError::Connect(e.to_string()),
+        // PostgreSQL class 28 and MySQL 1045: invalid authorization.
+        sqlx::Error::Database(ref db)
+            if db
+                .code()
+                .is_some_and(|c| c.starts_with("28") || c == "1045") =>
+        {
+            EngineError::Connect(e.to_string())
+        }
+        other => EngineError::Query(other.to_string()),
+    }
 }

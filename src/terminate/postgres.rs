@@ -14,7 +14,7 @@ use sqlx::{PgPool, Row};
 
 use super::{
     Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped, SweepReason,
-    TerminateOutcome, TerminateRequest,
+    TerminateOutcome, TerminateRequest, sqlx_error as query_error,
 };
 use crate::config::{TargetConfig, TerminationConfig};
 use crate::store::Store;
@@ -416,21 +416,6 @@ impl Postgres {
             .bind(dry_run)
             .fetch_all(&self.pool)
             .await
-    }
-}
-
-fn query_error(e: sqlx::Error) -> EngineError {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Protocol(_) => EngineError::Connect(e.to_string()),
-        sqlx::Error::Database(ref db) if db.code().is_some_and(|c| c.starts_with("28")) => {
-            // Class 28: invalid authorization (wrong password, no such role).
-            EngineError::Connect(e.to_string())
-        }
-        other => EngineError::Query(other.to_string()),
     }
 }
 

@@ -1,8 +1,10 @@
 #![allow(dead_code)]
 //! Shared helpers for the integration tests. Include with `mod support;`.
 
+pub mod mariadb;
 pub mod moto;
 pub mod pg;
+pub mod scenarios;
 pub mod sever;
 pub mod sns;
 pub mod vault;

@@ -326,3 +326,10 @@ pub fn stdout(o: &std::process::Output) -> String {
 pub fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Session ids as a report lists them: sorted.
+pub fn sorted_ids(ids: &[i64]) -> Vec<i64> {
+    let mut v = ids.to_vec();
+    v.sort();
+    v
+}

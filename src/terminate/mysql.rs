@@ -1,0 +1,572 @@
+//! MySQL and MariaDB: sessions from `information_schema.PROCESSLIST`, ended with
+//! `KILL CONNECTION <id>` (or `CALL mysql.rds_kill(id)` on Amazon RDS), then verified gone.
+//!
+//! # The watermark
+//! No column says when a connection began (`PROCESSLIST.TIME` is time in its current
+//! state), so "sessions older than the rotation" is decided by connection id instead: ids
+//! come from a counter that only rises until the server restarts. When sever acts on a
+//! rotation it opens a fresh connection and takes its `CONNECTION_ID()` as the watermark;
+//! every session of the login with a lower id connected before sever learned of the
+//! rotation. A cutoff in the past is therefore widened to "now", which can also end
+//! sessions opened with the new secret in between: they reconnect, and no old one survives.
+//!
+//! A restart resets the counter. Right before acting, sever takes a second reading: a fresh
+//! connection id below the watermark, or a later boot time (`UNIX_TIMESTAMP() - Uptime`),
+//! means the server restarted in between and ids mean nothing, so every session of the login
+//! is terminated and the outcome says so.
+//!
+//! # Accounts
+//! A mapping may name a user (`app`: every account of that user) or an account
+//! (`'app'@'10.%'`). A session's account is the most specific account of its user whose host
+//! pattern matches the session's host as `PROCESSLIST` shows it, which is how the server
+//! picked it when the server runs with `skip_name_resolve` (recommended, and usual). With
+//! name resolution on, `PROCESSLIST` shows a resolved name that an IP-based account pattern
+//! does not match; map by user there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
+use sqlx::{Connection, MySqlConnection, MySqlPool, Row};
+
+use super::{
+    Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped,
+    TerminateOutcome, TerminateRequest, sqlx_error,
+};
+use crate::config::{TargetConfig, TerminationConfig};
+
+/// MySQL error: unknown thread id (the connection is already gone).
+const UNKNOWN_THREAD: &str = "1094";
+/// MySQL error: not the owner of the thread (missing CONNECTION_ADMIN / SUPER).
+const NOT_OWNER: &str = "1095";
+
+/// Threads that are not client sessions (replication, the event scheduler, …).
+const SYSTEM_COMMANDS: [&str; 7] = [
+    "Daemon",
+    "Binlog Dump",
+    "Binlog Dump GTID",
+    "Slave_IO",
+    "Slave_SQL",
+    "Slave_worker",
+    "Connect",
+];
+
+/// One MySQL or MariaDB target.
+#[derive(Debug)]
+pub struct Mysql {
+    pool: MySqlPool,
+    options: MySqlConnectOptions,
+    rds: bool,
+}
+
+/// An account a mapping names: `app` (any host) or `'app'@'10.%'`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Account {
+    /// User name.
+    pub user: String,
+    /// Host pattern, when the mapping names one.
+    pub host: Option<String>,
+}
+
+impl Account {
+    /// Parses `user` or `'user'@'host'` (quotes may be `'`, `"` or backticks).
+    pub fn parse(login: &str) -> Result<Self, EngineError> {
+        let unquote = |s: &str| {
+            let s = s.trim();
+            let quoted = s.len() >= 2
+                && ['\'', '"', '`']
+                    .iter()
+                    .any(|q| s.starts_with(*q) && s.ends_with(*q));
+            if quoted {
+                s[1..s.len() - 1].to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
+        let quoted_account = login.trim_start().starts_with(['\'', '"', '`']);
+        match login.rsplit_once('@') {
+            Some((user, host)) if quoted_account => Ok(Self {
+                user: unquote(user),
+                host: Some(unquote(host)),
+            }),
+            _ if login.is_empty() => Err(EngineError::Config("empty MySQL login".into())),
+            _ => Ok(Self {
+                user: login.to_owned(),
+                host: None,
+            }),
+        }
+    }
+
+    /// The account as MySQL writes it.
+    pub fn display(user: &str, host: &str) -> String {
+        format!("'{user}'@'{host}'")
+    }
+}
+
+/// How specific a host pattern is; smaller sorts first, as MySQL orders accounts when it
+/// picks the one a connection authenticates as: literal hosts, then patterns by the length
+/// of their literal prefix, then `%`.
+fn specificity(host: &str) -> (u8, usize) {
+    match host.find(['%', '_']) {
+        None => (0, 0),
+        Some(_) if host == "%" => (2, 0),
+        Some(first_wildcard) => (1, usize::MAX - first_wildcard),
+    }
+}
+
+/// SQL `LIKE` matching of a host pattern against a client host, case-insensitively.
+fn like(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.first(), text.first()) {
+        (None, None) => true,
+        (Some(b'%'), _) => {
+            like(&pattern[1..], text) || (!text.is_empty() && like(pattern, &text[1..]))
+        }
+        (Some(b'_'), Some(_)) => like(&pattern[1..], &text[1..]),
+        (Some(p), Some(t)) if p.eq_ignore_ascii_case(t) => like(&pattern[1..], &text[1..]),
+        _ => false,
+    }
+}
+
+/// The account (host pattern) a connection from `client_host` authenticated as, among the
+/// `hosts` that exist for its user: the most specific matching one, as the server picks it.
+pub fn authenticated_host<'a>(hosts: &'a [String], client_host: &str) -> Option<&'a str> {
+    let mut candidates: Vec<&String> = hosts.iter().collect();
+    candidates.sort_by_key(|h| specificity(h));
+    candidates
+        .into_iter()
+        .find(|h| like(h.as_bytes(), client_host.as_bytes()))
+        .map(String::as_str)
+}
+
+/// Where the id counter stood when sever learned of a rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    /// `CONNECTION_ID()` of a fresh connection.
+    pub id: u64,
+    /// The server's boot time, unix seconds.
+    pub booted_at: i64,
+}
+
+/// A `PROCESSLIST` row.
+#[derive(Debug, Clone)]
+struct Thread {
+    id: u64,
+    user: String,
+    client_host: String,
+    db: Option<String>,
+    command: String,
+}
+
+impl Thread {
+    fn session(&self, account: Option<String>) -> Session {
+        Session {
+            pid: self.id as i64,
+            login: Some(self.user.clone()),
+            login_id: account,
+            database: self.db.clone(),
+            application_name: None,
+            client_addr: Some(self.client_host.clone()).filter(|h| !h.is_empty()),
+            backend_start: None,
+            state: Some(self.command.clone()),
+        }
+    }
+}
+
+/// MySQL types connection ids `BIGINT UNSIGNED`, MariaDB `BIGINT`: read either.
+fn unsigned(row: &MySqlRow, column: &str) -> Result<u64, sqlx::Error> {
+    row.try_get::<u64, _>(column).or_else(|_| {
+        let signed: i64 = row.try_get(column)?;
+        u64::try_from(signed).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    })
+}
+
+fn decode_thread(row: &MySqlRow) -> Result<Thread, sqlx::Error> {
+    let host: String = row.try_get("HOST")?;
+    // `10.0.0.5:51234` → `10.0.0.5`; `localhost` stays; IPv6 `[::1]:5123` → `::1`.
+    let client_host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+            h.trim_matches(['[', ']']).to_owned()
+        }
+        _ => host,
+    };
+    Ok(Thread {
+        id: unsigned(row, "ID")?,
+        user: row.try_get("USER")?,
+        client_host,
+        db: row.try_get("DB")?,
+        command: row.try_get("COMMAND")?,
+    })
+}
+
+impl Mysql {
+    /// A target whose pool connects lazily with sever's admin login at `url`.
+    pub fn new(
+        url: &SecretString,
+        target: &TargetConfig,
+        _termination: &TerminationConfig,
+    ) -> Result<Self, EngineError> {
+        let options = MySqlConnectOptions::from_str(url.expose_secret())
+            .map_err(|_| EngineError::Config("not a valid MySQL URL".into()))?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(target.pool_size)
+            .min_connections(1)
+            .acquire_timeout(target.connect_timeout)
+            .idle_timeout(Duration::from_secs(300))
+            .connect_lazy_with(options.clone());
+        Ok(Self {
+            pool,
+            options,
+            rds: target.rds,
+        })
+    }
+
+    /// Opens a fresh connection (never a pooled one, whose id is old) and reads the watermark.
+    pub async fn watermark(&self) -> Result<Watermark, EngineError> {
+        let mut conn = MySqlConnection::connect_with(&self.options)
+            .await
+            .map_err(sqlx_error)?;
+        let row = sqlx::query(
+            "SELECT CONNECTION_ID() AS id, \
+             CAST(UNIX_TIMESTAMP() AS SIGNED) - CAST(VARIABLE_VALUE AS SIGNED) AS booted_at \
+             FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .map_err(sqlx_error)?;
+        let id = unsigned(&row, "id").map_err(sqlx_error)?;
+        let booted_at: i64 = row.try_get("booted_at").map_err(sqlx_error)?;
+        let _ = conn.close().await;
+        Ok(Watermark { id, booted_at })
+    }
+
+    async fn own_user(&self) -> Result<String, EngineError> {
+        sqlx::query_scalar("SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(sqlx_error)
+    }
+
+    /// Client threads of `user` (every user when `None`).
+    async fn threads(&self, user: Option<&str>) -> Result<Vec<Thread>, EngineError> {
+        let rows = sqlx::query(
+            "SELECT ID, USER, HOST, DB, COMMAND FROM information_schema.PROCESSLIST \
+             WHERE (? IS NULL OR USER = ?) ORDER BY ID",
+        )
+        .bind(user)
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sqlx_error)?;
+        let threads = rows
+            .iter()
+            .map(decode_thread)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sqlx_error)?;
+        Ok(threads
+            .into_iter()
+            .filter(|t| {
+                !SYSTEM_COMMANDS.contains(&t.command.as_str())
+                    && t.user != "system user"
+                    && t.user != "event_scheduler"
+            })
+            .collect())
+    }
+
+    /// The host patterns of every account of `user` (needs `SELECT` on `mysql.user`).
+    async fn account_hosts(&self, user: &str) -> Result<Vec<String>, EngineError> {
+        sqlx::query_scalar("SELECT Host FROM mysql.user WHERE User = ?")
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| {
+                EngineError::Query(format!(
+                    "reading mysql.user to tell accounts apart (grant SELECT on mysql.user): {e}"
+                ))
+            })
+    }
+
+    /// Terminates as [`Engine::terminate`] does, against a watermark taken earlier.
+    pub async fn terminate_with_watermark(
+        &self,
+        request: &TerminateRequest,
+        watermark: Option<Watermark>,
+    ) -> Result<TerminateOutcome, EngineError> {
+        let mut outcome = TerminateOutcome::default();
+        let accounts: Vec<Account> = request
+            .logins
+            .iter()
+            .map(|l| Account::parse(l))
+            .collect::<Result<_, _>>()?;
+        let protected: Vec<Account> = request
+            .protected
+            .iter()
+            .map(|l| Account::parse(l))
+            .collect::<Result<_, _>>()?;
+        // Sessions below the watermark predate the rotation, unless the server restarted.
+        let below = match (request.scope, watermark) {
+            (Scope::All, _) => None,
+            (Scope::Before(_), None) => {
+                return Err(EngineError::Query("no watermark for a cutoff".into()));
+            }
+            (Scope::Before(_), Some(w)) => {
+                // A restart shows as a counter that went backwards, or (if it has since
+                // passed the watermark again) as a later boot time.
+                let now = self.watermark().await?;
+                if now.id < w.id || (now.booted_at - w.booted_at).abs() > 2 {
+                    outcome.notes.push(format!(
+                        "the server restarted after the watermark (connection id {}) was taken; connection ids \
+                         restarted too, so every session of the login was terminated",
+                        w.id
+                    ));
+                    None
+                } else {
+                    Some(w.id)
+                }
+            }
+        };
+        let own_user = self.own_user().await?;
+        let mut hosts_by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let users: BTreeSet<&str> = accounts.iter().map(|a| a.user.as_str()).collect();
+        let needs_hosts = accounts.iter().chain(&protected).any(|a| a.host.is_some());
+        for user in &users {
+            if needs_hosts {
+                hosts_by_user.insert((*user).to_owned(), self.account_hosts(user).await?);
+            }
+        }
+        let mut to_kill = Vec::new();
+        for user in users {
+            for thread in self.threads(Some(user)).await? {
+                let hosts = hosts_by_user
+                    .get(user)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let account_host = authenticated_host(hosts, &thread.client_host);
+                let in_mapping = accounts.iter().any(|a| {
+                    a.user == thread.user
+                        && a.host.as_deref().is_none_or(|h| Some(h) == account_host)
+                });
+                if !in_mapping || below.is_some_and(|w| thread.id >= w) {
+                    continue;
+                }
+                let session =
+                    thread.session(account_host.map(|h| Account::display(&thread.user, h)));
+                let is_protected = protected.iter().any(|p| {
+                    p.user == thread.user
+                        && p.host.as_deref().is_none_or(|h| Some(h) == account_host)
+                });
+                let skip = if thread.user == own_user {
+                    Some(SkipReason::OwnLogin)
+                } else if is_protected {
+                    Some(SkipReason::Protected)
+                } else {
+                    None
+                };
+                match skip {
+                    Some(reason) => outcome.skipped.push(Skipped { session, reason }),
+                    None => {
+                        outcome.matched.push(session.clone());
+                        to_kill.push((thread.id, session));
+                    }
+                }
+            }
+        }
+        if request.dry_run {
+            return Ok(outcome);
+        }
+        for (id, session) in to_kill {
+            match self.kill(id).await {
+                Ok(()) => outcome.terminated.push(session),
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(UNKNOWN_THREAD) => {
+                    outcome.skipped.push(Skipped { session, reason: SkipReason::AlreadyGone });
+                }
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(NOT_OWNER) => outcome.failed.push(Failed {
+                    session,
+                    error: format!(
+                        "{} (grant CONNECTION_ADMIN on MySQL 8, or SUPER / CONNECTION ADMIN on MariaDB, to sever's login)",
+                        db.message()
+                    ),
+                }),
+                Err(e) => outcome.failed.push(Failed { session, error: e.to_string() }),
+            }
+        }
+        outcome.remaining = self
+            .verify_gone(&outcome.terminated, request.verify_timeout)
+            .await?;
+        Ok(outcome)
+    }
+
+    async fn kill(&self, id: u64) -> Result<(), sqlx::Error> {
+        if self.rds {
+            sqlx::query("CALL mysql.rds_kill(?)")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        } else {
+            // KILL takes no parameters; the id is a u64, so nothing but digits reaches SQL.
+            sqlx::query(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}")))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn verify_gone(
+        &self,
+        terminated: &[Session],
+        timeout: Duration,
+    ) -> Result<Vec<Session>, EngineError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        let mut remaining = terminated.to_vec();
+        while !remaining.is_empty() {
+            let alive: BTreeSet<i64> = self
+                .threads(None)
+                .await?
+                .iter()
+                .map(|t| t.id as i64)
+                .collect();
+            remaining.retain(|s| alive.contains(&s.pid));
+            if remaining.is_empty() || tokio::time::Instant::now() + pause > deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+        Ok(remaining)
+    }
+}
+
+#[async_trait]
+impl Engine for Mysql {
+    async fn check(&self) -> Result<(), EngineError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(sqlx_error)?;
+        Ok(())
+    }
+
+    async fn sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>, EngineError> {
+        if filter.application_name.is_some()
+            || filter.started_before.is_some()
+            || filter.started_after.is_some()
+        {
+            return Err(EngineError::Query(
+                "MySQL does not record application names or connection start times; filter by login, database or client address"
+                    .into(),
+            ));
+        }
+        let account = filter.login.as_deref().map(Account::parse).transpose()?;
+        let hosts = match account.as_ref() {
+            Some(Account {
+                user,
+                host: Some(_),
+            }) => self.account_hosts(user).await?,
+            _ => Vec::new(),
+        };
+        let threads = self
+            .threads(account.as_ref().map(|a| a.user.as_str()))
+            .await?;
+        Ok(threads
+            .iter()
+            .filter_map(|t| {
+                let host = authenticated_host(&hosts, &t.client_host);
+                let wanted = account
+                    .as_ref()
+                    .is_none_or(|a| a.host.as_deref().is_none_or(|h| Some(h) == host))
+                    && filter
+                        .database
+                        .as_ref()
+                        .is_none_or(|d| t.db.as_ref() == Some(d))
+                    && filter
+                        .client_addr
+                        .as_ref()
+                        .is_none_or(|c| *c == t.client_host);
+                wanted.then(|| t.session(host.map(|h| Account::display(&t.user, h))))
+            })
+            .collect())
+    }
+
+    async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError> {
+        let watermark = match request.scope {
+            Scope::All => None,
+            Scope::Before(_) => Some(self.watermark().await?),
+        };
+        self.terminate_with_watermark(request, watermark).await
+    }
+
+    async fn learn_logins(&self, _logins: &[String]) -> Result<(), EngineError> {
+        // Sessions carry their user name even after DROP USER: nothing to remember.
+        Ok(())
+    }
+
+    async fn sweep(
+        &self,
+        _pattern: &str,
+        _protected: &BTreeSet<String>,
+        _dry_run: bool,
+        _verify_timeout: Duration,
+    ) -> Result<TerminateOutcome, EngineError> {
+        Err(EngineError::Config(
+            "sweeps are for PostgreSQL targets".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_parse_with_or_without_a_host() {
+        assert_eq!(
+            Account::parse("app").unwrap(),
+            Account {
+                user: "app".into(),
+                host: None
+            }
+        );
+        assert_eq!(
+            Account::parse("'app'@'10.%'").unwrap(),
+            Account {
+                user: "app".into(),
+                host: Some("10.%".into())
+            }
+        );
+        assert_eq!(
+            Account::parse("`app`@`%`").unwrap().host.as_deref(),
+            Some("%")
+        );
+        // A user name containing @ without quotes is a user name.
+        assert_eq!(Account::parse("svc@corp").unwrap().host, None);
+    }
+
+    #[test]
+    fn the_most_specific_matching_account_wins() {
+        let hosts = vec![
+            "%".to_owned(),
+            "10.%".to_owned(),
+            "10.0.0.5".to_owned(),
+            "10.0.%".to_owned(),
+        ];
+        assert_eq!(authenticated_host(&hosts, "10.0.0.5"), Some("10.0.0.5"));
+        assert_eq!(authenticated_host(&hosts, "10.0.0.6"), Some("10.0.%"));
+        assert_eq!(authenticated_host(&hosts, "10.1.0.6"), Some("10.%"));
+        assert_eq!(authenticated_host(&hosts, "192.168.1.1"), Some("%"));
+        assert_eq!(
+            authenticated_host(&["localhost".to_owned()], "127.0.0.1"),
+            None
+        );
+        assert_eq!(
+            authenticated_host(&["LOCALHOST".to_owned()], "localhost"),
+            Some("LOCALHOST")
+        );
+        assert_eq!(
+            authenticated_host(&["10.0.0._".to_owned()], "10.0.0.7"),
+            Some("10.0.0._")
+        );
+    }
+}

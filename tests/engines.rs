@@ -1,0 +1,37 @@
+//! The behavioural scenarios of `tests/support/scenarios.rs`, run for every engine against
+//! its real throwaway server: PostgreSQL and MariaDB (the MySQL engine).
+
+mod support;
+
+use support::mariadb::TestMariaDb;
+use support::pg::TestPostgres;
+use support::scenarios;
+
+macro_rules! for_each_engine {
+    ($($scenario:ident),* $(,)?) => {
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    scenarios::$scenario(&TestPostgres::start()).await;
+                }
+            )*
+        }
+        mod mariadb {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    scenarios::$scenario(&TestMariaDb::start()).await;
+                }
+            )*
+        }
+    };
+}
+
+for_each_engine!(
+    rotation_ends_only_older_sessions,
+    revocation_dry_run_then_all,
+    sessions_are_listed_by_login,
+);
