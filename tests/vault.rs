@@ -573,3 +573,47 @@ async fn a_watched_mount_covers_every_static_role_on_it() {
     assert_eq!(protected, 1, "{refused:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_revoked_token_is_replaced_by_logging_in_again() {
+    let e = env(&["orders_app"], "", ORDERS).await;
+    let server = e.server().await;
+    let logins = |e: &Env| {
+        e.vault
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/v1/auth/approle/login")
+            .count()
+    };
+    assert_eq!(logins(&e), 1);
+    for round in 1..=2 {
+        let old =
+            e.pg.open_sessions("orders_app", &format!("pw{}", round - 1), 1)
+                .await;
+        let rotated = rotate(&e.pg, "orders_app", &format!("pw{round}")).await;
+        e.vault.set_static_role(
+            "",
+            "database",
+            "orders",
+            "orders_app",
+            "main-db",
+            rotated,
+            Rotation::Period(60),
+        );
+        let (status, report) =
+            forward(&server, &rotate_event("database", "orders", None), SECRET).await;
+        assert_eq!(status, StatusCode::OK, "round {round}: {report}");
+        assert!(e.pg.wait_gone(old[0], GONE).await);
+        if round == 1 {
+            // Vault revokes the token sever used (or it expired before its renewal).
+            let used = e.vault.requests().iter().rev().find_map(|r| {
+                (r.path == "/v1/database/static-roles/orders")
+                    .then(|| r.token.clone())
+                    .flatten()
+            });
+            e.vault.revoke_token(&used.unwrap());
+        }
+    }
+    assert_eq!(logins(&e), 2, "sever should have logged in again");
+    server.stop().await;
+}

@@ -246,6 +246,23 @@ impl Vault {
         mount: &str,
         name: &str,
     ) -> Result<StaticRole, VaultError> {
+        match self.read_static_role(namespace, mount, name).await {
+            // The token was revoked or expired before its renewal: log in again, once.
+            Err(VaultError::Auth(_)) if !matches!(self.config.auth, VaultAuth::Token { .. }) => {
+                let lease = self.login().await?;
+                *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+                self.read_static_role(namespace, mount, name).await
+            }
+            other => other,
+        }
+    }
+
+    async fn read_static_role(
+        &self,
+        namespace: Option<&str>,
+        mount: &str,
+        name: &str,
+    ) -> Result<StaticRole, VaultError> {
         let client = self.client.read().await;
         let url = format!(
             "{}/v1/{}/static-roles/{}",
