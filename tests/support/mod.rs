@@ -7,4 +7,5 @@ pub mod pg;
 pub mod scenarios;
 pub mod sever;
 pub mod sns;
+pub mod tds;
 pub mod vault;

@@ -1,0 +1,2243 @@
+//! A stand-in for Microsoft SQL Server (it cannot be installed on the test machines): it speaks just enough TDS 7.3 for tiberius and simulates sys.dm_exec_sessions and KILL.
+//!
+//! It listens on `127.0.0.1:<free port>` in the test's own process (one task per connection)
+//! and is driven through methods on [`TdsStandIn`]. Every SQL batch and RPC it receives is
+//! recorded ([`TdsStandIn::statements`]).
+//!
+//! # Connecting
+//!
+//! The stand-in has no TLS: its PRELOGIN answers `ENCRYPTION = ENCRYPT_NOT_SUP`, so the client
+//! must be configured with `EncryptionLevel::NotSupported` (any other level makes tiberius
+//! either refuse or try a TLS handshake the stand-in cannot do). Logins are SQL logins
+//! ([`TdsStandIn::allow_login`]; names compare case-insensitively, passwords exactly); anything
+//! else gets error 18456 `Login failed for user '<name>'.` (class 14) and the connection is
+//! closed. A successful login gets LOGINACK (TDS 7.3B, `0x730B0003`), ENVCHANGEs for the
+//! database (`master`, or the LOGIN7 database), language and packet size (the size the client
+//! asked for), the usual 5701/5703 INFO messages and DONE.
+//!
+//! Every connection is a session: ids start at 51 and count up (skipping ids already in the
+//! table). Its row in the simulated `sys.dm_exec_sessions` has the SQL login as both login
+//! names, `login_time` = the moment of login, `host_name` = LOGIN7 HostName, `program_name` =
+//! LOGIN7 AppName (`Config::application_name`), `client_net_address` = the peer address,
+//! `status` `running` while it executes a request and `sleeping` otherwise,
+//! `is_user_process = true`. The row is removed when the client disconnects.
+//!
+//! # Statements understood
+//!
+//! The same text is accepted as a SQL batch (`simple_query`, packet type 0x01) or as the
+//! statement of an `sp_executesql` RPC (`query`/`execute`, packet type 0x03, with parameters
+//! `@P1`, `@P2`, ... as tiberius sends them). Any other RPC procedure gets error 2812.
+//!
+//! - `SELECT 1` → one `int` column. `SELECT @@SPID` → one `smallint` column (as in SQL Server;
+//!   tiberius reads it as `i16` or `i32`).
+//! - `KILL <n>` (digits only, optional `;`), in this order of checks:
+//!   - [`TdsStandIn::deny_kill`] set → error 6102 `User does not have permission to use the
+//!     KILL statement.` (class 14);
+//!   - `n` is not 1..=32767 → error 6101 (class 16);
+//!   - `n` is the caller's own session → error 6104 `Cannot use KILL to kill your own
+//!     process.` (class 16);
+//!   - no session `n` → error 6106 `Process ID <n> is not an active process ID.` (class 11);
+//!   - session `n` has `is_user_process = false` → error 6107 `Only user processes can be
+//!     killed.` (class 14);
+//!   - session `n` has status `rollback` (it is already being killed) → NOT an error: an INFO
+//!     message 6120 (class 0) `SPID <n>: transaction rollback in progress. Estimated rollback
+//!     completion: 0%. Estimated time remaining: 0 seconds.` and DONE; the session stays in the
+//!     table. tiberius does not surface INFO messages, so the client sees a successful KILL;
+//!     only a re-query shows the session still there (status `rollback`). The message number
+//!     is the stand-in's choice, not verified against a real server.
+//!   - otherwise the row is removed and DONE is answered; if `n` is a live connection to the
+//!     stand-in, its socket is closed.
+//!
+//!   `KILL @P1` is rejected with 102, as SQL Server does (KILL takes a literal only).
+//! - A query on `sys.dm_exec_sessions`, see below.
+//! - Anything else → error 102 `Incorrect syntax near '<first token>'.` (class 15).
+//!
+//! Errors come as an ERROR token (number, state, class, message, server `TDSSTANDIN`, empty
+//! procedure, line 1) followed by DONE with the error bit; tiberius returns them as
+//! `tiberius::error::Error::Server(e)` with `e.code()` the number.
+//!
+//! # The session query contract
+//!
+//! The stand-in evaluates the statement's WHERE clause; it does not accept arbitrary SQL. The
+//! query must look like
+//!
+//! ```sql
+//! [DECLARE @name type [= value] [, ...] [;]]
+//! SELECT session_id, original_login_name, login_name, login_time, host_name,
+//!        program_name, database_name, client_net_address, status
+//! FROM sys.dm_exec_sessions [[AS] s] [WITH (NOLOCK)]
+//! [WHERE <predicate> [AND <predicate> ...]]
+//! [ORDER BY <column> [ASC|DESC] [, ...]] [;]
+//! ```
+//!
+//! - The select list is exactly those nine columns in this order (optionally `s.`-qualified,
+//!   no `AS` renames). They come back as `session_id` smallint, `original_login_name`
+//!   nvarchar(128), `login_name` nvarchar(128), `login_time` **datetime** (DATETIMEN, 8
+//!   bytes, like the real view; values are rounded to SQL Server's 1/300 s ticks, see
+//!   [`sql_datetime_precision`]), `host_name` nvarchar(128) NULL, `program_name`
+//!   nvarchar(128) NULL, `database_name` nvarchar(128) NULL, `client_net_address`
+//!   nvarchar(48) NULL, `status` nvarchar(30).
+//! - A predicate is `<column> <op> <value>` or `<value> <op> <column>` (op `=`, `<>`, `!=`,
+//!   `<`, `<=`, `>`, `>=`) or `<column> IS [NOT] NULL`, on these columns: the nine above plus
+//!   `is_user_process` (bit: compare with 1 or 0). A value is a parameter (`@P1`...), a
+//!   variable DECLAREd from one (`DECLARE @login nvarchar(128) = @P1`), `@@SPID`, a string
+//!   literal (`N'app'`), an integer or `NULL`. Parentheses around a whole predicate are
+//!   allowed; `OR`, `NOT`, functions, `CAST`, `IN`, `LIKE`, joins are not and get error 50000
+//!   `TDS stand-in: ...` (a stand-in limitation, not a SQL Server error).
+//! - Semantics follow SQL Server: NULL compares as unknown (row dropped); strings compare
+//!   case-insensitively ignoring trailing spaces (the default `SQL_Latin1_General_CP1_CI_AS`);
+//!   a string compared with `login_time` is converted to `datetime`, which accepts only
+//!   `YYYY-MM-DD[THH:MM[:SS[.fff]]]` / `YYYY-MM-DD HH:MM[:SS[.fff]]` / `YYYYMMDD` with at most
+//!   3 fractional digits and no zone (else error 241) — a variable DECLAREd `datetime2` accepts
+//!   7 digits, `datetimeoffset` also a zone; an unknown `@variable` gets error 137 `Must declare
+//!   the scalar variable "@x".`. In particular there is **no implicit `is_user_process = 1`**:
+//!   system sessions are returned unless the query excludes them, and the caller's own
+//!   session unless it says `session_id <> @@SPID`.
+//! - Parameter types (as tiberius encodes them): `&str`/`String` → nvarchar; `i16`/`i32`/`i64`
+//!   → intn; `chrono::DateTime<Utc>` / `NaiveDateTime` (tiberius `chrono` feature) →
+//!   datetime2(7), taken as UTC; `DateTime<FixedOffset>` → datetimeoffset (converted to UTC);
+//!   a raw `tiberius::ColumnData::DateTime2/DateTime/...` works without the feature.
+//! - Rows come back ordered by `session_id` unless ORDER BY says otherwise.
+//! - Reading `login_time`: it is `datetime`, so with tiberius' `chrono` feature read it as
+//!   `NaiveDateTime` (the stand-in's values are UTC); `row.get::<DateTime<Utc>, _>` fails with a
+//!   conversion error, exactly as it would against SQL Server (tiberius maps only
+//!   datetime2/datetimeoffset to `DateTime<Utc>`). Without the feature read
+//!   `ColumnData::DateTime(Some(dt))` (`dt.days()` since 1900-01-01, `dt.seconds_fragments()`
+//!   in 1/300 s). Note that a real server reports `login_time` in its local time zone.
+//! - Parameters cannot be named: tiberius always sends them as `@P1`, `@P2`, ... in bind order,
+//!   so a query written with `@login`/`@cutoff` must DECLARE them from `@P1`/`@P2` (as it
+//!   must for a real server).
+//!
+//! Recommended engine query (parameters bound as `&login`, `&cutoff`):
+//!
+//! ```sql
+//! SELECT session_id, original_login_name, login_name, login_time, host_name, program_name,
+//!        database_name, client_net_address, status
+//! FROM sys.dm_exec_sessions
+//! WHERE is_user_process = 1 AND original_login_name = @P1 AND login_time < @P2
+//!   AND session_id <> @@SPID
+//! ```
+//!
+//! [`TdsStandIn::on_query`] can replace the table contents seen by one query (e.g. the re-check
+//! before KILL sees a reused session id); the WHERE clause is still applied to what it returns.
+//!
+//! # Recorded statements
+//!
+//! A SQL batch is recorded as its text. An RPC is recorded as
+//! `sp_executesql: <statement> | @P1=<value> | @P2=<value>` (no ` | ...` when there are no
+//! parameters), values formatted as `'text'` for strings, decimal for integers (bit as 0/1),
+//! UTC `%Y-%m-%dT%H:%M:%S%.fZ` for date/time types (`2024-05-01T12:00:00Z`,
+//! `2024-05-01T12:00:00.924644100Z`: 0, 3, 6 or 9 fractional digits), `NULL`. Any other RPC is
+//! recorded as `rpc <name>: ...` the same way. Requests are recorded before they run, so
+//! failing ones are recorded too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, NaiveDateTime, Timelike, Utc};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// One row of the simulated `sys.dm_exec_sessions`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeSession {
+    pub session_id: i16,
+    pub original_login_name: String,
+    pub login_name: String,
+    /// Sent to the client as `datetime` (rounded to 1/300 s, see [`sql_datetime_precision`]).
+    pub login_time: DateTime<Utc>,
+    pub host_name: Option<String>,
+    pub program_name: Option<String>,
+    pub database_name: Option<String>,
+    pub client_net_address: Option<String>,
+    /// "sleeping", "running", "rollback" ...
+    pub status: String,
+    pub is_user_process: bool,
+}
+
+type QueryHook = Arc<dyn Fn(&str, &[FakeSession]) -> Option<Vec<FakeSession>> + Send + Sync>;
+
+/// A live client connection of the stand-in.
+struct LiveConn {
+    conn_id: u64,
+    login_time: DateTime<Utc>,
+    kill: Arc<Notify>,
+}
+
+struct State {
+    /// (login, password)
+    logins: Vec<(String, String)>,
+    sessions: BTreeMap<i16, FakeSession>,
+    statements: Vec<String>,
+    deny_kill: bool,
+    hook: Option<QueryHook>,
+    live: HashMap<i16, LiveConn>,
+    next_spid: i16,
+    next_conn: u64,
+}
+
+/// The in-process SQL Server stand-in. Dropping it stops the listener and every connection.
+pub struct TdsStandIn {
+    state: Arc<Mutex<State>>,
+    port: u16,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TdsStandIn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TdsStandIn {
+    pub async fn start() -> TdsStandIn {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the TDS stand-in");
+        let port = listener.local_addr().expect("local addr").port();
+        let state = Arc::new(Mutex::new(State {
+            logins: Vec::new(),
+            sessions: BTreeMap::new(),
+            statements: Vec::new(),
+            deny_kill: false,
+            hook: None,
+            live: HashMap::new(),
+            next_spid: 51,
+            next_conn: 1,
+        }));
+        let accept_state = state.clone();
+        let task = tokio::spawn(async move {
+            // Connection tasks live in the set, so aborting this task ends them too.
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, peer)) = accepted else { continue };
+                        let _ = stream.set_nodelay(true);
+                        connections.spawn(serve(stream, peer, accept_state.clone()));
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        TdsStandIn { state, port, task }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Accept this SQL login (name, password) at LOGIN7; anything else gets login-failed (error 18456) and the connection closed.
+    pub fn allow_login(&self, login: &str, password: &str) {
+        let mut st = self.lock();
+        st.logins.retain(|(l, _)| !l.eq_ignore_ascii_case(login));
+        st.logins.push((login.to_string(), password.to_string()));
+    }
+
+    /// Adds a session row to the simulated sys.dm_exec_sessions.
+    pub fn add_session(&self, s: FakeSession) {
+        self.lock().sessions.insert(s.session_id, s);
+    }
+
+    /// The simulated sys.dm_exec_sessions, ordered by session id.
+    pub fn sessions(&self) -> Vec<FakeSession> {
+        self.lock().sessions.values().cloned().collect()
+    }
+
+    /// Every SQL batch text received, in order.
+    ///
+    /// RPCs are included as `sp_executesql: <statement> | @P1=<value> | ...` (see the module
+    /// docs for the value formats).
+    pub fn statements(&self) -> Vec<String> {
+        self.lock().statements.clone()
+    }
+
+    /// When set, KILL answers with error 6102 "User does not have permission to use the KILL statement." (severity 14) instead of killing.
+    pub fn deny_kill(&self, deny: bool) {
+        self.lock().deny_kill = deny;
+    }
+
+    /// Scripted answer for the session query: a hook so tests can return different rows the second time (e.g. the re-check before KILL sees a reused session id). Default: answer from the table.
+    ///
+    /// The hook gets the request as recorded in [`statements`](Self::statements) and the
+    /// current table; `Some(rows)` replaces the table for this one query (the WHERE clause is
+    /// still applied to them), `None` keeps the table.
+    #[allow(clippy::type_complexity)] // the signature is the documented API
+    pub fn on_query(
+        &self,
+        f: Box<dyn Fn(&str, &[FakeSession]) -> Option<Vec<FakeSession>> + Send + Sync>,
+    ) {
+        self.lock().hook = Some(Arc::from(f));
+    }
+}
+
+/// What a client reading `login_time` gets for `t`: SQL Server's `datetime` keeps 1/300 s
+/// ticks (rounded), and tiberius (`chrono` feature) turns ticks back into nanoseconds with
+/// `ticks * 10^9 / 300`, truncating.
+pub fn sql_datetime_precision(t: DateTime<Utc>) -> DateTime<Utc> {
+    let (days, ticks) = to_sql_datetime(t.naive_utc());
+    from_sql_datetime(days, ticks).and_utc()
+}
+
+/// `datetime` wire value: days since 1900-01-01 and 1/300 s ticks since midnight (rounded).
+fn to_sql_datetime(t: NaiveDateTime) -> (i32, u32) {
+    let base = NaiveDate::from_ymd_opt(1900, 1, 1).unwrap();
+    let mut days = (t.date() - base).num_days() as i32;
+    let nanos = t.time().num_seconds_from_midnight() as u64 * 1_000_000_000 + t.nanosecond() as u64;
+    let mut ticks = (nanos * 300 + 500_000_000) / 1_000_000_000;
+    if ticks >= 300 * 86_400 {
+        ticks = 0;
+        days += 1;
+    }
+    (days, ticks as u32)
+}
+
+fn from_sql_datetime(days: i32, ticks: u32) -> NaiveDateTime {
+    let base = NaiveDate::from_ymd_opt(1900, 1, 1).unwrap();
+    let date = base + ChronoDuration::days(days as i64);
+    date.and_hms_opt(0, 0, 0).unwrap()
+        + ChronoDuration::nanoseconds(ticks as i64 * 1_000_000_000 / 300)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection handling
+// ---------------------------------------------------------------------------------------------
+
+const PKT_SQL_BATCH: u8 = 0x01;
+const PKT_RPC: u8 = 0x03;
+const PKT_REPLY: u8 = 0x04;
+const PKT_ATTENTION: u8 = 0x06;
+const PKT_LOGIN7: u8 = 0x10;
+const PKT_PRELOGIN: u8 = 0x12;
+
+const SERVER_NAME: &str = "TDSSTANDIN";
+
+struct Conn {
+    stream: TcpStream,
+    packet_size: usize,
+    packet_id: u8,
+    spid: u16,
+}
+
+impl Conn {
+    /// Reads one message (packets up to END_OF_MESSAGE); `None` on a clean close.
+    async fn read_message(&mut self) -> io::Result<Option<(u8, Vec<u8>)>> {
+        let mut payload = Vec::new();
+        let mut first_type = None;
+        loop {
+            let mut header = [0u8; 8];
+            match self.stream.read_exact(&mut header).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && first_type.is_none() => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+            let length = u16::from_be_bytes([header[2], header[3]]) as usize;
+            if length < 8 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "packet length < 8",
+                ));
+            }
+            let start = payload.len();
+            payload.resize(start + length - 8, 0);
+            self.stream.read_exact(&mut payload[start..]).await?;
+            first_type.get_or_insert(header[0]);
+            if header[1] & 0x01 != 0 {
+                return Ok(Some((first_type.unwrap(), payload)));
+            }
+        }
+    }
+
+    /// Sends a reply message, split into packets of the negotiated size.
+    async fn send(&mut self, payload: &[u8]) -> io::Result<()> {
+        let chunk = self.packet_size - 8;
+        let mut out = Vec::with_capacity(payload.len() + 8 * (payload.len() / chunk + 1));
+        let mut parts = payload.chunks(chunk).peekable();
+        if parts.peek().is_none() {
+            out.extend_from_slice(&[PKT_REPLY, 0x01, 0, 8]);
+            out.extend_from_slice(&self.spid.to_be_bytes());
+            out.extend_from_slice(&[self.packet_id, 0]);
+            self.packet_id = self.packet_id.wrapping_add(1);
+        }
+        while let Some(part) = parts.next() {
+            let status = if parts.peek().is_none() { 0x01 } else { 0x00 };
+            out.push(PKT_REPLY);
+            out.push(status);
+            out.extend_from_slice(&((part.len() + 8) as u16).to_be_bytes());
+            out.extend_from_slice(&self.spid.to_be_bytes());
+            out.push(self.packet_id);
+            out.push(0);
+            out.extend_from_slice(part);
+            self.packet_id = self.packet_id.wrapping_add(1);
+        }
+        self.stream.write_all(&out).await?;
+        self.stream.flush().await
+    }
+}
+
+async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<Mutex<State>>) {
+    let mut conn = Conn {
+        stream,
+        packet_size: 4096,
+        packet_id: 1,
+        spid: 0,
+    };
+    let mut registered = None;
+    let result = run_connection(&mut conn, peer, &state, &mut registered).await;
+    if let Err(e) = result
+        && e.kind() != io::ErrorKind::UnexpectedEof
+        && e.kind() != io::ErrorKind::ConnectionReset
+    {
+        eprintln!("tds stand-in: connection from {peer} ended: {e}");
+    }
+    if let Some((spid, conn_id)) = registered {
+        let mut st = lock(&state);
+        let mine = st.live.get(&spid).map(|l| (l.conn_id, l.login_time));
+        if let Some((id, login_time)) = mine
+            && id == conn_id
+        {
+            st.live.remove(&spid);
+            if st.sessions.get(&spid).map(|s| s.login_time) == Some(login_time) {
+                st.sessions.remove(&spid);
+            }
+        }
+    }
+    let _ = conn.stream.shutdown().await;
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn run_connection(
+    conn: &mut Conn,
+    peer: SocketAddr,
+    state: &Arc<Mutex<State>>,
+    registered: &mut Option<(i16, u64)>,
+) -> io::Result<()> {
+    // PRELOGIN
+    let Some((ty, _prelogin)) = conn.read_message().await? else {
+        return Ok(());
+    };
+    if ty != PKT_PRELOGIN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("expected PRELOGIN, got packet type {ty:#04x}"),
+        ));
+    }
+    conn.send(&prelogin_response()).await?;
+
+    // LOGIN7
+    let Some((ty, login)) = conn.read_message().await? else {
+        return Ok(());
+    };
+    if ty != PKT_LOGIN7 {
+        // A TLS handshake wrapped in PRELOGIN packets lands here: the client did not ask for
+        // EncryptionLevel::NotSupported.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "expected LOGIN7, got packet type {ty:#04x} (the client must use EncryptionLevel::NotSupported)"
+            ),
+        ));
+    }
+    let login = parse_login7(&login)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed LOGIN7"))?;
+
+    let accepted = {
+        let st = lock(state);
+        st.logins
+            .iter()
+            .find(|(l, p)| l.eq_ignore_ascii_case(&login.user) && *p == login.password)
+            .map(|(l, _)| l.clone())
+    };
+    let Some(canonical_login) = accepted else {
+        let mut out = Vec::new();
+        put_message(
+            &mut out,
+            0xAA,
+            &SqlError::new(
+                18456,
+                1,
+                14,
+                format!("Login failed for user '{}'.", login.user),
+            ),
+        );
+        put_done(&mut out, 0xFD, DONE_ERROR, 0, 0);
+        conn.send(&out).await?;
+        return Ok(());
+    };
+
+    let kill = Arc::new(Notify::new());
+    let database = if login.database.is_empty() {
+        "master".to_string()
+    } else {
+        login.database.clone()
+    };
+    let spid = {
+        let mut st = lock(state);
+        let mut spid = st.next_spid;
+        while st.sessions.contains_key(&spid) || st.live.contains_key(&spid) {
+            spid = spid.checked_add(1).unwrap_or(51);
+        }
+        st.next_spid = spid.checked_add(1).unwrap_or(51);
+        let conn_id = st.next_conn;
+        st.next_conn += 1;
+        let login_time = Utc::now();
+        st.sessions.insert(
+            spid,
+            FakeSession {
+                session_id: spid,
+                original_login_name: canonical_login.clone(),
+                login_name: canonical_login.clone(),
+                login_time,
+                host_name: Some(login.host.clone()).filter(|h| !h.is_empty()),
+                program_name: Some(login.app.clone()).filter(|a| !a.is_empty()),
+                database_name: Some(database.clone()),
+                client_net_address: Some(peer.ip().to_string()),
+                status: "sleeping".to_string(),
+                is_user_process: true,
+            },
+        );
+        st.live.insert(
+            spid,
+            LiveConn {
+                conn_id,
+                login_time,
+                kill: kill.clone(),
+            },
+        );
+        *registered = Some((spid, conn_id));
+        spid
+    };
+    conn.spid = spid as u16;
+
+    let requested = login.packet_size as usize;
+    let packet_size = if requested == 0 {
+        4096
+    } else {
+        requested.clamp(512, 32767)
+    };
+    let mut out = Vec::new();
+    put_login_ack(&mut out);
+    put_env_change(&mut out, 1, &database, "master");
+    put_message(
+        &mut out,
+        0xAB,
+        &SqlError::new(
+            5701,
+            2,
+            0,
+            format!("Changed database context to '{database}'."),
+        ),
+    );
+    put_env_change(&mut out, 2, "us_english", "");
+    put_message(
+        &mut out,
+        0xAB,
+        &SqlError::new(
+            5703,
+            1,
+            0,
+            "Changed language setting to us_english.".to_string(),
+        ),
+    );
+    put_env_change(&mut out, 4, &packet_size.to_string(), "4096");
+    put_done(&mut out, 0xFD, 0, 0, 0);
+    conn.send(&out).await?;
+    conn.packet_size = packet_size;
+
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = kill.notified() => return Ok(()),
+            m = conn.read_message() => m?,
+        };
+        let Some((ty, payload)) = message else {
+            return Ok(());
+        };
+        set_status(state, spid, "running");
+        let reply = match ty {
+            PKT_SQL_BATCH => {
+                let text = decode_utf16(skip_all_headers(&payload)?);
+                lock(state).statements.push(text.clone());
+                let outcome = execute(state, spid, &text, &[], &text);
+                encode_outcome(outcome, false)
+            }
+            PKT_RPC => {
+                let rpc = parse_rpc(skip_all_headers(&payload)?).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, "malformed RPC request")
+                })?;
+                handle_rpc(state, spid, rpc)
+            }
+            PKT_ATTENTION => {
+                let mut out = Vec::new();
+                put_done(&mut out, 0xFD, DONE_ATTN, 0, 0);
+                out
+            }
+            other => {
+                let mut out = Vec::new();
+                put_message(
+                    &mut out,
+                    0xAA,
+                    &SqlError::standin(format!("unsupported request packet type {other:#04x}")),
+                );
+                put_done(&mut out, 0xFD, DONE_ERROR, 0, 0);
+                out
+            }
+        };
+        set_status(state, spid, "sleeping");
+        conn.send(&reply).await?;
+    }
+}
+
+fn set_status(state: &Mutex<State>, spid: i16, status: &str) {
+    let mut st = lock(state);
+    if let Some(s) = st.sessions.get_mut(&spid)
+        && s.status != "rollback"
+    {
+        s.status = status.to_string();
+    }
+}
+
+fn prelogin_response() -> Vec<u8> {
+    // (token, data)
+    let options: [(u8, &[u8]); 5] = [
+        (0x00, &[15, 0, 0x07, 0xD0, 0, 0]), // VERSION 15.0.2000, sub-build 0
+        (0x01, &[0x02]),                    // ENCRYPTION = ENCRYPT_NOT_SUP
+        (0x02, &[0x00]),                    // INSTOPT: valid
+        (0x03, &[]),                        // THREADID: empty from the server
+        (0x04, &[0x00]),                    // MARS off
+    ];
+    let mut out = Vec::new();
+    let mut offset = options.len() * 5 + 1;
+    for (token, data) in options.iter() {
+        out.push(*token);
+        out.extend_from_slice(&(offset as u16).to_be_bytes());
+        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        offset += data.len();
+    }
+    out.push(0xFF);
+    for (_, data) in options.iter() {
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+struct Login7 {
+    user: String,
+    password: String,
+    app: String,
+    host: String,
+    database: String,
+    packet_size: u32,
+}
+
+fn parse_login7(p: &[u8]) -> Option<Login7> {
+    let u16_at = |at: usize| -> Option<usize> {
+        Some(u16::from_le_bytes([*p.get(at)?, *p.get(at + 1)?]) as usize)
+    };
+    let text = |at: usize| -> Option<Vec<u8>> {
+        let offset = u16_at(at)?;
+        let chars = u16_at(at + 2)?;
+        p.get(offset..offset + chars * 2).map(|b| b.to_vec())
+    };
+    let packet_size = u32::from_le_bytes(p.get(8..12)?.try_into().ok()?);
+    let password: Vec<u8> = text(44)?
+        .into_iter()
+        .map(|b| (b ^ 0xA5).rotate_left(4))
+        .collect();
+    Some(Login7 {
+        host: decode_utf16(&text(36)?),
+        user: decode_utf16(&text(40)?),
+        password: decode_utf16(&password),
+        app: decode_utf16(&text(48)?),
+        database: decode_utf16(&text(68)?),
+        packet_size,
+    })
+}
+
+fn decode_utf16(bytes: &[u8]) -> String {
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    String::from_utf16_lossy(&units)
+}
+
+fn skip_all_headers(p: &[u8]) -> io::Result<&[u8]> {
+    let total = p
+        .get(0..4)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "missing ALL_HEADERS"))?;
+    if total < 4 || total > p.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad ALL_HEADERS length",
+        ));
+    }
+    Ok(&p[total..])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token encoding
+// ---------------------------------------------------------------------------------------------
+
+const DONE_MORE: u16 = 0x01;
+const DONE_ERROR: u16 = 0x02;
+const DONE_COUNT: u16 = 0x10;
+const DONE_ATTN: u16 = 0x20;
+
+/// SQL_Latin1_General_CP1_CI_AS: LCID 0x0409, flags 0xD0 (ignore case/kana/width), sort 52.
+const COLLATION: [u8; 5] = [0x09, 0x04, 0xD0, 0x00, 0x34];
+
+fn put_b_varchar(out: &mut Vec<u8>, s: &str) {
+    let units: Vec<u16> = s.encode_utf16().take(255).collect();
+    out.push(units.len() as u8);
+    for u in units {
+        out.extend_from_slice(&u.to_le_bytes());
+    }
+}
+
+fn put_us_varchar(out: &mut Vec<u8>, s: &str) {
+    let units: Vec<u16> = s.encode_utf16().take(65535).collect();
+    out.extend_from_slice(&(units.len() as u16).to_le_bytes());
+    for u in units {
+        out.extend_from_slice(&u.to_le_bytes());
+    }
+}
+
+fn put_done(out: &mut Vec<u8>, token: u8, status: u16, cur_cmd: u16, rows: u64) {
+    out.push(token);
+    out.extend_from_slice(&status.to_le_bytes());
+    out.extend_from_slice(&cur_cmd.to_le_bytes());
+    out.extend_from_slice(&rows.to_le_bytes());
+}
+
+/// ERROR (0xAA) or INFO (0xAB) token, as tiberius' `decode_error_info_body` reads it (TDS 7.2+:
+/// 4-byte line number).
+fn put_message(out: &mut Vec<u8>, token: u8, e: &SqlError) {
+    let mut body = Vec::new();
+    body.extend_from_slice(&e.number.to_le_bytes());
+    body.push(e.state);
+    body.push(e.class);
+    put_us_varchar(&mut body, &e.message);
+    put_b_varchar(&mut body, SERVER_NAME);
+    put_b_varchar(&mut body, "");
+    body.extend_from_slice(&1u32.to_le_bytes());
+    out.push(token);
+    out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
+fn put_login_ack(out: &mut Vec<u8>) {
+    let mut body = vec![0x01]; // interface: SQL_TSQL
+    body.extend_from_slice(&0x730B_0003u32.to_be_bytes()); // TDS 7.3B, read big-endian
+    put_b_varchar(&mut body, "Microsoft SQL Server");
+    body.extend_from_slice(&[15, 0, 0x07, 0xD0]); // 15.0.2000
+    out.push(0xAD);
+    out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
+fn put_env_change(out: &mut Vec<u8>, ty: u8, new: &str, old: &str) {
+    let mut body = vec![ty];
+    put_b_varchar(&mut body, new);
+    put_b_varchar(&mut body, old);
+    out.push(0xE3);
+    out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
+#[derive(Clone, Copy)]
+enum ColType {
+    /// INTN(2)
+    SmallInt,
+    /// INTN(4)
+    Int,
+    /// NVARCHAR(n characters)
+    NVarChar(u16),
+    /// DATETIMEN(8)
+    DateTime,
+}
+
+struct ColDef {
+    name: &'static str,
+    ty: ColType,
+    nullable: bool,
+}
+
+enum Cell {
+    Null,
+    I16(i16),
+    I32(i32),
+    Str(String),
+    DateTime(NaiveDateTime),
+}
+
+fn put_col_metadata(out: &mut Vec<u8>, cols: &[ColDef]) {
+    out.push(0x81);
+    out.extend_from_slice(&(cols.len() as u16).to_le_bytes());
+    for c in cols {
+        out.extend_from_slice(&0u32.to_le_bytes()); // UserType
+        let flags: u16 = if c.nullable { 0x0001 } else { 0x0000 };
+        out.extend_from_slice(&flags.to_le_bytes());
+        match c.ty {
+            ColType::SmallInt => out.extend_from_slice(&[0x26, 2]),
+            ColType::Int => out.extend_from_slice(&[0x26, 4]),
+            ColType::NVarChar(chars) => {
+                out.push(0xE7);
+                out.extend_from_slice(&(chars * 2).to_le_bytes());
+                out.extend_from_slice(&COLLATION);
+            }
+            ColType::DateTime => out.extend_from_slice(&[0x6F, 8]),
+        }
+        put_b_varchar(out, c.name);
+    }
+}
+
+fn put_row(out: &mut Vec<u8>, cols: &[ColDef], cells: &[Cell]) {
+    out.push(0xD1);
+    for (col, cell) in cols.iter().zip(cells) {
+        match (col.ty, cell) {
+            (ColType::NVarChar(_), Cell::Null) => out.extend_from_slice(&0xFFFFu16.to_le_bytes()),
+            (_, Cell::Null) => out.push(0),
+            (_, Cell::I16(v)) => {
+                out.push(2);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            (_, Cell::I32(v)) => {
+                out.push(4);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            (_, Cell::Str(s)) => {
+                let bytes: Vec<u8> = s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+                out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+                out.extend_from_slice(&bytes);
+            }
+            (_, Cell::DateTime(t)) => {
+                let (days, ticks) = to_sql_datetime(*t);
+                out.push(8);
+                out.extend_from_slice(&days.to_le_bytes());
+                out.extend_from_slice(&ticks.to_le_bytes());
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct SqlError {
+    number: u32,
+    state: u8,
+    class: u8,
+    message: String,
+}
+
+impl SqlError {
+    fn new(number: u32, state: u8, class: u8, message: String) -> Self {
+        SqlError {
+            number,
+            state,
+            class,
+            message,
+        }
+    }
+
+    /// A limitation of the stand-in (not something SQL Server would answer).
+    fn standin(message: String) -> Self {
+        SqlError::new(50000, 1, 16, format!("TDS stand-in: {message}"))
+    }
+
+    fn syntax(near: &str) -> Self {
+        SqlError::new(102, 1, 15, format!("Incorrect syntax near '{near}'."))
+    }
+}
+
+enum Outcome {
+    Rows {
+        cols: Vec<ColDef>,
+        rows: Vec<Vec<Cell>>,
+    },
+    Done,
+    Info(SqlError),
+    Error(SqlError),
+}
+
+fn encode_outcome(outcome: Outcome, rpc: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (status, cur_cmd, count) = match outcome {
+        Outcome::Rows { cols, rows } => {
+            put_col_metadata(&mut out, &cols);
+            for row in &rows {
+                put_row(&mut out, &cols, row);
+            }
+            (DONE_COUNT, 0xC1, rows.len() as u64)
+        }
+        Outcome::Done => (0, 0, 0),
+        Outcome::Info(info) => {
+            put_message(&mut out, 0xAB, &info);
+            (0, 0, 0)
+        }
+        Outcome::Error(e) => {
+            put_message(&mut out, 0xAA, &e);
+            (DONE_ERROR, 0, 0)
+        }
+    };
+    if rpc {
+        if status & DONE_ERROR == 0 {
+            put_done(&mut out, 0xFF, status | DONE_MORE, cur_cmd, count);
+        }
+        out.push(0x79); // RETURNSTATUS
+        out.extend_from_slice(&0u32.to_le_bytes());
+        put_done(&mut out, 0xFE, status & DONE_ERROR, 0xE0, 0);
+    } else {
+        put_done(&mut out, 0xFD, status, cur_cmd, count);
+    }
+    out
+}
+
+/// A parameter or literal value.
+#[derive(Debug, Clone, PartialEq)]
+enum SqlVal {
+    Null,
+    Int(i64),
+    Float(f64),
+    Str(String),
+    /// UTC.
+    Time(NaiveDateTime),
+    Bytes(Vec<u8>),
+    Other(String),
+}
+
+impl fmt::Display for SqlVal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SqlVal::Null => write!(f, "NULL"),
+            SqlVal::Int(i) => write!(f, "{i}"),
+            SqlVal::Float(x) => write!(f, "{x}"),
+            SqlVal::Str(s) => write!(f, "'{s}'"),
+            SqlVal::Time(t) => write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%S%.fZ")),
+            SqlVal::Bytes(b) => {
+                write!(f, "0x")?;
+                b.iter().try_for_each(|x| write!(f, "{x:02X}"))
+            }
+            SqlVal::Other(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+struct Rpc {
+    proc_name: String,
+    /// (name, value), in order.
+    params: Vec<(String, SqlVal)>,
+}
+
+struct Reader<'a> {
+    p: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.p.get(self.pos..self.pos + n)?;
+        self.pos += n;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    }
+    fn at_end(&self) -> bool {
+        self.pos >= self.p.len()
+    }
+    /// PLP (partially length-prefixed) value; `None` inside `Some` is NULL.
+    fn plp(&mut self) -> Option<Option<Vec<u8>>> {
+        let total = self.u64()?;
+        if total == u64::MAX {
+            return Some(None);
+        }
+        let mut data = Vec::new();
+        loop {
+            let chunk = self.u32()? as usize;
+            if chunk == 0 {
+                return Some(Some(data));
+            }
+            data.extend_from_slice(self.take(chunk)?);
+        }
+    }
+}
+
+fn parse_rpc(p: &[u8]) -> Option<Rpc> {
+    let mut r = Reader { p, pos: 0 };
+    let name_len = r.u16()?;
+    let proc_name = if name_len == 0xFFFF {
+        match r.u16()? {
+            10 => "sp_executesql".to_string(),
+            id => format!("proc id {id}"),
+        }
+    } else {
+        decode_utf16(r.take(name_len as usize * 2)?)
+    };
+    let _option_flags = r.u16()?;
+    let mut params = Vec::new();
+    while !r.at_end() {
+        let b = r.p[r.pos];
+        if b == 0x80 || b == 0xFF {
+            break; // BatchFlag / NoExecFlag: a further RPC in the same request, not supported
+        }
+        let name_chars = r.u8()? as usize;
+        let name = decode_utf16(r.take(name_chars * 2)?);
+        let _status = r.u8()?;
+        let value = read_typed_value(&mut r)?;
+        params.push((name, value));
+    }
+    Some(Rpc { proc_name, params })
+}
+
+/// Reads TYPE_INFO followed by the value, as tiberius encodes an RPC parameter.
+fn read_typed_value(r: &mut Reader<'_>) -> Option<SqlVal> {
+    let ty = r.u8()?;
+    let fixed = |r: &mut Reader<'_>, n: usize| r.take(n).map(|b| b.to_vec());
+    Some(match ty {
+        0x1F => SqlVal::Null,
+        0x30 => SqlVal::Int(r.u8()? as i64),
+        0x32 => SqlVal::Int(r.u8()? as i64),
+        0x34 => SqlVal::Int(i16::from_le_bytes(fixed(r, 2)?.try_into().ok()?) as i64),
+        0x38 => SqlVal::Int(i32::from_le_bytes(fixed(r, 4)?.try_into().ok()?) as i64),
+        0x7F => SqlVal::Int(i64::from_le_bytes(fixed(r, 8)?.try_into().ok()?)),
+        0x3B => SqlVal::Float(f32::from_le_bytes(fixed(r, 4)?.try_into().ok()?) as f64),
+        0x3E => SqlVal::Float(f64::from_le_bytes(fixed(r, 8)?.try_into().ok()?)),
+        0x3A => decode_smalldatetime(&fixed(r, 4)?)?,
+        0x3D => decode_datetime(&fixed(r, 8)?)?,
+        0x3C => decode_money(&fixed(r, 8)?)?,
+        0x7A => decode_money(&fixed(r, 4)?)?,
+        // INTN, BITN, FLTN, MONEYN, DATETIMN, GUID: 1-byte max length, 1-byte actual length
+        0x26 | 0x68 | 0x6D | 0x6E | 0x6F | 0x24 => {
+            let _max = r.u8()?;
+            let len = r.u8()? as usize;
+            let v = r.take(len)?;
+            if len == 0 {
+                SqlVal::Null
+            } else {
+                match ty {
+                    0x26 | 0x68 => SqlVal::Int(match len {
+                        1 => v[0] as i64,
+                        2 => i16::from_le_bytes(v.try_into().ok()?) as i64,
+                        4 => i32::from_le_bytes(v.try_into().ok()?) as i64,
+                        8 => i64::from_le_bytes(v.try_into().ok()?),
+                        _ => return None,
+                    }),
+                    0x6D => SqlVal::Float(match len {
+                        4 => f32::from_le_bytes(v.try_into().ok()?) as f64,
+                        8 => f64::from_le_bytes(v.try_into().ok()?),
+                        _ => return None,
+                    }),
+                    0x6E => decode_money(v)?,
+                    0x6F if len == 4 => decode_smalldatetime(v)?,
+                    0x6F => decode_datetime(v)?,
+                    _ => SqlVal::Other(format!("guid 0x{}", hex(v))),
+                }
+            }
+        }
+        // DECIMALN / NUMERICN
+        0x6A | 0x6C => {
+            let _max = r.u8()?;
+            let _precision = r.u8()?;
+            let scale = r.u8()?;
+            let len = r.u8()? as usize;
+            if len == 0 {
+                SqlVal::Null
+            } else {
+                let v = r.take(len)?;
+                let mut magnitude = [0u8; 16];
+                let digits = &v[1..];
+                magnitude[..digits.len().min(16)].copy_from_slice(&digits[..digits.len().min(16)]);
+                let m = u128::from_le_bytes(magnitude);
+                let sign = if v[0] == 0 { "-" } else { "" };
+                let div = 10u128.pow(scale as u32);
+                if scale == 0 {
+                    SqlVal::Other(format!("{sign}{m}"))
+                } else {
+                    SqlVal::Other(format!(
+                        "{sign}{}.{:0width$}",
+                        m / div,
+                        m % div,
+                        width = scale as usize
+                    ))
+                }
+            }
+        }
+        // DATEN
+        0x28 => {
+            let len = r.u8()? as usize;
+            if len == 0 {
+                SqlVal::Null
+            } else {
+                let date = decode_date(r.take(len)?)?;
+                SqlVal::Time(date.and_hms_opt(0, 0, 0)?)
+            }
+        }
+        // TIMEN, DATETIME2N, DATETIMEOFFSETN
+        0x29..=0x2B => {
+            let scale = r.u8()?;
+            let len = r.u8()? as usize;
+            if len == 0 {
+                SqlVal::Null
+            } else {
+                let v = r.take(len)?;
+                let time_len = time_len(scale)?;
+                let nanos = decode_time_nanos(v.get(..time_len)?, scale);
+                let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 0);
+                match ty {
+                    0x29 => SqlVal::Other(format!(
+                        "time {}",
+                        (midnight(NaiveDate::from_ymd_opt(2000, 1, 1)?)?
+                            + ChronoDuration::nanoseconds(nanos))
+                        .format("%H:%M:%S%.f")
+                    )),
+                    _ => {
+                        // DATETIMEOFFSET carries the UTC date and time, then the offset.
+                        let date = decode_date(v.get(time_len..time_len + 3)?)?;
+                        SqlVal::Time(midnight(date)? + ChronoDuration::nanoseconds(nanos))
+                    }
+                }
+            }
+        }
+        // NVARCHAR, NCHAR, BIGVARCHAR, BIGCHAR, BIGVARBINARY, BIGBINARY
+        0xE7 | 0xEF | 0xA7 | 0xAF | 0xA5 | 0xAD => {
+            let max = r.u16()?;
+            if matches!(ty, 0xE7 | 0xEF | 0xA7 | 0xAF) {
+                r.take(5)?; // collation
+            }
+            let data = if max == 0xFFFF {
+                r.plp()?
+            } else {
+                match r.u16()? {
+                    0xFFFF => None,
+                    len => Some(r.take(len as usize)?.to_vec()),
+                }
+            };
+            match data {
+                None => SqlVal::Null,
+                Some(d) => match ty {
+                    0xE7 | 0xEF => SqlVal::Str(decode_utf16(&d)),
+                    0xA7 | 0xAF => SqlVal::Str(String::from_utf8_lossy(&d).into_owned()),
+                    _ => SqlVal::Bytes(d),
+                },
+            }
+        }
+        // XML without a schema
+        0xF1 => {
+            if r.u8()? != 0 {
+                return None;
+            }
+            match r.plp()? {
+                None => SqlVal::Null,
+                Some(d) => SqlVal::Other(format!("xml {}", decode_utf16(&d))),
+            }
+        }
+        _ => return None,
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02X}")).collect()
+}
+
+fn decode_datetime(v: &[u8]) -> Option<SqlVal> {
+    let days = i32::from_le_bytes(v.get(0..4)?.try_into().ok()?);
+    let ticks = u32::from_le_bytes(v.get(4..8)?.try_into().ok()?);
+    Some(SqlVal::Time(from_sql_datetime(days, ticks)))
+}
+
+fn decode_smalldatetime(v: &[u8]) -> Option<SqlVal> {
+    let days = u16::from_le_bytes(v.get(0..2)?.try_into().ok()?);
+    let minutes = u16::from_le_bytes(v.get(2..4)?.try_into().ok()?);
+    let base = NaiveDate::from_ymd_opt(1900, 1, 1)?.and_hms_opt(0, 0, 0)?;
+    Some(SqlVal::Time(
+        base + ChronoDuration::days(days as i64) + ChronoDuration::minutes(minutes as i64),
+    ))
+}
+
+fn decode_money(v: &[u8]) -> Option<SqlVal> {
+    let units = match v.len() {
+        4 => i32::from_le_bytes(v.try_into().ok()?) as i64,
+        8 => {
+            let high = i32::from_le_bytes(v[0..4].try_into().ok()?) as i64;
+            let low = u32::from_le_bytes(v[4..8].try_into().ok()?) as i64;
+            (high << 32) | low
+        }
+        _ => return None,
+    };
+    Some(SqlVal::Float(units as f64 / 10_000.0))
+}
+
+fn decode_date(v: &[u8]) -> Option<NaiveDate> {
+    let days = u32::from_le_bytes([*v.first()?, *v.get(1)?, *v.get(2)?, 0]);
+    NaiveDate::from_ymd_opt(1, 1, 1)?.checked_add_signed(ChronoDuration::days(days as i64))
+}
+
+fn time_len(scale: u8) -> Option<usize> {
+    match scale {
+        0..=2 => Some(3),
+        3..=4 => Some(4),
+        5..=7 => Some(5),
+        _ => None,
+    }
+}
+
+fn decode_time_nanos(v: &[u8], scale: u8) -> i64 {
+    let mut bytes = [0u8; 8];
+    bytes[..v.len()].copy_from_slice(v);
+    let increments = u64::from_le_bytes(bytes);
+    (increments * 10u64.pow(9 - scale as u32)) as i64
+}
+
+fn handle_rpc(state: &Mutex<State>, spid: i16, rpc: Rpc) -> Vec<u8> {
+    let is_executesql = rpc.proc_name.eq_ignore_ascii_case("sp_executesql")
+        || rpc.proc_name.eq_ignore_ascii_case("sys.sp_executesql");
+    // sp_executesql: @stmt, @params (the declaration string), then the values.
+    let mut params = rpc.params.into_iter();
+    let (label, stmt, values): (String, Option<String>, Vec<(String, SqlVal)>) = if is_executesql {
+        let stmt = match params.next() {
+            Some((_, SqlVal::Str(s))) => Some(s),
+            _ => None,
+        };
+        let _declaration = params.next();
+        let values = params
+            .enumerate()
+            .map(|(i, (name, v))| {
+                let name = if name.is_empty() {
+                    format!("@P{}", i + 1)
+                } else {
+                    name
+                };
+                (name, v)
+            })
+            .collect();
+        ("sp_executesql".to_string(), stmt, values)
+    } else {
+        (format!("rpc {}", rpc.proc_name), None, params.collect())
+    };
+
+    let mut recorded = format!("{label}: {}", stmt.as_deref().unwrap_or(""));
+    for (name, v) in &values {
+        recorded.push_str(&format!(" | {name}={v}"));
+    }
+    lock(state).statements.push(recorded.clone());
+
+    let outcome = match stmt {
+        Some(stmt) => execute(state, spid, &stmt, &values, &recorded),
+        None if is_executesql => Outcome::Error(SqlError::new(
+            214,
+            2,
+            16,
+            "Procedure expects parameter '@statement' of type 'ntext/nchar/nvarchar'.".to_string(),
+        )),
+        None => Outcome::Error(SqlError::new(
+            2812,
+            62,
+            16,
+            format!("Could not find stored procedure '{}'.", rpc.proc_name),
+        )),
+    };
+    encode_outcome(outcome, true)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQL
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    /// Identifier or keyword, lower-cased, brackets/quotes removed.
+    Ident(String),
+    /// `@name`, lower-cased, without the `@`.
+    Var(String),
+    /// `@@name`, lower-cased, without the `@@`.
+    Global(String),
+    Str(String),
+    Num(i64),
+    Sym(String),
+}
+
+impl Tok {
+    fn is_kw(&self, kw: &str) -> bool {
+        matches!(self, Tok::Ident(s) if s == kw)
+    }
+    fn is_sym(&self, sym: &str) -> bool {
+        matches!(self, Tok::Sym(s) if s == sym)
+    }
+    fn text(&self) -> String {
+        match self {
+            Tok::Ident(s) | Tok::Sym(s) => s.clone(),
+            Tok::Var(s) => format!("@{s}"),
+            Tok::Global(s) => format!("@@{s}"),
+            Tok::Str(s) => s.clone(),
+            Tok::Num(n) => n.to_string(),
+        }
+    }
+}
+
+fn tokenize(s: &str) -> Result<Vec<Tok>, SqlError> {
+    let chars: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    let mut out = Vec::new();
+    let ident_char = |c: char| c.is_alphanumeric() || c == '_' || c == '$' || c == '#';
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '-' && chars.get(i + 1) == Some(&'-') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && chars.get(i + 1) == Some(&'*') {
+            i += 2;
+            while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
+                i += 1;
+            }
+            i += 2;
+        } else if c == '\'' || ((c == 'N' || c == 'n') && chars.get(i + 1) == Some(&'\'')) {
+            i += if c == '\'' { 1 } else { 2 };
+            let mut lit = String::new();
+            loop {
+                match chars.get(i) {
+                    None => {
+                        return Err(SqlError::new(
+                            105,
+                            1,
+                            15,
+                            format!("Unclosed quotation mark after the character string '{lit}'."),
+                        ));
+                    }
+                    Some('\'') if chars.get(i + 1) == Some(&'\'') => {
+                        lit.push('\'');
+                        i += 2;
+                    }
+                    Some('\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(ch) => {
+                        lit.push(*ch);
+                        i += 1;
+                    }
+                }
+            }
+            out.push(Tok::Str(lit));
+        } else if c == '[' || c == '"' {
+            let close = if c == '[' { ']' } else { '"' };
+            i += 1;
+            let mut name = String::new();
+            while i < chars.len() {
+                if chars[i] == close {
+                    if chars.get(i + 1) == Some(&close) {
+                        name.push(close);
+                        i += 2;
+                        continue;
+                    }
+                    break;
+                }
+                name.push(chars[i]);
+                i += 1;
+            }
+            i += 1;
+            out.push(Tok::Ident(name.to_lowercase()));
+        } else if c == '@' {
+            let global = chars.get(i + 1) == Some(&'@');
+            i += if global { 2 } else { 1 };
+            let start = i;
+            while i < chars.len() && ident_char(chars[i]) {
+                i += 1;
+            }
+            let name: String = chars[start..i].iter().collect::<String>().to_lowercase();
+            out.push(if global {
+                Tok::Global(name)
+            } else {
+                Tok::Var(name)
+            });
+        } else if c.is_ascii_digit() {
+            let start = i;
+            while i < chars.len() && chars[i].is_ascii_digit() {
+                i += 1;
+            }
+            let digits: String = chars[start..i].iter().collect();
+            match digits.parse() {
+                Ok(n) => out.push(Tok::Num(n)),
+                Err(_) => return Err(SqlError::syntax(&digits)),
+            }
+        } else if c.is_alphabetic() || c == '_' || c == '#' {
+            let start = i;
+            while i < chars.len() && ident_char(chars[i]) {
+                i += 1;
+            }
+            out.push(Tok::Ident(
+                chars[start..i].iter().collect::<String>().to_lowercase(),
+            ));
+        } else {
+            let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
+            if ["<>", "!=", "<=", ">=", "!<", "!>"].contains(&two.as_str()) {
+                out.push(Tok::Sym(two));
+                i += 2;
+            } else {
+                out.push(Tok::Sym(c.to_string()));
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs one statement text (batch or sp_executesql) for session `spid`.
+fn execute(
+    state: &Mutex<State>,
+    spid: i16,
+    text: &str,
+    params: &[(String, SqlVal)],
+    recorded: &str,
+) -> Outcome {
+    match execute_inner(state, spid, text, params, recorded) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            if e.number == 102 || e.number == 50000 {
+                eprintln!("tds stand-in: cannot run {text:?}: {}", e.message);
+            }
+            Outcome::Error(e)
+        }
+    }
+}
+
+fn execute_inner(
+    state: &Mutex<State>,
+    spid: i16,
+    text: &str,
+    params: &[(String, SqlVal)],
+    recorded: &str,
+) -> Result<Outcome, SqlError> {
+    let mut toks = tokenize(text)?;
+    while toks.last().is_some_and(|t| t.is_sym(";")) {
+        toks.pop();
+    }
+    let Some(first) = toks.first() else {
+        return Ok(Outcome::Done);
+    };
+
+    if first.is_kw("kill") {
+        return match toks.as_slice() {
+            [_, Tok::Num(n)] => Ok(kill(state, spid, *n)),
+            [_, next, ..] => Err(SqlError::syntax(&next.text())),
+            [_] => Err(SqlError::syntax("KILL")),
+            [] => unreachable!(),
+        };
+    }
+    if first.is_kw("select") && toks.len() == 2 {
+        match &toks[1] {
+            Tok::Num(1) => {
+                return Ok(Outcome::Rows {
+                    cols: vec![ColDef {
+                        name: "",
+                        ty: ColType::Int,
+                        nullable: false,
+                    }],
+                    rows: vec![vec![Cell::I32(1)]],
+                });
+            }
+            Tok::Global(g) if g == "spid" => {
+                return Ok(Outcome::Rows {
+                    cols: vec![ColDef {
+                        name: "",
+                        ty: ColType::SmallInt,
+                        nullable: false,
+                    }],
+                    rows: vec![vec![Cell::I16(spid)]],
+                });
+            }
+            _ => {}
+        }
+    }
+    let mentions_sessions = toks
+        .windows(3)
+        .any(|w| w[0].is_kw("sys") && w[1].is_sym(".") && w[2].is_kw("dm_exec_sessions"));
+    if mentions_sessions {
+        return session_query(state, spid, &toks, params, recorded);
+    }
+    Err(SqlError::syntax(&first.text()))
+}
+
+fn kill(state: &Mutex<State>, own: i16, n: i64) -> Outcome {
+    let mut st = lock(state);
+    if st.deny_kill {
+        return Outcome::Error(SqlError::new(
+            6102,
+            1,
+            14,
+            "User does not have permission to use the KILL statement.".to_string(),
+        ));
+    }
+    let Ok(id) = i16::try_from(n) else {
+        return Outcome::Error(invalid_spid(n));
+    };
+    if id < 1 {
+        return Outcome::Error(invalid_spid(n));
+    }
+    if id == own {
+        return Outcome::Error(SqlError::new(
+            6104,
+            1,
+            16,
+            "Cannot use KILL to kill your own process.".to_string(),
+        ));
+    }
+    let Some(session) = st.sessions.get(&id) else {
+        return Outcome::Error(SqlError::new(
+            6106,
+            1,
+            11,
+            format!("Process ID {id} is not an active process ID."),
+        ));
+    };
+    if !session.is_user_process {
+        return Outcome::Error(SqlError::new(
+            6107,
+            1,
+            14,
+            "Only user processes can be killed.".to_string(),
+        ));
+    }
+    if session.status.eq_ignore_ascii_case("rollback") {
+        return Outcome::Info(SqlError::new(
+            6120,
+            1,
+            0,
+            format!(
+                "SPID {id}: transaction rollback in progress. Estimated rollback completion: 0%. Estimated time remaining: 0 seconds."
+            ),
+        ));
+    }
+    st.sessions.remove(&id);
+    if let Some(live) = st.live.remove(&id) {
+        live.kill.notify_one();
+    }
+    Outcome::Done
+}
+
+fn invalid_spid(n: i64) -> SqlError {
+    SqlError::new(
+        6101,
+        1,
+        16,
+        format!("Process ID {n} is not a valid process ID. Choose a number between 1 and 32767."),
+    )
+}
+
+const SESSION_COLUMNS: [&str; 9] = [
+    "session_id",
+    "original_login_name",
+    "login_name",
+    "login_time",
+    "host_name",
+    "program_name",
+    "database_name",
+    "client_net_address",
+    "status",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Col {
+    SessionId,
+    OriginalLoginName,
+    LoginName,
+    LoginTime,
+    HostName,
+    ProgramName,
+    DatabaseName,
+    ClientNetAddress,
+    Status,
+    IsUserProcess,
+}
+
+impl Col {
+    fn from_name(name: &str) -> Option<Col> {
+        Some(match name {
+            "session_id" => Col::SessionId,
+            "original_login_name" => Col::OriginalLoginName,
+            "login_name" => Col::LoginName,
+            "login_time" => Col::LoginTime,
+            "host_name" => Col::HostName,
+            "program_name" => Col::ProgramName,
+            "database_name" => Col::DatabaseName,
+            "client_net_address" => Col::ClientNetAddress,
+            "status" => Col::Status,
+            "is_user_process" => Col::IsUserProcess,
+            _ => return None,
+        })
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            Col::SessionId | Col::IsUserProcess => Kind::Int,
+            Col::LoginTime => Kind::Time,
+            _ => Kind::Str,
+        }
+    }
+
+    fn value(self, s: &FakeSession) -> SqlVal {
+        let opt = |v: &Option<String>| v.clone().map_or(SqlVal::Null, SqlVal::Str);
+        match self {
+            Col::SessionId => SqlVal::Int(s.session_id as i64),
+            Col::OriginalLoginName => SqlVal::Str(s.original_login_name.clone()),
+            Col::LoginName => SqlVal::Str(s.login_name.clone()),
+            Col::LoginTime => SqlVal::Time(sql_datetime_precision(s.login_time).naive_utc()),
+            Col::HostName => opt(&s.host_name),
+            Col::ProgramName => opt(&s.program_name),
+            Col::DatabaseName => opt(&s.database_name),
+            Col::ClientNetAddress => opt(&s.client_net_address),
+            Col::Status => SqlVal::Str(s.status.clone()),
+            Col::IsUserProcess => SqlVal::Int(s.is_user_process as i64),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Int,
+    Str,
+    Time,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Op {
+    fn parse(t: &Tok) -> Option<Op> {
+        let Tok::Sym(s) = t else { return None };
+        Some(match s.as_str() {
+            "=" => Op::Eq,
+            "<>" | "!=" => Op::Ne,
+            "<" => Op::Lt,
+            "<=" | "!>" => Op::Le,
+            ">" => Op::Gt,
+            ">=" | "!<" => Op::Ge,
+            _ => return None,
+        })
+    }
+    fn flip(self) -> Op {
+        match self {
+            Op::Lt => Op::Gt,
+            Op::Le => Op::Ge,
+            Op::Gt => Op::Lt,
+            Op::Ge => Op::Le,
+            other => other,
+        }
+    }
+    fn holds(self, ord: std::cmp::Ordering) -> bool {
+        use std::cmp::Ordering::*;
+        match self {
+            Op::Eq => ord == Equal,
+            Op::Ne => ord != Equal,
+            Op::Lt => ord == Less,
+            Op::Le => ord != Greater,
+            Op::Gt => ord == Greater,
+            Op::Ge => ord != Less,
+        }
+    }
+}
+
+enum Pred {
+    Cmp(Col, Op, SqlVal),
+    IsNull(Col, bool),
+}
+
+/// Token cursor for the session query.
+struct Parser<'a> {
+    toks: &'a [Tok],
+    pos: usize,
+    params: &'a [(String, SqlVal)],
+    /// DECLAREd variables (lower-case name without `@`) and their converted values.
+    vars: HashMap<String, SqlVal>,
+    spid: i16,
+}
+
+impl<'a> Parser<'a> {
+    fn peek(&self) -> Option<&'a Tok> {
+        self.toks.get(self.pos)
+    }
+    fn next(&mut self) -> Option<&'a Tok> {
+        let t = self.toks.get(self.pos);
+        self.pos += 1;
+        t
+    }
+    fn eat_kw(&mut self, kw: &str) -> bool {
+        if self.peek().is_some_and(|t| t.is_kw(kw)) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn eat_sym(&mut self, sym: &str) -> bool {
+        if self.peek().is_some_and(|t| t.is_sym(sym)) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn unexpected(&self) -> SqlError {
+        match self.peek() {
+            Some(t) => SqlError::syntax(&t.text()),
+            None => SqlError::new(
+                102,
+                1,
+                15,
+                "Incorrect syntax near the end of the statement.".to_string(),
+            ),
+        }
+    }
+    fn expect_kw(&mut self, kw: &str) -> Result<(), SqlError> {
+        if self.eat_kw(kw) {
+            Ok(())
+        } else {
+            Err(self.unexpected())
+        }
+    }
+
+    /// A value operand: parameter, variable, @@SPID, literal or NULL.
+    fn value(&mut self) -> Result<Option<SqlVal>, SqlError> {
+        let Some(t) = self.peek() else {
+            return Ok(None);
+        };
+        let v = match t {
+            Tok::Var(name) => match self.vars.get(name) {
+                Some(v) => v.clone(),
+                None => match self
+                    .params
+                    .iter()
+                    .find(|(p, _)| p.trim_start_matches('@').eq_ignore_ascii_case(name))
+                {
+                    Some((_, v)) => v.clone(),
+                    None => {
+                        return Err(SqlError::new(
+                            137,
+                            2,
+                            15,
+                            format!("Must declare the scalar variable \"@{name}\"."),
+                        ));
+                    }
+                },
+            },
+            Tok::Global(g) if g == "spid" => SqlVal::Int(self.spid as i64),
+            Tok::Global(g) => {
+                return Err(SqlError::standin(format!("@@{g} is not supported")));
+            }
+            Tok::Str(s) => SqlVal::Str(s.clone()),
+            Tok::Num(n) => SqlVal::Int(*n),
+            Tok::Ident(k) if k == "null" => SqlVal::Null,
+            Tok::Sym(s) if s == "-" => {
+                if let Some(Tok::Num(n)) = self.toks.get(self.pos + 1) {
+                    self.pos += 1;
+                    SqlVal::Int(-n)
+                } else {
+                    return Ok(None);
+                }
+            }
+            _ => return Ok(None),
+        };
+        self.pos += 1;
+        Ok(Some(v))
+    }
+
+    /// `[x.]...column`; returns the column name.
+    fn column_ref(&mut self) -> Option<String> {
+        let start = self.pos;
+        let Some(Tok::Ident(mut name)) = self.next().cloned() else {
+            self.pos = start;
+            return None;
+        };
+        while self.peek().is_some_and(|t| t.is_sym(".")) {
+            match self.toks.get(self.pos + 1) {
+                Some(Tok::Ident(n)) => {
+                    name = n.clone();
+                    self.pos += 2;
+                }
+                _ => break,
+            }
+        }
+        Some(name)
+    }
+
+    /// `DECLARE @a type[(n)] [= value] [, ...]`
+    fn declare(&mut self) -> Result<(), SqlError> {
+        loop {
+            let Some(Tok::Var(name)) = self.next().cloned() else {
+                self.pos -= 1;
+                return Err(self.unexpected());
+            };
+            self.eat_kw("as");
+            let Some(Tok::Ident(ty)) = self.next().cloned() else {
+                self.pos -= 1;
+                return Err(self.unexpected());
+            };
+            if self.eat_sym("(") {
+                while !self.eat_sym(")") {
+                    if self.next().is_none() {
+                        return Err(self.unexpected());
+                    }
+                }
+            }
+            let value = if self.eat_sym("=") {
+                match self.value()? {
+                    Some(v) => convert_declared(v, &ty)?,
+                    None => {
+                        return Err(SqlError::standin(format!(
+                            "DECLARE @{name} must be initialised from a parameter or a literal"
+                        )));
+                    }
+                }
+            } else {
+                SqlVal::Null
+            };
+            self.vars.insert(name, value);
+            if !self.eat_sym(",") {
+                return Ok(());
+            }
+        }
+    }
+
+    fn predicate(&mut self) -> Result<Vec<Pred>, SqlError> {
+        if self.eat_sym("(") {
+            let preds = self.conjunction()?;
+            if !self.eat_sym(")") {
+                return Err(self.unexpected());
+            }
+            return Ok(preds);
+        }
+        if self.peek().is_some_and(|t| t.is_kw("not")) {
+            return Err(SqlError::standin("NOT is not supported".to_string()));
+        }
+        // value op column
+        if let Some(v) = self.value()? {
+            let op = self
+                .peek()
+                .and_then(Op::parse)
+                .ok_or_else(|| self.unexpected())?;
+            self.pos += 1;
+            let name = self.column_ref().ok_or_else(|| {
+                SqlError::standin("a predicate must compare a column with a value".to_string())
+            })?;
+            let col = self.known_column(&name)?;
+            return Ok(vec![Pred::Cmp(col, op.flip(), bind(col, v)?)]);
+        }
+        let name = self.column_ref().ok_or_else(|| self.unexpected())?;
+        if self.peek().is_some_and(|t| t.is_sym("(")) {
+            return Err(SqlError::standin(format!(
+                "functions ({name}(...)) are not supported"
+            )));
+        }
+        let col = self.known_column(&name)?;
+        if self.eat_kw("is") {
+            let negated = self.eat_kw("not");
+            self.expect_kw("null")?;
+            return Ok(vec![Pred::IsNull(col, !negated)]);
+        }
+        let Some(op) = self.peek().and_then(Op::parse) else {
+            return Err(match self.peek() {
+                Some(Tok::Ident(k)) if ["in", "like", "between"].contains(&k.as_str()) => {
+                    SqlError::standin(format!("{} is not supported", k.to_uppercase()))
+                }
+                _ => self.unexpected(),
+            });
+        };
+        self.pos += 1;
+        let v = match self.value()? {
+            Some(v) => v,
+            None => {
+                return Err(match self.peek() {
+                    Some(Tok::Ident(_)) => SqlError::standin(
+                        "a predicate must compare a column with a value (no column-to-column comparisons, CAST or functions)"
+                            .to_string(),
+                    ),
+                    _ => self.unexpected(),
+                });
+            }
+        };
+        Ok(vec![Pred::Cmp(col, op, bind(col, v)?)])
+    }
+
+    fn conjunction(&mut self) -> Result<Vec<Pred>, SqlError> {
+        let mut preds = self.predicate()?;
+        loop {
+            if self.eat_kw("and") {
+                preds.extend(self.predicate()?);
+            } else if self.peek().is_some_and(|t| t.is_kw("or")) {
+                return Err(SqlError::standin("OR is not supported".to_string()));
+            } else {
+                return Ok(preds);
+            }
+        }
+    }
+
+    fn known_column(&self, name: &str) -> Result<Col, SqlError> {
+        Col::from_name(name).ok_or_else(|| {
+            SqlError::standin(format!(
+                "column {name} is not simulated (known: {}, is_user_process)",
+                SESSION_COLUMNS.join(", ")
+            ))
+        })
+    }
+}
+
+/// Converts a value to the column's type, as SQL Server would for the comparison.
+fn bind(col: Col, v: SqlVal) -> Result<SqlVal, SqlError> {
+    match (col.kind(), v) {
+        (_, SqlVal::Null) => Ok(SqlVal::Null),
+        (Kind::Int, SqlVal::Int(i)) => Ok(SqlVal::Int(i)),
+        (Kind::Int, SqlVal::Str(s)) => s.trim().parse().map(SqlVal::Int).map_err(|_| {
+            SqlError::new(
+                245,
+                1,
+                16,
+                format!(
+                    "Conversion failed when converting the nvarchar value '{s}' to data type int."
+                ),
+            )
+        }),
+        (Kind::Str, SqlVal::Str(s)) => Ok(SqlVal::Str(s)),
+        (Kind::Time, SqlVal::Time(t)) => Ok(SqlVal::Time(t)),
+        (Kind::Time, SqlVal::Str(s)) => parse_datetime_str(&s, 3, false, true),
+        (kind, v) => Err(SqlError::standin(format!(
+            "cannot compare a {kind:?} column ({col:?}) with {v}"
+        ))),
+    }
+}
+
+/// A DECLAREd variable's value, converted to its declared type.
+fn convert_declared(v: SqlVal, ty: &str) -> Result<SqlVal, SqlError> {
+    match (ty, v) {
+        (_, SqlVal::Null) => Ok(SqlVal::Null),
+        ("datetime" | "smalldatetime", SqlVal::Str(s)) => parse_datetime_str(&s, 3, false, true),
+        ("datetime2", SqlVal::Str(s)) => parse_datetime_str(&s, 7, false, false),
+        ("datetimeoffset", SqlVal::Str(s)) => parse_datetime_str(&s, 7, true, false),
+        (
+            "datetime" | "smalldatetime" | "datetime2" | "datetimeoffset" | "date",
+            SqlVal::Time(t),
+        ) => Ok(SqlVal::Time(t)),
+        ("int" | "smallint" | "bigint" | "tinyint" | "bit", SqlVal::Int(i)) => Ok(SqlVal::Int(i)),
+        ("int" | "smallint" | "bigint" | "tinyint", SqlVal::Str(s)) => {
+            bind(Col::SessionId, SqlVal::Str(s))
+        }
+        ("nvarchar" | "varchar" | "sysname" | "nchar" | "char", SqlVal::Str(s)) => {
+            Ok(SqlVal::Str(s))
+        }
+        (ty, v) => Err(SqlError::standin(format!("cannot DECLARE a {ty} from {v}"))),
+    }
+}
+
+/// String → date/time as SQL Server converts it: `YYYY-MM-DD`, `YYYYMMDD`, optionally `T` or
+/// a space and `HH:MM[:SS[.f]]` with at most `max_fraction` digits; a zone (`Z`, `±HH:MM`)
+/// only if `zone` (the result is then UTC).
+fn parse_datetime_str(
+    s: &str,
+    max_fraction: usize,
+    zone: bool,
+    legacy_range: bool,
+) -> Result<SqlVal, SqlError> {
+    let fail = || {
+        SqlError::new(
+            241,
+            1,
+            16,
+            "Conversion failed when converting date and/or time from character string.".to_string(),
+        )
+    };
+    let s = s.trim();
+    let (body, offset_minutes) = split_zone(s);
+    if offset_minutes.is_some() && !zone {
+        return Err(fail());
+    }
+    if let Some(dot) = body.rfind('.') {
+        let fraction = &body[dot + 1..];
+        if fraction.len() > max_fraction || !fraction.chars().all(|c| c.is_ascii_digit()) {
+            return Err(fail());
+        }
+    }
+    let formats = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+        "%Y%m%d %H:%M:%S%.f",
+    ];
+    let parsed = formats
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(body, f).ok())
+        .or_else(|| {
+            ["%Y-%m-%d", "%Y%m%d"]
+                .iter()
+                .find_map(|f| NaiveDate::parse_from_str(body, f).ok())
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+        })
+        .ok_or_else(fail)?;
+    if legacy_range && parsed.date() < NaiveDate::from_ymd_opt(1753, 1, 1).unwrap() {
+        return Err(SqlError::new(
+            242,
+            3,
+            16,
+            "The conversion of a nvarchar data type to a datetime data type resulted in an out-of-range value."
+                .to_string(),
+        ));
+    }
+    let utc = parsed - ChronoDuration::minutes(offset_minutes.unwrap_or(0));
+    Ok(SqlVal::Time(utc))
+}
+
+/// Splits a trailing `Z` / `±HH:MM` zone off a date-time string.
+fn split_zone(s: &str) -> (&str, Option<i64>) {
+    if let Some(body) = s.strip_suffix('Z').or_else(|| s.strip_suffix('z')) {
+        return (body, Some(0));
+    }
+    if s.len() > 6 && s.contains(':') {
+        let (body, tail) = s.split_at(s.len() - 6);
+        let b = tail.as_bytes();
+        if (b[0] == b'+' || b[0] == b'-')
+            && b[3] == b':'
+            && body.contains(':')
+            && let (Ok(h), Ok(m)) = (tail[1..3].parse::<i64>(), tail[4..6].parse::<i64>())
+        {
+            let sign = if b[0] == b'-' { -1 } else { 1 };
+            return (body.trim_end(), Some(sign * (h * 60 + m)));
+        }
+    }
+    (s, None)
+}
+
+fn compare(a: &SqlVal, b: &SqlVal) -> Option<std::cmp::Ordering> {
+    match (a, b) {
+        (SqlVal::Int(x), SqlVal::Int(y)) => Some(x.cmp(y)),
+        (SqlVal::Time(x), SqlVal::Time(y)) => Some(x.cmp(y)),
+        (SqlVal::Str(x), SqlVal::Str(y)) => {
+            // Case-insensitive, trailing spaces ignored (SQL_Latin1_General_CP1_CI_AS).
+            let x = x.trim_end_matches(' ').to_lowercase();
+            let y = y.trim_end_matches(' ').to_lowercase();
+            Some(x.cmp(&y))
+        }
+        _ => None,
+    }
+}
+
+fn row_matches(preds: &[Pred], s: &FakeSession) -> bool {
+    preds.iter().all(|p| match p {
+        Pred::Cmp(col, op, v) => compare(&col.value(s), v).is_some_and(|o| op.holds(o)),
+        Pred::IsNull(col, want_null) => (col.value(s) == SqlVal::Null) == *want_null,
+    })
+}
+
+fn session_query(
+    state: &Mutex<State>,
+    spid: i16,
+    toks: &[Tok],
+    params: &[(String, SqlVal)],
+    recorded: &str,
+) -> Result<Outcome, SqlError> {
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        params,
+        vars: HashMap::new(),
+        spid,
+    };
+    // DECLAREs, then the SELECT.
+    loop {
+        while p.eat_sym(";") {}
+        if p.eat_kw("declare") {
+            p.declare()?;
+        } else {
+            break;
+        }
+    }
+    p.expect_kw("select")?;
+    let mut selected = Vec::new();
+    loop {
+        if p.peek().is_some_and(|t| t.is_sym("*")) {
+            return Err(SqlError::standin(format!(
+                "SELECT * is not supported; select exactly {}",
+                SESSION_COLUMNS.join(", ")
+            )));
+        }
+        let name = p.column_ref().ok_or_else(|| p.unexpected())?;
+        selected.push(name);
+        if p.peek().is_some_and(|t| t.is_kw("as")) {
+            return Err(SqlError::standin(
+                "column aliases (AS) are not supported".to_string(),
+            ));
+        }
+        if !p.eat_sym(",") {
+            break;
+        }
+    }
+    if selected != SESSION_COLUMNS {
+        return Err(SqlError::standin(format!(
+            "the session query must select exactly {} (in this order), got {}",
+            SESSION_COLUMNS.join(", "),
+            selected.join(", ")
+        )));
+    }
+    p.expect_kw("from")?;
+    let table = p.column_ref().ok_or_else(|| p.unexpected())?;
+    if table != "dm_exec_sessions" {
+        return Err(SqlError::standin(format!(
+            "only sys.dm_exec_sessions is simulated, not {table}"
+        )));
+    }
+    p.eat_kw("as");
+    if let Some(Tok::Ident(alias)) = p.peek()
+        && !["where", "order", "with", "option"].contains(&alias.as_str())
+    {
+        if ["join", "inner", "left", "right", "cross", "outer", "full"].contains(&alias.as_str()) {
+            return Err(SqlError::standin("joins are not supported".to_string()));
+        }
+        p.pos += 1;
+    }
+    if p.eat_kw("with") {
+        if !p.eat_sym("(") {
+            return Err(p.unexpected());
+        }
+        while !p.eat_sym(")") {
+            if p.next().is_none() {
+                return Err(p.unexpected());
+            }
+        }
+    }
+    let preds = if p.eat_kw("where") {
+        p.conjunction()?
+    } else {
+        Vec::new()
+    };
+    let mut order = Vec::new();
+    if p.eat_kw("order") {
+        p.expect_kw("by")?;
+        loop {
+            let name = p.column_ref().ok_or_else(|| p.unexpected())?;
+            let col = p.known_column(&name)?;
+            let desc = if p.eat_kw("desc") {
+                true
+            } else {
+                p.eat_kw("asc");
+                false
+            };
+            order.push((col, desc));
+            if !p.eat_sym(",") {
+                break;
+            }
+        }
+    }
+    while p.eat_sym(";") {}
+    if p.peek().is_some() {
+        return Err(SqlError::standin(format!(
+            "unexpected {} after the session query (one SELECT per request)",
+            p.peek().unwrap().text()
+        )));
+    }
+
+    let (table, hook) = {
+        let st = lock(state);
+        (
+            st.sessions.values().cloned().collect::<Vec<_>>(),
+            st.hook.clone(),
+        )
+    };
+    let table = match hook {
+        Some(hook) => hook(recorded, &table).unwrap_or(table),
+        None => table,
+    };
+    let mut rows: Vec<FakeSession> = table
+        .into_iter()
+        .filter(|s| row_matches(&preds, s))
+        .collect();
+    rows.sort_by(|a, b| {
+        for (col, desc) in &order {
+            let o = compare(&col.value(a), &col.value(b)).unwrap_or(std::cmp::Ordering::Equal);
+            let o = if *desc { o.reverse() } else { o };
+            if o != std::cmp::Ordering::Equal {
+                return o;
+            }
+        }
+        a.session_id.cmp(&b.session_id)
+    });
+
+    let nvarchar = |name, chars, nullable| ColDef {
+        name,
+        ty: ColType::NVarChar(chars),
+        nullable,
+    };
+    let cols = vec![
+        ColDef {
+            name: "session_id",
+            ty: ColType::SmallInt,
+            nullable: false,
+        },
+        nvarchar("original_login_name", 128, false),
+        nvarchar("login_name", 128, false),
+        ColDef {
+            name: "login_time",
+            ty: ColType::DateTime,
+            nullable: false,
+        },
+        nvarchar("host_name", 128, true),
+        nvarchar("program_name", 128, true),
+        nvarchar("database_name", 128, true),
+        nvarchar("client_net_address", 48, true),
+        nvarchar("status", 30, false),
+    ];
+    let opt = |v: &Option<String>| v.clone().map_or(Cell::Null, Cell::Str);
+    let rows = rows
+        .iter()
+        .map(|s| {
+            vec![
+                Cell::I16(s.session_id),
+                Cell::Str(s.original_login_name.clone()),
+                Cell::Str(s.login_name.clone()),
+                Cell::DateTime(s.login_time.naive_utc()),
+                opt(&s.host_name),
+                opt(&s.program_name),
+                opt(&s.database_name),
+                opt(&s.client_net_address),
+                Cell::Str(s.status.clone()),
+            ]
+        })
+        .collect();
+    Ok(Outcome::Rows { cols, rows })
+}
