@@ -1,11 +1,13 @@
 //! The behavioural scenarios of `tests/support/scenarios.rs`, run for every engine against
-//! its real throwaway server: PostgreSQL and MariaDB (the MySQL engine).
+//! its real throwaway server (PostgreSQL, MariaDB for the MySQL engine) or, for SQL Server,
+//! which cannot be installed here, against the TDS stand-in in `tests/support/tds.rs`.
 
 mod support;
 
 use support::mariadb::TestMariaDb;
 use support::pg::TestPostgres;
 use support::scenarios;
+use support::tds::TdsStandIn;
 
 macro_rules! for_each_engine {
     ($($scenario:ident),* $(,)?) => {
@@ -24,6 +26,15 @@ macro_rules! for_each_engine {
                 #[tokio::test]
                 async fn $scenario() {
                     scenarios::$scenario(&TestMariaDb::start()).await;
+                }
+            )*
+        }
+        mod sqlserver_standin {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    scenarios::$scenario(&TdsStandIn::start().await).await;
                 }
             )*
         }

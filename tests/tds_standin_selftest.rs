@@ -1,13 +1,14 @@
 //! Self-test of the SQL Server (TDS 7.3) stand-in, driven by tiberius itself: logins, the
-//! sys.dm_exec_sessions query contract (parameters, DECLAREd variables, literals, @@SPID),
-//! KILL and its errors, the on_query hook and the recorded statements.
+//! session query contract (sys.dm_exec_sessions LEFT JOIN sys.dm_exec_connections, with
+//! parameters, DECLAREd variables, literals, @@SPID), the clock query and a server clock in a
+//! non-UTC zone, KILL and its errors, the on_query hook and the recorded statements.
 
 mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use chrono::{DateTime, Duration, NaiveDate, Timelike, Utc};
+use chrono::{DateTime, Duration, FixedOffset, NaiveDate, NaiveDateTime, Timelike, Utc};
 use support::tds::{FakeSession, TdsStandIn, sql_datetime_precision};
 use tiberius::time::{Date, DateTime2, Time};
 use tiberius::{AuthMethod, Client, ColumnData, Config, EncryptionLevel};
@@ -19,16 +20,37 @@ type Conn = Client<Compat<TcpStream>>;
 const ADMIN: &str = "sever_admin";
 const ADMIN_PW: &str = "s3cr3t-Pässword!";
 
-const COLUMNS: &str = "session_id, original_login_name, login_name, login_time, host_name, \
-                       program_name, database_name, client_net_address, status";
+/// The select list of the session query, as a real server accepts it.
+const SELECT: &str = "s.session_id, s.original_login_name, s.login_name, s.login_time, \
+                      s.host_name, s.program_name, DB_NAME(s.database_id) AS database_name, \
+                      c.client_net_address, s.status";
 
-/// The query the engine is expected to send.
+const FROM: &str = "FROM sys.dm_exec_sessions AS s \
+                    LEFT JOIN sys.dm_exec_connections AS c \
+                    ON c.session_id = s.session_id AND c.parent_connection_id IS NULL";
+
+/// The query the engine sends, verbatim (newlines and all).
+const ENGINE_QUERY: &str = "SELECT s.session_id, s.original_login_name, s.login_name, s.login_time, s.host_name, s.program_name,
+       DB_NAME(s.database_id) AS database_name, c.client_net_address, s.status
+FROM sys.dm_exec_sessions AS s
+LEFT JOIN sys.dm_exec_connections AS c ON c.session_id = s.session_id AND c.parent_connection_id IS NULL
+WHERE s.is_user_process = 1 AND s.original_login_name = @P1 AND s.login_time < @P2 AND s.session_id <> @@SPID";
+
+const CLOCK: &str = "SELECT DATEDIFF(minute, GETUTCDATE(), GETDATE()) AS offset_minutes";
+
+/// `SELECT <select list> FROM <join> WHERE <predicates>`.
+fn select_where(predicates: &str) -> String {
+    format!("SELECT {SELECT} {FROM} WHERE {predicates}")
+}
+
+/// The engine's listing: user sessions plus `predicates` (each starting with ` AND`).
+fn listing(predicates: &str) -> String {
+    select_where(&format!("s.is_user_process = 1{predicates}"))
+}
+
+/// The engine's query on one line.
 fn session_query() -> String {
-    format!(
-        "SELECT {COLUMNS} FROM sys.dm_exec_sessions \
-         WHERE is_user_process = 1 AND original_login_name = @P1 AND login_time < @P2 \
-         AND session_id <> @@SPID"
-    )
+    listing(" AND s.original_login_name = @P1 AND s.login_time < @P2 AND s.session_id <> @@SPID")
 }
 
 async fn connect(port: u16, login: &str, password: &str) -> tiberius::Result<Conn> {
@@ -267,7 +289,7 @@ async fn session_query_applies_the_where_clause() {
     });
 
     let mut client = connect(sql.port(), ADMIN, ADMIN_PW).await.unwrap();
-    let got = query_sessions(&mut client, &session_query(), &[&"app", &datetime2(cutoff)])
+    let got = query_sessions(&mut client, ENGINE_QUERY, &[&"app", &datetime2(cutoff)])
         .await
         .unwrap();
     let ids: Vec<i16> = got.iter().map(|s| s.session_id).collect();
@@ -277,6 +299,7 @@ async fn session_query_applies_the_where_clause() {
     assert_eq!(got[0], expected);
     assert_ne!(got[0].login_time, old);
     assert!((got[0].login_time - old).num_milliseconds().abs() <= 2);
+    // NULLs: DB_NAME of no database, and no connection for the LEFT JOIN to find.
     expected = FakeSession {
         host_name: None,
         program_name: None,
@@ -289,7 +312,7 @@ async fn session_query_applies_the_where_clause() {
 
     // Column metadata: names and SQL types.
     let mut stream = client
-        .query(session_query(), &[&"app", &datetime2(cutoff)])
+        .query(ENGINE_QUERY, &[&"app", &datetime2(cutoff)])
         .await
         .unwrap();
     let columns: Vec<String> = stream
@@ -318,8 +341,8 @@ async fn session_query_applies_the_where_clause() {
 
     // Without is_user_process = 1 the system session comes back too.
     let sql_text = format!(
-        "SELECT {COLUMNS} FROM sys.dm_exec_sessions s \
-         WHERE s.original_login_name = @P1 AND s.login_time < @P2 ORDER BY s.session_id DESC"
+        "{} ORDER BY s.session_id DESC",
+        select_where("s.original_login_name = @P1 AND s.login_time < @P2")
     );
     let got = query_sessions(&mut client, &sql_text, &[&"app", &datetime2(cutoff)])
         .await
@@ -327,7 +350,20 @@ async fn session_query_applies_the_where_clause() {
     let ids: Vec<i16> = got.iter().map(|s| s.session_id).collect();
     assert_eq!(ids, [65, 63, 60]);
 
-    // The recorded statement carries the parameters (datetime2(7): 100 ns).
+    // The one-line form, with ORDER BY, as the engine appends it.
+    let got = query_sessions(
+        &mut client,
+        &format!("{} ORDER BY s.session_id;", session_query()),
+        &[&"app", &datetime2(cutoff)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        got.iter().map(|s| s.session_id).collect::<Vec<_>>(),
+        [60, 65]
+    );
+
+    // The recorded statement carries the parameters (datetime2(7): 100 ns, no zone).
     let recorded = sql.statements();
     let sent = cutoff
         .naive_utc()
@@ -336,12 +372,11 @@ async fn session_query_applies_the_where_clause() {
     assert_eq!(
         recorded[0],
         format!(
-            "sp_executesql: {} | @P1='app' | @P2={}",
-            session_query(),
-            sent.format("%Y-%m-%dT%H:%M:%S%.fZ")
+            "sp_executesql: {ENGINE_QUERY} | @P1='app' | @P2={}",
+            sent.format("%Y-%m-%dT%H:%M:%S%.f")
         )
     );
-    assert_eq!(recorded.len(), 3);
+    assert_eq!(recorded.len(), 4);
 }
 
 #[tokio::test]
@@ -349,20 +384,42 @@ async fn session_query_variants() {
     let sql = standin().await;
     let t0 = Utc::now() - Duration::days(1);
     sql.add_session(session(70, "app", t0));
-    sql.add_session(session(71, "app", t0 + Duration::hours(2)));
+    sql.add_session(FakeSession {
+        database_name: Some("other_db".to_string()),
+        client_net_address: None,
+        ..session(71, "app", t0 + Duration::hours(2))
+    });
     let mut client = connect(sql.port(), ADMIN, ADMIN_PW).await.unwrap();
     let cutoff = t0 + Duration::hours(1);
+    let ids = |rows: &[FakeSession]| rows.iter().map(|s| s.session_id).collect::<Vec<_>>();
 
-    // DECLAREd variables initialised from the parameters.
-    let declared = format!(
-        "DECLARE @login nvarchar(128) = @P1, @cutoff datetime2 = @P2;\n\
-         SELECT {COLUMNS} FROM sys.dm_exec_sessions \
-         WHERE original_login_name = @login AND login_time < @cutoff AND session_id <> @@SPID"
-    );
-    let got = query_sessions(&mut client, &declared, &[&"app", &datetime2(cutoff)])
+    // DECLAREd variables initialised from the parameters; keywords in any case, newlines,
+    // no AS before the aliases, OUTER, table hints.
+    let declared = "declare @login nvarchar(128) = @P1, @cutoff datetime2 = @P2;\n\
+         select s.session_id, s.original_login_name, s.login_name, s.login_time, s.host_name,\n\
+         s.program_name, db_name(s.database_id) database_name, c.client_net_address, s.status\n\
+         from sys.dm_exec_sessions s with (nolock)\n\
+         left outer join sys.dm_exec_connections c\n\
+         on (c.parent_connection_id is null) and s.session_id = c.session_id\n\
+         where s.original_login_name = @login and s.login_time < @cutoff \
+         and s.session_id <> @@spid order by s.session_id";
+    let got = query_sessions(&mut client, declared, &[&"app", &datetime2(cutoff)])
         .await
         .unwrap();
-    assert_eq!(got.iter().map(|s| s.session_id).collect::<Vec<_>>(), [70]);
+    assert_eq!(ids(&got), [70]);
+
+    // Unaliased views, unqualified names where they are unambiguous, a parenthesised ON.
+    let unaliased = "SELECT sys.dm_exec_sessions.session_id, original_login_name, login_name, \
+                     login_time, host_name, program_name, DB_NAME(database_id) AS [database_name], \
+                     client_net_address, dm_exec_sessions.status AS status \
+                     FROM sys.dm_exec_sessions LEFT JOIN sys.dm_exec_connections \
+                     ON (dm_exec_connections.session_id = dm_exec_sessions.session_id \
+                     AND (parent_connection_id IS NULL)) \
+                     WHERE is_user_process = 1 AND login_time < @P1";
+    let got = query_sessions(&mut client, unaliased, &[&datetime2(cutoff)])
+        .await
+        .unwrap();
+    assert_eq!(ids(&got), [70]);
 
     // The cutoff as a string: datetime accepts up to 3 fractional digits ...
     let as_text = cutoff
@@ -372,7 +429,7 @@ async fn session_query_variants() {
     let got = query_sessions(&mut client, &session_query(), &[&"app", &as_text.as_str()])
         .await
         .unwrap();
-    assert_eq!(got.iter().map(|s| s.session_id).collect::<Vec<_>>(), [70]);
+    assert_eq!(ids(&got), [70]);
     // ... but not 7, nor a zone (error 241), unless DECLAREd datetime2 / datetimeoffset.
     let seven = format!(
         "{}.{:07}",
@@ -388,7 +445,7 @@ async fn session_query_variants() {
         .await
         .unwrap_err();
     assert_eq!(server_code(&err), 241);
-    let got = query_sessions(&mut client, &declared, &[&"app", &seven.as_str()])
+    let got = query_sessions(&mut client, declared, &[&"app", &seven.as_str()])
         .await
         .unwrap();
     assert_eq!(got.len(), 1);
@@ -398,10 +455,12 @@ async fn session_query_variants() {
         .unwrap();
     assert_eq!(got.len(), 1);
 
-    // Literals in a SQL batch, reversed operands, IS NULL, a session-id re-check.
-    let batch = format!(
-        "SELECT {COLUMNS} FROM sys.dm_exec_sessions WITH (NOLOCK) \
-         WHERE N'app' = original_login_name AND (session_id = 71) AND host_name IS NOT NULL;"
+    // Literals in a SQL batch, reversed operands, parentheses, IS [NOT] NULL on both views,
+    // DB_NAME in the WHERE clause.
+    let batch = select_where(
+        "N'app' = s.original_login_name AND (s.session_id = 71) AND s.host_name IS NOT NULL \
+         AND c.client_net_address IS NULL AND c.session_id IS NULL \
+         AND DB_NAME(s.database_id) = N'OTHER_DB';",
     );
     let rows = client
         .simple_query(batch.as_str())
@@ -412,37 +471,151 @@ async fn session_query_variants() {
         .unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].get::<i16, _>(0), Some(71));
+    assert_eq!(rows[0].get::<&str, _>(6), Some("other_db"));
+    assert_eq!(rows[0].get::<&str, _>(7), None);
     let got = query_sessions(
         &mut client,
-        &format!("SELECT {COLUMNS} FROM sys.dm_exec_sessions WHERE session_id = @P1"),
+        &listing(" AND c.session_id = @P1 AND c.client_net_address = '10.0.0.7'"),
         &[&70i32],
     )
     .await
     .unwrap();
-    assert_eq!(got.len(), 1);
+    assert_eq!(ids(&got), [70]);
+    // ORDER BY a result column name (database_name is only that) and a NULL column.
+    let got = query_sessions(
+        &mut client,
+        &format!(
+            "{} ORDER BY database_name DESC",
+            listing(" AND s.session_id <> @@SPID")
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&got), [71, 70]);
+    let got = query_sessions(
+        &mut client,
+        &format!(
+            "{} ORDER BY c.client_net_address, s.session_id",
+            listing(" AND s.session_id <> @@SPID")
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&got), [71, 70], "NULLs sort first");
+
+    // The re-check before KILL: the same login and one session id, no cutoff.
+    let recheck = listing(" AND s.original_login_name = @P1 AND s.session_id = @P2");
+    let got = query_sessions(&mut client, &recheck, &[&"app", &70i32])
+        .await
+        .unwrap();
+    assert_eq!(ids(&got), [70]);
+    let got = query_sessions(&mut client, &recheck, &[&"other", &70i32])
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    let got = query_sessions(
+        &mut client,
+        &format!("{} AND s.session_id = @P3", session_query()),
+        &[&"app", &datetime2(Utc::now()), &71i32],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&got), [71]);
 
     // Undeclared variables (as SQL Server: tiberius only sends @P1, @P2, ...).
     let err = query_sessions(
         &mut client,
-        &format!(
-            "SELECT {COLUMNS} FROM sys.dm_exec_sessions \
-             WHERE original_login_name = @login AND login_time < @cutoff"
-        ),
+        &listing(" AND s.original_login_name = @login AND s.login_time < @cutoff"),
         &[&"app", &datetime2(cutoff)],
     )
     .await
     .unwrap_err();
     assert_eq!(server_code(&err), 137);
 
+    // What a real server rejects, with its error numbers.
+    let old_shape = "SELECT session_id, original_login_name, login_name, login_time, host_name, \
+                     program_name, database_name, client_net_address, status \
+                     FROM sys.dm_exec_sessions WHERE is_user_process = 1";
+    for (rejected, code) in [
+        // The view has database_id, not database_name; client_net_address is a connection's.
+        (old_shape.to_string(), 207),
+        (
+            format!(
+                "SELECT s.session_id, s.original_login_name, s.login_name, s.login_time, \
+                 s.host_name, s.program_name, DB_NAME(s.database_id) AS database_name, \
+                 s.client_net_address, s.status {FROM}"
+            ),
+            207,
+        ),
+        // The WHERE clause cannot see select-list aliases.
+        (listing(" AND database_name = N'appdb'"), 207),
+        // session_id is in both views.
+        (listing(" AND session_id <> @@SPID"), 209),
+        (listing(" AND x.status = N'sleeping'"), 4104),
+        // Once aliased, a view is known by its alias only.
+        (
+            listing(" AND sys.dm_exec_sessions.status = N'sleeping'"),
+            4104,
+        ),
+        (format!("SELECT {SELECT} FROM dm_exec_sessions AS s"), 208),
+        // No join: c is not in the FROM clause.
+        (
+            format!("SELECT {SELECT} FROM sys.dm_exec_sessions AS s"),
+            4104,
+        ),
+    ] {
+        let err = client.simple_query(rejected.as_str()).await.unwrap_err();
+        assert_eq!(server_code(&err), code, "{rejected}: {err}");
+    }
+
     // Stand-in limitations are reported, not silently ignored.
     for unsupported in [
-        "SELECT * FROM sys.dm_exec_sessions".to_string(),
-        "SELECT session_id FROM sys.dm_exec_sessions".to_string(),
+        format!("SELECT * {FROM}"),
+        format!("SELECT s.session_id {FROM}"),
+        "SELECT 2".to_string(),
+        format!("SELECT TOP 1 {SELECT} {FROM}"),
+        // The DB_NAME column needs its name.
+        format!("SELECT {} {FROM}", SELECT.replace(" AS database_name", "")),
         format!(
-            "SELECT {COLUMNS} FROM sys.dm_exec_sessions WHERE session_id = 1 OR session_id = 2"
+            "SELECT {} {FROM}",
+            SELECT.replace("AS database_name", "AS db")
         ),
-        format!("SELECT {COLUMNS} FROM sys.dm_exec_sessions WHERE original_login_name LIKE 'a%'"),
-        format!("SELECT {COLUMNS} FROM sys.dm_exec_sessions WHERE memory_usage > 0"),
+        format!(
+            "SELECT {} {FROM}",
+            SELECT.replace("s.status", "s.status AS state")
+        ),
+        format!(
+            "SELECT {} {FROM}",
+            SELECT.replace("s.session_id,", "c.session_id,")
+        ),
+        // Without the parent filter a real server returns a row per MARS connection.
+        format!(
+            "SELECT {SELECT} FROM sys.dm_exec_sessions AS s \
+             LEFT JOIN sys.dm_exec_connections AS c ON c.session_id = s.session_id"
+        ),
+        format!("SELECT {SELECT} {FROM} AND c.net_transport = 'TCP'"),
+        format!(
+            "SELECT {SELECT} FROM sys.dm_exec_sessions AS s \
+             JOIN sys.dm_exec_connections AS c ON c.session_id = s.session_id \
+             AND c.parent_connection_id IS NULL"
+        ),
+        format!("SELECT {SELECT} FROM sys.dm_exec_sessions AS s, sys.dm_exec_connections AS c"),
+        select_where("s.session_id = 1 OR s.session_id = 2"),
+        select_where("s.original_login_name LIKE 'a%'"),
+        select_where("s.memory_usage > 0"),
+        select_where("s.database_id = 5"),
+        select_where("s.login_time < GETDATE()"),
+        select_where("UPPER(s.login_name) = N'APP'"),
+        select_where("s.login_name = s.original_login_name"),
+        format!("{} ORDER BY 1", listing(" AND s.session_id <> @@SPID")),
+        format!(
+            "{} OPTION (RECOMPILE)",
+            listing(" AND s.session_id <> @@SPID")
+        ),
+        "SELECT DATEDIFF(hour, GETUTCDATE(), GETDATE())".to_string(),
+        "SELECT * FROM sys.dm_exec_connections".to_string(),
     ] {
         let err = client.simple_query(unsupported.as_str()).await.unwrap_err();
         assert_eq!(server_code(&err), 50000, "{unsupported}: {err}");
@@ -452,13 +625,9 @@ async fn session_query_variants() {
     for id in 100..400 {
         sql.add_session(session(id, "bulk", t0));
     }
-    let got = query_sessions(
-        &mut client,
-        &format!("SELECT {COLUMNS} FROM sys.dm_exec_sessions WHERE login_name = @P1"),
-        &[&"bulk"],
-    )
-    .await
-    .unwrap();
+    let got = query_sessions(&mut client, &listing(" AND s.login_name = @P1"), &[&"bulk"])
+        .await
+        .unwrap();
     assert_eq!(got.len(), 300);
     // And a request that spans several packets.
     let long = format!("{} -- {}", session_query(), "x".repeat(10_000));
@@ -478,15 +647,17 @@ async fn own_session_is_excluded_only_when_asked() {
     let other_id = my_spid(&mut other).await;
     let future = datetime2(Utc::now() + Duration::hours(1));
 
-    let got = query_sessions(&mut me, &session_query(), &[&"app", &future])
+    let got = query_sessions(&mut me, ENGINE_QUERY, &[&"app", &future])
         .await
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].session_id, other_id);
     assert_eq!(got[0].program_name.as_deref(), Some("sever"));
+    assert_eq!(got[0].database_name.as_deref(), Some("master"));
+    assert_eq!(got[0].client_net_address.as_deref(), Some("127.0.0.1"));
     assert_eq!(got[0].status, "sleeping");
 
-    let without = session_query().replace(" AND session_id <> @@SPID", "");
+    let without = session_query().replace(" AND s.session_id <> @@SPID", "");
     let got = query_sessions(&mut me, &without, &[&"app", &future])
         .await
         .unwrap();
@@ -496,6 +667,163 @@ async fn own_session_is_excluded_only_when_asked() {
     // The requesting session is running while it executes.
     let mine = got.iter().find(|s| s.session_id == me_id).unwrap();
     assert_eq!(mine.status, "running");
+}
+
+/// Runs the clock query as a plain batch.
+async fn clock(client: &mut Conn, sql: &str) -> i32 {
+    let row = client
+        .simple_query(sql)
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap();
+    row.get::<i32, _>(0).unwrap()
+}
+
+#[tokio::test]
+async fn clock_query_and_a_server_clock_in_local_time() {
+    let sql = standin().await;
+    let cutoff = Utc::now() - Duration::hours(1);
+    let before = cutoff - Duration::hours(2) + Duration::microseconds(123_457);
+    let after = cutoff + Duration::minutes(30);
+    sql.add_session(session(60, "app", before));
+    sql.add_session(session(61, "app", after));
+    let mut client = connect(sql.port(), ADMIN, ADMIN_PW).await.unwrap();
+
+    // Default: the server clock is UTC.
+    assert_eq!(clock(&mut client, CLOCK).await, 0);
+    let mut stream = client.simple_query(CLOCK).await.unwrap();
+    let columns: Vec<String> = stream
+        .columns()
+        .await
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|c| format!("{} {:?}", c.name(), c.column_type()))
+        .collect();
+    assert_eq!(columns, ["offset_minutes Int4"]);
+    drop(stream);
+
+    for offset in [-300i32, 330] {
+        sql.set_utc_offset_minutes(offset);
+        let shift = Duration::minutes(offset.into());
+        assert_eq!(clock(&mut client, CLOCK).await, offset);
+        assert_eq!(
+            clock(
+                &mut client,
+                "select datediff(MINUTE, getutcdate(), getdate()) offset_minutes;"
+            )
+            .await,
+            offset
+        );
+        assert_eq!(
+            clock(
+                &mut client,
+                "SELECT DATEDIFF(mi, SYSDATETIME(), SYSUTCDATETIME())"
+            )
+            .await,
+            -offset
+        );
+        // Through sp_executesql too.
+        let row = client
+            .query(CLOCK, &[])
+            .await
+            .unwrap()
+            .into_row()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.get::<i32, _>("offset_minutes"), Some(offset));
+
+        // The engine's way: the cutoff in the server's local time, a chrono NaiveDateTime.
+        let cutoff_local: NaiveDateTime = cutoff.naive_utc() + shift;
+        let rows = client
+            .query(ENGINE_QUERY, &[&"app", &cutoff_local])
+            .await
+            .unwrap()
+            .into_first_result()
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "offset {offset}");
+        assert_eq!(rows[0].get::<i16, _>(0), Some(60));
+        // login_time comes back in local time; minus the offset it is the UTC login time.
+        let login_local = rows[0].get::<NaiveDateTime, _>(3).unwrap();
+        assert_eq!(
+            login_local,
+            sql_datetime_precision(before).naive_utc() + shift
+        );
+        assert_eq!(
+            (login_local - shift).and_utc(),
+            sql_datetime_precision(before)
+        );
+        assert_eq!(
+            sql.statements().last().unwrap(),
+            &format!(
+                "sp_executesql: {ENGINE_QUERY} | @P1='app' | @P2={}",
+                cutoff_local
+                    .with_nanosecond(cutoff_local.nanosecond() / 100 * 100)
+                    .unwrap()
+                    .format("%Y-%m-%dT%H:%M:%S%.f")
+            )
+        );
+
+        // A UTC cutoff is compared as if it were local time, as on a real server: west of
+        // UTC it catches a later session, east of it it misses the earlier one.
+        let wrong = query_sessions(&mut client, ENGINE_QUERY, &[&"app", &cutoff.naive_utc()])
+            .await
+            .unwrap();
+        let wrong: Vec<i16> = wrong.iter().map(|s| s.session_id).collect();
+        let expected_wrong: &[i16] = if offset < 0 { &[60, 61] } else { &[] };
+        assert_eq!(wrong, expected_wrong, "offset {offset}");
+        // So is a datetimeoffset: SQL Server takes the datetime column as +00:00.
+        let zoned: DateTime<FixedOffset> =
+            cutoff.with_timezone(&FixedOffset::east_opt(offset * 60).unwrap());
+        let wrong = query_sessions(&mut client, ENGINE_QUERY, &[&"app", &zoned])
+            .await
+            .unwrap();
+        let wrong: Vec<i16> = wrong.iter().map(|s| s.session_id).collect();
+        assert_eq!(wrong, expected_wrong, "offset {offset}");
+        let recorded = sql.statements().last().unwrap().clone();
+        let sign = if offset < 0 { '-' } else { '+' };
+        let zone = format!("{sign}{:02}:{:02}", offset.abs() / 60, offset.abs() % 60);
+        assert!(recorded.ends_with(&zone), "{recorded}");
+
+        // The re-check compares the local login_time it read before.
+        let recheck = listing(" AND s.original_login_name = @P1 AND s.session_id = @P2");
+        let rows = client
+            .query(recheck, &[&"app", &60i32])
+            .await
+            .unwrap()
+            .into_first_result()
+            .await
+            .unwrap();
+        assert_eq!(rows[0].get::<NaiveDateTime, _>(3), Some(login_local));
+
+        // A live session's login_time is local too.
+        let rows = client
+            .query(listing(" AND s.session_id = @@SPID"), &[])
+            .await
+            .unwrap()
+            .into_first_result()
+            .await
+            .unwrap();
+        let own = rows[0].get::<NaiveDateTime, _>(3).unwrap();
+        let own_utc = sql
+            .sessions()
+            .into_iter()
+            .find(|s| s.login_name == ADMIN)
+            .unwrap()
+            .login_time;
+        assert_eq!(own, sql_datetime_precision(own_utc).naive_utc() + shift);
+    }
+
+    // The stored sessions stay UTC.
+    let stored = sql.sessions().into_iter().find(|s| s.session_id == 60);
+    assert_eq!(stored.unwrap().login_time, before);
+    sql.set_utc_offset_minutes(0);
+    assert_eq!(clock(&mut client, CLOCK).await, 0);
 }
 
 #[tokio::test]
@@ -637,7 +965,7 @@ async fn on_query_hook_replaces_the_table_for_one_query() {
         .await
         .unwrap();
     assert_eq!(first.len(), 1);
-    let recheck = format!("{} AND session_id = @P3", session_query());
+    let recheck = format!("{} AND s.session_id = @P3", session_query());
     let second = query_sessions(&mut client, &recheck, &[&"app", &cutoff, &60i16])
         .await
         .unwrap();

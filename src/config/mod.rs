@@ -366,6 +366,8 @@ pub enum Engine {
     Postgres,
     /// MySQL 8 or MariaDB 10.5 or later.
     Mysql,
+    /// Microsoft SQL Server 2016 or later, or Azure SQL (`url` is an ADO.NET connection string).
+    Sqlserver,
 }
 
 /// One database server (or cluster) sever connects to with its own admin login.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::ConfigError;
@@ -65,32 +65,31 @@ pub enum UrlSource {
 }
 
 impl UrlSource {
-    /// Resolves the URL. Inline URLs with a password are refused so credentials stay out of config.
+    /// Resolves the URL (or, for SQL Server, the ADO.NET connection string). Inline values
+    /// carrying a password are refused so credentials stay out of config; each engine checks
+    /// the format itself.
     pub fn load(&self, what: &str) -> Result<SecretString, ConfigError> {
         match self {
-            UrlSource::Inline(url) => {
-                let parsed = url::Url::parse(url).map_err(|e| ConfigError::Invalid {
-                    path: what.to_owned(),
-                    reason: format!("not a URL: {e}"),
-                })?;
-                if parsed.password().is_some() {
+            UrlSource::Inline(value) => {
+                let url_password = url::Url::parse(value)
+                    .ok()
+                    .is_some_and(|u| u.password().is_some());
+                let ado_password = value
+                    .split(';')
+                    .filter_map(|pair| pair.split_once('='))
+                    .any(|(key, _)| {
+                        matches!(key.trim().to_ascii_lowercase().as_str(), "password" | "pwd")
+                    });
+                if url_password || ado_password {
                     return Err(ConfigError::Invalid {
                         path: what.to_owned(),
-                        reason: "inline URL contains a password; use { env = \"…\" } or { file = \"…\" }"
+                        reason: "inline connection setting contains a password; use { env = \"…\" } or { file = \"…\" }"
                             .into(),
                     });
                 }
-                Ok(SecretString::from(url.clone()))
+                Ok(SecretString::from(value.clone()))
             }
-            UrlSource::Secret(secret) => {
-                let value = secret.load(what)?;
-                url::Url::parse(value.expose_secret()).map_err(|_| ConfigError::Invalid {
-                    path: what.to_owned(),
-                    // Never echo the value: it holds a password.
-                    reason: format!("{} does not hold a valid URL", secret.describe()),
-                })?;
-                Ok(value)
-            }
+            UrlSource::Secret(secret) => secret.load(what),
         }
     }
 
@@ -119,6 +118,7 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
 
     #[test]
     fn inline_url_with_password_is_refused() {
@@ -128,6 +128,23 @@ mod tests {
             .to_string();
         assert!(err.contains("password"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn inline_ado_string_with_password_is_refused() {
+        let err = UrlSource::Inline("Server=tcp:db,1433;User Id=sever;Password=hunter2".into())
+            .load("targets.x.url")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("password") && !err.contains("hunter2"),
+            "{err}"
+        );
+        assert!(
+            UrlSource::Inline("Server=tcp:db,1433;Authentication=ActiveDirectoryMsi".into())
+                .load("x")
+                .is_ok()
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod mysql;
 pub mod postgres;
+pub mod sqlserver;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -93,8 +94,11 @@ pub enum SkipReason {
     /// Its start time is unreadable, so it cannot be compared with the cutoff
     /// (PostgreSQL: grant `pg_read_all_stats` to sever's login).
     StartUnknown,
-    /// It ended on its own between being found and being signalled.
+    /// It ended on its own between being found and being signalled (or its id now names
+    /// another session).
     AlreadyGone,
+    /// It is already rolling back (being killed); SQL Server would only report status.
+    RollingBack,
 }
 
 /// A session that matched but was not terminated, and why.
@@ -241,6 +245,7 @@ impl Targets {
                 let port = parsed.port().unwrap_or(match target.engine {
                     EngineKind::Postgres => 5432,
                     EngineKind::Mysql => 3306,
+                    EngineKind::Sqlserver => 1433,
                 });
                 endpoints.insert(
                     id.clone(),
@@ -261,6 +266,14 @@ impl Targets {
                 ),
                 EngineKind::Mysql => Arc::new(
                     mysql::Mysql::new(&url, target, &config.termination).map_err(|e| {
+                        ConfigError::Invalid {
+                            path: format!("targets.{id}.url"),
+                            reason: e.to_string(),
+                        }
+                    })?,
+                ),
+                EngineKind::Sqlserver => Arc::new(
+                    sqlserver::SqlServer::new(&url, target, &config.termination).map_err(|e| {
                         ConfigError::Invalid {
                             path: format!("targets.{id}.url"),
                             reason: e.to_string(),

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::mariadb::TestMariaDb;
 use super::pg::TestPostgres;
 use super::sever::{TestServer, Workspace, create_admin, pids, sorted_ids};
+use super::tds::TdsStandIn;
 
 const GONE: Duration = Duration::from_secs(5);
 
@@ -119,6 +120,85 @@ impl Database for TestMariaDb {
         .await
         .unwrap();
         n as usize
+    }
+}
+
+/// Opens a real TDS connection to the stand-in as `login`, kept open, and returns its
+/// session id (`SELECT @@SPID`).
+pub async fn tds_session(db: &TdsStandIn, login: &str, password: &str) -> i64 {
+    use tokio_util::compat::TokioAsyncWriteCompatExt;
+    let mut config = tiberius::Config::new();
+    config.host("127.0.0.1");
+    config.port(db.port());
+    config.authentication(tiberius::AuthMethod::sql_server(login, password));
+    config.encryption(tiberius::EncryptionLevel::NotSupported);
+    config.application_name("orders-api");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", db.port()))
+        .await
+        .unwrap();
+    let mut client = tiberius::Client::connect(config, tcp.compat_write())
+        .await
+        .unwrap();
+    let row = client
+        .simple_query("SELECT @@SPID")
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap();
+    let spid: i16 = row.get(0).unwrap();
+    std::mem::forget(client);
+    i64::from(spid)
+}
+
+/// The SQL Server stand-in: logins are accepted passwords, sessions are real TDS connections.
+#[async_trait]
+impl Database for TdsStandIn {
+    async fn target(&self, ws: &Workspace, id: &str) -> String {
+        self.allow_login("sever_admin", "severadminpw");
+        let ado = format!(
+            "Server=tcp:127.0.0.1,{};User Id=sever_admin;Password=severadminpw;Encrypt=DANGER_PLAINTEXT",
+            self.port()
+        );
+        let url = ws.secret_file(&format!("{id}.url"), &ado);
+        format!(
+            "[targets.{id}]\nengine = \"sqlserver\"\nurl = {{ file = {url} }}\nconnect_timeout = \"2s\"\n"
+        )
+    }
+    async fn create_login(&self, login: &str, password: &str) {
+        self.allow_login(login, password);
+    }
+    async fn set_password(&self, login: &str, password: &str) {
+        self.allow_login(login, password);
+    }
+    async fn open(&self, login: &str, password: &str, n: usize) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            ids.push(tds_session(self, login, password).await);
+        }
+        ids
+    }
+    async fn is_alive(&self, id: i64) -> bool {
+        self.sessions()
+            .iter()
+            .any(|s| i64::from(s.session_id) == id)
+    }
+    async fn wait_gone(&self, id: i64) -> bool {
+        let deadline = tokio::time::Instant::now() + GONE;
+        while tokio::time::Instant::now() < deadline {
+            if !Database::is_alive(self, id).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+    async fn own_sessions(&self) -> usize {
+        self.sessions()
+            .iter()
+            .filter(|s| s.program_name.as_deref() == Some("sever"))
+            .count()
     }
 }
 

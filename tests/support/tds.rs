@@ -1,4 +1,6 @@
-//! A stand-in for Microsoft SQL Server (it cannot be installed on the test machines): it speaks just enough TDS 7.3 for tiberius and simulates sys.dm_exec_sessions and KILL.
+//! A stand-in for Microsoft SQL Server (it cannot be installed on the test machines): it speaks
+//! just enough TDS 7.3 for tiberius and simulates `sys.dm_exec_sessions` joined to
+//! `sys.dm_exec_connections`, the server clock's UTC offset, and KILL.
 //!
 //! It listens on `127.0.0.1:<free port>` in the test's own process (one task per connection)
 //! and is driven through methods on [`TdsStandIn`]. Every SQL batch and RPC it receives is
@@ -16,10 +18,10 @@
 //! asked for), the usual 5701/5703 INFO messages and DONE.
 //!
 //! Every connection is a session: ids start at 51 and count up (skipping ids already in the
-//! table). Its row in the simulated `sys.dm_exec_sessions` has the SQL login as both login
-//! names, `login_time` = the moment of login, `host_name` = LOGIN7 HostName, `program_name` =
-//! LOGIN7 AppName (`Config::application_name`), `client_net_address` = the peer address,
-//! `status` `running` while it executes a request and `sleeping` otherwise,
+//! table). Its row ([`FakeSession`]) has the SQL login as both login names, `login_time` = the
+//! moment of login, `host_name` = LOGIN7 HostName, `program_name` = LOGIN7 AppName
+//! (`Config::application_name`), `database_name` = the login's database, `client_net_address`
+//! = the peer address, `status` `running` while it executes a request and `sleeping` otherwise,
 //! `is_user_process = true`. The row is removed when the client disconnects.
 //!
 //! # Statements understood
@@ -27,9 +29,17 @@
 //! The same text is accepted as a SQL batch (`simple_query`, packet type 0x01) or as the
 //! statement of an `sp_executesql` RPC (`query`/`execute`, packet type 0x03, with parameters
 //! `@P1`, `@P2`, ... as tiberius sends them). Any other RPC procedure gets error 2812.
+//! Keywords and names are case-insensitive; whitespace, newlines, `--`/`/* */` comments,
+//! `[bracketed]` names and trailing `;` are free.
 //!
 //! - `SELECT 1` → one `int` column. `SELECT @@SPID` → one `smallint` column (as in SQL Server;
 //!   tiberius reads it as `i16` or `i32`).
+//! - The clock query `SELECT DATEDIFF(minute, GETUTCDATE(), GETDATE()) [[AS] name]` → one
+//!   `int` column (INTN(4), nullable) named `name` (e.g. `offset_minutes`; empty without an
+//!   alias) holding the server clock's distance from UTC in minutes
+//!   ([`TdsStandIn::set_utc_offset_minutes`], default 0). `minute` may be written `mi` or `n`;
+//!   `GETDATE()`/`SYSDATETIME()` are local time and `GETUTCDATE()`/`SYSUTCDATETIME()` UTC, in
+//!   either order (swapped, the value is negated). Any other DATEDIFF gets 50000.
 //! - `KILL <n>` (digits only, optional `;`), in this order of checks:
 //!   - [`TdsStandIn::deny_kill`] set → error 6102 `User does not have permission to use the
 //!     KILL statement.` (class 14);
@@ -49,41 +59,75 @@
 //!     stand-in, its socket is closed.
 //!
 //!   `KILL @P1` is rejected with 102, as SQL Server does (KILL takes a literal only).
-//! - A query on `sys.dm_exec_sessions`, see below.
+//! - The session query, see below. Any other statement starting with `SELECT` or `DECLARE`,
+//!   or naming `sys.dm_exec_sessions`/`sys.dm_exec_connections`, is parsed as a session query
+//!   and so fails with the error below that fits.
 //! - Anything else → error 102 `Incorrect syntax near '<first token>'.` (class 15).
 //!
 //! Errors come as an ERROR token (number, state, class, message, server `TDSSTANDIN`, empty
 //! procedure, line 1) followed by DONE with the error bit; tiberius returns them as
-//! `tiberius::error::Error::Server(e)` with `e.code()` the number.
+//! `tiberius::error::Error::Server(e)` with `e.code()` the number. Errors meaning the SQL was
+//! refused (102, 137, 207, 208, 209, 4104, 50000) are also printed to stderr with the text.
 //!
 //! # The session query contract
 //!
-//! The stand-in evaluates the statement's WHERE clause; it does not accept arbitrary SQL. The
-//! query must look like
+//! The stand-in binds names and evaluates the WHERE clause like SQL Server; it does not accept
+//! arbitrary SQL. The query must be, up to whitespace and case:
 //!
 //! ```sql
 //! [DECLARE @name type [= value] [, ...] [;]]
-//! SELECT session_id, original_login_name, login_name, login_time, host_name,
-//!        program_name, database_name, client_net_address, status
-//! FROM sys.dm_exec_sessions [[AS] s] [WITH (NOLOCK)]
+//! SELECT s.session_id, s.original_login_name, s.login_name, s.login_time, s.host_name,
+//!        s.program_name, DB_NAME(s.database_id) AS database_name, c.client_net_address,
+//!        s.status
+//! FROM sys.dm_exec_sessions [AS] s [WITH (hints)]
+//! LEFT [OUTER] JOIN sys.dm_exec_connections [AS] c [WITH (hints)]
+//!   ON c.session_id = s.session_id AND c.parent_connection_id IS NULL
 //! [WHERE <predicate> [AND <predicate> ...]]
-//! [ORDER BY <column> [ASC|DESC] [, ...]] [;]
+//! [ORDER BY <item> [ASC|DESC] [, ...]] [;]
 //! ```
 //!
-//! - The select list is exactly those nine columns in this order (optionally `s.`-qualified,
-//!   no `AS` renames). They come back as `session_id` smallint, `original_login_name`
-//!   nvarchar(128), `login_name` nvarchar(128), `login_time` **datetime** (DATETIMEN, 8
-//!   bytes, like the real view; values are rounded to SQL Server's 1/300 s ticks, see
-//!   [`sql_datetime_precision`]), `host_name` nvarchar(128) NULL, `program_name`
-//!   nvarchar(128) NULL, `database_name` nvarchar(128) NULL, `client_net_address`
-//!   nvarchar(48) NULL, `status` nvarchar(30).
-//! - A predicate is `<column> <op> <value>` or `<value> <op> <column>` (op `=`, `<>`, `!=`,
-//!   `<`, `<=`, `>`, `>=`) or `<column> IS [NOT] NULL`, on these columns: the nine above plus
-//!   `is_user_process` (bit: compare with 1 or 0). A value is a parameter (`@P1`...), a
-//!   variable DECLAREd from one (`DECLARE @login nvarchar(128) = @P1`), `@@SPID`, a string
-//!   literal (`N'app'`), an integer or `NULL`. Parentheses around a whole predicate are
-//!   allowed; `OR`, `NOT`, functions, `CAST`, `IN`, `LIKE`, joins are not and get error 50000
-//!   `TDS stand-in: ...` (a stand-in limitation, not a SQL Server error).
+//! - Names are bound as SQL Server binds them, with its errors: the aliases are free (`s`/`c`
+//!   above); a view without an alias is known as `dm_exec_sessions` / `sys.dm_exec_sessions`,
+//!   one with an alias only by the alias (else 4104 `The multi-part identifier "x.y" could not
+//!   be bound.`); an unqualified name must belong to exactly one of the views (`session_id`
+//!   is in both: 209 `Ambiguous column name 'session_id'.`); a name the real view does not
+//!   have gets 207 `Invalid column name 'x'.` — in particular `database_name` (the view has
+//!   `database_id`) and `client_net_address` on `sys.dm_exec_sessions`, and select-list aliases
+//!   in WHERE. `dm_exec_sessions` without `sys.` gets 208 `Invalid object name`. Names in these
+//!   messages are lower-cased.
+//! - The select list is exactly those nine items in this order, each bound to that column
+//!   (`s.`/`c.` may be written with other aliases, or unqualified where unambiguous) and giving
+//!   exactly these result names: an item may have `[AS] alias` only if the alias is its own
+//!   column name, and `DB_NAME(s.database_id)` must be aliased `database_name`. The result
+//!   columns are `session_id` smallint, `original_login_name` nvarchar(128), `login_name`
+//!   nvarchar(128), `login_time` **datetime** (DATETIMEN, 8 bytes, like the real view; values
+//!   rounded to SQL Server's 1/300 s ticks, see [`sql_datetime_precision`]), `host_name`
+//!   nvarchar(128) NULL, `program_name` nvarchar(128) NULL, `database_name` nvarchar(128) NULL,
+//!   `client_net_address` nvarchar(48) NULL, `status` nvarchar(30).
+//! - The join is required (the select list needs `c.client_net_address`) and its ON clause is
+//!   exactly those two conditions, in either order, either side of the `=`, optionally
+//!   parenthesised. Without `c.parent_connection_id IS NULL` a real server returns one row per
+//!   MARS connection, which the stand-in does not simulate, so that is refused (50000); so are
+//!   `JOIN`/`INNER`/`RIGHT`/`CROSS` joins, comma joins and extra ON conditions.
+//! - Evaluation: [`FakeSession::database_name`] is `DB_NAME(s.database_id)`;
+//!   [`FakeSession::client_net_address`] is the session's connection's address, and `None`
+//!   means the session has no connection: then every `c.` column is NULL (as the LEFT JOIN
+//!   gives), `c.session_id` otherwise equals `s.session_id`.
+//! - A predicate is `<operand> <op> <value>` or `<value> <op> <operand>` (op `=`, `<>`, `!=`,
+//!   `<`, `<=`, `>`, `>=`) or `<operand> IS [NOT] NULL`. An operand is one of `s.session_id`,
+//!   `s.original_login_name`, `s.login_name`, `s.login_time`, `s.host_name`,
+//!   `s.program_name`, `s.status`, `s.is_user_process` (bit: compare with 1 or 0),
+//!   `DB_NAME(s.database_id)`, `c.session_id`, `c.client_net_address`. A value is a parameter
+//!   (`@P1`...), a variable DECLAREd from one (`DECLARE @login nvarchar(128) = @P1`),
+//!   `@@SPID`, a string literal (`N'app'`), an integer or `NULL`. Parentheses around
+//!   predicates are allowed. `OR`, `NOT`, `IN`, `LIKE`, `BETWEEN`, other functions (`GETDATE()`,
+//!   `CAST`, `UPPER`...), column-to-column comparisons, other columns of the real views (e.g.
+//!   `s.memory_usage`, `s.database_id` outside DB_NAME, `c.parent_connection_id` outside the
+//!   ON clause), `SELECT *`, `TOP`, `DISTINCT`, `ORDER BY <position>`, `GROUP BY`, `OPTION`
+//!   ... get error 50000 `TDS stand-in: ...` (a stand-in limitation, not a SQL Server error).
+//! - An ORDER BY item is a result column name (`database_name`, `session_id`, ...) or an
+//!   operand as above. NULLs sort first (last with DESC). Without ORDER BY rows come back
+//!   ordered by `session_id`; ties are broken by `session_id`.
 //! - Semantics follow SQL Server: NULL compares as unknown (row dropped); strings compare
 //!   case-insensitively ignoring trailing spaces (the default `SQL_Latin1_General_CP1_CI_AS`);
 //!   a string compared with `login_time` is converted to `datetime`, which accepts only
@@ -92,31 +136,48 @@
 //!   7 digits, `datetimeoffset` also a zone; an unknown `@variable` gets error 137 `Must declare
 //!   the scalar variable "@x".`. In particular there is **no implicit `is_user_process = 1`**:
 //!   system sessions are returned unless the query excludes them, and the caller's own
-//!   session unless it says `session_id <> @@SPID`.
+//!   session unless it says `s.session_id <> @@SPID`.
 //! - Parameter types (as tiberius encodes them): `&str`/`String` → nvarchar; `i16`/`i32`/`i64`
-//!   → intn; `chrono::DateTime<Utc>` / `NaiveDateTime` (tiberius `chrono` feature) →
-//!   datetime2(7), taken as UTC; `DateTime<FixedOffset>` → datetimeoffset (converted to UTC);
-//!   a raw `tiberius::ColumnData::DateTime2/DateTime/...` works without the feature.
-//! - Rows come back ordered by `session_id` unless ORDER BY says otherwise.
-//! - Reading `login_time`: it is `datetime`, so with tiberius' `chrono` feature read it as
-//!   `NaiveDateTime` (the stand-in's values are UTC); `row.get::<DateTime<Utc>, _>` fails with a
-//!   conversion error, exactly as it would against SQL Server (tiberius maps only
-//!   datetime2/datetimeoffset to `DateTime<Utc>`). Without the feature read
-//!   `ColumnData::DateTime(Some(dt))` (`dt.days()` since 1900-01-01, `dt.seconds_fragments()`
-//!   in 1/300 s). Note that a real server reports `login_time` in its local time zone.
+//!   → intn; `NaiveDateTime` and `DateTime<Utc>` (tiberius `chrono` feature) → datetime2(7)
+//!   without a zone (a `DateTime<Utc>` is sent as its UTC wall-clock time);
+//!   `DateTime<FixedOffset>` → datetimeoffset; a raw `tiberius::ColumnData::DateTime2/...`
+//!   works too.
 //! - Parameters cannot be named: tiberius always sends them as `@P1`, `@P2`, ... in bind order,
 //!   so a query written with `@login`/`@cutoff` must DECLARE them from `@P1`/`@P2` (as it
 //!   must for a real server).
 //!
-//! Recommended engine query (parameters bound as `&login`, `&cutoff`):
+//! ## Time zones: `login_time` is the server's local time
+//!
+//! A real server reports `login_time` (a `datetime`, no zone) in its own local time. The
+//! stand-in stores [`FakeSession::login_time`] in UTC and, with
+//! [`TdsStandIn::set_utc_offset_minutes`]`(m)`, presents it as UTC + `m` minutes, both in the
+//! result rows and in comparisons. A `datetime2`/`datetime` value (e.g. a `NaiveDateTime`
+//! parameter) is compared with that local value as it is; a `datetimeoffset` value is compared
+//! by its UTC instant with the local value taken as UTC (SQL Server converts the `datetime`
+//! column to `datetimeoffset` at +00:00), so it is just as wrong as a UTC `datetime2` when the
+//! offset is not zero. The correct client reads the offset with the clock query, sends the
+//! cutoff as local time (`(cutoff_utc + offset).naive_utc()` as a `NaiveDateTime`) and turns
+//! `login_time` back into UTC by subtracting the offset. Read `login_time` as `NaiveDateTime`
+//! (tiberius `chrono` feature); `row.get::<DateTime<Utc>, _>` fails with a conversion error,
+//! exactly as it would against SQL Server (tiberius maps only datetime2/datetimeoffset to
+//! `DateTime<Utc>`). Without the feature read `ColumnData::DateTime(Some(dt))` (`dt.days()`
+//! since 1900-01-01, `dt.seconds_fragments()` in 1/300 s).
+//!
+//! The engine's queries (parameters bound as `&login`, `&cutoff_local`, `&session_id`):
 //!
 //! ```sql
-//! SELECT session_id, original_login_name, login_name, login_time, host_name, program_name,
-//!        database_name, client_net_address, status
-//! FROM sys.dm_exec_sessions
-//! WHERE is_user_process = 1 AND original_login_name = @P1 AND login_time < @P2
-//!   AND session_id <> @@SPID
+//! SELECT DATEDIFF(minute, GETUTCDATE(), GETDATE()) AS offset_minutes
+//!
+//! SELECT s.session_id, s.original_login_name, s.login_name, s.login_time, s.host_name, s.program_name,
+//!        DB_NAME(s.database_id) AS database_name, c.client_net_address, s.status
+//! FROM sys.dm_exec_sessions AS s
+//! LEFT JOIN sys.dm_exec_connections AS c ON c.session_id = s.session_id AND c.parent_connection_id IS NULL
+//! WHERE s.is_user_process = 1 AND s.original_login_name = @P1 AND s.login_time < @P2 AND s.session_id <> @@SPID
+//! [ORDER BY s.session_id]
 //! ```
+//!
+//! and, for the re-check before KILL, the same SELECT/FROM/JOIN with
+//! `WHERE s.is_user_process = 1 AND s.original_login_name = @P1 AND s.session_id = @P2`.
 //!
 //! [`TdsStandIn::on_query`] can replace the table contents seen by one query (e.g. the re-check
 //! before KILL sees a reused session id); the WHERE clause is still applied to what it returns.
@@ -126,10 +187,12 @@
 //! A SQL batch is recorded as its text. An RPC is recorded as
 //! `sp_executesql: <statement> | @P1=<value> | @P2=<value>` (no ` | ...` when there are no
 //! parameters), values formatted as `'text'` for strings, decimal for integers (bit as 0/1),
-//! UTC `%Y-%m-%dT%H:%M:%S%.fZ` for date/time types (`2024-05-01T12:00:00Z`,
-//! `2024-05-01T12:00:00.924644100Z`: 0, 3, 6 or 9 fractional digits), `NULL`. Any other RPC is
-//! recorded as `rpc <name>: ...` the same way. Requests are recorded before they run, so
-//! failing ones are recorded too.
+//! `%Y-%m-%dT%H:%M:%S%.f` as sent for datetime/datetime2/smalldatetime/date
+//! (`2024-05-01T12:00:00`, `2024-05-01T12:00:00.924644100`: 0, 3, 6 or 9 fractional digits;
+//! no zone, so a local cutoff shows as local time), the same plus the offset for
+//! datetimeoffset (`2024-05-01T07:00:00-05:00`), `NULL`. Any other RPC is recorded as
+//! `rpc <name>: ...` the same way. Requests are recorded before they run, so failing ones are
+//! recorded too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -143,17 +206,23 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
-/// One row of the simulated `sys.dm_exec_sessions`.
+/// One session: its row of the simulated `sys.dm_exec_sessions` and its connection in
+/// `sys.dm_exec_connections`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FakeSession {
     pub session_id: i16,
     pub original_login_name: String,
     pub login_name: String,
-    /// Sent to the client as `datetime` (rounded to 1/300 s, see [`sql_datetime_precision`]).
+    /// In UTC. Sent to the client as `datetime` in the server's local time (UTC plus
+    /// [`TdsStandIn::set_utc_offset_minutes`]), rounded to 1/300 s (see
+    /// [`sql_datetime_precision`]).
     pub login_time: DateTime<Utc>,
     pub host_name: Option<String>,
     pub program_name: Option<String>,
+    /// What `DB_NAME(s.database_id)` gives.
     pub database_name: Option<String>,
+    /// The connection's `c.client_net_address`; `None` means the session has no connection
+    /// (the LEFT JOIN's `c.` columns are then all NULL).
     pub client_net_address: Option<String>,
     /// "sleeping", "running", "rollback" ...
     pub status: String,
@@ -179,6 +248,8 @@ struct State {
     live: HashMap<i16, LiveConn>,
     next_spid: i16,
     next_conn: u64,
+    /// The server clock's distance from UTC ([`TdsStandIn::set_utc_offset_minutes`]).
+    utc_offset_minutes: i32,
 }
 
 /// The in-process SQL Server stand-in. Dropping it stops the listener and every connection.
@@ -209,6 +280,7 @@ impl TdsStandIn {
             live: HashMap::new(),
             next_spid: 51,
             next_conn: 1,
+            utc_offset_minutes: 0,
         }));
         let accept_state = state.clone();
         let task = tokio::spawn(async move {
@@ -248,7 +320,7 @@ impl TdsStandIn {
         self.lock().sessions.insert(s.session_id, s);
     }
 
-    /// The simulated sys.dm_exec_sessions, ordered by session id.
+    /// The simulated sessions, ordered by session id (`login_time` in UTC, as stored).
     pub fn sessions(&self) -> Vec<FakeSession> {
         self.lock().sessions.values().cloned().collect()
     }
@@ -264,6 +336,18 @@ impl TdsStandIn {
     /// When set, KILL answers with error 6102 "User does not have permission to use the KILL statement." (severity 14) instead of killing.
     pub fn deny_kill(&self, deny: bool) {
         self.lock().deny_kill = deny;
+    }
+
+    /// Puts the simulated server's clock in a time zone `minutes` east of UTC (default 0;
+    /// -300 is UTC-5): the clock query answers `minutes`, and `login_time` is presented and
+    /// compared in that local time (the stored [`FakeSession::login_time`] stays UTC), as a
+    /// real server whose clock is not in UTC does.
+    pub fn set_utc_offset_minutes(&self, minutes: i32) {
+        assert!(
+            (-14 * 60..=14 * 60).contains(&minutes),
+            "a UTC offset is within -14:00..=+14:00, not {minutes} minutes"
+        );
+        self.lock().utc_offset_minutes = minutes;
     }
 
     /// Scripted answer for the session query: a hook so tests can return different rows the second time (e.g. the re-check before KILL sees a reused session id). Default: answer from the table.
@@ -773,7 +857,7 @@ enum ColType {
 }
 
 struct ColDef {
-    name: &'static str,
+    name: String,
     ty: ColType,
     nullable: bool,
 }
@@ -803,7 +887,7 @@ fn put_col_metadata(out: &mut Vec<u8>, cols: &[ColDef]) {
             }
             ColType::DateTime => out.extend_from_slice(&[0x6F, 8]),
         }
-        put_b_varchar(out, c.name);
+        put_b_varchar(out, &c.name);
     }
 }
 
@@ -918,8 +1002,13 @@ enum SqlVal {
     Int(i64),
     Float(f64),
     Str(String),
-    /// UTC.
+    /// datetime, datetime2, smalldatetime, date: a date and time without a zone.
     Time(NaiveDateTime),
+    /// datetimeoffset: the instant (as UTC) and the offset it was given with.
+    Instant {
+        utc: NaiveDateTime,
+        offset_minutes: i16,
+    },
     Bytes(Vec<u8>),
     Other(String),
 }
@@ -931,7 +1020,22 @@ impl fmt::Display for SqlVal {
             SqlVal::Int(i) => write!(f, "{i}"),
             SqlVal::Float(x) => write!(f, "{x}"),
             SqlVal::Str(s) => write!(f, "'{s}'"),
-            SqlVal::Time(t) => write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%S%.fZ")),
+            SqlVal::Time(t) => write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%S%.f")),
+            SqlVal::Instant {
+                utc,
+                offset_minutes,
+            } => {
+                let local = *utc + ChronoDuration::minutes(*offset_minutes as i64);
+                let sign = if *offset_minutes < 0 { '-' } else { '+' };
+                let off = offset_minutes.unsigned_abs();
+                write!(
+                    f,
+                    "{}{sign}{:02}:{:02}",
+                    local.format("%Y-%m-%dT%H:%M:%S%.f"),
+                    off / 60,
+                    off % 60
+                )
+            }
             SqlVal::Bytes(b) => {
                 write!(f, "0x")?;
                 b.iter().try_for_each(|x| write!(f, "{x:02X}"))
@@ -1120,10 +1224,18 @@ fn read_typed_value(r: &mut Reader<'_>) -> Option<SqlVal> {
                             + ChronoDuration::nanoseconds(nanos))
                         .format("%H:%M:%S%.f")
                     )),
+                    0x2A => {
+                        let date = decode_date(v.get(time_len..time_len + 3)?)?;
+                        SqlVal::Time(midnight(date)? + ChronoDuration::nanoseconds(nanos))
+                    }
                     _ => {
                         // DATETIMEOFFSET carries the UTC date and time, then the offset.
                         let date = decode_date(v.get(time_len..time_len + 3)?)?;
-                        SqlVal::Time(midnight(date)? + ChronoDuration::nanoseconds(nanos))
+                        let offset = v.get(time_len + 3..time_len + 5)?;
+                        SqlVal::Instant {
+                            utc: midnight(date)? + ChronoDuration::nanoseconds(nanos),
+                            offset_minutes: i16::from_le_bytes([offset[0], offset[1]]),
+                        }
                     }
                 }
             }
@@ -1425,7 +1537,8 @@ fn execute(
     match execute_inner(state, spid, text, params, recorded) {
         Ok(outcome) => outcome,
         Err(e) => {
-            if e.number == 102 || e.number == 50000 {
+            // Errors that mean the client sent SQL the stand-in (or SQL Server) refuses.
+            if [102, 137, 207, 208, 209, 4104, 50000].contains(&e.number) {
                 eprintln!("tds stand-in: cannot run {text:?}: {}", e.message);
             }
             Outcome::Error(e)
@@ -1461,7 +1574,7 @@ fn execute_inner(
             Tok::Num(1) => {
                 return Ok(Outcome::Rows {
                     cols: vec![ColDef {
-                        name: "",
+                        name: String::new(),
                         ty: ColType::Int,
                         nullable: false,
                     }],
@@ -1471,7 +1584,7 @@ fn execute_inner(
             Tok::Global(g) if g == "spid" => {
                 return Ok(Outcome::Rows {
                     cols: vec![ColDef {
-                        name: "",
+                        name: String::new(),
                         ty: ColType::SmallInt,
                         nullable: false,
                     }],
@@ -1481,10 +1594,16 @@ fn execute_inner(
             _ => {}
         }
     }
-    let mentions_sessions = toks
-        .windows(3)
-        .any(|w| w[0].is_kw("sys") && w[1].is_sym(".") && w[2].is_kw("dm_exec_sessions"));
-    if mentions_sessions {
+    if first.is_kw("select") && toks.get(1).is_some_and(|t| t.is_kw("datediff")) {
+        let offset = lock(state).utc_offset_minutes;
+        return clock_query(&toks, offset);
+    }
+    let mentions_views = toks.windows(3).any(|w| {
+        w[0].is_kw("sys")
+            && w[1].is_sym(".")
+            && (w[2].is_kw("dm_exec_sessions") || w[2].is_kw("dm_exec_connections"))
+    });
+    if mentions_views || first.is_kw("select") || first.is_kw("declare") {
         return session_query(state, spid, &toks, params, recorded);
     }
     Err(SqlError::syntax(&first.text()))
@@ -1556,70 +1675,369 @@ fn invalid_spid(n: i64) -> SqlError {
     )
 }
 
-const SESSION_COLUMNS: [&str; 9] = [
+/// `SELECT DATEDIFF(minute, <clock>(), <clock>()) [[AS] name]`: the server clock's distance
+/// from UTC, as a client asks for it.
+fn clock_query(toks: &[Tok], offset_minutes: i32) -> Result<Outcome, SqlError> {
+    let shape = || {
+        SqlError::standin(
+            "the only DATEDIFF simulated is SELECT DATEDIFF(minute, GETUTCDATE(), GETDATE()) \
+             [AS name] (GETDATE()/SYSDATETIME() are local, GETUTCDATE()/SYSUTCDATETIME() UTC)"
+                .to_string(),
+        )
+    };
+    let mut p = Parser::new(toks, &[], 0);
+    p.expect_kw("select")?;
+    p.expect_kw("datediff")?;
+    if !p.eat_sym("(") {
+        return Err(shape());
+    }
+    match p.next() {
+        Some(Tok::Ident(part)) if ["minute", "mi", "n"].contains(&part.as_str()) => {}
+        _ => return Err(shape()),
+    }
+    let clock = |p: &mut Parser<'_>| -> Result<i32, SqlError> {
+        if !p.eat_sym(",") {
+            return Err(shape());
+        }
+        let minutes = match p.next() {
+            Some(Tok::Ident(f)) if f == "getdate" || f == "sysdatetime" => offset_minutes,
+            Some(Tok::Ident(f)) if f == "getutcdate" || f == "sysutcdatetime" => 0,
+            _ => return Err(shape()),
+        };
+        if !(p.eat_sym("(") && p.eat_sym(")")) {
+            return Err(shape());
+        }
+        Ok(minutes)
+    };
+    let start = clock(&mut p)?;
+    let end = clock(&mut p)?;
+    if !p.eat_sym(")") {
+        return Err(shape());
+    }
+    let name = if p.eat_kw("as") {
+        match p.next() {
+            Some(Tok::Ident(name)) => name.clone(),
+            _ => return Err(shape()),
+        }
+    } else if let Some(Tok::Ident(name)) = p.peek() {
+        p.pos += 1;
+        name.clone()
+    } else {
+        String::new()
+    };
+    while p.eat_sym(";") {}
+    if p.peek().is_some() {
+        return Err(shape());
+    }
+    Ok(Outcome::Rows {
+        cols: vec![ColDef {
+            name,
+            ty: ColType::Int,
+            nullable: true,
+        }],
+        rows: vec![vec![Cell::I32(end - start)]],
+    })
+}
+
+/// The session query's select list, in order: what each item must evaluate to and the name
+/// of its result column.
+const SELECT_LIST: [(Col, &str); 9] = [
+    (Col::SessionId, "session_id"),
+    (Col::OriginalLoginName, "original_login_name"),
+    (Col::LoginName, "login_name"),
+    (Col::LoginTime, "login_time"),
+    (Col::HostName, "host_name"),
+    (Col::ProgramName, "program_name"),
+    (Col::DatabaseName, "database_name"),
+    (Col::ClientNetAddress, "client_net_address"),
+    (Col::Status, "status"),
+];
+
+const EXPECTED_SELECT: &str = "s.session_id, s.original_login_name, s.login_name, s.login_time, \
+     s.host_name, s.program_name, DB_NAME(s.database_id) AS database_name, c.client_net_address, \
+     s.status";
+
+const EXPECTED_JOIN: &str = "FROM sys.dm_exec_sessions AS s LEFT JOIN sys.dm_exec_connections AS c \
+     ON c.session_id = s.session_id AND c.parent_connection_id IS NULL";
+
+/// Every column of the real `sys.dm_exec_sessions` (SQL Server 2022): a name outside this list
+/// gets SQL Server's error 207, a name in it that the stand-in does not simulate gets 50000.
+const SESSIONS_VIEW_COLUMNS: &[&str] = &[
     "session_id",
-    "original_login_name",
-    "login_name",
     "login_time",
     "host_name",
     "program_name",
-    "database_name",
-    "client_net_address",
+    "host_process_id",
+    "client_version",
+    "client_interface_name",
+    "security_id",
+    "login_name",
+    "nt_domain",
+    "nt_user_name",
     "status",
+    "context_info",
+    "cpu_time",
+    "memory_usage",
+    "total_scheduled_time",
+    "total_elapsed_time",
+    "endpoint_id",
+    "last_request_start_time",
+    "last_request_end_time",
+    "reads",
+    "writes",
+    "logical_reads",
+    "is_user_process",
+    "text_size",
+    "language",
+    "date_format",
+    "date_first",
+    "quoted_identifier",
+    "arithabort",
+    "ansi_null_dflt_on",
+    "ansi_defaults",
+    "ansi_warnings",
+    "ansi_padding",
+    "ansi_nulls",
+    "concat_null_yields_null",
+    "transaction_isolation_level",
+    "lock_timeout",
+    "deadlock_priority",
+    "row_count",
+    "prev_error",
+    "original_security_id",
+    "original_login_name",
+    "last_successful_logon",
+    "last_unsuccessful_logon",
+    "unsuccessful_logons",
+    "group_id",
+    "database_id",
+    "authenticating_database_id",
+    "open_transaction_count",
+    "page_server_reads",
+    "contained_availability_group_id",
+];
+
+/// Every column of the real `sys.dm_exec_connections`.
+const CONNECTIONS_VIEW_COLUMNS: &[&str] = &[
+    "session_id",
+    "most_recent_session_id",
+    "connect_time",
+    "net_transport",
+    "protocol_type",
+    "protocol_version",
+    "endpoint_id",
+    "encrypt_option",
+    "auth_scheme",
+    "node_affinity",
+    "num_reads",
+    "num_writes",
+    "last_read",
+    "last_write",
+    "net_packet_size",
+    "client_net_address",
+    "client_tcp_port",
+    "local_net_address",
+    "local_tcp_port",
+    "connection_id",
+    "parent_connection_id",
+    "most_recent_sql_handle",
+];
+
+/// Words that end a table source instead of being its alias.
+const NOT_AN_ALIAS: &[&str] = &[
+    "where", "order", "with", "left", "right", "inner", "join", "cross", "full", "outer", "on",
+    "option", "group", "having", "union", "for", "and", "or", "apply",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
+enum View {
+    Sessions,
+    Connections,
+}
+
+impl View {
+    fn name(self) -> &'static str {
+        match self {
+            View::Sessions => "dm_exec_sessions",
+            View::Connections => "dm_exec_connections",
+        }
+    }
+
+    /// The view's column called `name`, if the real view has one.
+    fn column(self, name: &str) -> Option<&'static str> {
+        let columns = match self {
+            View::Sessions => SESSIONS_VIEW_COLUMNS,
+            View::Connections => CONNECTIONS_VIEW_COLUMNS,
+        };
+        columns.iter().copied().find(|c| *c == name)
+    }
+}
+
+/// A view in the FROM clause and the name it is exposed under.
+struct TableRef {
+    view: View,
+    alias: Option<String>,
+}
+
+impl TableRef {
+    /// Whether `qualifier` (the parts before the column name) names this table: its alias
+    /// if it has one (then only the alias), else `[db.]sys.<view>` or `<view>`.
+    fn exposes(&self, qualifier: &[String]) -> bool {
+        match &self.alias {
+            Some(alias) => qualifier.len() == 1 && qualifier[0] == *alias,
+            None => match qualifier {
+                [view] => view == self.view.name(),
+                [.., sys, view] if qualifier.len() <= 3 => sys == "sys" && view == self.view.name(),
+                _ => false,
+            },
+        }
+    }
+}
+
+/// A column expression as written, before it is bound to the FROM clause.
+#[derive(Debug, Clone)]
+enum RawExpr {
+    /// `[qualifier.]column`, as its parts.
+    Column(Vec<String>),
+    /// `DB_NAME(<column>)`.
+    DbName(Vec<String>),
+}
+
+impl RawExpr {
+    /// The result column name SQL Server gives the expression when it has no alias.
+    fn default_name(&self) -> String {
+        match self {
+            RawExpr::Column(parts) => parts.last().cloned().unwrap_or_default(),
+            RawExpr::DbName(_) => String::new(),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            RawExpr::Column(parts) => parts.join("."),
+            RawExpr::DbName(parts) => format!("DB_NAME({})", parts.join(".")),
+        }
+    }
+}
+
+/// One condition of the join's ON clause.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum JoinTerm {
+    /// `c.session_id = s.session_id`
+    Key,
+    /// `c.parent_connection_id IS NULL`
+    Parent,
+}
+
+fn join_shape(extra: &str) -> SqlError {
+    SqlError::standin(format!("the join must be {EXPECTED_JOIN}{extra}"))
+}
+
+/// A simulated column (or expression) of the session query.
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Col {
+    /// `s.session_id`
     SessionId,
     OriginalLoginName,
     LoginName,
     LoginTime,
     HostName,
     ProgramName,
+    /// `DB_NAME(s.database_id)`
     DatabaseName,
+    /// `c.client_net_address`
     ClientNetAddress,
     Status,
     IsUserProcess,
+    /// `c.session_id`: NULL when the session has no connection.
+    ConnSessionId,
 }
 
 impl Col {
-    fn from_name(name: &str) -> Option<Col> {
-        Some(match name {
-            "session_id" => Col::SessionId,
-            "original_login_name" => Col::OriginalLoginName,
-            "login_name" => Col::LoginName,
-            "login_time" => Col::LoginTime,
-            "host_name" => Col::HostName,
-            "program_name" => Col::ProgramName,
-            "database_name" => Col::DatabaseName,
-            "client_net_address" => Col::ClientNetAddress,
-            "status" => Col::Status,
-            "is_user_process" => Col::IsUserProcess,
-            _ => return None,
+    /// How the column is written in the session query.
+    fn sql(self) -> &'static str {
+        match self {
+            Col::SessionId => "s.session_id",
+            Col::OriginalLoginName => "s.original_login_name",
+            Col::LoginName => "s.login_name",
+            Col::LoginTime => "s.login_time",
+            Col::HostName => "s.host_name",
+            Col::ProgramName => "s.program_name",
+            Col::DatabaseName => "DB_NAME(s.database_id)",
+            Col::ClientNetAddress => "c.client_net_address",
+            Col::Status => "s.status",
+            Col::IsUserProcess => "s.is_user_process",
+            Col::ConnSessionId => "c.session_id",
+        }
+    }
+
+    /// The simulated column for a bound view column.
+    fn of(view: View, name: &str) -> Result<Col, SqlError> {
+        Ok(match (view, name) {
+            (View::Sessions, "session_id") => Col::SessionId,
+            (View::Sessions, "original_login_name") => Col::OriginalLoginName,
+            (View::Sessions, "login_name") => Col::LoginName,
+            (View::Sessions, "login_time") => Col::LoginTime,
+            (View::Sessions, "host_name") => Col::HostName,
+            (View::Sessions, "program_name") => Col::ProgramName,
+            (View::Sessions, "status") => Col::Status,
+            (View::Sessions, "is_user_process") => Col::IsUserProcess,
+            (View::Connections, "session_id") => Col::ConnSessionId,
+            (View::Connections, "client_net_address") => Col::ClientNetAddress,
+            (View::Sessions, "database_id") => {
+                return Err(SqlError::standin(
+                    "sys.dm_exec_sessions.database_id is simulated only as DB_NAME(s.database_id)"
+                        .to_string(),
+                ));
+            }
+            (View::Connections, "parent_connection_id") => {
+                return Err(SqlError::standin(
+                    "sys.dm_exec_connections.parent_connection_id is simulated only in the \
+                     JOIN's ON clause (c.parent_connection_id IS NULL)"
+                        .to_string(),
+                ));
+            }
+            (view, name) => {
+                return Err(SqlError::standin(format!(
+                    "column {name} of sys.{} is not simulated (simulated: s.session_id, \
+                     s.original_login_name, s.login_name, s.login_time, s.host_name, \
+                     s.program_name, s.status, s.is_user_process, DB_NAME(s.database_id), \
+                     c.session_id, c.client_net_address)",
+                    view.name()
+                )));
+            }
         })
     }
 
     fn kind(self) -> Kind {
         match self {
-            Col::SessionId | Col::IsUserProcess => Kind::Int,
+            Col::SessionId | Col::IsUserProcess | Col::ConnSessionId => Kind::Int,
             Col::LoginTime => Kind::Time,
             _ => Kind::Str,
         }
     }
 
-    fn value(self, s: &FakeSession) -> SqlVal {
+    /// The value a row has for this column; `login_time` is in the server's local time.
+    fn value(self, s: &FakeSession, utc_offset: ChronoDuration) -> SqlVal {
         let opt = |v: &Option<String>| v.clone().map_or(SqlVal::Null, SqlVal::Str);
         match self {
             Col::SessionId => SqlVal::Int(s.session_id as i64),
             Col::OriginalLoginName => SqlVal::Str(s.original_login_name.clone()),
             Col::LoginName => SqlVal::Str(s.login_name.clone()),
-            Col::LoginTime => SqlVal::Time(sql_datetime_precision(s.login_time).naive_utc()),
+            Col::LoginTime => {
+                SqlVal::Time(sql_datetime_precision(s.login_time).naive_utc() + utc_offset)
+            }
             Col::HostName => opt(&s.host_name),
             Col::ProgramName => opt(&s.program_name),
             Col::DatabaseName => opt(&s.database_name),
             Col::ClientNetAddress => opt(&s.client_net_address),
             Col::Status => SqlVal::Str(s.status.clone()),
             Col::IsUserProcess => SqlVal::Int(s.is_user_process as i64),
+            // The LEFT JOIN finds a connection exactly when the session has an address.
+            Col::ConnSessionId => match s.client_net_address {
+                Some(_) => SqlVal::Int(s.session_id as i64),
+                None => SqlVal::Null,
+            },
         }
     }
 }
@@ -1689,9 +2107,21 @@ struct Parser<'a> {
     /// DECLAREd variables (lower-case name without `@`) and their converted values.
     vars: HashMap<String, SqlVal>,
     spid: i16,
+    /// The FROM clause, once parsed.
+    scope: Vec<TableRef>,
 }
 
 impl<'a> Parser<'a> {
+    fn new(toks: &'a [Tok], params: &'a [(String, SqlVal)], spid: i16) -> Self {
+        Parser {
+            toks,
+            pos: 0,
+            params,
+            vars: HashMap::new(),
+            spid,
+            scope: Vec::new(),
+        }
+    }
     fn peek(&self) -> Option<&'a Tok> {
         self.toks.get(self.pos)
     }
@@ -1780,23 +2210,112 @@ impl<'a> Parser<'a> {
         Ok(Some(v))
     }
 
-    /// `[x.]...column`; returns the column name.
-    fn column_ref(&mut self) -> Option<String> {
-        let start = self.pos;
-        let Some(Tok::Ident(mut name)) = self.next().cloned() else {
-            self.pos = start;
+    /// A multi-part name `a[.b[.c ...]]`, as its parts.
+    fn multipart(&mut self) -> Option<Vec<String>> {
+        let Some(Tok::Ident(first)) = self.peek() else {
             return None;
         };
+        self.pos += 1;
+        let mut parts = vec![first.clone()];
         while self.peek().is_some_and(|t| t.is_sym(".")) {
             match self.toks.get(self.pos + 1) {
                 Some(Tok::Ident(n)) => {
-                    name = n.clone();
+                    parts.push(n.clone());
                     self.pos += 2;
                 }
                 _ => break,
             }
         }
-        Some(name)
+        Some(parts)
+    }
+
+    /// A column expression: `[qualifier.]column` or `DB_NAME(<column>)`; `None` if the next
+    /// token cannot start one.
+    fn raw_expr(&mut self) -> Result<Option<RawExpr>, SqlError> {
+        let Some(parts) = self.multipart() else {
+            return Ok(None);
+        };
+        if !self.eat_sym("(") {
+            return Ok(Some(RawExpr::Column(parts)));
+        }
+        let function = parts.join(".");
+        if function != "db_name" {
+            return Err(SqlError::standin(format!(
+                "functions ({function}(...)) are not supported; the only one simulated is \
+                 DB_NAME(s.database_id)"
+            )));
+        }
+        let Some(arg) = self.multipart() else {
+            return Err(SqlError::standin(
+                "DB_NAME is simulated only as DB_NAME(s.database_id)".to_string(),
+            ));
+        };
+        if !self.eat_sym(")") {
+            return Err(SqlError::standin(
+                "DB_NAME is simulated only as DB_NAME(s.database_id)".to_string(),
+            ));
+        }
+        Ok(Some(RawExpr::DbName(arg)))
+    }
+
+    /// Binds a column name to the FROM clause, as SQL Server does: a qualified name needs a
+    /// table exposed under that qualifier (else 4104), an unqualified one must belong to
+    /// exactly one of the tables (else 207 or 209); the column must exist in the real view
+    /// (else 207).
+    fn bind_column(&self, parts: &[String]) -> Result<(View, &'static str), SqlError> {
+        let Some((name, qualifier)) = parts.split_last() else {
+            return Err(self.unexpected());
+        };
+        let invalid = || SqlError::new(207, 1, 16, format!("Invalid column name '{name}'."));
+        if qualifier.is_empty() {
+            let hits: Vec<(View, &'static str)> = self
+                .scope
+                .iter()
+                .filter_map(|t| t.view.column(name).map(|c| (t.view, c)))
+                .collect();
+            return match hits.as_slice() {
+                [] => Err(invalid()),
+                [hit] => Ok(*hit),
+                _ => Err(SqlError::new(
+                    209,
+                    1,
+                    16,
+                    format!("Ambiguous column name '{name}'."),
+                )),
+            };
+        }
+        let table = self
+            .scope
+            .iter()
+            .find(|t| t.exposes(qualifier))
+            .ok_or_else(|| {
+                SqlError::new(
+                    4104,
+                    1,
+                    16,
+                    format!(
+                        "The multi-part identifier \"{}\" could not be bound.",
+                        parts.join(".")
+                    ),
+                )
+            })?;
+        let column = table.view.column(name).ok_or_else(invalid)?;
+        Ok((table.view, column))
+    }
+
+    fn resolve(&self, e: &RawExpr) -> Result<Col, SqlError> {
+        match e {
+            RawExpr::Column(parts) => {
+                let (view, name) = self.bind_column(parts)?;
+                Col::of(view, name)
+            }
+            RawExpr::DbName(parts) => match self.bind_column(parts)? {
+                (View::Sessions, "database_id") => Ok(Col::DatabaseName),
+                _ => Err(SqlError::standin(
+                    "DB_NAME is simulated only as DB_NAME(s.database_id)".to_string(),
+                )),
+            },
+        }
     }
 
     /// `DECLARE @a type[(n)] [= value] [, ...]`
@@ -1837,6 +2356,184 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// `<select item> [, ...]`: each a column expression with an optional `[AS] alias`.
+    fn select_list(&mut self) -> Result<Vec<(RawExpr, Option<String>)>, SqlError> {
+        let mut items = Vec::new();
+        loop {
+            let unsupported = |what: String| {
+                SqlError::standin(format!(
+                    "{what} is not supported; the stand-in answers SELECT 1, SELECT @@SPID, \
+                     SELECT DATEDIFF(minute, GETUTCDATE(), GETDATE()) and the session query \
+                     SELECT {EXPECTED_SELECT} {EXPECTED_JOIN} ..."
+                ))
+            };
+            match self.peek() {
+                Some(t) if t.is_sym("*") => return Err(unsupported("SELECT *".to_string())),
+                Some(t) if t.is_kw("top") || t.is_kw("distinct") => {
+                    return Err(unsupported(format!("SELECT {}", t.text().to_uppercase())));
+                }
+                _ => {}
+            }
+            let Some(expr) = self.raw_expr()? else {
+                let what = match self.peek() {
+                    Some(t) => format!("the select list item {}", t.text()),
+                    None => "an empty select list".to_string(),
+                };
+                return Err(unsupported(what));
+            };
+            let alias = if self.eat_kw("as") {
+                match self.next() {
+                    Some(Tok::Ident(alias)) => Some(alias.clone()),
+                    _ => {
+                        self.pos -= 1;
+                        return Err(self.unexpected());
+                    }
+                }
+            } else {
+                match self.peek() {
+                    Some(Tok::Ident(alias)) if alias != "from" => {
+                        self.pos += 1;
+                        Some(alias.clone())
+                    }
+                    _ => None,
+                }
+            };
+            items.push((expr, alias));
+            if !self.eat_sym(",") {
+                return Ok(items);
+            }
+        }
+    }
+
+    /// `[db.]sys.<view> [[AS] alias] [WITH (hints)]`
+    fn table_source(&mut self) -> Result<TableRef, SqlError> {
+        let Some(parts) = self.multipart() else {
+            return Err(match self.peek() {
+                Some(t) if t.is_sym("(") => {
+                    SqlError::standin("derived tables are not supported".to_string())
+                }
+                _ => self.unexpected(),
+            });
+        };
+        let view = match parts.as_slice() {
+            [.., sys, v] if parts.len() <= 3 && sys == "sys" && v == "dm_exec_sessions" => {
+                View::Sessions
+            }
+            [.., sys, v] if parts.len() <= 3 && sys == "sys" && v == "dm_exec_connections" => {
+                View::Connections
+            }
+            [v] if v == "dm_exec_sessions" || v == "dm_exec_connections" => {
+                return Err(SqlError::new(
+                    208,
+                    1,
+                    16,
+                    format!("Invalid object name '{v}'."),
+                ));
+            }
+            _ => {
+                return Err(SqlError::standin(format!(
+                    "only sys.dm_exec_sessions and sys.dm_exec_connections are simulated, not {}",
+                    parts.join(".")
+                )));
+            }
+        };
+        let alias = if self.eat_kw("as") {
+            match self.next() {
+                Some(Tok::Ident(alias)) => Some(alias.clone()),
+                _ => {
+                    self.pos -= 1;
+                    return Err(self.unexpected());
+                }
+            }
+        } else {
+            match self.peek() {
+                Some(Tok::Ident(alias)) if !NOT_AN_ALIAS.contains(&alias.as_str()) => {
+                    self.pos += 1;
+                    Some(alias.clone())
+                }
+                _ => None,
+            }
+        };
+        if self.peek().is_some_and(|t| t.is_kw("with"))
+            && self.toks.get(self.pos + 1).is_some_and(|t| t.is_sym("("))
+        {
+            self.pos += 2;
+            while !self.eat_sym(")") {
+                if self.next().is_none() {
+                    return Err(self.unexpected());
+                }
+            }
+        }
+        Ok(TableRef { view, alias })
+    }
+
+    /// The ON clause of the join: exactly `c.session_id = s.session_id` (either way round)
+    /// AND `c.parent_connection_id IS NULL`, in either order.
+    fn join_condition(&mut self) -> Result<(), SqlError> {
+        let mut terms = Vec::new();
+        self.join_terms(&mut terms)?;
+        let count = |t: JoinTerm| terms.iter().filter(|x| **x == t).count();
+        if count(JoinTerm::Key) != 1 || count(JoinTerm::Parent) > 1 {
+            return Err(join_shape(""));
+        }
+        if count(JoinTerm::Parent) == 0 {
+            return Err(join_shape(
+                " (without the parent_connection_id filter a real server returns one row per \
+                 MARS connection, which the stand-in does not simulate)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `<term> [AND <term> ...]`, a term being one of the two join conditions or a
+    /// parenthesised conjunction of them.
+    fn join_terms(&mut self, terms: &mut Vec<JoinTerm>) -> Result<(), SqlError> {
+        let key = [
+            (View::Connections, "session_id"),
+            (View::Sessions, "session_id"),
+        ];
+        loop {
+            if self.eat_sym("(") {
+                self.join_terms(terms)?;
+                if !self.eat_sym(")") {
+                    return Err(self.unexpected());
+                }
+            } else {
+                let Some(left) = self.multipart() else {
+                    return Err(join_shape(""));
+                };
+                let left = self.bind_column(&left)?;
+                if self.eat_kw("is") {
+                    if self.eat_kw("not") {
+                        return Err(join_shape(""));
+                    }
+                    self.expect_kw("null")?;
+                    if left != (View::Connections, "parent_connection_id") {
+                        return Err(join_shape(""));
+                    }
+                    terms.push(JoinTerm::Parent);
+                } else if self.eat_sym("=") {
+                    let Some(right) = self.multipart() else {
+                        return Err(join_shape(""));
+                    };
+                    let right = self.bind_column(&right)?;
+                    if !([left, right] == key || [right, left] == key) {
+                        return Err(join_shape(""));
+                    }
+                    terms.push(JoinTerm::Key);
+                } else {
+                    return Err(join_shape(""));
+                }
+            }
+            if self.peek().is_some_and(|t| t.is_kw("or")) {
+                return Err(join_shape(" (OR is not supported)"));
+            }
+            if !self.eat_kw("and") {
+                return Ok(());
+            }
+        }
+    }
+
     fn predicate(&mut self) -> Result<Vec<Pred>, SqlError> {
         if self.eat_sym("(") {
             let preds = self.conjunction()?;
@@ -1855,19 +2552,14 @@ impl<'a> Parser<'a> {
                 .and_then(Op::parse)
                 .ok_or_else(|| self.unexpected())?;
             self.pos += 1;
-            let name = self.column_ref().ok_or_else(|| {
+            let expr = self.raw_expr()?.ok_or_else(|| {
                 SqlError::standin("a predicate must compare a column with a value".to_string())
             })?;
-            let col = self.known_column(&name)?;
+            let col = self.resolve(&expr)?;
             return Ok(vec![Pred::Cmp(col, op.flip(), bind(col, v)?)]);
         }
-        let name = self.column_ref().ok_or_else(|| self.unexpected())?;
-        if self.peek().is_some_and(|t| t.is_sym("(")) {
-            return Err(SqlError::standin(format!(
-                "functions ({name}(...)) are not supported"
-            )));
-        }
-        let col = self.known_column(&name)?;
+        let expr = self.raw_expr()?.ok_or_else(|| self.unexpected())?;
+        let col = self.resolve(&expr)?;
         if self.eat_kw("is") {
             let negated = self.eat_kw("not");
             self.expect_kw("null")?;
@@ -1887,7 +2579,8 @@ impl<'a> Parser<'a> {
             None => {
                 return Err(match self.peek() {
                     Some(Tok::Ident(_)) => SqlError::standin(
-                        "a predicate must compare a column with a value (no column-to-column comparisons, CAST or functions)"
+                        "a predicate must compare a column with a value (no column-to-column \
+                         comparisons, CAST or functions other than DB_NAME(s.database_id))"
                             .to_string(),
                     ),
                     _ => self.unexpected(),
@@ -1910,13 +2603,38 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn known_column(&self, name: &str) -> Result<Col, SqlError> {
-        Col::from_name(name).ok_or_else(|| {
-            SqlError::standin(format!(
-                "column {name} is not simulated (known: {}, is_user_process)",
-                SESSION_COLUMNS.join(", ")
-            ))
-        })
+    /// `ORDER BY <item> [ASC|DESC] [, ...]`: an item is a result column name or a column.
+    fn order_by(&mut self) -> Result<Vec<(Col, bool)>, SqlError> {
+        let mut order = Vec::new();
+        loop {
+            if let Some(Tok::Num(n)) = self.peek() {
+                return Err(SqlError::standin(format!(
+                    "ORDER BY {n} (a select list position) is not supported"
+                )));
+            }
+            let expr = self.raw_expr()?.ok_or_else(|| self.unexpected())?;
+            let result_column = match &expr {
+                RawExpr::Column(parts) if parts.len() == 1 => SELECT_LIST
+                    .iter()
+                    .find(|(_, name)| *name == parts[0])
+                    .map(|(col, _)| *col),
+                _ => None,
+            };
+            let col = match result_column {
+                Some(col) => col,
+                None => self.resolve(&expr)?,
+            };
+            let desc = if self.eat_kw("desc") {
+                true
+            } else {
+                self.eat_kw("asc");
+                false
+            };
+            order.push((col, desc));
+            if !self.eat_sym(",") {
+                return Ok(order);
+            }
+        }
     }
 }
 
@@ -1936,10 +2654,11 @@ fn bind(col: Col, v: SqlVal) -> Result<SqlVal, SqlError> {
             )
         }),
         (Kind::Str, SqlVal::Str(s)) => Ok(SqlVal::Str(s)),
-        (Kind::Time, SqlVal::Time(t)) => Ok(SqlVal::Time(t)),
+        (Kind::Time, v @ (SqlVal::Time(_) | SqlVal::Instant { .. })) => Ok(v),
         (Kind::Time, SqlVal::Str(s)) => parse_datetime_str(&s, 3, false, true),
         (kind, v) => Err(SqlError::standin(format!(
-            "cannot compare a {kind:?} column ({col:?}) with {v}"
+            "cannot compare a {kind:?} column ({}) with {v}",
+            col.sql()
         ))),
     }
 }
@@ -1951,10 +2670,29 @@ fn convert_declared(v: SqlVal, ty: &str) -> Result<SqlVal, SqlError> {
         ("datetime" | "smalldatetime", SqlVal::Str(s)) => parse_datetime_str(&s, 3, false, true),
         ("datetime2", SqlVal::Str(s)) => parse_datetime_str(&s, 7, false, false),
         ("datetimeoffset", SqlVal::Str(s)) => parse_datetime_str(&s, 7, true, false),
+        // datetimeoffset → a type without a zone keeps the local date and time.
         (
-            "datetime" | "smalldatetime" | "datetime2" | "datetimeoffset" | "date",
-            SqlVal::Time(t),
-        ) => Ok(SqlVal::Time(t)),
+            "datetime" | "smalldatetime" | "datetime2" | "date",
+            SqlVal::Instant {
+                utc,
+                offset_minutes,
+            },
+        ) => convert_declared(
+            SqlVal::Time(utc + ChronoDuration::minutes(offset_minutes as i64)),
+            ty,
+        ),
+        ("datetime", SqlVal::Time(t)) => {
+            let (days, ticks) = to_sql_datetime(t);
+            Ok(SqlVal::Time(from_sql_datetime(days, ticks)))
+        }
+        ("smalldatetime" | "datetime2", SqlVal::Time(t)) => Ok(SqlVal::Time(t)),
+        ("date", SqlVal::Time(t)) => Ok(SqlVal::Time(t.date().and_hms_opt(0, 0, 0).unwrap())),
+        // A value without a zone → datetimeoffset gets +00:00.
+        ("datetimeoffset", SqlVal::Time(t)) => Ok(SqlVal::Instant {
+            utc: t,
+            offset_minutes: 0,
+        }),
+        ("datetimeoffset", v @ SqlVal::Instant { .. }) => Ok(v),
         ("int" | "smallint" | "bigint" | "tinyint" | "bit", SqlVal::Int(i)) => Ok(SqlVal::Int(i)),
         ("int" | "smallint" | "bigint" | "tinyint", SqlVal::Str(s)) => {
             bind(Col::SessionId, SqlVal::Str(s))
@@ -1968,7 +2706,8 @@ fn convert_declared(v: SqlVal, ty: &str) -> Result<SqlVal, SqlError> {
 
 /// String → date/time as SQL Server converts it: `YYYY-MM-DD`, `YYYYMMDD`, optionally `T` or
 /// a space and `HH:MM[:SS[.f]]` with at most `max_fraction` digits; a zone (`Z`, `±HH:MM`)
-/// only if `zone` (the result is then UTC).
+/// only if `zone` (the target is datetimeoffset: the result is then an instant, +00:00 when
+/// the string has no zone).
 fn parse_datetime_str(
     s: &str,
     max_fraction: usize,
@@ -2020,8 +2759,14 @@ fn parse_datetime_str(
                 .to_string(),
         ));
     }
-    let utc = parsed - ChronoDuration::minutes(offset_minutes.unwrap_or(0));
-    Ok(SqlVal::Time(utc))
+    if !zone {
+        return Ok(SqlVal::Time(parsed));
+    }
+    let offset_minutes = offset_minutes.unwrap_or(0);
+    Ok(SqlVal::Instant {
+        utc: parsed - ChronoDuration::minutes(offset_minutes),
+        offset_minutes: offset_minutes as i16,
+    })
 }
 
 /// Splits a trailing `Z` / `±HH:MM` zone off a date-time string.
@@ -2045,23 +2790,29 @@ fn split_zone(s: &str) -> (&str, Option<i64>) {
 }
 
 fn compare(a: &SqlVal, b: &SqlVal) -> Option<std::cmp::Ordering> {
+    // A date/time without a zone compared with a datetimeoffset is taken as +00:00 (SQL
+    // Server converts it to datetimeoffset), so both compare by their naive value.
+    let naive = |v: &SqlVal| match v {
+        SqlVal::Time(t) => Some(*t),
+        SqlVal::Instant { utc, .. } => Some(*utc),
+        _ => None,
+    };
     match (a, b) {
         (SqlVal::Int(x), SqlVal::Int(y)) => Some(x.cmp(y)),
-        (SqlVal::Time(x), SqlVal::Time(y)) => Some(x.cmp(y)),
         (SqlVal::Str(x), SqlVal::Str(y)) => {
             // Case-insensitive, trailing spaces ignored (SQL_Latin1_General_CP1_CI_AS).
             let x = x.trim_end_matches(' ').to_lowercase();
             let y = y.trim_end_matches(' ').to_lowercase();
             Some(x.cmp(&y))
         }
-        _ => None,
+        _ => Some(naive(a)?.cmp(&naive(b)?)),
     }
 }
 
-fn row_matches(preds: &[Pred], s: &FakeSession) -> bool {
+fn row_matches(preds: &[Pred], s: &FakeSession, utc_offset: ChronoDuration) -> bool {
     preds.iter().all(|p| match p {
-        Pred::Cmp(col, op, v) => compare(&col.value(s), v).is_some_and(|o| op.holds(o)),
-        Pred::IsNull(col, want_null) => (col.value(s) == SqlVal::Null) == *want_null,
+        Pred::Cmp(col, op, v) => compare(&col.value(s, utc_offset), v).is_some_and(|o| op.holds(o)),
+        Pred::IsNull(col, want_null) => (col.value(s, utc_offset) == SqlVal::Null) == *want_null,
     })
 }
 
@@ -2072,13 +2823,7 @@ fn session_query(
     params: &[(String, SqlVal)],
     recorded: &str,
 ) -> Result<Outcome, SqlError> {
-    let mut p = Parser {
-        toks,
-        pos: 0,
-        params,
-        vars: HashMap::new(),
-        spid,
-    };
+    let mut p = Parser::new(toks, params, spid);
     // DECLAREs, then the SELECT.
     loop {
         while p.eat_sym(";") {}
@@ -2088,95 +2833,107 @@ fn session_query(
             break;
         }
     }
-    p.expect_kw("select")?;
-    let mut selected = Vec::new();
-    loop {
-        if p.peek().is_some_and(|t| t.is_sym("*")) {
+    if !p.eat_kw("select") {
+        return Err(match p.peek() {
+            Some(t) => SqlError::syntax(&t.text()),
+            None => p.unexpected(),
+        });
+    }
+    let items = p.select_list()?;
+    if !p.eat_kw("from") {
+        return Err(SqlError::standin(format!(
+            "a SELECT without FROM is supported only as SELECT 1, SELECT @@SPID or the clock \
+             query; the session query is SELECT {EXPECTED_SELECT} {EXPECTED_JOIN} ..."
+        )));
+    }
+    let sessions = p.table_source()?;
+    if sessions.view != View::Sessions {
+        return Err(SqlError::standin(format!(
+            "the session query must be {EXPECTED_JOIN}"
+        )));
+    }
+    p.scope.push(sessions);
+    if p.eat_kw("left") {
+        p.eat_kw("outer");
+        p.expect_kw("join")?;
+        let connections = p.table_source()?;
+        if connections.view != View::Connections {
             return Err(SqlError::standin(format!(
-                "SELECT * is not supported; select exactly {}",
-                SESSION_COLUMNS.join(", ")
+                "the session query must be {EXPECTED_JOIN}"
             )));
         }
-        let name = p.column_ref().ok_or_else(|| p.unexpected())?;
-        selected.push(name);
-        if p.peek().is_some_and(|t| t.is_kw("as")) {
-            return Err(SqlError::standin(
-                "column aliases (AS) are not supported".to_string(),
-            ));
-        }
-        if !p.eat_sym(",") {
-            break;
-        }
-    }
-    if selected != SESSION_COLUMNS {
-        return Err(SqlError::standin(format!(
-            "the session query must select exactly {} (in this order), got {}",
-            SESSION_COLUMNS.join(", "),
-            selected.join(", ")
-        )));
-    }
-    p.expect_kw("from")?;
-    let table = p.column_ref().ok_or_else(|| p.unexpected())?;
-    if table != "dm_exec_sessions" {
-        return Err(SqlError::standin(format!(
-            "only sys.dm_exec_sessions is simulated, not {table}"
-        )));
-    }
-    p.eat_kw("as");
-    if let Some(Tok::Ident(alias)) = p.peek()
-        && !["where", "order", "with", "option"].contains(&alias.as_str())
+        p.scope.push(connections);
+        p.expect_kw("on")?;
+        p.join_condition()?;
+    } else if let Some(t) = p.peek()
+        && (t.is_sym(",")
+            || ["join", "inner", "right", "full", "cross", "outer"]
+                .iter()
+                .any(|k| t.is_kw(k)))
     {
-        if ["join", "inner", "left", "right", "cross", "outer", "full"].contains(&alias.as_str()) {
-            return Err(SqlError::standin("joins are not supported".to_string()));
-        }
-        p.pos += 1;
+        return Err(SqlError::standin(format!(
+            "only this join is simulated: {EXPECTED_JOIN}"
+        )));
     }
-    if p.eat_kw("with") {
-        if !p.eat_sym("(") {
-            return Err(p.unexpected());
-        }
-        while !p.eat_sym(")") {
-            if p.next().is_none() {
-                return Err(p.unexpected());
-            }
-        }
+
+    // Bind the select list now that the FROM clause is known.
+    let mut selected = Vec::new();
+    for (expr, alias) in &items {
+        let col = p.resolve(expr)?;
+        let name = alias.clone().unwrap_or_else(|| expr.default_name());
+        selected.push((col, name, expr.text()));
     }
+    let matches = selected.len() == SELECT_LIST.len()
+        && selected
+            .iter()
+            .zip(SELECT_LIST.iter())
+            .all(|((col, name, _), (want, want_name))| col == want && name == want_name);
+    if !matches {
+        let got: Vec<String> = selected
+            .iter()
+            .map(|(_, name, text)| {
+                if *name == text.rsplit('.').next().unwrap_or_default() {
+                    text.clone()
+                } else if name.is_empty() {
+                    format!("{text} (no column name)")
+                } else {
+                    format!("{text} AS {name}")
+                }
+            })
+            .collect();
+        return Err(SqlError::standin(format!(
+            "the session query must select exactly {EXPECTED_SELECT} (in this order, same \
+             result column names), got {}",
+            got.join(", ")
+        )));
+    }
+
     let preds = if p.eat_kw("where") {
         p.conjunction()?
     } else {
         Vec::new()
     };
-    let mut order = Vec::new();
-    if p.eat_kw("order") {
+    let order = if p.eat_kw("order") {
         p.expect_kw("by")?;
-        loop {
-            let name = p.column_ref().ok_or_else(|| p.unexpected())?;
-            let col = p.known_column(&name)?;
-            let desc = if p.eat_kw("desc") {
-                true
-            } else {
-                p.eat_kw("asc");
-                false
-            };
-            order.push((col, desc));
-            if !p.eat_sym(",") {
-                break;
-            }
-        }
-    }
+        p.order_by()?
+    } else {
+        Vec::new()
+    };
     while p.eat_sym(";") {}
-    if p.peek().is_some() {
+    if let Some(t) = p.peek() {
         return Err(SqlError::standin(format!(
-            "unexpected {} after the session query (one SELECT per request)",
-            p.peek().unwrap().text()
+            "unexpected {} after the session query (one SELECT per request; no GROUP BY, \
+             OPTION, UNION ...)",
+            t.text()
         )));
     }
 
-    let (table, hook) = {
+    let (table, hook, utc_offset) = {
         let st = lock(state);
         (
             st.sessions.values().cloned().collect::<Vec<_>>(),
             st.hook.clone(),
+            ChronoDuration::minutes(st.utc_offset_minutes as i64),
         )
     };
     let table = match hook {
@@ -2185,11 +2942,18 @@ fn session_query(
     };
     let mut rows: Vec<FakeSession> = table
         .into_iter()
-        .filter(|s| row_matches(&preds, s))
+        .filter(|s| row_matches(&preds, s, utc_offset))
         .collect();
     rows.sort_by(|a, b| {
         for (col, desc) in &order {
-            let o = compare(&col.value(a), &col.value(b)).unwrap_or(std::cmp::Ordering::Equal);
+            let o = compare(&col.value(a, utc_offset), &col.value(b, utc_offset)).unwrap_or_else(
+                || {
+                    // NULLs sort first, as in SQL Server.
+                    let null_a = col.value(a, utc_offset) == SqlVal::Null;
+                    let null_b = col.value(b, utc_offset) == SqlVal::Null;
+                    null_b.cmp(&null_a)
+                },
+            );
             let o = if *desc { o.reverse() } else { o };
             if o != std::cmp::Ordering::Equal {
                 return o;
@@ -2198,21 +2962,21 @@ fn session_query(
         a.session_id.cmp(&b.session_id)
     });
 
-    let nvarchar = |name, chars, nullable| ColDef {
-        name,
+    let nvarchar = |name: &str, chars, nullable| ColDef {
+        name: name.to_string(),
         ty: ColType::NVarChar(chars),
         nullable,
     };
     let cols = vec![
         ColDef {
-            name: "session_id",
+            name: "session_id".to_string(),
             ty: ColType::SmallInt,
             nullable: false,
         },
         nvarchar("original_login_name", 128, false),
         nvarchar("login_name", 128, false),
         ColDef {
-            name: "login_time",
+            name: "login_time".to_string(),
             ty: ColType::DateTime,
             nullable: false,
         },
@@ -2230,7 +2994,7 @@ fn session_query(
                 Cell::I16(s.session_id),
                 Cell::Str(s.original_login_name.clone()),
                 Cell::Str(s.login_name.clone()),
-                Cell::DateTime(s.login_time.naive_utc()),
+                Cell::DateTime(s.login_time.naive_utc() + utc_offset),
                 opt(&s.host_name),
                 opt(&s.program_name),
                 opt(&s.database_name),

@@ -1,0 +1,449 @@
+//! Microsoft SQL Server and Azure SQL: sessions from `sys.dm_exec_sessions`, matched on
+//! `original_login_name` (not `login_name`, which `EXECUTE AS` changes), user processes only,
+//! ended with `KILL <session_id>` after re-checking that the id still belongs to the same
+//! session (ids are reused).
+//!
+//! `login_time` is in the server's local time; sever reads the server's UTC offset first and
+//! converts both ways, so cutoffs and reports stay in UTC.
+//!
+//! Connection settings are an ADO.NET connection string (kept in an env var or a file, as it
+//! holds the password): `Server=tcp:db.internal,1433;User Id=sever;Password=…;Encrypt=true;
+//! TrustServerCertificateCA=/etc/sever/sqlserver-ca.pem`. sever always sets its application
+//! name to `sever`, so its own session is recognisable.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use tiberius::{Client, Config, Row};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, MutexGuard};
+use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
+
+use super::{
+    Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped,
+    TerminateOutcome, TerminateRequest,
+};
+use crate::config::{TargetConfig, TerminationConfig};
+
+/// `KILL` refused: missing `ALTER ANY CONNECTION` (Azure SQL Database: `KILL DATABASE CONNECTION`).
+const KILL_DENIED: u32 = 6102;
+/// `KILL` of a session that no longer exists.
+const NOT_ACTIVE: u32 = 6106;
+
+/// The session columns, from the sessions view joined to the session's primary connection.
+/// Every query below starts with this and adds `AND` predicates.
+const SESSIONS: &str = "SELECT s.session_id, s.original_login_name, s.login_name, s.login_time, \
+    s.host_name, s.program_name, DB_NAME(s.database_id) AS database_name, c.client_net_address, s.status \
+    FROM sys.dm_exec_sessions AS s \
+    LEFT JOIN sys.dm_exec_connections AS c ON c.session_id = s.session_id AND c.parent_connection_id IS NULL \
+    WHERE s.is_user_process = 1";
+
+/// The server clock's distance from UTC, in minutes.
+const CLOCK: &str = "SELECT DATEDIFF(minute, GETUTCDATE(), GETDATE()) AS offset_minutes";
+
+type Connection = Client<Compat<TcpStream>>;
+
+/// One SQL Server target, over one connection that is re-opened when it breaks.
+pub struct SqlServer {
+    config: Config,
+    connect_timeout: Duration,
+    client: Mutex<Option<Connection>>,
+}
+
+impl std::fmt::Debug for SqlServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlServer")
+            .field("addr", &self.config.get_addr())
+            .finish()
+    }
+}
+
+/// A `sys.dm_exec_sessions` row, `login_time` still in server-local time.
+#[derive(Debug, Clone)]
+struct Row9 {
+    session_id: i16,
+    original_login_name: String,
+    login_time: NaiveDateTime,
+    program_name: Option<String>,
+    host_name: Option<String>,
+    database_name: Option<String>,
+    client_net_address: Option<String>,
+    status: String,
+}
+
+impl Row9 {
+    fn read(row: &Row) -> Result<Self, EngineError> {
+        let text = |i: usize| -> Result<Option<String>, EngineError> {
+            row.try_get::<&str, _>(i)
+                .map(|v| v.map(str::to_owned))
+                .map_err(query_error)
+        };
+        let required = |v: Option<String>, what: &str| {
+            v.ok_or_else(|| EngineError::Query(format!("{what} is NULL")))
+        };
+        Ok(Self {
+            session_id: row
+                .try_get::<i16, _>(0)
+                .map_err(query_error)?
+                .ok_or_else(|| EngineError::Query("session_id is NULL".into()))?,
+            original_login_name: required(text(1)?, "original_login_name")?,
+            login_time: row
+                .try_get::<NaiveDateTime, _>(3)
+                .map_err(query_error)?
+                .ok_or_else(|| EngineError::Query("login_time is NULL".into()))?,
+            host_name: text(4)?,
+            program_name: text(5)?,
+            database_name: text(6)?,
+            client_net_address: text(7)?,
+            status: required(text(8)?, "status")?,
+        })
+    }
+
+    fn session(&self, offset: chrono::Duration) -> Session {
+        Session {
+            pid: i64::from(self.session_id),
+            login: Some(self.original_login_name.clone()),
+            login_id: None,
+            database: self.database_name.clone(),
+            application_name: self.program_name.clone(),
+            client_addr: self
+                .client_net_address
+                .clone()
+                .or_else(|| self.host_name.clone()),
+            backend_start: Some((self.login_time - offset).and_utc()),
+            state: Some(self.status.clone()),
+        }
+    }
+}
+
+fn query_error(e: tiberius::error::Error) -> EngineError {
+    match e {
+        tiberius::error::Error::Io { .. }
+        | tiberius::error::Error::Tls(_)
+        | tiberius::error::Error::Routing { .. } => EngineError::Connect(e.to_string()),
+        // 18456: login failed.
+        tiberius::error::Error::Server(ref t) if t.code() == 18456 => {
+            EngineError::Connect(e.to_string())
+        }
+        other => EngineError::Query(other.to_string()),
+    }
+}
+
+fn server_code(e: &tiberius::error::Error) -> Option<u32> {
+    match e {
+        tiberius::error::Error::Server(t) => Some(t.code()),
+        _ => None,
+    }
+}
+
+impl SqlServer {
+    /// A target for the ADO.NET connection string `url`; connects on first use.
+    pub fn new(
+        url: &SecretString,
+        target: &TargetConfig,
+        _termination: &TerminationConfig,
+    ) -> Result<Self, EngineError> {
+        let mut config = Config::from_ado_string(url.expose_secret())
+            // The parse error can quote the string, which holds the password.
+            .map_err(|_| EngineError::Config("not a valid ADO.NET connection string".into()))?;
+        config.application_name("sever");
+        Ok(Self {
+            config,
+            connect_timeout: target.connect_timeout,
+            client: Mutex::new(None),
+        })
+    }
+
+    async fn connect(&self) -> Result<Connection, EngineError> {
+        let addr = self.config.get_addr();
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| EngineError::Timeout(self.connect_timeout))?
+            .map_err(|e| EngineError::Connect(format!("{addr}: {e}")))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| EngineError::Connect(e.to_string()))?;
+        Client::connect(self.config.clone(), tcp.compat_write())
+            .await
+            .map_err(query_error)
+    }
+
+    /// The connection, opened if needed. A caller that hits an error drops it (`*guard = None`).
+    async fn client(&self) -> Result<MutexGuard<'_, Option<Connection>>, EngineError> {
+        let mut guard = self.client.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.connect().await?);
+        }
+        Ok(guard)
+    }
+
+    async fn rows(
+        client: &mut Connection,
+        sql: &str,
+        params: &[&dyn tiberius::ToSql],
+    ) -> Result<Vec<Row9>, EngineError> {
+        let rows = client
+            .query(sql, params)
+            .await
+            .map_err(query_error)?
+            .into_first_result()
+            .await
+            .map_err(query_error)?;
+        rows.iter().map(Row9::read).collect()
+    }
+
+    async fn offset(client: &mut Connection) -> Result<chrono::Duration, EngineError> {
+        let row = client
+            .simple_query(CLOCK)
+            .await
+            .map_err(query_error)?
+            .into_row()
+            .await
+            .map_err(query_error)?
+            .ok_or_else(|| EngineError::Query("no answer to the clock query".into()))?;
+        let minutes: i32 = row
+            .try_get(0)
+            .map_err(query_error)?
+            .ok_or_else(|| EngineError::Query("clock offset is NULL".into()))?;
+        Ok(chrono::Duration::minutes(i64::from(minutes)))
+    }
+
+    /// The login's user sessions (other than sever's own), before `cutoff_local` if given.
+    async fn login_sessions(
+        client: &mut Connection,
+        login: &str,
+        cutoff_local: Option<NaiveDateTime>,
+    ) -> Result<Vec<Row9>, EngineError> {
+        match cutoff_local {
+            Some(cutoff) => {
+                let sql = format!(
+                    "{SESSIONS} AND s.original_login_name = @P1 AND s.login_time < @P2 AND s.session_id <> @@SPID ORDER BY s.session_id"
+                );
+                Self::rows(client, &sql, &[&login, &cutoff]).await
+            }
+            None => {
+                let sql = format!(
+                    "{SESSIONS} AND s.original_login_name = @P1 AND s.session_id <> @@SPID ORDER BY s.session_id"
+                );
+                Self::rows(client, &sql, &[&login]).await
+            }
+        }
+    }
+
+    async fn terminate_on(
+        client: &mut Connection,
+        request: &TerminateRequest,
+    ) -> Result<TerminateOutcome, EngineError> {
+        let offset = Self::offset(client).await?;
+        let cutoff_local = match request.scope {
+            Scope::All => None,
+            // `login_time` is a `datetime`, rounded to 1/300 s: a session that began up to
+            // 3.3 ms before the cutoff can read as after it. Widening by 4 ms may also end a
+            // brand-new session (it reconnects) but never spares an old one.
+            Scope::Before(at) => {
+                Some((at + offset + chrono::Duration::milliseconds(4)).naive_utc())
+            }
+        };
+        let mut outcome = TerminateOutcome::default();
+        let mut to_kill = Vec::new();
+        for login in &request.logins {
+            for row in Self::login_sessions(client, login, cutoff_local).await? {
+                let session = row.session(offset);
+                let skip = if request.protected.contains(&row.original_login_name) {
+                    Some(SkipReason::Protected)
+                } else if row.status.eq_ignore_ascii_case("rollback") {
+                    // Already being killed (or rolling back): KILL would only report status.
+                    Some(SkipReason::RollingBack)
+                } else {
+                    None
+                };
+                match skip {
+                    Some(reason) => outcome.skipped.push(Skipped { session, reason }),
+                    None => {
+                        outcome.matched.push(session.clone());
+                        to_kill.push((row, session));
+                    }
+                }
+            }
+        }
+        if request.dry_run {
+            return Ok(outcome);
+        }
+        for (row, session) in to_kill {
+            // Session ids are reused: act only if the id still names the same session.
+            let recheck =
+                format!("{SESSIONS} AND s.original_login_name = @P1 AND s.session_id = @P2");
+            let same = Self::rows(
+                client,
+                &recheck,
+                &[
+                    &row.original_login_name.as_str(),
+                    &i32::from(row.session_id),
+                ],
+            )
+            .await?
+            .iter()
+            .any(|now| now.login_time == row.login_time);
+            if !same {
+                outcome.skipped.push(Skipped {
+                    session,
+                    reason: SkipReason::AlreadyGone,
+                });
+                continue;
+            }
+            // KILL takes no parameters; the id is an i16 from the server, so only digits reach SQL.
+            let kill = format!("KILL {}", row.session_id);
+            match client.simple_query(kill).await {
+                Ok(stream) => match stream.into_results().await {
+                    Ok(_) => outcome.terminated.push(session),
+                    Err(e) => Self::kill_failed(&mut outcome, session, &e),
+                },
+                Err(e) => Self::kill_failed(&mut outcome, session, &e),
+            }
+        }
+        outcome.remaining =
+            Self::verify_gone(client, &outcome.terminated, offset, request.verify_timeout).await?;
+        Ok(outcome)
+    }
+
+    fn kill_failed(outcome: &mut TerminateOutcome, session: Session, e: &tiberius::error::Error) {
+        match server_code(e) {
+            Some(NOT_ACTIVE) => outcome.skipped.push(Skipped { session, reason: SkipReason::AlreadyGone }),
+            Some(KILL_DENIED) => outcome.failed.push(Failed {
+                session,
+                error: format!(
+                    "{e} (grant ALTER ANY CONNECTION to sever's login; on Azure SQL Database, KILL DATABASE CONNECTION)"
+                ),
+            }),
+            _ => outcome.failed.push(Failed { session, error: e.to_string() }),
+        }
+    }
+
+    async fn verify_gone(
+        client: &mut Connection,
+        terminated: &[Session],
+        offset: chrono::Duration,
+        timeout: Duration,
+    ) -> Result<Vec<Session>, EngineError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        let mut remaining = terminated.to_vec();
+        while !remaining.is_empty() {
+            let sql = format!("{SESSIONS} AND s.session_id <> @@SPID");
+            let alive: BTreeSet<(i64, Option<DateTime<Utc>>)> = Self::rows(client, &sql, &[])
+                .await?
+                .iter()
+                .map(|r| {
+                    let s = r.session(offset);
+                    (s.pid, s.backend_start)
+                })
+                .collect();
+            remaining.retain(|s| alive.contains(&(s.pid, s.backend_start)));
+            if remaining.is_empty() || tokio::time::Instant::now() + pause > deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+        Ok(remaining)
+    }
+
+    /// Runs `work` on the connection, dropping the connection when it fails so the next call
+    /// opens a fresh one.
+    async fn with_client<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut Connection) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().expect("connected above");
+        let result = work(client).await;
+        if matches!(result, Err(EngineError::Connect(_))) {
+            *guard = None;
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Engine for SqlServer {
+    async fn check(&self) -> Result<(), EngineError> {
+        self.with_client(async |c| {
+            c.simple_query("SELECT 1")
+                .await
+                .map_err(query_error)?
+                .into_results()
+                .await
+                .map_err(query_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>, EngineError> {
+        let login = filter.login.clone();
+        let rows = self
+            .with_client(async |c| {
+                let offset = Self::offset(c).await?;
+                let rows = match &login {
+                    Some(login) => Self::login_sessions(c, login, None).await?,
+                    None => {
+                        Self::rows(
+                            c,
+                            &format!("{SESSIONS} AND s.session_id <> @@SPID ORDER BY s.session_id"),
+                            &[],
+                        )
+                        .await?
+                    }
+                };
+                Ok(rows.iter().map(|r| r.session(offset)).collect::<Vec<_>>())
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|s| {
+                filter
+                    .database
+                    .as_ref()
+                    .is_none_or(|d| s.database.as_ref() == Some(d))
+                    && filter
+                        .application_name
+                        .as_ref()
+                        .is_none_or(|a| s.application_name.as_ref() == Some(a))
+                    && filter
+                        .client_addr
+                        .as_ref()
+                        .is_none_or(|c| s.client_addr.as_ref() == Some(c))
+                    && filter
+                        .started_before
+                        .is_none_or(|t| s.backend_start.is_some_and(|b| b < t))
+                    && filter
+                        .started_after
+                        .is_none_or(|t| s.backend_start.is_some_and(|b| b >= t))
+            })
+            .collect())
+    }
+
+    async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError> {
+        self.with_client(async |c| Self::terminate_on(c, request).await)
+            .await
+    }
+
+    async fn learn_logins(&self, _logins: &[String]) -> Result<(), EngineError> {
+        // Sessions keep their original_login_name after the login is dropped: nothing to keep.
+        Ok(())
+    }
+
+    async fn sweep(
+        &self,
+        _pattern: &str,
+        _protected: &BTreeSet<String>,
+        _dry_run: bool,
+        _verify_timeout: Duration,
+    ) -> Result<TerminateOutcome, EngineError> {
+        Err(EngineError::Config(
+            "sweeps are for PostgreSQL targets".into(),
+        ))
+    }
+}

@@ -1,0 +1,215 @@
+//! What only the SQL Server engine has, against the TDS stand-in in `tests/support/tds.rs`
+//! (SQL Server cannot be installed here): the query it sends, the re-check before each
+//! `KILL`, integers only in `KILL`, sessions already rolling back, the server's local clock,
+//! and the error paths. The behaviour every engine shares is in `tests/engines.rs`.
+
+mod support;
+
+use chrono::{DateTime, Duration, Utc};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::scenarios::Database;
+use support::sever::{TestServer, Workspace, pids};
+use support::tds::{FakeSession, TdsStandIn};
+
+fn fake(id: i16, login: &str, started: DateTime<Utc>, status: &str) -> FakeSession {
+    FakeSession {
+        session_id: id,
+        original_login_name: login.into(),
+        login_name: login.into(),
+        login_time: started,
+        host_name: Some("app-host-1".into()),
+        program_name: Some("orders-api".into()),
+        database_name: Some("orders".into()),
+        client_net_address: Some("10.0.0.7".into()),
+        status: status.into(),
+        is_user_process: true,
+    }
+}
+
+async fn server(db: &TdsStandIn, ws: &Workspace) -> TestServer {
+    let config = format!(
+        "{}{}[credentials.orders]\nlogins = [{{ target = \"main\", login = \"app\" }}]\n",
+        ws.base_config(),
+        db.target(ws, "main").await,
+    );
+    TestServer::start(&ws.write_config(&config)).await
+}
+
+async fn revoke(server: &TestServer) -> (StatusCode, Value) {
+    server
+        .operator_post(
+            "/v1/revocations",
+            &json!({"login": "app", "targets": ["main"], "reason": "INC-3"}),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn kill_takes_only_integers_rechecks_ids_and_spares_rollbacks() {
+    let db = TdsStandIn::start().await;
+    let ws = Workspace::new();
+    let an_hour_ago = Utc::now() - Duration::hours(1);
+    db.add_session(fake(60, "app", an_hour_ago, "sleeping"));
+    db.add_session(fake(61, "app", an_hour_ago, "sleeping"));
+    db.add_session(fake(62, "app", an_hour_ago, "rollback"));
+    db.add_session(fake(63, "other", an_hour_ago, "sleeping"));
+    // Between listing and killing, session 61's id is reused by a new session.
+    let later = Utc::now();
+    db.on_query(Box::new(move |statement, table| {
+        let recheck_of_61 =
+            statement.contains("s.session_id = @P2") && statement.contains("@P2=61");
+        recheck_of_61.then(|| {
+            let reused = |s: &FakeSession| FakeSession {
+                login_time: later,
+                ..s.clone()
+            };
+            table
+                .iter()
+                .map(|s| {
+                    if s.session_id == 61 {
+                        reused(s)
+                    } else {
+                        s.clone()
+                    }
+                })
+                .collect()
+        })
+    }));
+    let server = server(&db, &ws).await;
+
+    let (status, report) = revoke(&server).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(pids(&report, "main", "terminated"), vec![60]);
+    let skipped: Vec<(i64, String)> = report["targets"][0]["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["pid"].as_i64().unwrap(),
+                s["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        skipped.contains(&(61, "already_gone".into())),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped.contains(&(62, "rolling_back".into())),
+        "{skipped:?}"
+    );
+    let left: Vec<i16> = db.sessions().iter().map(|s| s.session_id).collect();
+    assert!(
+        !left.contains(&60) && left.contains(&61) && left.contains(&62) && left.contains(&63),
+        "{left:?}"
+    );
+
+    // Reported in UTC with what SQL Server knows about the client.
+    let ended = &report["targets"][0]["terminated"][0];
+    assert_eq!(ended["application_name"], "orders-api");
+    assert_eq!(ended["client_addr"], "10.0.0.7");
+    assert_eq!(ended["database"], "orders");
+    // Only ever `KILL <digits>`, and the session query sent the login as a parameter.
+    let statements = db.statements();
+    let kills: Vec<&String> = statements
+        .iter()
+        .filter(|s| s.to_uppercase().contains("KILL"))
+        .collect();
+    assert_eq!(kills.len(), 1, "{statements:#?}");
+    assert!(kills.iter().all(|k| k.trim() == "KILL 60"), "{kills:?}");
+    assert!(
+        statements
+            .iter()
+            .any(|s| s.contains("s.original_login_name = @P1") && s.contains("@P1='app'")),
+        "{statements:#?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn permission_denied_and_connection_refused_are_reported() {
+    let db = TdsStandIn::start().await;
+    let ws = Workspace::new();
+    db.add_session(fake(70, "app", Utc::now() - Duration::hours(1), "sleeping"));
+    db.deny_kill(true);
+    let server = server(&db, &ws).await;
+    let (status, report) = revoke(&server).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "incomplete");
+    let failed = &report["targets"][0]["failed"][0];
+    assert_eq!(failed["pid"], 70);
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("ALTER ANY CONNECTION"),
+        "{failed}"
+    );
+    assert!(db.sessions().iter().any(|s| s.session_id == 70));
+    server.stop().await;
+
+    // Nothing listens on the target's port: the target fails, clearly, and is audited.
+    let port = db.port();
+    drop(db);
+    let ws = Workspace::new();
+    let url = ws.secret_file(
+        "down.url",
+        &format!(
+            "Server=tcp:127.0.0.1,{port};User Id=sever_admin;Password=x;Encrypt=DANGER_PLAINTEXT"
+        ),
+    );
+    let config = format!(
+        "{}[targets.main]\nengine = \"sqlserver\"\nurl = {{ file = {url} }}\nconnect_timeout = \"1s\"\n",
+        ws.base_config()
+    );
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let (status, report) = revoke(&server).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert!(
+        report["targets"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("connect"),
+        "{report}"
+    );
+    server.stop().await;
+    assert_eq!(ws.records("target.failed").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_server_clock_in_local_time_is_converted_both_ways() {
+    let db = TdsStandIn::start().await;
+    db.set_utc_offset_minutes(-300); // the server runs on UTC-5
+    let ws = Workspace::new();
+    let now = Utc::now();
+    db.add_session(fake(80, "app", now - Duration::hours(2), "sleeping"));
+    db.add_session(fake(81, "app", now - Duration::minutes(10), "sleeping"));
+    let server = server(&db, &ws).await;
+    let before = (now - Duration::hours(1)).to_rfc3339();
+    let (status, report) = server
+        .operator_post(
+            "/v1/revocations",
+            &json!({"login": "app", "targets": ["main"], "before": before, "reason": "tz"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    // Without the conversion both would be older than an unconverted (5 h late) cutoff.
+    assert_eq!(pids(&report, "main", "terminated"), vec![80]);
+    assert!(db.sessions().iter().any(|s| s.session_id == 81));
+    // Reported in UTC again.
+    let started: DateTime<Utc> = report["targets"][0]["terminated"][0]["backend_start"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (started - (now - Duration::hours(2)))
+            .num_milliseconds()
+            .abs()
+            < 10,
+        "{started}"
+    );
+    server.stop().await;
+}
