@@ -122,6 +122,7 @@ pub async fn sweep(
         dry_run,
         reason: None,
         // No named logins: the sweep finds its own, by pattern and by absence.
+        cutoff_defaulted: false,
         steps: vec![Step {
             target: target.to_owned(),
             logins: Vec::new(),
@@ -161,7 +162,7 @@ async fn carry_out(
             let steps = plan
                 .steps
                 .iter()
-                .map(|step| run_step(ctx, step, work, plan.dry_run));
+                .map(|step| run_step(ctx, step, work, plan.dry_run, plan.cutoff_defaulted));
             futures_util::future::join_all(steps).await
         }
         None => Vec::new(),
@@ -185,7 +186,13 @@ async fn carry_out(
     Ok(report)
 }
 
-async fn run_step(ctx: &Context, step: &Step, work: &Work, dry_run: bool) -> TargetReport {
+async fn run_step(
+    ctx: &Context,
+    step: &Step,
+    work: &Work,
+    dry_run: bool,
+    refine_cutoff: bool,
+) -> TargetReport {
     let termination = &ctx.config.termination;
     let limit = termination.timeout + termination.verify_timeout;
     let result = match ctx.targets.get(&step.target) {
@@ -201,6 +208,7 @@ async fn run_step(ctx: &Context, step: &Step, work: &Work, dry_run: bool) -> Tar
                             protected: step.protected.clone(),
                             dry_run,
                             verify_timeout: termination.verify_timeout,
+                            refine_cutoff,
                         };
                         engine.terminate(&request).await
                     }

@@ -104,6 +104,7 @@ fn request(login: &str) -> TerminateRequest {
         protected: Default::default(),
         dry_run: false,
         verify_timeout: GONE,
+        refine_cutoff: false,
     }
 }
 

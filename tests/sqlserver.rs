@@ -24,6 +24,7 @@ fn fake(id: i16, login: &str, started: DateTime<Utc>, status: &str) -> FakeSessi
         client_net_address: Some("10.0.0.7".into()),
         status: status.into(),
         is_user_process: true,
+        authenticating_database: None,
     }
 }
 
@@ -211,5 +212,91 @@ async fn a_server_clock_in_local_time_is_converted_both_ways() {
             < 10,
         "{started}"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_rotation_time_the_cutoff_is_the_password_change() {
+    let db = TdsStandIn::start().await;
+    let ws = Workspace::new();
+    let changed = Utc::now() - Duration::minutes(30);
+    db.set_password_last_set("app", Some(changed));
+    db.add_session(fake(90, "app", changed - Duration::hours(1), "sleeping")); // old password
+    db.add_session(fake(91, "app", changed + Duration::minutes(5), "sleeping")); // new password
+    let server = server(&db, &ws).await;
+    // The event names no rotated_at: SQL Server's PasswordLastSetTime is the better cutoff.
+    let (status, report) = server
+        .event(&json!({"credential": "orders", "kind": "rotated"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(pids(&report, "main", "terminated"), vec![90]);
+    let notes = report["targets"][0]["notes"].as_array().unwrap();
+    assert!(
+        notes[0].as_str().unwrap().contains("PasswordLastSetTime"),
+        "{notes:?}"
+    );
+    assert!(db.sessions().iter().any(|s| s.session_id == 91));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_contained_database_user_is_not_the_server_login_of_the_same_name() {
+    let db = TdsStandIn::start().await;
+    let ws = Workspace::new();
+    let old = Utc::now() - Duration::hours(1);
+    db.add_session(fake(95, "app", old, "sleeping"));
+    db.add_session(FakeSession {
+        authenticating_database: Some("orders".into()),
+        ..fake(96, "app", old, "sleeping")
+    });
+    let config = format!(
+        "{}{}[credentials.contained]\nlogins = [{{ target = \"main\", login = \"orders/app\" }}]\n",
+        ws.base_config(),
+        db.target(&ws, "main").await,
+    );
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let (status, report) = server
+        .event(&json!({"credential": "contained", "kind": "revoked"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(pids(&report, "main", "terminated"), vec![96]);
+    assert!(
+        db.sessions().iter().any(|s| s.session_id == 95),
+        "the server login's session must survive"
+    );
+    // And the other way round: revoking the server login spares a contained user of that name.
+    db.add_session(FakeSession {
+        authenticating_database: Some("orders".into()),
+        ..fake(98, "app", old, "sleeping")
+    });
+    let (status, report) = revoke(&server).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(pids(&report, "main", "terminated"), vec![95]);
+    assert!(
+        db.sessions().iter().any(|s| s.session_id == 98),
+        "the contained user's session must survive"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_named_instance_is_found_through_the_sql_browser() {
+    let db = TdsStandIn::start().await;
+    let browser = db.start_browser("INST").await;
+    db.allow_login("sever_admin", "severadminpw");
+    db.add_session(fake(97, "app", Utc::now() - Duration::hours(1), "sleeping"));
+    let ws = Workspace::new();
+    let url = ws.secret_file(
+        "named.url",
+        &format!("Server=tcp:127.0.0.1\\INST,{browser};User Id=sever_admin;Password=severadminpw;Encrypt=DANGER_PLAINTEXT"),
+    );
+    let config = format!(
+        "{}[targets.main]\nengine = \"sqlserver\"\nurl = {{ file = {url} }}\n",
+        ws.base_config()
+    );
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let (status, report) = revoke(&server).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(pids(&report, "main", "terminated"), vec![97]);
     server.stop().await;
 }

@@ -86,6 +86,7 @@ fn session(id: i16, login: &str, login_time: DateTime<Utc>) -> FakeSession {
         client_net_address: Some("10.0.0.7".to_string()),
         status: "sleeping".to_string(),
         is_user_process: true,
+        authenticating_database: None,
     }
 }
 
@@ -131,6 +132,7 @@ fn read_session(row: &tiberius::Row) -> FakeSession {
         client_net_address: opt(7),
         status: row.get::<&str, _>(8).unwrap().to_string(),
         is_user_process: true,
+        authenticating_database: None,
     }
 }
 
@@ -978,4 +980,300 @@ async fn on_query_hook_replaces_the_table_for_one_query() {
     // The table itself is unchanged.
     assert_eq!(sql.sessions()[1].login_time, old);
     assert!(sql.statements()[1].ends_with(" | @P3=60"));
+}
+
+const LOGINPROPERTY: &str = "SELECT LOGINPROPERTY(@P1, 'PasswordLastSetTime') AS password_last_set";
+
+/// The single `password_last_set` cell of a LOGINPROPERTY answer, as tiberius' `chrono`
+/// feature reads a `datetime`.
+async fn password_last_set(
+    client: &mut Conn,
+    sql: &str,
+    params: &[&dyn tiberius::ToSql],
+) -> tiberius::Result<Option<NaiveDateTime>> {
+    let rows = client.query(sql, params).await?.into_first_result().await?;
+    assert_eq!(rows.len(), 1);
+    let columns: Vec<String> = rows[0]
+        .columns()
+        .iter()
+        .map(|c| format!("{} {:?}", c.name(), c.column_type()))
+        .collect();
+    assert_eq!(columns, ["password_last_set Datetimen"]);
+    Ok(rows[0].get::<NaiveDateTime, _>(0))
+}
+
+#[tokio::test]
+async fn loginproperty_password_last_set_in_server_local_time() {
+    let sql = standin().await;
+    let set_at = Utc::now() - Duration::days(40) + Duration::microseconds(123_457);
+    sql.set_password_last_set("app", Some(set_at));
+    sql.set_password_last_set("fresh", None);
+    let mut client = connect(sql.port(), ADMIN, ADMIN_PW).await.unwrap();
+    let local =
+        |minutes: i64| sql_datetime_precision(set_at).naive_utc() + Duration::minutes(minutes);
+
+    // UTC server clock; login names compare case-insensitively.
+    for login in ["app", "APP"] {
+        assert_eq!(
+            password_last_set(&mut client, LOGINPROPERTY, &[&login])
+                .await
+                .unwrap(),
+            Some(local(0))
+        );
+    }
+    // Unknown login, a login without a value, and NULL: NULL.
+    for login in ["nobody", "fresh"] {
+        assert_eq!(
+            password_last_set(&mut client, LOGINPROPERTY, &[&login])
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    assert_eq!(
+        password_last_set(&mut client, LOGINPROPERTY, &[&Option::<&str>::None])
+            .await
+            .unwrap(),
+        None
+    );
+
+    // A server clock at UTC-5: the value is local time, like login_time.
+    sql.set_utc_offset_minutes(-300);
+    assert_eq!(
+        password_last_set(&mut client, LOGINPROPERTY, &[&"app"])
+            .await
+            .unwrap(),
+        Some(local(-300))
+    );
+    // As a batch with a literal, free case and whitespace, no AS.
+    let row = client
+        .simple_query(
+            "select  loginproperty ( N'App' ,\n 'passwordlastsettime' ) password_last_set ;",
+        )
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.get::<NaiveDateTime, _>(0), Some(local(-300)));
+    // Cleared again.
+    sql.set_password_last_set("App", None);
+    assert_eq!(
+        password_last_set(&mut client, LOGINPROPERTY, &[&"app"])
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Outside the grammar: 50000.
+    for (text, param) in [
+        (
+            "SELECT LOGINPROPERTY(@P1, 'IsLocked') AS password_last_set",
+            "app",
+        ),
+        (
+            "SELECT LOGINPROPERTY(@P1, 'PasswordLastSetTime') AS changed",
+            "app",
+        ),
+        ("SELECT LOGINPROPERTY(@P1, 'PasswordLastSetTime')", "app"),
+        (
+            "SELECT LOGINPROPERTY(@P1, 'PasswordLastSetTime') AS password_last_set, 1",
+            "app",
+        ),
+    ] {
+        let e = client.query(text, &[&param]).await.unwrap_err();
+        assert_eq!(server_code(&e), 50000, "{text}");
+    }
+    let e = client.query(LOGINPROPERTY, &[&5i32]).await.unwrap_err();
+    assert_eq!(server_code(&e), 50000);
+
+    let statements = sql.statements();
+    assert_eq!(
+        statements[0],
+        format!("sp_executesql: {LOGINPROPERTY} | @P1='app'")
+    );
+}
+
+#[tokio::test]
+async fn contained_users_by_authenticating_database() {
+    let sql = standin().await;
+    let t = Utc::now() - Duration::hours(2);
+    let contained = |id: i16, login: &str, db: &str| FakeSession {
+        authenticating_database: Some(db.to_string()),
+        ..session(id, login, t)
+    };
+    sql.add_session(session(60, "app", t)); // server login
+    sql.add_session(contained(61, "app", "orders"));
+    sql.add_session(contained(62, "app", "billing"));
+    sql.add_session(contained(63, "other", "Orders"));
+    sql.add_session(session(64, "other", t));
+    let mut client = connect(sql.port(), ADMIN, ADMIN_PW).await.unwrap();
+
+    // Database ids: master 1, others stable and >= 5, case-insensitive.
+    assert_eq!(sql.database_id("master"), 1);
+    assert_eq!(sql.database_id("MSDB"), 4);
+    let orders = sql.database_id("orders");
+    let billing = sql.database_id("billing");
+    assert!(orders >= 5 && billing >= 5 && orders != billing);
+    assert_eq!(sql.database_id("ORDERS"), orders);
+    assert_ne!(sql.database_id("appdb"), orders);
+
+    let ids = |got: Vec<FakeSession>| got.iter().map(|s| s.session_id).collect::<Vec<_>>();
+    let by_db =
+        listing(" AND s.original_login_name = @P1 AND s.authenticating_database_id = DB_ID(@P2)");
+    for (login, db, want) in [
+        ("app", "orders", vec![61]),
+        ("APP", "ORDERS", vec![61]),
+        ("app", "billing", vec![62]),
+        ("other", "orders", vec![63]),
+        ("app", "master", vec![60]),
+        ("app", "nosuchdb", vec![]), // DB_ID is NULL: no row
+    ] {
+        let got = query_sessions(&mut client, &by_db, &[&login, &db])
+            .await
+            .unwrap();
+        assert_eq!(ids(got), want, "{login} {db}");
+    }
+    // A NULL database name: DB_ID(NULL) is NULL.
+    let got = query_sessions(&mut client, &by_db, &[&"app", &Option::<&str>::None])
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+
+    // Server logins: master's id.
+    let server_logins =
+        listing(" AND s.original_login_name = @P1 AND s.authenticating_database_id = 1");
+    let got = query_sessions(&mut client, &server_logins, &[&"app"])
+        .await
+        .unwrap();
+    assert_eq!(ids(got), [60]);
+    let got = query_sessions(&mut client, &server_logins, &[&"other"])
+        .await
+        .unwrap();
+    assert_eq!(ids(got), [64]);
+    // The caller's own (LOGIN7) session is a server login too.
+    let got = query_sessions(
+        &mut client,
+        &select_where("s.authenticating_database_id = 1 AND s.original_login_name = @P1"),
+        &[&ADMIN],
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.len(), 1);
+
+    // Reversed operands, a literal, a batch, <>.
+    let got = client
+        .simple_query(select_where(
+            "DB_ID(N'orders') = s.authenticating_database_id ORDER BY s.session_id",
+        ))
+        .await
+        .unwrap()
+        .into_first_result()
+        .await
+        .unwrap();
+    assert_eq!(ids(got.iter().map(read_session).collect()), [61, 63]);
+    let got = query_sessions(
+        &mut client,
+        &listing(" AND s.authenticating_database_id <> DB_ID(@P1) AND s.session_id <> @@SPID"),
+        &[&"master"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(got), [61, 62, 63]);
+
+    // ORDER BY s.authenticating_database_id (not in the select list).
+    let got = query_sessions(
+        &mut client,
+        &format!(
+            "{} ORDER BY s.authenticating_database_id DESC, s.session_id",
+            listing(" AND s.session_id <> @@SPID")
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut want = [(61, orders), (62, billing), (63, orders), (60, 1), (64, 1)];
+    want.sort_by_key(|(id, db)| (-db, *id));
+    assert_eq!(ids(got), want.map(|(id, _)| id));
+
+    // Outside the grammar: 50000.
+    for text in [
+        // DB_ID compared with another column
+        listing(" AND s.session_id = DB_ID(@P1)"),
+        // DB_ID of a non-string
+        listing(" AND s.authenticating_database_id = DB_ID(5)"),
+        // DB_ID() of the current database
+        listing(" AND s.authenticating_database_id = DB_ID()"),
+        // in the select list
+        format!("SELECT {SELECT}, s.authenticating_database_id {FROM}"),
+    ] {
+        let e = client.query(text.as_str(), &[&"orders"]).await.unwrap_err();
+        assert_eq!(server_code(&e), 50000, "{text}");
+    }
+}
+
+#[tokio::test]
+async fn named_instance_through_the_sql_browser() {
+    use tiberius::SqlBrowser;
+
+    let sql = standin().await;
+    let browser_port = sql.start_browser("INST").await;
+
+    // The browser is asked at the configured host and port; the TCP port comes from it.
+    let mut config = Config::from_ado_string(&format!(
+        "Server=tcp:127.0.0.1\\INST,{browser_port};Database=master"
+    ))
+    .unwrap();
+    config.authentication(AuthMethod::sql_server(ADMIN, ADMIN_PW));
+    config.encryption(EncryptionLevel::NotSupported);
+    assert_eq!(config.get_addr(), format!("127.0.0.1:{browser_port}"));
+    let tcp = TcpStream::connect_named(&config)
+        .await
+        .expect("browser lookup");
+    assert_eq!(tcp.peer_addr().unwrap().port(), sql.port());
+    let mut client = Client::connect(config, tcp.compat_write())
+        .await
+        .expect("login to the named instance");
+    let row = client
+        .simple_query("SELECT 1")
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.get::<i32, _>(0), Some(1));
+
+    // The builder, and the instance name in another case.
+    let mut config = Config::new();
+    config.host("127.0.0.1");
+    config.port(browser_port);
+    config.instance_name("inst");
+    config.authentication(AuthMethod::sql_server(ADMIN, ADMIN_PW));
+    config.encryption(EncryptionLevel::NotSupported);
+    let tcp = TcpStream::connect_named(&config).await.unwrap();
+    let mut client = Client::connect(config, tcp.compat_write()).await.unwrap();
+    assert!(my_spid(&mut client).await >= 51);
+
+    // An instance the browser does not know: no answer, tiberius times out.
+    let mut config = Config::new();
+    config.host("127.0.0.1");
+    config.port(browser_port);
+    config.instance_name("OTHER");
+    let e = TcpStream::connect_named(&config).await.unwrap_err();
+    assert!(e.to_string().contains("SQL browser timeout"), "{e}");
+
+    // PRELOGIN validates the client's instance name.
+    let mut config = Config::new();
+    config.host("127.0.0.1");
+    config.port(sql.port());
+    config.instance_name("OTHER");
+    config.authentication(AuthMethod::sql_server(ADMIN, ADMIN_PW));
+    config.encryption(EncryptionLevel::NotSupported);
+    let tcp = TcpStream::connect(("127.0.0.1", sql.port())).await.unwrap();
+    let Err(e) = Client::connect(config, tcp.compat_write()).await else {
+        panic!("a wrong instance name must be refused");
+    };
+    assert!(matches!(e, tiberius::error::Error::Protocol(_)), "{e:?}");
 }

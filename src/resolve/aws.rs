@@ -323,6 +323,7 @@ pub fn plan(
         scope,
         dry_run: false,
         reason: None,
+        cutoff_defaulted: false,
         steps: steps_for(config, mappings),
     })
 }

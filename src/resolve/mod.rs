@@ -177,6 +177,11 @@ pub struct Plan {
     pub dry_run: bool,
     /// Why, as given by the caller.
     pub reason: Option<String>,
+    /// The cutoff is only "when sever learned of it" (the event named no time), so an engine
+    /// that records when the password changed may narrow it (SQL Server's
+    /// `PasswordLastSetTime`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cutoff_defaulted: bool,
     /// Per-target work.
     pub steps: Vec<Step>,
 }
@@ -245,6 +250,7 @@ pub fn event(
         scope,
         dry_run: false,
         reason: event.reason.clone(),
+        cutoff_defaulted: event.rotated_at.is_none(),
         steps: steps_for(config, mappings),
     })
 }
@@ -320,6 +326,7 @@ pub fn revocation(config: &Config, request: &RevocationRequest) -> Result<Plan, 
         scope: Some(request.before.map_or(Scope::All, Scope::Before)),
         dry_run: request.dry_run,
         reason: Some(request.reason.clone()),
+        cutoff_defaulted: false,
         steps,
     })
 }

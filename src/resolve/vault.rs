@@ -426,6 +426,7 @@ pub fn plan(
         scope,
         dry_run: false,
         reason: None,
+        cutoff_defaulted: false,
         steps: steps_for(config, mappings),
     })
 }
@@ -460,6 +461,7 @@ pub fn plan_for_mount(
         scope: Some(Scope::Before(cutoff)),
         dry_run: false,
         reason: None,
+        cutoff_defaulted: false,
         steps: steps_for(config, [(target.to_owned(), username.to_owned())]),
     })
 }

@@ -79,6 +79,9 @@ pub struct TerminateRequest {
     pub dry_run: bool,
     /// How long to wait for terminated sessions to disappear.
     pub verify_timeout: Duration,
+    /// The cutoff is only when sever learned of the rotation; an engine that records when
+    /// the password changed may narrow it to that moment.
+    pub refine_cutoff: bool,
 }
 
 /// Why a matching session was left alone.

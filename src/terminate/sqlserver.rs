@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
-use tiberius::{Client, Config, Row};
+use tiberius::{Client, Config, Row, SqlBrowser, ToSql};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
@@ -119,6 +119,29 @@ impl Row9 {
     }
 }
 
+/// Whom a mapping names: a server login (`app`), or a contained database user
+/// (`orders/app`: user `app` authenticated by database `orders`).
+#[derive(Debug, Clone)]
+struct Principal<'a> {
+    name: &'a str,
+    database: Option<&'a str>,
+}
+
+impl<'a> Principal<'a> {
+    fn parse(login: &'a str) -> Self {
+        match login.split_once('/') {
+            Some((database, name)) if !database.is_empty() && !name.is_empty() => Self {
+                name,
+                database: Some(database),
+            },
+            _ => Self {
+                name: login,
+                database: None,
+            },
+        }
+    }
+}
+
 fn query_error(e: tiberius::error::Error) -> EngineError {
     match e {
         tiberius::error::Error::Io { .. }
@@ -159,10 +182,12 @@ impl SqlServer {
 
     async fn connect(&self) -> Result<Connection, EngineError> {
         let addr = self.config.get_addr();
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&addr))
-            .await
-            .map_err(|_| EngineError::Timeout(self.connect_timeout))?
-            .map_err(|e| EngineError::Connect(format!("{addr}: {e}")))?;
+        // Connects directly, or, for `Server=host\INSTANCE`, asks the SQL Browser first.
+        let tcp =
+            tokio::time::timeout(self.connect_timeout, TcpStream::connect_named(&self.config))
+                .await
+                .map_err(|_| EngineError::Timeout(self.connect_timeout))?
+                .map_err(|e| EngineError::Connect(format!("{addr}: {e}")))?;
         tcp.set_nodelay(true)
             .map_err(|e| EngineError::Connect(e.to_string()))?;
         Client::connect(self.config.clone(), tcp.compat_write())
@@ -210,25 +235,57 @@ impl SqlServer {
         Ok(chrono::Duration::minutes(i64::from(minutes)))
     }
 
-    /// The login's user sessions (other than sever's own), before `cutoff_local` if given.
-    async fn login_sessions(
+    /// The principal's user sessions (other than sever's own), before `cutoff_local` if
+    /// given, or only session `id` when re-checking.
+    async fn principal_sessions(
+        client: &mut Connection,
+        principal: &Principal<'_>,
+        cutoff_local: Option<NaiveDateTime>,
+        id: Option<i32>,
+    ) -> Result<Vec<Row9>, EngineError> {
+        let mut sql = format!("{SESSIONS} AND s.original_login_name = @P1");
+        let mut params: Vec<&dyn ToSql> = vec![&principal.name];
+        match &principal.database {
+            Some(database) => {
+                params.push(database);
+                sql += &format!(
+                    " AND s.authenticating_database_id = DB_ID(@P{})",
+                    params.len()
+                );
+            }
+            // A server login, not a contained user of the same name.
+            None => sql += " AND s.authenticating_database_id = 1",
+        }
+        if let Some(cutoff) = &cutoff_local {
+            params.push(cutoff);
+            sql += &format!(" AND s.login_time < @P{}", params.len());
+        }
+        if let Some(id) = &id {
+            params.push(id);
+            sql += &format!(" AND s.session_id = @P{}", params.len());
+        }
+        sql += " AND s.session_id <> @@SPID ORDER BY s.session_id";
+        Self::rows(client, &sql, &params).await
+    }
+
+    /// When the login's password was last set (server-local time), if SQL Server knows.
+    async fn password_last_set(
         client: &mut Connection,
         login: &str,
-        cutoff_local: Option<NaiveDateTime>,
-    ) -> Result<Vec<Row9>, EngineError> {
-        match cutoff_local {
-            Some(cutoff) => {
-                let sql = format!(
-                    "{SESSIONS} AND s.original_login_name = @P1 AND s.login_time < @P2 AND s.session_id <> @@SPID ORDER BY s.session_id"
-                );
-                Self::rows(client, &sql, &[&login, &cutoff]).await
-            }
-            None => {
-                let sql = format!(
-                    "{SESSIONS} AND s.original_login_name = @P1 AND s.session_id <> @@SPID ORDER BY s.session_id"
-                );
-                Self::rows(client, &sql, &[&login]).await
-            }
+    ) -> Result<Option<NaiveDateTime>, EngineError> {
+        let row = client
+            .query(
+                "SELECT LOGINPROPERTY(@P1, 'PasswordLastSetTime') AS password_last_set",
+                &[&login],
+            )
+            .await
+            .map_err(query_error)?
+            .into_row()
+            .await
+            .map_err(query_error)?;
+        match row {
+            Some(row) => row.try_get::<NaiveDateTime, _>(0).map_err(query_error),
+            None => Ok(None),
         }
     }
 
@@ -249,7 +306,24 @@ impl SqlServer {
         let mut outcome = TerminateOutcome::default();
         let mut to_kill = Vec::new();
         for login in &request.logins {
-            for row in Self::login_sessions(client, login, cutoff_local).await? {
+            let principal = Principal::parse(login);
+            let mut cutoff_local = cutoff_local;
+            if let (true, Some(cutoff), None) =
+                (request.refine_cutoff, cutoff_local, &principal.database)
+            {
+                // The event named no time: SQL Server knows when the password changed.
+                if let Some(set) = Self::password_last_set(client, principal.name).await? {
+                    let narrowed = set + chrono::Duration::milliseconds(4);
+                    if narrowed < cutoff {
+                        cutoff_local = Some(narrowed);
+                        outcome.notes.push(format!(
+                            "cutoff for {login} narrowed to its PasswordLastSetTime ({} UTC)",
+                            (set - offset).and_utc().to_rfc3339()
+                        ));
+                    }
+                }
+            }
+            for row in Self::principal_sessions(client, &principal, cutoff_local, None).await? {
                 let session = row.session(offset);
                 let skip = if request.protected.contains(&row.original_login_name) {
                     Some(SkipReason::Protected)
@@ -263,7 +337,7 @@ impl SqlServer {
                     Some(reason) => outcome.skipped.push(Skipped { session, reason }),
                     None => {
                         outcome.matched.push(session.clone());
-                        to_kill.push((row, session));
+                        to_kill.push((principal.clone(), row, session));
                     }
                 }
             }
@@ -271,22 +345,12 @@ impl SqlServer {
         if request.dry_run {
             return Ok(outcome);
         }
-        for (row, session) in to_kill {
+        for (principal, row, session) in to_kill {
             // Session ids are reused: act only if the id still names the same session.
-            let recheck =
-                format!("{SESSIONS} AND s.original_login_name = @P1 AND s.session_id = @P2");
-            let same = Self::rows(
-                client,
-                &recheck,
-                &[
-                    &row.original_login_name.as_str(),
-                    &i32::from(row.session_id),
-                ],
-            )
-            .await?
-            .iter()
-            .any(|now| now.login_time == row.login_time);
-            if !same {
+            let now =
+                Self::principal_sessions(client, &principal, None, Some(i32::from(row.session_id)))
+                    .await?;
+            if !now.iter().any(|now| now.login_time == row.login_time) {
                 outcome.skipped.push(Skipped {
                     session,
                     reason: SkipReason::AlreadyGone,
@@ -387,7 +451,9 @@ impl Engine for SqlServer {
             .with_client(async |c| {
                 let offset = Self::offset(c).await?;
                 let rows = match &login {
-                    Some(login) => Self::login_sessions(c, login, None).await?,
+                    Some(login) => {
+                        Self::principal_sessions(c, &Principal::parse(login), None, None).await?
+                    }
                     None => {
                         Self::rows(
                             c,

@@ -40,6 +40,13 @@
 //!   ([`TdsStandIn::set_utc_offset_minutes`], default 0). `minute` may be written `mi` or `n`;
 //!   `GETDATE()`/`SYSDATETIME()` are local time and `GETUTCDATE()`/`SYSUTCDATETIME()` UTC, in
 //!   either order (swapped, the value is negated). Any other DATEDIFF gets 50000.
+//! - `SELECT LOGINPROPERTY(<login>, 'PasswordLastSetTime') [AS] password_last_set` (the
+//!   property name case-insensitive; `<login>` a string parameter `@P1`,
+//!   a string literal, or NULL) → one nullable `datetime` column (DATETIMEN 8, like
+//!   `login_time`) named `password_last_set`: [`TdsStandIn::set_password_last_set`] for that
+//!   login (case-insensitive), in the server's local time (UTC + the UTC offset) and rounded
+//!   to 1/300 s; NULL for a login without a value (or unknown, or a NULL login). Any other
+//!   property, alias, non-string login or extra select item gets 50000.
 //! - `KILL <n>` (digits only, optional `;`), in this order of checks:
 //!   - [`TdsStandIn::deny_kill`] set → error 6102 `User does not have permission to use the
 //!     KILL statement.` (class 14);
@@ -68,6 +75,32 @@
 //! procedure, line 1) followed by DONE with the error bit; tiberius returns them as
 //! `tiberius::error::Error::Server(e)` with `e.code()` the number. Errors meaning the SQL was
 //! refused (102, 137, 207, 208, 209, 4104, 50000) are also printed to stderr with the text.
+//!
+//! ## Contained-database users: `s.authenticating_database_id`
+//!
+//! [`FakeSession::authenticating_database`] `None` is a server login (authenticated by master,
+//! id 1); `Some("orders")` a contained-database user of `orders`. `DB_ID(name)` gives 1 for
+//! `master` (2 `tempdb`, 3 `model`, 4 `msdb`) and, for any other database, a stable id ≥ 5
+//! assigned the first time the stand-in sees the name (a session's `database_name` or
+//! `authenticating_database` — added, logged in, or returned by an [`TdsStandIn::on_query`]
+//! hook — or [`TdsStandIn::database_id`]); names compare case-insensitively. `DB_ID` of an
+//! unknown name is NULL, so the predicate drops every row. So
+//! `AND s.authenticating_database_id = DB_ID(@P2)` selects contained users of database `@P2`,
+//! `AND s.authenticating_database_id = 1` server logins. The column can be an ORDER BY item
+//! but is not part of the select list (that stays the nine items below).
+//!
+//! ## SQL Browser (named instances)
+//!
+//! [`TdsStandIn::start_browser`]`("INST")` answers MC-SQLR `CLNT_UCAST_INST` on a UDP port of
+//! 127.0.0.1 with this stand-in's TCP port. tiberius (`sql-browser-tokio`) sends the request
+//! to the configured host and port (1434 only when no port is set), so a test configures
+//! host `127.0.0.1`, port = the UDP port, instance `INST`: the ADO string
+//! `Server=tcp:127.0.0.1\INST,<udp port>` or `config.host(..); config.port(udp);
+//! config.instance_name("INST")`, then `tiberius::SqlBrowser::connect_named(&config)` on
+//! `tokio::net::TcpStream` and `Client::connect(config, tcp.compat_write())`. PRELOGIN checks
+//! the client's INSTOPT instance name: empty, a started instance (case-insensitive), or
+//! `MSSQLSERVER` while no instance is started is valid; anything else is answered 0x01 and
+//! tiberius fails with `Error::Protocol`.
 //!
 //! # The session query contract
 //!
@@ -117,9 +150,13 @@
 //!   `<`, `<=`, `>`, `>=`) or `<operand> IS [NOT] NULL`. An operand is one of `s.session_id`,
 //!   `s.original_login_name`, `s.login_name`, `s.login_time`, `s.host_name`,
 //!   `s.program_name`, `s.status`, `s.is_user_process` (bit: compare with 1 or 0),
-//!   `DB_NAME(s.database_id)`, `c.session_id`, `c.client_net_address`. A value is a parameter
+//!   `DB_NAME(s.database_id)`, `s.authenticating_database_id` (int), `c.session_id`,
+//!   `c.client_net_address`. A value is a parameter
 //!   (`@P1`...), a variable DECLAREd from one (`DECLARE @login nvarchar(128) = @P1`),
-//!   `@@SPID`, a string literal (`N'app'`), an integer or `NULL`. Parentheses around
+//!   `@@SPID`, a string literal (`N'app'`), an integer or `NULL`; `s.authenticating_database_id`
+//!   may also be compared (either side, any op) with `DB_ID(<value>)`, the value a string
+//!   (parameter, variable or literal) or NULL — `DB_ID` anywhere else, `DB_ID()` or a
+//!   non-string argument gets 50000. Parentheses around
 //!   predicates are allowed. `OR`, `NOT`, `IN`, `LIKE`, `BETWEEN`, other functions (`GETDATE()`,
 //!   `CAST`, `UPPER`...), column-to-column comparisons, other columns of the real views (e.g.
 //!   `s.memory_usage`, `s.database_id` outside DB_NAME, `c.parent_connection_id` outside the
@@ -227,6 +264,10 @@ pub struct FakeSession {
     /// "sleeping", "running", "rollback" ...
     pub status: String,
     pub is_user_process: bool,
+    /// The database that authenticated the session (`s.authenticating_database_id`): `None`
+    /// is master (id 1), i.e. a server login; `Some("orders")` is a contained-database user
+    /// of `orders` (see [`TdsStandIn::database_id`]).
+    pub authenticating_database: Option<String>,
 }
 
 type QueryHook = Arc<dyn Fn(&str, &[FakeSession]) -> Option<Vec<FakeSession>> + Send + Sync>;
@@ -250,6 +291,50 @@ struct State {
     next_conn: u64,
     /// The server clock's distance from UTC ([`TdsStandIn::set_utc_offset_minutes`]).
     utc_offset_minutes: i32,
+    /// `LOGINPROPERTY(login, 'PasswordLastSetTime')` by lower-cased login, in UTC.
+    password_last_set: HashMap<String, Option<DateTime<Utc>>>,
+    /// User databases (lower-case) in the order first seen: database id 5 + index.
+    databases: Vec<String>,
+    /// Named instances announced by [`TdsStandIn::start_browser`].
+    instances: Vec<String>,
+}
+
+impl State {
+    /// Makes `name` a known database (ids are assigned on first sight and never change).
+    fn register_database(&mut self, name: &str) {
+        let name = name.trim_end_matches(' ').to_lowercase();
+        if system_database_id(&name).is_none() && !self.databases.contains(&name) {
+            self.databases.push(name);
+        }
+    }
+
+    fn register_session_databases(&mut self, s: &FakeSession) {
+        for name in [&s.database_name, &s.authenticating_database]
+            .into_iter()
+            .flatten()
+        {
+            self.register_database(name);
+        }
+    }
+}
+
+/// `DB_ID` of the system databases.
+fn system_database_id(lower: &str) -> Option<i64> {
+    ["master", "tempdb", "model", "msdb"]
+        .iter()
+        .position(|d| *d == lower)
+        .map(|i| i as i64 + 1)
+}
+
+/// `DB_ID(name)` against the known user databases; `None` (NULL) for an unknown one.
+fn database_id(databases: &[String], name: &str) -> Option<i64> {
+    let lower = name.trim_end_matches(' ').to_lowercase();
+    system_database_id(&lower).or_else(|| {
+        databases
+            .iter()
+            .position(|d| *d == lower)
+            .map(|i| i as i64 + 5)
+    })
 }
 
 /// The in-process SQL Server stand-in. Dropping it stops the listener and every connection.
@@ -257,11 +342,21 @@ pub struct TdsStandIn {
     state: Arc<Mutex<State>>,
     port: u16,
     task: JoinHandle<()>,
+    /// SQL Browser responders ([`TdsStandIn::start_browser`]).
+    browsers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for TdsStandIn {
     fn drop(&mut self) {
         self.task.abort();
+        for browser in self
+            .browsers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            browser.abort();
+        }
     }
 }
 
@@ -281,6 +376,9 @@ impl TdsStandIn {
             next_spid: 51,
             next_conn: 1,
             utc_offset_minutes: 0,
+            password_last_set: HashMap::new(),
+            databases: Vec::new(),
+            instances: Vec::new(),
         }));
         let accept_state = state.clone();
         let task = tokio::spawn(async move {
@@ -297,7 +395,12 @@ impl TdsStandIn {
                 }
             }
         });
-        TdsStandIn { state, port, task }
+        TdsStandIn {
+            state,
+            port,
+            task,
+            browsers: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -316,8 +419,96 @@ impl TdsStandIn {
     }
 
     /// Adds a session row to the simulated sys.dm_exec_sessions.
+    /// Its `database_name` and `authenticating_database` become known databases (see
+    /// [`database_id`](Self::database_id)).
     pub fn add_session(&self, s: FakeSession) {
-        self.lock().sessions.insert(s.session_id, s);
+        let mut st = self.lock();
+        st.register_session_databases(&s);
+        st.sessions.insert(s.session_id, s);
+    }
+
+    /// What `DB_ID(name)` answers: 1 for master (2 tempdb, 3 model, 4 msdb); every other
+    /// database gets a stable id ≥ 5 the first time it is seen (in a session's
+    /// `database_name` or `authenticating_database`, or through this method, which registers
+    /// `name`). Names compare case-insensitively.
+    pub fn database_id(&self, name: &str) -> i64 {
+        let mut st = self.lock();
+        st.register_database(name);
+        database_id(&st.databases, name).expect("registered")
+    }
+
+    /// What `LOGINPROPERTY(login, 'PasswordLastSetTime')` answers for `login` (compared
+    /// case-insensitively): `at` in UTC, presented in the server's local time like
+    /// `login_time`; `None` (or a login never set) answers NULL.
+    pub fn set_password_last_set(&self, login: &str, at: Option<DateTime<Utc>>) {
+        self.lock()
+            .password_last_set
+            .insert(login.trim_end_matches(' ').to_lowercase(), at);
+    }
+
+    /// Starts a SQL Server Browser (MC-SQLR) responder for the named instance `instance` on
+    /// `127.0.0.1:<free UDP port>` and returns that port. A `CLNT_UCAST_INST` request (byte
+    /// 0x04 followed by the instance name, case-insensitive) is answered with `SVR_RESP`
+    /// (0x05, u16 LE length, `ServerName;TDSSTANDIN;InstanceName;<instance>;IsClustered;No;
+    /// Version;15.0.2000.5;tcp;<this stand-in's TCP port>;;`); `CLNT_BCAST_EX` and
+    /// `CLNT_UCAST_EX` (0x02, 0x03) get the same for every started instance. A request for
+    /// another instance, or anything else, gets no answer (as from a real browser; tiberius
+    /// times out after 1 s).
+    ///
+    /// It also makes PRELOGIN validate the client's INSTOPT: an instance name other than
+    /// the started ones is answered with validity byte 0x01 (tiberius then fails with
+    /// `Error::Protocol("server rejected the requested instance ...")`).
+    ///
+    /// tiberius (`sql-browser-tokio` feature) asks the browser at `config.get_addr()`, i.e.
+    /// the configured host and port: a named instance with an explicit port uses that port
+    /// for the browser (1434 only when no port is set). So configure host `127.0.0.1`, port
+    /// = the returned UDP port, instance name = `instance` (ADO:
+    /// `Server=tcp:127.0.0.1\INST,<udp port>`), then `TcpStream::connect_named(&config)`
+    /// (`tiberius::SqlBrowser`).
+    pub async fn start_browser(&self, instance: &str) -> u16 {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind the SQL Browser stand-in");
+        let udp_port = socket.local_addr().expect("local addr").port();
+        self.lock().instances.push(instance.to_string());
+        let state = self.state.clone();
+        let tcp_port = self.port;
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 1024];
+            loop {
+                let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
+                    continue;
+                };
+                let instances = lock(&state).instances.clone();
+                let announce = |name: &str| {
+                    format!(
+                        "ServerName;{SERVER_NAME};InstanceName;{name};IsClustered;No;\
+                         Version;15.0.2000.5;tcp;{tcp_port};;"
+                    )
+                };
+                let data = match buf[..len].split_first() {
+                    Some((0x04, name)) => {
+                        let name = String::from_utf8_lossy(name);
+                        let name = name.trim_end_matches('\0');
+                        match instances.iter().find(|i| i.eq_ignore_ascii_case(name)) {
+                            Some(i) => announce(i),
+                            None => continue,
+                        }
+                    }
+                    Some((0x02 | 0x03, _)) => instances.iter().map(|i| announce(i)).collect(),
+                    _ => continue,
+                };
+                let mut reply = vec![0x05];
+                reply.extend_from_slice(&(data.len() as u16).to_le_bytes());
+                reply.extend_from_slice(data.as_bytes());
+                let _ = socket.send_to(&reply, peer).await;
+            }
+        });
+        self.browsers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+        udp_port
     }
 
     /// The simulated sessions, ordered by session id (`login_time` in UTC, as stored).
@@ -511,7 +702,7 @@ async fn run_connection(
     registered: &mut Option<(i16, u64)>,
 ) -> io::Result<()> {
     // PRELOGIN
-    let Some((ty, _prelogin)) = conn.read_message().await? else {
+    let Some((ty, prelogin)) = conn.read_message().await? else {
         return Ok(());
     };
     if ty != PKT_PRELOGIN {
@@ -520,7 +711,17 @@ async fn run_connection(
             format!("expected PRELOGIN, got packet type {ty:#04x}"),
         ));
     }
-    conn.send(&prelogin_response()).await?;
+    let instance_ok = {
+        let requested = prelogin_instance(&prelogin);
+        let st = lock(state);
+        requested.is_empty()
+            || st
+                .instances
+                .iter()
+                .any(|i| i.eq_ignore_ascii_case(&requested))
+            || (st.instances.is_empty() && requested.eq_ignore_ascii_case("MSSQLSERVER"))
+    };
+    conn.send(&prelogin_response(instance_ok)).await?;
 
     // LOGIN7
     let Some((ty, login)) = conn.read_message().await? else {
@@ -579,6 +780,7 @@ async fn run_connection(
         let conn_id = st.next_conn;
         st.next_conn += 1;
         let login_time = Utc::now();
+        st.register_database(&database);
         st.sessions.insert(
             spid,
             FakeSession {
@@ -592,6 +794,7 @@ async fn run_connection(
                 client_net_address: Some(peer.ip().to_string()),
                 status: "sleeping".to_string(),
                 is_user_process: true,
+                authenticating_database: None,
             },
         );
         st.live.insert(
@@ -695,12 +898,36 @@ fn set_status(state: &Mutex<State>, spid: i16, status: &str) {
     }
 }
 
-fn prelogin_response() -> Vec<u8> {
+/// The client's PRELOGIN INSTOPT (instance name to validate), empty if none.
+fn prelogin_instance(p: &[u8]) -> String {
+    let mut at = 0;
+    while let Some(&token) = p.get(at) {
+        if token == 0xFF {
+            break;
+        }
+        let Some(h) = p.get(at + 1..at + 5) else {
+            break;
+        };
+        if token == 0x02 {
+            let offset = u16::from_be_bytes([h[0], h[1]]) as usize;
+            let len = u16::from_be_bytes([h[2], h[3]]) as usize;
+            let bytes = p.get(offset..offset + len).unwrap_or_default();
+            let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+            return String::from_utf8_lossy(&bytes[..end]).into_owned();
+        }
+        at += 5;
+    }
+    String::new()
+}
+
+/// PRELOGIN answer; INSTOPT is 0x00 if the client's instance name is valid, else 0x01.
+fn prelogin_response(instance_ok: bool) -> Vec<u8> {
+    let instopt: &[u8] = if instance_ok { &[0x00] } else { &[0x01] };
     // (token, data)
     let options: [(u8, &[u8]); 5] = [
         (0x00, &[15, 0, 0x07, 0xD0, 0, 0]), // VERSION 15.0.2000, sub-build 0
         (0x01, &[0x02]),                    // ENCRYPTION = ENCRYPT_NOT_SUP
-        (0x02, &[0x00]),                    // INSTOPT: valid
+        (0x02, instopt),                    // INSTOPT: valid (0x00) or not
         (0x03, &[]),                        // THREADID: empty from the server
         (0x04, &[0x00]),                    // MARS off
     ];
@@ -1598,6 +1825,9 @@ fn execute_inner(
         let offset = lock(state).utc_offset_minutes;
         return clock_query(&toks, offset);
     }
+    if first.is_kw("select") && toks.get(1).is_some_and(|t| t.is_kw("loginproperty")) {
+        return loginproperty_query(state, &toks, params);
+    }
     let mentions_views = toks.windows(3).any(|w| {
         w[0].is_kw("sys")
             && w[1].is_sym(".")
@@ -1736,6 +1966,69 @@ fn clock_query(toks: &[Tok], offset_minutes: i32) -> Result<Outcome, SqlError> {
             nullable: true,
         }],
         rows: vec![vec![Cell::I32(end - start)]],
+    })
+}
+
+/// `SELECT LOGINPROPERTY(<login>, 'PasswordLastSetTime') [AS] password_last_set`: one
+/// nullable `datetime` in the server's local time.
+fn loginproperty_query(
+    state: &Mutex<State>,
+    toks: &[Tok],
+    params: &[(String, SqlVal)],
+) -> Result<Outcome, SqlError> {
+    let shape = || {
+        SqlError::standin(
+            "the only LOGINPROPERTY simulated is SELECT LOGINPROPERTY(@P1, \
+             'PasswordLastSetTime') AS password_last_set (@P1 or a literal: a string login)"
+                .to_string(),
+        )
+    };
+    let mut p = Parser::new(toks, params, 0);
+    p.expect_kw("select")?;
+    p.expect_kw("loginproperty")?;
+    if !p.eat_sym("(") {
+        return Err(shape());
+    }
+    let login = match p.value()? {
+        Some(SqlVal::Str(login)) => Some(login),
+        Some(SqlVal::Null) => None,
+        _ => return Err(shape()),
+    };
+    if !p.eat_sym(",") {
+        return Err(shape());
+    }
+    match p.next() {
+        Some(Tok::Str(property)) if property.eq_ignore_ascii_case("PasswordLastSetTime") => {}
+        _ => return Err(shape()),
+    }
+    if !p.eat_sym(")") {
+        return Err(shape());
+    }
+    p.eat_kw("as");
+    if !p.eat_kw("password_last_set") {
+        return Err(shape());
+    }
+    while p.eat_sym(";") {}
+    if p.peek().is_some() {
+        return Err(shape());
+    }
+    let cell = {
+        let st = lock(state);
+        let offset = ChronoDuration::minutes(st.utc_offset_minutes as i64);
+        login
+            .and_then(|l| {
+                let key = l.trim_end_matches(' ').to_lowercase();
+                st.password_last_set.get(&key).copied().flatten()
+            })
+            .map_or(Cell::Null, |at| Cell::DateTime(at.naive_utc() + offset))
+    };
+    Ok(Outcome::Rows {
+        cols: vec![ColDef {
+            name: "password_last_set".to_string(),
+            ty: ColType::DateTime,
+            nullable: true,
+        }],
+        rows: vec![vec![cell]],
     })
 }
 
@@ -1951,6 +2244,8 @@ enum Col {
     IsUserProcess,
     /// `c.session_id`: NULL when the session has no connection.
     ConnSessionId,
+    /// `s.authenticating_database_id`: 1 (master) for a server login.
+    AuthDbId,
 }
 
 impl Col {
@@ -1968,6 +2263,7 @@ impl Col {
             Col::Status => "s.status",
             Col::IsUserProcess => "s.is_user_process",
             Col::ConnSessionId => "c.session_id",
+            Col::AuthDbId => "s.authenticating_database_id",
         }
     }
 
@@ -1982,6 +2278,7 @@ impl Col {
             (View::Sessions, "program_name") => Col::ProgramName,
             (View::Sessions, "status") => Col::Status,
             (View::Sessions, "is_user_process") => Col::IsUserProcess,
+            (View::Sessions, "authenticating_database_id") => Col::AuthDbId,
             (View::Connections, "session_id") => Col::ConnSessionId,
             (View::Connections, "client_net_address") => Col::ClientNetAddress,
             (View::Sessions, "database_id") => {
@@ -2002,7 +2299,7 @@ impl Col {
                     "column {name} of sys.{} is not simulated (simulated: s.session_id, \
                      s.original_login_name, s.login_name, s.login_time, s.host_name, \
                      s.program_name, s.status, s.is_user_process, DB_NAME(s.database_id), \
-                     c.session_id, c.client_net_address)",
+                     s.authenticating_database_id, c.session_id, c.client_net_address)",
                     view.name()
                 )));
             }
@@ -2011,14 +2308,15 @@ impl Col {
 
     fn kind(self) -> Kind {
         match self {
-            Col::SessionId | Col::IsUserProcess | Col::ConnSessionId => Kind::Int,
+            Col::SessionId | Col::IsUserProcess | Col::ConnSessionId | Col::AuthDbId => Kind::Int,
             Col::LoginTime => Kind::Time,
             _ => Kind::Str,
         }
     }
 
     /// The value a row has for this column; `login_time` is in the server's local time.
-    fn value(self, s: &FakeSession, utc_offset: ChronoDuration) -> SqlVal {
+    fn value(self, s: &FakeSession, env: &Env) -> SqlVal {
+        let utc_offset = env.utc_offset;
         let opt = |v: &Option<String>| v.clone().map_or(SqlVal::Null, SqlVal::Str);
         match self {
             Col::SessionId => SqlVal::Int(s.session_id as i64),
@@ -2038,8 +2336,19 @@ impl Col {
                 Some(_) => SqlVal::Int(s.session_id as i64),
                 None => SqlVal::Null,
             },
+            Col::AuthDbId => match &s.authenticating_database {
+                None => SqlVal::Int(1),
+                Some(db) => database_id(&env.databases, db).map_or(SqlVal::Null, SqlVal::Int),
+            },
         }
     }
+}
+
+/// What evaluating a row needs besides the row.
+struct Env {
+    utc_offset: ChronoDuration,
+    /// The known user databases ([`State::databases`]).
+    databases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -2096,6 +2405,8 @@ impl Op {
 
 enum Pred {
     Cmp(Col, Op, SqlVal),
+    /// `<col> <op> DB_ID(<name>)`: the id is looked up when the rows are known.
+    CmpDbId(Col, Op, SqlVal),
     IsNull(Col, bool),
 }
 
@@ -2545,6 +2856,19 @@ impl<'a> Parser<'a> {
         if self.peek().is_some_and(|t| t.is_kw("not")) {
             return Err(SqlError::standin("NOT is not supported".to_string()));
         }
+        // DB_ID(...) op column
+        if let Some(name) = self.db_id_call()? {
+            let op = self
+                .peek()
+                .and_then(Op::parse)
+                .ok_or_else(|| self.unexpected())?;
+            self.pos += 1;
+            let expr = self.raw_expr()?.ok_or_else(|| {
+                SqlError::standin("a predicate must compare a column with a value".to_string())
+            })?;
+            let col = self.resolve(&expr)?;
+            return db_id_pred(col, op.flip(), name);
+        }
         // value op column
         if let Some(v) = self.value()? {
             let op = self
@@ -2574,6 +2898,9 @@ impl<'a> Parser<'a> {
             });
         };
         self.pos += 1;
+        if let Some(name) = self.db_id_call()? {
+            return db_id_pred(col, op, name);
+        }
         let v = match self.value()? {
             Some(v) => v,
             None => {
@@ -2588,6 +2915,32 @@ impl<'a> Parser<'a> {
             }
         };
         Ok(vec![Pred::Cmp(col, op, bind(col, v)?)])
+    }
+
+    /// `DB_ID(<value>)`, the value a string (the database name) or NULL; `None` if the next
+    /// token is not `DB_ID`.
+    fn db_id_call(&mut self) -> Result<Option<SqlVal>, SqlError> {
+        if !(self.peek().is_some_and(|t| t.is_kw("db_id"))
+            && self.toks.get(self.pos + 1).is_some_and(|t| t.is_sym("(")))
+        {
+            return Ok(None);
+        }
+        self.pos += 2;
+        let shape = || {
+            SqlError::standin(
+                "DB_ID is simulated only as DB_ID(@Pn) or DB_ID('name') with a string (a \
+                 database name), compared with s.authenticating_database_id"
+                    .to_string(),
+            )
+        };
+        let name = match self.value()? {
+            Some(v @ (SqlVal::Str(_) | SqlVal::Null)) => v,
+            _ => return Err(shape()),
+        };
+        if !self.eat_sym(")") {
+            return Err(shape());
+        }
+        Ok(Some(name))
     }
 
     fn conjunction(&mut self) -> Result<Vec<Pred>, SqlError> {
@@ -2636,6 +2989,18 @@ impl<'a> Parser<'a> {
             }
         }
     }
+}
+
+/// `<col> <op> DB_ID(name)`: only `s.authenticating_database_id` is compared with a database
+/// id.
+fn db_id_pred(col: Col, op: Op, name: SqlVal) -> Result<Vec<Pred>, SqlError> {
+    if col != Col::AuthDbId {
+        return Err(SqlError::standin(format!(
+            "DB_ID(...) is simulated only compared with s.authenticating_database_id, not {}",
+            col.sql()
+        )));
+    }
+    Ok(vec![Pred::CmpDbId(col, op, name)])
 }
 
 /// Converts a value to the column's type, as SQL Server would for the comparison.
@@ -2809,10 +3174,19 @@ fn compare(a: &SqlVal, b: &SqlVal) -> Option<std::cmp::Ordering> {
     }
 }
 
-fn row_matches(preds: &[Pred], s: &FakeSession, utc_offset: ChronoDuration) -> bool {
+fn row_matches(preds: &[Pred], s: &FakeSession, env: &Env) -> bool {
     preds.iter().all(|p| match p {
-        Pred::Cmp(col, op, v) => compare(&col.value(s, utc_offset), v).is_some_and(|o| op.holds(o)),
-        Pred::IsNull(col, want_null) => (col.value(s, utc_offset) == SqlVal::Null) == *want_null,
+        Pred::Cmp(col, op, v) => compare(&col.value(s, env), v).is_some_and(|o| op.holds(o)),
+        Pred::CmpDbId(col, op, name) => {
+            let id = match name {
+                SqlVal::Str(name) => database_id(&env.databases, name),
+                _ => None,
+            };
+            id.is_some_and(|id| {
+                compare(&col.value(s, env), &SqlVal::Int(id)).is_some_and(|o| op.holds(o))
+            })
+        }
+        Pred::IsNull(col, want_null) => (col.value(s, env) == SqlVal::Null) == *want_null,
     })
 }
 
@@ -2940,20 +3314,28 @@ fn session_query(
         Some(hook) => hook(recorded, &table).unwrap_or(table),
         None => table,
     };
+    let env = {
+        let mut st = lock(state);
+        for s in &table {
+            st.register_session_databases(s);
+        }
+        Env {
+            utc_offset,
+            databases: st.databases.clone(),
+        }
+    };
     let mut rows: Vec<FakeSession> = table
         .into_iter()
-        .filter(|s| row_matches(&preds, s, utc_offset))
+        .filter(|s| row_matches(&preds, s, &env))
         .collect();
     rows.sort_by(|a, b| {
         for (col, desc) in &order {
-            let o = compare(&col.value(a, utc_offset), &col.value(b, utc_offset)).unwrap_or_else(
-                || {
-                    // NULLs sort first, as in SQL Server.
-                    let null_a = col.value(a, utc_offset) == SqlVal::Null;
-                    let null_b = col.value(b, utc_offset) == SqlVal::Null;
-                    null_b.cmp(&null_a)
-                },
-            );
+            let o = compare(&col.value(a, &env), &col.value(b, &env)).unwrap_or_else(|| {
+                // NULLs sort first, as in SQL Server.
+                let null_a = col.value(a, &env) == SqlVal::Null;
+                let null_b = col.value(b, &env) == SqlVal::Null;
+                null_b.cmp(&null_a)
+            });
             let o = if *desc { o.reverse() } else { o };
             if o != std::cmp::Ordering::Equal {
                 return o;
