@@ -214,7 +214,14 @@ pub trait Engine: Send + Sync + Debug {
         protected: &BTreeSet<String>,
         dry_run: bool,
         verify_timeout: Duration,
-    ) -> Result<TerminateOutcome, EngineError>;
+    ) -> Result<TerminateOutcome, EngineError> {
+        // Only PostgreSQL keeps sessions of dropped or expired roles identifiable; the other
+        // engines keep the user name and have no VALID UNTIL, so there is nothing to sweep.
+        let _ = (pattern, protected, dry_run, verify_timeout);
+        Err(EngineError::Config(
+            "sweeps are for PostgreSQL targets".into(),
+        ))
+    }
 }
 
 /// Where a target is, from its URL: used to match secrets that name a host and port.
@@ -391,5 +398,32 @@ pub(crate) fn sqlx_error(e: sqlx::Error) -> EngineError {
             EngineError::Connect(e.to_string())
         }
         other => EngineError::Query(other.to_string()),
+    }
+}
+
+/// The waiting policy of every engine's verification: checks with a backoff from 5 ms to
+/// 100 ms until a deadline.
+pub(crate) struct Poll {
+    deadline: tokio::time::Instant,
+    pause: Duration,
+}
+
+impl Poll {
+    /// Polling that gives up after `timeout`.
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self {
+            deadline: tokio::time::Instant::now() + timeout,
+            pause: Duration::from_millis(5),
+        }
+    }
+
+    /// Waits before the next check; `false` when that would pass the deadline.
+    pub(crate) async fn wait(&mut self) -> bool {
+        if tokio::time::Instant::now() + self.pause > self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(100));
+        true
     }
 }

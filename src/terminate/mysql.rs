@@ -418,8 +418,7 @@ impl Mysql {
         terminated: &[Session],
         timeout: Duration,
     ) -> Result<Vec<Session>, EngineError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut pause = Duration::from_millis(5);
+        let mut poll = super::Poll::new(timeout);
         let mut remaining = terminated.to_vec();
         while !remaining.is_empty() {
             let alive: BTreeSet<i64> = self
@@ -429,11 +428,9 @@ impl Mysql {
                 .map(|t| t.id as i64)
                 .collect();
             remaining.retain(|s| alive.contains(&s.pid));
-            if remaining.is_empty() || tokio::time::Instant::now() + pause > deadline {
+            if remaining.is_empty() || !poll.wait().await {
                 break;
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
         }
         Ok(remaining)
     }
@@ -501,18 +498,6 @@ impl Engine for Mysql {
     async fn learn_logins(&self, _logins: &[String]) -> Result<(), EngineError> {
         // Sessions carry their user name even after DROP USER: nothing to remember.
         Ok(())
-    }
-
-    async fn sweep(
-        &self,
-        _pattern: &str,
-        _protected: &BTreeSet<String>,
-        _dry_run: bool,
-        _verify_timeout: Duration,
-    ) -> Result<TerminateOutcome, EngineError> {
-        Err(EngineError::Config(
-            "sweeps are for PostgreSQL targets".into(),
-        ))
     }
 }
 

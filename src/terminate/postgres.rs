@@ -255,16 +255,13 @@ impl Postgres {
         terminated: &[Session],
         timeout: Duration,
     ) -> Result<Vec<Session>, EngineError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut pause = Duration::from_millis(5);
+        let mut poll = super::Poll::new(timeout);
         let mut remaining = terminated.to_vec();
         while !remaining.is_empty() {
             remaining = self.still_connected(&remaining).await?;
-            if remaining.is_empty() || tokio::time::Instant::now() + pause > deadline {
+            if remaining.is_empty() || !poll.wait().await {
                 break;
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
         }
         Ok(remaining)
     }

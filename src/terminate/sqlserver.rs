@@ -391,8 +391,7 @@ impl SqlServer {
         offset: chrono::Duration,
         timeout: Duration,
     ) -> Result<Vec<Session>, EngineError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut pause = Duration::from_millis(5);
+        let mut poll = super::Poll::new(timeout);
         let mut remaining = terminated.to_vec();
         while !remaining.is_empty() {
             let sql = format!("{SESSIONS} AND s.session_id <> @@SPID");
@@ -405,11 +404,9 @@ impl SqlServer {
                 })
                 .collect();
             remaining.retain(|s| alive.contains(&(s.pid, s.backend_start)));
-            if remaining.is_empty() || tokio::time::Instant::now() + pause > deadline {
+            if remaining.is_empty() || !poll.wait().await {
                 break;
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
         }
         Ok(remaining)
     }
@@ -499,17 +496,5 @@ impl Engine for SqlServer {
     async fn learn_logins(&self, _logins: &[String]) -> Result<(), EngineError> {
         // Sessions keep their original_login_name after the login is dropped: nothing to keep.
         Ok(())
-    }
-
-    async fn sweep(
-        &self,
-        _pattern: &str,
-        _protected: &BTreeSet<String>,
-        _dry_run: bool,
-        _verify_timeout: Duration,
-    ) -> Result<TerminateOutcome, EngineError> {
-        Err(EngineError::Config(
-            "sweeps are for PostgreSQL targets".into(),
-        ))
     }
 }

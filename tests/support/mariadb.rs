@@ -273,25 +273,45 @@ impl TestMariaDb {
         self.child.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// This instance's own temporary directory: concurrent bootstraps sharing `/tmp`
+    /// collide on their temporary tables.
+    fn tmpdir(&self) -> PathBuf {
+        self.base.join("tmp")
+    }
+
     fn install_db(&self) {
         let datadir = format!("--datadir={}", path_str(&self.data));
-        let out = Command::new("mariadb-install-db")
-            .args([
-                "--no-defaults",
-                "--user=root",
-                &datadir,
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-            ])
-            .current_dir(&self.base)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("could not run mariadb-install-db (is MariaDB on PATH?): {e}")
-            });
-        if !out.status.success() {
-            panic!("mariadb-install-db failed: {}", describe(&out));
+        let tmpdir = self.tmpdir();
+        fs::create_dir_all(&tmpdir).expect("create the instance's tmpdir");
+        let tmpdir_arg = format!("--tmpdir={}", path_str(&tmpdir));
+        let mut last = None;
+        // A bootstrap that still fails is retried once on a clean data directory.
+        for _ in 0..2 {
+            let out = Command::new("mariadb-install-db")
+                .args([
+                    "--no-defaults",
+                    "--user=root",
+                    &datadir,
+                    &tmpdir_arg,
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ])
+                .current_dir(&self.base)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("could not run mariadb-install-db (is MariaDB on PATH?): {e}")
+                });
+            if out.status.success() {
+                return;
+            }
+            let _ = fs::remove_dir_all(&self.data);
+            last = Some(out);
         }
+        panic!(
+            "mariadb-install-db failed twice: {}",
+            describe(&last.expect("two attempts"))
+        );
     }
 
     /// Spawns `mariadbd` into `slot` and waits until root can log in over TCP on our
@@ -316,6 +336,7 @@ impl TestMariaDb {
             format!("--pid-file={}", path_str(&self.pid_file)),
             format!("--log-error={}", path_str(&self.log)),
             "--skip-log-bin".to_owned(),
+            format!("--tmpdir={}", path_str(&self.tmpdir())),
             "--max-connections=200".to_owned(),
         ])
         .args(&self.extra_args)
