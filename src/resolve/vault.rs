@@ -246,57 +246,12 @@ impl Vault {
         mount: &str,
         name: &str,
     ) -> Result<StaticRole, VaultError> {
-        match self.read_static_role(namespace, mount, name).await {
-            // The token was revoked or expired before its renewal: log in again, once.
-            Err(VaultError::Auth(_)) if !matches!(self.config.auth, VaultAuth::Token { .. }) => {
-                let lease = self.login().await?;
-                *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
-                self.read_static_role(namespace, mount, name).await
-            }
-            other => other,
-        }
+        let path = format!("{}/static-roles/{name}", mount.trim_matches('/'));
+        self.get::<StaticRole>(namespace, &path)
+            .await?
+            .ok_or(VaultError::NotFound(path))
     }
 
-    async fn read_static_role(
-        &self,
-        namespace: Option<&str>,
-        mount: &str,
-        name: &str,
-    ) -> Result<StaticRole, VaultError> {
-        let client = self.client.read().await;
-        let url = format!(
-            "{}/v1/{}/static-roles/{}",
-            client.settings.address.as_str().trim_end_matches('/'),
-            mount.trim_matches('/'),
-            name
-        );
-        let mut request = client
-            .http
-            .http
-            .get(&url)
-            .header("X-Vault-Token", client.settings.token.as_str());
-        if let Some(ns) = namespace.filter(|ns| !ns.is_empty()) {
-            request = request.header("X-Vault-Namespace", ns);
-        }
-        let response = request.send().await.map_err(unavailable)?;
-        let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(unavailable)?;
-        match status {
-            200 => serde_json::from_slice::<Envelope<StaticRole>>(&body)
-                .map(|e| e.data)
-                .map_err(|e| VaultError::Malformed(format!("static role {mount}/{name}: {e}"))),
-            404 => Err(VaultError::NotFound(format!("{mount}/static-roles/{name}"))),
-            401 | 403 => Err(VaultError::Auth(format!(
-                "HTTP {status} reading {mount}/static-roles/{name}"
-            ))),
-            _ => Err(VaultError::Unavailable(format!(
-                "HTTP {status} reading {mount}/static-roles/{name}"
-            ))),
-        }
-    }
-}
-
-impl Vault {
     /// `LIST <mount>/static-roles` (as `GET …?list=true`); an empty mount lists nothing.
     pub async fn static_roles(
         &self,
@@ -307,11 +262,42 @@ impl Vault {
         struct Keys {
             keys: Vec<String>,
         }
+        let path = format!("{}/static-roles?list=true", mount.trim_matches('/'));
+        // Vault answers 404 for a mount without static roles.
+        Ok(self
+            .get::<Keys>(namespace, &path)
+            .await?
+            .map(|k| k.keys)
+            .unwrap_or_default())
+    }
+
+    /// `GET /v1/<path>` with sever's token, returning `data`; `None` for 404. A refused
+    /// token (revoked, or expired before its renewal) triggers one fresh login and a retry
+    /// (AppRole and Kubernetes; a static token cannot be replaced this way).
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        path: &str,
+    ) -> Result<Option<T>, VaultError> {
+        match self.get_once(namespace, path).await {
+            Err(VaultError::Auth(_)) if !matches!(self.config.auth, VaultAuth::Token { .. }) => {
+                let lease = self.login().await?;
+                *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+                self.get_once(namespace, path).await
+            }
+            other => other,
+        }
+    }
+
+    async fn get_once<T: serde::de::DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        path: &str,
+    ) -> Result<Option<T>, VaultError> {
         let client = self.client.read().await;
         let url = format!(
-            "{}/v1/{}/static-roles?list=true",
-            client.settings.address.as_str().trim_end_matches('/'),
-            mount.trim_matches('/'),
+            "{}/v1/{path}",
+            client.settings.address.as_str().trim_end_matches('/')
         );
         let mut request = client
             .http
@@ -325,16 +311,13 @@ impl Vault {
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(unavailable)?;
         match status {
-            200 => serde_json::from_slice::<Envelope<Keys>>(&body)
-                .map(|e| e.data.keys)
-                .map_err(|e| VaultError::Malformed(format!("static role list of {mount}: {e}"))),
-            // Vault answers 404 for a mount without static roles.
-            404 => Ok(Vec::new()),
-            401 | 403 => Err(VaultError::Auth(format!(
-                "HTTP {status} listing {mount}/static-roles"
-            ))),
+            200 => serde_json::from_slice::<Envelope<T>>(&body)
+                .map(|e| Some(e.data))
+                .map_err(|e| VaultError::Malformed(format!("{path}: {e}"))),
+            404 => Ok(None),
+            401 | 403 => Err(VaultError::Auth(format!("HTTP {status} reading {path}"))),
             _ => Err(VaultError::Unavailable(format!(
-                "HTTP {status} listing {mount}/static-roles"
+                "HTTP {status} reading {path}"
             ))),
         }
     }
