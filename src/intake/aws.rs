@@ -16,9 +16,9 @@ use subtle::ConstantTimeEq;
 
 use super::error::{ApiError, parse_json};
 use super::eventbridge::{Interpretation, Reported, interpret};
-use super::events::WaitQuery;
+use super::events::{WaitQuery, wait_flag};
 use super::sns::{SnsMessage, SnsMessageType};
-use super::{AppState, Claim, RequestMeta, body_error};
+use super::{AppState, Claim, RequestMeta};
 use crate::audit::Kind;
 use crate::resolve::aws::{self, AwsError, CURRENT, PREVIOUS, Rotation, Source};
 
@@ -52,26 +52,13 @@ pub async fn post_aws_event(
     } else {
         EVENTBRIDGE
     };
-    let body = match body {
-        Ok(body) => body,
-        Err(e) => {
-            return Err(state
-                .reject(&meta, actor, body_error(e, state.max_body))
-                .await);
-        }
-    };
+    let body = state.body(&meta, actor, body).await?;
     let received_at = Utc::now();
     match actor {
         HOOK => lambda_hook(&state, &meta, &headers, &body, query, received_at).await,
         SNS => sns(&state, &meta, &body, query, received_at).await,
         _ => eventbridge(&state, &meta, &headers, &body, query, received_at).await,
     }
-}
-
-fn wait_flag(query: Result<Query<WaitQuery>, QueryRejection>) -> Result<bool, ApiError> {
-    query
-        .map(|Query(q)| q.wait())
-        .map_err(|e| ApiError::Invalid(e.body_text()))
 }
 
 async fn lambda_hook(

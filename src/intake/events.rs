@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{ApiError, parse_json};
-use super::{AppState, Claim, RequestMeta, body_error};
+use super::{AppState, Claim, RequestMeta};
 use crate::resolve::{self, RotationEvent};
 
 /// `?wait=true` returns the finished result instead of `202 Accepted`.
@@ -21,11 +21,11 @@ pub struct WaitQuery {
     wait: bool,
 }
 
-impl WaitQuery {
-    /// Whether the caller waits for the finished result.
-    pub fn wait(&self) -> bool {
-        self.wait
-    }
+/// Reads `?wait=`; a malformed query is a refusal.
+pub fn wait_flag(query: Result<Query<WaitQuery>, QueryRejection>) -> Result<bool, ApiError> {
+    query
+        .map(|Query(q)| q.wait)
+        .map_err(|e| ApiError::Invalid(e.body_text()))
 }
 
 /// Verifies, de-duplicates, plans and starts a rotation; see the README for the contract.
@@ -37,11 +37,8 @@ pub async fn post_event(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     const ACTOR: &str = "webhook";
+    let body = state.body(&meta, ACTOR, body).await?;
     let reject = |e| state.reject(&meta, ACTOR, e);
-    let body = match body {
-        Ok(body) => body,
-        Err(e) => return Err(reject(body_error(e, state.max_body)).await),
-    };
     let verified_at = Utc::now();
     // Signature first, on the raw bytes: nothing unauthenticated is parsed.
     let delivery = match state
@@ -51,9 +48,9 @@ pub async fn post_event(
         Ok(delivery) => delivery,
         Err(e) => return Err(reject(e.into()).await),
     };
-    let wait = match query {
-        Ok(Query(q)) => q.wait,
-        Err(e) => return Err(reject(ApiError::Invalid(e.body_text())).await),
+    let wait = match wait_flag(query) {
+        Ok(wait) => wait,
+        Err(e) => return Err(reject(e).await),
     };
     let event: RotationEvent = match parse_json(&body) {
         Ok(event) => event,

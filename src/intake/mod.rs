@@ -15,6 +15,7 @@ pub mod webhook;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
@@ -395,11 +396,25 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
     }
 }
 
-fn body_error(rejection: BytesRejection, max: usize) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::TooLarge(max)
-    } else {
-        ApiError::Body(rejection.body_text())
+impl AppState {
+    /// The request body, or its refusal (too large, unreadable), audited.
+    async fn body(
+        &self,
+        meta: &RequestMeta,
+        actor: &str,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<Bytes, ApiError> {
+        match body {
+            Ok(body) => Ok(body),
+            Err(rejection) => {
+                let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge(self.max_body)
+                } else {
+                    ApiError::Body(rejection.body_text())
+                };
+                Err(self.reject(meta, actor, error).await)
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use axum::extract::rejection::BytesRejection;
 
 use super::error::{ApiError, parse_json};
 use super::operator::Operator;
-use super::{AppState, RequestMeta, body_error};
+use super::{AppState, RequestMeta};
 use crate::pipeline::ActionReport;
 use crate::resolve::{self, RevocationRequest};
 
@@ -19,14 +19,7 @@ pub async fn post_revocation(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ActionReport>, ApiError> {
     let actor = operator.actor();
-    let body = match body {
-        Ok(body) => body,
-        Err(e) => {
-            return Err(state
-                .reject(&meta, &actor, body_error(e, state.max_body))
-                .await);
-        }
-    };
+    let body = state.body(&meta, &actor, body).await?;
     let request: RevocationRequest = match parse_json(&body) {
         Ok(request) => request,
         Err(e) => return Err(state.reject(&meta, &actor, e).await),

@@ -17,8 +17,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::error::{ApiError, parse_json};
-use super::events::WaitQuery;
-use super::{Accepted, AppState, Claim, RequestMeta, body_error};
+use super::events::{WaitQuery, wait_flag};
+use super::{Accepted, AppState, Claim, RequestMeta};
 use crate::audit::Kind;
 use crate::config::{Config, CredentialVault, WatchedMount};
 use crate::resolve::vault::{self, StaticRole};
@@ -117,23 +117,14 @@ pub async fn post_vault_event(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     const ACTOR: &str = "vault:event";
-    let body = match body {
-        Ok(body) => body,
-        Err(e) => {
-            return Err(state
-                .reject(&meta, ACTOR, body_error(e, state.max_body))
-                .await);
-        }
-    };
+    let body = state.body(&meta, ACTOR, body).await?;
     let received_at = Utc::now();
     let checked = state
         .verifier
         .verify(&headers, &body, received_at.timestamp())
         .map_err(ApiError::from)
         .and_then(|delivery| {
-            let wait = query
-                .map(|Query(q)| q.wait())
-                .map_err(|e| ApiError::Invalid(e.body_text()))?;
+            let wait = wait_flag(query)?;
             let envelope: Value = parse_json(&body)?;
             let event = VaultEvent::parse(&envelope)
                 .map_err(|e| ApiError::Invalid(format!("not a Vault event: {e}")))?;
