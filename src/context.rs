@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::audit::Audit;
 use crate::config::{Config, ConfigError};
+use crate::queue::Queue;
 use crate::store::{Store, StoreError};
 use crate::terminate::Targets;
 
@@ -30,6 +31,8 @@ pub struct Context {
     pub audit: Audit,
     /// Engines per target.
     pub targets: Targets,
+    /// The durable work queue every action runs from.
+    pub queue: Arc<Queue>,
 }
 
 impl Context {
@@ -37,7 +40,13 @@ impl Context {
     pub async fn build(config: Config) -> Result<Self, ContextError> {
         let store = Store::connect(&config.store.url.load("store.url")?).await?;
         let targets = Targets::from_config(&config, &store)?;
+        let queue = Queue::new(
+            store.clone(),
+            Queue::owner_name("sever"),
+            config.queue.clone(),
+        );
         Ok(Self {
+            queue: Arc::new(queue),
             audit: Audit::new(store.clone()),
             config: Arc::new(config),
             store,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod context;
 pub mod intake;
 pub mod pipeline;
+pub mod queue;
 pub mod resolve;
 pub mod store;
 pub mod sweep;
@@ -71,8 +72,9 @@ impl Default for RunOptions {
     }
 }
 
-/// Builds everything from `config` and serves on `listener` until `shutdown` completes, then
-/// waits for running actions to finish.
+/// Builds everything from `config`, works the queue and serves on `listener` until
+/// `shutdown` completes; then stops accepting, finishes or hands back running work, and
+/// returns.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -91,11 +93,15 @@ pub async fn run_with(
     install_crypto_provider();
     let ctx = Arc::new(Context::build(config).await?);
     let tracker = TaskTracker::new();
-    let state = AppState::new(ctx.clone(), tracker.clone(), options.sns_http).await?;
+    let state = AppState::new(ctx.clone(), options.sns_http).await?;
     for warning in ctx.config.warnings() {
         tracing::warn!("{warning}");
     }
     let background = CancellationToken::new();
+    let termination = &ctx.config.termination;
+    // A step is bounded by the termination timeouts; allow that long to finish at shutdown.
+    let drain = termination.timeout + termination.verify_timeout + Duration::from_secs(5);
+    let worker = tokio::spawn(queue::worker::run(ctx.clone(), background.clone(), drain));
     tokio::spawn(maintain(ctx.clone(), background.clone()));
     intake::spawn_background(&state, &background);
     // On the tracker, so shutdown waits for a sweep in progress to finish its records.
@@ -109,12 +115,17 @@ pub async fn run_with(
     .with_graceful_shutdown(shutdown)
     .await?;
 
+    // No new requests now; stop claiming work, finish or hand back what is running.
     background.cancel();
+    if let Err(e) = worker.await {
+        tracing::error!(error = %e, "the queue worker failed");
+    }
     tracker.close();
-    let termination = &ctx.config.termination;
-    let drain = termination.timeout + termination.verify_timeout + Duration::from_secs(5);
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-        tracing::error!(running = tracker.len(), "actions still running at shutdown");
+        tracing::error!(
+            running = tracker.len(),
+            "a sweep was still running at shutdown"
+        );
     }
     tracing::info!("sever stopped");
     Ok(())

@@ -1,15 +1,19 @@
-//! Runs a [`Plan`]: audit it, terminate on every target concurrently, audit each outcome.
-//! A sweep (sessions of dropped or expired logins on one target) runs the same way.
+//! What an action does: a [`Plan`]'s steps run on their targets (through the work queue,
+//! [`crate::queue`]), each outcome turned into audit records and the action's report. A sweep
+//! (sessions of dropped or expired logins on one target) runs the same way.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use std::sync::Arc;
+
 use crate::audit::{AuditError, Entry, Kind};
 use crate::config::{Config, SweepConfig};
 use crate::context::Context;
+use crate::queue::{QueueError, Submission, worker};
 use crate::resolve::{Origin, Plan, Step};
-use crate::terminate::{Scope, Session, TerminateOutcome, TerminateRequest};
+use crate::terminate::{EngineError, Journal, Scope, Session, TerminateOutcome, TerminateRequest};
 
 /// An action that could not be carried out or recorded.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +27,13 @@ pub enum PipelineError {
     /// The target has no `[targets.<id>.sweep]` table, so it cannot be swept.
     #[error("target {0:?} has no sweep configured ([targets.{0}.sweep])")]
     NoSweep(String),
+    /// The work queue refused the action or could not be read.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The action is stored and still running (a target is being retried); a running sever
+    /// finishes it.
+    #[error("action {0} is queued and still running (GET /v1/actions/{0} shows its progress)")]
+    StillRunning(Uuid),
 }
 
 /// Overall result of an action.
@@ -75,10 +86,9 @@ pub struct ActionReport {
     pub targets: Vec<TargetReport>,
 }
 
-/// Audits `plan`, executes it, audits the outcome and returns the report.
-///
-/// Nothing is executed unless the plan record is written first, so the trail never misses
-/// an action that happened.
+/// Submits `plan` to the queue and carries it out here, waiting for the report. Nothing is
+/// executed unless the plan is stored and audited first, so the trail never misses an action
+/// that happened.
 pub async fn execute(
     ctx: &Context,
     plan: Plan,
@@ -102,16 +112,13 @@ pub fn sweep_config<'a>(
         .ok_or_else(|| PipelineError::NoSweep(target.to_owned()))
 }
 
-/// Sweeps `target` for sessions of dropped logins and of expired logins matching its sweep
-/// pattern: audited like any action (origin `sweep`), each session record saying why
-/// (`sweep_reason`). Only targets with a sweep configured can be swept.
-pub async fn sweep(
-    ctx: &Context,
+/// The plan and work of a sweep of `target`.
+pub fn sweep_plan(
+    config: &Config,
     target: &str,
     dry_run: bool,
-    actor: &str,
-) -> Result<ActionReport, PipelineError> {
-    let pattern = sweep_config(&ctx.config, target)?.pattern.clone();
+) -> Result<(Plan, Work), PipelineError> {
+    let pattern = sweep_config(config, target)?.pattern.clone();
     let plan = Plan {
         action_id: Uuid::now_v7(),
         origin: Origin::Sweep {
@@ -126,14 +133,29 @@ pub async fn sweep(
         steps: vec![Step {
             target: target.to_owned(),
             logins: Vec::new(),
-            protected: ctx.config.protected_on(target),
+            protected: config.protected_on(target),
         }],
     };
-    carry_out(ctx, plan, actor, Some(Work::Sweep { pattern })).await
+    Ok((plan, Work::Sweep { pattern }))
+}
+
+/// Sweeps `target` for sessions of dropped logins and of expired logins matching its sweep
+/// pattern: audited like any action (origin `sweep`), each session record saying why
+/// (`sweep_reason`). Only targets with a sweep configured can be swept.
+pub async fn sweep(
+    ctx: &Context,
+    target: &str,
+    dry_run: bool,
+    actor: &str,
+) -> Result<ActionReport, PipelineError> {
+    let (plan, work) = sweep_plan(&ctx.config, target, dry_run)?;
+    carry_out(ctx, plan, actor, Some(work)).await
 }
 
 /// What each step of a plan does on its target.
-enum Work {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Work {
     /// Terminate the step's logins' sessions in this scope.
     Terminate(Scope),
     /// Sweep for sessions of dropped logins, and of expired logins matching the pattern.
@@ -143,61 +165,62 @@ enum Work {
     },
 }
 
-/// Audits `plan`, does `work` on every step's target concurrently (nothing when `None`),
-/// audits the outcome and returns the report.
+/// Submits `plan` and drives its steps in this process until it finishes (steps another
+/// process holds are waited for), for callers that need the report: the CLI, sweeps.
 async fn carry_out(
     ctx: &Context,
     plan: Plan,
     actor: &str,
     work: Option<Work>,
 ) -> Result<ActionReport, PipelineError> {
-    let action = Some(plan.action_id);
-    let plan_detail = serde_json::to_value(&plan).unwrap_or(Value::Null);
-    ctx.audit
-        .append(Entry::new(Kind::ActionPlanned, actor, action, plan_detail))
-        .await?;
-
-    let targets = match &work {
-        Some(work) => {
-            let steps = plan
-                .steps
-                .iter()
-                .map(|step| run_step(ctx, step, work, plan.dry_run, plan.cutoff_defaulted));
-            futures_util::future::join_all(steps).await
-        }
-        None => Vec::new(),
+    let action_id = plan.action_id;
+    let submission = Submission {
+        plan,
+        work,
+        actor: actor.to_owned(),
+        claims: Vec::new(),
+        before: Vec::new(),
     };
+    ctx.queue.submit(&ctx.audit, &submission).await?;
+    let termination = &ctx.config.termination;
+    let budget = 2 * (termination.timeout + termination.verify_timeout);
+    match worker::drive(ctx, action_id, budget).await? {
+        Some(report) => Ok(report),
+        None => Err(PipelineError::StillRunning(action_id)),
+    }
+}
+
+/// The report of an action from its plan and its finished steps.
+pub fn report(plan: &Plan, targets: Vec<TargetReport>) -> ActionReport {
     let status = if targets.iter().all(TargetReport::ok) {
         Status::Completed
     } else {
         Status::Incomplete
     };
-    let report = ActionReport {
+    ActionReport {
         action_id: plan.action_id,
-        origin: plan.origin,
+        origin: plan.origin.clone(),
         scope: plan.scope,
         dry_run: plan.dry_run,
         status,
         targets,
-    };
-    ctx.audit
-        .append_all(outcome_records(&report, actor))
-        .await?;
-    Ok(report)
+    }
 }
 
-async fn run_step(
+/// Runs one step on its target, within the termination timeouts. The flag says whether a
+/// failure is worth retrying (an unreachable or slow target is; a misconfigured one is not).
+pub async fn run_step(
     ctx: &Context,
+    plan: &Plan,
     step: &Step,
     work: &Work,
-    dry_run: bool,
-    refine_cutoff: bool,
-) -> TargetReport {
+    journal: Option<Arc<dyn Journal>>,
+) -> (TargetReport, bool) {
     let termination = &ctx.config.termination;
     let limit = termination.timeout + termination.verify_timeout;
     let result = match ctx.targets.get(&step.target) {
         // Resolution only plans configured targets; this guards a config/target mismatch.
-        None => Err(format!("target {:?} is not configured", step.target)),
+        None => Err((format!("target {:?} is not configured", step.target), false)),
         Some(engine) => {
             let call = async {
                 match work {
@@ -206,9 +229,10 @@ async fn run_step(
                             logins: step.logins.clone(),
                             scope: *scope,
                             protected: step.protected.clone(),
-                            dry_run,
+                            dry_run: plan.dry_run,
                             verify_timeout: termination.verify_timeout,
-                            refine_cutoff,
+                            refine_cutoff: plan.cutoff_defaulted,
+                            journal,
                         };
                         engine.terminate(&request).await
                     }
@@ -217,8 +241,9 @@ async fn run_step(
                             .sweep(
                                 pattern,
                                 &step.protected,
-                                dry_run,
+                                plan.dry_run,
                                 termination.verify_timeout,
+                                journal.as_deref(),
                             )
                             .await
                     }
@@ -226,25 +251,29 @@ async fn run_step(
             };
             match tokio::time::timeout(limit, call).await {
                 Ok(Ok(outcome)) => Ok(outcome),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("timed out after {limit:?}")),
+                Ok(Err(e)) => {
+                    let retry = !matches!(e, EngineError::Config(_));
+                    Err((e.to_string(), retry))
+                }
+                Err(_) => Err((format!("timed out after {limit:?}"), true)),
             }
         }
     };
-    let (outcome, error) = match result {
-        Ok(outcome) => (outcome, None),
-        Err(e) => {
-            tracing::warn!(target_id = %step.target, error = %e, "target failed");
-            (TerminateOutcome::default(), Some(e))
+    let (outcome, error, retry) = match result {
+        Ok(outcome) => (outcome, None, false),
+        Err((e, retry)) => {
+            tracing::warn!(target_id = %step.target, error = %e, retry, "target failed");
+            (TerminateOutcome::default(), Some(e), retry)
         }
     };
-    TargetReport {
+    let report = TargetReport {
         target: step.target.clone(),
         logins: step.logins.clone(),
         found: outcome.matched.len() + outcome.skipped.len(),
         error,
         outcome,
-    }
+    };
+    (report, retry)
 }
 
 fn session_detail(t: &TargetReport, session: &Session, extra: Value) -> Value {
@@ -259,50 +288,53 @@ fn session_detail(t: &TargetReport, session: &Session, extra: Value) -> Value {
     detail
 }
 
-fn outcome_records(report: &ActionReport, actor: &str) -> Vec<Entry> {
-    let action = Some(report.action_id);
-    let entry = |kind, detail| Entry::new(kind, actor, action, detail);
+/// The audit records of one finished step.
+pub fn target_records(t: &TargetReport, dry_run: bool, actor: &str, action_id: Uuid) -> Vec<Entry> {
+    let entry = |kind, detail| Entry::new(kind, actor, Some(action_id), detail);
     let mut entries = Vec::new();
-    for t in &report.targets {
-        if let Some(error) = &t.error {
+    if let Some(error) = &t.error {
+        entries.push(entry(
+            Kind::TargetFailed,
+            json!({"target": t.target, "error": error}),
+        ));
+    }
+    if dry_run {
+        for s in &t.outcome.matched {
             entries.push(entry(
-                Kind::TargetFailed,
-                json!({"target": t.target, "error": error}),
-            ));
-        }
-        if report.dry_run {
-            for s in &t.outcome.matched {
-                entries.push(entry(
-                    Kind::SessionWouldTerminate,
-                    session_detail(t, s, json!({})),
-                ));
-            }
-        }
-        for s in &t.outcome.terminated {
-            entries.push(entry(
-                Kind::SessionTerminated,
-                session_detail(t, s, json!({})),
-            ));
-        }
-        for s in &t.outcome.skipped {
-            entries.push(entry(
-                Kind::SessionSkipped,
-                session_detail(t, &s.session, json!({"reason": s.reason})),
-            ));
-        }
-        for s in &t.outcome.failed {
-            entries.push(entry(
-                Kind::SessionFailed,
-                session_detail(t, &s.session, json!({"error": s.error})),
-            ));
-        }
-        for s in &t.outcome.remaining {
-            entries.push(entry(
-                Kind::SessionRemaining,
+                Kind::SessionWouldTerminate,
                 session_detail(t, s, json!({})),
             ));
         }
     }
+    for s in &t.outcome.terminated {
+        entries.push(entry(
+            Kind::SessionTerminated,
+            session_detail(t, s, json!({})),
+        ));
+    }
+    for s in &t.outcome.skipped {
+        entries.push(entry(
+            Kind::SessionSkipped,
+            session_detail(t, &s.session, json!({"reason": s.reason})),
+        ));
+    }
+    for s in &t.outcome.failed {
+        entries.push(entry(
+            Kind::SessionFailed,
+            session_detail(t, &s.session, json!({"error": s.error})),
+        ));
+    }
+    for s in &t.outcome.remaining {
+        entries.push(entry(
+            Kind::SessionRemaining,
+            session_detail(t, s, json!({})),
+        ));
+    }
+    entries
+}
+
+/// The `action.completed` record: the action's summary.
+pub fn completed_record(report: &ActionReport, actor: &str) -> Entry {
     let summary: Vec<Value> = report
         .targets
         .iter()
@@ -319,9 +351,10 @@ fn outcome_records(report: &ActionReport, actor: &str) -> Vec<Entry> {
             })
         })
         .collect();
-    entries.push(entry(
+    Entry::new(
         Kind::ActionCompleted,
+        actor,
+        Some(report.action_id),
         json!({"status": report.status, "dry_run": report.dry_run, "targets": summary}),
-    ));
-    entries
+    )
 }

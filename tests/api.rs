@@ -436,7 +436,7 @@ async fn a_dropped_roles_sessions_are_still_found_and_terminated() {
 }
 
 #[tokio::test]
-async fn one_target_down_does_not_stop_the_other_and_is_reported() {
+async fn one_target_down_does_not_stop_the_other_and_giving_up_is_reported() {
     let up = TestPostgres::start();
     let down = TestPostgres::start();
     for pg in [&up, &down] {
@@ -444,8 +444,9 @@ async fn one_target_down_does_not_stop_the_other_and_is_reported() {
         pg.create_login("app", "pw").await;
     }
     let ws = Workspace::new();
+    // A short retry window, so the down target is given up on within the request.
     let config = format!(
-        "{}{}{}[credentials.orders]\nlogins = [{{ target = \"a\", login = \"app\" }}, {{ target = \"b\", login = \"app\" }}]\n",
+        "{}[queue]\nretry_for = \"5s\"\n{}{}[credentials.orders]\nlogins = [{{ target = \"a\", login = \"app\" }}, {{ target = \"b\", login = \"app\" }}]\n",
         ws.base_config(),
         ws.target("a", &up, ""),
         ws.target("b", &down, ""),
@@ -468,7 +469,11 @@ async fn one_target_down_does_not_stop_the_other_and_is_reported() {
         .iter()
         .find(|t| t["target"] == "b")
         .unwrap();
-    assert!(b["error"].as_str().unwrap().contains("connect"), "{b}");
+    let error = b["error"].as_str().unwrap();
+    assert!(
+        error.contains("connect") && error.contains("gave up after"),
+        "{b}"
+    );
     for pid in &victims {
         assert!(up.wait_gone(*pid, GONE).await);
     }
@@ -500,6 +505,11 @@ async fn one_target_down_does_not_stop_the_other_and_is_reported() {
         .collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["target"], "b");
+    assert!(failed[0]["attempts"].as_i64().unwrap() > 1, "{}", failed[0]);
+    // The first failure is recorded once, not every attempt.
+    let retrying = ws.records("target.retrying").await;
+    assert_eq!(retrying.len(), 1, "{retrying:?}");
+    assert_eq!(retrying[0]["target"], "b");
 }
 
 #[tokio::test]

@@ -105,6 +105,7 @@ fn request(login: &str) -> TerminateRequest {
         dry_run: false,
         verify_timeout: GONE,
         refine_cutoff: false,
+        journal: None,
     }
 }
 

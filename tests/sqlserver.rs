@@ -161,8 +161,9 @@ async fn permission_denied_and_connection_refused_are_reported() {
             "Server=tcp:127.0.0.1,{port};User Id=sever_admin;Password=x;Encrypt=DANGER_PLAINTEXT"
         ),
     );
+    // A short retry window: the target is given up on within the request.
     let config = format!(
-        "{}[targets.main]\nengine = \"sqlserver\"\nurl = {{ file = {url} }}\nconnect_timeout = \"1s\"\n",
+        "{}[queue]\nretry_for = \"3s\"\n[targets.main]\nengine = \"sqlserver\"\nurl = {{ file = {url} }}\nconnect_timeout = \"1s\"\n",
         ws.base_config()
     );
     let server = TestServer::start(&ws.write_config(&config)).await;

@@ -59,7 +59,9 @@ pub enum Kind {
     SessionFailed,
     /// A terminated session was still there after the verification timeout.
     SessionRemaining,
-    /// A whole target failed (unreachable, timed out, refused).
+    /// A target failed and will be retried (recorded at its first failure).
+    TargetRetrying,
+    /// A whole target failed (unreachable, timed out, refused) and is no longer retried.
     TargetFailed,
     /// An action finished; its summary.
     ActionCompleted,
@@ -80,6 +82,7 @@ impl Kind {
             Kind::SessionSkipped => "session.skipped",
             Kind::SessionFailed => "session.failed",
             Kind::SessionRemaining => "session.remaining",
+            Kind::TargetRetrying => "target.retrying",
             Kind::TargetFailed => "target.failed",
             Kind::ActionCompleted => "action.completed",
         }
@@ -113,6 +116,43 @@ impl Entry {
             action_id,
             detail,
         }
+    }
+}
+
+/// What a [`Transaction`] decided.
+#[derive(Debug)]
+pub enum Decision<T> {
+    /// Append these records and commit the whole transaction.
+    Commit(Vec<Entry>, T),
+    /// Undo the whole transaction; append nothing.
+    Rollback(T),
+}
+
+/// Work done in the audit's transaction (see [`Audit::transact`]). It may run more than once
+/// (a conflicting writer makes the transaction retry), so it must only touch the store
+/// through `tx`.
+#[async_trait::async_trait]
+pub trait Transaction: Send + Sync {
+    /// What the work hands back.
+    type Output: Send;
+    /// Does the work inside `tx` and decides what to append.
+    async fn run(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    ) -> Result<Decision<Self::Output>, sqlx::Error>;
+}
+
+/// Appends the records and nothing else.
+struct AppendOnly(Vec<Entry>);
+
+#[async_trait::async_trait]
+impl Transaction for AppendOnly {
+    type Output = ();
+    async fn run(
+        &self,
+        _tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    ) -> Result<Decision<()>, sqlx::Error> {
+        Ok(Decision::Commit(self.0.clone(), ()))
     }
 }
 
@@ -188,14 +228,21 @@ impl Audit {
         if entries.is_empty() {
             return Ok(());
         }
+        self.transact(&AppendOnly(entries)).await
+    }
+
+    /// Runs `work` in one store transaction with the chain's write lock held, then appends
+    /// the records it decided on in the same transaction: a state change and its audit
+    /// records are committed together or not at all.
+    pub async fn transact<W: Transaction>(&self, work: &W) -> Result<W::Output, AuditError> {
         let _guard = self.append_lock.lock().await;
         // Another process (the CLI beside the server, or a second replica) may take the same
         // sequence number; the primary key refuses the loser, which then retries on the new head.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_append(&entries).await {
-                Ok(()) => return Ok(()),
+            match self.try_transact(work).await {
+                Ok(output) => return Ok(output),
                 Err(e) if attempt < 8 => {
                     tracing::debug!(error = %e, attempt, "audit append conflicted; retrying");
                     tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
@@ -205,7 +252,7 @@ impl Audit {
         }
     }
 
-    async fn try_append(&self, entries: &[Entry]) -> Result<(), sqlx::Error> {
+    async fn try_transact<W: Transaction>(&self, work: &W) -> Result<W::Output, sqlx::Error> {
         let pool = self.store.pool();
         let mut tx = match self.store.backend() {
             // Take the write lock before reading the head, so another process appending at
@@ -220,6 +267,17 @@ impl Audit {
                 tx
             }
         };
+        let (entries, output) = match work.run(&mut tx).await? {
+            Decision::Commit(entries, output) => (entries, output),
+            Decision::Rollback(output) => {
+                tx.rollback().await?;
+                return Ok(output);
+            }
+        };
+        if entries.is_empty() {
+            tx.commit().await?;
+            return Ok(output);
+        }
         let head = sqlx::query("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?;
@@ -231,7 +289,7 @@ impl Audit {
             None => (0, GENESIS.to_owned()),
         };
         let at = timestamp(Utc::now());
-        for entry in entries {
+        for entry in &entries {
             seq += 1;
             let mut record = AuditRecord {
                 seq,
@@ -264,7 +322,8 @@ impl Audit {
             .await?;
             prev_hash = record.hash;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(output)
     }
 
     /// Records matching `filter`, in chain order.

@@ -62,6 +62,9 @@ pub struct Config {
     /// Timeouts for terminating and verifying.
     #[serde(default)]
     pub termination: TerminationConfig,
+    /// The durable work queue: concurrency, leases, retries.
+    #[serde(default)]
+    pub queue: QueueConfig,
     /// Logins never terminated on any target.
     #[serde(default)]
     pub protected_logins: Vec<String>,
@@ -339,6 +342,39 @@ pub struct TerminationConfig {
     pub verify_timeout: Duration,
 }
 
+/// The durable work queue every action runs from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Steps (one action on one target) this process runs at once.
+    pub concurrency: usize,
+    /// How long a claimed step stays with its process without a renewal; a replica that dies
+    /// holding work gives it up after at most this long.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How long a failing target is retried, from when the action was accepted.
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// Longest wait between two retries of a failing target.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// How often the queue is checked for work another replica added or a lease freed.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            lease: Duration::from_secs(15),
+            retry_for: Duration::from_secs(3600),
+            max_backoff: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+}
+
 impl Default for TerminationConfig {
     fn default() -> Self {
         Self {
@@ -567,6 +603,20 @@ impl Config {
         }
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes".into(), "must be positive"));
+        }
+        if self.queue.concurrency == 0 {
+            return Err(invalid("queue.concurrency".into(), "must be positive"));
+        }
+        if self.queue.lease < Duration::from_secs(1) {
+            // Leases are renewed every third of their length; shorter than a second would
+            // spend the store's capacity on renewals.
+            return Err(invalid("queue.lease".into(), "must be at least 1s"));
+        }
+        if self.queue.poll_interval.is_zero() || self.queue.max_backoff.is_zero() {
+            return Err(invalid(
+                "queue".into(),
+                "poll_interval and max_backoff must be positive",
+            ));
         }
         for (i, login) in self.protected_logins.iter().enumerate() {
             check_login(login).map_err(|r| invalid(format!("protected_logins[{i}]"), r))?;

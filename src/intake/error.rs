@@ -70,6 +70,9 @@ pub enum ApiError {
     /// The Lambda hook reported a version that is not `AWSCURRENT` (called before finishSecret moved it).
     #[error("version {0} is not AWSCURRENT yet: call the hook after finishSecret moved the label")]
     VersionNotCurrent(String),
+    /// No action has this id.
+    #[error("no action {0}")]
+    UnknownAction(String),
     /// The state store or audit trail is unavailable; nothing was executed.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -107,6 +110,7 @@ impl ApiError {
             }
             ApiError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::Body(_) => (S::BAD_REQUEST, "unreadable_body"),
+            ApiError::UnknownAction(_) => (S::NOT_FOUND, "unknown_action"),
             ApiError::MissingToken => (S::UNAUTHORIZED, "missing_token"),
             ApiError::InvalidToken => (S::UNAUTHORIZED, "invalid_token"),
             ApiError::MissingCredentials => (S::UNAUTHORIZED, "missing_credentials"),

@@ -1,5 +1,6 @@
 //! HTTP intake: signed rotation events, the operator API and health checks.
 
+mod actions;
 mod aws;
 pub mod error;
 mod eventbridge;
@@ -24,9 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -37,11 +36,11 @@ use self::webhook::{SecretError, Verifier};
 use crate::audit::{Entry, Kind};
 use crate::config::ConfigError;
 use crate::context::Context;
-use crate::pipeline::{self, ActionReport, PipelineError};
+use crate::pipeline::Work;
+use crate::queue::{Submission, Submitted};
 use crate::resolve::Plan;
 use crate::resolve::aws::{SecretsManager, mapped_secrets};
 use crate::resolve::vault::Vault;
-use crate::store::Claim as StoreClaim;
 use secrecy::ExposeSecret;
 use sha2::Digest;
 
@@ -109,18 +108,13 @@ pub struct AppState {
     vault: Option<Arc<Vault>>,
     vault_status: Arc<vault::subscriber::Status>,
     operators: Arc<Operators>,
-    tracker: TaskTracker,
     max_body: usize,
 }
 
 impl AppState {
     /// Loads the signing secrets, API keys and operators; actions run on `tracker` so
     /// shutdown can wait; SNS certificates and confirmations go through `sns_http`.
-    pub async fn new(
-        ctx: Arc<Context>,
-        tracker: TaskTracker,
-        sns_http: Arc<dyn SnsHttp>,
-    ) -> Result<Self, IntakeError> {
+    pub async fn new(ctx: Arc<Context>, sns_http: Arc<dyn SnsHttp>) -> Result<Self, IntakeError> {
         let config = &ctx.config;
         let verifier = Verifier::new(&config.webhook_secrets()?, config.webhooks.tolerance)?;
         let aws = AwsIntake::new(config, sns_http).await?;
@@ -135,7 +129,6 @@ impl AppState {
             verifier: Arc::new(verifier),
             operators: Arc::new(Operators::new(&config.operators)),
             max_body: config.server.max_body_bytes,
-            tracker,
             ctx,
         })
     }
@@ -164,10 +157,10 @@ impl AppState {
         error
     }
 
-    /// Takes the idempotency claims, audits the accepted event and starts the plan. A
-    /// duplicate claim is refused (a replay) or reported as [`Accepted::Duplicate`] (the same
-    /// event delivered another way), as the claim says; if the acceptance cannot be audited,
-    /// every claim taken is released so a retry works.
+    /// Stores the plan with its idempotency claims and the `event.accepted` record, in one
+    /// transaction; the queue then carries it out. A duplicate claim is refused (a replay) or
+    /// reported as [`Accepted::Duplicate`] (the same event delivered another way), as the
+    /// claim says. Nothing is accepted unless all of it is stored.
     async fn accept_plan(
         &self,
         meta: &RequestMeta,
@@ -177,50 +170,46 @@ impl AppState {
         accepted: serde_json::Value,
     ) -> Result<Accepted, ApiError> {
         let action_id = plan.action_id;
-        let now = chrono::Utc::now();
-        let mut taken = Vec::new();
-        for claim in claims {
-            match self
-                .ctx
-                .store
-                .claim(&claim.key, &action_id.to_string(), now)
-                .await
-            {
-                Ok(StoreClaim::Claimed) => taken.push(claim.key),
-                Ok(StoreClaim::Duplicate { action_id: first }) if claim.acknowledge_duplicate => {
-                    let entry = Entry::new(
-                        Kind::EventDuplicate,
-                        actor,
-                        None,
-                        json!({"key": claim.key, "first_action_id": first, "event": accepted}),
-                    );
-                    if let Err(e) = self.ctx.audit.append(entry).await {
-                        return Err(ApiError::Unavailable(e.to_string()));
-                    }
-                    return Ok(Accepted::Duplicate(first));
-                }
-                Ok(StoreClaim::Duplicate { action_id }) => {
+        let work = plan.scope.map(Work::Terminate);
+        let submission = Submission {
+            plan,
+            work,
+            actor: actor.to_owned(),
+            claims: claims.iter().map(|c| c.key.clone()).collect(),
+            before: vec![Entry::new(
+                Kind::EventAccepted,
+                actor,
+                Some(action_id),
+                accepted.clone(),
+            )],
+        };
+        match self.ctx.queue.submit(&self.ctx.audit, &submission).await {
+            Ok(Submitted::Accepted(action_id)) => {
+                tracing::info!(%action_id, actor, "event accepted");
+                Ok(Accepted::Started(action_id))
+            }
+            Ok(Submitted::Duplicate { index, action_id }) => {
+                let claim = &claims[index];
+                if !claim.acknowledge_duplicate {
                     return Err(self
                         .reject(meta, actor, ApiError::Replayed { action_id })
                         .await);
                 }
-                Err(e) => {
-                    self.release(&taken).await;
-                    return Err(ApiError::Unavailable(e.to_string()));
-                }
+                let entry = Entry::new(
+                    Kind::EventDuplicate,
+                    actor,
+                    None,
+                    json!({"key": claim.key, "first_action_id": action_id, "event": accepted}),
+                );
+                self.ctx
+                    .audit
+                    .append(entry)
+                    .await
+                    .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+                Ok(Accepted::Duplicate(action_id))
             }
+            Err(e) => Err(ApiError::Unavailable(e.to_string())),
         }
-        let entry = Entry::new(Kind::EventAccepted, actor, Some(action_id), accepted);
-        if let Err(e) = self.ctx.audit.append(entry).await {
-            // Unrecorded means unaccepted: free the claims so the sender's retry is processed.
-            self.release(&taken).await;
-            return Err(ApiError::Unavailable(e.to_string()));
-        }
-        tracing::info!(%action_id, actor, "event accepted");
-        Ok(Accepted::Started(
-            action_id,
-            self.start(plan, actor.to_owned()),
-        ))
     }
 
     /// [`Self::accept_plan`], answered over HTTP.
@@ -239,33 +228,29 @@ impl AppState {
         self.respond(accepted, wait).await
     }
 
-    /// `202` with the action id, or with `wait` the finished report; a duplicate is `200`
-    /// with the first action's id.
+    /// `202` with the action id, or with `wait` the finished report (`202` with status
+    /// `running` if it does not finish in time); a duplicate is `200` with the first
+    /// action's id.
     async fn respond(&self, accepted: Accepted, wait: bool) -> Result<Response, ApiError> {
         match accepted {
             Accepted::Duplicate(first) => {
                 let body = json!({"status": "duplicate", "action_id": first});
                 Ok((StatusCode::OK, Json(body)).into_response())
             }
-            Accepted::Started(action_id, _) if !wait => {
-                let body = json!({"action_id": action_id, "status": "accepted"});
-                Ok((StatusCode::ACCEPTED, Json(body)).into_response())
-            }
-            Accepted::Started(action_id, running) => match running.await {
-                Ok(Ok(report)) => Ok(Json(report).into_response()),
-                Ok(Err(e)) => Err(ApiError::Unavailable(e.to_string())),
-                Err(e) => Err(ApiError::Unavailable(format!(
-                    "action {action_id} aborted: {e}"
-                ))),
-            },
+            Accepted::Started(action_id) if !wait => Ok(running(action_id, "accepted")),
+            Accepted::Started(action_id) => self.finished(action_id).await,
         }
     }
 
-    async fn release(&self, keys: &[String]) {
-        for key in keys {
-            if let Err(e) = self.ctx.store.release(key).await {
-                tracing::error!(error = %e, key, "could not release a claim after a failure");
-            }
+    /// The finished report of `action_id`, waiting for it within the request's time limit;
+    /// `202 {"status": "running"}` if it is still running then.
+    async fn finished(&self, action_id: uuid::Uuid) -> Result<Response, ApiError> {
+        // Leave time to answer before the request timeout cuts the connection.
+        let budget = self.ctx.config.server.request_timeout.mul_f64(0.9);
+        match self.ctx.queue.wait(action_id, budget).await {
+            Ok(Some(report)) => Ok(Json(report).into_response()),
+            Ok(None) => Ok(running(action_id, "running")),
+            Err(e) => Err(ApiError::Unavailable(e.to_string())),
         }
     }
 
@@ -300,14 +285,6 @@ impl AppState {
         self.note(actor, kind, &reason, detail).await?;
         Ok(status_response(status, &reason))
     }
-
-    /// Runs a plan in the background; the handle yields the report. The action completes
-    /// even if the caller goes away.
-    fn start(&self, plan: Plan, actor: String) -> JoinHandle<Result<ActionReport, PipelineError>> {
-        let ctx = self.ctx.clone();
-        self.tracker
-            .spawn(async move { pipeline::execute(&ctx, plan, &actor).await })
-    }
 }
 
 /// `200 {"status": …, "reason": …}` for events that need no action.
@@ -319,10 +296,20 @@ fn status_response(status: &str, reason: &str) -> Response {
         .into_response()
 }
 
+/// `202` for a stored action: accepted (or still running) and where to follow it.
+fn running(action_id: uuid::Uuid, status: &str) -> Response {
+    let body = json!({
+        "action_id": action_id,
+        "status": status,
+        "poll": format!("/v1/actions/{action_id}"),
+    });
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
 /// What became of an accepted event.
 pub enum Accepted {
-    /// The action runs; the handle yields its report.
-    Started(uuid::Uuid, JoinHandle<Result<ActionReport, PipelineError>>),
+    /// The action is stored and will be carried out.
+    Started(uuid::Uuid),
     /// The same event was acted on before, as this action.
     Duplicate(String),
 }
@@ -472,6 +459,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events/vault", post(vault::post_vault_event))
         .route("/v1/revocations", post(revocations::post_revocation))
         .route("/v1/sessions", get(sessions::get_sessions))
+        .route("/v1/actions/{id}", get(actions::get_action))
         // axum's limit rather than tower-http's: it surfaces as an extractor rejection, so
         // the handler can audit the refusal and answer in the common JSON shape.
         .layer(DefaultBodyLimit::max(max_body))

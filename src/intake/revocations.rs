@@ -1,23 +1,25 @@
 //! `POST /v1/revocations`: an operator ends a login's sessions now.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::response::Response;
 
 use super::error::{ApiError, parse_json};
 use super::operator::Operator;
 use super::{AppState, RequestMeta};
-use crate::pipeline::ActionReport;
+use crate::pipeline::Work;
+use crate::queue::{Submission, Submitted};
 use crate::resolve::{self, RevocationRequest};
 
-/// Plans, executes (or dry-runs) and returns the finished report.
+/// Plans and stores the revocation, then returns the finished report (or `202` with the
+/// action id if it is still running when the request's time limit nears).
 pub async fn post_revocation(
     State(state): State<AppState>,
     operator: Operator,
     meta: RequestMeta,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<ActionReport>, ApiError> {
+) -> Result<Response, ApiError> {
     let actor = operator.actor();
     let body = state.body(&meta, &actor, body).await?;
     let request: RevocationRequest = match parse_json(&body) {
@@ -30,9 +32,19 @@ pub async fn post_revocation(
     };
     tracing::info!(action_id = %plan.action_id, operator = %operator.name, login = %request.login,
         dry_run = request.dry_run, "revocation requested");
-    match state.start(plan, actor).await {
-        Ok(Ok(report)) => Ok(Json(report)),
-        Ok(Err(e)) => Err(ApiError::Unavailable(e.to_string())),
-        Err(e) => Err(ApiError::Unavailable(format!("action aborted: {e}"))),
+    let submission = Submission {
+        work: plan.scope.map(Work::Terminate),
+        plan,
+        actor,
+        claims: Vec::new(),
+        before: Vec::new(),
+    };
+    match state.ctx.queue.submit(&state.ctx.audit, &submission).await {
+        Ok(Submitted::Accepted(action_id)) => state.finished(action_id).await,
+        // No claims were taken, so a duplicate cannot happen.
+        Ok(Submitted::Duplicate { action_id, .. }) => Err(ApiError::Unavailable(format!(
+            "unexpected duplicate of action {action_id}"
+        ))),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
     }
 }

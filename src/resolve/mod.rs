@@ -164,7 +164,7 @@ pub struct Step {
 }
 
 /// Everything an action will do, decided before anything is done.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     /// Unique id of the action, returned to the caller and on every audit record.
     pub action_id: Uuid,

@@ -82,6 +82,32 @@ pub struct TerminateRequest {
     /// The cutoff is only when sever learned of the rotation; an engine that records when
     /// the password changed may narrow it to that moment.
     pub refine_cutoff: bool,
+    /// Where the sessions about to be signalled are recorded first, if anywhere.
+    pub journal: Option<Arc<dyn Journal>>,
+}
+
+/// Durably records the sessions an attempt is about to signal, before it signals them, so a
+/// crash between the signal and the audit record cannot lose a terminated session.
+#[async_trait]
+pub trait Journal: Send + Sync + Debug {
+    /// Records `sessions`; an error stops the attempt before anything is signalled.
+    async fn record(&self, sessions: &[Session]) -> Result<(), EngineError>;
+}
+
+/// Whether two reports name the same session: same id and same start (ids are reused).
+pub fn same_session(a: &Session, b: &Session) -> bool {
+    a.pid == b.pid && a.backend_start == b.backend_start
+}
+
+/// Records `sessions` in `journal`, if there is one and there is anything to record.
+pub async fn record_intent(
+    journal: Option<&dyn Journal>,
+    sessions: &[Session],
+) -> Result<(), EngineError> {
+    match journal {
+        Some(journal) if !sessions.is_empty() => journal.record(sessions).await,
+        _ => Ok(()),
+    }
 }
 
 /// Why a matching session was left alone.
@@ -191,6 +217,9 @@ pub enum EngineError {
     /// The target's URL or options are unusable.
     #[error("invalid target configuration: {0}")]
     Config(String),
+    /// The sessions about to be signalled could not be recorded, so none were signalled.
+    #[error("could not record the sessions about to be terminated: {0}")]
+    Journal(String),
 }
 
 /// One engine's way of listing and terminating sessions on one target.
@@ -207,17 +236,19 @@ pub trait Engine: Send + Sync + Debug {
     /// Terminates (or, in a dry run, lists) every client session whose login no longer
     /// exists, or whose login matches the `LIKE` `pattern` and has expired, then verifies.
     /// Sessions of sever's own login, superusers and `protected` logins are skipped; the
-    /// outcome's `sweep_reasons` says why each session was selected.
+    /// outcome's `sweep_reasons` says why each session was selected. Sessions are recorded
+    /// in `journal` before they are signalled.
     async fn sweep(
         &self,
         pattern: &str,
         protected: &BTreeSet<String>,
         dry_run: bool,
         verify_timeout: Duration,
+        journal: Option<&dyn Journal>,
     ) -> Result<TerminateOutcome, EngineError> {
         // Only PostgreSQL keeps sessions of dropped or expired roles identifiable; the other
         // engines keep the user name and have no VALID UNTIL, so there is nothing to sweep.
-        let _ = (pattern, protected, dry_run, verify_timeout);
+        let _ = (pattern, protected, dry_run, verify_timeout, journal);
         Err(EngineError::Config(
             "sweeps are for PostgreSQL targets".into(),
         ))

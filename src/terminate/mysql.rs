@@ -34,7 +34,7 @@ use sqlx::{Connection, MySqlConnection, MySqlPool, Row};
 
 use super::{
     Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped,
-    TerminateOutcome, TerminateRequest, sqlx_error,
+    TerminateOutcome, TerminateRequest, record_intent, sqlx_error,
 };
 use crate::config::{TargetConfig, TerminationConfig};
 
@@ -376,6 +376,8 @@ impl Mysql {
         if request.dry_run {
             return Ok(outcome);
         }
+        let intent: Vec<Session> = to_kill.iter().map(|(_, s)| s.clone()).collect();
+        record_intent(request.journal.as_deref(), &intent).await?;
         for (id, session) in to_kill {
             match self.kill(id).await {
                 Ok(()) => outcome.terminated.push(session),

@@ -13,14 +13,19 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
 use super::{
-    Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped, SweepReason,
-    TerminateOutcome, TerminateRequest, sqlx_error as query_error,
+    Engine, EngineError, Failed, Journal, Scope, Session, SessionFilter, SkipReason, Skipped,
+    SweepReason, TerminateOutcome, TerminateRequest, record_intent, same_session,
+    sqlx_error as query_error,
 };
 use crate::config::{TargetConfig, TerminationConfig};
 use crate::store::Store;
 
 /// SQLSTATE insufficient_privilege: `pg_terminate_backend` raises it instead of returning false.
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
+
+/// Rows of a select-and-signal statement, whether signalling was refused (42501), and the
+/// sessions journaled before it ran.
+type Signalled = (Vec<PgRow>, bool, Vec<Session>);
 
 /// One PostgreSQL target.
 #[derive(Debug)]
@@ -42,7 +47,8 @@ macro_rules! session_columns {
 
 /// Selects the in-scope sessions of the given role oids and, unless it is a dry run, signals
 /// every eligible one, all in one round trip. Ineligible rows come back with a `skip` reason
-/// instead of being filtered out, so the report can say why they survived.
+/// instead of being filtered out, so the report can say why they survived. `$5`, when set,
+/// limits it to the pids a dry run found and the journal recorded.
 ///
 /// The one-argument `pg_terminate_backend` is used on purpose: it does not wait (waiting
 /// serialises the backends, ~100 ms each) and it exists on every supported version; the
@@ -65,6 +71,7 @@ m AS (
     WHERE a.backend_type = 'client backend'
       AND a.usesysid::int8 = ANY($1::int8[])
       AND ($3::timestamptz IS NULL OR a.backend_start IS NULL OR a.backend_start < $3::timestamptz)
+      AND ($5::int4[] IS NULL OR a.pid = ANY($5::int4[]))
 )
 SELECT m.*,
        CASE WHEN m.skip IS NULL AND NOT $4::bool THEN pg_terminate_backend(m.pid) ELSE false END
@@ -104,6 +111,7 @@ m AS (
            OR (r.rolname LIKE $1::text
                AND r.rolvaliduntil IS NOT NULL
                AND r.rolvaliduntil < now()))
+      AND ($5::int4[] IS NULL OR a.pid = ANY($5::int4[]))
 )
 SELECT m.*,
        CASE WHEN m.skip IS NULL AND NOT $4::bool THEN pg_terminate_backend(m.pid) ELSE false END
@@ -302,27 +310,49 @@ impl Postgres {
         Ok(())
     }
 
-    /// Runs a set-based select-and-signal statement (`run(dry_run)`). If signalling is
-    /// refused (SQLSTATE 42501), runs it again as a dry run to get the candidates, and says
-    /// so: they are then signalled one by one by [`Self::settle`].
+    /// Runs a set-based select-and-signal statement (`run(dry_run, only_pids)`). With a
+    /// journal, a dry run comes first and its eligible sessions are recorded before the
+    /// signalling statement, limited to the pids found, runs: one more round trip buys a
+    /// record of every session about to be signalled. If signalling is refused (SQLSTATE
+    /// 42501), runs it again as a dry run to get the candidates, and says so: they are then
+    /// signalled one by one by [`Self::settle`]. Also returns the sessions journaled.
     async fn select_and_signal<F, Fut>(
         &self,
         dry_run: bool,
+        journal: Option<&dyn Journal>,
+        names: &BTreeMap<i64, String>,
         run: F,
-    ) -> Result<(Vec<PgRow>, bool), EngineError>
+    ) -> Result<Signalled, EngineError>
     where
-        F: Fn(bool) -> Fut,
+        F: Fn(bool, Option<Vec<i32>>) -> Fut,
         Fut: Future<Output = Result<Vec<PgRow>, sqlx::Error>>,
     {
-        match run(dry_run).await {
-            Ok(rows) => Ok((rows, false)),
+        let mut journaled = Vec::new();
+        let only = match journal {
+            Some(journal) if !dry_run => {
+                let rows = run(true, None).await.map_err(query_error)?;
+                let mut pids = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    pids.push(row.try_get::<i32, _>("pid").map_err(query_error)?);
+                    let skip: Option<String> = row.try_get("skip").map_err(query_error)?;
+                    if skip.is_none() {
+                        journaled.push(decode_session(row, names).map_err(query_error)?);
+                    }
+                }
+                record_intent(Some(journal), &journaled).await?;
+                Some(pids)
+            }
+            _ => None,
+        };
+        match run(dry_run, only.clone()).await {
+            Ok(rows) => Ok((rows, false, journaled)),
             Err(sqlx::Error::Database(db))
                 if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) =>
             {
                 tracing::warn!(target_id = %self.id, error = %db,
                     "set-based termination refused; falling back to one session at a time");
-                let rows = run(true).await.map_err(query_error)?;
-                Ok((rows, true))
+                let rows = run(true, only).await.map_err(query_error)?;
+                Ok((rows, true, journaled))
             }
             Err(e) => Err(query_error(e)),
         }
@@ -333,12 +363,12 @@ impl Postgres {
     /// (`permission_denied`), and verifies that every signalled session is gone.
     async fn settle(
         &self,
-        rows: &[PgRow],
+        (rows, permission_denied, journaled): &Signalled,
         names: &BTreeMap<i64, String>,
         dry_run: bool,
-        permission_denied: bool,
         verify_timeout: Duration,
     ) -> Result<TerminateOutcome, EngineError> {
+        let permission_denied = *permission_denied;
         let mut outcome = TerminateOutcome::default();
         let mut to_signal = Vec::new();
         for row in rows {
@@ -371,6 +401,16 @@ impl Postgres {
         if permission_denied {
             self.terminate_one_by_one(to_signal, &mut outcome).await?;
         }
+        // Journaled by the dry run, gone before the signal: they ended on their own.
+        for session in journaled {
+            if !outcome.matched.iter().any(|m| same_session(m, session)) {
+                outcome.matched.push(session.clone());
+                outcome.skipped.push(Skipped {
+                    session: session.clone(),
+                    reason: SkipReason::AlreadyGone,
+                });
+            }
+        }
         if !outcome.terminated.is_empty() {
             outcome.remaining = self
                 .verify_gone(&outcome.terminated, verify_timeout)
@@ -384,6 +424,7 @@ impl Postgres {
         oids: &[i64],
         request: &TerminateRequest,
         dry_run: bool,
+        only: Option<Vec<i32>>,
     ) -> Result<Vec<PgRow>, sqlx::Error> {
         let cutoff = match request.scope {
             Scope::All => None,
@@ -395,6 +436,7 @@ impl Postgres {
             .bind(&protected)
             .bind(cutoff)
             .bind(dry_run)
+            .bind(only)
             .fetch_all(&self.pool)
             .await
     }
@@ -405,12 +447,14 @@ impl Postgres {
         protected: &[String],
         protected_oids: &[i64],
         dry_run: bool,
+        only: Option<Vec<i32>>,
     ) -> Result<Vec<PgRow>, sqlx::Error> {
         sqlx::query(SWEEP_SQL)
             .bind(pattern)
             .bind(protected)
             .bind(protected_oids)
             .bind(dry_run)
+            .bind(only)
             .fetch_all(&self.pool)
             .await
     }
@@ -488,19 +532,16 @@ impl Engine for Postgres {
         if oids.is_empty() {
             return Ok(TerminateOutcome::default());
         }
-        let (rows, permission_denied) = self
-            .select_and_signal(request.dry_run, |dry_run| {
-                self.run_terminate(&oids, request, dry_run)
-            })
+        let signalled = self
+            .select_and_signal(
+                request.dry_run,
+                request.journal.as_deref(),
+                &names,
+                |dry_run, only| self.run_terminate(&oids, request, dry_run, only),
+            )
             .await?;
-        self.settle(
-            &rows,
-            &names,
-            request.dry_run,
-            permission_denied,
-            request.verify_timeout,
-        )
-        .await
+        self.settle(&signalled, &names, request.dry_run, request.verify_timeout)
+            .await
     }
 
     async fn learn_logins(&self, logins: &[String]) -> Result<(), EngineError> {
@@ -513,21 +554,22 @@ impl Engine for Postgres {
         protected: &BTreeSet<String>,
         dry_run: bool,
         verify_timeout: Duration,
+        journal: Option<&dyn Journal>,
     ) -> Result<TerminateOutcome, EngineError> {
         let protected: Vec<String> = protected.iter().cloned().collect();
         // The protected logins' oids, including remembered ones of dropped roles: a protected
         // login stays protected once dropped, and its orphaned sessions keep their name.
         let names = self.role_oids(&protected).await?;
         let protected_oids: Vec<i64> = names.keys().copied().collect();
-        let (rows, permission_denied) = self
-            .select_and_signal(dry_run, |dry_run| {
-                self.run_sweep(pattern, &protected, &protected_oids, dry_run)
+        let signalled = self
+            .select_and_signal(dry_run, journal, &names, |dry_run, only| {
+                self.run_sweep(pattern, &protected, &protected_oids, dry_run, only)
             })
             .await?;
         let mut outcome = self
-            .settle(&rows, &names, dry_run, permission_denied, verify_timeout)
+            .settle(&signalled, &names, dry_run, verify_timeout)
             .await?;
-        for row in &rows {
+        for row in &signalled.0 {
             let pid = i64::from(row.try_get::<i32, _>("pid").map_err(query_error)?);
             let swept: String = row.try_get("swept").map_err(query_error)?;
             outcome.sweep_reasons.insert(pid, sweep_reason(&swept));

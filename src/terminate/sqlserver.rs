@@ -24,7 +24,7 @@ use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use super::{
     Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped,
-    TerminateOutcome, TerminateRequest,
+    TerminateOutcome, TerminateRequest, record_intent,
 };
 use crate::config::{TargetConfig, TerminationConfig};
 
@@ -345,6 +345,8 @@ impl SqlServer {
         if request.dry_run {
             return Ok(outcome);
         }
+        let intent: Vec<Session> = to_kill.iter().map(|(_, _, s)| s.clone()).collect();
+        record_intent(request.journal.as_deref(), &intent).await?;
         for (principal, row, session) in to_kill {
             // Session ids are reused: act only if the id still names the same session.
             let now =

@@ -132,7 +132,7 @@ async fn watch_one(
     )
     .await;
     match accepted {
-        Ok(Accepted::Started(action_id, _)) => {
+        Ok(Accepted::Started(action_id)) => {
             tracing::info!(%path, %action_id, "watcher saw a rotation");
         }
         Ok(Accepted::Duplicate(_)) => {}

@@ -1,0 +1,843 @@
+//! The durable work queue every action runs from.
+//!
+//! An action is accepted only once its plan and one row per step (the action on one target)
+//! are stored, in the same transaction as its idempotency claims and its first audit records.
+//! Workers ([`worker`]) then claim due steps with expiring leases (`FOR UPDATE SKIP LOCKED` on
+//! PostgreSQL, so several replicas share one queue), run them, and record each step's outcome
+//! together with its audit records. A step whose target fails is retried with backoff until
+//! the action's deadline; a process that dies holding a lease loses it when it expires, and
+//! the sessions an interrupted attempt was about to signal are in the step's journal, so they
+//! are still audited exactly once.
+
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::Serialize;
+use serde_json::json;
+use sqlx::Row;
+use tokio::sync::{Mutex, Notify, broadcast};
+use uuid::Uuid;
+
+use crate::audit::{Audit, AuditError, Decision, Entry, Kind, Transaction};
+use crate::config::QueueConfig;
+use crate::pipeline::{self, ActionReport, Status, TargetReport, Work};
+use crate::resolve::Plan;
+use crate::store::{Backend, Store, timestamp};
+use crate::terminate::{EngineError, Journal, Session, same_session};
+
+/// Failures of the work queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The store or the audit trail refused a write; nothing was accepted or changed.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// A stored plan, step or report could not be read back.
+    #[error("stored work is unreadable: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for QueueError {
+    fn from(e: sqlx::Error) -> Self {
+        QueueError::Audit(AuditError::from(e))
+    }
+}
+
+/// An action to store and carry out.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// What to do.
+    pub plan: Plan,
+    /// What each step does on its target; `None` when the plan terminates nothing.
+    pub work: Option<Work>,
+    /// Who asked (on every audit record).
+    pub actor: String,
+    /// Idempotency keys taken in the same transaction; the first already taken aborts it.
+    pub claims: Vec<String>,
+    /// Records written before `action.planned` (e.g. `event.accepted`).
+    pub before: Vec<Entry>,
+}
+
+/// What became of a submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// Stored; it will be carried out.
+    Accepted(Uuid),
+    /// `claims[index]` was taken before, by this action; nothing was stored.
+    Duplicate {
+        /// Which claim.
+        index: usize,
+        /// The action that took it.
+        action_id: String,
+    },
+}
+
+/// A step this process holds the lease of.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// The action.
+    pub action_id: Uuid,
+    /// The step's target.
+    pub target: String,
+    /// Attempts so far, this one included.
+    pub attempts: i64,
+    /// Sessions earlier, interrupted attempts recorded before signalling.
+    pub journal: Vec<Session>,
+    /// The action's plan.
+    pub plan: Plan,
+    /// What the step does.
+    pub work: Work,
+    /// Who asked for the action.
+    pub actor: String,
+    /// When retrying stops.
+    pub deadline: DateTime<Utc>,
+}
+
+/// One step's state, as `GET /v1/actions/{id}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepStatus {
+    /// Target id.
+    pub target: String,
+    /// `pending` or `done`.
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// The last attempt's error, if it failed.
+    pub last_error: Option<String>,
+    /// When a pending step is due.
+    pub next_attempt_at: Option<String>,
+    /// The process holding it, while one does.
+    pub leased_by: Option<String>,
+}
+
+/// An action's state and, once finished, its report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionStatus {
+    /// The action.
+    pub action_id: String,
+    /// `running`, `completed` or `incomplete`.
+    pub status: String,
+    /// Who asked.
+    pub actor: String,
+    /// When it was accepted.
+    pub created_at: String,
+    /// Failing targets are retried until then.
+    pub retry_until: String,
+    /// When it finished.
+    pub finished_at: Option<String>,
+    /// Per target.
+    pub steps: Vec<StepStatus>,
+    /// The finished report.
+    pub report: Option<ActionReport>,
+}
+
+/// The queue, shared by the server's workers, its handlers and the CLI.
+#[derive(Debug)]
+pub struct Queue {
+    store: Store,
+    owner: String,
+    config: QueueConfig,
+    /// Wakes the local worker: new work, a freed slot, a target back.
+    wake: Notify,
+    /// Announces actions this process finished, to local waiters.
+    finished: broadcast::Sender<Uuid>,
+}
+
+const CLAIM_SQLITE: &str = "UPDATE action_steps \
+     SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
+     WHERE (action_id, target) IN ( \
+         SELECT action_id, target FROM action_steps \
+         WHERE state = 'pending' AND next_attempt_at <= $3 \
+           AND (lease_until IS NULL OR lease_until < $3) \
+           AND (CAST($5 AS TEXT) IS NULL OR action_id = $5) \
+         ORDER BY next_attempt_at LIMIT $4) \
+     RETURNING action_id, target, attempts, journal";
+
+/// As [`CLAIM_SQLITE`], skipping rows another replica is claiming at this moment.
+const CLAIM_POSTGRES: &str = "UPDATE action_steps \
+     SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
+     WHERE (action_id, target) IN ( \
+         SELECT action_id, target FROM action_steps \
+         WHERE state = 'pending' AND next_attempt_at <= $3 \
+           AND (lease_until IS NULL OR lease_until < $3) \
+           AND (CAST($5 AS TEXT) IS NULL OR action_id = $5) \
+         ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+     RETURNING action_id, target, attempts, journal";
+
+fn at(d: DateTime<Utc>) -> String {
+    timestamp(d)
+}
+
+fn later(d: Duration) -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, QueueError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| QueueError::Corrupt(format!("timestamp {text:?}: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, QueueError> {
+    serde_json::from_str(text).map_err(|e| QueueError::Corrupt(format!("{what}: {e}")))
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("plans, reports and sessions always serialise")
+}
+
+impl Queue {
+    /// The queue in `store`, worked by this process as `owner`.
+    pub fn new(store: Store, owner: String, config: QueueConfig) -> Self {
+        let (finished, _) = broadcast::channel(1024);
+        Self {
+            store,
+            owner,
+            config,
+            wake: Notify::new(),
+            finished,
+        }
+    }
+
+    /// A lease owner name for this process: the replica's name (`SEVER_REPLICA_ID`, else
+    /// `HOSTNAME`), the pid and a random part, so no two processes ever share one.
+    pub fn owner_name(role: &str) -> String {
+        let replica = std::env::var("SEVER_REPLICA_ID")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "sever".into());
+        let random = Uuid::new_v4().simple().to_string();
+        format!("{role}:{replica}:{}:{}", std::process::id(), &random[..8])
+    }
+
+    /// This process's lease owner name.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The queue's settings.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// Stores `submission` with its claims and records, atomically; wakes the local worker.
+    pub async fn submit(
+        &self,
+        audit: &Audit,
+        submission: &Submission,
+    ) -> Result<Submitted, QueueError> {
+        let deadline = later(self.config.retry_for);
+        let submitted = audit
+            .transact(&SubmitTx {
+                submission,
+                deadline,
+            })
+            .await?;
+        if let Submitted::Accepted(action_id) = submitted {
+            if submission.work.is_none() {
+                let _ = self.finished.send(action_id);
+            }
+            self.wake.notify_one();
+        }
+        Ok(submitted)
+    }
+
+    /// Claims up to `limit` due steps (only `action`'s, if given) for this process.
+    pub async fn claim(
+        &self,
+        limit: usize,
+        action: Option<Uuid>,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let sql = match self.store.backend() {
+            Backend::Sqlite => CLAIM_SQLITE,
+            Backend::Postgres => CLAIM_POSTGRES,
+        };
+        let rows = sqlx::query(sql)
+            .bind(&self.owner)
+            .bind(at(later(self.config.lease)))
+            .bind(at(Utc::now()))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(action.map(|a| a.to_string()))
+            .fetch_all(self.store.pool())
+            .await?;
+        let mut leases = Vec::with_capacity(rows.len());
+        for row in rows {
+            let action_id: String = row.try_get("action_id")?;
+            let target: String = row.try_get("target")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            let journal: Option<String> = row.try_get("journal")?;
+            match self.lease(&action_id, target, attempts, journal).await {
+                Ok(lease) => leases.push(lease),
+                Err(e) => {
+                    // Unreadable work cannot be done; it stays visible and is never retried
+                    // in a tight loop, because its lease holds it for a while.
+                    tracing::error!(action_id, error = %e, "cannot read a queued step");
+                }
+            }
+        }
+        Ok(leases)
+    }
+
+    async fn lease(
+        &self,
+        action_id: &str,
+        target: String,
+        attempts: i64,
+        journal: Option<String>,
+    ) -> Result<Lease, QueueError> {
+        let row =
+            sqlx::query("SELECT actor, plan, work, deadline FROM actions WHERE action_id = $1")
+                .bind(action_id)
+                .fetch_one(self.store.pool())
+                .await?;
+        let plan: Plan = from_json("plan", &row.try_get::<String, _>("plan")?)?;
+        let work: Option<Work> = from_json("work", &row.try_get::<String, _>("work")?)?;
+        Ok(Lease {
+            action_id: plan.action_id,
+            target,
+            attempts,
+            journal: match journal {
+                Some(text) => from_json("journal", &text)?,
+                None => Vec::new(),
+            },
+            work: work.ok_or_else(|| QueueError::Corrupt("a step without work".into()))?,
+            plan,
+            actor: row.try_get("actor")?,
+            deadline: parse_time(&row.try_get::<String, _>("deadline")?)?,
+        })
+    }
+
+    /// Extends every lease this process holds.
+    pub async fn renew(&self) -> Result<(), QueueError> {
+        sqlx::query(
+            "UPDATE action_steps SET lease_until = $2 \
+             WHERE lease_owner = $1 AND state = 'pending'",
+        )
+        .bind(&self.owner)
+        .bind(at(later(self.config.lease)))
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Gives back every lease this process holds, so another replica (or this one after a
+    /// restart) takes the work at once.
+    pub async fn release_all(&self) -> Result<u64, QueueError> {
+        Ok(sqlx::query(
+            "UPDATE action_steps SET lease_owner = NULL, lease_until = NULL \
+             WHERE lease_owner = $1 AND state = 'pending'",
+        )
+        .bind(&self.owner)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected())
+    }
+
+    /// Records the journal of a leased step; refused once the lease is no longer ours, so
+    /// nothing is signalled by a process that lost its step.
+    async fn write_journal(&self, lease: &Lease, sessions: &[Session]) -> Result<(), QueueError> {
+        let updated = sqlx::query(
+            "UPDATE action_steps SET journal = $4 \
+             WHERE action_id = $1 AND target = $2 AND lease_owner = $3 \
+               AND state = 'pending' AND lease_until > $5",
+        )
+        .bind(lease.action_id.to_string())
+        .bind(&lease.target)
+        .bind(&self.owner)
+        .bind(to_json(&sessions))
+        .bind(at(Utc::now()))
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(QueueError::Corrupt(
+                "the step's lease expired or was taken over".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A journal for `lease`'s attempt, starting from what earlier attempts recorded.
+    pub fn journal(self: &Arc<Self>, lease: &Lease) -> Arc<dyn Journal> {
+        Arc::new(StepJournal {
+            queue: self.clone(),
+            lease: lease.clone(),
+            recorded: Mutex::new(lease.journal.clone()),
+        })
+    }
+
+    /// Records a finished step with its audit records; the last step of an action also
+    /// completes the action. `false` if the lease was lost (another process has the step).
+    pub async fn finish(
+        &self,
+        audit: &Audit,
+        lease: &Lease,
+        report: &TargetReport,
+    ) -> Result<bool, QueueError> {
+        let done = audit
+            .transact(&FinishTx {
+                owner: &self.owner,
+                lease,
+                report,
+            })
+            .await?;
+        if let Some(Some(_)) = done {
+            let _ = self.finished.send(lease.action_id);
+        }
+        Ok(done.is_some())
+    }
+
+    /// Schedules another attempt of a failed step after a backoff (the last one at the
+    /// action's deadline), or gives up and finishes the step as failed once that has passed.
+    pub async fn retry(
+        &self,
+        audit: &Audit,
+        lease: &Lease,
+        report: TargetReport,
+    ) -> Result<bool, QueueError> {
+        let error = report.error.clone().unwrap_or_default();
+        let now = Utc::now();
+        if now >= lease.deadline {
+            let mut report = report;
+            report.error = Some(format!(
+                "{error} (gave up after {} attempts; retried until {})",
+                lease.attempts,
+                at(lease.deadline)
+            ));
+            return self.finish(audit, lease, &report).await;
+        }
+        // The last attempt is made at the deadline, not skipped because a backoff overshoots it.
+        let backoff = chrono::Duration::from_std(self.backoff(lease.attempts)).unwrap_or_default();
+        let next = (now + backoff).min(lease.deadline);
+        audit
+            .transact(&RetryTx {
+                owner: &self.owner,
+                lease,
+                error: &error,
+                next,
+            })
+            .await
+            .map_err(Into::into)
+    }
+
+    /// Exponential backoff from 500 ms, capped, with full jitter so failing steps spread out.
+    fn backoff(&self, attempts: i64) -> Duration {
+        let exp = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(19);
+        let base = Duration::from_millis(500).saturating_mul(1 << exp);
+        let cap = base.min(self.config.max_backoff);
+        let jitter = rand::rng().random_range(0.5..=1.0);
+        cap.mul_f64(jitter)
+    }
+
+    /// Targets with steps waiting for a retry, so a prober can tell when they are back.
+    pub async fn waiting_targets(&self) -> Result<Vec<String>, QueueError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT target FROM action_steps \
+             WHERE state = 'pending' AND attempts > 0 AND next_attempt_at > $1",
+        )
+        .bind(at(Utc::now()))
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get("target").map_err(Into::into))
+            .collect()
+    }
+
+    /// Makes every step waiting on `target` due now (the target answered again).
+    pub async fn target_back(&self, target: &str) -> Result<u64, QueueError> {
+        let now = at(Utc::now());
+        let n = sqlx::query(
+            "UPDATE action_steps SET next_attempt_at = $2 \
+             WHERE target = $1 AND state = 'pending' AND next_attempt_at > $2",
+        )
+        .bind(target)
+        .bind(&now)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        if n > 0 {
+            self.wake.notify_one();
+        }
+        Ok(n)
+    }
+
+    /// Wakes the local worker.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits until the local worker is woken.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// The finished report of `action_id`, if it has finished.
+    pub async fn report(&self, action_id: Uuid) -> Result<Option<ActionReport>, QueueError> {
+        let row = sqlx::query("SELECT report FROM actions WHERE action_id = $1")
+            .bind(action_id.to_string())
+            .fetch_optional(self.store.pool())
+            .await?;
+        match row.and_then(|r| r.try_get::<Option<String>, _>("report").ok().flatten()) {
+            Some(text) => Ok(Some(from_json("report", &text)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits up to `budget` for `action_id` to finish (here or on another replica).
+    pub async fn wait(
+        &self,
+        action_id: Uuid,
+        budget: Duration,
+    ) -> Result<Option<ActionReport>, QueueError> {
+        let mut finished = self.finished.subscribe();
+        let deadline = tokio::time::Instant::now() + budget;
+        loop {
+            if let Some(report) = self.report(action_id).await? {
+                return Ok(Some(report));
+            }
+            // Another replica's completion is only seen by polling.
+            let poll = tokio::time::sleep(self.config.poll_interval);
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return self.report(action_id).await,
+                () = poll => {}
+                done = finished.recv() => match done {
+                    Ok(id) if id != action_id => continue,
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// An action's state, or `None` if there is no such action.
+    pub async fn status(&self, action_id: Uuid) -> Result<Option<ActionStatus>, QueueError> {
+        let id = action_id.to_string();
+        let Some(row) = sqlx::query(
+            "SELECT actor, created_at, deadline, status, finished_at, report \
+             FROM actions WHERE action_id = $1",
+        )
+        .bind(&id)
+        .fetch_optional(self.store.pool())
+        .await?
+        else {
+            return Ok(None);
+        };
+        let steps = sqlx::query(
+            "SELECT target, state, attempts, last_error, next_attempt_at, lease_owner, lease_until \
+             FROM action_steps WHERE action_id = $1 ORDER BY position",
+        )
+        .bind(&id)
+        .fetch_all(self.store.pool())
+        .await?;
+        let now = at(Utc::now());
+        let steps = steps
+            .iter()
+            .map(|s| {
+                let state: String = s.try_get("state")?;
+                let pending = state == "pending";
+                let lease_until: Option<String> = s.try_get("lease_until")?;
+                let leased = lease_until.is_some_and(|u| u > now);
+                Ok(StepStatus {
+                    target: s.try_get("target")?,
+                    attempts: s.try_get("attempts")?,
+                    last_error: s.try_get("last_error")?,
+                    next_attempt_at: if pending {
+                        s.try_get("next_attempt_at")?
+                    } else {
+                        None
+                    },
+                    leased_by: if pending && leased {
+                        s.try_get("lease_owner")?
+                    } else {
+                        None
+                    },
+                    state,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let report: Option<String> = row.try_get("report")?;
+        Ok(Some(ActionStatus {
+            action_id: id,
+            status: row.try_get("status")?,
+            actor: row.try_get("actor")?,
+            created_at: row.try_get("created_at")?,
+            retry_until: row.try_get("deadline")?,
+            finished_at: row.try_get("finished_at")?,
+            steps,
+            report: report.map(|r| from_json("report", &r)).transpose()?,
+        }))
+    }
+}
+
+/// Records an attempt's sessions in its step's row before they are signalled.
+#[derive(Debug)]
+struct StepJournal {
+    queue: Arc<Queue>,
+    lease: Lease,
+    /// Everything recorded for the step so far (earlier attempts' sessions included).
+    recorded: Mutex<Vec<Session>>,
+}
+
+#[async_trait]
+impl Journal for StepJournal {
+    async fn record(&self, sessions: &[Session]) -> Result<(), EngineError> {
+        let mut recorded = self.recorded.lock().await;
+        let mut all = recorded.clone();
+        for s in sessions {
+            if !all.iter().any(|r| same_session(r, s)) {
+                all.push(s.clone());
+            }
+        }
+        self.queue
+            .write_journal(&self.lease, &all)
+            .await
+            .map_err(|e| EngineError::Journal(e.to_string()))?;
+        *recorded = all;
+        Ok(())
+    }
+}
+
+/// Stores a submission: claims, the action, its steps, its first records.
+struct SubmitTx<'a> {
+    submission: &'a Submission,
+    deadline: DateTime<Utc>,
+}
+
+#[async_trait]
+impl Transaction for SubmitTx<'_> {
+    type Output = Submitted;
+
+    async fn run(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    ) -> Result<Decision<Submitted>, sqlx::Error> {
+        let s = self.submission;
+        let plan = &s.plan;
+        let id = plan.action_id.to_string();
+        let now = at(Utc::now());
+        for (index, key) in s.claims.iter().enumerate() {
+            let inserted = sqlx::query(
+                "INSERT INTO webhook_deliveries (webhook_id, received_at, action_id) \
+                 VALUES ($1, $2, $3) ON CONFLICT (webhook_id) DO NOTHING",
+            )
+            .bind(key)
+            .bind(&now)
+            .bind(&id)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                let row =
+                    sqlx::query("SELECT action_id FROM webhook_deliveries WHERE webhook_id = $1")
+                        .bind(key)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                return Ok(Decision::Rollback(Submitted::Duplicate {
+                    index,
+                    action_id: row.try_get("action_id")?,
+                }));
+            }
+        }
+        let steps = if s.work.is_some() {
+            plan.steps.len()
+        } else {
+            0
+        };
+        let finished = (steps == 0).then(|| pipeline::report(plan, Vec::new()));
+        sqlx::query(
+            "INSERT INTO actions (action_id, created_at, actor, plan, work, deadline, status, \
+             finished_at, report) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&id)
+        .bind(&now)
+        .bind(&s.actor)
+        .bind(to_json(plan))
+        .bind(to_json(&s.work))
+        .bind(at(self.deadline))
+        .bind(match &finished {
+            Some(report) => status_name(report.status),
+            None => "running",
+        })
+        .bind(finished.as_ref().map(|_| now.clone()))
+        .bind(finished.as_ref().map(to_json))
+        .execute(&mut **tx)
+        .await?;
+        if s.work.is_some() {
+            for (position, step) in plan.steps.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO action_steps (action_id, target, position, state, attempts, \
+                     next_attempt_at) VALUES ($1, $2, $3, 'pending', 0, $4)",
+                )
+                .bind(&id)
+                .bind(&step.target)
+                .bind(i64::try_from(position).unwrap_or(i64::MAX))
+                .bind(&now)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        let mut entries = s.before.clone();
+        let plan_detail = serde_json::to_value(plan).unwrap_or_default();
+        entries.push(Entry::new(
+            Kind::ActionPlanned,
+            &s.actor,
+            Some(plan.action_id),
+            plan_detail,
+        ));
+        if let Some(report) = &finished {
+            entries.push(pipeline::completed_record(report, &s.actor));
+        }
+        Ok(Decision::Commit(
+            entries,
+            Submitted::Accepted(plan.action_id),
+        ))
+    }
+}
+
+fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::Completed => "completed",
+        Status::Incomplete => "incomplete",
+    }
+}
+
+/// Marks a step done with its records; completes the action after its last step.
+/// Output: `None` if the lease was lost, `Some(Some(report))` if the action finished.
+struct FinishTx<'a> {
+    owner: &'a str,
+    lease: &'a Lease,
+    report: &'a TargetReport,
+}
+
+#[async_trait]
+impl Transaction for FinishTx<'_> {
+    type Output = Option<Option<ActionReport>>;
+
+    async fn run(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    ) -> Result<Decision<Self::Output>, sqlx::Error> {
+        let lease = self.lease;
+        let id = lease.action_id.to_string();
+        let updated = sqlx::query(
+            "UPDATE action_steps SET state = 'done', report = $4, last_error = $5, \
+             journal = NULL, lease_owner = NULL, lease_until = NULL \
+             WHERE action_id = $1 AND target = $2 AND lease_owner = $3 AND state = 'pending'",
+        )
+        .bind(&id)
+        .bind(&lease.target)
+        .bind(self.owner)
+        .bind(to_json(self.report))
+        .bind(&self.report.error)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(Decision::Rollback(None));
+        }
+        let mut entries = pipeline::target_records(
+            self.report,
+            lease.plan.dry_run,
+            &lease.actor,
+            lease.action_id,
+        );
+        if let Some(error) = &self.report.error {
+            // The step is finished with an error only when retrying is over or pointless.
+            if let Some(last) = entries.iter_mut().find(|e| e.kind == Kind::TargetFailed) {
+                last.detail["attempts"] = json!(lease.attempts);
+                last.detail["error"] = json!(error);
+            }
+        }
+        let pending: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM action_steps WHERE action_id = $1 AND state = 'pending'",
+        )
+        .bind(&id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("n")?;
+        if pending > 0 {
+            return Ok(Decision::Commit(entries, Some(None)));
+        }
+        let rows =
+            sqlx::query("SELECT report FROM action_steps WHERE action_id = $1 ORDER BY position")
+                .bind(&id)
+                .fetch_all(&mut **tx)
+                .await?;
+        let mut targets = Vec::with_capacity(rows.len());
+        for row in rows {
+            let text: Option<String> = row.try_get("report")?;
+            let report: TargetReport = text
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .ok_or_else(|| sqlx::Error::Protocol("a finished step has no report".into()))?;
+            targets.push(report);
+        }
+        let report = pipeline::report(&lease.plan, targets);
+        sqlx::query(
+            "UPDATE actions SET status = $2, finished_at = $3, report = $4 WHERE action_id = $1",
+        )
+        .bind(&id)
+        .bind(status_name(report.status))
+        .bind(at(Utc::now()))
+        .bind(to_json(&report))
+        .execute(&mut **tx)
+        .await?;
+        entries.push(pipeline::completed_record(&report, &lease.actor));
+        Ok(Decision::Commit(entries, Some(Some(report))))
+    }
+}
+
+/// Puts a failed step back for a later attempt; the first failure is audited.
+struct RetryTx<'a> {
+    owner: &'a str,
+    lease: &'a Lease,
+    error: &'a str,
+    next: DateTime<Utc>,
+}
+
+#[async_trait]
+impl Transaction for RetryTx<'_> {
+    type Output = bool;
+
+    async fn run(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    ) -> Result<Decision<bool>, sqlx::Error> {
+        let lease = self.lease;
+        let updated = sqlx::query(
+            "UPDATE action_steps SET next_attempt_at = $4, last_error = $5, \
+             lease_owner = NULL, lease_until = NULL \
+             WHERE action_id = $1 AND target = $2 AND lease_owner = $3 AND state = 'pending'",
+        )
+        .bind(lease.action_id.to_string())
+        .bind(&lease.target)
+        .bind(self.owner)
+        .bind(at(self.next))
+        .bind(self.error)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(Decision::Rollback(false));
+        }
+        // One record when a target starts failing, not one per attempt: the attempts are
+        // visible in GET /v1/actions/{id}, and the final outcome is audited either way.
+        let entries = if lease.attempts == 1 {
+            vec![Entry::new(
+                Kind::TargetRetrying,
+                &lease.actor,
+                Some(lease.action_id),
+                json!({
+                    "target": lease.target,
+                    "error": self.error,
+                    "next_attempt_at": at(self.next),
+                    "retry_until": at(lease.deadline),
+                }),
+            )]
+        } else {
+            Vec::new()
+        };
+        Ok(Decision::Commit(entries, true))
+    }
+}

@@ -1,0 +1,230 @@
+//! Works the queue: claims due steps, runs them, records their outcome or schedules a retry,
+//! keeps its leases alive, and notices when a failing target answers again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Lease, QueueError};
+use crate::context::Context;
+use crate::pipeline::{self, ActionReport};
+use crate::terminate::same_session;
+
+/// How often a target with steps waiting for a retry is checked: a target that comes back is
+/// worked within about this long, whatever the backoff has grown to.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs the queue until `stop` is cancelled; then stops claiming, lets running steps finish
+/// within `drain`, and hands back whatever is left for another replica (or the next start).
+pub async fn run(ctx: Arc<Context>, stop: CancellationToken, drain: Duration) {
+    let queue = &ctx.queue;
+    let slots = Arc::new(Semaphore::new(queue.config().concurrency));
+    let mut running = JoinSet::new();
+    // Leases are renewed until the very end, drain included.
+    let keep = CancellationToken::new();
+    let keeper = tokio::spawn(keep_leases(ctx.clone(), keep.clone()));
+    let prober = tokio::spawn(probe_targets(ctx.clone(), stop.clone()));
+    loop {
+        while running.try_join_next().is_some() {}
+        let free = slots.available_permits();
+        let mut claimed = 0;
+        if free > 0 {
+            match queue.claim(free, None).await {
+                Ok(leases) => {
+                    claimed = leases.len();
+                    for lease in leases {
+                        let Ok(slot) = slots.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        let ctx = ctx.clone();
+                        running.spawn(async move {
+                            run_lease(&ctx, lease).await;
+                            drop(slot);
+                            // A slot is free: look for more work at once.
+                            ctx.queue.wake();
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot claim queued work; retrying"),
+            }
+        }
+        if claimed > 0 && claimed == free {
+            // There may be more due work than slots; keep going once a slot frees.
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = queue.woken() => continue,
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = queue.woken() => {}
+            () = tokio::time::sleep(queue.config().poll_interval) => {}
+        }
+    }
+    prober.abort();
+    if tokio::time::timeout(drain, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            running = running.len(),
+            "steps still running at shutdown; handing them back"
+        );
+        // Stopped mid-way, like a crash: the journal covers what they had signalled.
+        running.shutdown().await;
+    }
+    keep.cancel();
+    let _ = keeper.await;
+    match queue.release_all().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(steps = n, "handed back unfinished steps"),
+        Err(e) => tracing::warn!(error = %e, "could not hand back steps; their leases will expire"),
+    }
+}
+
+/// Runs `action_id`'s due steps in this process until the action finishes or `budget`
+/// passes; steps another process holds are waited for. `None` if it is still running.
+pub async fn drive(
+    ctx: &Context,
+    action_id: Uuid,
+    budget: Duration,
+) -> Result<Option<ActionReport>, QueueError> {
+    let deadline = tokio::time::Instant::now() + budget;
+    loop {
+        let leases = ctx.queue.claim(usize::MAX >> 1, Some(action_id)).await?;
+        if leases.is_empty() {
+            if let Some(report) = ctx.queue.report(action_id).await? {
+                return Ok(Some(report));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(ctx.queue.config().poll_interval).await;
+            continue;
+        }
+        // A step here is bounded by the termination timeouts; renew leases meanwhile.
+        let renew = async {
+            let every = ctx.queue.config().lease / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = ctx.queue.renew().await {
+                    tracing::warn!(error = %e, "cannot renew leases");
+                }
+            }
+        };
+        let steps = futures_util::future::join_all(leases.into_iter().map(|l| run_lease(ctx, l)));
+        tokio::select! {
+            _ = steps => {}
+            () = renew => {}
+        }
+    }
+}
+
+/// Runs one leased step and records its outcome, or schedules its retry.
+async fn run_lease(ctx: &Context, lease: Lease) {
+    let Some(step) = lease.plan.steps.iter().find(|s| s.target == lease.target) else {
+        tracing::error!(action_id = %lease.action_id, target_id = %lease.target,
+            "a queued step is not in its plan");
+        return;
+    };
+    let journal = ctx.queue.journal(&lease);
+    let (mut report, retry) =
+        pipeline::run_step(ctx, &lease.plan, step, &lease.work, Some(journal)).await;
+    let result = if report.error.is_some() && retry {
+        ctx.queue.retry(&ctx.audit, &lease, report).await
+    } else {
+        recovered(&lease, &mut report);
+        ctx.queue.finish(&ctx.audit, &lease, &report).await
+    };
+    match result {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(action_id = %lease.action_id, target_id = %lease.target,
+            "lost the step's lease before recording it; its new holder records it"),
+        // The lease expires and the step runs again; its journal keeps what was signalled.
+        Err(e) => tracing::error!(action_id = %lease.action_id, target_id = %lease.target,
+            error = %e, "cannot record a finished step; it will run again"),
+    }
+}
+
+/// Adds to `report` the sessions an interrupted earlier attempt recorded and signalled that
+/// are gone now: they were terminated, but their records were never written.
+fn recovered(lease: &Lease, report: &mut pipeline::TargetReport) {
+    if lease.journal.is_empty() || lease.plan.dry_run {
+        return;
+    }
+    let o = &report.outcome;
+    let seen = |s: &crate::terminate::Session| {
+        o.matched.iter().any(|m| same_session(m, s))
+            || o.terminated.iter().any(|m| same_session(m, s))
+            || o.skipped.iter().any(|m| same_session(&m.session, s))
+            || o.failed.iter().any(|m| same_session(&m.session, s))
+            || o.remaining.iter().any(|m| same_session(m, s))
+    };
+    let gone: Vec<_> = lease.journal.iter().filter(|s| !seen(s)).cloned().collect();
+    if gone.is_empty() {
+        return;
+    }
+    report.outcome.notes.push(format!(
+        "{} session(s) were signalled by an interrupted earlier attempt and are gone",
+        gone.len()
+    ));
+    report.outcome.matched.extend(gone.iter().cloned());
+    report.outcome.terminated.extend(gone);
+    report.found = report.outcome.matched.len() + report.outcome.skipped.len();
+}
+
+/// Renews this process's leases every third of their length until `stop` is cancelled.
+async fn keep_leases(ctx: Arc<Context>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(ctx.queue.config().lease / 3);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {
+                if let Err(e) = ctx.queue.renew().await {
+                    tracing::warn!(error = %e, "cannot renew leases");
+                }
+            }
+        }
+    }
+}
+
+/// Checks the targets that have steps waiting for a retry; when one answers, its steps are
+/// made due at once instead of waiting out their backoff.
+async fn probe_targets(ctx: Arc<Context>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(PROBE_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let waiting = match ctx.queue.waiting_targets().await {
+            Ok(targets) => targets,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list waiting targets");
+                continue;
+            }
+        };
+        let probes = waiting.into_iter().filter_map(|target| {
+            let engine = ctx.targets.get(&target)?.clone();
+            let ctx = ctx.clone();
+            Some(async move {
+                if engine.check().await.is_ok() {
+                    match ctx.queue.target_back(&target).await {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(target_id = %target, steps = n, "target is back; retrying now");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot reschedule steps"),
+                    }
+                }
+            })
+        });
+        futures_util::future::join_all(probes).await;
+    }
+}
