@@ -860,6 +860,17 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_config_is_valid() {
+        let text = include_str!("../../integrations/kubernetes/sever.toml");
+        let config = Config::parse(text).unwrap();
+        assert!(config.server.operator_listen.is_some());
+        assert_eq!(
+            config.store.url,
+            UrlSource::Secret(SecretRef::Env("SEVER_STORE_URL".into()))
+        );
+    }
+
+    #[test]
     fn empty_config_is_the_embedded_default() {
         let config = Config::parse("").unwrap();
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
