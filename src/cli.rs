@@ -91,6 +91,9 @@ pub enum Command {
         /// Listen address, overriding `server.listen`.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Separate address for the operator API, overriding `server.operator_listen`.
+        #[arg(long)]
+        operator_listen: Option<SocketAddr>,
     },
     /// Validate the config, load every secret, and print the resolved plan (secrets redacted).
     CheckConfig,
@@ -246,7 +249,10 @@ impl Cli {
         crate::install_crypto_provider();
         let config = self.load_config()?;
         match self.command {
-            Command::Serve { listen } => serve(config, listen, shutdown).await,
+            Command::Serve {
+                listen,
+                operator_listen,
+            } => serve(config, listen, operator_listen, shutdown).await,
             Command::CheckConfig => check_config(&config),
             Command::Sessions(args) => sessions(config, args).await,
             Command::Revoke(args) => revoke(config, args).await,
@@ -265,14 +271,33 @@ impl Cli {
 async fn serve(
     mut config: Config,
     listen: Option<SocketAddr>,
+    operator_listen: Option<SocketAddr>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<ExitCode, CliError> {
     if let Some(listen) = listen {
         config.server.listen = listen;
     }
-    let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
-    crate::run(config, listener, shutdown).await?;
+    if operator_listen.is_some() {
+        config.server.operator_listen = operator_listen;
+    }
+    let listener = bind(config.server.listen).await?;
+    let operator_listener = match config.server.operator_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let options = crate::RunOptions {
+        operator_listener,
+        ..crate::RunOptions::default()
+    };
+    crate::run_with(config, listener, shutdown, options).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds `addr`; the error names it.
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, crate::ServeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| crate::ServeError::Bind { addr, source })
 }
 
 fn check_config(config: &Config) -> Result<ExitCode, CliError> {
@@ -353,7 +378,10 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
     let plan = json!({
         "server": {
             "listen": config.server.listen,
+            "operator_listen": config.server.operator_listen,
             "request_timeout": humantime::format_duration(config.server.request_timeout).to_string(),
+            "header_read_timeout": humantime::format_duration(config.server.header_read_timeout).to_string(),
+            "max_connections": config.server.max_connections,
             "max_body_bytes": config.server.max_body_bytes,
         },
         "store": config.store.url.describe(),

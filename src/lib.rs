@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::context::{Context, ContextError};
+use crate::intake::server::{self, Limits};
 use crate::intake::{AppState, IntakeError};
 
 /// How often remembered `webhook-id`s past their retention are dropped.
@@ -47,6 +48,14 @@ pub enum ServeError {
     /// Serving failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    /// A configured address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Installs the process-wide TLS crypto provider. Several crates pull in rustls with
@@ -58,16 +67,19 @@ pub fn install_crypto_provider() {
 
 /// What a caller can swap out when embedding the server (tests use it to keep SNS traffic
 /// off the internet).
-#[derive(Clone)]
 pub struct RunOptions {
     /// Fetches SNS signing certificates and confirms subscriptions.
     pub sns_http: Arc<dyn intake::sns::SnsHttp>,
+    /// A listener for the operator API alone, which the main listener then no longer serves.
+    /// Without one, `server.operator_listen` is bound if configured.
+    pub operator_listener: Option<TcpListener>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
             sns_http: Arc::new(intake::sns::HttpsClient::new()),
+            operator_listener: None,
         }
     }
 }
@@ -91,6 +103,15 @@ pub async fn run_with(
     options: RunOptions,
 ) -> Result<(), ServeError> {
     install_crypto_provider();
+    let operator_listener = match (options.operator_listener, config.server.operator_listen) {
+        (Some(listener), _) => Some(listener),
+        (None, Some(addr)) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+        ),
+        (None, None) => None,
+    };
     let ctx = Arc::new(Context::build(config).await?);
     let tracker = TaskTracker::new();
     let state = AppState::new(ctx.clone(), options.sns_http).await?;
@@ -107,13 +128,34 @@ pub async fn run_with(
     // On the tracker, so shutdown waits for a sweep in progress to finish its records.
     tracker.spawn(sweep::run_sweeper(ctx.clone(), background.clone()));
 
-    tracing::info!(addr = %listener.local_addr()?, "sever listening");
-    axum::serve(
-        listener,
-        intake::router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    let addr = listener.local_addr()?;
+    match &operator_listener {
+        None => tracing::info!(%addr, "sever listening"),
+        Some(operator) => {
+            tracing::info!(intake = %addr, operator = %operator.local_addr()?, "sever listening");
+        }
+    }
+    let limits = Limits::from(&ctx.config.server);
+    let stop = CancellationToken::new();
+    let serving = async {
+        match operator_listener {
+            None => server::serve(listener, intake::router(state), limits, stop.clone()).await,
+            Some(operator) => {
+                let intake = intake::intake_router(state.clone());
+                let operators = intake::operator_router(state);
+                tokio::join!(
+                    server::serve(listener, intake, limits, stop.clone()),
+                    server::serve(operator, operators, limits, stop.clone()),
+                );
+            }
+        }
+    };
+    let stopping = async {
+        shutdown.await;
+        stop.cancel();
+    };
+    // Both end together: serving drains its connections once `stop` is cancelled.
+    tokio::join!(serving, stopping);
 
     // No new requests now; stop claiming work, finish or hand back what is running.
     background.cancel();

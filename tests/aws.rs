@@ -64,6 +64,7 @@ async fn env(logins: &[&str], credentials: &str) -> Env {
     );
     let options = sever::RunOptions {
         sns_http: sns.clone(),
+        ..Default::default()
     };
     let server = TestServer::start_with(&ws.write_config(&config), options).await;
     Env {

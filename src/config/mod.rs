@@ -271,11 +271,20 @@ pub struct SnsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address to listen on.
+    /// Address to listen on: everything, or only the event intake when `operator_listen` is set.
     pub listen: SocketAddr,
-    /// Upper bound for one request, including `?wait=true` executions.
+    /// Optional separate address for the operator API (and health checks).
+    pub operator_listen: Option<SocketAddr>,
+    /// Upper bound for one request once its headers are in: reading the body, handling it,
+    /// including `?wait=true` executions.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Upper bound for receiving a request's headers, and for an idle keep-alive connection
+    /// to start its next request.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections served at once, per listener; further ones wait in the accept queue.
+    pub max_connections: usize,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
 }
@@ -284,7 +293,10 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            operator_listen: None,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
             max_body_bytes: 64 * 1024,
         }
     }
@@ -618,6 +630,26 @@ impl Config {
                 "poll_interval and max_backoff must be positive",
             ));
         }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections".into(), "must be positive"));
+        }
+        for (path, value) in [
+            ("server.request_timeout", self.server.request_timeout),
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(path.into(), "must be positive"));
+            }
+        }
+        if self.server.operator_listen == Some(self.server.listen) {
+            return Err(invalid(
+                "server.operator_listen".into(),
+                "must differ from server.listen (leave it unset to serve everything there)",
+            ));
+        }
         for (i, login) in self.protected_logins.iter().enumerate() {
             check_login(login).map_err(|r| invalid(format!("protected_logins[{i}]"), r))?;
         }
@@ -878,10 +910,48 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_config_is_valid() {
+        let text = include_str!("../../integrations/kubernetes/sever.toml");
+        let config = Config::parse(text).unwrap();
+        assert!(config.server.operator_listen.is_some());
+        assert_eq!(
+            config.store.url,
+            UrlSource::Secret(SecretRef::Env("SEVER_STORE_URL".into()))
+        );
+    }
+
+    #[test]
     fn empty_config_is_the_embedded_default() {
         let config = Config::parse("").unwrap();
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
         assert!(config.targets.is_empty());
+        assert_eq!(config.server.operator_listen, None);
+        assert_eq!(config.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.server.max_connections, 1024);
+    }
+
+    #[test]
+    fn server_limits_are_checked() {
+        let config = Config::parse(
+            "[server]\nlisten = \"0.0.0.0:8080\"\noperator_listen = \"127.0.0.1:8081\"\n\
+             header_read_timeout = \"2s\"\nmax_connections = 8",
+        )
+        .unwrap();
+        assert_eq!(config.server.operator_listen.unwrap().port(), 8081);
+        assert_eq!(config.server.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(config.server.max_connections, 8);
+        for (text, path) in [
+            ("max_connections = 0", "server.max_connections"),
+            ("header_read_timeout = \"0s\"", "server.header_read_timeout"),
+            ("request_timeout = \"0s\"", "server.request_timeout"),
+            (
+                "listen = \"127.0.0.1:9\"\noperator_listen = \"127.0.0.1:9\"",
+                "server.operator_listen",
+            ),
+        ] {
+            let e = err(&format!("[server]\n{text}"));
+            assert!(e.contains(path), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod events;
 mod health;
 pub mod operator;
 mod revocations;
+pub mod server;
 mod sessions;
 pub mod sns;
 pub mod vault;
@@ -447,22 +448,61 @@ pub fn spawn_background(state: &AppState, stop: &CancellationToken) {
     }
 }
 
-/// The HTTP application.
+/// The HTTP application with every route: what a single listener serves.
 pub fn router(state: AppState) -> Router {
-    let timeout = state.ctx.config.server.request_timeout;
-    let max_body = state.max_body;
+    finish(
+        health_routes()
+            .merge(intake_routes())
+            .merge(operator_routes()),
+        state,
+    )
+}
+
+/// The event intake and health checks: what `server.listen` serves when the operator API
+/// has a listener of its own.
+pub fn intake_router(state: AppState) -> Router {
+    finish(health_routes().merge(intake_routes()), state)
+}
+
+/// The operator API and health checks: what `server.operator_listen` serves.
+pub fn operator_router(state: AppState) -> Router {
+    finish(health_routes().merge(operator_routes()), state)
+}
+
+/// Liveness and readiness, answered on every listener so probes can reach either port.
+fn health_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+}
+
+/// Signed events from rotation systems: the routes that face senders.
+fn intake_routes() -> Router<AppState> {
+    Router::new()
         .route("/v1/events", post(events::post_event))
         .route("/v1/events/aws", post(aws::post_aws_event))
         .route("/v1/events/vault", post(vault::post_vault_event))
+}
+
+/// Operator-authenticated routes (revocations, sessions; actions go here too): the routes
+/// that are kept off the intake listener when the two are split.
+fn operator_routes() -> Router<AppState> {
+    Router::new()
         .route("/v1/revocations", post(revocations::post_revocation))
         .route("/v1/sessions", get(sessions::get_sessions))
         .route("/v1/actions/{id}", get(actions::get_action))
+}
+
+/// The layers every listener shares: body limit, request timeout, JSON errors, tracing.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    let timeout = state.ctx.config.server.request_timeout;
+    let max_body = state.max_body;
+    routes
         // axum's limit rather than tower-http's: it surfaces as an extractor rejection, so
         // the handler can audit the refusal and answer in the common JSON shape.
         .layer(DefaultBodyLimit::max(max_body))
+        // Runs around the handler, so it also bounds reading the body: a client trickling
+        // one is answered 503 and disconnected when it expires.
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,

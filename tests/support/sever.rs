@@ -144,6 +144,8 @@ fn toml_str(s: &str) -> String {
 /// A running server.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The operator API's own listener, when started with one ([`TestServer::start_split`]).
+    pub operator_addr: Option<SocketAddr>,
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), sever::ServeError>>>,
@@ -155,11 +157,25 @@ impl TestServer {
         Self::start_with(path, sever::RunOptions::default()).await
     }
 
+    /// Starts sever with the operator API on a second free port, apart from the intake.
+    pub async fn start_split(path: &Path) -> Self {
+        let operator = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let options = sever::RunOptions {
+            operator_listener: Some(operator),
+            ..Default::default()
+        };
+        Self::start_with(path, options).await
+    }
+
     /// Starts sever with replaced parts (e.g. the SNS HTTP client).
     pub async fn start_with(path: &Path, options: sever::RunOptions) -> Self {
         let config = sever::config::Config::load(path).expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let operator_addr = options
+            .operator_listener
+            .as_ref()
+            .map(|l| l.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let shutdown = async {
             let _ = rx.await;
@@ -167,6 +183,7 @@ impl TestServer {
         let handle = tokio::spawn(sever::run_with(config, listener, shutdown, options));
         let server = Self {
             addr,
+            operator_addr,
             client: reqwest::Client::new(),
             shutdown: Some(tx),
             handle: Some(handle),
@@ -201,6 +218,11 @@ impl TestServer {
         format!("http://{}{path}", self.addr)
     }
 
+    /// A URL on the operator listener (the only listener unless started split).
+    pub fn operator_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.operator_addr.unwrap_or(self.addr))
+    }
+
     /// Posts `body` to /v1/events signed with `secret` under `id` at `timestamp`.
     pub async fn post_signed(
         &self,
@@ -233,11 +255,11 @@ impl TestServer {
         (r.status(), r.json().await.unwrap())
     }
 
-    /// An operator request with the test token.
+    /// An operator request with the test token, on the operator listener.
     pub async fn operator_post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         let r = self
             .client
-            .post(self.url(path))
+            .post(self.operator_url(path))
             .bearer_auth(TOKEN)
             .json(body)
             .send()
@@ -249,7 +271,7 @@ impl TestServer {
     pub async fn operator_get(&self, path: &str) -> (StatusCode, Value) {
         let r = self
             .client
-            .get(self.url(path))
+            .get(self.operator_url(path))
             .bearer_auth(TOKEN)
             .send()
             .await
