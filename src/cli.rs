@@ -74,6 +74,22 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Dependency log targets that print secrets at TRACE, each capped at a level that does not,
+/// whatever `SEVER_LOG` asks for: tungstenite logs the raw websocket handshake request,
+/// headers and all, and the Vault event subscription sends `X-Vault-Token` in it.
+const SECRET_BEARING_TARGETS: &[&str] = &["tungstenite::handshake::client=debug"];
+
+/// Applies [`SECRET_BEARING_TARGETS`] to `filter`; a directive for the same target in
+/// `filter` is replaced. Embedders that install their own subscriber should use it too.
+pub fn cap_secret_bearing_targets(
+    mut filter: tracing_subscriber::EnvFilter,
+) -> tracing_subscriber::EnvFilter {
+    for directive in SECRET_BEARING_TARGETS {
+        filter = filter.add_directive(directive.parse().expect("a valid directive"));
+    }
+    filter
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -230,8 +246,10 @@ impl Cli {
 
     /// Sets up logging to standard error.
     pub fn init_tracing(&self) {
-        let filter = tracing_subscriber::EnvFilter::try_from_env("SEVER_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let filter = cap_secret_bearing_targets(
+            tracing_subscriber::EnvFilter::try_from_env("SEVER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        );
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr);
