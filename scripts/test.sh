@@ -49,6 +49,7 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 scripts/lint-dockerfile.sh
 scripts/lint-cfn.sh   # also runs the Python Lambda hook's unit tests
+scripts/lint-kubernetes.sh
 
 # --- Tests -----------------------------------------------------------------------------------
 cargo test --locked --all-targets

@@ -498,7 +498,8 @@ impl Env {
     }
 
     /// The config's common head: store (PostgreSQL, password in a file), two signing
-    /// secrets, one operator, timeouts.
+    /// secrets, one operator, timeouts (a short retry window, so the wrong-password targets
+    /// are given up on within the request).
     fn head(&self, name: &str, store_password: &str) -> String {
         let ws = &self.ws;
         format!(
@@ -506,6 +507,7 @@ impl Env {
              [store]\nurl = {{ file = {store} }}\n\
              [webhooks]\nsecrets = [{{ file = {s0} }}, {{ file = {s1} }}]\n\
              [termination]\ntimeout = \"5s\"\nverify_timeout = \"3s\"\n\
+             [queue]\nretry_for = \"2s\"\n\
              [[operators]]\nname = \"alice\"\ntoken_sha256 = \"{hash}\"\n",
             store = ws.secret_file(
                 &format!("{name}.store.url"),
