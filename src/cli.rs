@@ -412,6 +412,13 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
             "timeout": humantime::format_duration(config.termination.timeout).to_string(),
             "verify_timeout": humantime::format_duration(config.termination.verify_timeout).to_string(),
         },
+        "queue": {
+            "concurrency": config.queue.concurrency,
+            "lease": humantime::format_duration(config.queue.lease).to_string(),
+            "retry_for": humantime::format_duration(config.queue.retry_for).to_string(),
+            "max_backoff": humantime::format_duration(config.queue.max_backoff).to_string(),
+            "poll_interval": humantime::format_duration(config.queue.poll_interval).to_string(),
+        },
         "operators": config.operators.iter().map(|o| json!({"name": o.name, "token_sha256": "<redacted>"})).collect::<Vec<_>>(),
         "targets": targets,
         "credentials": credentials,
