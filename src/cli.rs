@@ -418,6 +418,7 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
             "retry_for": humantime::format_duration(config.queue.retry_for).to_string(),
             "max_backoff": humantime::format_duration(config.queue.max_backoff).to_string(),
             "poll_interval": humantime::format_duration(config.queue.poll_interval).to_string(),
+            "keep_finished": humantime::format_duration(config.queue.keep_finished).to_string(),
         },
         "operators": config.operators.iter().map(|o| json!({"name": o.name, "token_sha256": "<redacted>"})).collect::<Vec<_>>(),
         "targets": targets,

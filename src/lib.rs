@@ -173,7 +173,7 @@ pub async fn run_with(
     Ok(())
 }
 
-/// Background upkeep: learn login identities, prune old `webhook-id`s.
+/// Background upkeep: learn login identities, prune old `webhook-id`s and finished actions.
 async fn maintain(ctx: Arc<Context>, stop: CancellationToken) {
     let mut learn = tokio::time::interval(LEARN_EVERY);
     let mut prune = tokio::time::interval(PRUNE_EVERY);
@@ -189,6 +189,13 @@ async fn maintain(ctx: Arc<Context>, stop: CancellationToken) {
                     Ok(n) if n > 0 => tracing::debug!(pruned = n, "old webhook-ids dropped"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "could not prune webhook-ids"),
+                }
+                let keep = chrono::Duration::from_std(ctx.config.queue.keep_finished)
+                    .unwrap_or(chrono::Duration::MAX);
+                match ctx.queue.prune_finished(chrono::Utc::now() - keep).await {
+                    Ok(n) if n > 0 => tracing::debug!(pruned = n, "old finished actions dropped"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not prune finished actions"),
                 }
             }
         }

@@ -373,6 +373,10 @@ pub struct QueueConfig {
     /// How often the queue is checked for work another replica added or a lease freed.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How long finished actions stay in the queue (for `GET /v1/actions/{id}`); the audit
+    /// trail keeps their records regardless.
+    #[serde(with = "humantime_serde")]
+    pub keep_finished: Duration,
 }
 
 impl Default for QueueConfig {
@@ -383,6 +387,7 @@ impl Default for QueueConfig {
             retry_for: Duration::from_secs(3600),
             max_backoff: Duration::from_secs(60),
             poll_interval: Duration::from_millis(250),
+            keep_finished: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -410,7 +410,8 @@ impl Queue {
             return self.finish(audit, lease, &report).await;
         }
         // The last attempt is made at the deadline, not skipped because a backoff overshoots it.
-        let backoff = chrono::Duration::from_std(self.backoff(lease.attempts)).unwrap_or_default();
+        let backoff = chrono::Duration::from_std(backoff(lease.attempts, self.config.max_backoff))
+            .unwrap_or_default();
         let next = (now + backoff).min(lease.deadline);
         audit
             .transact(&RetryTx {
@@ -421,15 +422,6 @@ impl Queue {
             })
             .await
             .map_err(Into::into)
-    }
-
-    /// Exponential backoff from 500 ms, capped, with full jitter so failing steps spread out.
-    fn backoff(&self, attempts: i64) -> Duration {
-        let exp = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(19);
-        let base = Duration::from_millis(500).saturating_mul(1 << exp);
-        let cap = base.min(self.config.max_backoff);
-        let jitter = rand::rng().random_range(0.5..=1.0);
-        cap.mul_f64(jitter)
     }
 
     /// Targets with steps waiting for a retry, so a prober can tell when they are back.
@@ -461,6 +453,26 @@ impl Queue {
         if n > 0 {
             self.wake.notify_one();
         }
+        Ok(n)
+    }
+
+    /// Drops actions that finished before `before`, with their steps; returns how many.
+    pub async fn prune_finished(&self, before: DateTime<Utc>) -> Result<u64, QueueError> {
+        let before = at(before);
+        let mut tx = self.store.pool().begin().await?;
+        sqlx::query(
+            "DELETE FROM action_steps WHERE action_id IN \
+             (SELECT action_id FROM actions WHERE finished_at < $1)",
+        )
+        .bind(&before)
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query("DELETE FROM actions WHERE finished_at < $1")
+            .bind(&before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
         Ok(n)
     }
 
@@ -696,6 +708,14 @@ impl Transaction for SubmitTx<'_> {
     }
 }
 
+/// Exponential backoff from 500 ms, capped at `max`, with jitter (half to all of it) so
+/// failing steps spread out.
+fn backoff(attempts: i64, max: Duration) -> Duration {
+    let exp = u32::try_from(attempts.clamp(1, 20) - 1).unwrap_or(19);
+    let full = Duration::from_millis(500).saturating_mul(1 << exp).min(max);
+    full.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
 fn status_name(status: Status) -> &'static str {
     match status {
         Status::Completed => "completed",
@@ -839,5 +859,251 @@ impl Transaction for RetryTx<'_> {
             Vec::new()
         };
         Ok(Decision::Commit(entries, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::{Origin, Step};
+    use crate::terminate::{Scope, TerminateOutcome};
+    use secrecy::SecretString;
+
+    async fn queue(owner: &str, lease: Duration) -> (tempfile::TempDir, Store, Audit, Arc<Queue>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("q.db").display());
+        let store = Store::connect(&SecretString::from(url)).await.unwrap();
+        let config = QueueConfig {
+            lease,
+            ..QueueConfig::default()
+        };
+        let queue = Arc::new(Queue::new(store.clone(), owner.into(), config));
+        (dir, store.clone(), Audit::new(store), queue)
+    }
+
+    fn submission(targets: &[&str], claims: &[&str]) -> Submission {
+        let plan = Plan {
+            action_id: Uuid::now_v7(),
+            origin: Origin::Revocation {
+                login: "app".into(),
+            },
+            scope: Some(Scope::All),
+            dry_run: false,
+            reason: Some("test".into()),
+            cutoff_defaulted: false,
+            steps: targets
+                .iter()
+                .map(|t| Step {
+                    target: (*t).into(),
+                    logins: vec!["app".into()],
+                    protected: Default::default(),
+                })
+                .collect(),
+        };
+        Submission {
+            work: plan.scope.map(Work::Terminate),
+            plan,
+            actor: "tester".into(),
+            claims: claims.iter().map(|c| (*c).to_string()).collect(),
+            before: Vec::new(),
+        }
+    }
+
+    fn done(target: &str) -> TargetReport {
+        TargetReport {
+            target: target.into(),
+            logins: vec!["app".into()],
+            found: 0,
+            error: None,
+            outcome: TerminateOutcome::default(),
+        }
+    }
+
+    async fn kinds(audit: &Audit) -> Vec<String> {
+        audit
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.kind)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_action_is_claimed_once_per_step_and_completes_after_its_last_step() {
+        let (_dir, _store, audit, q) = queue("one", Duration::from_secs(15)).await;
+        let s = submission(&["a", "b"], &["webhook:1"]);
+        let id = s.plan.action_id;
+        assert_eq!(q.submit(&audit, &s).await.unwrap(), Submitted::Accepted(id));
+        // The same claim again is a duplicate, and stores nothing.
+        let again = submission(&["a"], &["webhook:1"]);
+        assert_eq!(
+            q.submit(&audit, &again).await.unwrap(),
+            Submitted::Duplicate {
+                index: 0,
+                action_id: id.to_string()
+            }
+        );
+        assert!(q.status(again.plan.action_id).await.unwrap().is_none());
+
+        let leases = q.claim(10, None).await.unwrap();
+        assert_eq!(leases.len(), 2);
+        assert!(
+            q.claim(10, None).await.unwrap().is_empty(),
+            "leased steps are not claimed twice"
+        );
+        assert!(
+            q.finish(&audit, &leases[0], &done(&leases[0].target))
+                .await
+                .unwrap()
+        );
+        assert!(
+            q.report(id).await.unwrap().is_none(),
+            "one step is still pending"
+        );
+        assert!(
+            q.finish(&audit, &leases[1], &done(&leases[1].target))
+                .await
+                .unwrap()
+        );
+        let report = q.report(id).await.unwrap().expect("finished");
+        assert_eq!(report.status, Status::Completed);
+        assert_eq!(
+            report
+                .targets
+                .iter()
+                .map(|t| t.target.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"],
+            "the plan's order"
+        );
+        // Finishing again (a stale lease) changes nothing.
+        assert!(!q.finish(&audit, &leases[1], &done("b")).await.unwrap());
+        assert_eq!(kinds(&audit).await, ["action.planned", "action.completed"],);
+        assert!(audit.verify().await.unwrap().ok);
+        let status = q.status(id).await.unwrap().unwrap();
+        assert_eq!(status.status, "completed");
+        assert!(
+            status
+                .steps
+                .iter()
+                .all(|s| s.state == "done" && s.attempts == 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_and_the_old_holder_can_no_longer_record() {
+        let (_dir, store, audit, first) = queue("first", Duration::from_secs(1)).await;
+        let second = Arc::new(Queue::new(
+            store,
+            "second".into(),
+            QueueConfig {
+                lease: Duration::from_secs(1),
+                ..QueueConfig::default()
+            },
+        ));
+        let s = submission(&["a"], &[]);
+        first.submit(&audit, &s).await.unwrap();
+        let lost = first.claim(1, None).await.unwrap().pop().unwrap();
+        assert!(second.claim(1, None).await.unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let taken = second
+            .claim(1, None)
+            .await
+            .unwrap()
+            .pop()
+            .expect("expired lease");
+        assert_eq!(taken.attempts, 2);
+        // The first holder may neither journal (so it signals nothing) nor record.
+        let journal = first.journal(&lost);
+        assert!(journal.record(&[session(7)]).await.is_err());
+        assert!(!first.finish(&audit, &lost, &done("a")).await.unwrap());
+        assert!(second.finish(&audit, &taken, &done("a")).await.unwrap());
+        assert_eq!(
+            second
+                .report(s.plan.action_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            Status::Completed
+        );
+    }
+
+    fn session(pid: i64) -> Session {
+        Session {
+            pid,
+            login: Some("app".into()),
+            login_id: None,
+            database: None,
+            application_name: None,
+            client_addr: None,
+            backend_start: None,
+            state: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_step_is_retried_then_given_up_at_the_deadline_and_audited_twice() {
+        let (_dir, _store, audit, q) = queue("one", Duration::from_secs(15)).await;
+        let q = Arc::new(Queue::new(
+            q.store.clone(),
+            "one".into(),
+            QueueConfig {
+                retry_for: Duration::from_millis(300),
+                ..QueueConfig::default()
+            },
+        ));
+        let s = submission(&["a"], &[]);
+        q.submit(&audit, &s).await.unwrap();
+        let mut failed = done("a");
+        failed.error = Some("cannot connect: refused".into());
+        let mut attempts = 0;
+        loop {
+            let Some(lease) = q.claim(1, None).await.unwrap().pop() else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            attempts += 1;
+            assert!(q.retry(&audit, &lease, failed.clone()).await.unwrap());
+            if q.report(s.plan.action_id).await.unwrap().is_some() {
+                break;
+            }
+            assert!(attempts < 20, "never gave up");
+        }
+        assert!(attempts >= 2, "retried before giving up");
+        let report = q.report(s.plan.action_id).await.unwrap().unwrap();
+        assert_eq!(report.status, Status::Incomplete);
+        assert!(
+            report.targets[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("gave up after")
+        );
+        assert_eq!(
+            kinds(&audit).await,
+            [
+                "action.planned",
+                "target.retrying",
+                "target.failed",
+                "action.completed"
+            ],
+        );
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let max = Duration::from_secs(4);
+        for attempts in 1..30 {
+            let b = backoff(attempts, max);
+            let full = Duration::from_millis(500)
+                .saturating_mul(1 << (attempts.min(20) - 1))
+                .min(max);
+            assert!(
+                b <= full && b >= full / 2,
+                "attempt {attempts}: {b:?} vs {full:?}"
+            );
+        }
     }
 }
