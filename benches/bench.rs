@@ -1,0 +1,488 @@
+//! sever's benchmarks: rotation-to-clean latency against the SQL floor and the per-pid script
+//! people write today, fan-out across targets, intake throughput, and footprint. Figures,
+//! not pass/fail. Run with `scripts/bench.sh`, which builds the release binary this drives
+//! (`SEVER_BIN`) and starts nothing else: the benchmark starts its own throwaway PostgreSQL
+//! clusters (temp dirs, free ports, `max_connections` raised) and removes them afterwards.
+//!
+//! Environment: `SEVER_BENCH_RUNS` (repetitions per figure, default 7),
+//! `SEVER_BENCH_INTAKE_SECS` (length of each intake load, default 5).
+
+#[path = "../tests/support/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use comfy_table::Table;
+use pg::TestPostgres;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, Row};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const ADMIN_PASSWORD: &str = "severadminpw";
+/// Sessions of other logins that must survive every rotation.
+const BYSTANDERS: usize = 50;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Median and 95th percentile of a set of durations.
+#[derive(Clone, Copy)]
+struct Stats {
+    median: Duration,
+    p95: Duration,
+}
+
+impl Stats {
+    fn of(samples: &mut [Duration]) -> Self {
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        Self {
+            median: at(0.5),
+            p95: at(0.95),
+        }
+    }
+
+    fn show(&self) -> String {
+        format!("{} (p95 {})", ms(self.median), ms(self.p95))
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// One line of the final table.
+struct Line {
+    scenario: String,
+    sever: String,
+    comparison: String,
+    ratio: String,
+}
+
+fn ratio(a: Duration, b: Duration) -> String {
+    format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64())
+}
+
+/// A PostgreSQL cluster prepared for sever: more connections, sever's admin login.
+async fn cluster() -> TestPostgres {
+    let pg = TestPostgres::start();
+    pg.exec("ALTER SYSTEM SET max_connections = 1200").await;
+    pg.restart();
+    pg.exec(&format!(
+        "CREATE ROLE sever_admin LOGIN PASSWORD '{ADMIN_PASSWORD}' \
+         IN ROLE pg_signal_backend, pg_read_all_stats"
+    ))
+    .await;
+    pg
+}
+
+/// Opens `n` sessions as `login`, 50 at a time; they stay open while the Vec lives.
+async fn open(pg: &TestPostgres, login: &str, n: usize) -> Vec<PgConnection> {
+    let mut conns = Vec::with_capacity(n);
+    while conns.len() < n {
+        let batch = (n - conns.len()).min(50);
+        let opened = futures_util::future::join_all(
+            (0..batch).map(|_| pg.session(login, "pw", "postgres", "bench")),
+        )
+        .await;
+        conns.extend(opened.into_iter().map(|(c, _)| c));
+    }
+    conns
+}
+
+async fn count_sessions(admin: &mut PgConnection, login: &str) -> i64 {
+    sqlx::query(
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE usename = $1 AND backend_type = 'client backend'",
+    )
+    .bind(login)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+    .get("n")
+}
+
+/// `sever serve` (the release binary) with a config in its own temp dir.
+struct Sever {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+    client: reqwest::Client,
+    /// From spawn to `/readyz` answering 200.
+    ready_after: Duration,
+}
+
+impl Sever {
+    async fn start(targets: &str, credentials: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("webhook.secret");
+        std::fs::write(&secret, SECRET).unwrap();
+        let config = format!(
+            "protected_logins = [\"postgres\"]\n\
+             [store]\nurl = \"sqlite://{db}?mode=rwc\"\n\
+             [webhooks]\nsecrets = [{{ file = {secret:?} }}]\n\
+             [server]\nmax_body_bytes = 65536\n\
+             {targets}{credentials}",
+            db = dir.path().join("sever.db").display(),
+        );
+        let path = dir.path().join("sever.toml");
+        std::fs::write(&path, config).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let started = Instant::now();
+        let child = Command::new(sever_bin())
+            .arg("--config")
+            .arg(&path)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("SEVER_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the release binary (run scripts/bench.sh)");
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        loop {
+            if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "sever never became ready");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Self {
+            ready_after: started.elapsed(),
+            child,
+            base,
+            _dir: dir,
+            client,
+        }
+    }
+
+    /// A signed event; `Ok` with the status and body.
+    async fn event(&self, body: &Value, wait: bool, secret: &str) -> (u16, Value) {
+        let body = serde_json::to_vec(body).unwrap();
+        let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+        let ts = chrono::Utc::now().timestamp();
+        let signature = sever::intake::webhook::sign(secret, &id, ts, &body).unwrap();
+        let path = if wait { "/v1/events?wait=true" } else { "/v1/events" };
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Resident set size now, and its peak, in MiB (from /proc).
+    fn rss_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map_or(0.0, |kb| kb / 1024.0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Sever {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sever_bin() -> PathBuf {
+    std::env::var_os("SEVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/sever"))
+}
+
+fn target(id: &str, pg: &TestPostgres) -> String {
+    format!(
+        "[targets.{id}]\nengine = \"postgres\"\nurl = {{ file = {:?} }}\npool_size = 4\n",
+        url_file(id, pg).display().to_string()
+    )
+}
+
+/// The admin URL of `pg` in a file (sever refuses inline passwords).
+fn url_file(id: &str, pg: &TestPostgres) -> PathBuf {
+    let path = pg.base_dir().join(format!("{id}.url"));
+    std::fs::write(&path, pg.url("sever_admin", ADMIN_PASSWORD, "postgres")).unwrap();
+    path
+}
+
+/// Scenario 1: N sessions of the rotated login plus 50 bystanders; sever vs the floor vs
+/// the per-pid script.
+async fn rotation_to_clean(runs: usize, lines: &mut Vec<Line>) {
+    let pg = cluster().await;
+    pg.exec("CREATE ROLE app LOGIN PASSWORD 'pw'; CREATE ROLE other LOGIN PASSWORD 'pw'")
+        .await;
+    let sever = Sever::start(
+        &target("main", &pg),
+        "[credentials.orders]\nlogins = [{ target = \"main\", login = \"app\" }]\n",
+    )
+    .await;
+    let _bystanders = open(&pg, "other", BYSTANDERS).await;
+    let mut admin = PgConnection::connect(&pg.url("sever_admin", ADMIN_PASSWORD, "postgres"))
+        .await
+        .unwrap();
+    for n in [10usize, 100, 500] {
+        let mut with_sever = Vec::new();
+        let mut floor = Vec::new();
+        let mut script = Vec::new();
+        for run in 0..runs {
+            // sever: from sending the signed event (?wait=true) to its answer.
+            let sessions = open(&pg, "app", n).await;
+            let t = Instant::now();
+            let (status, report) = sever
+                .event(&json!({"credential": "orders", "kind": "revoked"}), true, SECRET)
+                .await;
+            with_sever.push(t.elapsed());
+            assert_eq!(status, 200, "{report}");
+            assert_eq!(report["status"], "completed", "{report}");
+            assert_eq!(count_sessions(&mut admin, "app").await, 0, "all {n} gone");
+            assert_eq!(count_sessions(&mut admin, "other").await, BYSTANDERS as i64);
+            drop(sessions);
+
+            // The floor: one set-based statement over an open connection, then the same
+            // check sever makes, that they are gone.
+            let sessions = open(&pg, "app", n).await;
+            let t = Instant::now();
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE usename = 'app' AND backend_type = 'client backend'",
+            )
+            .execute(&mut admin)
+            .await
+            .unwrap();
+            while count_sessions(&mut admin, "app").await > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            floor.push(t.elapsed());
+            drop(sessions);
+
+            // The script people write today: list the pids, one psql per pid. Slow, so
+            // fewer runs.
+            if run < runs.min(3) {
+                let sessions = open(&pg, "app", n).await;
+                let t = Instant::now();
+                per_pid_script(&pg);
+                script.push(t.elapsed());
+                assert_eq!(count_sessions(&mut admin, "app").await, 0);
+                drop(sessions);
+            }
+        }
+        let s = Stats::of(&mut with_sever);
+        let f = Stats::of(&mut floor);
+        let p = Stats::of(&mut script);
+        lines.push(Line {
+            scenario: format!("1. rotation-to-clean, N={n} (+{BYSTANDERS} others)"),
+            sever: s.show(),
+            comparison: format!("floor: {}", f.show()),
+            ratio: ratio(s.median, f.median),
+        });
+        lines.push(Line {
+            scenario: format!("1. rotation-to-clean, N={n}"),
+            sever: s.show(),
+            comparison: format!("per-pid psql script: {}", p.show()),
+            ratio: format!("{:.0}x faster", p.median.as_secs_f64() / s.median.as_secs_f64()),
+        });
+    }
+}
+
+fn psql(pg: &TestPostgres, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", "sever_admin"])
+        .args(["-d", "postgres", "-At", "-c", sql])
+        .env("PGPASSWORD", ADMIN_PASSWORD)
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn per_pid_script(pg: &TestPostgres) {
+    let pids = psql(
+        pg,
+        "SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend'",
+    );
+    for pid in pids.lines().filter(|l| !l.is_empty()) {
+        psql(pg, &format!("SELECT pg_terminate_backend({pid})"));
+    }
+}
+
+/// Scenario 2: one rotation mapped to 1, 4 and 16 targets (4 clusters, a login per target).
+async fn fan_out(runs: usize, lines: &mut Vec<Line>) {
+    const PER_TARGET: usize = 20;
+    let clusters = futures_util::future::join_all((0..4).map(|_| cluster())).await;
+    let mut targets = String::new();
+    let mut credentials = String::new();
+    for j in 0..16 {
+        let pg = &clusters[j % 4];
+        pg.exec(&format!("CREATE ROLE app{j} LOGIN PASSWORD 'pw'")).await;
+        targets.push_str(&target(&format!("t{j}"), pg));
+    }
+    for k in [1usize, 4, 16] {
+        let logins: Vec<String> = (0..k)
+            .map(|j| format!("{{ target = \"t{j}\", login = \"app{j}\" }}"))
+            .collect();
+        credentials.push_str(&format!("[credentials.fan{k}]\nlogins = [{}]\n", logins.join(", ")));
+    }
+    let sever = Sever::start(&targets, &credentials).await;
+    let mut one = Duration::ZERO;
+    for k in [1usize, 4, 16] {
+        let mut samples = Vec::new();
+        for _ in 0..runs {
+            let mut sessions = Vec::new();
+            for j in 0..k {
+                sessions.push(open(&clusters[j % 4], &format!("app{j}"), PER_TARGET).await);
+            }
+            let t = Instant::now();
+            let (status, report) = sever
+                .event(&json!({"credential": format!("fan{k}"), "kind": "revoked"}), true, SECRET)
+                .await;
+            samples.push(t.elapsed());
+            assert_eq!(status, 200, "{report}");
+            assert_eq!(report["status"], "completed", "{report}");
+        }
+        let s = Stats::of(&mut samples);
+        if k == 1 {
+            one = s.median;
+        }
+        lines.push(Line {
+            scenario: format!("2. fan-out, {k} target(s) x {PER_TARGET} sessions"),
+            sever: s.show(),
+            comparison: if k == 1 { "-".into() } else { "1 target".into() },
+            ratio: if k == 1 { "1.00x".into() } else { ratio(s.median, one) },
+        });
+    }
+}
+
+/// Scenario 3 and 4: sustained signed events (accepted and audited), signature rejections,
+/// and the footprint of the process serving them.
+async fn intake_and_footprint(secs: u64, lines: &mut Vec<Line>) {
+    let pg = cluster().await;
+    let sever = Sever::start(
+        &target("main", &pg),
+        // A credential whose policy terminates nothing: each event is verified,
+        // de-duplicated, stored with its plan and audited, and touches no database.
+        "[credentials.noop]\npolicy = \"none\"\nlogins = [{ target = \"main\", login = \"app\" }]\n",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (idle, _) = sever.rss_mib();
+    let ready = sever.ready_after;
+    let sever = Arc::new(sever);
+    for (label, secret, expect) in [
+        ("3. intake: signed events accepted", SECRET, 202u16),
+        ("3. intake: bad signatures rejected", "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 401),
+    ] {
+        let (rate, mut latencies, wrong) = load(&sever, secret, expect, secs).await;
+        let l = Stats::of(&mut latencies);
+        let p99 = latencies[((latencies.len() - 1) as f64 * 0.99) as usize];
+        lines.push(Line {
+            scenario: label.into(),
+            sever: format!("{rate:.0}/s, p50 {}, p99 {}", ms(l.median), ms(p99)),
+            comparison: if wrong > 0 {
+                format!("{wrong} unexpected answers")
+            } else {
+                "-".into()
+            },
+            ratio: "-".into(),
+        });
+    }
+    let (now, peak) = sever.rss_mib();
+    let size = std::fs::metadata(sever_bin()).map(|m| m.len()).unwrap_or(0);
+    lines.push(Line {
+        scenario: "4. footprint".into(),
+        sever: format!(
+            "idle RSS {idle:.1} MiB; under load {now:.1} MiB (peak {peak:.1}); ready in {}; binary {:.1} MiB",
+            ms(ready),
+            size as f64 / 1048576.0
+        ),
+        comparison: "-".into(),
+        ratio: "-".into(),
+    });
+}
+
+/// Sends events from 64 concurrent clients for `secs`; rate, latencies, wrong answers.
+async fn load(sever: &Arc<Sever>, secret: &'static str, expect: u16, secs: u64) -> (f64, Vec<Duration>, usize) {
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers = (0..64).map(|_| {
+        let sever = sever.clone();
+        let wrong = wrong.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < stop {
+                let t = Instant::now();
+                let (status, _) = sever
+                    .event(&json!({"credential": "noop", "kind": "rotated"}), false, secret)
+                    .await;
+                latencies.push(t.elapsed());
+                if status != expect {
+                    wrong.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            latencies
+        })
+    });
+    let mut latencies = Vec::new();
+    for w in futures_util::future::join_all(workers).await {
+        latencies.extend(w.unwrap());
+    }
+    let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+    (rate, latencies, wrong.load(Ordering::Relaxed))
+}
+
+fn main() {
+    let runs = env_usize("SEVER_BENCH_RUNS", 7);
+    let secs = env_usize("SEVER_BENCH_INTAKE_SECS", 5) as u64;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let lines = runtime.block_on(async {
+        let mut lines = Vec::new();
+        rotation_to_clean(runs, &mut lines).await;
+        fan_out(runs, &mut lines).await;
+        intake_and_footprint(secs, &mut lines).await;
+        lines
+    });
+    let mut table = Table::new();
+    table.set_header(["scenario", "sever (median, p95)", "comparison", "ratio"]);
+    for l in lines {
+        table.add_row([l.scenario, l.sever, l.comparison, l.ratio]);
+    }
+    println!("{table}");
+    println!("runs per figure: {runs}; intake load: {secs} s per line, 64 clients");
+}

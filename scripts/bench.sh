@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the benchmarks (issue 7) and prints one table: rotation-to-clean latency against the
+# SQL floor and the per-pid psql script, fan-out across targets, intake throughput, and
+# footprint. Builds the release binary it drives; starts its own throwaway PostgreSQL
+# clusters (temp dirs, free ports) and removes them. Figures, not pass/fail.
+#   SEVER_BENCH_RUNS=7 SEVER_BENCH_INTAKE_SECS=5 scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/lib/servers.sh
+command -v psql >/dev/null || { echo "error: psql (the per-pid script's client) not found" >&2; exit 1; }
+
+cargo build --release --locked --bin sever
+SEVER_BIN="$PWD/target/release/sever" cargo bench --locked --bench bench
