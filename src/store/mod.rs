@@ -87,6 +87,15 @@ impl Store {
             .connect(url)
             .await
             .map_err(StoreError::Connect)?;
+        if backend == Backend::Sqlite {
+            // Write-ahead logging: one fsync per commit instead of several (synchronous stays
+            // FULL, so a commit is still durable), and readers (the CLI, audit exports) no
+            // longer block the writer. The mode is stored in the file, so this sticks.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await
+                .map_err(StoreError::Connect)?;
+        }
         match backend {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
