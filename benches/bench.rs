@@ -162,7 +162,10 @@ impl Sever {
             {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "sever never became ready");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "sever never became ready"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         Self {
@@ -180,7 +183,11 @@ impl Sever {
         let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
         let ts = chrono::Utc::now().timestamp();
         let signature = sever::intake::webhook::sign(secret, &id, ts, &body).unwrap();
-        let path = if wait { "/v1/events?wait=true" } else { "/v1/events" };
+        let path = if wait {
+            "/v1/events?wait=true"
+        } else {
+            "/v1/events"
+        };
         let r = self
             .client
             .post(format!("{}{path}", self.base))
@@ -263,7 +270,11 @@ async fn rotation_to_clean(runs: usize, lines: &mut Vec<Line>) {
             let sessions = open(&pg, "app", n).await;
             let t = Instant::now();
             let (status, report) = sever
-                .event(&json!({"credential": "orders", "kind": "revoked"}), true, SECRET)
+                .event(
+                    &json!({"credential": "orders", "kind": "revoked"}),
+                    true,
+                    SECRET,
+                )
                 .await;
             with_sever.push(t.elapsed());
             assert_eq!(status, 200, "{report}");
@@ -313,19 +324,33 @@ async fn rotation_to_clean(runs: usize, lines: &mut Vec<Line>) {
             scenario: format!("1. rotation-to-clean, N={n}"),
             sever: s.show(),
             comparison: format!("per-pid psql script: {}", p.show()),
-            ratio: format!("{:.0}x faster", p.median.as_secs_f64() / s.median.as_secs_f64()),
+            ratio: format!(
+                "{:.0}x faster",
+                p.median.as_secs_f64() / s.median.as_secs_f64()
+            ),
         });
     }
 }
 
 fn psql(pg: &TestPostgres, sql: &str) -> String {
     let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", "sever_admin"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "sever_admin",
+        ])
         .args(["-d", "postgres", "-At", "-c", sql])
         .env("PGPASSWORD", ADMIN_PASSWORD)
         .output()
         .expect("psql");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -347,14 +372,18 @@ async fn fan_out(runs: usize, lines: &mut Vec<Line>) {
     let mut credentials = String::new();
     for j in 0..16 {
         let pg = &clusters[j % 4];
-        pg.exec(&format!("CREATE ROLE app{j} LOGIN PASSWORD 'pw'")).await;
+        pg.exec(&format!("CREATE ROLE app{j} LOGIN PASSWORD 'pw'"))
+            .await;
         targets.push_str(&target(&format!("t{j}"), pg));
     }
     for k in [1usize, 4, 16] {
         let logins: Vec<String> = (0..k)
             .map(|j| format!("{{ target = \"t{j}\", login = \"app{j}\" }}"))
             .collect();
-        credentials.push_str(&format!("[credentials.fan{k}]\nlogins = [{}]\n", logins.join(", ")));
+        credentials.push_str(&format!(
+            "[credentials.fan{k}]\nlogins = [{}]\n",
+            logins.join(", ")
+        ));
     }
     let sever = Sever::start(&targets, &credentials).await;
     let mut one = Duration::ZERO;
@@ -367,7 +396,11 @@ async fn fan_out(runs: usize, lines: &mut Vec<Line>) {
             }
             let t = Instant::now();
             let (status, report) = sever
-                .event(&json!({"credential": format!("fan{k}"), "kind": "revoked"}), true, SECRET)
+                .event(
+                    &json!({"credential": format!("fan{k}"), "kind": "revoked"}),
+                    true,
+                    SECRET,
+                )
                 .await;
             samples.push(t.elapsed());
             assert_eq!(status, 200, "{report}");
@@ -380,8 +413,16 @@ async fn fan_out(runs: usize, lines: &mut Vec<Line>) {
         lines.push(Line {
             scenario: format!("2. fan-out, {k} target(s) x {PER_TARGET} sessions"),
             sever: s.show(),
-            comparison: if k == 1 { "-".into() } else { "1 target".into() },
-            ratio: if k == 1 { "1.00x".into() } else { ratio(s.median, one) },
+            comparison: if k == 1 {
+                "-".into()
+            } else {
+                "1 target".into()
+            },
+            ratio: if k == 1 {
+                "1.00x".into()
+            } else {
+                ratio(s.median, one)
+            },
         });
     }
 }
@@ -403,7 +444,11 @@ async fn intake_and_footprint(secs: u64, lines: &mut Vec<Line>) {
     let sever = Arc::new(sever);
     for (label, secret, expect) in [
         ("3. intake: signed events accepted", SECRET, 202u16),
-        ("3. intake: bad signatures rejected", "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 401),
+        (
+            "3. intake: bad signatures rejected",
+            "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            401,
+        ),
     ] {
         let (rate, mut latencies, wrong) = load(&sever, secret, expect, secs).await;
         let l = Stats::of(&mut latencies);
@@ -434,7 +479,12 @@ async fn intake_and_footprint(secs: u64, lines: &mut Vec<Line>) {
 }
 
 /// Sends events from 64 concurrent clients for `secs`; rate, latencies, wrong answers.
-async fn load(sever: &Arc<Sever>, secret: &'static str, expect: u16, secs: u64) -> (f64, Vec<Duration>, usize) {
+async fn load(
+    sever: &Arc<Sever>,
+    secret: &'static str,
+    expect: u16,
+    secs: u64,
+) -> (f64, Vec<Duration>, usize) {
     let stop = Instant::now() + Duration::from_secs(secs);
     let wrong = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -446,7 +496,11 @@ async fn load(sever: &Arc<Sever>, secret: &'static str, expect: u16, secs: u64) 
             while Instant::now() < stop {
                 let t = Instant::now();
                 let (status, _) = sever
-                    .event(&json!({"credential": "noop", "kind": "rotated"}), false, secret)
+                    .event(
+                        &json!({"credential": "noop", "kind": "rotated"}),
+                        false,
+                        secret,
+                    )
                     .await;
                 latencies.push(t.elapsed());
                 if status != expect {

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::audit::{AuditError, Entry, Kind};
 use crate::config::{Config, SweepConfig};
@@ -95,7 +96,7 @@ pub async fn execute(
     actor: &str,
 ) -> Result<ActionReport, PipelineError> {
     let work = plan.scope.map(Work::Terminate);
-    carry_out(ctx, plan, actor, work).await
+    carry_out(ctx, plan, actor, work, None).await
 }
 
 /// The sweep settings of `target`, or why it cannot be swept.
@@ -149,7 +150,9 @@ pub async fn sweep(
     actor: &str,
 ) -> Result<ActionReport, PipelineError> {
     let (plan, work) = sweep_plan(&ctx.config, target, dry_run)?;
-    carry_out(ctx, plan, actor, Some(work)).await
+    // The next sweep is the retry: a sweep of a down target is not retried past it.
+    let retry_for = sweep_config(&ctx.config, target)?.interval;
+    carry_out(ctx, plan, actor, Some(work), Some(retry_for)).await
 }
 
 /// What each step of a plan does on its target.
@@ -172,6 +175,7 @@ async fn carry_out(
     plan: Plan,
     actor: &str,
     work: Option<Work>,
+    retry_for: Option<Duration>,
 ) -> Result<ActionReport, PipelineError> {
     let action_id = plan.action_id;
     let submission = Submission {
@@ -180,6 +184,7 @@ async fn carry_out(
         actor: actor.to_owned(),
         claims: Vec::new(),
         before: Vec::new(),
+        retry_for,
     };
     ctx.queue.submit(&ctx.audit, &submission).await?;
     let termination = &ctx.config.termination;

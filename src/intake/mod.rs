@@ -183,6 +183,7 @@ impl AppState {
                 Some(action_id),
                 accepted.clone(),
             )],
+            retry_for: None,
         };
         match self.ctx.queue.submit(&self.ctx.audit, &submission).await {
             Ok(Submitted::Accepted(action_id)) => {

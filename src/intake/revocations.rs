@@ -38,6 +38,7 @@ pub async fn post_revocation(
         actor,
         claims: Vec::new(),
         before: Vec::new(),
+        retry_for: None,
     };
     match state.ctx.queue.submit(&state.ctx.audit, &submission).await {
         Ok(Submitted::Accepted(action_id)) => state.finished(action_id).await,

@@ -60,6 +60,8 @@ pub struct Submission {
     pub claims: Vec<String>,
     /// Records written before `action.planned` (e.g. `event.accepted`).
     pub before: Vec<Entry>,
+    /// How long failing targets are retried, if not `[queue] retry_for`.
+    pub retry_for: Option<Duration>,
 }
 
 /// What became of a submission.
@@ -229,7 +231,7 @@ impl Queue {
         audit: &Audit,
         submission: &Submission,
     ) -> Result<Submitted, QueueError> {
-        let deadline = later(self.config.retry_for);
+        let deadline = later(submission.retry_for.unwrap_or(self.config.retry_for));
         let submitted = audit
             .transact(&SubmitTx {
                 submission,
@@ -906,6 +908,7 @@ mod tests {
             actor: "tester".into(),
             claims: claims.iter().map(|c| (*c).to_string()).collect(),
             before: Vec::new(),
+            retry_for: None,
         }
     }
 
