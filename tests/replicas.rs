@@ -23,13 +23,45 @@ use serde_json::{Value, json};
 use sever::audit::{Audit, AuditRecord, ListFilter};
 use sever::intake::webhook::sign;
 use support::pg::TestPostgres;
-use support::sever::{SECRET, TOKEN, TestServer, Workspace, cli, create_admin, now, stdout};
+use support::sever::{
+    ADMIN_PASSWORD, SECRET, TOKEN, TestServer, Workspace, cli, create_admin, now, stdout,
+};
 use support::vault::VaultStandIn;
 
 const STORE_PASSWORD: &str = "severstorepw";
 const APP_PASSWORD: &str = "pw0";
 /// Upper bound for everything accepted to be carried out; fails clearly, never paces.
 const SETTLE: Duration = Duration::from_secs(90);
+
+/// `password` as a SCRAM-SHA-256 secret of one PBKDF2 iteration, for `PASSWORD '…'`.
+/// PostgreSQL keeps a pre-hashed secret as given, and the client then derives its key with
+/// one iteration instead of 4096: in a debug build those cost ~70 ms of CPU per connection,
+/// which for the ~200 connections here would be most of the test's time on two cores.
+fn cheap_scram(password: &str) -> String {
+    use base64::Engine;
+    use hmac::{KeyInit, Mac};
+    use sha2::Digest;
+    let hmac = |key: &[u8], data: &[u8]| {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    };
+    let salt: [u8; 16] = rand::random();
+    // Hi(password, salt, 1) = HMAC(password, salt || INT(1)).
+    let salted = hmac(
+        password.as_bytes(),
+        &[&salt[..], &1u32.to_be_bytes()].concat(),
+    );
+    let stored_key = sha2::Sha256::digest(hmac(&salted, b"Client Key"));
+    let server_key = hmac(&salted, b"Server Key");
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    format!(
+        "SCRAM-SHA-256$1:{}${}:{}",
+        b64(&salt),
+        b64(&stored_key),
+        b64(&server_key)
+    )
+}
 
 /// The store cluster (with sever's own login and database) and the target cluster (with
 /// sever's admin login), started side by side.
@@ -39,13 +71,20 @@ async fn clusters() -> (TestPostgres, TestPostgres) {
     let (store, target) = (store.await.unwrap(), target.await.unwrap());
     store
         .exec(&format!(
-            "CREATE ROLE sever_store LOGIN PASSWORD '{STORE_PASSWORD}'"
+            "CREATE ROLE sever_store LOGIN PASSWORD '{}'",
+            cheap_scram(STORE_PASSWORD)
         ))
         .await;
     store
         .exec("CREATE DATABASE sever_store OWNER sever_store")
         .await;
     create_admin(&target).await;
+    target
+        .exec(&format!(
+            "ALTER ROLE sever_admin PASSWORD '{}'",
+            cheap_scram(ADMIN_PASSWORD)
+        ))
+        .await;
     (store, target)
 }
 
@@ -67,7 +106,10 @@ async fn logins_with_sessions(
 ) -> BTreeMap<String, Vec<i32>> {
     let create: String = wanted
         .iter()
-        .map(|(login, _)| format!("CREATE ROLE {login} LOGIN PASSWORD '{APP_PASSWORD}';"))
+        .map(|(login, _)| {
+            let secret = cheap_scram(APP_PASSWORD);
+            format!("CREATE ROLE {login} LOGIN PASSWORD '{secret}';")
+        })
         .collect();
     pg.exec(&create).await;
     futures_util::stream::iter(wanted)
@@ -506,6 +548,7 @@ async fn three_replicas_on_one_store_carry_out_each_event_exactly_once() {
         let (status, body) = answer(response).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["status"], "completed", "{body}");
+        assert_eq!(body["steps"].as_array().unwrap().len(), 1, "{body}");
         let step = &body["steps"][0];
         assert_eq!(
             (&step["state"], &step["leased_by"]),
@@ -703,19 +746,25 @@ async fn a_store_restart_under_load_loses_no_accepted_event_and_runs_none_twice(
     let client = reqwest::Client::new();
     await_readiness(&client, &server, StatusCode::OK, Duration::from_secs(10)).await;
 
-    // A steady stream: each sender takes the next event, delivers it, pauses briefly.
+    // A steady stream: each sender takes the next event, delivers it, pauses briefly. Its
+    // second half waits for the store to be down, so that it certainly meets the outage.
     let next = Arc::new(AtomicUsize::new(0));
     let accepted = Arc::new(AtomicUsize::new(0));
+    let (went_down, is_down) = tokio::sync::watch::channel(false);
     let senders: Vec<_> = (0..SENDERS)
         .map(|_| {
             let (client, url) = (client.clone(), server.url("/v1/events"));
             let (next, accepted) = (next.clone(), accepted.clone());
+            let mut is_down = is_down.clone();
             tokio::spawn(async move {
                 let mut done = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= STREAM {
                         return done;
+                    }
+                    if i >= STREAM / 2 {
+                        is_down.wait_for(|down| *down).await.unwrap();
                     }
                     done.push(deliver(&client, &url, i).await);
                     accepted.fetch_add(1, Ordering::SeqCst);
@@ -738,10 +787,11 @@ async fn a_store_restart_under_load_loses_no_accepted_event_and_runs_none_twice(
     for d in &burst {
         assert!(d.failed.is_empty(), "the store was up: {d:?}");
     }
-    let down_at = Instant::now();
     let stopped_at = chrono::Utc::now();
     let s = store.clone();
     tokio::task::spawn_blocking(move || s.stop()).await.unwrap();
+    let down_at = Instant::now();
+    went_down.send(true).unwrap();
     await_readiness(&client, &server, StatusCode::SERVICE_UNAVAILABLE, OUTAGE).await;
     tokio::time::sleep(OUTAGE.saturating_sub(down_at.elapsed())).await;
     let s = store.clone();
