@@ -648,9 +648,15 @@ impl Transaction for SubmitTx<'_> {
                         .bind(key)
                         .fetch_one(&mut **tx)
                         .await?;
+                let action_id: String = row.try_get("action_id")?;
+                // Taken by this very action: an earlier run of this transaction committed
+                // although its commit reported an error, and `Audit::transact` ran it again.
+                if action_id == id {
+                    return Ok(Decision::Rollback(Submitted::Accepted(plan.action_id)));
+                }
                 return Ok(Decision::Rollback(Submitted::Duplicate {
                     index,
-                    action_id: row.try_get("action_id")?,
+                    action_id,
                 }));
             }
         }
@@ -1108,5 +1114,63 @@ mod tests {
                 "attempt {attempts}: {b:?} vs {full:?}"
             );
         }
+    }
+
+    /// `Audit::transact` runs a transaction again when its commit reports an error, and the
+    /// commit may have gone through all the same (the store's connection died before the
+    /// answer, as when the store is restarted). The second run of a submission must then
+    /// answer that it was accepted: claims taken by this very action are not a replay.
+    #[tokio::test]
+    async fn a_submission_run_again_after_it_committed_is_accepted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("q.db").display());
+        let store = Store::connect(&SecretString::from(url)).await.unwrap();
+        let audit = Audit::new(store.clone());
+        let queue = Queue::new(store, "test".into(), QueueConfig::default());
+        let plan = Plan {
+            action_id: Uuid::now_v7(),
+            origin: Origin::Revocation {
+                login: "app".into(),
+            },
+            scope: Some(Scope::All),
+            dry_run: false,
+            reason: None,
+            cutoff_defaulted: false,
+            steps: vec![Step {
+                target: "main".into(),
+                logins: vec!["app".into()],
+                protected: Default::default(),
+            }],
+        };
+        let submission = Submission {
+            plan: plan.clone(),
+            work: Some(Work::Terminate(Scope::All)),
+            actor: "webhook".into(),
+            claims: vec!["webhook:msg_1".into()],
+            before: Vec::new(),
+            retry_for: None,
+        };
+        let accepted = Submitted::Accepted(plan.action_id);
+        assert_eq!(queue.submit(&audit, &submission).await.unwrap(), accepted);
+        assert_eq!(queue.submit(&audit, &submission).await.unwrap(), accepted);
+        let planned = audit
+            .list(&crate::audit::ListFilter {
+                kind: Some("action.planned".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(planned.len(), 1, "stored and audited once");
+
+        // Another action claiming the same key is still a duplicate of the first.
+        let mut other = submission.clone();
+        other.plan.action_id = Uuid::now_v7();
+        assert_eq!(
+            queue.submit(&audit, &other).await.unwrap(),
+            Submitted::Duplicate {
+                index: 0,
+                action_id: plan.action_id.to_string(),
+            }
+        );
     }
 }
