@@ -79,6 +79,10 @@ impl Store {
             other => return Err(StoreError::Scheme(other.to_owned())),
         };
         let pool = AnyPoolOptions::new()
+            // Fail fast when the store is down, well within a request's time limit: the
+            // sender gets `503 unavailable` (nothing accepted) and retries, instead of
+            // waiting for sqlx's 30 s default and a timeout.
+            .acquire_timeout(std::time::Duration::from_secs(5))
             .max_connections(match backend {
                 // SQLite has one writer; more connections only add lock contention.
                 Backend::Sqlite => 4,
