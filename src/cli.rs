@@ -333,7 +333,7 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
     let secrets = config.webhook_secrets()?;
     Verifier::new(&secrets, config.webhooks.tolerance)?;
     config.store.url.load("store.url")?;
-    CheckpointKey::load(&config.audit)?;
+    CheckpointKey::load_all(&config.audit)?;
     for (id, target) in &config.targets {
         target.url.load(&format!("targets.{id}.url"))?;
     }
@@ -418,6 +418,7 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
         "audit": {
             "checkpoint_interval": humantime::format_duration(config.audit.checkpoint_interval).to_string(),
             "checkpoint_key": config.audit.checkpoint_key.as_ref().map(redacted),
+            "checkpoint_previous_keys": config.audit.checkpoint_previous_keys.iter().map(redacted).collect::<Vec<_>>(),
             "checkpoint_file": config.audit.checkpoint_file,
         },
         "webhooks": {
@@ -700,7 +701,7 @@ fn snake_case(value: &impl serde::Serialize) -> String {
 
 async fn audit(config: Config, command: AuditCommand) -> Result<ExitCode, CliError> {
     // Load the key before touching the store, so a bad key fails fast.
-    let key = CheckpointKey::load(&config.audit)?;
+    let keys = CheckpointKey::load_all(&config.audit)?;
     let ctx = Context::build(config).await?;
     let mut out = std::io::stdout().lock();
     match command {
@@ -710,7 +711,7 @@ async fn audit(config: Config, command: AuditCommand) -> Result<ExitCode, CliErr
             checkpoints,
         } => {
             let options = VerifyOptions {
-                key,
+                keys,
                 max_checkpoint_age,
                 checkpoint_file: checkpoints,
                 now: None,

@@ -96,28 +96,37 @@ impl Checkpoint {
         };
     }
 
-    /// Checks `mac`; `Err` says why it does not check out.
-    fn check(&self, key: Option<&CheckpointKey>) -> Result<(), String> {
-        match (self.alg.as_str(), key) {
-            (KEYED, Some(key)) => {
-                let presented = hex::decode(&self.mac).map_err(|_| "its MAC is not hex")?;
-                // `verify_slice` compares in constant time.
-                key.mac(&self.message())
-                    .verify_slice(&presented)
-                    .map_err(|_| {
-                        "its MAC does not verify: it was forged or altered, or made with another key"
-                            .to_owned()
-                    })
+    /// Checks `mac` against any of `keys`; `Err` says why it does not check out.
+    fn check(&self, keys: &[CheckpointKey]) -> Result<(), String> {
+        match self.alg.as_str() {
+            KEYED if keys.is_empty() => {
+                Err("it is keyed, but no audit.checkpoint_key is configured".into())
             }
-            (KEYED, None) => Err("it is keyed, but no audit.checkpoint_key is configured".into()),
-            (UNKEYED, _) => {
+            KEYED => {
+                let presented = hex::decode(&self.mac).map_err(|_| "its MAC is not hex")?;
+                let message = self.message();
+                // `verify_slice` compares in constant time.
+                if keys
+                    .iter()
+                    .any(|key| key.mac(&message).verify_slice(&presented).is_ok())
+                {
+                    Ok(())
+                } else {
+                    Err(
+                        "its MAC does not verify: it was forged or altered, or made with a key \
+                         that is not configured"
+                            .into(),
+                    )
+                }
+            }
+            UNKEYED => {
                 if hex::encode(Sha256::digest(self.message().as_bytes())) == self.mac {
                     Ok(())
                 } else {
                     Err("its digest does not match its content: it was altered".into())
                 }
             }
-            (other, _) => Err(format!(
+            other => Err(format!(
                 "unknown alg {:?}",
                 other.chars().take(16).collect::<String>()
             )),
@@ -149,6 +158,21 @@ impl CheckpointKey {
                 source_name: source.describe(),
                 reason: format!("shorter than {MIN_KEY_LEN} bytes (try `openssl rand -hex 32`)"),
             })
+    }
+
+    /// The current key, then `audit.checkpoint_previous_keys`: every key verification accepts.
+    pub fn load_all(config: &AuditConfig) -> Result<Vec<Self>, ConfigError> {
+        let mut keys: Vec<Self> = Self::load(config)?.into_iter().collect();
+        for (i, source) in config.checkpoint_previous_keys.iter().enumerate() {
+            let what = format!("audit.checkpoint_previous_keys[{i}]");
+            let key = Self::new(source.load(&what)?).ok_or_else(|| ConfigError::Secret {
+                what,
+                source_name: source.describe(),
+                reason: format!("shorter than {MIN_KEY_LEN} bytes"),
+            })?;
+            keys.push(key);
+        }
+        Ok(keys)
     }
 
     /// A key from its text; `None` when it is shorter than 32 bytes.
@@ -302,9 +326,9 @@ fn decode(row: &AnyRow) -> Result<Checkpoint, sqlx::Error> {
 /// What `audit verify` checks beyond the hash chain.
 #[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
-    /// Checks keyed checkpoints' MACs; when set, every checkpoint must be keyed from the first
-    /// keyed one on, and the newest must be.
-    pub key: Option<CheckpointKey>,
+    /// Keys keyed checkpoints may be MACed with (current first). With any, every checkpoint
+    /// from the first keyed one on must be keyed, and so must the newest.
+    pub keys: Vec<CheckpointKey>,
     /// Fails when the newest checkpoint is older than this (or there is none).
     pub max_checkpoint_age: Option<Duration>,
     /// A checkpoint file kept outside the store: each of its checkpoints must be in the store.
@@ -340,7 +364,7 @@ pub struct CheckpointReport {
 /// Walks checkpoints in index order and reports every inconsistency.
 #[derive(Debug)]
 pub(super) struct CheckpointVerifier<'k> {
-    key: Option<&'k CheckpointKey>,
+    keys: &'k [CheckpointKey],
     prev: Option<Checkpoint>,
     seen_keyed: bool,
     unverifiable: u64,
@@ -352,9 +376,9 @@ pub(super) struct CheckpointVerifier<'k> {
 
 impl<'k> CheckpointVerifier<'k> {
     /// A verifier; `keep_macs` when a checkpoint file will be compared afterwards.
-    pub(super) fn new(key: Option<&'k CheckpointKey>, keep_macs: bool) -> Self {
+    pub(super) fn new(keys: &'k [CheckpointKey], keep_macs: bool) -> Self {
         Self {
-            key,
+            keys,
             prev: None,
             seen_keyed: false,
             unverifiable: 0,
@@ -374,9 +398,9 @@ impl<'k> CheckpointVerifier<'k> {
 
     /// MAC and key rules shared by store and file checkpoints.
     fn check_mac(&mut self, cp: &Checkpoint, place: &str) {
-        if cp.alg == KEYED && self.key.is_none() {
+        if cp.alg == KEYED && self.keys.is_empty() {
             self.unverifiable += 1;
-        } else if let Err(why) = cp.check(self.key) {
+        } else if let Err(why) = cp.check(self.keys) {
             self.problem(Some(cp.index), format!("{place}{why}"));
         }
     }
@@ -387,7 +411,7 @@ impl<'k> CheckpointVerifier<'k> {
         let at = Some(cp.index);
         self.report.checked += 1;
         self.check_mac(&cp, "");
-        if self.key.is_some() {
+        if !self.keys.is_empty() {
             if cp.alg == KEYED {
                 self.seen_keyed = true;
             } else if self.seen_keyed {
@@ -553,7 +577,7 @@ impl<'k> CheckpointVerifier<'k> {
         }
         let newest = self.prev.take();
         if let Some(newest) = &newest {
-            if self.key.is_some() && newest.alg != KEYED {
+            if !self.keys.is_empty() && newest.alg != KEYED {
                 self.problem(
                     Some(newest.index),
                     "the newest checkpoint is unkeyed though audit.checkpoint_key is configured: \
@@ -720,7 +744,7 @@ impl Audit {
         head_seq: i64,
     ) -> Result<CheckpointReport, AuditError> {
         let mut verifier =
-            CheckpointVerifier::new(options.key.as_ref(), options.checkpoint_file.is_some());
+            CheckpointVerifier::new(&options.keys, options.checkpoint_file.is_some());
         let mut after = 0i64;
         loop {
             // Each checkpoint with the hash of the record it covers, if that still exists.
@@ -803,7 +827,7 @@ mod tests {
 
     fn options(key: Option<&CheckpointKey>) -> VerifyOptions {
         VerifyOptions {
-            key: key.cloned(),
+            keys: key.into_iter().cloned().collect(),
             ..Default::default()
         }
     }
@@ -846,25 +870,27 @@ mod tests {
         };
         cp.seal(Some(&key("a")));
         assert_eq!(cp.alg, KEYED);
-        cp.check(Some(&key("a"))).unwrap();
-        assert!(cp.check(Some(&key("b"))).unwrap_err().contains("MAC"));
+        cp.check(&[key("a")]).unwrap();
+        assert!(cp.check(&[key("b")]).unwrap_err().contains("MAC"));
+        // After a key rotation the previous key still verifies what it made.
+        cp.check(&[key("b"), key("a")]).unwrap();
         assert!(
-            cp.check(None)
+            cp.check(&[])
                 .unwrap_err()
                 .contains("no audit.checkpoint_key")
         );
         let mut moved = cp.clone();
         moved.head_seq = 2;
-        assert!(moved.check(Some(&key("a"))).is_err());
+        assert!(moved.check(&[key("a")]).is_err());
         // Relabelling a keyed checkpoint as unkeyed does not make it check out.
         let mut relabelled = cp.clone();
         relabelled.alg = UNKEYED.into();
-        assert!(relabelled.check(None).is_err());
+        assert!(relabelled.check(&[]).is_err());
 
         cp.seal(None);
         assert_eq!(cp.alg, UNKEYED);
-        cp.check(None).unwrap();
-        cp.check(Some(&key("a"))).unwrap();
+        cp.check(&[]).unwrap();
+        cp.check(&[key("a")]).unwrap();
     }
 
     #[tokio::test]
@@ -938,7 +964,7 @@ mod tests {
         assert!(problems(&audit, &options(Some(&k))).await.is_empty());
         let written_at = DateTime::parse_from_rfc3339(&first.at).unwrap().to_utc();
         let stale = VerifyOptions {
-            key: Some(k.clone()),
+            keys: vec![k.clone()],
             max_checkpoint_age: Some(Duration::from_secs(180)),
             now: Some(written_at + chrono::Duration::seconds(600)),
             ..Default::default()
@@ -1016,7 +1042,7 @@ mod tests {
         append(&audit, 2).await;
         writer.write(&audit).await.unwrap();
         let with_file = VerifyOptions {
-            key: Some(k.clone()),
+            keys: vec![k.clone()],
             checkpoint_file: Some(file.clone()),
             ..Default::default()
         };

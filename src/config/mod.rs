@@ -330,6 +330,8 @@ pub struct AuditConfig {
     pub checkpoint_interval: Duration,
     /// HMAC-SHA256 key (at least 32 bytes); without it checkpoints are unkeyed.
     pub checkpoint_key: Option<SecretRef>,
+    /// Earlier keys, so checkpoints made before a key rotation still verify.
+    pub checkpoint_previous_keys: Vec<SecretRef>,
     /// File every checkpoint is also appended to as a JSON line (keep it off the store).
     pub checkpoint_file: Option<PathBuf>,
 }
@@ -339,6 +341,7 @@ impl Default for AuditConfig {
         Self {
             checkpoint_interval: Duration::from_secs(60),
             checkpoint_key: None,
+            checkpoint_previous_keys: Vec::new(),
             checkpoint_file: None,
         }
     }
@@ -655,6 +658,12 @@ impl Config {
             return Err(invalid(
                 "audit.checkpoint_interval".into(),
                 "must be at least 1s",
+            ));
+        }
+        if self.audit.checkpoint_key.is_none() && !self.audit.checkpoint_previous_keys.is_empty() {
+            return Err(invalid(
+                "audit.checkpoint_previous_keys".into(),
+                "needs audit.checkpoint_key, the key new checkpoints are made with",
             ));
         }
         if self.server.max_body_bytes == 0 {
@@ -974,6 +983,8 @@ mod tests {
                 .iter()
                 .any(|w| w.contains("audit.checkpoint_key"))
         );
+        let orphan = format!("{GOOD}\n[audit]\ncheckpoint_previous_keys = [{{ env = \"K\" }}]\n");
+        assert!(err(&orphan).contains("audit.checkpoint_previous_keys"));
         let e = err(&format!("{GOOD}\n[audit]\ncheckpoint_interval = \"0s\"\n"));
         assert!(e.contains("audit.checkpoint_interval"), "{e}");
         assert!(
