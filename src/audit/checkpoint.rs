@@ -207,8 +207,19 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// A writer with the configured key and checkpoint file.
+    /// A writer with the configured key and checkpoint file (which must be appendable).
     pub fn from_config(config: &AuditConfig) -> Result<Self, ConfigError> {
+        if let Some(path) = &config.checkpoint_file {
+            // Fail at start-up rather than at every checkpoint.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| ConfigError::Invalid {
+                    path: "audit.checkpoint_file".into(),
+                    reason: format!("cannot append to {}: {e}", path.display()),
+                })?;
+        }
         Ok(Self::new(
             CheckpointKey::load(config)?,
             config.checkpoint_file.clone(),
@@ -1083,6 +1094,16 @@ mod tests {
             audit.verify_with(&missing).await,
             Err(AuditError::CheckpointFile { .. })
         ));
+    }
+
+    #[test]
+    fn an_unwritable_checkpoint_file_is_a_config_error() {
+        let config = AuditConfig {
+            checkpoint_file: Some("/nonexistent-dir/checkpoints.jsonl".into()),
+            ..Default::default()
+        };
+        let e = Writer::from_config(&config).unwrap_err().to_string();
+        assert!(e.contains("audit.checkpoint_file"), "{e}");
     }
 
     #[tokio::test]
