@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde_json::{Value, json};
 
-use crate::audit::{AuditError, ListFilter};
+use crate::audit::{AuditError, CheckpointKey, ListFilter, VerifyOptions, VerifyReport, Writer};
 use crate::config::{Config, ConfigError};
 use crate::context::{Context, ContextError};
 use crate::intake::operator::new_token;
@@ -203,12 +203,23 @@ pub struct SweepArgs {
 /// `sever audit …`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain; exit code 2 names a broken trail.
+    /// Check the hash chain and the checkpoints; exit code 2 names a broken trail.
     Verify {
         /// Print the JSON report.
         #[arg(long)]
         json: bool,
+        /// Fail when the newest checkpoint is older than this (e.g. `3m`), or there is none:
+        /// checkpoints stopped being written, or the newest were deleted with the records.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        max_checkpoint_age: Option<std::time::Duration>,
+        /// A checkpoint file kept outside the store (`audit.checkpoint_file`): every checkpoint
+        /// in it must be in the store, so a store rolled back wholesale is detected.
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Option<PathBuf>,
     },
+    /// Write a checkpoint of the trail's head now, as the server does every
+    /// `audit.checkpoint_interval` (for deployments without a running server).
+    Checkpoint,
     /// Show recent records.
     List {
         /// Only this action's records.
@@ -322,6 +333,7 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
     let secrets = config.webhook_secrets()?;
     Verifier::new(&secrets, config.webhooks.tolerance)?;
     config.store.url.load("store.url")?;
+    CheckpointKey::load_all(&config.audit)?;
     for (id, target) in &config.targets {
         target.url.load(&format!("targets.{id}.url"))?;
     }
@@ -403,6 +415,12 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
             "max_body_bytes": config.server.max_body_bytes,
         },
         "store": config.store.url.describe(),
+        "audit": {
+            "checkpoint_interval": humantime::format_duration(config.audit.checkpoint_interval).to_string(),
+            "checkpoint_key": config.audit.checkpoint_key.as_ref().map(redacted),
+            "checkpoint_previous_keys": config.audit.checkpoint_previous_keys.iter().map(redacted).collect::<Vec<_>>(),
+            "checkpoint_file": config.audit.checkpoint_file,
+        },
         "webhooks": {
             "secrets": config.webhooks.secrets.iter().map(redacted).collect::<Vec<_>>(),
             "tolerance": humantime::format_duration(config.webhooks.tolerance).to_string(),
@@ -682,29 +700,28 @@ fn snake_case(value: &impl serde::Serialize) -> String {
 }
 
 async fn audit(config: Config, command: AuditCommand) -> Result<ExitCode, CliError> {
+    // Load the key before touching the store, so a bad key fails fast.
+    let keys = CheckpointKey::load_all(&config.audit)?;
     let ctx = Context::build(config).await?;
     let mut out = std::io::stdout().lock();
     match command {
-        AuditCommand::Verify { json } => {
-            let report = ctx.audit.verify().await?;
+        AuditCommand::Verify {
+            json,
+            max_checkpoint_age,
+            checkpoints,
+        } => {
+            let options = VerifyOptions {
+                keys,
+                max_checkpoint_age,
+                checkpoint_file: checkpoints,
+                now: None,
+            };
+            let report = ctx.audit.verify_with(&options).await?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from)?;
                 writeln!(out)?;
-            } else if report.ok {
-                writeln!(
-                    out,
-                    "audit trail OK: {} records, last hash {}",
-                    report.records, report.last_hash
-                )?;
             } else {
-                writeln!(
-                    out,
-                    "audit trail BROKEN ({} records checked):",
-                    report.records
-                )?;
-                for p in &report.problems {
-                    writeln!(out, "  record seq {} (id {}): {}", p.seq, p.id, p.what)?;
-                }
+                print_verify(&mut out, &report)?;
             }
             Ok(if report.ok {
                 ExitCode::SUCCESS
@@ -755,6 +772,20 @@ async fn audit(config: Config, command: AuditCommand) -> Result<ExitCode, CliErr
             }
             Ok(ExitCode::SUCCESS)
         }
+        AuditCommand::Checkpoint => {
+            let mut writer = Writer::from_config(&ctx.config.audit)?;
+            let written = writer.write(&ctx.audit).await?;
+            for what in &written.tampering {
+                eprintln!("warning: {what}");
+            }
+            let cp = written.checkpoint;
+            writeln!(
+                out,
+                "checkpoint {} ({}): records up to seq {}, hash {}",
+                cp.index, cp.alg, cp.head_seq, cp.head_hash
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         AuditCommand::Export { jsonl: _, output } => {
             let n = match output {
                 Some(path) => {
@@ -766,5 +797,52 @@ async fn audit(config: Config, command: AuditCommand) -> Result<ExitCode, CliErr
             eprintln!("exported {n} records");
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The human-readable verification result: every problem, or what was checked.
+fn print_verify(out: &mut impl Write, report: &VerifyReport) -> std::io::Result<()> {
+    let cps = &report.checkpoints;
+    if report.ok {
+        writeln!(
+            out,
+            "audit trail OK: {} records, last hash {}",
+            report.records, report.last_hash
+        )?;
+    } else {
+        writeln!(
+            out,
+            "audit trail BROKEN ({} records, {} checkpoints checked):",
+            report.records, cps.checked
+        )?;
+        for p in &report.problems {
+            writeln!(out, "  record seq {} (id {}): {}", p.seq, p.id, p.what)?;
+        }
+        for p in &cps.problems {
+            match p.index {
+                Some(index) => writeln!(out, "  checkpoint {index}: {}", p.what)?,
+                None => writeln!(out, "  checkpoints: {}", p.what)?,
+            }
+        }
+    }
+    match &cps.newest {
+        Some(newest) => writeln!(
+            out,
+            "checkpoints: {} checked{}; newest {} at {} covers seq {}; {} newer record(s) not yet covered",
+            cps.checked,
+            if cps.anchored > 0 {
+                format!(", {} from the checkpoint file", cps.anchored)
+            } else {
+                String::new()
+            },
+            newest.index,
+            newest.at,
+            newest.head_seq,
+            cps.uncovered_records
+        ),
+        None => writeln!(
+            out,
+            "checkpoints: none, so truncation of the tail cannot be detected"
+        ),
     }
 }

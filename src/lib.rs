@@ -119,6 +119,7 @@ pub async fn run_with(
         tracing::warn!("{warning}");
     }
     let background = CancellationToken::new();
+    tracker.spawn(audit::checkpoint_writer(ctx.clone(), background.clone())?);
     let termination = &ctx.config.termination;
     // A step is bounded by the termination timeouts; allow that long to finish at shutdown.
     let drain = termination.timeout + termination.verify_timeout + Duration::from_secs(5);

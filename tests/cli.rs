@@ -338,3 +338,137 @@ async fn the_cli_and_a_busy_server_keep_one_audit_chain() {
     // Per event: accepted, planned, completed. Per dry run: planned, completed.
     assert_eq!(report["records"], 20 * 3 + 3 * 2, "{report}");
 }
+
+/// A server and the CLI write checkpoints to `store_url`; truncating the trail's tail is then
+/// named by `audit verify` (exit code 2), and deleting the covering checkpoints as well is
+/// named against the checkpoint file.
+async fn truncation_of_the_tail_is_detected(ws: &Workspace, store_url: &str) {
+    let anchor = ws.path("checkpoints.jsonl");
+    let key = ws.secret_file("checkpoint.key", &"k".repeat(40));
+    // An hour apart: only the server's start and stop checkpoints are written here.
+    let config = ws.write_config(&format!(
+        "{}[audit]\ncheckpoint_interval = \"1h\"\ncheckpoint_key = {{ file = {key} }}\n\
+         checkpoint_file = {anchor:?}\n",
+        ws.base_config()
+            .replace(&ws.store_url(), &format!("{store_url:?}")),
+    ));
+    let server = support::sever::TestServer::start(&config).await;
+    // Each refused event is a record.
+    for _ in 0..3 {
+        let event = serde_json::json!({"credential": "nope", "kind": "rotated"});
+        let (status, _) = server.event(&event).await;
+        assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    server.stop().await;
+    let out = cli(&config, &["audit", "checkpoint"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("checkpoint 3 (hmac-sha256): records up to seq 3"),
+        "{}",
+        stdout(&out)
+    );
+
+    let verify_all = [
+        "audit",
+        "verify",
+        "--max-checkpoint-age",
+        "1h",
+        "--checkpoints",
+        anchor.to_str().unwrap(),
+    ];
+    let out = cli(&config, &verify_all);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("audit trail OK: 3 records"));
+    assert!(
+        stdout(&out).contains("checkpoints: 3 checked, 3 from the checkpoint file; newest 3"),
+        "{}",
+        stdout(&out)
+    );
+
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(store_url).await.unwrap();
+    // Remove the newest record: the rest is still a perfect chain.
+    sqlx::query("DELETE FROM audit_records WHERE seq = 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = cli(&config, &["audit", "verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(sever::cli::EXIT_AUDIT_BROKEN)),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains(
+            "checkpoint 3: record seq 3, which it covers, is missing: the tail of the trail was truncated"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        !stdout(&out).contains("record seq 3 (id"),
+        "the chain itself is intact"
+    );
+
+    // Remove the checkpoints that covered it too: the store is consistent again, but the
+    // checkpoint file kept elsewhere still names what is gone.
+    sqlx::query("DELETE FROM audit_checkpoints WHERE idx > 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = cli(&config, &["audit", "verify"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let out = cli(&config, &verify_all);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(sever::cli::EXIT_AUDIT_BROKEN)),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains(
+            "checkpoint 3: it is in the checkpoint file (line 3) but not in the store: \
+             the store was rolled back or its checkpoints deleted"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    let out = cli(
+        &config,
+        &[
+            "audit",
+            "verify",
+            "--json",
+            "--checkpoints",
+            anchor.to_str().unwrap(),
+        ],
+    );
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["checkpoints"]["newest"]["index"], 1);
+    assert!(
+        report["checkpoints"]["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["index"] == 3 && p["what"].as_str().unwrap().contains("record seq 3")),
+        "{report}"
+    );
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn audit_verify_detects_a_truncated_tail_in_sqlite() {
+    let ws = Workspace::new();
+    let url = format!("sqlite://{}?mode=rwc", ws.path("sever.db").display());
+    truncation_of_the_tail_is_detected(&ws, &url).await;
+}
+
+#[tokio::test]
+async fn audit_verify_detects_a_truncated_tail_in_postgres() {
+    let pg = TestPostgres::start();
+    pg.exec("CREATE DATABASE sever_store").await;
+    let ws = Workspace::new();
+    truncation_of_the_tail_is_detected(&ws, &pg.superuser_url("sever_store")).await;
+}

@@ -4,6 +4,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::AuditRecord;
+use super::checkpoint::CheckpointReport;
 
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -108,6 +109,7 @@ impl Verifier {
             records: self.checked,
             last_hash: self.prev_hash,
             problems: self.problems,
+            checkpoints: CheckpointReport::default(),
         }
     }
 }
@@ -119,10 +121,12 @@ pub struct VerifyReport {
     pub ok: bool,
     /// Records checked.
     pub records: u64,
-    /// Hash of the last record (anchor it elsewhere to detect truncation later).
+    /// Hash of the last record.
     pub last_hash: String,
     /// Every inconsistency, in order.
     pub problems: Vec<Problem>,
+    /// What the checkpoints say (filled in by [`super::Audit::verify_with`]).
+    pub checkpoints: CheckpointReport,
 }
 
 #[cfg(test)]

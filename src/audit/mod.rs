@@ -1,6 +1,7 @@
 //! The audit trail: one record per action, hash-chained, exportable as JSON lines.
 
 mod chain;
+mod checkpoint;
 
 use std::io::Write;
 use std::time::Duration;
@@ -16,6 +17,10 @@ use uuid::Uuid;
 use crate::store::{Backend, Store, StoreError, timestamp};
 
 pub use chain::{GENESIS, Problem, VerifyReport, record_hash};
+pub use checkpoint::{
+    Checkpoint, CheckpointKey, CheckpointProblem, CheckpointReport, VerifyOptions, Writer, Written,
+    checkpoint_writer,
+};
 
 /// Failures of the audit trail.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +31,14 @@ pub enum AuditError {
     /// Writing an export failed.
     #[error("cannot write the export: {0}")]
     Io(#[from] std::io::Error),
+    /// The checkpoint file could not be read or appended to.
+    #[error("checkpoint file {path}: {source}")]
+    CheckpointFile {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 impl From<sqlx::Error> for AuditError {
@@ -377,15 +390,26 @@ impl Audit {
         }
     }
 
-    /// Checks the whole chain and names every record where it breaks.
+    /// Checks the whole chain and the checkpoints (without a key or age limit).
     pub async fn verify(&self) -> Result<VerifyReport, AuditError> {
+        self.verify_with(&VerifyOptions::default()).await
+    }
+
+    /// Checks the whole chain and names every record where it breaks, then every checkpoint
+    /// against it (see [`VerifyOptions`]).
+    pub async fn verify_with(&self, options: &VerifyOptions) -> Result<VerifyReport, AuditError> {
         let mut verifier = chain::Verifier::default();
+        let mut head_seq = 0;
         self.scan(|record| {
+            head_seq = record.seq;
             verifier.push(&record);
             Ok(())
         })
         .await?;
-        Ok(verifier.finish())
+        let mut report = verifier.finish();
+        report.checkpoints = self.verify_checkpoints(options, head_seq).await?;
+        report.ok &= report.checkpoints.problems.is_empty();
+        Ok(report)
     }
 
     /// Writes every record as one JSON line; returns how many.

@@ -4,7 +4,7 @@ mod secret;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -56,6 +56,9 @@ pub struct Config {
     /// Where audit records and service state live.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Audit trail checkpoints.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Signed-webhook intake.
     #[serde(default)]
     pub webhooks: WebhookConfig,
@@ -314,6 +317,32 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: UrlSource::Inline("sqlite://sever.db?mode=rwc".into()),
+        }
+    }
+}
+
+/// Checkpoints of the audit trail's head, so that truncating its tail is detectable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// How often a checkpoint is written, whether or not records were added.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// HMAC-SHA256 key (at least 32 bytes); without it checkpoints are unkeyed.
+    pub checkpoint_key: Option<SecretRef>,
+    /// Earlier keys, so checkpoints made before a key rotation still verify.
+    pub checkpoint_previous_keys: Vec<SecretRef>,
+    /// File every checkpoint is also appended to as a JSON line (keep it off the store).
+    pub checkpoint_file: Option<PathBuf>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval: Duration::from_secs(60),
+            checkpoint_key: None,
+            checkpoint_previous_keys: Vec::new(),
+            checkpoint_file: None,
         }
     }
 }
@@ -591,6 +620,13 @@ impl Config {
         if self.targets.is_empty() {
             warnings.push("no targets configured: nothing can be terminated".into());
         }
+        if self.audit.checkpoint_key.is_none() {
+            warnings.push(
+                "no audit.checkpoint_key configured: audit checkpoints are unkeyed, so whoever \
+                 can write the store can also rewrite them after truncating the trail"
+                    .into(),
+            );
+        }
         warnings
     }
 
@@ -616,6 +652,18 @@ impl Config {
             return Err(invalid(
                 "webhooks.replay_retention".into(),
                 "must be at least webhooks.tolerance, or a replay inside the window would pass",
+            ));
+        }
+        if self.audit.checkpoint_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "audit.checkpoint_interval".into(),
+                "must be at least 1s",
+            ));
+        }
+        if self.audit.checkpoint_key.is_none() && !self.audit.checkpoint_previous_keys.is_empty() {
+            return Err(invalid(
+                "audit.checkpoint_previous_keys".into(),
+                "needs audit.checkpoint_key, the key new checkpoints are made with",
             ));
         }
         if self.server.max_body_bytes == 0 {
@@ -912,6 +960,37 @@ mod tests {
         let config = Config::parse(text).unwrap();
         assert_eq!(config.credentials["orders-app"].logins.len(), 2);
         assert!(config.protected_on("orders-db").contains("orders_migrator"));
+        assert_eq!(config.audit.checkpoint_interval, Duration::from_secs(60));
+        assert!(config.audit.checkpoint_key.is_some() && config.audit.checkpoint_file.is_some());
+    }
+
+    #[test]
+    fn audit_checkpoints_default_to_every_minute_unkeyed_with_a_warning() {
+        let config = Config::parse(GOOD).unwrap();
+        assert_eq!(config.audit.checkpoint_interval, Duration::from_secs(60));
+        assert!(config.audit.checkpoint_key.is_none());
+        assert!(
+            config
+                .warnings()
+                .iter()
+                .any(|w| w.contains("audit.checkpoint_key"))
+        );
+        let keyed = format!("{GOOD}\n[audit]\ncheckpoint_key = {{ env = \"K\" }}\n");
+        let config = Config::parse(&keyed).unwrap();
+        assert!(
+            !config
+                .warnings()
+                .iter()
+                .any(|w| w.contains("audit.checkpoint_key"))
+        );
+        let orphan = format!("{GOOD}\n[audit]\ncheckpoint_previous_keys = [{{ env = \"K\" }}]\n");
+        assert!(err(&orphan).contains("audit.checkpoint_previous_keys"));
+        let e = err(&format!("{GOOD}\n[audit]\ncheckpoint_interval = \"0s\"\n"));
+        assert!(e.contains("audit.checkpoint_interval"), "{e}");
+        assert!(
+            err(&format!("{GOOD}\n[audit]\ncheckpoint_every = \"1m\"\n"))
+                .contains("checkpoint_every")
+        );
     }
 
     #[test]

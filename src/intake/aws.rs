@@ -28,13 +28,25 @@ const SNS: &str = "aws:sns";
 
 /// The rotation Lambda's own event, as the hook forwards it.
 #[derive(Debug, Deserialize)]
-struct HookEvent {
+pub(super) struct HookEvent {
     #[serde(rename = "SecretId")]
     secret_id: String,
     #[serde(rename = "ClientRequestToken")]
     token: String,
     #[serde(rename = "Step")]
-    step: String,
+    pub(super) step: String,
+}
+
+/// The rotation steps the hook may report.
+const STEPS: [&str; 4] = ["createSecret", "setSecret", "testSecret", "finishSecret"];
+
+/// Reads the hook's body and checks its `Step`.
+pub(super) fn parse_hook(body: &[u8]) -> Result<HookEvent, ApiError> {
+    let hook: HookEvent = parse_json(body)?;
+    if !STEPS.contains(&hook.step.as_str()) {
+        return Err(ApiError::Invalid(format!("Step must be one of {STEPS:?}")));
+    }
+    Ok(hook)
 }
 
 /// Dispatches on how the request authenticates itself.
@@ -73,16 +85,11 @@ async fn lambda_hook(
         .verifier
         .verify(headers, body, received_at.timestamp())
         .map_err(ApiError::from)
-        .and_then(|delivery| Ok((delivery, wait_flag(query)?, parse_json::<HookEvent>(body)?)));
+        .and_then(|delivery| Ok((delivery, wait_flag(query)?, parse_hook(body)?)));
     let (delivery, wait, hook) = match checked {
         Ok(ok) => ok,
         Err(e) => return Err(state.reject(meta, HOOK, e).await),
     };
-    const STEPS: [&str; 4] = ["createSecret", "setSecret", "testSecret", "finishSecret"];
-    if !STEPS.contains(&hook.step.as_str()) {
-        let e = ApiError::Invalid(format!("Step must be one of {STEPS:?}"));
-        return Err(state.reject(meta, HOOK, e).await);
-    }
     let detail = json!({
         "webhook_id": delivery.id, "secret_id": hook.secret_id, "version_id": hook.token,
         "step": hook.step, "remote_addr": meta.remote,

@@ -5,6 +5,7 @@ mod aws;
 pub mod error;
 mod eventbridge;
 mod events;
+pub mod fuzz;
 mod health;
 pub mod operator;
 mod revocations;

@@ -42,6 +42,14 @@ pub fn new_token() -> (String, String) {
     (token, hash)
 }
 
+/// The token of an `Authorization` value `Bearer <token>`, if it carries a non-blank one.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
 impl Operators {
     /// From validated config (hashes are 64 hex characters).
     pub fn new(configured: &[OperatorConfig]) -> Self {
@@ -92,9 +100,9 @@ impl FromRequestParts<AppState> for Operator {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let token = match header.and_then(|h| h.strip_prefix("Bearer ")) {
-            Some(token) if !token.trim().is_empty() => token.trim(),
-            _ => {
+        let token = match header.and_then(bearer_token) {
+            Some(token) => token,
+            None => {
                 return Err(state
                     .reject(&meta, "anonymous", ApiError::MissingToken)
                     .await);
@@ -131,6 +139,12 @@ mod tests {
         ]);
         assert_eq!(ops.authenticate(&token), Some("alice"));
         assert_eq!(ops.authenticate("sev_wrong"), None);
+        assert_eq!(
+            bearer_token(&format!("Bearer  {token} ")),
+            Some(token.as_str())
+        );
+        assert_eq!(bearer_token("Bearer   "), None);
+        assert_eq!(bearer_token(&format!("Basic {token}")), None);
         assert_eq!(ops.authenticate(""), None);
         assert!(!format!("{ops:?}").contains(&token_hash(&token)));
     }
