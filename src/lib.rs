@@ -119,7 +119,10 @@ pub async fn run_with(
         tracing::warn!("{warning}");
     }
     let background = CancellationToken::new();
-    tracker.spawn(audit::checkpoint_writer(ctx.clone(), background.clone())?);
+    // Stopped only after the queue worker has drained, so the final checkpoint covers the
+    // records of the steps finished during shutdown.
+    let last_checkpoint = CancellationToken::new();
+    tracker.spawn(audit::checkpoint_writer(ctx.clone(), last_checkpoint.clone())?);
     let termination = &ctx.config.termination;
     // A step is bounded by the termination timeouts; allow that long to finish at shutdown.
     let drain = termination.timeout + termination.verify_timeout + Duration::from_secs(5);
@@ -163,6 +166,7 @@ pub async fn run_with(
     if let Err(e) = worker.await {
         tracing::error!(error = %e, "the queue worker failed");
     }
+    last_checkpoint.cancel();
     tracker.close();
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::error!(
