@@ -21,7 +21,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -406,13 +406,30 @@ impl AppState {
     }
 }
 
-/// Gives framework-generated errors (404, 405, timeouts) the same JSON shape as ours.
+/// Gives framework-generated errors (404, 405, timeouts) the same JSON shape as ours, and
+/// announces the end of a connection whose request body is left unread.
 async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    // A body refused for its size, or cut off by the request timeout (the one non-JSON
+    // 503), is not read to its end, so hyper closes the connection after the response. Unless
+    // the response says so, the client pools the connection and its next request on it fails.
+    let body_unread = status == StatusCode::PAYLOAD_TOO_LARGE
+        || (status == StatusCode::SERVICE_UNAVAILABLE && !is_json);
+    let mut response = error_json(response, status, is_json);
+    if body_unread {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// `response` in the JSON error shape, unless it already is JSON or no error.
+fn error_json(response: Response, status: StatusCode, is_json: bool) -> Response {
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
