@@ -7,6 +7,7 @@ mod eventbridge;
 mod events;
 mod health;
 pub mod operator;
+pub mod rejections;
 mod revocations;
 pub mod server;
 mod sessions;
@@ -109,6 +110,8 @@ pub struct AppState {
     vault: Option<Arc<Vault>>,
     vault_status: Arc<vault::subscriber::Status>,
     operators: Arc<Operators>,
+    /// Refusals of the current window, for the audit trail.
+    rejections: Arc<rejections::Rejections>,
     max_body: usize,
 }
 
@@ -129,14 +132,24 @@ impl AppState {
             vault_status: Arc::default(),
             verifier: Arc::new(verifier),
             operators: Arc::new(Operators::new(&config.operators)),
+            rejections: Arc::default(),
             max_body: config.server.max_body_bytes,
             ctx,
         })
     }
 
     /// Audits a refused request (why, from where) and hands the error back for the response.
+    /// Beyond a burst per client and code it is only counted, for the window's summary
+    /// (see [`rejections`]), so a flood costs no write per request.
     async fn reject(&self, meta: &RequestMeta, actor: &str, error: ApiError) -> ApiError {
         let (status, code) = error.status_and_code();
+        let record =
+            self.rejections
+                .observe(meta, actor, code, status.as_u16(), chrono::Utc::now());
+        if !record {
+            tracing::debug!(remote = %meta.remote, path = %meta.path, code, error = %error, "request rejected (counted)");
+            return error;
+        }
         tracing::warn!(remote = %meta.remote, path = %meta.path, code, error = %error, "request rejected");
         let entry = Entry::new(
             Kind::RequestRejected,
@@ -145,6 +158,7 @@ impl AppState {
             json!({
                 "status": status.as_u16(),
                 "code": code,
+                "count": 1,
                 "message": error.to_string(),
                 "remote_addr": meta.remote,
                 "method": meta.method,
@@ -443,6 +457,38 @@ fn error_json(response: Response, status: StatusCode, is_json: bool) -> Response
     };
     let message = status.canonical_reason().unwrap_or("error");
     error_body(status, code, message)
+}
+
+impl AppState {
+    /// Writes the window's counted refusals as summary records and starts a new window.
+    pub async fn flush_rejections(&self) {
+        let summaries = self.rejections.drain();
+        if summaries.is_empty() {
+            return;
+        }
+        for summary in &summaries {
+            // Also in the log, so the counts survive a store that cannot take them.
+            tracing::warn!(actor = %summary.actor, detail = %summary.detail, "requests rejected");
+        }
+        if let Err(e) = self.ctx.audit.append_all(summaries).await {
+            tracing::error!(error = %e, "could not audit the summary of rejected requests");
+        }
+    }
+
+    /// Flushes the counted refusals every [`rejections::WINDOW`] until `stop` is cancelled.
+    pub async fn flush_rejections_periodically(self, stop: CancellationToken) {
+        let mut every = tokio::time::interval_at(
+            tokio::time::Instant::now() + rejections::WINDOW,
+            rejections::WINDOW,
+        );
+        loop {
+            // Only the wait is cancelled: a flush under way finishes.
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = every.tick() => self.flush_rejections().await,
+            }
+        }
+    }
 }
 
 /// Starts the Vault token keeper, event subscriber and static-role watcher, as configured;
