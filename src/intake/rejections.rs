@@ -25,9 +25,9 @@ use crate::store::timestamp;
 /// How often counted refusals are written as summaries.
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// Refusals recorded one by one per key and window.
-pub const BURST: u32 = 10;
+pub const BURST: u32 = 5;
 /// Refusals recorded one by one per window, across all keys.
-pub const BUDGET: u32 = 1000;
+pub const BUDGET: u32 = 300;
 /// Keys tracked per window, beyond which addresses are counted together as `*`.
 pub const MAX_KEYS: usize = 256;
 /// Distinct paths listed in a summary; the rest are counted as `other_paths`.
