@@ -131,6 +131,13 @@ pub async fn run_with(
     intake::spawn_background(&state, &background);
     // On the tracker, so shutdown waits for a sweep in progress to finish its records.
     tracker.spawn(sweep::run_sweeper(ctx.clone(), background.clone()));
+    tracker.spawn(
+        state
+            .clone()
+            .flush_rejections_periodically(background.clone()),
+    );
+    // Kept past the routers, to write the last window's counted refusals at shutdown.
+    let last_flush = state.clone();
 
     let addr = listener.local_addr()?;
     match &operator_listener {
@@ -174,6 +181,8 @@ pub async fn run_with(
             "a sweep was still running at shutdown"
         );
     }
+    // Nothing refuses requests any more: the last window's counts go on record.
+    last_flush.flush_rejections().await;
     tracing::info!("sever stopped");
     Ok(())
 }

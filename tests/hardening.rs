@@ -159,6 +159,56 @@ async fn a_slow_body_is_cut_off_by_the_request_timeout() {
         "expected a 503 timeout, got: {response}"
     );
     assert!(response.contains("\"timeout\""), "{response}");
+    // The rest of the body is unread: the connection ends, and the response says so.
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{response}"
+    );
+    assert_event_served(&server.client, &server.url("/v1/events")).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_oversized_body_ends_its_connection_and_says_so() {
+    let ws = Workspace::new();
+    let text = config(&ws, "max_body_bytes = 1024");
+    let server = TestServer::start(&ws.write_config(&text)).await;
+
+    // A body over the limit, sent whole on a keep-alive connection. sever answers without
+    // reading it, so the connection cannot carry another request; a client that is not
+    // told so puts it back in its pool, and its next request there fails.
+    let body = vec![b'x'; 64 * 1024];
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: sever\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The server may stop reading and close before all of it is sent.
+    let _ = stream.write_all(&body).await;
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => response.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection stayed open after the 413");
+    let response = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    assert!(response.starts_with("http/1.1 413"), "{response}");
+    assert!(response.contains("\"body_too_large\""), "{response}");
+    assert!(
+        response.contains("\r\nconnection: close\r\n"),
+        "the 413 does not announce that the connection closes: {response}"
+    );
+    // The service is unaffected.
     assert_event_served(&server.client, &server.url("/v1/events")).await;
     server.stop().await;
 }

@@ -367,3 +367,64 @@ async fn framework_errors_share_the_json_shape() {
     assert_eq!(body["error"]["code"], "method_not_allowed");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_burst_of_refusals_is_recorded_then_counted_and_all_are_accounted_for() {
+    use sever::intake::rejections::{BURST, count};
+    let ws = Workspace::new();
+    let path = ws.write_config(&ws.base_config());
+    let server = TestServer::start(&path).await;
+    let body = serde_json::to_vec(&json!({"credential": "orders", "kind": "revoked"})).unwrap();
+    let flood = 2 * BURST as usize + 5;
+    for i in 0..flood {
+        let r = server
+            .post_signed(
+                "/v1/events",
+                &body,
+                &format!("msg_{i}"),
+                now(),
+                WRONG_SECRET,
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Another code from the same client has a burst of its own.
+    let r = server
+        .client
+        .post(server.url("/v1/revocations"))
+        .bearer_auth("sev_not_the_token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // While the window lasts: the first of the burst, each on its own, with its details.
+    let rejected = ws.records("request.rejected").await;
+    let signatures: Vec<&Value> = rejected
+        .iter()
+        .filter(|r| r["code"] == "invalid_signature")
+        .collect();
+    assert_eq!(signatures.len(), BURST as usize);
+    assert!(signatures.iter().all(|r| r["count"] == 1));
+    assert_eq!(signatures[0]["webhook_id"], "msg_0");
+    assert!(rejected.iter().any(|r| r["code"] == "invalid_token"));
+
+    // At shutdown the rest are written as one summary: who, what, how many, when, where.
+    server.stop().await;
+    let rejected = ws.records("request.rejected").await;
+    let summaries: Vec<&Value> = rejected.iter().filter(|r| r["summary"] == true).collect();
+    assert_eq!(summaries.len(), 1, "{rejected:#?}");
+    let summary = summaries[0];
+    assert_eq!(summary["code"], "invalid_signature");
+    assert_eq!(summary["status"], 401);
+    assert_eq!(summary["remote_addr"], "127.0.0.1");
+    assert_eq!(summary["count"], flood - BURST as usize);
+    assert_eq!(
+        summary["paths"],
+        json!({"POST /v1/events": flood - BURST as usize})
+    );
+    assert!(summary["first_at"].as_str() <= summary["last_at"].as_str());
+    let total: u64 = rejected.iter().map(count).sum();
+    assert_eq!(total, flood as u64 + 1, "every refusal is accounted for");
+    assert!(ws.audit().await.verify().await.unwrap().ok);
+}

@@ -8,6 +8,7 @@ mod events;
 pub mod fuzz;
 mod health;
 pub mod operator;
+pub mod rejections;
 mod revocations;
 pub mod server;
 mod sessions;
@@ -22,7 +23,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -110,6 +111,8 @@ pub struct AppState {
     vault: Option<Arc<Vault>>,
     vault_status: Arc<vault::subscriber::Status>,
     operators: Arc<Operators>,
+    /// Refusals of the current window, for the audit trail.
+    rejections: Arc<rejections::Rejections>,
     max_body: usize,
 }
 
@@ -130,14 +133,24 @@ impl AppState {
             vault_status: Arc::default(),
             verifier: Arc::new(verifier),
             operators: Arc::new(Operators::new(&config.operators)),
+            rejections: Arc::default(),
             max_body: config.server.max_body_bytes,
             ctx,
         })
     }
 
     /// Audits a refused request (why, from where) and hands the error back for the response.
+    /// Beyond a burst per client and code it is only counted, for the window's summary
+    /// (see [`rejections`]), so a flood costs no write per request.
     async fn reject(&self, meta: &RequestMeta, actor: &str, error: ApiError) -> ApiError {
         let (status, code) = error.status_and_code();
+        let record =
+            self.rejections
+                .observe(meta, actor, code, status.as_u16(), chrono::Utc::now());
+        if !record {
+            tracing::debug!(remote = %meta.remote, path = %meta.path, code, error = %error, "request rejected (counted)");
+            return error;
+        }
         tracing::warn!(remote = %meta.remote, path = %meta.path, code, error = %error, "request rejected");
         let entry = Entry::new(
             Kind::RequestRejected,
@@ -146,6 +159,7 @@ impl AppState {
             json!({
                 "status": status.as_u16(),
                 "code": code,
+                "count": 1,
                 "message": error.to_string(),
                 "remote_addr": meta.remote,
                 "method": meta.method,
@@ -408,13 +422,30 @@ impl AppState {
     }
 }
 
-/// Gives framework-generated errors (404, 405, timeouts) the same JSON shape as ours.
+/// Gives framework-generated errors (404, 405, timeouts) the same JSON shape as ours, and
+/// announces the end of a connection whose request body is left unread.
 async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    // A body refused for its size, or cut off by the request timeout (the one non-JSON
+    // 503), is not read to its end, so hyper closes the connection after the response. Unless
+    // the response says so, the client pools the connection and its next request on it fails.
+    let body_unread = status == StatusCode::PAYLOAD_TOO_LARGE
+        || (status == StatusCode::SERVICE_UNAVAILABLE && !is_json);
+    let mut response = error_json(response, status, is_json);
+    if body_unread {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// `response` in the JSON error shape, unless it already is JSON or no error.
+fn error_json(response: Response, status: StatusCode, is_json: bool) -> Response {
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
@@ -428,6 +459,38 @@ async fn json_errors(response: Response) -> Response {
     };
     let message = status.canonical_reason().unwrap_or("error");
     error_body(status, code, message)
+}
+
+impl AppState {
+    /// Writes the window's counted refusals as summary records and starts a new window.
+    pub async fn flush_rejections(&self) {
+        let summaries = self.rejections.drain();
+        if summaries.is_empty() {
+            return;
+        }
+        for summary in &summaries {
+            // Also in the log, so the counts survive a store that cannot take them.
+            tracing::warn!(actor = %summary.actor, detail = %summary.detail, "requests rejected");
+        }
+        if let Err(e) = self.ctx.audit.append_all(summaries).await {
+            tracing::error!(error = %e, "could not audit the summary of rejected requests");
+        }
+    }
+
+    /// Flushes the counted refusals every [`rejections::WINDOW`] until `stop` is cancelled.
+    pub async fn flush_rejections_periodically(self, stop: CancellationToken) {
+        let mut every = tokio::time::interval_at(
+            tokio::time::Instant::now() + rejections::WINDOW,
+            rejections::WINDOW,
+        );
+        loop {
+            // Only the wait is cancelled: a flush under way finishes.
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = every.tick() => self.flush_rejections().await,
+            }
+        }
+    }
 }
 
 /// Starts the Vault token keeper, event subscriber and static-role watcher, as configured;
