@@ -122,7 +122,10 @@ pub async fn run_with(
     // Stopped only after the queue worker has drained, so the final checkpoint covers the
     // records of the steps finished during shutdown.
     let last_checkpoint = CancellationToken::new();
-    tracker.spawn(audit::checkpoint_writer(ctx.clone(), last_checkpoint.clone())?);
+    tracker.spawn(audit::checkpoint_writer(
+        ctx.clone(),
+        last_checkpoint.clone(),
+    )?);
     let termination = &ctx.config.termination;
     // A step is bounded by the termination timeouts; allow that long to finish at shutdown.
     let drain = termination.timeout + termination.verify_timeout + Duration::from_secs(5);
