@@ -306,9 +306,12 @@ pub fn checkpoint_writer(
     })
 }
 
-/// Opens a transaction holding the chain's write lock, the same one appends take
-/// ([`Audit`]'s `try_append`): SQLite's write lock, or PostgreSQL advisory lock 7262837.
-async fn begin_chain_tx(store: &Store) -> Result<Transaction<'static, Any>, sqlx::Error> {
+/// Opens a transaction holding the chain's write lock, which every append and checkpoint
+/// takes: SQLite's write lock (taken before the head is read, so a concurrent writer waits
+/// instead of failing), or PostgreSQL advisory lock 7262837 (serialising replicas).
+pub(super) async fn begin_chain_tx(
+    store: &Store,
+) -> Result<Transaction<'static, Any>, sqlx::Error> {
     let pool = store.pool();
     match store.backend() {
         Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,

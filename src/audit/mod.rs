@@ -14,7 +14,7 @@ use sqlx::any::AnyRow;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::store::{Backend, Store, StoreError, timestamp};
+use crate::store::{Store, StoreError, timestamp};
 
 pub use chain::{GENESIS, Problem, VerifyReport, record_hash};
 pub use checkpoint::{
@@ -266,20 +266,7 @@ impl Audit {
     }
 
     async fn try_transact<W: Transaction>(&self, work: &W) -> Result<W::Output, sqlx::Error> {
-        let pool = self.store.pool();
-        let mut tx = match self.store.backend() {
-            // Take the write lock before reading the head, so another process appending at
-            // the same time makes this one wait (busy timeout) instead of fail.
-            Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => {
-                let mut tx = pool.begin().await?;
-                // Serialise writers across replicas for the length of this transaction.
-                sqlx::query("SELECT pg_advisory_xact_lock(7262837)")
-                    .execute(&mut *tx)
-                    .await?;
-                tx
-            }
-        };
+        let mut tx = checkpoint::begin_chain_tx(&self.store).await?;
         let (entries, output) = match work.run(&mut tx).await? {
             Decision::Commit(entries, output) => (entries, output),
             Decision::Rollback(output) => {
