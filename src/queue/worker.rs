@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Lease, QueueError};
+use super::{Lease, Queue, QueueError};
 use crate::context::Context;
 use crate::pipeline::{self, ActionReport};
 use crate::terminate::same_session;
@@ -109,19 +109,10 @@ pub async fn drive(
             continue;
         }
         // A step here is bounded by the termination timeouts; renew leases meanwhile.
-        let renew = async {
-            let every = ctx.queue.config().lease / 3;
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = ctx.queue.renew().await {
-                    tracing::warn!(error = %e, "cannot renew leases");
-                }
-            }
-        };
         let steps = futures_util::future::join_all(leases.into_iter().map(|l| run_lease(ctx, l)));
         tokio::select! {
             _ = steps => {}
-            () = renew => {}
+            () = renew_leases(&ctx.queue) => {}
         }
     }
 }
@@ -179,18 +170,22 @@ fn recovered(lease: &Lease, report: &mut pipeline::TargetReport) {
     report.found = report.outcome.matched.len() + report.outcome.skipped.len();
 }
 
-/// Renews this process's leases every third of their length until `stop` is cancelled.
-async fn keep_leases(ctx: Arc<Context>, stop: CancellationToken) {
-    let mut every = tokio::time::interval(ctx.queue.config().lease / 3);
+/// Renews this process's leases every third of their length, for as long as it is polled.
+async fn renew_leases(queue: &Queue) {
+    let every = queue.config().lease / 3;
     loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = every.tick() => {
-                if let Err(e) = ctx.queue.renew().await {
-                    tracing::warn!(error = %e, "cannot renew leases");
-                }
-            }
+        tokio::time::sleep(every).await;
+        if let Err(e) = queue.renew().await {
+            tracing::warn!(error = %e, "cannot renew leases");
         }
+    }
+}
+
+/// [`renew_leases`] until `stop` is cancelled.
+async fn keep_leases(ctx: Arc<Context>, stop: CancellationToken) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = renew_leases(&ctx.queue) => {}
     }
 }
 
