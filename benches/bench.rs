@@ -5,7 +5,8 @@
 //! clusters (temp dirs, free ports, `max_connections` raised) and removes them afterwards.
 //!
 //! Environment: `SEVER_BENCH_RUNS` (repetitions per figure, default 7),
-//! `SEVER_BENCH_INTAKE_SECS` (length of each intake load, default 5).
+//! `SEVER_BENCH_INTAKE_SECS` (length of each intake load, default 5), `SEVER_BENCH_ONLY`
+//! (scenario numbers to run, comma-separated, e.g. `2,3`; default all).
 
 #[path = "../tests/support/pg.rs"]
 #[allow(dead_code)]
@@ -146,7 +147,7 @@ impl Sever {
             .arg("--config")
             .arg(&path)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("SEVER_LOG", "warn")
+            .env("SEVER_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -306,8 +307,11 @@ async fn rotation_to_clean(runs: usize, lines: &mut Vec<Line>) {
                 let sessions = open(&pg, "app", n).await;
                 let t = Instant::now();
                 per_pid_script(&pg);
+                // The last signal is sent when the script ends; it is done when they are gone.
+                while count_sessions(&mut admin, "app").await > 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 script.push(t.elapsed());
-                assert_eq!(count_sessions(&mut admin, "app").await, 0);
                 drop(sessions);
             }
         }
@@ -386,14 +390,18 @@ async fn fan_out(runs: usize, lines: &mut Vec<Line>) {
         ));
     }
     let sever = Sever::start(&targets, &credentials).await;
-    let mut one = Duration::ZERO;
+    // The floor's open connections: one per target, as sever keeps a warm one per target.
+    let mut admins = Vec::new();
+    for j in 0..16 {
+        let url = clusters[j % 4].url("sever_admin", ADMIN_PASSWORD, "postgres");
+        admins.push(PgConnection::connect(&url).await.unwrap());
+    }
+    let mut one = (Duration::ZERO, Duration::ZERO);
     for k in [1usize, 4, 16] {
         let mut samples = Vec::new();
+        let mut floor = Vec::new();
         for _ in 0..runs {
-            let mut sessions = Vec::new();
-            for j in 0..k {
-                sessions.push(open(&clusters[j % 4], &format!("app{j}"), PER_TARGET).await);
-            }
+            let sessions = open_per_target(&clusters, k, PER_TARGET).await;
             let t = Instant::now();
             let (status, report) = sever
                 .event(
@@ -405,26 +413,68 @@ async fn fan_out(runs: usize, lines: &mut Vec<Line>) {
             samples.push(t.elapsed());
             assert_eq!(status, 200, "{report}");
             assert_eq!(report["status"], "completed", "{report}");
+            for (j, admin) in admins.iter_mut().enumerate().take(k) {
+                assert_eq!(count_sessions(admin, &format!("app{j}")).await, 0);
+            }
+            drop(sessions);
+
+            // The floor: the set-based statement on every target at once, each over its
+            // open connection, until every target is clean.
+            let sessions = open_per_target(&clusters, k, PER_TARGET).await;
+            let t = Instant::now();
+            futures_util::future::join_all(admins.iter_mut().take(k).enumerate().map(
+                |(j, admin)| async move {
+                    let login = format!("app{j}");
+                    sqlx::query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE usename = $1 AND backend_type = 'client backend'",
+                    )
+                    .bind(&login)
+                    .execute(&mut *admin)
+                    .await
+                    .unwrap();
+                    while count_sessions(admin, &login).await > 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                },
+            ))
+            .await;
+            floor.push(t.elapsed());
+            drop(sessions);
         }
         let s = Stats::of(&mut samples);
+        let f = Stats::of(&mut floor);
         if k == 1 {
-            one = s.median;
+            one = (s.median, f.median);
         }
         lines.push(Line {
             scenario: format!("2. fan-out, {k} target(s) x {PER_TARGET} sessions"),
             sever: s.show(),
-            comparison: if k == 1 {
-                "-".into()
-            } else {
-                "1 target".into()
-            },
-            ratio: if k == 1 {
-                "1.00x".into()
-            } else {
-                ratio(s.median, one)
-            },
+            comparison: format!("floor: {}", f.show()),
+            ratio: ratio(s.median, f.median),
         });
+        if k > 1 {
+            lines.push(Line {
+                scenario: format!("2. fan-out, {k} targets against 1"),
+                sever: format!("{} of 1 target", ratio(s.median, one.0)),
+                comparison: format!("floor: {} of 1 target", ratio(f.median, one.1)),
+                ratio: "-".into(),
+            });
+        }
     }
+}
+
+/// Opens `per_target` sessions of each of the first `k` targets' logins, on their clusters.
+async fn open_per_target(
+    clusters: &[TestPostgres],
+    k: usize,
+    per_target: usize,
+) -> Vec<PgConnection> {
+    let mut sessions = Vec::new();
+    for j in 0..k {
+        sessions.extend(open(&clusters[j % 4], &format!("app{j}"), per_target).await);
+    }
+    sessions
 }
 
 /// Scenario 3 and 4: sustained signed events (accepted and audited), signature rejections,
@@ -531,11 +581,19 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let only = std::env::var("SEVER_BENCH_ONLY").unwrap_or_default();
+    let wanted = |n: &str| only.is_empty() || only.split(',').any(|s| s.trim() == n);
     let lines = runtime.block_on(async {
         let mut lines = Vec::new();
-        rotation_to_clean(runs, &mut lines).await;
-        fan_out(runs, &mut lines).await;
-        intake_and_footprint(secs, &mut lines).await;
+        if wanted("1") {
+            rotation_to_clean(runs, &mut lines).await;
+        }
+        if wanted("2") {
+            fan_out(runs, &mut lines).await;
+        }
+        if wanted("3") || wanted("4") {
+            intake_and_footprint(secs, &mut lines).await;
+        }
         lines
     });
     let mut table = Table::new();

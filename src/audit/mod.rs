@@ -14,7 +14,7 @@ use sqlx::any::AnyRow;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::store::{Store, StoreError, timestamp};
+use crate::store::{Store, StoreError, rows_per_statement, timestamp, values_list};
 
 pub use chain::{GENESIS, Problem, VerifyReport, record_hash};
 pub use checkpoint::{
@@ -289,6 +289,7 @@ impl Audit {
             None => (0, GENESIS.to_owned()),
         };
         let at = timestamp(Utc::now());
+        let mut records = Vec::with_capacity(entries.len());
         for entry in &entries {
             seq += 1;
             let mut record = AuditRecord {
@@ -300,27 +301,33 @@ impl Audit {
                 action_id: entry.action_id.map(|id| id.to_string()),
                 // serde_json's map is key-sorted, so this text is canonical.
                 detail: entry.detail.to_string(),
-                prev_hash: prev_hash.clone(),
+                prev_hash,
                 hash: String::new(),
             };
-            record.hash = record_hash(&prev_hash, &record);
-            sqlx::query(concat!(
-                "INSERT INTO audit_records (",
-                columns!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-            ))
-            .bind(record.seq)
-            .bind(&record.id)
-            .bind(&record.at)
-            .bind(&record.kind)
-            .bind(&record.actor)
-            .bind(&record.action_id)
-            .bind(&record.detail)
-            .bind(&record.prev_hash)
-            .bind(&record.hash)
-            .execute(&mut *tx)
-            .await?;
-            prev_hash = record.hash;
+            record.hash = record_hash(&record.prev_hash, &record);
+            prev_hash = record.hash.clone();
+            records.push(record);
+        }
+        // Several records per statement: a group of accepted events appends hundreds.
+        for chunk in records.chunks(rows_per_statement(9)) {
+            let sql = format!(
+                concat!("INSERT INTO audit_records (", columns!(), ") VALUES {}"),
+                values_list(self.store.backend(), chunk.len(), 9)
+            );
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            for r in chunk {
+                insert = insert
+                    .bind(r.seq)
+                    .bind(&r.id)
+                    .bind(&r.at)
+                    .bind(&r.kind)
+                    .bind(&r.actor)
+                    .bind(&r.action_id)
+                    .bind(&r.detail)
+                    .bind(&r.prev_hash)
+                    .bind(&r.hash);
+            }
+            insert.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(output)

@@ -20,14 +20,14 @@ use rand::Rng;
 use serde::Serialize;
 use serde_json::json;
 use sqlx::Row;
-use tokio::sync::{Mutex, Notify, broadcast};
+use tokio::sync::{Mutex, Notify, broadcast, oneshot};
 use uuid::Uuid;
 
 use crate::audit::{Audit, AuditError, Decision, Entry, Kind, Transaction};
 use crate::config::QueueConfig;
 use crate::pipeline::{self, ActionReport, Status, TargetReport, Work};
 use crate::resolve::Plan;
-use crate::store::{Backend, Store, timestamp};
+use crate::store::{Backend, Store, rows_per_statement, timestamp, values_list};
 use crate::terminate::{EngineError, Journal, Session, same_session};
 
 /// Failures of the work queue.
@@ -39,6 +39,9 @@ pub enum QueueError {
     /// A stored plan, step or report could not be read back.
     #[error("stored work is unreadable: {0}")]
     Corrupt(String),
+    /// The commit of a group of submissions failed; nothing in the group was accepted.
+    #[error(transparent)]
+    Group(Arc<AuditError>),
 }
 
 impl From<sqlx::Error> for QueueError {
@@ -147,7 +150,22 @@ pub struct Queue {
     wake: Notify,
     /// Announces actions this process finished, to local waiters.
     finished: broadcast::Sender<Uuid>,
+    /// Submissions waiting for the next group commit.
+    pending: std::sync::Mutex<Vec<Pending>>,
+    /// Held by the submitter that commits the waiting group.
+    committing: Mutex<()>,
 }
+
+/// A submission waiting for a group commit, with where its outcome goes.
+#[derive(Debug)]
+struct Pending {
+    submission: Submission,
+    deadline: DateTime<Utc>,
+    reply: oneshot::Sender<Result<Submitted, QueueError>>,
+}
+
+/// The most submissions one commit carries; bounds how long one transaction holds the lock.
+const GROUP_MAX: usize = 256;
 
 const CLAIM_SQLITE: &str = "UPDATE action_steps \
      SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
@@ -202,6 +220,8 @@ impl Queue {
             config,
             wake: Notify::new(),
             finished,
+            pending: std::sync::Mutex::new(Vec::new()),
+            committing: Mutex::new(()),
         }
     }
 
@@ -226,25 +246,89 @@ impl Queue {
     }
 
     /// Stores `submission` with its claims and records, atomically; wakes the local worker.
+    ///
+    /// Submissions arriving together share one commit (group commit): each submitter queues
+    /// its own, then takes the turn to commit; whoever gets the turn first commits everything
+    /// waiting, so under load one fsync carries many events, and alone it is one transaction
+    /// as before. Each submission is still all-or-nothing on its own.
     pub async fn submit(
         &self,
         audit: &Audit,
         submission: &Submission,
     ) -> Result<Submitted, QueueError> {
         let deadline = later(submission.retry_for.unwrap_or(self.config.retry_for));
-        let submitted = audit
-            .transact(&SubmitTx {
-                submission,
-                deadline,
-            })
-            .await?;
+        let mut answer = self.enqueue(submission, deadline);
+        let turn = self.committing.lock().await;
+        let submitted = loop {
+            match answer.try_recv() {
+                Ok(result) => break result?,
+                Err(oneshot::error::TryRecvError::Empty) => self.commit_pending(audit).await,
+                // The submitter that took it into its group was cancelled mid-commit, so
+                // whether it was stored is unknown. Running it again is safe: a rerun that
+                // finds its own claims reports it accepted.
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    answer = self.enqueue(submission, deadline);
+                }
+            }
+        };
+        drop(turn);
         if let Submitted::Accepted(action_id) = submitted {
             if submission.work.is_none() {
                 let _ = self.finished.send(action_id);
+            } else {
+                self.wake.notify_one();
             }
-            self.wake.notify_one();
         }
         Ok(submitted)
+    }
+
+    fn enqueue(
+        &self,
+        submission: &Submission,
+        deadline: DateTime<Utc>,
+    ) -> oneshot::Receiver<Result<Submitted, QueueError>> {
+        let (reply, answer) = oneshot::channel();
+        self.pending
+            .lock()
+            .expect("the pending list is only pushed to and drained")
+            .push(Pending {
+                submission: submission.clone(),
+                deadline,
+                reply,
+            });
+        answer
+    }
+
+    /// Commits the oldest waiting submissions (up to [`GROUP_MAX`]) together and answers
+    /// each of them.
+    async fn commit_pending(&self, audit: &Audit) {
+        let group: Vec<Pending> = {
+            let mut pending = self
+                .pending
+                .lock()
+                .expect("the pending list is only pushed to and drained");
+            let n = pending.len().min(GROUP_MAX);
+            pending.drain(..n).collect()
+        };
+        match audit
+            .transact(&SubmitTx {
+                group: &group,
+                backend: self.store.backend(),
+            })
+            .await
+        {
+            Ok(outputs) => {
+                for (pending, output) in group.into_iter().zip(outputs) {
+                    let _ = pending.reply.send(Ok(output));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for pending in group {
+                    let _ = pending.reply.send(Err(QueueError::Group(e.clone())));
+                }
+            }
+        }
     }
 
     /// Claims up to `limit` due steps (only `action`'s, if given) for this process.
@@ -614,106 +698,221 @@ impl Journal for StepJournal {
 }
 
 /// Stores a submission: claims, the action, its steps, its first records.
+/// Stores a group of submissions in one transaction, with a few multi-row statements
+/// whatever the group's size. Members are decided in order, each all-or-nothing: one whose
+/// claim is taken (in the store, or by an earlier member) stores nothing.
 struct SubmitTx<'a> {
-    submission: &'a Submission,
-    deadline: DateTime<Utc>,
+    group: &'a [Pending],
+    backend: Backend,
 }
 
 #[async_trait]
 impl Transaction for SubmitTx<'_> {
-    type Output = Submitted;
+    type Output = Vec<Submitted>;
 
     async fn run(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    ) -> Result<Decision<Submitted>, sqlx::Error> {
-        let s = self.submission;
-        let plan = &s.plan;
-        let id = plan.action_id.to_string();
-        let now = at(Utc::now());
-        for (index, key) in s.claims.iter().enumerate() {
-            let inserted = sqlx::query(
-                "INSERT INTO webhook_deliveries (webhook_id, received_at, action_id) \
-                 VALUES ($1, $2, $3) ON CONFLICT (webhook_id) DO NOTHING",
-            )
-            .bind(key)
-            .bind(&now)
-            .bind(&id)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                let row =
-                    sqlx::query("SELECT action_id FROM webhook_deliveries WHERE webhook_id = $1")
-                        .bind(key)
-                        .fetch_one(&mut **tx)
-                        .await?;
-                let action_id: String = row.try_get("action_id")?;
-                // Taken by this very action: an earlier run of this transaction committed
-                // although its commit reported an error, and `Audit::transact` ran it again.
-                if action_id == id {
-                    return Ok(Decision::Rollback(Submitted::Accepted(plan.action_id)));
-                }
-                return Ok(Decision::Rollback(Submitted::Duplicate {
-                    index,
-                    action_id,
-                }));
-            }
-        }
-        let steps = if s.work.is_some() {
-            plan.steps.len()
-        } else {
-            0
-        };
-        let finished = (steps == 0).then(|| pipeline::report(plan, Vec::new()));
-        sqlx::query(
-            "INSERT INTO actions (action_id, created_at, actor, plan, work, deadline, status, \
-             finished_at, report) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    ) -> Result<Decision<Vec<Submitted>>, sqlx::Error> {
+        let ids: Vec<String> = self
+            .group
+            .iter()
+            .map(|p| p.submission.plan.action_id.to_string())
+            .collect();
+        // Stored already: an earlier run of this transaction committed although its commit
+        // reported an error, and `Audit::transact` ran it again.
+        let stored = select_existing(
+            tx,
+            self.backend,
+            "SELECT action_id FROM actions WHERE action_id IN",
+            &ids,
         )
-        .bind(&id)
-        .bind(&now)
-        .bind(&s.actor)
-        .bind(to_json(plan))
-        .bind(to_json(&s.work))
-        .bind(at(self.deadline))
-        .bind(match &finished {
-            Some(report) => status_name(report.status),
-            None => "running",
-        })
-        .bind(finished.as_ref().map(|_| now.clone()))
-        .bind(finished.as_ref().map(to_json))
-        .execute(&mut **tx)
         .await?;
-        if s.work.is_some() {
-            for (position, step) in plan.steps.iter().enumerate() {
-                sqlx::query(
-                    "INSERT INTO action_steps (action_id, target, position, state, attempts, \
-                     next_attempt_at) VALUES ($1, $2, $3, 'pending', 0, $4)",
-                )
-                .bind(&id)
-                .bind(&step.target)
-                .bind(i64::try_from(position).unwrap_or(i64::MAX))
-                .bind(&now)
-                .execute(&mut **tx)
-                .await?;
+        let keys: Vec<String> = self
+            .group
+            .iter()
+            .flat_map(|p| p.submission.claims.iter().cloned())
+            .collect();
+        let mut taken = select_claims(tx, self.backend, &keys).await?;
+
+        let mut outputs = Vec::with_capacity(self.group.len());
+        let mut accepted = Vec::new();
+        for (pending, id) in self.group.iter().zip(&ids) {
+            let s = &pending.submission;
+            if stored.contains_key(id) {
+                outputs.push(Submitted::Accepted(s.plan.action_id));
+                continue;
+            }
+            let duplicate = s.claims.iter().enumerate().find_map(|(index, key)| {
+                taken.get(key).map(|owner| Submitted::Duplicate {
+                    index,
+                    action_id: owner.clone(),
+                })
+            });
+            if let Some(duplicate) = duplicate {
+                outputs.push(duplicate);
+                continue;
+            }
+            for key in &s.claims {
+                taken.insert(key.clone(), id.clone());
+            }
+            accepted.push((pending, id));
+            outputs.push(Submitted::Accepted(s.plan.action_id));
+        }
+        if accepted.is_empty() {
+            return Ok(Decision::Rollback(outputs));
+        }
+
+        let now = at(Utc::now());
+        let mut claims = Vec::new();
+        let mut actions = Vec::new();
+        let mut steps = Vec::new();
+        let mut entries = Vec::new();
+        for (pending, id) in &accepted {
+            let s = &pending.submission;
+            let plan = &s.plan;
+            let mut own: Vec<&String> = s.claims.iter().collect();
+            own.sort();
+            own.dedup();
+            claims.extend(
+                own.into_iter()
+                    .map(|key| [key.clone(), now.clone(), (*id).clone()]),
+            );
+            let finished = s.work.is_none().then(|| pipeline::report(plan, Vec::new()));
+            actions.push(ActionRow {
+                id: (*id).clone(),
+                actor: s.actor.clone(),
+                plan: to_json(plan),
+                work: to_json(&s.work),
+                deadline: at(pending.deadline),
+                status: match &finished {
+                    Some(report) => status_name(report.status),
+                    None => "running",
+                },
+                finished_at: finished.as_ref().map(|_| now.clone()),
+                report: finished.as_ref().map(to_json),
+            });
+            if s.work.is_some() {
+                for (position, step) in plan.steps.iter().enumerate() {
+                    steps.push(((*id).clone(), step.target.clone(), position));
+                }
+            }
+            entries.extend(s.before.iter().cloned());
+            entries.push(Entry::new(
+                Kind::ActionPlanned,
+                &s.actor,
+                Some(plan.action_id),
+                serde_json::to_value(plan).unwrap_or_default(),
+            ));
+            if let Some(report) = &finished {
+                entries.push(pipeline::completed_record(report, &s.actor));
             }
         }
-        let mut entries = s.before.clone();
-        let plan_detail = serde_json::to_value(plan).unwrap_or_default();
-        entries.push(Entry::new(
-            Kind::ActionPlanned,
-            &s.actor,
-            Some(plan.action_id),
-            plan_detail,
-        ));
-        if let Some(report) = &finished {
-            entries.push(pipeline::completed_record(report, &s.actor));
+        // A plain INSERT: a claim taken meanwhile by a process outside this lock fails the
+        // transaction, and its rerun finds the claim and answers duplicate.
+        for chunk in claims.chunks(rows_per_statement(3)) {
+            let sql = format!(
+                "INSERT INTO webhook_deliveries (webhook_id, received_at, action_id) VALUES {}",
+                values_list(self.backend, chunk.len(), 3)
+            );
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            for row in chunk {
+                insert = row.iter().fold(insert, |q, v| q.bind(v));
+            }
+            insert.execute(&mut **tx).await?;
         }
-        Ok(Decision::Commit(
-            entries,
-            Submitted::Accepted(plan.action_id),
-        ))
+        for chunk in actions.chunks(rows_per_statement(9)) {
+            let sql = format!(
+                "INSERT INTO actions (action_id, created_at, actor, plan, work, deadline, status, \
+                 finished_at, report) VALUES {}",
+                values_list(self.backend, chunk.len(), 9)
+            );
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            for a in chunk {
+                insert = insert
+                    .bind(&a.id)
+                    .bind(&now)
+                    .bind(&a.actor)
+                    .bind(&a.plan)
+                    .bind(&a.work)
+                    .bind(&a.deadline)
+                    .bind(a.status)
+                    .bind(&a.finished_at)
+                    .bind(&a.report);
+            }
+            insert.execute(&mut **tx).await?;
+        }
+        for chunk in steps.chunks(rows_per_statement(6)) {
+            let sql = format!(
+                "INSERT INTO action_steps (action_id, target, position, next_attempt_at, \
+                 state, attempts) VALUES {}",
+                values_list(self.backend, chunk.len(), 6)
+            );
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            for (id, target, position) in chunk {
+                insert = insert
+                    .bind(id)
+                    .bind(target)
+                    .bind(i64::try_from(*position).unwrap_or(i64::MAX))
+                    .bind(&now)
+                    .bind("pending")
+                    .bind(0_i64);
+            }
+            insert.execute(&mut **tx).await?;
+        }
+        Ok(Decision::Commit(entries, outputs))
     }
+}
+
+/// One `actions` row to insert.
+struct ActionRow {
+    id: String,
+    actor: String,
+    plan: String,
+    work: String,
+    deadline: String,
+    status: &'static str,
+    finished_at: Option<String>,
+    report: Option<String>,
+}
+
+/// `select` (ending in `IN`) over `values`, in chunks: the first column of every row found.
+async fn select_existing(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    select: &str,
+    values: &[String],
+) -> Result<std::collections::HashMap<String, String>, sqlx::Error> {
+    let mut found = std::collections::HashMap::new();
+    // (`chunks` yields nothing for no values, so no `IN ()`.)
+    for chunk in values.chunks(rows_per_statement(1)) {
+        let sql = format!("{select} {}", values_list(backend, 1, chunk.len()));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        for v in chunk {
+            query = query.bind(v);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            let key: String = row.try_get(0)?;
+            let value: String = row.try_get(row.len() - 1)?;
+            found.insert(key, value);
+        }
+    }
+    Ok(found)
+}
+
+/// Which of `keys` are claimed already, and by which action.
+async fn select_claims(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    keys: &[String],
+) -> Result<std::collections::HashMap<String, String>, sqlx::Error> {
+    select_existing(
+        tx,
+        backend,
+        "SELECT webhook_id, action_id FROM webhook_deliveries WHERE webhook_id IN",
+        keys,
+    )
+    .await
 }
 
 /// Exponential backoff from 500 ms, capped at `max`, with jitter (half to all of it) so
@@ -936,6 +1135,39 @@ mod tests {
             .into_iter()
             .map(|r| r.kind)
             .collect()
+    }
+
+    #[tokio::test]
+    async fn submissions_arriving_together_share_commits_and_keep_their_own_outcomes() {
+        let (_dir, _store, audit, q) = queue("one", Duration::from_secs(15)).await;
+        let mut all: Vec<Submission> = (0..40)
+            .map(|i| submission(&["a"], &[&format!("webhook:{i}")]))
+            .collect();
+        // Two deliveries of one event in the same group: the second is the first's duplicate.
+        all.push(submission(&["a"], &["webhook:7"]));
+        let outcomes =
+            futures_util::future::join_all(all.iter().map(|s| q.submit(&audit, s))).await;
+        for (s, outcome) in all.iter().zip(&outcomes).take(40) {
+            assert_eq!(
+                outcome.as_ref().unwrap(),
+                &Submitted::Accepted(s.plan.action_id)
+            );
+        }
+        assert_eq!(
+            outcomes[40].as_ref().unwrap(),
+            &Submitted::Duplicate {
+                index: 0,
+                action_id: all[7].plan.action_id.to_string()
+            }
+        );
+        assert!(q.pending.lock().unwrap().is_empty(), "nothing left waiting");
+        assert_eq!(q.claim(100, None).await.unwrap().len(), 40);
+        // Each action's records are contiguous and the chain verifies.
+        let records = audit.list(&Default::default()).await.unwrap();
+        assert_eq!(records.len(), 40);
+        assert!(records.iter().all(|r| r.kind == "action.planned"));
+        let report = audit.verify().await.unwrap();
+        assert!(report.ok && report.records == 40, "{:?}", report.problems);
     }
 
     #[tokio::test]

@@ -67,6 +67,38 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// The most bind parameters one multi-row statement takes: well under both SQLite's
+/// (32,766) and PostgreSQL's (65,535) limits.
+const MAX_BINDS: usize = 8192;
+
+/// How many rows of `columns` values fit in one multi-row statement.
+pub fn rows_per_statement(columns: usize) -> usize {
+    (MAX_BINDS / columns.max(1)).max(1)
+}
+
+/// Placeholders for a multi-row `VALUES` list: `($1, $2), ($3, $4)` for two rows of two
+/// columns on PostgreSQL, `(?, ?), (?, ?)` on SQLite. Written by hand because sqlx's
+/// `QueryBuilder` for the `Any` driver writes `?` for both, which PostgreSQL refuses; and
+/// SQLite gets anonymous ones because sqlx looks up each numbered one by name, which SQLite
+/// answers with a linear search: quadratic in a statement of thousands of values.
+pub fn values_list(backend: Backend, rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => sql.push_str(&format!("${}", row * columns + column + 1)),
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 impl Store {
     /// Opens the store at `url` and applies pending migrations.
     pub async fn connect(url: &SecretString) -> Result<Self, StoreError> {
@@ -84,8 +116,13 @@ impl Store {
             // waiting for sqlx's 30 s default and a timeout.
             .acquire_timeout(std::time::Duration::from_secs(5))
             .max_connections(match backend {
-                // SQLite has one writer; more connections only add lock contention.
-                Backend::Sqlite => 4,
+                // SQLite has one writer. With several connections, a writer that finds the
+                // lock taken is put to sleep by SQLite's busy handler (1 ms, then up to
+                // 100 ms a turn) and a deferred transaction can fail outright; one connection
+                // makes this process's statements queue in order instead, and the queue
+                // groups accepted events into shared commits. Other processes (the CLI)
+                // still open their own.
+                Backend::Sqlite => 1,
                 Backend::Postgres => 8,
             })
             .connect(url)
@@ -337,6 +374,18 @@ mod tests {
         drop(store);
         let store = Store::connect(&url).await.unwrap();
         assert_eq!(store.mark("vault:a").await.unwrap().as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn values_lists_number_every_placeholder_once() {
+        assert_eq!(values_list(Backend::Postgres, 1, 1), "($1)");
+        assert_eq!(
+            values_list(Backend::Postgres, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(values_list(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
+        assert_eq!(rows_per_statement(9) * 9, 8190);
+        assert_eq!(rows_per_statement(0), MAX_BINDS);
     }
 
     #[tokio::test]
