@@ -432,8 +432,9 @@ pub(crate) fn sqlx_error(e: sqlx::Error) -> EngineError {
     }
 }
 
-/// The waiting policy of every engine's verification: checks with a backoff from 5 ms to
-/// 100 ms until a deadline.
+/// The waiting policy of every engine's verification: checks with a backoff from 2 ms to
+/// 20 ms until a deadline. The cap bounds how long a clean target waits to be reported
+/// clean (the time to revocation); a check is one cheap query.
 pub(crate) struct Poll {
     deadline: tokio::time::Instant,
     pause: Duration,
@@ -444,7 +445,7 @@ impl Poll {
     pub(crate) fn new(timeout: Duration) -> Self {
         Self {
             deadline: tokio::time::Instant::now() + timeout,
-            pause: Duration::from_millis(5),
+            pause: Duration::from_millis(2),
         }
     }
 
@@ -454,7 +455,7 @@ impl Poll {
             return false;
         }
         tokio::time::sleep(self.pause).await;
-        self.pause = (self.pause * 2).min(Duration::from_millis(100));
+        self.pause = self.pause.mul_f64(1.25).min(Duration::from_millis(20));
         true
     }
 }

@@ -212,7 +212,11 @@ impl Postgres {
         for (oid, name) in &current {
             if logins.contains(name) {
                 oids.insert(*oid, name.clone());
-                seen.push((name.clone(), oid.to_string()));
+                // Only new identities are written: a store write per rotation would put a
+                // commit on every rotation's path for nothing.
+                if !remembered.contains(&(name.clone(), *oid)) {
+                    seen.push((name.clone(), oid.to_string()));
+                }
             }
         }
         for (login, oid) in remembered {
