@@ -164,6 +164,20 @@ struct Pending {
     reply: oneshot::Sender<Result<Submitted, QueueError>>,
 }
 
+/// Takes a cancelled submitter's submission out of the waiting list, if no group took it yet.
+struct Withdraw<'a> {
+    queue: &'a Queue,
+    action_id: Uuid,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.queue.pending.lock() {
+            pending.retain(|p| p.submission.plan.action_id != self.action_id);
+        }
+    }
+}
+
 /// The most submissions one commit carries; bounds how long one transaction holds the lock.
 const GROUP_MAX: usize = 256;
 
@@ -258,6 +272,12 @@ impl Queue {
     ) -> Result<Submitted, QueueError> {
         let deadline = later(submission.retry_for.unwrap_or(self.config.retry_for));
         let mut answer = self.enqueue(submission, deadline);
+        // A submitter that gives up (its request timed out, its client left) while its
+        // submission still waits takes it back, so a `503` never hides an acceptance.
+        let withdraw = Withdraw {
+            queue: self,
+            action_id: submission.plan.action_id,
+        };
         let turn = self.committing.lock().await;
         let submitted = loop {
             match answer.try_recv() {
@@ -271,6 +291,8 @@ impl Queue {
                 }
             }
         };
+        // Answered, so no longer waiting: dropping the guard finds nothing to take back.
+        drop(withdraw);
         drop(turn);
         if let Submitted::Accepted(action_id) = submitted {
             if submission.work.is_none() {
@@ -1168,6 +1190,30 @@ mod tests {
         assert!(records.iter().all(|r| r.kind == "action.planned"));
         let report = audit.verify().await.unwrap();
         assert!(report.ok && report.records == 40, "{:?}", report.problems);
+    }
+
+    #[tokio::test]
+    async fn a_submitter_that_gives_up_while_waiting_takes_its_submission_back() {
+        let (_dir, _store, audit, q) = queue("one", Duration::from_secs(15)).await;
+        let s = submission(&["a"], &["webhook:1"]);
+        // Another submitter's commit is under way: this one queues and waits its turn.
+        let turn = q.committing.lock().await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), q.submit(&audit, &s)).await;
+        assert!(gave_up.is_err(), "it was still waiting");
+        assert!(q.pending.lock().unwrap().is_empty(), "taken back");
+        drop(turn);
+        // Nothing of it is stored, and the same delivery is new when it comes again.
+        let again = submission(&["a"], &["webhook:1"]);
+        q.submit(&audit, &again).await.unwrap();
+        assert!(q.status(s.plan.action_id).await.unwrap().is_none());
+        assert_eq!(
+            q.status(again.plan.action_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            "running"
+        );
     }
 
     #[tokio::test]
