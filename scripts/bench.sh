@@ -10,4 +10,4 @@ source scripts/lib/servers.sh
 command -v psql >/dev/null || { echo "error: psql (the per-pid script's client) not found" >&2; exit 1; }
 
 cargo build --release --locked --bin sever
-SEVER_BIN="$PWD/target/release/sever" cargo bench --locked --bench bench
+SEVER_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/sever" cargo bench --locked --bench bench
