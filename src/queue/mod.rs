@@ -450,13 +450,17 @@ impl Queue {
         let updated = sqlx::query(
             "UPDATE action_steps SET journal = $4 \
              WHERE action_id = $1 AND target = $2 AND lease_owner = $3 \
-               AND state = 'pending' AND lease_until > $5",
+               AND state = 'pending' AND lease_until > $5 AND attempts = $6",
         )
         .bind(lease.action_id.to_string())
         .bind(&lease.target)
         .bind(&self.owner)
         .bind(to_json(&sessions))
         .bind(at(Utc::now()))
+        // The owner names the process, the attempt count this attempt: a process can hold
+        // a step again (its lease lapsed while the store was down) while its earlier
+        // attempt is still running, and that one must not signal or record any more.
+        .bind(lease.attempts)
         .execute(self.store.pool())
         .await?
         .rows_affected();
@@ -973,13 +977,15 @@ impl Transaction for FinishTx<'_> {
         let updated = sqlx::query(
             "UPDATE action_steps SET state = 'done', report = $4, last_error = $5, \
              journal = NULL, lease_owner = NULL, lease_until = NULL \
-             WHERE action_id = $1 AND target = $2 AND lease_owner = $3 AND state = 'pending'",
+             WHERE action_id = $1 AND target = $2 AND lease_owner = $3 AND state = 'pending' \
+               AND attempts = $6",
         )
         .bind(&id)
         .bind(&lease.target)
         .bind(self.owner)
         .bind(to_json(self.report))
         .bind(&self.report.error)
+        .bind(lease.attempts)
         .execute(&mut **tx)
         .await?
         .rows_affected();
@@ -1057,13 +1063,15 @@ impl Transaction for RetryTx<'_> {
         let updated = sqlx::query(
             "UPDATE action_steps SET next_attempt_at = $4, last_error = $5, \
              lease_owner = NULL, lease_until = NULL \
-             WHERE action_id = $1 AND target = $2 AND lease_owner = $3 AND state = 'pending'",
+             WHERE action_id = $1 AND target = $2 AND lease_owner = $3 AND state = 'pending' \
+               AND attempts = $6",
         )
         .bind(lease.action_id.to_string())
         .bind(&lease.target)
         .bind(self.owner)
         .bind(at(self.next))
         .bind(self.error)
+        .bind(lease.attempts)
         .execute(&mut **tx)
         .await?
         .rows_affected();
@@ -1214,6 +1222,23 @@ mod tests {
                 .status,
             "running"
         );
+    }
+
+    #[tokio::test]
+    async fn an_earlier_attempt_of_this_process_can_no_longer_journal_or_record() {
+        let (_dir, _store, audit, q) = queue("one", Duration::from_millis(50)).await;
+        let s = submission(&["a"], &["webhook:1"]);
+        q.submit(&audit, &s).await.unwrap();
+        let first = q.claim(1, None).await.unwrap().pop().unwrap();
+        // Its lease lapses (the store was down, say) and this same process claims it again.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let second = q.claim(1, None).await.unwrap().pop().unwrap();
+        assert_eq!((first.attempts, second.attempts), (1, 2));
+        assert!(q.write_journal(&first, &[]).await.is_err(), "no signal");
+        assert!(!q.finish(&audit, &first, &done("a")).await.unwrap());
+        assert!(!q.retry(&audit, &first, done("a")).await.unwrap());
+        q.write_journal(&second, &[]).await.unwrap();
+        assert!(q.finish(&audit, &second, &done("a")).await.unwrap());
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{Lease, Queue, QueueError};
 use crate::context::Context;
 use crate::pipeline::{self, ActionReport};
-use crate::terminate::same_session;
+use crate::terminate::{Session, SkipReason, same_session};
 
 /// How often a target with steps waiting for a retry is checked: a target that comes back is
 /// worked within about this long, whatever the backoff has grown to.
@@ -144,30 +144,46 @@ async fn run_lease(ctx: &Context, lease: Lease) {
 }
 
 /// Adds to `report` the sessions an interrupted earlier attempt recorded and signalled that
-/// are gone now: they were terminated, but their records were never written.
+/// are gone now: they were terminated, but their records were never written. That includes
+/// those this attempt still listed but found gone when it signalled: the earlier attempt
+/// may still have been running (its lease lapsed while the store was down), and its signal
+/// is what ended them, not the sessions themselves.
 fn recovered(lease: &Lease, report: &mut pipeline::TargetReport) {
     if lease.journal.is_empty() || lease.plan.dry_run {
         return;
     }
-    let o = &report.outcome;
-    let seen = |s: &crate::terminate::Session| {
+    let journaled = |s: &Session| lease.journal.iter().any(|j| same_session(j, s));
+    let o = &mut report.outcome;
+    let (ended, skipped): (Vec<_>, Vec<_>) = std::mem::take(&mut o.skipped)
+        .into_iter()
+        .partition(|s| s.reason == SkipReason::AlreadyGone && journaled(&s.session));
+    o.skipped = skipped;
+    let mut gone: Vec<Session> = ended.into_iter().map(|s| s.session).collect();
+    let seen = |s: &Session| {
         o.matched.iter().any(|m| same_session(m, s))
             || o.terminated.iter().any(|m| same_session(m, s))
             || o.skipped.iter().any(|m| same_session(&m.session, s))
             || o.failed.iter().any(|m| same_session(&m.session, s))
             || o.remaining.iter().any(|m| same_session(m, s))
     };
-    let gone: Vec<_> = lease.journal.iter().filter(|s| !seen(s)).cloned().collect();
-    if gone.is_empty() {
+    let unseen: Vec<Session> = lease
+        .journal
+        .iter()
+        .filter(|s| !seen(s) && !gone.iter().any(|g| same_session(g, s)))
+        .cloned()
+        .collect();
+    if gone.is_empty() && unseen.is_empty() {
         return;
     }
-    report.outcome.notes.push(format!(
+    o.notes.push(format!(
         "{} session(s) were signalled by an interrupted earlier attempt and are gone",
-        gone.len()
+        gone.len() + unseen.len()
     ));
-    report.outcome.matched.extend(gone.iter().cloned());
-    report.outcome.terminated.extend(gone);
-    report.found = report.outcome.matched.len() + report.outcome.skipped.len();
+    // Those already listed are in `matched`; the unseen ones join it.
+    o.matched.extend(unseen.iter().cloned());
+    gone.extend(unseen);
+    o.terminated.extend(gone);
+    report.found = o.matched.len() + o.skipped.len();
 }
 
 /// Renews this process's leases every third of their length, for as long as it is polled.
@@ -221,5 +237,94 @@ async fn probe_targets(ctx: Arc<Context>, stop: CancellationToken) {
             })
         });
         futures_util::future::join_all(probes).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{TargetReport, Work};
+    use crate::resolve::{Origin, Plan, Step};
+    use crate::terminate::{Scope, Skipped, TerminateOutcome};
+
+    fn session(pid: i64) -> Session {
+        Session {
+            pid,
+            login: Some("app".into()),
+            login_id: Some("16384".into()),
+            database: None,
+            application_name: None,
+            client_addr: None,
+            backend_start: Some(chrono::Utc::now()),
+            state: None,
+        }
+    }
+
+    fn lease(journal: Vec<Session>) -> Lease {
+        let plan = Plan {
+            action_id: Uuid::now_v7(),
+            origin: Origin::Revocation {
+                login: "app".into(),
+            },
+            scope: Some(Scope::All),
+            dry_run: false,
+            reason: None,
+            cutoff_defaulted: false,
+            steps: vec![Step {
+                target: "a".into(),
+                logins: vec!["app".into()],
+                protected: Default::default(),
+            }],
+        };
+        Lease {
+            action_id: plan.action_id,
+            target: "a".into(),
+            attempts: 2,
+            journal,
+            plan,
+            work: Work::Terminate(Scope::All),
+            actor: "tester".into(),
+            deadline: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn journaled_sessions_gone_now_are_counted_terminated_whether_listed_again_or_not() {
+        let (listed, unlisted, own) = (session(1), session(2), session(3));
+        let stranger = session(4);
+        let gone = |s: &Session| Skipped {
+            session: s.clone(),
+            reason: SkipReason::AlreadyGone,
+        };
+        // This attempt listed 1 (then found it gone when signalling), never saw 2, ended 3
+        // itself, and found 4 gone, which the earlier attempt never journaled.
+        let mut report = TargetReport {
+            target: "a".into(),
+            logins: vec!["app".into()],
+            found: 0,
+            error: None,
+            outcome: TerminateOutcome {
+                matched: vec![listed.clone(), own.clone(), stranger.clone()],
+                terminated: vec![own.clone()],
+                skipped: vec![gone(&listed), gone(&stranger)],
+                ..TerminateOutcome::default()
+            },
+        };
+        recovered(&lease(vec![listed, unlisted, own]), &mut report);
+        let pids = |v: &[Session]| {
+            let mut p: Vec<i64> = v.iter().map(|s| s.pid).collect();
+            p.sort();
+            p
+        };
+        let o = &report.outcome;
+        assert_eq!(pids(&o.terminated), [1, 2, 3]);
+        assert_eq!(pids(&o.matched), [1, 2, 3, 4]);
+        assert_eq!(o.skipped.len(), 1);
+        assert_eq!(
+            o.skipped[0].session.pid, 4,
+            "not journaled: it went by itself"
+        );
+        assert_eq!(report.found, 5);
+        assert!(o.notes[0].starts_with("2 session(s)"), "{:?}", o.notes);
     }
 }
