@@ -11,6 +11,7 @@
 
 pub mod worker;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,6 +101,14 @@ pub struct Lease {
     pub actor: String,
     /// When retrying stops.
     pub deadline: DateTime<Utc>,
+}
+
+/// The parts of a [`Lease`] that come from its action's row.
+struct LeasedAction {
+    plan: Plan,
+    work: Work,
+    actor: String,
+    deadline: DateTime<Utc>,
 }
 
 /// One step's state, as `GET /v1/actions/{id}` shows it.
@@ -371,13 +380,36 @@ impl Queue {
             .bind(action.map(|a| a.to_string()))
             .fetch_all(self.store.pool())
             .await?;
+        // The steps of one action share its row: read it once, not once per step (a
+        // credential mapped to 16 targets would otherwise wait for 16 store round trips).
+        let mut actions: HashMap<String, Arc<LeasedAction>> = HashMap::new();
         let mut leases = Vec::with_capacity(rows.len());
         for row in rows {
             let action_id: String = row.try_get("action_id")?;
             let target: String = row.try_get("target")?;
             let attempts: i64 = row.try_get("attempts")?;
             let journal: Option<String> = row.try_get("journal")?;
-            match self.lease(&action_id, target, attempts, journal).await {
+            let action = match actions.get(&action_id) {
+                Some(action) => Ok(action.clone()),
+                None => self.leased_action(&action_id).await.map(Arc::new),
+            };
+            let lease = action.and_then(|action| {
+                actions.insert(action_id.clone(), action.clone());
+                Ok(Lease {
+                    action_id: action.plan.action_id,
+                    target,
+                    attempts,
+                    journal: match journal {
+                        Some(text) => from_json("journal", &text)?,
+                        None => Vec::new(),
+                    },
+                    plan: action.plan.clone(),
+                    work: action.work.clone(),
+                    actor: action.actor.clone(),
+                    deadline: action.deadline,
+                })
+            });
+            match lease {
                 Ok(lease) => leases.push(lease),
                 Err(e) => {
                     // Unreadable work cannot be done; it stays visible and is never retried
@@ -389,30 +421,17 @@ impl Queue {
         Ok(leases)
     }
 
-    async fn lease(
-        &self,
-        action_id: &str,
-        target: String,
-        attempts: i64,
-        journal: Option<String>,
-    ) -> Result<Lease, QueueError> {
+    /// What every lease of `action_id` shares, from its stored row.
+    async fn leased_action(&self, action_id: &str) -> Result<LeasedAction, QueueError> {
         let row =
             sqlx::query("SELECT actor, plan, work, deadline FROM actions WHERE action_id = $1")
                 .bind(action_id)
                 .fetch_one(self.store.pool())
                 .await?;
-        let plan: Plan = from_json("plan", &row.try_get::<String, _>("plan")?)?;
         let work: Option<Work> = from_json("work", &row.try_get::<String, _>("work")?)?;
-        Ok(Lease {
-            action_id: plan.action_id,
-            target,
-            attempts,
-            journal: match journal {
-                Some(text) => from_json("journal", &text)?,
-                None => Vec::new(),
-            },
+        Ok(LeasedAction {
+            plan: from_json("plan", &row.try_get::<String, _>("plan")?)?,
             work: work.ok_or_else(|| QueueError::Corrupt("a step without work".into()))?,
-            plan,
             actor: row.try_get("actor")?,
             deadline: parse_time(&row.try_get::<String, _>("deadline")?)?,
         })
