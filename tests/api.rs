@@ -385,28 +385,7 @@ async fn a_dropped_roles_sessions_are_still_found_and_terminated() {
     );
     let server = TestServer::start(&ws.write_config(&config)).await;
     let victims = pg.open_sessions("v_token_app_x1", "pw", 2).await;
-
-    // sever learns the role's oid at start-up; wait until it has.
-    let mut learned = false;
-    for _ in 0..100 {
-        let pool =
-            sqlx::SqlitePool::connect(&format!("sqlite://{}", ws.path("sever.db").display()))
-                .await
-                .unwrap();
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM login_identities WHERE login = 'v_token_app_x1'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-        if n > 0 {
-            learned = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(learned, "sever never learned the login's oid");
+    wait_until_learned(&ws, "v_token_app_x1").await;
 
     // What Vault's revocation does: the role is dropped; its sessions keep running.
     pg.exec("DROP ROLE v_token_app_x1").await;
@@ -432,6 +411,81 @@ async fn a_dropped_roles_sessions_are_still_found_and_terminated() {
     for pid in &victims {
         assert!(pg.wait_gone(*pid, GONE).await);
     }
+    server.stop().await;
+}
+
+/// Waits until sever has learned (at start-up) and stored the role oid of `login`.
+async fn wait_until_learned(ws: &Workspace, login: &str) {
+    for _ in 0..100 {
+        let pool =
+            sqlx::SqlitePool::connect(&format!("sqlite://{}", ws.path("sever.db").display()))
+                .await
+                .unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM login_identities WHERE login = $1")
+            .bind(login)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        if n > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("sever never learned the oid of {login}");
+}
+
+#[tokio::test]
+async fn a_remembered_oid_that_now_names_another_role_is_left_alone() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.create_login("app_v1", "pw").await;
+    let ws = Workspace::new();
+    let config = format!(
+        "{}{}[credentials.app]\nlogins = [{{ target = \"main\", login = \"app_v1\" }}]\n",
+        ws.base_config(),
+        ws.target("main", &pg, ""),
+    );
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    wait_until_learned(&ws, "app_v1").await;
+
+    // The oid sever remembers for app_v1 passes to another name (as a reused oid would), and
+    // a new role takes the name: only the new role's sessions are app_v1's now.
+    let others = pg.open_sessions("app_v1", "pw", 2).await;
+    pg.exec("ALTER ROLE app_v1 RENAME TO unrelated").await;
+    pg.create_login("app_v1", "pw").await;
+    let victims = pg.open_sessions("app_v1", "pw", 2).await;
+
+    let (status, report) = server
+        .event(&json!({"credential": "app", "kind": "revoked"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let mut expected: Vec<i64> = victims.iter().map(|p| i64::from(*p)).collect();
+    expected.sort();
+    assert_eq!(pids(&report, "main", "terminated"), expected, "{report}");
+    for pid in &victims {
+        assert!(pg.wait_gone(*pid, GONE).await);
+    }
+    for pid in &others {
+        assert!(
+            pg.is_alive(*pid).await,
+            "a session of another role was ended"
+        );
+    }
+
+    // The new role's oid is remembered too, so its sessions are found once it is dropped.
+    let orphans = pg.open_sessions("app_v1", "pw", 1).await;
+    pg.exec("DROP ROLE app_v1").await;
+    let (status, report) = server
+        .event(&json!({"credential": "app", "kind": "revoked"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        pids(&report, "main", "terminated"),
+        vec![i64::from(orphans[0])],
+        "{report}"
+    );
+    assert!(pg.is_alive(others[0]).await && pg.is_alive(others[1]).await);
     server.stop().await;
 }
 

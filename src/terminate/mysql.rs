@@ -242,22 +242,25 @@ impl Mysql {
         Ok(Watermark { id, booted_at })
     }
 
-    async fn own_user(&self) -> Result<String, EngineError> {
+    async fn own_user(conn: &mut MySqlConnection) -> Result<String, EngineError> {
         sqlx::query_scalar("SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)")
-            .fetch_one(&self.pool)
+            .fetch_one(conn)
             .await
             .map_err(sqlx_error)
     }
 
     /// Client threads of `user` (every user when `None`).
-    async fn threads(&self, user: Option<&str>) -> Result<Vec<Thread>, EngineError> {
+    async fn threads(
+        conn: &mut MySqlConnection,
+        user: Option<&str>,
+    ) -> Result<Vec<Thread>, EngineError> {
         let rows = sqlx::query(
             "SELECT ID, USER, HOST, DB, COMMAND FROM information_schema.PROCESSLIST \
              WHERE (? IS NULL OR USER = ?) ORDER BY ID",
         )
         .bind(user)
         .bind(user)
-        .fetch_all(&self.pool)
+        .fetch_all(conn)
         .await
         .map_err(sqlx_error)?;
         let threads = rows
@@ -276,10 +279,13 @@ impl Mysql {
     }
 
     /// The host patterns of every account of `user` (needs `SELECT` on `mysql.user`).
-    async fn account_hosts(&self, user: &str) -> Result<Vec<String>, EngineError> {
+    async fn account_hosts(
+        conn: &mut MySqlConnection,
+        user: &str,
+    ) -> Result<Vec<String>, EngineError> {
         sqlx::query_scalar("SELECT Host FROM mysql.user WHERE User = ?")
             .bind(user)
-            .fetch_all(&self.pool)
+            .fetch_all(conn)
             .await
             .map_err(|e| {
                 EngineError::Query(format!(
@@ -327,18 +333,23 @@ impl Mysql {
                 }
             }
         };
-        let own_user = self.own_user().await?;
+        // One acquire, not one per statement: the pool pings on acquire and on release.
+        let mut conn = self.pool.acquire().await.map_err(sqlx_error)?;
+        let own_user = Self::own_user(&mut conn).await?;
         let mut hosts_by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let users: BTreeSet<&str> = accounts.iter().map(|a| a.user.as_str()).collect();
         let needs_hosts = accounts.iter().chain(&protected).any(|a| a.host.is_some());
         for user in &users {
             if needs_hosts {
-                hosts_by_user.insert((*user).to_owned(), self.account_hosts(user).await?);
+                hosts_by_user.insert(
+                    (*user).to_owned(),
+                    Self::account_hosts(&mut conn, user).await?,
+                );
             }
         }
         let mut to_kill = Vec::new();
         for user in users {
-            for thread in self.threads(Some(user)).await? {
+            for thread in Self::threads(&mut conn, Some(user)).await? {
                 let hosts = hosts_by_user
                     .get(user)
                     .map(Vec::as_slice)
@@ -379,7 +390,7 @@ impl Mysql {
         let intent: Vec<Session> = to_kill.iter().map(|(_, s)| s.clone()).collect();
         record_intent(request.journal.as_deref(), &intent).await?;
         for (id, session) in to_kill {
-            match self.kill(id).await {
+            match self.kill(&mut conn, id).await {
                 Ok(()) => outcome.terminated.push(session),
                 Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(UNKNOWN_THREAD) => {
                     outcome.skipped.push(Skipped { session, reason: SkipReason::AlreadyGone });
@@ -394,37 +405,35 @@ impl Mysql {
                 Err(e) => outcome.failed.push(Failed { session, error: e.to_string() }),
             }
         }
-        outcome.remaining = self
-            .verify_gone(&outcome.terminated, request.verify_timeout)
-            .await?;
+        outcome.remaining =
+            Self::verify_gone(&mut conn, &outcome.terminated, request.verify_timeout).await?;
         Ok(outcome)
     }
 
-    async fn kill(&self, id: u64) -> Result<(), sqlx::Error> {
+    async fn kill(&self, conn: &mut MySqlConnection, id: u64) -> Result<(), sqlx::Error> {
         if self.rds {
             sqlx::query("CALL mysql.rds_kill(?)")
                 .bind(id)
-                .execute(&self.pool)
+                .execute(conn)
                 .await?;
         } else {
             // KILL takes no parameters; the id is a u64, so nothing but digits reaches SQL.
             sqlx::query(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}")))
-                .execute(&self.pool)
+                .execute(conn)
                 .await?;
         }
         Ok(())
     }
 
     async fn verify_gone(
-        &self,
+        conn: &mut MySqlConnection,
         terminated: &[Session],
         timeout: Duration,
     ) -> Result<Vec<Session>, EngineError> {
         let mut poll = super::Poll::new(timeout);
         let mut remaining = terminated.to_vec();
         while !remaining.is_empty() {
-            let alive: BTreeSet<i64> = self
-                .threads(None)
+            let alive: BTreeSet<i64> = Self::threads(conn, None)
                 .await?
                 .iter()
                 .map(|t| t.id as i64)
@@ -459,16 +468,16 @@ impl Engine for Mysql {
             ));
         }
         let account = filter.login.as_deref().map(Account::parse).transpose()?;
+        // One acquire, not one per statement: the pool pings on acquire and on release.
+        let mut conn = self.pool.acquire().await.map_err(sqlx_error)?;
         let hosts = match account.as_ref() {
             Some(Account {
                 user,
                 host: Some(_),
-            }) => self.account_hosts(user).await?,
+            }) => Self::account_hosts(&mut conn, user).await?,
             _ => Vec::new(),
         };
-        let threads = self
-            .threads(account.as_ref().map(|a| a.user.as_str()))
-            .await?;
+        let threads = Self::threads(&mut conn, account.as_ref().map(|a| a.user.as_str())).await?;
         Ok(threads
             .iter()
             .filter_map(|t| {

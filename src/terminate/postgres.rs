@@ -2,15 +2,15 @@
 //! `pg_terminate_backend` in one set-based statement, then verified gone.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Postgres as Pg, Row};
 
 use super::{
     Engine, EngineError, Failed, Journal, Scope, Session, SessionFilter, SkipReason, Skipped,
@@ -45,10 +45,14 @@ macro_rules! session_columns {
     };
 }
 
-/// Selects the in-scope sessions of the given role oids and, unless it is a dry run, signals
-/// every eligible one, all in one round trip. Ineligible rows come back with a `skip` reason
-/// instead of being filtered out, so the report can say why they survived. `$5`, when set,
-/// limits it to the pids a dry run found and the journal recorded.
+/// Selects the in-scope sessions of the logins named in `$6` and, unless it is a dry run,
+/// signals every eligible one, all in one round trip. A session is in scope when its role
+/// has one of the names, or when its role is gone and its oid is one sever remembered for
+/// one of them (`$1`): a remembered oid that now names another role is never acted on.
+/// Ineligible rows come back with a `skip` reason instead of being filtered out, so the
+/// report can say why they survived. `$5`, when set, limits it to the pids a dry run found
+/// and the journal recorded. Matching names here, not oids looked up first, saves the step
+/// a round trip to the target before anything is signalled.
 ///
 /// The one-argument `pg_terminate_backend` is used on purpose: it does not wait (waiting
 /// serialises the backends, ~100 ms each) and it exists on every supported version; the
@@ -69,7 +73,8 @@ m AS (
     FROM pg_stat_activity a
     LEFT JOIN pg_roles r ON r.oid = a.usesysid
     WHERE a.backend_type = 'client backend'
-      AND a.usesysid::int8 = ANY($1::int8[])
+      AND (r.rolname = ANY($6::text[])
+           OR (r.oid IS NULL AND a.usesysid::int8 = ANY($1::int8[])))
       AND ($3::timestamptz IS NULL OR a.backend_start IS NULL OR a.backend_start < $3::timestamptz)
       AND ($5::int4[] IS NULL OR a.pid = ANY($5::int4[]))
 )
@@ -174,6 +179,22 @@ impl Postgres {
             .min_connections(1)
             .acquire_timeout(target.connect_timeout)
             .idle_timeout(Duration::from_secs(300))
+            // A step runs the same prepared statements back to back on one connection (list,
+            // signal, verify polls), but rotations are rare, so a connection never reaches
+            // the five executions after which PostgreSQL stops planning each one anew.
+            // Planning these statements over the pg_stat_activity view cost more CPU than
+            // running them; a generic plan is made once per connection and is the same plan.
+            // (plan_cache_mode exists from PostgreSQL 12 on; older servers keep planning.)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    if conn.server_version_num().is_some_and(|v| v >= 120_000) {
+                        sqlx::query("SET plan_cache_mode = force_generic_plan")
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_lazy_with(options);
         Ok(Self {
             id: id.to_owned(),
@@ -182,23 +203,58 @@ impl Postgres {
         })
     }
 
-    /// Resolves login names to role oids, including remembered oids of dropped roles, and
-    /// remembers what it found. Returns oid → login name.
-    async fn role_oids(&self, logins: &[String]) -> Result<BTreeMap<i64, String>, EngineError> {
+    /// The role oids sever remembers for `logins` on this target, as (login, oid).
+    async fn remembered(&self, logins: &[String]) -> Result<Vec<(String, i64)>, EngineError> {
         let remembered = self
             .store
             .identities(&self.id, logins)
             .await
             .map_err(|e| EngineError::Query(format!("state store: {e}")))?;
-        let remembered: Vec<(String, i64)> = remembered
+        Ok(remembered
             .into_iter()
             .filter_map(|(login, oid)| oid.parse().ok().map(|oid| (login, oid)))
-            .collect();
+            .collect())
+    }
+
+    /// Remembers the role oids of `sessions` of `logins` not yet in `remembered`.
+    async fn remember_from(
+        &self,
+        sessions: &[Session],
+        logins: &[String],
+        remembered: &[(String, i64)],
+    ) -> Result<(), EngineError> {
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for s in sessions {
+            let (Some(login), Some(oid)) = (&s.login, &s.login_id) else {
+                continue;
+            };
+            let known = remembered
+                .iter()
+                .any(|(l, o)| l == login && o.to_string() == *oid);
+            let pair = (login.clone(), oid.clone());
+            if logins.contains(login) && !known && !seen.contains(&pair) {
+                seen.push(pair);
+            }
+        }
+        self.store
+            .remember_identities(&self.id, &seen, Utc::now())
+            .await
+            .map_err(|e| EngineError::Query(format!("state store: {e}")))
+    }
+
+    /// Resolves login names to role oids, including remembered oids of dropped roles, and
+    /// remembers what it found. Returns oid → login name.
+    async fn role_oids(
+        &self,
+        conn: &mut PgConnection,
+        logins: &[String],
+    ) -> Result<BTreeMap<i64, String>, EngineError> {
+        let remembered = self.remembered(logins).await?;
         let remembered_oids: Vec<i64> = remembered.iter().map(|(_, oid)| *oid).collect();
         let rows = sqlx::query(ROLES_SQL)
             .bind(logins)
             .bind(&remembered_oids)
-            .fetch_all(&self.pool)
+            .fetch_all(conn)
             .await
             .map_err(query_error)?;
         let current: BTreeMap<i64, String> = rows
@@ -240,13 +296,16 @@ impl Postgres {
         Ok(oids)
     }
 
-    async fn still_connected(&self, sessions: &[Session]) -> Result<Vec<Session>, EngineError> {
+    async fn still_connected(
+        conn: &mut PgConnection,
+        sessions: &[Session],
+    ) -> Result<Vec<Session>, EngineError> {
         let pids: Vec<i32> = sessions.iter().map(|s| s.pid as i32).collect();
         let starts: Vec<Option<DateTime<Utc>>> = sessions.iter().map(|s| s.backend_start).collect();
         let rows = sqlx::query(REMAINING_SQL)
             .bind(&pids)
             .bind(&starts)
-            .fetch_all(&self.pool)
+            .fetch_all(conn)
             .await
             .map_err(query_error)?;
         let alive: BTreeSet<i64> = rows
@@ -263,14 +322,14 @@ impl Postgres {
 
     /// Polls until every terminated session is gone or `timeout` passes; returns survivors.
     async fn verify_gone(
-        &self,
+        conn: &mut PgConnection,
         terminated: &[Session],
         timeout: Duration,
     ) -> Result<Vec<Session>, EngineError> {
         let mut poll = super::Poll::new(timeout);
         let mut remaining = terminated.to_vec();
         while !remaining.is_empty() {
-            remaining = self.still_connected(&remaining).await?;
+            remaining = Self::still_connected(&mut *conn, &remaining).await?;
             if remaining.is_empty() || !poll.wait().await {
                 break;
             }
@@ -281,14 +340,14 @@ impl Postgres {
     /// Fallback when the set-based statement hit a permission error: one statement per
     /// session, so one refusal does not stop the rest.
     async fn terminate_one_by_one(
-        &self,
+        conn: &mut PgConnection,
         candidates: Vec<Session>,
         outcome: &mut TerminateOutcome,
     ) -> Result<(), EngineError> {
         for session in candidates {
             let signalled = sqlx::query_scalar::<_, bool>("SELECT pg_terminate_backend($1)")
                 .bind(session.pid as i32)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *conn)
                 .await;
             match signalled {
                 Ok(true) => outcome.terminated.push(session),
@@ -314,27 +373,26 @@ impl Postgres {
         Ok(())
     }
 
-    /// Runs a set-based select-and-signal statement (`run(dry_run, only_pids)`). With a
-    /// journal, a dry run comes first and its eligible sessions are recorded before the
+    /// Runs a set-based select-and-signal statement on `conn`. With a journal, a dry run comes first and its eligible sessions are recorded before the
     /// signalling statement, limited to the pids found, runs: one more round trip buys a
     /// record of every session about to be signalled. If signalling is refused (SQLSTATE
     /// 42501), runs it again as a dry run to get the candidates, and says so: they are then
     /// signalled one by one by [`Self::settle`]. Also returns the sessions journaled.
-    async fn select_and_signal<F, Fut>(
+    async fn select_and_signal(
         &self,
+        conn: &mut PgConnection,
+        statement: &Statement<'_>,
         dry_run: bool,
         journal: Option<&dyn Journal>,
         names: &BTreeMap<i64, String>,
-        run: F,
-    ) -> Result<Signalled, EngineError>
-    where
-        F: Fn(bool, Option<Vec<i32>>) -> Fut,
-        Fut: Future<Output = Result<Vec<PgRow>, sqlx::Error>>,
-    {
+    ) -> Result<Signalled, EngineError> {
         let mut journaled = Vec::new();
         let only = match journal {
             Some(journal) if !dry_run => {
-                let rows = run(true, None).await.map_err(query_error)?;
+                let rows = statement
+                    .run(&mut *conn, true, None)
+                    .await
+                    .map_err(query_error)?;
                 let mut pids = Vec::with_capacity(rows.len());
                 for row in &rows {
                     pids.push(row.try_get::<i32, _>("pid").map_err(query_error)?);
@@ -343,19 +401,26 @@ impl Postgres {
                         journaled.push(decode_session(row, names).map_err(query_error)?);
                     }
                 }
+                if rows.is_empty() {
+                    // Nothing in scope: there is nothing to signal or to re-check.
+                    return Ok((rows, false, journaled));
+                }
                 record_intent(Some(journal), &journaled).await?;
                 Some(pids)
             }
             _ => None,
         };
-        match run(dry_run, only.clone()).await {
+        match statement.run(&mut *conn, dry_run, only.clone()).await {
             Ok(rows) => Ok((rows, false, journaled)),
             Err(sqlx::Error::Database(db))
                 if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) =>
             {
                 tracing::warn!(target_id = %self.id, error = %db,
                     "set-based termination refused; falling back to one session at a time");
-                let rows = run(true, only).await.map_err(query_error)?;
+                let rows = statement
+                    .run(&mut *conn, true, only)
+                    .await
+                    .map_err(query_error)?;
                 Ok((rows, true, journaled))
             }
             Err(e) => Err(query_error(e)),
@@ -366,7 +431,7 @@ impl Postgres {
     /// `signalled`) into an outcome, signals one by one when the statement could not
     /// (`permission_denied`), and verifies that every signalled session is gone.
     async fn settle(
-        &self,
+        conn: &mut PgConnection,
         (rows, permission_denied, journaled): &Signalled,
         names: &BTreeMap<i64, String>,
         dry_run: bool,
@@ -403,7 +468,7 @@ impl Postgres {
             }
         }
         if permission_denied {
-            self.terminate_one_by_one(to_signal, &mut outcome).await?;
+            Self::terminate_one_by_one(&mut *conn, to_signal, &mut outcome).await?;
         }
         // Journaled by the dry run, gone before the signal: they ended on their own.
         for session in journaled {
@@ -416,51 +481,78 @@ impl Postgres {
             }
         }
         if !outcome.terminated.is_empty() {
-            outcome.remaining = self
-                .verify_gone(&outcome.terminated, verify_timeout)
-                .await?;
+            outcome.remaining =
+                Self::verify_gone(conn, &outcome.terminated, verify_timeout).await?;
         }
         Ok(outcome)
     }
 
-    async fn run_terminate(
-        &self,
-        oids: &[i64],
-        request: &TerminateRequest,
-        dry_run: bool,
-        only: Option<Vec<i32>>,
-    ) -> Result<Vec<PgRow>, sqlx::Error> {
-        let cutoff = match request.scope {
-            Scope::All => None,
-            Scope::Before(at) => Some(at),
-        };
-        let protected: Vec<&str> = request.protected.iter().map(String::as_str).collect();
-        sqlx::query(TERMINATE_SQL)
-            .bind(oids)
-            .bind(&protected)
-            .bind(cutoff)
-            .bind(dry_run)
-            .bind(only)
-            .fetch_all(&self.pool)
-            .await
+    /// One connection for a whole operation: the pool pings a connection when it hands it
+    /// out and again when it takes it back, so a statement per acquire would add a round trip
+    /// to each statement and leave the next one waiting or opening a new connection.
+    async fn connection(&self) -> Result<PoolConnection<Pg>, EngineError> {
+        self.pool.acquire().await.map_err(query_error)
     }
+}
 
-    async fn run_sweep(
+/// A set-based select-and-signal statement and its arguments.
+enum Statement<'a> {
+    /// [`TERMINATE_SQL`] for a request, with the oids remembered for its logins.
+    Terminate {
+        remembered_oids: &'a [i64],
+        request: &'a TerminateRequest,
+    },
+    /// [`SWEEP_SQL`].
+    Sweep {
+        pattern: &'a str,
+        protected: &'a [String],
+        protected_oids: &'a [i64],
+    },
+}
+
+impl Statement<'_> {
+    /// Runs the statement: only listing when `dry_run`, limited to `only` pids when set.
+    async fn run(
         &self,
-        pattern: &str,
-        protected: &[String],
-        protected_oids: &[i64],
+        conn: &mut PgConnection,
         dry_run: bool,
         only: Option<Vec<i32>>,
     ) -> Result<Vec<PgRow>, sqlx::Error> {
-        sqlx::query(SWEEP_SQL)
-            .bind(pattern)
-            .bind(protected)
-            .bind(protected_oids)
-            .bind(dry_run)
-            .bind(only)
-            .fetch_all(&self.pool)
-            .await
+        match self {
+            Self::Terminate {
+                remembered_oids,
+                request,
+            } => {
+                let cutoff = match request.scope {
+                    Scope::All => None,
+                    Scope::Before(at) => Some(at),
+                };
+                let protected: Vec<&str> = request.protected.iter().map(String::as_str).collect();
+                sqlx::query(TERMINATE_SQL)
+                    .bind(remembered_oids)
+                    .bind(&protected)
+                    .bind(cutoff)
+                    .bind(dry_run)
+                    .bind(only)
+                    .bind(&request.logins)
+                    .fetch_all(conn)
+                    .await
+            }
+            Self::Sweep {
+                pattern,
+                protected,
+                protected_oids,
+            } => {
+                sqlx::query(SWEEP_SQL)
+                    .bind(pattern)
+                    .bind(protected)
+                    .bind(protected_oids)
+                    .bind(dry_run)
+                    .bind(only)
+                    .fetch_all(conn)
+                    .await
+            }
+        }
     }
 }
 
@@ -507,9 +599,12 @@ impl Engine for Postgres {
     }
 
     async fn sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>, EngineError> {
+        let mut conn = self.connection().await?;
         let (oids, names) = match &filter.login {
             Some(login) => {
-                let names = self.role_oids(std::slice::from_ref(login)).await?;
+                let names = self
+                    .role_oids(&mut conn, std::slice::from_ref(login))
+                    .await?;
                 (Some(names.keys().copied().collect::<Vec<i64>>()), names)
             }
             None => (None, BTreeMap::new()),
@@ -521,7 +616,7 @@ impl Engine for Postgres {
             .bind(&filter.client_addr)
             .bind(filter.started_before)
             .bind(filter.started_after)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(query_error)?;
         rows.iter()
@@ -531,25 +626,53 @@ impl Engine for Postgres {
     }
 
     async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError> {
-        let names = self.role_oids(&request.logins).await?;
-        let oids: Vec<i64> = names.keys().copied().collect();
-        if oids.is_empty() {
-            return Ok(TerminateOutcome::default());
-        }
+        // Names are matched by the statement itself; the remembered oids add the sessions of
+        // roles dropped since, and name them (oid → login) in the report.
+        let remembered = self.remembered(&request.logins).await?;
+        let oids: Vec<i64> = remembered.iter().map(|(_, oid)| *oid).collect();
+        let names: BTreeMap<i64, String> = remembered
+            .iter()
+            .map(|(login, oid)| (*oid, login.clone()))
+            .collect();
+        let statement = Statement::Terminate {
+            remembered_oids: &oids,
+            request,
+        };
+        let mut conn = self.connection().await?;
         let signalled = self
             .select_and_signal(
+                &mut conn,
+                &statement,
                 request.dry_run,
                 request.journal.as_deref(),
                 &names,
-                |dry_run, only| self.run_terminate(&oids, request, dry_run, only),
             )
             .await?;
-        self.settle(&signalled, &names, request.dry_run, request.verify_timeout)
-            .await
+        let outcome = Self::settle(
+            &mut conn,
+            &signalled,
+            &names,
+            request.dry_run,
+            request.verify_timeout,
+        )
+        .await?;
+        drop(conn);
+        // Roles first seen here are remembered after the fact, off the path to the signal;
+        // roles without sessions are learned by the periodic `learn_logins`.
+        let seen: Vec<Session> = outcome
+            .matched
+            .iter()
+            .chain(outcome.skipped.iter().map(|s| &s.session))
+            .cloned()
+            .collect();
+        self.remember_from(&seen, &request.logins, &remembered)
+            .await?;
+        Ok(outcome)
     }
 
     async fn learn_logins(&self, logins: &[String]) -> Result<(), EngineError> {
-        self.role_oids(logins).await.map(|_| ())
+        let mut conn = self.connection().await?;
+        self.role_oids(&mut conn, logins).await.map(|_| ())
     }
 
     async fn sweep(
@@ -563,16 +686,19 @@ impl Engine for Postgres {
         let protected: Vec<String> = protected.iter().cloned().collect();
         // The protected logins' oids, including remembered ones of dropped roles: a protected
         // login stays protected once dropped, and its orphaned sessions keep their name.
-        let names = self.role_oids(&protected).await?;
+        let mut conn = self.connection().await?;
+        let names = self.role_oids(&mut conn, &protected).await?;
         let protected_oids: Vec<i64> = names.keys().copied().collect();
+        let statement = Statement::Sweep {
+            pattern,
+            protected: &protected,
+            protected_oids: &protected_oids,
+        };
         let signalled = self
-            .select_and_signal(dry_run, journal, &names, |dry_run, only| {
-                self.run_sweep(pattern, &protected, &protected_oids, dry_run, only)
-            })
+            .select_and_signal(&mut conn, &statement, dry_run, journal, &names)
             .await?;
-        let mut outcome = self
-            .settle(&signalled, &names, dry_run, verify_timeout)
-            .await?;
+        let mut outcome =
+            Self::settle(&mut conn, &signalled, &names, dry_run, verify_timeout).await?;
         for row in &signalled.0 {
             let pid = i64::from(row.try_get::<i32, _>("pid").map_err(query_error)?);
             let swept: String = row.try_get("swept").map_err(query_error)?;
