@@ -6,7 +6,8 @@
 //!
 //! Environment: `SEVER_BENCH_RUNS` (repetitions per figure, default 7),
 //! `SEVER_BENCH_INTAKE_SECS` (length of each intake load, default 5), `SEVER_BENCH_ONLY`
-//! (scenario numbers to run, comma-separated, e.g. `2,3`; default all).
+//! (scenario numbers to run, comma-separated, e.g. `2,3`; default all), `SEVER_BENCH_LOG`
+//! (sever's log filter, default `error`; its log goes to stderr).
 
 #[path = "../tests/support/pg.rs"]
 #[allow(dead_code)]
@@ -147,7 +148,11 @@ impl Sever {
             .arg("--config")
             .arg(&path)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("SEVER_LOG", "error")
+            // SEVER_BENCH_LOG (e.g. `debug,sqlx=debug`) shows where a figure's time goes.
+            .env(
+                "SEVER_LOG",
+                std::env::var("SEVER_BENCH_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -234,17 +239,31 @@ fn sever_bin() -> PathBuf {
 }
 
 fn target(id: &str, pg: &TestPostgres) -> String {
+    target_via(id, pg, pg.port())
+}
+
+/// A target on `pg` that sever reaches through `port` (`pg`'s own, or a proxy's).
+fn target_via(id: &str, pg: &TestPostgres, port: u16) -> String {
     format!(
         "[targets.{id}]\nengine = \"postgres\"\nurl = {{ file = {:?} }}\npool_size = 4\n",
-        url_file(id, pg).display().to_string()
+        url_file(id, pg, port).display().to_string()
     )
 }
 
-/// The admin URL of `pg` in a file (sever refuses inline passwords).
-fn url_file(id: &str, pg: &TestPostgres) -> PathBuf {
+/// The admin URL of `pg`, reached through `port`, in a file (sever refuses inline passwords).
+fn url_file(id: &str, pg: &TestPostgres, port: u16) -> PathBuf {
     let path = pg.base_dir().join(format!("{id}.url"));
-    std::fs::write(&path, pg.url("sever_admin", ADMIN_PASSWORD, "postgres")).unwrap();
+    std::fs::write(&path, admin_url(pg, port)).unwrap();
     path
+}
+
+/// sever_admin's URL of `pg`, reached through `port`.
+fn admin_url(pg: &TestPostgres, port: u16) -> String {
+    pg.url("sever_admin", ADMIN_PASSWORD, "postgres").replacen(
+        &format!(":{}/", pg.port()),
+        &format!(":{port}/"),
+        1,
+    )
 }
 
 /// Scenario 1: N sessions of the rotated login plus 50 bystanders; sever vs the floor vs
@@ -368,17 +387,42 @@ fn per_pid_script(pg: &TestPostgres) {
     }
 }
 
-/// Scenario 2: one rotation mapped to 1, 4 and 16 targets (4 clusters, a login per target).
-async fn fan_out(runs: usize, lines: &mut Vec<Line>) {
-    const PER_TARGET: usize = 20;
-    let clusters = futures_util::future::join_all((0..4).map(|_| cluster())).await;
-    let mut targets = String::new();
-    let mut credentials = String::new();
+/// Where scenario 2's targets are and how many sessions each has.
+#[derive(Clone, Copy)]
+struct FanOut {
+    /// Sessions of the rotated login on each target.
+    per_target: usize,
+    /// Added to every packet in each direction between sever (or the floor's client) and
+    /// the targets, by a proxy in front of each cluster; `None`: connected directly.
+    delay: Option<Duration>,
+}
+
+impl FanOut {
+    fn label(&self) -> String {
+        match self.delay {
+            None => format!("{} sessions", self.per_target),
+            Some(d) => format!("{} session(s), {} ms away", self.per_target, d.as_millis()),
+        }
+    }
+}
+
+/// Scenario 2: one rotation mapped to 1, 4 and 16 targets (4 clusters, a login per target),
+/// against the floor: the set-based statement on every target at once, each over an open
+/// connection, until every target is clean.
+async fn fan_out(clusters: &[TestPostgres], shape: FanOut, runs: usize, lines: &mut Vec<Line>) {
+    // Each target's connections go through a proxy of its own when it is "away".
+    let mut ports = Vec::new();
     for j in 0..16 {
         let pg = &clusters[j % 4];
-        pg.exec(&format!("CREATE ROLE app{j} LOGIN PASSWORD 'pw'"))
-            .await;
-        targets.push_str(&target(&format!("t{j}"), pg));
+        ports.push(match shape.delay {
+            None => pg.port(),
+            Some(delay) => delaying_proxy(pg.port(), delay).await,
+        });
+    }
+    let mut targets = String::new();
+    let mut credentials = String::new();
+    for (j, port) in ports.iter().enumerate() {
+        targets.push_str(&target_via(&format!("t{j}"), &clusters[j % 4], *port));
     }
     for k in [1usize, 4, 16] {
         let logins: Vec<String> = (0..k)
@@ -392,16 +436,25 @@ async fn fan_out(runs: usize, lines: &mut Vec<Line>) {
     let sever = Sever::start(&targets, &credentials).await;
     // The floor's open connections: one per target, as sever keeps a warm one per target.
     let mut admins = Vec::new();
-    for j in 0..16 {
-        let url = clusters[j % 4].url("sever_admin", ADMIN_PASSWORD, "postgres");
+    for (j, port) in ports.iter().enumerate() {
+        let url = admin_url(&clusters[j % 4], *port);
         admins.push(PgConnection::connect(&url).await.unwrap());
+    }
+    // Checks go directly to the clusters, so they cost the figures nothing.
+    let mut checks = Vec::new();
+    for pg in clusters {
+        checks.push(
+            PgConnection::connect(&pg.url("sever_admin", ADMIN_PASSWORD, "postgres"))
+                .await
+                .unwrap(),
+        );
     }
     let mut one = (Duration::ZERO, Duration::ZERO);
     for k in [1usize, 4, 16] {
         let mut samples = Vec::new();
         let mut floor = Vec::new();
         for _ in 0..runs {
-            let sessions = open_per_target(&clusters, k, PER_TARGET).await;
+            let sessions = open_per_target(clusters, k, shape.per_target).await;
             let t = Instant::now();
             let (status, report) = sever
                 .event(
@@ -413,14 +466,15 @@ async fn fan_out(runs: usize, lines: &mut Vec<Line>) {
             samples.push(t.elapsed());
             assert_eq!(status, 200, "{report}");
             assert_eq!(report["status"], "completed", "{report}");
-            for (j, admin) in admins.iter_mut().enumerate().take(k) {
-                assert_eq!(count_sessions(admin, &format!("app{j}")).await, 0);
+            for j in 0..k {
+                assert_eq!(
+                    count_sessions(&mut checks[j % 4], &format!("app{j}")).await,
+                    0
+                );
             }
             drop(sessions);
 
-            // The floor: the set-based statement on every target at once, each over its
-            // open connection, until every target is clean.
-            let sessions = open_per_target(&clusters, k, PER_TARGET).await;
+            let sessions = open_per_target(clusters, k, shape.per_target).await;
             let t = Instant::now();
             futures_util::future::join_all(admins.iter_mut().take(k).enumerate().map(
                 |(j, admin)| async move {
@@ -448,20 +502,78 @@ async fn fan_out(runs: usize, lines: &mut Vec<Line>) {
             one = (s.median, f.median);
         }
         lines.push(Line {
-            scenario: format!("2. fan-out, {k} target(s) x {PER_TARGET} sessions"),
+            scenario: format!("2. fan-out, {k} target(s) x {}", shape.label()),
             sever: s.show(),
             comparison: format!("floor: {}", f.show()),
             ratio: ratio(s.median, f.median),
         });
         if k > 1 {
             lines.push(Line {
-                scenario: format!("2. fan-out, {k} targets against 1"),
+                scenario: format!("2. fan-out, {k} targets against 1 ({})", shape.label()),
                 sever: format!("{} of 1 target", ratio(s.median, one.0)),
                 comparison: format!("floor: {} of 1 target", ratio(f.median, one.1)),
                 ratio: "-".into(),
             });
         }
     }
+}
+
+/// A TCP proxy to `upstream` (a port on 127.0.0.1) that holds every chunk of bytes for
+/// `delay` in each direction, as a network between sever and a database host would. Returns
+/// its port; it serves until the benchmark exits. Written here because the kernel on these
+/// machines has no netem qdisc to delay loopback traffic with.
+async fn delaying_proxy(upstream: u16, delay: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::join!(
+                    delayed_copy(client_read, server_write, delay),
+                    delayed_copy(server_read, client_write, delay),
+                );
+            });
+        }
+    });
+    port
+}
+
+/// Copies `from` to `to`, each chunk written `delay` after it was read, in order.
+async fn delayed_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf).await {
+            if tx
+                .send((tokio::time::Instant::now(), buf[..n].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((read_at, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(read_at + delay).await;
+            if to.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
 }
 
 /// Opens `per_target` sessions of each of the first `k` targets' logins, on their clusters.
@@ -589,7 +701,27 @@ fn main() {
             rotation_to_clean(runs, &mut lines).await;
         }
         if wanted("2") {
-            fan_out(runs, &mut lines).await;
+            let clusters = futures_util::future::join_all((0..4).map(|_| cluster())).await;
+            for (j, pg) in (0..16).map(|j| (j, &clusters[j % 4])) {
+                pg.exec(&format!("CREATE ROLE app{j} LOGIN PASSWORD 'pw'"))
+                    .await;
+            }
+            // On this machine every cluster shares the same 2 cores, so ending 16 x 20
+            // backends costs 16 times the CPU of 20 whoever signals them; with one session
+            // per target 1 ms away, the time is mostly network, as with databases on
+            // hosts of their own, and the growth shows what sever adds per target.
+            for shape in [
+                FanOut {
+                    per_target: 20,
+                    delay: None,
+                },
+                FanOut {
+                    per_target: 1,
+                    delay: Some(Duration::from_millis(1)),
+                },
+            ] {
+                fan_out(&clusters, shape, runs, &mut lines).await;
+            }
         }
         if wanted("3") || wanted("4") {
             intake_and_footprint(secs, &mut lines).await;
