@@ -373,11 +373,12 @@ impl Postgres {
         Ok(())
     }
 
-    /// Runs a set-based select-and-signal statement on `conn`. With a journal, a dry run comes first and its eligible sessions are recorded before the
-    /// signalling statement, limited to the pids found, runs: one more round trip buys a
-    /// record of every session about to be signalled. If signalling is refused (SQLSTATE
-    /// 42501), runs it again as a dry run to get the candidates, and says so: they are then
-    /// signalled one by one by [`Self::settle`]. Also returns the sessions journaled.
+    /// Runs a set-based select-and-signal statement on `conn`. With a journal, a dry run
+    /// comes first and its eligible sessions are recorded before the signalling statement,
+    /// limited to the pids found, runs: one more round trip buys a record of every session
+    /// about to be signalled. If signalling is refused (SQLSTATE 42501), runs it again as a
+    /// dry run to get the candidates, and says so: they are then signalled one by one by
+    /// [`Self::settle`]. Also returns the sessions journaled.
     async fn select_and_signal(
         &self,
         conn: &mut PgConnection,
