@@ -253,17 +253,13 @@ fn target_via(id: &str, pg: &TestPostgres, port: u16) -> String {
 /// The admin URL of `pg`, reached through `port`, in a file (sever refuses inline passwords).
 fn url_file(id: &str, pg: &TestPostgres, port: u16) -> PathBuf {
     let path = pg.base_dir().join(format!("{id}.url"));
-    std::fs::write(&path, admin_url(pg, port)).unwrap();
+    std::fs::write(&path, admin_url(port)).unwrap();
     path
 }
 
-/// sever_admin's URL of `pg`, reached through `port`.
-fn admin_url(pg: &TestPostgres, port: u16) -> String {
-    pg.url("sever_admin", ADMIN_PASSWORD, "postgres").replacen(
-        &format!(":{}/", pg.port()),
-        &format!(":{port}/"),
-        1,
-    )
+/// sever_admin's URL of a cluster reached through `port` (its own, or a proxy's).
+fn admin_url(port: u16) -> String {
+    format!("postgres://sever_admin:{ADMIN_PASSWORD}@127.0.0.1:{port}/postgres")
 }
 
 /// Scenario 1: N sessions of the rotated login plus 50 bystanders; sever vs the floor vs
@@ -436,18 +432,13 @@ async fn fan_out(clusters: &[TestPostgres], shape: FanOut, runs: usize, lines: &
     let sever = Sever::start(&targets, &credentials).await;
     // The floor's open connections: one per target, as sever keeps a warm one per target.
     let mut admins = Vec::new();
-    for (j, port) in ports.iter().enumerate() {
-        let url = admin_url(&clusters[j % 4], *port);
-        admins.push(PgConnection::connect(&url).await.unwrap());
+    for port in &ports {
+        admins.push(PgConnection::connect(&admin_url(*port)).await.unwrap());
     }
     // Checks go directly to the clusters, so they cost the figures nothing.
     let mut checks = Vec::new();
     for pg in clusters {
-        checks.push(
-            PgConnection::connect(&pg.url("sever_admin", ADMIN_PASSWORD, "postgres"))
-                .await
-                .unwrap(),
-        );
+        checks.push(PgConnection::connect(&admin_url(pg.port())).await.unwrap());
     }
     let mut one = (Duration::ZERO, Duration::ZERO);
     for k in [1usize, 4, 16] {

@@ -391,10 +391,13 @@ impl Queue {
             let journal: Option<String> = row.try_get("journal")?;
             let action = match actions.get(&action_id) {
                 Some(action) => Ok(action.clone()),
-                None => self.leased_action(&action_id).await.map(Arc::new),
+                None => self.leased_action(&action_id).await.map(|action| {
+                    let action = Arc::new(action);
+                    actions.insert(action_id.clone(), action.clone());
+                    action
+                }),
             };
             let lease = action.and_then(|action| {
-                actions.insert(action_id.clone(), action.clone());
                 Ok(Lease {
                     action_id: action.plan.action_id,
                     target,

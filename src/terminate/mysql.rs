@@ -30,7 +30,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
-use sqlx::{Connection, MySqlConnection, MySqlPool, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, MySql, MySqlConnection, MySqlPool, Row};
 
 use super::{
     Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped,
@@ -242,6 +243,13 @@ impl Mysql {
         Ok(Watermark { id, booted_at })
     }
 
+    /// One connection for a whole operation: the pool pings a connection when it hands it
+    /// out and again when it takes it back, so a statement per acquire would add a round trip
+    /// to each statement and leave the next one waiting or opening a new connection.
+    async fn connection(&self) -> Result<PoolConnection<MySql>, EngineError> {
+        self.pool.acquire().await.map_err(sqlx_error)
+    }
+
     async fn own_user(conn: &mut MySqlConnection) -> Result<String, EngineError> {
         sqlx::query_scalar("SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)")
             .fetch_one(conn)
@@ -333,8 +341,7 @@ impl Mysql {
                 }
             }
         };
-        // One acquire, not one per statement: the pool pings on acquire and on release.
-        let mut conn = self.pool.acquire().await.map_err(sqlx_error)?;
+        let mut conn = self.connection().await?;
         let own_user = Self::own_user(&mut conn).await?;
         let mut hosts_by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let users: BTreeSet<&str> = accounts.iter().map(|a| a.user.as_str()).collect();
@@ -468,8 +475,7 @@ impl Engine for Mysql {
             ));
         }
         let account = filter.login.as_deref().map(Account::parse).transpose()?;
-        // One acquire, not one per statement: the pool pings on acquire and on release.
-        let mut conn = self.pool.acquire().await.map_err(sqlx_error)?;
+        let mut conn = self.connection().await?;
         let hosts = match account.as_ref() {
             Some(Account {
                 user,

@@ -219,7 +219,7 @@ impl Postgres {
     /// Remembers the role oids of `sessions` of `logins` not yet in `remembered`.
     async fn remember_from(
         &self,
-        sessions: &[Session],
+        sessions: impl IntoIterator<Item = &Session>,
         logins: &[String],
         remembered: &[(String, i64)],
     ) -> Result<(), EngineError> {
@@ -660,13 +660,11 @@ impl Engine for Postgres {
         drop(conn);
         // Roles first seen here are remembered after the fact, off the path to the signal;
         // roles without sessions are learned by the periodic `learn_logins`.
-        let seen: Vec<Session> = outcome
+        let seen = outcome
             .matched
             .iter()
-            .chain(outcome.skipped.iter().map(|s| &s.session))
-            .cloned()
-            .collect();
-        self.remember_from(&seen, &request.logins, &remembered)
+            .chain(outcome.skipped.iter().map(|s| &s.session));
+        self.remember_from(seen, &request.logins, &remembered)
             .await?;
         Ok(outcome)
     }
