@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use crate::context::Context;
+use crate::store::StoreError;
 
 /// Upper bound for each readiness probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -101,7 +102,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     let store_file = match store_file {
         Ok(None) => Probe::nothing_to_check("not a file"),
         Ok(Some(result)) => Probe::from(Some(result)),
-        Err(_) => Probe::from(None::<Result<(), String>>),
+        Err(_) => Probe::from(None::<Result<(), StoreError>>),
     };
     let checkpoint_file = checkpoint_file_probe(checkpoint_file_status(ctx));
     let targets: BTreeMap<String, Probe> = targets.into_iter().collect();

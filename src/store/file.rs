@@ -30,6 +30,9 @@ fn identity(metadata: &fs::Metadata) -> Identity {
 /// Watches one SQLite database file and its `-wal`.
 #[derive(Debug)]
 pub struct FileWatch {
+    /// The path as configured (made absolute): what a restart would open.
+    configured: PathBuf,
+    /// The file it resolved to at start-up, as descriptor links name it.
     db: PathBuf,
     wal: PathBuf,
     opened: Identity,
@@ -47,6 +50,7 @@ impl FileWatch {
         let mut wal = db.clone().into_os_string();
         wal.push("-wal");
         Some(Self {
+            configured: std::path::absolute(path).ok()?,
             wal: PathBuf::from(wal),
             db,
             opened,
@@ -108,15 +112,21 @@ impl FileWatch {
         why
     }
 
+    /// Both the configured path (a symlink, say) and the file it resolved to must still name
+    /// the file opened at start-up.
     fn path_loss(&self) -> Option<String> {
-        match fs::metadata(&self.db) {
-            Err(e) => Some(format!("{} is gone: {e}", self.db.display())),
+        let mut paths = vec![&self.db];
+        if self.configured != self.db {
+            paths.push(&self.configured);
+        }
+        paths.into_iter().find_map(|path| match fs::metadata(path) {
+            Err(e) => Some(format!("{} is gone: {e}", path.display())),
             Ok(m) if identity(&m) != self.opened => Some(format!(
                 "{} is no longer the file sever opened at start-up (it was replaced)",
-                self.db.display()
+                path.display()
             )),
             Ok(_) => None,
-        }
+        })
     }
 
     fn find_loss(&self) -> Option<String> {
@@ -150,7 +160,12 @@ impl FileWatch {
     fn open_descriptors(&self) -> Vec<(String, &Path)> {
         let mut cached = self.fds.lock().unwrap_or_else(|e| e.into_inner());
         let found: Vec<_> = cached.iter().filter_map(|fd| self.names(fd)).collect();
-        if !found.is_empty() && found.len() == cached.len() {
+        // Still valid only if every cached descriptor names its file and both files are
+        // among them; otherwise the connection changed (or had not opened its `-wal` yet).
+        let complete = [&self.db, &self.wal]
+            .iter()
+            .all(|p| found.iter().any(|(_, named)| named == p));
+        if complete && found.len() == cached.len() {
             return found;
         }
         let Ok(entries) = fs::read_dir(FD_DIR) else {
@@ -200,6 +215,24 @@ mod tests {
         let _open = fs::File::open(&path).unwrap();
         fs::remove_file(&path).unwrap();
         fs::write(&path, b"z").unwrap();
+        assert!(watch.check().unwrap_err().contains("replaced"));
+    }
+
+    #[test]
+    fn a_configured_symlink_pointed_elsewhere_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (real, other, link) = (
+            dir.path().join("a.db"),
+            dir.path().join("b.db"),
+            dir.path().join("s.db"),
+        );
+        fs::write(&real, b"x").unwrap();
+        fs::write(&other, b"y").unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let watch = FileWatch::new(&link).unwrap();
+        assert_eq!(watch.check(), Ok(()));
+        fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&other, &link).unwrap();
         assert!(watch.check().unwrap_err().contains("replaced"));
     }
 

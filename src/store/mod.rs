@@ -221,14 +221,14 @@ impl Store {
 
     /// Checks the store file now, holding a connection while doing so (for `/readyz` and
     /// the timer). `None` when the store is no file (PostgreSQL, in-memory SQLite).
-    pub async fn verify_file(&self) -> Option<Result<(), String>> {
+    pub async fn verify_file(&self) -> Option<Result<(), StoreError>> {
         let watch = self.file.as_ref()?;
         let result = match self.pool.acquire().await {
             Ok(_held) => watch.check(),
             // No connection to hold: compare the path alone, which needs none.
             Err(_) => watch.check_path(),
         };
-        Some(result.map_err(str::to_owned))
+        Some(result.map_err(|_| StoreError::FileLost))
     }
 
     /// Checks the store file every [`FILE_CHECK_EVERY`] until `stop`, so a loss is noticed
