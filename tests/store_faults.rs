@@ -407,15 +407,19 @@ async fn a_postgres_store_connection_killed_mid_transaction_is_replaced_and_read
     assert_eq!(ready["store"]["ok"], false, "{ready}");
 
     // Kill every store connection of sever's, mid-transaction, then let go of the lock.
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = 'sever_store' AND pid <> $1 AND pid <> pg_backend_pid()",
+    let killed: Vec<i32> = sqlx::query_scalar(
+        // `OFFSET 0` keeps the filter ahead of the termination (the planner may not merge).
+        "SELECT pid FROM (SELECT pid FROM pg_stat_activity \
+         WHERE datname = 'sever_store' AND pid <> $1 AND pid <> pg_backend_pid() OFFSET 0) s \
+         WHERE pg_terminate_backend(pid)",
     )
     .bind(holder_pid)
-    .execute(&mut admin)
+    .fetch_all(&mut admin)
     .await
     .unwrap();
-    for pid in victims {
+    assert!(victims.iter().all(|v| killed.contains(v)), "{killed:?}");
+    // All of them gone before going on, so none dies under a later request by chance.
+    for pid in killed {
         assert!(store.wait_gone(pid, PATIENCE).await);
     }
     sqlx::query("SELECT pg_advisory_unlock($1)")
