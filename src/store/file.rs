@@ -59,16 +59,6 @@ impl FileWatch {
         })
     }
 
-    /// The database file's path (resolved at start-up).
-    pub fn path(&self) -> &Path {
-        &self.db
-    }
-
-    /// Why the file was found lost, if it was.
-    pub fn lost(&self) -> Option<&str> {
-        self.lost.get().map(String::as_str)
-    }
-
     /// Checks the database file and its `-wal`; the caller must hold a pool connection.
     /// Returns why the store is lost (now or earlier).
     pub fn check(&self) -> Result<(), &str> {

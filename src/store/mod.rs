@@ -137,8 +137,9 @@ impl Store {
             // SQLite rolls a transaction back by itself when its COMMIT fails with
             // SQLITE_FULL, an I/O error, out of memory or an interrupt; sqlx still counts the
             // transaction as open, its queued ROLLBACK then fails ("no transaction is
-            // active"), and every later `BEGIN` on that connection is refused for good. A
-            // PostgreSQL connection broken mid-transaction is in the same state. Checking
+            // active"), and every later `BEGIN` on that connection is refused for good. (A
+            // PostgreSQL connection broken mid-transaction fails sqlx's ping on release and is
+            // closed by sqlx already; the same check is a second net there.) Checking
             // sqlx's own transaction depth in the pool's hooks covers every caller (the
             // audit chain, the queue's writes, identities, checkpoints, migrations) without
             // each having to remember it, and closes the connection: the next one is opened
@@ -212,11 +213,6 @@ impl Store {
             Some(watch) => watch.check().map_err(|_| StoreError::FileLost),
             None => Ok(()),
         }
-    }
-
-    /// Whether the store file was found lost (latched until restart).
-    pub fn file_lost(&self) -> bool {
-        self.file.as_ref().is_some_and(|w| w.lost().is_some())
     }
 
     /// Checks the store file now, holding a connection while doing so (for `/readyz` and
