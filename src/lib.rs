@@ -131,6 +131,8 @@ pub async fn run_with(
     let drain = termination.timeout + termination.verify_timeout + Duration::from_secs(5);
     let worker = tokio::spawn(queue::worker::run(ctx.clone(), background.clone(), drain));
     tokio::spawn(maintain(ctx.clone(), background.clone()));
+    // Between commits too, so a deleted store file shows in the log and `/readyz` at once.
+    tokio::spawn(ctx.store.clone().watch_file(background.clone()));
     intake::spawn_background(&state, &background);
     // On the tracker, so shutdown waits for a sweep in progress to finish its records.
     tracker.spawn(sweep::run_sweeper(ctx.clone(), background.clone()));

@@ -153,6 +153,14 @@ pub trait Transaction: Send + Sync {
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     ) -> Result<Decision<Self::Output>, sqlx::Error>;
+
+    /// Whether committing this acknowledges something new (an event, a refusal, a probe).
+    /// New work is refused once the store file is lost, so nothing is acknowledged that would
+    /// not survive a restart; the progress of work accepted before (`false`) still commits
+    /// into the open file, so that work finishes.
+    fn is_new_work(&self) -> bool {
+        true
+    }
 }
 
 /// Appends the records and nothing else.
@@ -166,6 +174,27 @@ impl Transaction for AppendOnly {
         _tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     ) -> Result<Decision<()>, sqlx::Error> {
         Ok(Decision::Commit(self.0.clone(), ()))
+    }
+}
+
+/// Touches the probe row and appends nothing.
+struct Probe;
+
+#[async_trait::async_trait]
+impl Transaction for Probe {
+    type Output = ();
+    async fn run(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    ) -> Result<Decision<()>, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO store_probe (id, at) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+        )
+        .bind(timestamp(Utc::now()))
+        .execute(&mut **tx)
+        .await?;
+        Ok(Decision::Commit(Vec::new(), ()))
     }
 }
 
@@ -256,16 +285,19 @@ impl Audit {
             attempt += 1;
             match self.try_transact(work).await {
                 Ok(output) => return Ok(output),
+                Err(AuditError::Store(StoreError::FileLost)) => {
+                    return Err(StoreError::FileLost.into());
+                }
                 Err(e) if attempt < 8 => {
                     tracing::debug!(error = %e, attempt, "audit append conflicted; retrying");
                     tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }
 
-    async fn try_transact<W: Transaction>(&self, work: &W) -> Result<W::Output, sqlx::Error> {
+    async fn try_transact<W: Transaction>(&self, work: &W) -> Result<W::Output, AuditError> {
         let mut tx = checkpoint::begin_chain_tx(&self.store).await?;
         let (entries, output) = match work.run(&mut tx).await? {
             Decision::Commit(entries, output) => (entries, output),
@@ -274,6 +306,22 @@ impl Audit {
                 return Ok(output);
             }
         };
+        // Checked with the connection held and the write lock taken, just before the commit
+        // that acknowledges: a store file lost earlier is noticed here at the latest.
+        if let Err(e) = self.store.check_file() {
+            if work.is_new_work() {
+                return Err(e.into());
+            }
+            let actions: std::collections::BTreeSet<Uuid> =
+                entries.iter().filter_map(|e| e.action_id).collect();
+            for action_id in actions {
+                tracing::error!(
+                    %action_id,
+                    "the store file is lost: this action, accepted before that was noticed, \
+                     goes on in the open file, and its records will be missing after a restart"
+                );
+            }
+        }
         if entries.is_empty() {
             tx.commit().await?;
             return Ok(output);
@@ -331,6 +379,13 @@ impl Audit {
         }
         tx.commit().await?;
         Ok(output)
+    }
+
+    /// Proves the store takes writes the way appends do (for `/readyz`): the same lock,
+    /// transaction (`BEGIN IMMEDIATE` on SQLite, the chain lock on PostgreSQL), store file
+    /// check and commit, so it fails exactly when appends fail.
+    pub async fn probe(&self) -> Result<(), AuditError> {
+        self.transact(&Probe).await
     }
 
     /// Records matching `filter`, in chain order.

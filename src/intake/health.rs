@@ -1,6 +1,7 @@
-//! `GET /healthz` (the process is up) and `GET /readyz` (store writable, targets reachable).
+//! `GET /healthz` (the process is up) and `GET /readyz` (each component's own state).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use axum::Json;
@@ -10,6 +11,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::context::Context;
+use crate::store::StoreError;
 
 /// Upper bound for each readiness probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -25,43 +28,68 @@ pub struct Probe {
     ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// Why a component with nothing to check counts as ok (e.g. "not configured").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'static str>,
 }
 
 impl Probe {
     fn from<E: std::fmt::Display>(result: Option<Result<(), E>>) -> Self {
         match result {
-            Some(Ok(())) => Probe {
-                ok: true,
-                error: None,
-            },
-            Some(Err(e)) => Probe {
-                ok: false,
-                error: Some(e.to_string()),
-            },
-            None => Probe {
-                ok: false,
-                error: Some(format!("no answer within {PROBE_TIMEOUT:?}")),
-            },
+            Some(Ok(())) => Probe::ok(),
+            Some(Err(e)) => Probe::failed(e.to_string()),
+            None => Probe::failed(format!("no answer within {PROBE_TIMEOUT:?}")),
+        }
+    }
+
+    fn ok() -> Self {
+        Probe {
+            ok: true,
+            error: None,
+            detail: None,
+        }
+    }
+
+    fn failed(error: String) -> Self {
+        Probe {
+            ok: false,
+            error: Some(error),
+            detail: None,
+        }
+    }
+
+    fn nothing_to_check(detail: &'static str) -> Self {
+        Probe {
+            ok: true,
+            error: None,
+            detail: Some(detail),
         }
     }
 }
 
-/// Readiness report: 503 when the store cannot take writes (nothing could be audited);
-/// unreachable targets are reported per target and make the status `degraded`.
+/// Readiness report, one entry per component. `503 unavailable` when the store cannot take
+/// writes through the append path or its file was lost (nothing could be accepted durably);
+/// a failing checkpoint file, target or Vault stream makes the status `degraded` (200).
 #[derive(Debug, Serialize)]
 pub struct Readiness {
     status: &'static str,
+    /// The store takes a write through the same transaction and commit as appends.
     store: Probe,
+    /// The SQLite file is still the one sever opened (always ok for PostgreSQL).
+    store_file: Probe,
+    /// The audit checkpoint file can be appended to.
+    checkpoint_file: Probe,
     targets: BTreeMap<String, Probe>,
     /// Vault event subscriptions by event type, when the subscriber is enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     vault_subscriber: Option<BTreeMap<String, super::vault::subscriber::StreamState>>,
 }
 
-/// Probes the store and every target concurrently.
+/// Probes the store, its file and every target concurrently.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let ctx = &state.ctx;
-    let store = tokio::time::timeout(PROBE_TIMEOUT, ctx.store.probe());
+    let store = tokio::time::timeout(PROBE_TIMEOUT, ctx.audit.probe());
+    let store_file = tokio::time::timeout(PROBE_TIMEOUT, ctx.store.verify_file());
     let targets =
         futures_util::future::join_all(ctx.targets.iter().map(|(id, engine)| async move {
             let result = tokio::time::timeout(PROBE_TIMEOUT, engine.check())
@@ -69,8 +97,14 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
                 .ok();
             (id.clone(), Probe::from(result))
         }));
-    let (store, targets) = tokio::join!(store, targets);
+    let (store, store_file, targets) = tokio::join!(store, store_file, targets);
     let store = Probe::from(store.ok());
+    let store_file = match store_file {
+        Ok(None) => Probe::nothing_to_check("not a file"),
+        Ok(Some(result)) => Probe::from(Some(result)),
+        Err(_) => Probe::from(None::<Result<(), StoreError>>),
+    };
+    let checkpoint_file = checkpoint_file_probe(checkpoint_file_status(ctx));
     let targets: BTreeMap<String, Probe> = targets.into_iter().collect();
     let subscribing = ctx
         .config
@@ -81,9 +115,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     let streams_ok = vault_subscriber
         .as_ref()
         .is_none_or(|s| s.values().all(|s| s.connected));
-    let (code, status) = if !store.ok {
+    let (code, status) = if !store.ok || !store_file.ok {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    } else if targets.values().all(|t| t.ok) && streams_ok {
+    } else if targets.values().all(|t| t.ok) && streams_ok && checkpoint_file.ok {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::OK, "degraded")
@@ -91,8 +125,55 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     let readiness = Readiness {
         status,
         store,
+        store_file,
+        checkpoint_file,
         targets,
         vault_subscriber,
     };
     (code, Json(readiness))
+}
+
+/// The checkpoint file's component: `None` when `audit.checkpoint_file` is not configured.
+fn checkpoint_file_probe(status: Option<Result<(), String>>) -> Probe {
+    match status {
+        None => Probe::nothing_to_check("not configured"),
+        Some(result) => Probe::from(Some(result)),
+    }
+}
+
+/// The checkpoint file's state for readiness.
+///
+/// CHECKPOINT FILE STATUS: until the checkpoint writer reports its own append failures
+/// (issue 13), this opens the file for append the way the writer does; replace the body with
+/// the writer's last outcome once it exposes one.
+fn checkpoint_file_status(ctx: &Context) -> Option<Result<(), String>> {
+    let path = ctx.config.audit.checkpoint_file.as_deref()?;
+    Some(can_append(path))
+}
+
+/// Whether `path` can be opened for appending (created if missing, as the writer does).
+fn can_append(path: &Path) -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(drop)
+        .map_err(|e| format!("cannot append to the checkpoint file: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checkpoint_file_component_says_what_it_checked() {
+        let p = checkpoint_file_probe(None);
+        assert!(p.ok);
+        assert_eq!(p.detail, Some("not configured"));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(checkpoint_file_probe(Some(can_append(&dir.path().join("c.jsonl")))).ok);
+        let p = checkpoint_file_probe(Some(can_append(&dir.path().join("no/c.jsonl"))));
+        assert!(!p.ok);
+        assert!(p.error.unwrap().contains("cannot append"));
+    }
 }

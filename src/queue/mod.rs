@@ -990,6 +990,11 @@ struct FinishTx<'a> {
 impl Transaction for FinishTx<'_> {
     type Output = Option<Option<ActionReport>>;
 
+    /// Progress of an accepted action: it finishes even after the store file is lost.
+    fn is_new_work(&self) -> bool {
+        false
+    }
+
     async fn run(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
@@ -1076,6 +1081,11 @@ struct RetryTx<'a> {
 #[async_trait]
 impl Transaction for RetryTx<'_> {
     type Output = bool;
+
+    /// Progress of an accepted action: it finishes even after the store file is lost.
+    fn is_new_work(&self) -> bool {
+        false
+    }
 
     async fn run(
         &self,

@@ -4,10 +4,23 @@
 //! placeholders (which SQLite accepts too) and plain TEXT/INTEGER columns, and timestamps are
 //! fixed-width RFC 3339 text so they sort and compare the same way in both.
 
+mod file;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Row};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
+use tokio_util::sync::CancellationToken;
+
+pub use file::FileWatch;
+
+/// How often the store file's identity is checked besides before each commit.
+pub const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Failures of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +37,13 @@ pub enum StoreError {
     /// A query failed.
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// The SQLite file was deleted, moved or replaced while open; the path is in the log
+    /// (not here, since this text reaches HTTP clients).
+    #[error(
+        "the store file was deleted or replaced while sever had it open; nothing new is \
+         accepted until sever is restarted (its log names the file)"
+    )]
+    FileLost,
 }
 
 /// Which database holds the store.
@@ -52,6 +72,8 @@ pub enum Claim {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The SQLite file's identity watch; `None` for PostgreSQL and in-memory SQLite.
+    file: Option<Arc<FileWatch>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -110,7 +132,20 @@ impl Store {
             "postgres" | "postgresql" => Backend::Postgres,
             other => return Err(StoreError::Scheme(other.to_owned())),
         };
-        let pool = AnyPoolOptions::new()
+        let mut options = AnyPoolOptions::new()
+            // A connection whose transaction did not end cleanly is never handed out again.
+            // SQLite rolls a transaction back by itself when its COMMIT fails with
+            // SQLITE_FULL, an I/O error, out of memory or an interrupt; sqlx still counts the
+            // transaction as open, its queued ROLLBACK then fails ("no transaction is
+            // active"), and every later `BEGIN` on that connection is refused for good. (A
+            // PostgreSQL connection broken mid-transaction fails sqlx's ping on release and is
+            // closed by sqlx already; the same check is a second net there.) Checking
+            // sqlx's own transaction depth in the pool's hooks covers every caller (the
+            // audit chain, the queue's writes, identities, checkpoints, migrations) without
+            // each having to remember it, and closes the connection: the next one is opened
+            // fresh, so writes work again as soon as space or I/O is back.
+            .after_release(|conn, _| Box::pin(release_clean(conn)))
+            .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             // Fail fast when the store is down, well within a request's time limit: the
             // sender gets `503 unavailable` (nothing accepted) and retries, instead of
             // waiting for sqlx's 30 s default and a timeout.
@@ -124,10 +159,15 @@ impl Store {
                 // still open their own.
                 Backend::Sqlite => 1,
                 Backend::Postgres => 8,
-            })
-            .connect(url)
-            .await
-            .map_err(StoreError::Connect)?;
+            });
+        if backend == Backend::Sqlite {
+            // SQLite's one connection is kept for the life of the process: nothing gains from
+            // reopening a local file, and a store file deleted under sever stays readable
+            // through the open connection, so work accepted before the loss was noticed can
+            // still finish (a reopened connection would find an empty new file, or none).
+            options = options.idle_timeout(None).max_lifetime(None);
+        }
+        let pool = options.connect(url).await.map_err(StoreError::Connect)?;
         if backend == Backend::Sqlite {
             // Write-ahead logging: one fsync per commit instead of several (synchronous stays
             // FULL, so a commit is still durable), and readers (the CLI, audit exports) no
@@ -141,7 +181,18 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
         }
-        Ok(Self { pool, backend })
+        let file = match backend {
+            Backend::Sqlite => SqliteConnectOptions::from_str(url)
+                .ok()
+                .and_then(|o| FileWatch::new(o.get_filename()))
+                .map(Arc::new),
+            Backend::Postgres => None,
+        };
+        Ok(Self {
+            pool,
+            backend,
+            file,
+        })
     }
 
     /// The connection pool, for modules that keep their own tables here.
@@ -154,16 +205,47 @@ impl Store {
         self.backend
     }
 
-    /// Proves the store accepts writes (for `/readyz`).
-    pub async fn probe(&self) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO store_probe (id, at) VALUES (1, $1) \
-             ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-        )
-        .bind(timestamp(Utc::now()))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    /// Checks that the SQLite file is still the one sever opened (see [`FileWatch`]); the
+    /// caller holds a pool connection (e.g. is inside a transaction). Always `Ok` for
+    /// PostgreSQL.
+    pub fn check_file(&self) -> Result<(), StoreError> {
+        match &self.file {
+            Some(watch) => watch.check().map_err(|_| StoreError::FileLost),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks the store file now, holding a connection while doing so (for `/readyz` and
+    /// the timer). `None` when the store is no file (PostgreSQL, in-memory SQLite).
+    pub async fn verify_file(&self) -> Option<Result<(), StoreError>> {
+        let watch = self.file.as_ref()?;
+        let result = match self.pool.acquire().await {
+            Ok(_held) => watch.check(),
+            // No connection to hold: compare the path alone, which needs none.
+            Err(_) => watch.check_path(),
+        };
+        Some(result.map_err(|_| StoreError::FileLost))
+    }
+
+    /// Checks the store file every [`FILE_CHECK_EVERY`] until `stop`, so a loss is noticed
+    /// (and logged) even while nothing is submitted.
+    pub async fn watch_file(self, stop: CancellationToken) {
+        if self.file.is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(FILE_CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Some(Err(_)) = self.verify_file().await {
+                        // Logged once when latched; nothing more to learn.
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// Records `key` as processed by `action_id` unless it already was. Keys are namespaced
@@ -294,6 +376,24 @@ impl Store {
     }
 }
 
+/// Keeps a released connection only if its transaction ended cleanly. For SQLite the
+/// rollback a dropped transaction queued runs in order before the ping returns, so the depth
+/// read afterwards is final.
+async fn release_clean(conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    conn.ping().await?;
+    let clean = !conn.is_in_transaction();
+    if !clean {
+        tracing::warn!(
+            "a store connection's transaction could not be ended (its commit or rollback \
+             failed); closing the connection"
+        );
+    }
+    Ok(clean)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,7 +457,6 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        store.probe().await.unwrap();
     }
 
     #[tokio::test]
