@@ -47,12 +47,16 @@ impl Probe {
 }
 
 /// Readiness report: 503 when the store cannot take writes (nothing could be audited);
-/// unreachable targets are reported per target and make the status `degraded`.
+/// unreachable targets, and a checkpoint file that cannot be appended to, are reported by
+/// name and make the status `degraded`.
 #[derive(Debug, Serialize)]
 pub struct Readiness {
     status: &'static str,
     store: Probe,
     targets: BTreeMap<String, Probe>,
+    /// The last append to `audit.checkpoint_file`, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint_file: Option<Probe>,
     /// Vault event subscriptions by event type, when the subscriber is enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     vault_subscriber: Option<BTreeMap<String, super::vault::subscriber::StreamState>>,
@@ -81,9 +85,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     let streams_ok = vault_subscriber
         .as_ref()
         .is_none_or(|s| s.values().all(|s| s.connected));
+    let checkpoint_file = ctx.checkpoint_file.state().map(|s| Probe::from(Some(s)));
+    let checkpoint_file_ok = checkpoint_file.as_ref().is_none_or(|p| p.ok);
     let (code, status) = if !store.ok {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    } else if targets.values().all(|t| t.ok) && streams_ok {
+    } else if targets.values().all(|t| t.ok) && streams_ok && checkpoint_file_ok {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::OK, "degraded")
@@ -92,6 +98,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         status,
         store,
         targets,
+        checkpoint_file,
         vault_subscriber,
     };
     (code, Json(readiness))
