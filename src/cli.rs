@@ -411,7 +411,9 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
             "operator_listen": config.server.operator_listen,
             "request_timeout": humantime::format_duration(config.server.request_timeout).to_string(),
             "header_read_timeout": humantime::format_duration(config.server.header_read_timeout).to_string(),
+            // null: sized at start to fit the open-file limit.
             "max_connections": config.server.max_connections,
+            "operator_max_connections": config.server.operator_max_connections,
             "max_body_bytes": config.server.max_body_bytes,
         },
         "store": config.store.url.describe(),

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::audit::Audit;
+use crate::audit::{Audit, CheckpointFileHealth};
 use crate::config::{Config, ConfigError};
 use crate::queue::Queue;
 use crate::store::{Store, StoreError};
@@ -33,6 +33,8 @@ pub struct Context {
     pub targets: Targets,
     /// The durable work queue every action runs from.
     pub queue: Arc<Queue>,
+    /// How the last append to `audit.checkpoint_file` went, for readiness.
+    pub checkpoint_file: Arc<CheckpointFileHealth>,
 }
 
 impl Context {
@@ -48,6 +50,9 @@ impl Context {
         Ok(Self {
             queue: Arc::new(queue),
             audit: Audit::new(store.clone()),
+            checkpoint_file: Arc::new(CheckpointFileHealth::new(
+                config.audit.checkpoint_file.is_some(),
+            )),
             config: Arc::new(config),
             store,
             targets,

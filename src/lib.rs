@@ -9,6 +9,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod fds;
 pub mod intake;
 pub mod pipeline;
 pub mod queue;
@@ -48,6 +49,9 @@ pub enum ServeError {
     /// Serving failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    /// The listeners' connection caps do not fit under the open-file limit.
+    #[error(transparent)]
+    Descriptors(#[from] fds::FdError),
     /// A configured address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -103,6 +107,9 @@ pub async fn run_with(
     options: RunOptions,
 ) -> Result<(), ServeError> {
     install_crypto_provider();
+    let has_operator_listener =
+        options.operator_listener.is_some() || config.server.operator_listen.is_some();
+    let caps = connection_caps(&config, has_operator_listener)?;
     let operator_listener = match (options.operator_listener, config.server.operator_listen) {
         (Some(listener), _) => Some(listener),
         (None, Some(addr)) => Some(
@@ -151,17 +158,27 @@ pub async fn run_with(
             tracing::info!(intake = %addr, operator = %operator.local_addr()?, "sever listening");
         }
     }
-    let limits = Limits::from(&ctx.config.server);
+    let limits = |max_connections| Limits {
+        header_read_timeout: ctx.config.server.header_read_timeout,
+        max_connections,
+    };
     let stop = CancellationToken::new();
     let serving = async {
         match operator_listener {
-            None => server::serve(listener, intake::router(state), limits, stop.clone()).await,
+            None => {
+                let router = intake::router(state);
+                server::serve(listener, router, limits(caps.intake), stop.clone()).await;
+            }
             Some(operator) => {
                 let intake = intake::intake_router(state.clone());
                 let operators = intake::operator_router(state);
+                // Always set: the caps were sized with this listener counted.
+                let operator_cap = caps
+                    .operator
+                    .unwrap_or(fds::DEFAULT_OPERATOR_MAX_CONNECTIONS);
                 tokio::join!(
-                    server::serve(listener, intake, limits, stop.clone()),
-                    server::serve(operator, operators, limits, stop.clone()),
+                    server::serve(listener, intake, limits(caps.intake), stop.clone()),
+                    server::serve(operator, operators, limits(operator_cap), stop.clone()),
                 );
             }
         }
@@ -190,6 +207,40 @@ pub async fn run_with(
     last_flush.flush_rejections().await;
     tracing::info!("sever stopped");
     Ok(())
+}
+
+/// Raises the open-file limit and sizes each listener's connection cap to fit under it,
+/// logging the choice; refuses configured caps that cannot fit.
+fn connection_caps(config: &Config, operator_listener: bool) -> Result<fds::Caps, ServeError> {
+    let limit = fds::raise_limit()?;
+    let budget = fds::Budget::new(config, limit);
+    let caps = fds::size_caps(&config.server, operator_listener, budget)?;
+    tracing::info!(
+        open_file_limit = limit,
+        max_connections = caps.intake,
+        operator_max_connections = caps.operator,
+        reserved = limit.saturating_sub(budget.for_connections() as u64),
+        "connection caps sized to the open-file limit"
+    );
+    let shrunk =
+        |configured: Option<usize>, default, chosen| configured.is_none() && chosen < default;
+    if shrunk(
+        config.server.max_connections,
+        fds::DEFAULT_MAX_CONNECTIONS,
+        caps.intake,
+    ) || caps.operator.is_some_and(|o| {
+        shrunk(
+            config.server.operator_max_connections,
+            fds::DEFAULT_OPERATOR_MAX_CONNECTIONS,
+            o,
+        )
+    }) {
+        tracing::warn!(
+            "the open-file limit is too low for the default connection caps, so they were \
+             lowered to fit ({budget}); raise the hard limit (LimitNOFILE=) to serve more"
+        );
+    }
+    Ok(caps)
 }
 
 /// Background upkeep: learn login identities, prune old `webhook-id`s and finished actions.

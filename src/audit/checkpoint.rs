@@ -25,7 +25,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use tokio_util::sync::CancellationToken;
 
-use super::{Audit, AuditError, GENESIS};
+use super::{Audit, AuditError, CheckpointFileHealth, GENESIS};
 use crate::config::{AuditConfig, ConfigError};
 use crate::context::{Context, ContextError};
 use crate::store::{Backend, Store, timestamp};
@@ -204,6 +204,7 @@ pub struct Writer {
     key: Option<CheckpointKey>,
     file: Option<PathBuf>,
     last: Option<Checkpoint>,
+    file_health: Arc<CheckpointFileHealth>,
 }
 
 impl Writer {
@@ -229,10 +230,17 @@ impl Writer {
     /// A writer MACing with `key` and appending to `file`.
     pub fn new(key: Option<CheckpointKey>, file: Option<PathBuf>) -> Self {
         Self {
+            file_health: Arc::new(CheckpointFileHealth::new(file.is_some())),
             key,
             file,
             last: None,
         }
+    }
+
+    /// Records the outcome of each append to the checkpoint file in `health` (for readiness).
+    pub fn reporting_to(mut self, health: Arc<CheckpointFileHealth>) -> Self {
+        self.file_health = health;
+        self
     }
 
     /// Writes one checkpoint to the store, then to the checkpoint file and the log; logs any
@@ -257,7 +265,9 @@ impl Writer {
             "audit checkpoint"
         );
         if let Some(path) = &self.file {
-            append_line(path, cp).map_err(|source| AuditError::CheckpointFile {
+            let appended = append_line(path, cp);
+            self.file_health.record(path, &appended);
+            appended.map_err(|source| AuditError::CheckpointFile {
                 path: path.display().to_string(),
                 source,
             })?;
@@ -286,7 +296,8 @@ pub fn checkpoint_writer(
     ctx: Arc<Context>,
     stop: CancellationToken,
 ) -> Result<impl Future<Output = ()> + Send + 'static, ContextError> {
-    let mut writer = Writer::from_config(&ctx.config.audit)?;
+    let mut writer =
+        Writer::from_config(&ctx.config.audit)?.reporting_to(ctx.checkpoint_file.clone());
     let every = ctx.config.audit.checkpoint_interval;
     Ok(async move {
         let mut tick = tokio::time::interval(every);
@@ -297,7 +308,8 @@ pub fn checkpoint_writer(
                 _ = tick.tick() => false,
             };
             if let Err(e) = writer.write(&ctx.audit).await {
-                tracing::warn!(error = %e, "could not write an audit checkpoint");
+                // A gap in the tamper evidence (or its outside copy): an error, not a warning.
+                tracing::error!(error = %e, "could not write an audit checkpoint");
             }
             if stopping {
                 return;

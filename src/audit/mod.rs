@@ -2,6 +2,7 @@
 
 mod chain;
 mod checkpoint;
+mod checkpoint_file;
 
 use std::io::Write;
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub use checkpoint::{
     Checkpoint, CheckpointKey, CheckpointProblem, CheckpointReport, VerifyOptions, Writer, Written,
     checkpoint_writer,
 };
+pub use checkpoint_file::CheckpointFileHealth;
 
 /// Failures of the audit trail.
 #[derive(Debug, thiserror::Error)]

@@ -286,8 +286,11 @@ pub struct ServerConfig {
     /// to start its next request.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// Connections served at once, per listener; further ones wait in the accept queue.
-    pub max_connections: usize,
+    /// Connections served at once on `listen`; further ones wait in the accept queue. Unset:
+    /// 1024, or fewer if the open-file limit needs it (see `crate::fds`).
+    pub max_connections: Option<usize>,
+    /// The same for `operator_listen`. Unset: 64, or fewer if the open-file limit needs it.
+    pub operator_max_connections: Option<usize>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
 }
@@ -299,7 +302,8 @@ impl Default for ServerConfig {
             operator_listen: None,
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
-            max_connections: 1024,
+            max_connections: None,
+            operator_max_connections: None,
             max_body_bytes: 64 * 1024,
         }
     }
@@ -683,8 +687,16 @@ impl Config {
                 "poll_interval and max_backoff must be positive",
             ));
         }
-        if self.server.max_connections == 0 {
-            return Err(invalid("server.max_connections".into(), "must be positive"));
+        for (path, value) in [
+            ("server.max_connections", self.server.max_connections),
+            (
+                "server.operator_max_connections",
+                self.server.operator_max_connections,
+            ),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(path.into(), "must be positive"));
+            }
         }
         for (path, value) in [
             ("server.request_timeout", self.server.request_timeout),
@@ -1011,21 +1023,28 @@ mod tests {
         assert!(config.targets.is_empty());
         assert_eq!(config.server.operator_listen, None);
         assert_eq!(config.server.header_read_timeout, Duration::from_secs(10));
-        assert_eq!(config.server.max_connections, 1024);
+        // Unset: sized at start to fit the open-file limit.
+        assert_eq!(config.server.max_connections, None);
+        assert_eq!(config.server.operator_max_connections, None);
     }
 
     #[test]
     fn server_limits_are_checked() {
         let config = Config::parse(
             "[server]\nlisten = \"0.0.0.0:8080\"\noperator_listen = \"127.0.0.1:8081\"\n\
-             header_read_timeout = \"2s\"\nmax_connections = 8",
+             header_read_timeout = \"2s\"\nmax_connections = 8\noperator_max_connections = 3",
         )
         .unwrap();
         assert_eq!(config.server.operator_listen.unwrap().port(), 8081);
         assert_eq!(config.server.header_read_timeout, Duration::from_secs(2));
-        assert_eq!(config.server.max_connections, 8);
+        assert_eq!(config.server.max_connections, Some(8));
+        assert_eq!(config.server.operator_max_connections, Some(3));
         for (text, path) in [
             ("max_connections = 0", "server.max_connections"),
+            (
+                "operator_max_connections = 0",
+                "server.operator_max_connections",
+            ),
             ("header_read_timeout = \"0s\"", "server.header_read_timeout"),
             ("request_timeout = \"0s\"", "server.request_timeout"),
             (

@@ -77,7 +77,8 @@ pub struct Readiness {
     store: Probe,
     /// The SQLite file is still the one sever opened (always ok for PostgreSQL).
     store_file: Probe,
-    /// The audit checkpoint file can be appended to.
+    /// The checkpoint writer's last append to `audit.checkpoint_file` worked, and the file
+    /// can be appended to now.
     checkpoint_file: Probe,
     targets: BTreeMap<String, Probe>,
     /// Vault event subscriptions by event type, when the subscriber is enabled.
@@ -141,14 +142,15 @@ fn checkpoint_file_probe(status: Option<Result<(), String>>) -> Probe {
     }
 }
 
-/// The checkpoint file's state for readiness.
-///
-/// CHECKPOINT FILE STATUS: until the checkpoint writer reports its own append failures
-/// (issue 13), this opens the file for append the way the writer does; replace the body with
-/// the writer's last outcome once it exposes one.
+/// The checkpoint file's state for readiness: the writer's last append failed, or the file
+/// cannot be opened for append now (so a broken file shows before the next checkpoint is due,
+/// and a mended one as soon as it is mended).
 fn checkpoint_file_status(ctx: &Context) -> Option<Result<(), String>> {
     let path = ctx.config.audit.checkpoint_file.as_deref()?;
-    Some(can_append(path))
+    match ctx.checkpoint_file.state() {
+        Some(Err(e)) => Some(Err(e)),
+        _ => Some(can_append(path)),
+    }
 }
 
 /// Whether `path` can be opened for appending (created if missing, as the writer does).

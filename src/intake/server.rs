@@ -7,7 +7,7 @@
 //!   idle connection, or an idle keep-alive between requests, is closed after it too);
 //! - body and handling: the router's request timeout, which runs around the handler and
 //!   therefore also around reading the body;
-//! - how many: `max_connections` per listener. At the cap the loop stops accepting, so new
+//! - how many: a cap per listener, sized at start to fit the open-file limit. At the cap the loop stops accepting, so new
 //!   connections wait in the kernel's accept queue (and, once it is full, the client's SYN
 //!   retries) until a connection closes. Waiting rather than refusing keeps a burst of
 //!   rotation events from being turned into errors, and the two deadlines above bound how
@@ -30,8 +30,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::config::ServerConfig;
-
 /// How long to pause accepting after a resource error (e.g. out of file descriptors), so
 /// the loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -41,17 +39,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 pub struct Limits {
     /// Deadline for a request's headers (and for an idle connection's next request).
     pub header_read_timeout: Duration,
-    /// Connections served at once on one listener.
+    /// Connections served at once on one listener, sized to the open-file limit (`crate::fds`).
     pub max_connections: usize,
-}
-
-impl From<&ServerConfig> for Limits {
-    fn from(server: &ServerConfig) -> Self {
-        Self {
-            header_read_timeout: server.header_read_timeout,
-            max_connections: server.max_connections,
-        }
-    }
 }
 
 /// Serves `router` on `listener` until `stop` is cancelled; then stops accepting, lets each

@@ -67,6 +67,10 @@ pub enum Claim {
     },
 }
 
+/// Connections a PostgreSQL store's pool opens at most (SQLite's has one); the open-file
+/// budget ([`crate::fds`]) sets these aside.
+pub const POSTGRES_POOL: u32 = 8;
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -158,7 +162,7 @@ impl Store {
                 // groups accepted events into shared commits. Other processes (the CLI)
                 // still open their own.
                 Backend::Sqlite => 1,
-                Backend::Postgres => 8,
+                Backend::Postgres => POSTGRES_POOL,
             });
         if backend == Backend::Sqlite {
             // SQLite's one connection is kept for the life of the process: nothing gains from
