@@ -418,6 +418,23 @@ impl Queue {
         self.leases(rows).await
     }
 
+    /// Says on `target`'s pending steps that do not say why they wait yet that it does not
+    /// answer its probe (`error`), so their status shows it.
+    pub async fn mark_unanswered(&self, target: &str, error: &str) -> Result<u64, QueueError> {
+        let now = at(Utc::now());
+        Ok(sqlx::query(
+            "UPDATE action_steps SET last_error = $2, failure = 'unreachable' \
+             WHERE target = $1 AND state = 'pending' AND last_error IS NULL \
+               AND (lease_until IS NULL OR lease_until < $3)",
+        )
+        .bind(target)
+        .bind(error)
+        .bind(&now)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected())
+    }
+
     /// Claims the unleased pending steps on `target` whose action's deadline has passed, so
     /// they can be given up without another attempt while the target does not answer.
     pub async fn claim_expired(&self, target: &str) -> Result<Vec<Lease>, QueueError> {

@@ -253,7 +253,8 @@ async fn probe_targets(ctx: Arc<Context>, fairness: Arc<Fairness>, stop: Cancell
     }
 }
 
-/// Probes one target (`SELECT 1`) within its `connect_timeout` and acts on the answer.
+/// Probes one target (`SELECT 1`) within its `connect_timeout` and acts on the answer; a
+/// target that does not answer has the steps waiting for it say so in their status.
 async fn probe(ctx: Arc<Context>, fairness: Arc<Fairness>, target: String) {
     let limit = ctx
         .config
@@ -285,6 +286,10 @@ async fn probe(ctx: Arc<Context>, fairness: Arc<Fairness>, target: String) {
         }
         Err(e) => {
             tracing::debug!(target_id = %target, error = %e, "target does not answer its probe");
+            let why = format!("target does not answer: {e}");
+            if let Err(e) = ctx.queue.mark_unanswered(&target, &why).await {
+                tracing::debug!(target_id = %target, error = %e, "cannot note a failed probe");
+            }
             give_up_expired(&ctx, &target, &e).await;
         }
     }
