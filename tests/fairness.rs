@@ -170,7 +170,6 @@ async fn three_stalled_targets_with_100_steps_each_leave_two_workers_free_for_a_
         loop {
             let first = step(&server, &ids[0]).await;
             if first["last_error"].is_string() {
-                assert_eq!(first["failure"], "unreachable", "{first}");
                 break;
             }
             assert!(Instant::now() < deadline, "never found out: {first}");
