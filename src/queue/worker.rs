@@ -250,6 +250,26 @@ async fn probe_targets(ctx: Arc<Context>, fairness: Arc<Fairness>, stop: Cancell
         for target in fairness.to_probe(&waiting) {
             probes.spawn(probe(ctx.clone(), fairness.clone(), target));
         }
+        for (target, _) in &waiting {
+            if ctx.targets.get(target).is_none() {
+                finish_unconfigured(&ctx, target).await;
+            }
+        }
+    }
+}
+
+/// Finishes, as failed, the steps of a target no longer in the config (it was removed
+/// while they were queued): nothing can run them, and they would otherwise never be claimed.
+async fn finish_unconfigured(ctx: &Context, target: &str) {
+    const ALL: usize = 1024;
+    match ctx.queue.claim_fair(ALL, &[(target.to_owned(), ALL)]).await {
+        // Each attempt fails at once with "not configured" and is finished, not retried.
+        Ok(leases) => {
+            for lease in leases {
+                run_lease(ctx, lease).await;
+            }
+        }
+        Err(e) => tracing::warn!(target_id = %target, error = %e, "cannot claim steps"),
     }
 }
 
