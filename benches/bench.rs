@@ -6,12 +6,15 @@
 //!
 //! Environment: `SEVER_BENCH_RUNS` (repetitions per figure, default 7),
 //! `SEVER_BENCH_INTAKE_SECS` (length of each intake load, default 5), `SEVER_BENCH_ONLY`
-//! (scenario numbers to run, comma-separated, e.g. `2,3`; default all), `SEVER_BENCH_LOG`
+//! (scenario numbers to run, comma-separated, e.g. `2,5`; default all), `SEVER_BENCH_LOG`
 //! (sever's log filter, default `error`; its log goes to stderr).
 
 #[path = "../tests/support/pg.rs"]
 #[allow(dead_code)]
 mod pg;
+
+#[path = "../tests/support/proxy.rs"]
+mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -580,6 +583,68 @@ async fn open_per_target(
     sessions
 }
 
+/// Scenario 5: rotation-to-clean of 100 sessions on a healthy target, with 300 steps queued
+/// for a second target that stopped answering (a real proxy in front of it that accepts and
+/// then forwards nothing, closing nothing), next to the same rotation with none queued.
+async fn one_stalled_target(runs: usize, lines: &mut Vec<Line>) {
+    let pg = cluster().await;
+    pg.exec("CREATE ROLE app LOGIN PASSWORD 'pw'; CREATE ROLE gone LOGIN PASSWORD 'pw'")
+        .await;
+    let stalling = proxy::StallingProxy::start(pg.port()).await;
+    let sever = Sever::start(
+        &format!(
+            "{}{}",
+            target("main", &pg),
+            target_via("stalled", &pg, stalling.port)
+        ),
+        "[credentials.orders]\nlogins = [{ target = \"main\", login = \"app\" }]\n\
+         [credentials.lost]\nlogins = [{ target = \"stalled\", login = \"gone\" }]\n",
+    )
+    .await;
+    let mut admin = PgConnection::connect(&pg.url("sever_admin", ADMIN_PASSWORD, "postgres"))
+        .await
+        .unwrap();
+    let mut rotate = async |runs: usize| {
+        let mut samples = Vec::new();
+        for _ in 0..runs {
+            let sessions = open(&pg, "app", 100).await;
+            let t = Instant::now();
+            let (status, report) = sever
+                .event(
+                    &json!({"credential": "orders", "kind": "revoked"}),
+                    true,
+                    SECRET,
+                )
+                .await;
+            samples.push(t.elapsed());
+            assert_eq!(status, 200, "{report}");
+            assert_eq!(report["status"], "completed", "{report}");
+            assert_eq!(count_sessions(&mut admin, "app").await, 0, "all 100 gone");
+            drop(sessions);
+        }
+        Stats::of(&mut samples)
+    };
+    let clear = rotate(runs).await;
+    stalling.stall();
+    for _ in 0..300 {
+        let (status, body) = sever
+            .event(
+                &json!({"credential": "lost", "kind": "revoked"}),
+                false,
+                SECRET,
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let stalled = rotate(runs).await;
+    lines.push(Line {
+        scenario: "5. one stalled target: rotation-to-clean, N=100, 300 steps queued for it".into(),
+        sever: stalled.show(),
+        comparison: format!("none queued: {}", clear.show()),
+        ratio: ratio(stalled.median, clear.median),
+    });
+}
+
 /// Scenario 3 and 4: sustained signed events (accepted and audited), signature rejections,
 /// and the footprint of the process serving them.
 async fn intake_and_footprint(secs: u64, lines: &mut Vec<Line>) {
@@ -716,6 +781,9 @@ fn main() {
         }
         if wanted("3") || wanted("4") {
             intake_and_footprint(secs, &mut lines).await;
+        }
+        if wanted("5") {
+            one_stalled_target(runs, &mut lines).await;
         }
         lines
     });

@@ -434,6 +434,7 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
         },
         "queue": {
             "concurrency": config.queue.concurrency,
+            "per_target": config.queue.per_target_limit(),
             "lease": humantime::format_duration(config.queue.lease).to_string(),
             "retry_for": humantime::format_duration(config.queue.retry_for).to_string(),
             "max_backoff": humantime::format_duration(config.queue.max_backoff).to_string(),

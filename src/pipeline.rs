@@ -14,6 +14,7 @@ use crate::config::{Config, SweepConfig};
 use crate::context::Context;
 use crate::queue::{QueueError, Submission, worker};
 use crate::resolve::{Origin, Plan, Step};
+use crate::terminate::classify::ErrorClass;
 use crate::terminate::{EngineError, Journal, Scope, Session, TerminateOutcome, TerminateRequest};
 
 /// An action that could not be carried out or recorded.
@@ -212,20 +213,24 @@ pub fn report(plan: &Plan, targets: Vec<TargetReport>) -> ActionReport {
     }
 }
 
-/// Runs one step on its target, within the termination timeouts. The flag says whether a
-/// failure is worth retrying (an unreachable or slow target is; a misconfigured one is not).
+/// Runs one step on its target, within the termination timeouts. A failure comes with its
+/// class, which says how (and whether) it is retried: a target that does not answer within
+/// the timeouts is [`ErrorClass::Unreachable`].
 pub async fn run_step(
     ctx: &Context,
     plan: &Plan,
     step: &Step,
     work: &Work,
     journal: Option<Arc<dyn Journal>>,
-) -> (TargetReport, bool) {
+) -> (TargetReport, Option<ErrorClass>) {
     let termination = &ctx.config.termination;
     let limit = termination.timeout + termination.verify_timeout;
     let result = match ctx.targets.get(&step.target) {
         // Resolution only plans configured targets; this guards a config/target mismatch.
-        None => Err((format!("target {:?} is not configured", step.target), false)),
+        None => Err((
+            format!("target {:?} is not configured", step.target),
+            ErrorClass::Fatal,
+        )),
         Some(engine) => {
             let call = async {
                 match work {
@@ -256,19 +261,19 @@ pub async fn run_step(
             };
             match tokio::time::timeout(limit, call).await {
                 Ok(Ok(outcome)) => Ok(outcome),
-                Ok(Err(e)) => {
-                    let retry = !matches!(e, EngineError::Config(_));
-                    Err((e.to_string(), retry))
-                }
-                Err(_) => Err((format!("timed out after {limit:?}"), true)),
+                Ok(Err(e)) => Err((e.to_string(), e.class())),
+                Err(_) => Err((
+                    EngineError::Timeout(limit).to_string(),
+                    ErrorClass::Unreachable,
+                )),
             }
         }
     };
-    let (outcome, error, retry) = match result {
-        Ok(outcome) => (outcome, None, false),
-        Err((e, retry)) => {
-            tracing::warn!(target_id = %step.target, error = %e, retry, "target failed");
-            (TerminateOutcome::default(), Some(e), retry)
+    let (outcome, error, class) = match result {
+        Ok(outcome) => (outcome, None, None),
+        Err((e, class)) => {
+            tracing::warn!(target_id = %step.target, error = %e, ?class, "target failed");
+            (TerminateOutcome::default(), Some(e), Some(class))
         }
     };
     let report = TargetReport {
@@ -278,7 +283,7 @@ pub async fn run_step(
         error,
         outcome,
     };
-    (report, retry)
+    (report, class)
 }
 
 fn session_detail(t: &TargetReport, session: &Session, extra: Value) -> Value {

@@ -393,6 +393,10 @@ pub struct TerminationConfig {
 pub struct QueueConfig {
     /// Steps (one action on one target) this process runs at once.
     pub concurrency: usize,
+    /// Steps of one target this process runs at once, so a target that stops answering can
+    /// hold no more than this many of the `concurrency` slots; unset: a quarter of
+    /// `concurrency`, at least 1.
+    pub per_target: Option<usize>,
     /// How long a claimed step stays with its process without a renewal; a replica that dies
     /// holding work gives it up after at most this long.
     #[serde(with = "humantime_serde")]
@@ -412,10 +416,21 @@ pub struct QueueConfig {
     pub keep_finished: Duration,
 }
 
+impl QueueConfig {
+    /// Steps of one target this process runs at once: `per_target`, or a quarter of
+    /// `concurrency` (at least 1), never more than `concurrency`.
+    pub fn per_target_limit(&self) -> usize {
+        self.per_target
+            .unwrap_or(self.concurrency / 4)
+            .clamp(1, self.concurrency.max(1))
+    }
+}
+
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             concurrency: 16,
+            per_target: None,
             lease: Duration::from_secs(15),
             retry_for: Duration::from_secs(3600),
             max_backoff: Duration::from_secs(60),
@@ -675,6 +690,9 @@ impl Config {
         }
         if self.queue.concurrency == 0 {
             return Err(invalid("queue.concurrency".into(), "must be positive"));
+        }
+        if self.queue.per_target == Some(0) {
+            return Err(invalid("queue.per_target".into(), "must be positive"));
         }
         if self.queue.lease < Duration::from_secs(1) {
             // Leases are renewed every third of their length; shorter than a second would

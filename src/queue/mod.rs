@@ -9,6 +9,7 @@
 //! the sessions an interrupted attempt was about to signal are in the step's journal, so they
 //! are still audited exactly once.
 
+pub mod fairness;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use crate::config::QueueConfig;
 use crate::pipeline::{self, ActionReport, Status, TargetReport, Work};
 use crate::resolve::Plan;
 use crate::store::{Backend, Store, rows_per_statement, timestamp, values_list};
+use crate::terminate::classify::{DETERMINISTIC_ATTEMPTS, ErrorClass};
 use crate::terminate::{EngineError, Journal, Session, same_session};
 
 /// Failures of the work queue.
@@ -122,6 +124,9 @@ pub struct StepStatus {
     pub attempts: i64,
     /// The last attempt's error, if it failed.
     pub last_error: Option<String>,
+    /// How that error is retried: `unreachable` and `transient` until the deadline (and at
+    /// once when the target answers a probe), `deterministic` for at most 3 attempts.
+    pub failure: Option<String>,
     /// When a pending step is due.
     pub next_attempt_at: Option<String>,
     /// The process holding it, while one does.
@@ -380,6 +385,86 @@ impl Queue {
             .bind(action.map(|a| a.to_string()))
             .fetch_all(self.store.pool())
             .await?;
+        self.leases(rows).await
+    }
+
+    /// Claims up to `limit` due steps of the targets in `allowances`, at most each target's
+    /// allowance, taking turns across targets ([`fairness`]).
+    pub async fn claim_fair(
+        &self,
+        limit: usize,
+        allowances: &[(String, usize)],
+    ) -> Result<Vec<Lease>, QueueError> {
+        if limit == 0 || allowances.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = at(Utc::now());
+        let sql = fairness::claim_sql(self.store.backend(), allowances.len());
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(&self.owner)
+            .bind(at(later(self.config.lease)));
+        for (target, n) in allowances {
+            query = query
+                .bind(target)
+                .bind(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        let rows = query
+            .bind(&now)
+            .bind(&now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(self.store.pool())
+            .await?;
+        self.leases(rows).await
+    }
+
+    /// Says on `target`'s pending steps that do not say why they wait yet that it does not
+    /// answer its probe (`error`), so their status shows it.
+    pub async fn mark_unanswered(&self, target: &str, error: &str) -> Result<u64, QueueError> {
+        let now = at(Utc::now());
+        Ok(sqlx::query(
+            "UPDATE action_steps SET last_error = $2, failure = 'unreachable' \
+             WHERE target = $1 AND state = 'pending' AND last_error IS NULL \
+               AND (lease_until IS NULL OR lease_until < $3)",
+        )
+        .bind(target)
+        .bind(error)
+        .bind(&now)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected())
+    }
+
+    /// Claims the unleased pending steps on `target` whose action's deadline has passed, so
+    /// they can be given up without another attempt while the target does not answer.
+    pub async fn claim_expired(&self, target: &str) -> Result<Vec<Lease>, QueueError> {
+        let lock = match self.store.backend() {
+            Backend::Sqlite => "",
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
+            "UPDATE action_steps \
+             SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
+             WHERE (action_id, target) IN ( \
+                 SELECT action_id, target FROM action_steps \
+                 WHERE target = $4 AND state = 'pending' \
+                   AND (lease_until IS NULL OR lease_until < $3) \
+                   AND action_id IN (SELECT action_id FROM actions WHERE deadline <= $3) \
+                 {lock}) \
+             RETURNING action_id, target, attempts, journal"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&self.owner)
+            .bind(at(later(self.config.lease)))
+            .bind(at(Utc::now()))
+            .bind(target)
+            .fetch_all(self.store.pool())
+            .await?;
+        self.leases(rows).await
+    }
+
+    /// The leases of claimed rows, each with its action's plan.
+    async fn leases(&self, rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<Lease>, QueueError> {
         // The steps of one action share its row: read it once, not once per step (a
         // credential mapped to 16 targets would otherwise wait for 16 store round trips).
         let mut actions: HashMap<String, Arc<LeasedAction>> = HashMap::new();
@@ -525,22 +610,37 @@ impl Queue {
     }
 
     /// Schedules another attempt of a failed step after a backoff (the last one at the
-    /// action's deadline), or gives up and finishes the step as failed once that has passed.
+    /// action's deadline), or gives up and finishes the step as failed: once the deadline
+    /// has passed, or, for a failure that will recur ([`ErrorClass::Deterministic`]), after
+    /// [`DETERMINISTIC_ATTEMPTS`] attempts.
     pub async fn retry(
         &self,
         audit: &Audit,
         lease: &Lease,
         report: TargetReport,
+        class: ErrorClass,
     ) -> Result<bool, QueueError> {
         let error = report.error.clone().unwrap_or_default();
         let now = Utc::now();
-        if now >= lease.deadline {
+        let given_up =
+            if class == ErrorClass::Deterministic && lease.attempts >= DETERMINISTIC_ATTEMPTS {
+                Some(format!(
+                    "{error} (gave up after {} attempts: the target refuses this, and retrying \
+                 does not change that)",
+                    lease.attempts
+                ))
+            } else if class == ErrorClass::Fatal || now >= lease.deadline {
+                Some(format!(
+                    "{error} (gave up after {} attempts; retried until {})",
+                    lease.attempts,
+                    at(lease.deadline)
+                ))
+            } else {
+                None
+            };
+        if let Some(given_up) = given_up {
             let mut report = report;
-            report.error = Some(format!(
-                "{error} (gave up after {} attempts; retried until {})",
-                lease.attempts,
-                at(lease.deadline)
-            ));
+            report.error = Some(given_up);
             return self.finish(audit, lease, &report).await;
         }
         // The last attempt is made at the deadline, not skipped because a backoff overshoots it.
@@ -552,32 +652,37 @@ impl Queue {
                 owner: &self.owner,
                 lease,
                 error: &error,
+                class,
                 next,
             })
             .await
             .map_err(Into::into)
     }
 
-    /// Targets with steps waiting for a retry, so a prober can tell when they are back.
-    pub async fn waiting_targets(&self) -> Result<Vec<String>, QueueError> {
+    /// Targets with pending steps, each with whether any of them waits for a retry a probe
+    /// may bring forward (one whose last failure will recur does not).
+    pub async fn waiting_targets(&self) -> Result<Vec<(String, bool)>, QueueError> {
         let rows = sqlx::query(
-            "SELECT DISTINCT target FROM action_steps \
-             WHERE state = 'pending' AND attempts > 0 AND next_attempt_at > $1",
+            "SELECT target, MAX(CASE WHEN attempts > 0 AND next_attempt_at > $1 \
+               AND (failure IS NULL OR failure <> 'deterministic') THEN 1 ELSE 0 END) AS retrying \
+             FROM action_steps WHERE state = 'pending' GROUP BY target",
         )
         .bind(at(Utc::now()))
         .fetch_all(self.store.pool())
         .await?;
         rows.iter()
-            .map(|r| r.try_get("target").map_err(Into::into))
+            .map(|r| Ok((r.try_get("target")?, r.try_get::<i32, _>("retrying")? > 0)))
             .collect()
     }
 
-    /// Makes every step waiting on `target` due now (the target answered again).
+    /// Makes the steps waiting on `target` due now (the target answered again), except those
+    /// whose last failure will recur: they keep their backoff.
     pub async fn target_back(&self, target: &str) -> Result<u64, QueueError> {
         let now = at(Utc::now());
         let n = sqlx::query(
             "UPDATE action_steps SET next_attempt_at = $2 \
-             WHERE target = $1 AND state = 'pending' AND next_attempt_at > $2",
+             WHERE target = $1 AND state = 'pending' AND next_attempt_at > $2 \
+               AND (failure IS NULL OR failure <> 'deterministic')",
         )
         .bind(target)
         .bind(&now)
@@ -671,7 +776,8 @@ impl Queue {
             return Ok(None);
         };
         let steps = sqlx::query(
-            "SELECT target, state, attempts, last_error, next_attempt_at, lease_owner, lease_until \
+            "SELECT target, state, attempts, last_error, failure, next_attempt_at, lease_owner, \
+               lease_until \
              FROM action_steps WHERE action_id = $1 ORDER BY position",
         )
         .bind(&id)
@@ -689,6 +795,7 @@ impl Queue {
                     target: s.try_get("target")?,
                     attempts: s.try_get("attempts")?,
                     last_error: s.try_get("last_error")?,
+                    failure: s.try_get("failure")?,
                     next_attempt_at: if pending {
                         s.try_get("next_attempt_at")?
                     } else {
@@ -971,6 +1078,16 @@ fn backoff(attempts: i64, max: Duration) -> Duration {
     full.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
+/// A failure class as stored in `action_steps.failure` and shown in the step's status.
+fn class_name(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::Unreachable => "unreachable",
+        ErrorClass::Transient => "transient",
+        ErrorClass::Deterministic => "deterministic",
+        ErrorClass::Fatal => "fatal",
+    }
+}
+
 fn status_name(status: Status) -> &'static str {
     match status {
         Status::Completed => "completed",
@@ -1003,7 +1120,7 @@ impl Transaction for FinishTx<'_> {
         let id = lease.action_id.to_string();
         let updated = sqlx::query(
             "UPDATE action_steps SET state = 'done', report = $4, last_error = $5, \
-             journal = NULL, lease_owner = NULL, lease_until = NULL \
+             failure = CASE WHEN $7 = 1 THEN failure ELSE NULL END, journal = NULL, lease_owner = NULL, lease_until = NULL \
              WHERE action_id = $1 AND target = $2 AND lease_owner = $3 AND state = 'pending' \
                AND attempts = $6",
         )
@@ -1013,6 +1130,7 @@ impl Transaction for FinishTx<'_> {
         .bind(to_json(self.report))
         .bind(&self.report.error)
         .bind(lease.attempts)
+        .bind(i32::from(self.report.error.is_some()))
         .execute(&mut **tx)
         .await?
         .rows_affected();
@@ -1075,6 +1193,7 @@ struct RetryTx<'a> {
     owner: &'a str,
     lease: &'a Lease,
     error: &'a str,
+    class: ErrorClass,
     next: DateTime<Utc>,
 }
 
@@ -1093,7 +1212,7 @@ impl Transaction for RetryTx<'_> {
     ) -> Result<Decision<bool>, sqlx::Error> {
         let lease = self.lease;
         let updated = sqlx::query(
-            "UPDATE action_steps SET next_attempt_at = $4, last_error = $5, \
+            "UPDATE action_steps SET next_attempt_at = $4, last_error = $5, failure = $7, \
              lease_owner = NULL, lease_until = NULL \
              WHERE action_id = $1 AND target = $2 AND lease_owner = $3 AND state = 'pending' \
                AND attempts = $6",
@@ -1104,6 +1223,7 @@ impl Transaction for RetryTx<'_> {
         .bind(at(self.next))
         .bind(self.error)
         .bind(lease.attempts)
+        .bind(class_name(self.class))
         .execute(&mut **tx)
         .await?
         .rows_affected();
@@ -1268,7 +1388,11 @@ mod tests {
         assert_eq!((first.attempts, second.attempts), (1, 2));
         assert!(q.write_journal(&first, &[]).await.is_err(), "no signal");
         assert!(!q.finish(&audit, &first, &done("a")).await.unwrap());
-        assert!(!q.retry(&audit, &first, done("a")).await.unwrap());
+        assert!(
+            !q.retry(&audit, &first, done("a"), ErrorClass::Unreachable)
+                .await
+                .unwrap()
+        );
         q.write_journal(&second, &[]).await.unwrap();
         assert!(q.finish(&audit, &second, &done("a")).await.unwrap());
     }
@@ -1409,7 +1533,11 @@ mod tests {
                 continue;
             };
             attempts += 1;
-            assert!(q.retry(&audit, &lease, failed.clone()).await.unwrap());
+            assert!(
+                q.retry(&audit, &lease, failed.clone(), ErrorClass::Unreachable)
+                    .await
+                    .unwrap()
+            );
             if q.report(s.plan.action_id).await.unwrap().is_some() {
                 break;
             }
@@ -1433,6 +1561,75 @@ mod tests {
                 "target.failed",
                 "action.completed"
             ],
+        );
+    }
+
+    #[tokio::test]
+    async fn steps_queued_ahead_for_one_target_do_not_hide_another_targets_step() {
+        let (_dir, _store, audit, q) = queue("one", Duration::from_secs(15)).await;
+        for i in 0..300 {
+            q.submit(&audit, &submission(&["stalled"], &[&format!("s:{i}")]))
+                .await
+                .unwrap();
+        }
+        let healthy = submission(&["healthy"], &["h"]);
+        q.submit(&audit, &healthy).await.unwrap();
+        let allow = |n: usize| vec![("stalled".to_string(), n), ("healthy".to_string(), n)];
+        // One slot left: the healthy target's only step is as early in the turns as the
+        // stalled target's first, though 300 were queued before it.
+        let leases = q.claim_fair(2, &allow(4)).await.unwrap();
+        let mut targets: Vec<&str> = leases.iter().map(|l| l.target.as_str()).collect();
+        targets.sort();
+        assert_eq!(targets, ["healthy", "stalled"]);
+        // No more than a target's allowance, whatever the limit.
+        let more = q.claim_fair(100, &allow(3)).await.unwrap();
+        assert_eq!(more.len(), 3);
+        assert!(more.iter().all(|l| l.target == "stalled"));
+        // A target that is not allowed (parked) has nothing claimed.
+        assert!(q.claim_fair(100, &[]).await.unwrap().is_empty());
+        let only = vec![("healthy".to_string(), 5)];
+        assert!(q.claim_fair(100, &only).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_deterministic_failure_is_given_up_after_three_attempts() {
+        let (_dir, _store, audit, q) = queue("one", Duration::from_secs(15)).await;
+        let s = submission(&["a"], &[]);
+        q.submit(&audit, &s).await.unwrap();
+        let mut failed = done("a");
+        failed.error = Some("query refused: permission denied for view pg_roles".into());
+        let mut attempts = 0;
+        while q.report(s.plan.action_id).await.unwrap().is_none() {
+            // Bringing the target back (a probe answered) does not hurry a refusal.
+            q.target_back("a").await.unwrap();
+            let Some(lease) = q.claim(1, None).await.unwrap().pop() else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            attempts += 1;
+            let waited = Utc::now();
+            assert!(
+                q.retry(&audit, &lease, failed.clone(), ErrorClass::Deterministic)
+                    .await
+                    .unwrap()
+            );
+            if attempts < 3 {
+                let status = q.status(s.plan.action_id).await.unwrap().unwrap();
+                let next = parse_time(status.steps[0].next_attempt_at.as_deref().unwrap()).unwrap();
+                assert!(next > waited, "backoff between attempts");
+                assert_eq!(status.steps[0].failure.as_deref(), Some("deterministic"));
+                assert_eq!(q.target_back("a").await.unwrap(), 0, "not woken");
+            }
+        }
+        assert_eq!(attempts, 3);
+        let report = q.report(s.plan.action_id).await.unwrap().unwrap();
+        assert_eq!(report.status, Status::Incomplete);
+        assert!(
+            report.targets[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("permission denied for view pg_roles")
         );
     }
 

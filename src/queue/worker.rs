@@ -9,10 +9,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::fairness::Fairness;
 use super::{Lease, Queue, QueueError};
 use crate::context::Context;
 use crate::pipeline::{self, ActionReport};
-use crate::terminate::{Session, SkipReason, same_session};
+use crate::terminate::classify::ErrorClass;
+use crate::terminate::{EngineError, Session, SkipReason, same_session};
 
 /// How often a target with steps waiting for a retry is checked: a target that comes back is
 /// worked within about this long, whatever the backoff has grown to.
@@ -23,26 +25,35 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken, drain: Duration) {
     let queue = &ctx.queue;
     let slots = Arc::new(Semaphore::new(queue.config().concurrency));
+    let fairness = Arc::new(Fairness::new(
+        ctx.targets.iter().map(|(id, _)| id),
+        queue.config().per_target_limit(),
+    ));
     let mut running = JoinSet::new();
     // Leases are renewed until the very end, drain included.
     let keep = CancellationToken::new();
     let keeper = tokio::spawn(keep_leases(ctx.clone(), keep.clone()));
-    let prober = tokio::spawn(probe_targets(ctx.clone(), stop.clone()));
+    let prober = tokio::spawn(probe_targets(ctx.clone(), fairness.clone(), stop.clone()));
     loop {
         while running.try_join_next().is_some() {}
         let free = slots.available_permits();
         let mut claimed = 0;
-        if free > 0 {
-            match queue.claim(free, None).await {
+        let allowances = fairness.allowances();
+        if free > 0 && !allowances.is_empty() {
+            match queue.claim_fair(free, &allowances).await {
                 Ok(leases) => {
                     claimed = leases.len();
                     for lease in leases {
                         let Ok(slot) = slots.clone().try_acquire_owned() else {
                             break;
                         };
+                        fairness.started(&lease.target);
                         let ctx = ctx.clone();
+                        let fairness = fairness.clone();
                         running.spawn(async move {
-                            run_lease(&ctx, lease).await;
+                            let target = lease.target.clone();
+                            let failure = run_lease(&ctx, lease).await;
+                            fairness.ended(&target, failure);
                             drop(slot);
                             // A slot is free: look for more work at once.
                             ctx.queue.wake();
@@ -117,21 +128,25 @@ pub async fn drive(
     }
 }
 
-/// Runs one leased step and records its outcome, or schedules its retry.
-async fn run_lease(ctx: &Context, lease: Lease) {
+/// Runs one leased step and records its outcome, or schedules its retry; returns the class
+/// of its failure, if it failed.
+async fn run_lease(ctx: &Context, lease: Lease) -> Option<ErrorClass> {
     let Some(step) = lease.plan.steps.iter().find(|s| s.target == lease.target) else {
         tracing::error!(action_id = %lease.action_id, target_id = %lease.target,
             "a queued step is not in its plan");
-        return;
+        return None;
     };
     let journal = ctx.queue.journal(&lease);
-    let (mut report, retry) =
+    let (mut report, failure) =
         pipeline::run_step(ctx, &lease.plan, step, &lease.work, Some(journal)).await;
-    let result = if report.error.is_some() && retry {
-        ctx.queue.retry(&ctx.audit, &lease, report).await
-    } else {
-        recovered(&lease, &mut report);
-        ctx.queue.finish(&ctx.audit, &lease, &report).await
+    let result = match failure {
+        Some(class) if report.error.is_some() => {
+            ctx.queue.retry(&ctx.audit, &lease, report, class).await
+        }
+        _ => {
+            recovered(&lease, &mut report);
+            ctx.queue.finish(&ctx.audit, &lease, &report).await
+        }
     };
     match result {
         Ok(true) => {}
@@ -141,6 +156,7 @@ async fn run_lease(ctx: &Context, lease: Lease) {
         Err(e) => tracing::error!(action_id = %lease.action_id, target_id = %lease.target,
             error = %e, "cannot record a finished step; it will run again"),
     }
+    failure
 }
 
 /// Adds to `report` the sessions an interrupted earlier attempt recorded and signalled that
@@ -205,15 +221,25 @@ async fn keep_leases(ctx: Arc<Context>, stop: CancellationToken) {
     }
 }
 
-/// Checks the targets that have steps waiting for a retry; when one answers, its steps are
-/// made due at once instead of waiting out their backoff.
-async fn probe_targets(ctx: Arc<Context>, stop: CancellationToken) {
+/// Probes targets outside the worker slots: every target once at start, then every
+/// [`PROBE_EVERY`] those with pending steps that are not known to answer or that wait for a
+/// retry. A target that answers has its waiting steps (those whose failure may pass) made
+/// due at once, and is no longer parked; one that does not has the steps whose deadline
+/// passed given up. Each probe is a task of its own with the target's `connect_timeout`, and
+/// a target has at most one at a time, so a stalled target delays no other's probe.
+async fn probe_targets(ctx: Arc<Context>, fairness: Arc<Fairness>, stop: CancellationToken) {
+    let mut probes = JoinSet::new();
+    for target in fairness.probe_all() {
+        probes.spawn(probe(ctx.clone(), fairness.clone(), target));
+    }
     let mut every = tokio::time::interval(PROBE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = every.tick() => {}
         }
+        while probes.try_join_next().is_some() {}
         let waiting = match ctx.queue.waiting_targets().await {
             Ok(targets) => targets,
             Err(e) => {
@@ -221,22 +247,103 @@ async fn probe_targets(ctx: Arc<Context>, stop: CancellationToken) {
                 continue;
             }
         };
-        let probes = waiting.into_iter().filter_map(|target| {
-            let engine = ctx.targets.get(&target)?.clone();
-            let ctx = ctx.clone();
-            Some(async move {
-                if engine.check().await.is_ok() {
-                    match ctx.queue.target_back(&target).await {
-                        Ok(n) if n > 0 => {
-                            tracing::info!(target_id = %target, steps = n, "target is back; retrying now");
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "cannot reschedule steps"),
-                    }
+        for target in fairness.to_probe(&waiting) {
+            probes.spawn(probe(ctx.clone(), fairness.clone(), target));
+        }
+        for (target, _) in &waiting {
+            if ctx.targets.get(target).is_none() {
+                finish_unconfigured(&ctx, target).await;
+            }
+        }
+    }
+}
+
+/// Finishes, as failed, the steps of a target no longer in the config (it was removed
+/// while they were queued): nothing can run them, and they would otherwise never be claimed.
+async fn finish_unconfigured(ctx: &Context, target: &str) {
+    const ALL: usize = 1024;
+    match ctx.queue.claim_fair(ALL, &[(target.to_owned(), ALL)]).await {
+        // Each attempt fails at once with "not configured" and is finished, not retried.
+        Ok(leases) => {
+            for lease in leases {
+                run_lease(ctx, lease).await;
+            }
+        }
+        Err(e) => tracing::warn!(target_id = %target, error = %e, "cannot claim steps"),
+    }
+}
+
+/// Probes one target (`SELECT 1`) within its `connect_timeout` and acts on the answer; a
+/// target that does not answer has the steps waiting for it say so in their status.
+async fn probe(ctx: Arc<Context>, fairness: Arc<Fairness>, target: String) {
+    let limit = ctx
+        .config
+        .targets
+        .get(&target)
+        .map_or(PROBE_EVERY, |t| t.connect_timeout);
+    let answer = match ctx.targets.get(&target) {
+        Some(engine) => match tokio::time::timeout(limit, engine.check()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(EngineError::Timeout(limit)),
+        },
+        None => Err(EngineError::Config(format!(
+            "target {target:?} is not configured"
+        ))),
+    };
+    let unparked = fairness.probed(&target, answer.is_ok());
+    match answer {
+        Ok(()) => {
+            match ctx.queue.target_back(&target).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(target_id = %target, steps = n, "target is back; retrying now");
                 }
-            })
-        });
-        futures_util::future::join_all(probes).await;
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot reschedule steps"),
+            }
+            if unparked {
+                ctx.queue.wake();
+            }
+        }
+        Err(e) => {
+            tracing::debug!(target_id = %target, error = %e, "target does not answer its probe");
+            let why = format!("target does not answer: {e}");
+            if let Err(e) = ctx.queue.mark_unanswered(&target, &why).await {
+                tracing::debug!(target_id = %target, error = %e, "cannot note a failed probe");
+            }
+            give_up_expired(&ctx, &target, &e).await;
+        }
+    }
+}
+
+/// Gives up the steps on `target` whose deadline passed while it did not answer, without
+/// another attempt: a parked target's steps are not claimed, so they end here.
+async fn give_up_expired(ctx: &Context, target: &str, error: &EngineError) {
+    let leases = match ctx.queue.claim_expired(target).await {
+        Ok(leases) => leases,
+        Err(e) => {
+            tracing::warn!(target_id = %target, error = %e, "cannot claim expired steps");
+            return;
+        }
+    };
+    for lease in leases {
+        let Some(step) = lease.plan.steps.iter().find(|s| s.target == lease.target) else {
+            continue;
+        };
+        let report = pipeline::TargetReport {
+            target: lease.target.clone(),
+            logins: step.logins.clone(),
+            found: 0,
+            error: Some(format!("target does not answer: {error}")),
+            outcome: Default::default(),
+        };
+        if let Err(e) = ctx
+            .queue
+            .retry(&ctx.audit, &lease, report, ErrorClass::Unreachable)
+            .await
+        {
+            tracing::error!(action_id = %lease.action_id, target_id = %lease.target,
+                error = %e, "cannot give up a step; it will be given up again");
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Finding and terminating sessions, per engine, behind one [`Engine`] interface.
 
+pub mod classify;
 pub mod mysql;
 pub mod postgres;
 pub mod sqlserver;
@@ -208,9 +209,13 @@ pub enum EngineError {
     /// The target could not be reached or refused sever's login.
     #[error("cannot connect: {0}")]
     Connect(String),
-    /// A statement failed.
+    /// A statement failed, possibly for a passing reason (deadlock, timeout, resources).
     #[error("query failed: {0}")]
     Query(String),
+    /// The target refused a statement for a reason retrying does not change (privilege,
+    /// data, syntax, unknown object); see [`classify`].
+    #[error("query refused: {0}")]
+    Rejected(String),
     /// The target did not answer within the termination timeout.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
@@ -411,25 +416,16 @@ pub struct SessionsReport {
     pub errors: Vec<TargetError>,
 }
 
-/// Maps a sqlx error to an engine error: connection trouble or refused credentials are
-/// `Connect`, anything else `Query`.
+/// Maps a sqlx error to an engine error of its class ([`classify::sqlx_verdict`]): socket
+/// trouble or refused credentials are `Connect`, a refusal that will recur `Rejected`,
+/// anything else `Query`.
 pub(crate) fn sqlx_error(e: sqlx::Error) -> EngineError {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Protocol(_) => EngineError::Connect(e.to_string()),
-        // PostgreSQL class 28 and MySQL 1045: invalid authorization.
-        sqlx::Error::Database(ref db)
-            if db
-                .code()
-                .is_some_and(|c| c.starts_with("28") || c == "1045") =>
-        {
-            EngineError::Connect(e.to_string())
-        }
-        other => EngineError::Query(other.to_string()),
-    }
+    let class = match classify::sqlx_verdict(&e) {
+        classify::Verdict::Failed(class) => class,
+        // Only a KILL says a session is gone, and the engines check for that themselves.
+        classify::Verdict::Gone => classify::ErrorClass::Transient,
+    };
+    classify::engine_error(class, e.to_string())
 }
 
 /// The waiting policy of every engine's verification: checks with a backoff from 2 ms to

@@ -35,14 +35,19 @@ use sqlx::{Connection, MySql, MySqlConnection, MySqlPool, Row};
 
 use super::{
     Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped,
-    TerminateOutcome, TerminateRequest, record_intent, sqlx_error,
+    TerminateOutcome, TerminateRequest, classify, record_intent, sqlx_error,
 };
 use crate::config::{TargetConfig, TerminationConfig};
 
-/// MySQL error: unknown thread id (the connection is already gone).
-const UNKNOWN_THREAD: &str = "1094";
 /// MySQL error: not the owner of the thread (missing CONNECTION_ADMIN / SUPER).
-const NOT_OWNER: &str = "1095";
+const NOT_OWNER: u16 = 1095;
+
+/// The MySQL error number of `e`, if the server sent one. (`DatabaseError::code()` is the
+/// SQLSTATE, often the catch-all `HY000`, not the number.)
+fn number_of(db: &dyn sqlx::error::DatabaseError) -> Option<u16> {
+    db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map(|my| my.number())
+}
 
 /// Threads that are not client sessions (replication, the event scheduler, …).
 const SYSTEM_COMMANDS: [&str; 7] = [
@@ -399,10 +404,10 @@ impl Mysql {
         for (id, session) in to_kill {
             match self.kill(&mut conn, id).await {
                 Ok(()) => outcome.terminated.push(session),
-                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(UNKNOWN_THREAD) => {
+                Err(e) if classify::sqlx_verdict(&e) == classify::Verdict::Gone => {
                     outcome.skipped.push(Skipped { session, reason: SkipReason::AlreadyGone });
                 }
-                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(NOT_OWNER) => outcome.failed.push(Failed {
+                Err(sqlx::Error::Database(db)) if number_of(&*db) == Some(NOT_OWNER) => outcome.failed.push(Failed {
                     session,
                     error: format!(
                         "{} (grant CONNECTION_ADMIN on MySQL 8, or SUPER / CONNECTION ADMIN on MariaDB, to sever's login)",

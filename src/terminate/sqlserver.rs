@@ -24,14 +24,12 @@ use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use super::{
     Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped,
-    TerminateOutcome, TerminateRequest, record_intent,
+    TerminateOutcome, TerminateRequest, classify, record_intent,
 };
 use crate::config::{TargetConfig, TerminationConfig};
 
 /// `KILL` refused: missing `ALTER ANY CONNECTION` (Azure SQL Database: `KILL DATABASE CONNECTION`).
 const KILL_DENIED: u32 = 6102;
-/// `KILL` of a session that no longer exists.
-const NOT_ACTIVE: u32 = 6106;
 
 /// The session columns, from the sessions view joined to the session's primary connection.
 /// Every query below starts with this and adds `AND` predicates.
@@ -142,17 +140,20 @@ impl<'a> Principal<'a> {
     }
 }
 
+/// Maps a tiberius error to an engine error of its class: socket trouble is `Connect`, a
+/// server error goes by its number ([`classify::sqlserver`]).
 fn query_error(e: tiberius::error::Error) -> EngineError {
-    match e {
+    let class = match &e {
         tiberius::error::Error::Io { .. }
         | tiberius::error::Error::Tls(_)
-        | tiberius::error::Error::Routing { .. } => EngineError::Connect(e.to_string()),
-        // 18456: login failed.
-        tiberius::error::Error::Server(ref t) if t.code() == 18456 => {
-            EngineError::Connect(e.to_string())
-        }
-        other => EngineError::Query(other.to_string()),
-    }
+        | tiberius::error::Error::Routing { .. } => classify::ErrorClass::Unreachable,
+        tiberius::error::Error::Server(t) => match classify::sqlserver(t.code()) {
+            classify::Verdict::Failed(class) => class,
+            classify::Verdict::Gone => classify::ErrorClass::Transient,
+        },
+        _ => classify::ErrorClass::Transient,
+    };
+    classify::engine_error(class, e.to_string())
 }
 
 fn server_code(e: &tiberius::error::Error) -> Option<u32> {
@@ -376,7 +377,9 @@ impl SqlServer {
 
     fn kill_failed(outcome: &mut TerminateOutcome, session: Session, e: &tiberius::error::Error) {
         match server_code(e) {
-            Some(NOT_ACTIVE) => outcome.skipped.push(Skipped { session, reason: SkipReason::AlreadyGone }),
+            Some(n) if classify::sqlserver(n) == classify::Verdict::Gone => {
+                outcome.skipped.push(Skipped { session, reason: SkipReason::AlreadyGone });
+            }
             Some(KILL_DENIED) => outcome.failed.push(Failed {
                 session,
                 error: format!(

@@ -4,6 +4,7 @@
 pub mod mariadb;
 pub mod moto;
 pub mod pg;
+pub mod proxy;
 pub mod scenarios;
 pub mod sever;
 pub mod sns;

@@ -1,0 +1,193 @@
+//! No target takes the workers: a target behind a real TCP proxy that accepts and then stops
+//! forwarding (a partition, a hung proxy), with hundreds of steps queued for it, does not
+//! delay a rotation on a healthy target, also when most targets are stalled and there are
+//! only two worker slots. The order of events is asserted, not how long anything took.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sever::intake::operator::token_hash;
+use support::pg::TestPostgres;
+use support::proxy::StallingProxy;
+use support::sever::{
+    ADMIN_PASSWORD, SECRET, TOKEN, TestServer, Workspace, create_admin, now, pids, sorted,
+};
+
+/// Generous upper bound for waits on things that should take a few seconds.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The head of a config with short timeouts, so a stalled attempt ends within seconds, and
+/// `concurrency` worker slots. The request limit bounds `?wait=true`.
+fn head(ws: &Workspace, concurrency: usize) -> String {
+    format!(
+        "protected_logins = [\"postgres\"]\n\
+         [store]\nurl = {store}\n\
+         [webhooks]\nsecrets = [{{ file = {secret} }}]\n\
+         [server]\nrequest_timeout = \"15s\"\n\
+         [termination]\ntimeout = \"2s\"\nverify_timeout = \"1s\"\n\
+         [queue]\nconcurrency = {concurrency}\nmax_backoff = \"2s\"\n\
+         [[operators]]\nname = \"alice\"\ntoken_sha256 = \"{hash}\"\n",
+        store = ws.store_url(),
+        secret = ws.secret_file("webhook.secret", SECRET),
+        hash = token_hash(TOKEN),
+    )
+}
+
+/// A target on `pg` reached through `port` (its own, or a proxy's), and a credential
+/// `id` for `login` on it.
+fn target_and_credential(ws: &Workspace, id: &str, port: u16, login: &str) -> String {
+    let url = format!("postgres://sever_admin:{ADMIN_PASSWORD}@127.0.0.1:{port}/postgres");
+    format!(
+        "[targets.{id}]\nengine = \"postgres\"\nurl = {{ file = {file} }}\nconnect_timeout = \"1s\"\n\
+         [credentials.{id}]\nlogins = [{{ target = \"{id}\", login = \"{login}\" }}]\n",
+        file = ws.secret_file(&format!("{id}.url"), &url),
+    )
+}
+
+/// Queues an event for `credential` without waiting; its action id.
+async fn queue_event(server: &TestServer, credential: &str) -> String {
+    let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+    let body = serde_json::to_vec(&json!({"credential": credential, "kind": "revoked"})).unwrap();
+    let r = server
+        .post_signed("/v1/events", &body, &id, now(), SECRET)
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let body: Value = r.json().await.unwrap();
+    body["action_id"].as_str().unwrap().to_owned()
+}
+
+/// The one step of action `id`.
+async fn step(server: &TestServer, id: &str) -> Value {
+    let (status, body) = server.operator_get(&format!("/v1/actions/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["steps"].as_array().unwrap().len(), 1, "{body}");
+    body["steps"][0].clone()
+}
+
+/// Every step of `ids` is still pending; returns how many of them were attempted.
+async fn pending_and_attempted(server: &TestServer, ids: &[String]) -> usize {
+    let mut attempted = 0;
+    for id in ids {
+        let step = step(server, id).await;
+        assert_eq!(step["state"], "pending", "{step}");
+        if step["attempts"].as_i64().unwrap() > 0 {
+            attempted += 1;
+        }
+    }
+    attempted
+}
+
+/// A rotation on the healthy target `h`: its report, and it terminated every one of `victims`.
+async fn rotation_on_healthy(server: &TestServer, pg: &TestPostgres, victims: &[i32]) -> Value {
+    let (status, report) = server
+        .event(&json!({"credential": "h", "kind": "revoked"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "still running: {report}");
+    assert_eq!(report["status"], "completed", "{report}");
+    assert_eq!(pids(&report, "h", "terminated"), sorted(victims));
+    for pid in victims {
+        assert!(pg.wait_gone(*pid, PATIENCE).await, "session {pid} survived");
+    }
+    report
+}
+
+#[tokio::test]
+async fn a_stalled_target_with_300_steps_queued_does_not_delay_a_rotation_elsewhere() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.create_login("app", "pw").await;
+    pg.create_login("web", "pw").await;
+    let proxy = StallingProxy::start(pg.port()).await;
+    let ws = Workspace::new();
+    // Four slots: before this change, the stalled target's steps took all four, one
+    // termination timeout after another, and the healthy step waited behind them.
+    let config = format!(
+        "{}{}{}",
+        head(&ws, 4),
+        target_and_credential(&ws, "s", proxy.port, "app"),
+        target_and_credential(&ws, "h", pg.port(), "web"),
+    );
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    // The target stops answering, its connections staying open.
+    proxy.stall();
+    let mut stalled = Vec::new();
+    for _ in 0..300 {
+        stalled.push(queue_event(&server, "s").await);
+    }
+    let victims = pg.open_sessions("web", "pw", 3).await;
+
+    rotation_on_healthy(&server, &pg, &victims).await;
+
+    // The healthy rotation finished while every stalled step is still pending, and at most
+    // the stalled target's share of the slots (one of four) was ever given to it.
+    let attempted = pending_and_attempted(&server, &stalled).await;
+    assert!(attempted <= 1, "{attempted} stalled steps were attempted");
+    let last = step(&server, &stalled[299]).await;
+    assert_eq!(last["state"], "pending", "{last}");
+    drop(server);
+}
+
+#[tokio::test]
+async fn three_stalled_targets_with_100_steps_each_leave_two_workers_free_for_a_healthy_one() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.create_login("app", "pw").await;
+    pg.create_login("web", "pw").await;
+    let proxies = [
+        StallingProxy::start(pg.port()).await,
+        StallingProxy::start(pg.port()).await,
+        StallingProxy::start(pg.port()).await,
+    ];
+    let ws = Workspace::new();
+    let mut config = head(&ws, 2);
+    for (i, proxy) in proxies.iter().enumerate() {
+        config.push_str(&target_and_credential(
+            &ws,
+            &format!("s{i}"),
+            proxy.port,
+            "app",
+        ));
+    }
+    config.push_str(&target_and_credential(&ws, "h", pg.port(), "web"));
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    for proxy in &proxies {
+        proxy.stall();
+    }
+    let mut stalled = Vec::new();
+    for i in 0..3 {
+        let mut ids = Vec::new();
+        for _ in 0..100 {
+            ids.push(queue_event(&server, &format!("s{i}")).await);
+        }
+        stalled.push(ids);
+    }
+    // Each stalled target is found out: by a first attempt that timed out, or by a probe.
+    let deadline = Instant::now() + PATIENCE;
+    for ids in &stalled {
+        loop {
+            let first = step(&server, &ids[0]).await;
+            if first["last_error"].is_string() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never found out: {first}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let victims = pg.open_sessions("web", "pw", 3).await;
+
+    rotation_on_healthy(&server, &pg, &victims).await;
+
+    // The healthy step ran at once: none of the 300 stalled steps took a slot since their
+    // targets were found out, beyond the first attempt each may have made.
+    for ids in &stalled {
+        let attempted = pending_and_attempted(&server, ids).await;
+        assert!(
+            attempted <= 1,
+            "{attempted} steps of one stalled target attempted"
+        );
+    }
+    drop(server);
+}
