@@ -22,12 +22,17 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// The head of a config with short timeouts, so a stalled attempt ends within seconds, and
 /// `concurrency` worker slots. The request limit bounds `?wait=true`.
 fn head(ws: &Workspace, concurrency: usize) -> String {
+    head_with_timeout(ws, concurrency, "2s")
+}
+
+/// [`head`] with its own `termination.timeout`.
+fn head_with_timeout(ws: &Workspace, concurrency: usize, timeout: &str) -> String {
     format!(
         "protected_logins = [\"postgres\"]\n\
          [store]\nurl = {store}\n\
          [webhooks]\nsecrets = [{{ file = {secret} }}]\n\
          [server]\nrequest_timeout = \"15s\"\n\
-         [termination]\ntimeout = \"2s\"\nverify_timeout = \"1s\"\n\
+         [termination]\ntimeout = \"{timeout}\"\nverify_timeout = \"1s\"\n\
          [queue]\nconcurrency = {concurrency}\nmax_backoff = \"2s\"\n\
          [[operators]]\nname = \"alice\"\ntoken_sha256 = \"{hash}\"\n",
         store = ws.store_url(),
@@ -39,9 +44,20 @@ fn head(ws: &Workspace, concurrency: usize) -> String {
 /// A target on `pg` reached through `port` (its own, or a proxy's), and a credential
 /// `id` for `login` on it.
 fn target_and_credential(ws: &Workspace, id: &str, port: u16, login: &str) -> String {
+    target_and_credential_with(ws, id, port, login, "1s")
+}
+
+/// [`target_and_credential`] with its own `connect_timeout`.
+fn target_and_credential_with(
+    ws: &Workspace,
+    id: &str,
+    port: u16,
+    login: &str,
+    connect_timeout: &str,
+) -> String {
     let url = format!("postgres://sever_admin:{ADMIN_PASSWORD}@127.0.0.1:{port}/postgres");
     format!(
-        "[targets.{id}]\nengine = \"postgres\"\nurl = {{ file = {file} }}\nconnect_timeout = \"1s\"\n\
+        "[targets.{id}]\nengine = \"postgres\"\nurl = {{ file = {file} }}\nconnect_timeout = \"{connect_timeout}\"\n\
          [credentials.{id}]\nlogins = [{{ target = \"{id}\", login = \"{login}\" }}]\n",
         file = ws.secret_file(&format!("{id}.url"), &url),
     )
@@ -188,6 +204,76 @@ async fn three_stalled_targets_with_100_steps_each_leave_two_workers_free_for_a_
             attempted <= 1,
             "{attempted} steps of one stalled target attempted"
         );
+    }
+    drop(server);
+}
+
+#[tokio::test]
+async fn targets_that_stall_as_their_steps_start_hold_every_shared_slot_and_a_healthy_target_still_runs()
+ {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.create_login("app", "pw").await;
+    pg.create_login("web", "pw").await;
+    let proxies = [
+        StallingProxy::start(pg.port()).await,
+        StallingProxy::start(pg.port()).await,
+    ];
+    let ws = Workspace::new();
+    // Two shared slots, one per target; the timeouts are far longer than the test, so the
+    // stalled steps hold their slots throughout.
+    let mut config = head_with_timeout(&ws, 2, "60s");
+    for (i, proxy) in proxies.iter().enumerate() {
+        config.push_str(&target_and_credential_with(
+            &ws,
+            &format!("s{i}"),
+            proxy.port,
+            "app",
+            "60s",
+        ));
+    }
+    config.push_str(&target_and_credential(&ws, "h", pg.port(), "web"));
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    // Every target answers its first probe, so sever has no reason to hold their steps back.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, ready) = server.operator_get("/readyz").await;
+        if ready["status"] == "ready" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for proxy in &proxies {
+        proxy.stall();
+    }
+    let stalled = [
+        queue_event(&server, "s0").await,
+        queue_event(&server, "s1").await,
+    ];
+    // Both stalled steps have started and hang: every shared slot is taken.
+    let deadline = Instant::now() + PATIENCE;
+    for id in &stalled {
+        loop {
+            let step = step(&server, id).await;
+            if step["attempts"] == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never started: {step}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let victims = pg.open_sessions("web", "pw", 2).await;
+
+    rotation_on_healthy(&server, &pg, &victims).await;
+
+    // The stalled steps are still in their first attempt: the healthy target did not wait
+    // for either of them to time out.
+    for id in &stalled {
+        let step = step(&server, id).await;
+        assert_eq!(step["state"], "pending", "{step}");
+        assert_eq!(step["attempts"], 1, "{step}");
+        assert!(step["last_error"].is_null(), "{step}");
     }
     drop(server);
 }

@@ -85,6 +85,19 @@ impl Fairness {
             .collect()
     }
 
+    /// The targets that may start a step and have none running: one step each. The worker
+    /// starts these outside its shared slots, so a target is never kept waiting by steps of
+    /// others that hang (stalled just as they started) until their timeouts.
+    pub fn idle_allowances(&self) -> Vec<(String, usize)> {
+        self.lock()
+            .iter()
+            .filter(|(_, s)| {
+                s.in_flight == 0 && s.health != Health::Unknown && s.health != Health::Failing
+            })
+            .map(|(target, _)| (target.clone(), 1))
+            .collect()
+    }
+
     /// A step on `target` started.
     pub fn started(&self, target: &str) {
         if let Some(s) = self.lock().get_mut(target) {
@@ -261,5 +274,26 @@ mod tests {
         f.started("a");
         f.ended("a", Some(ErrorClass::Deterministic));
         assert_eq!(allowed(&f), [("a".to_string(), 2)], "it answered");
+    }
+
+    #[test]
+    fn only_answering_targets_with_nothing_running_get_a_step_of_their_own() {
+        let f = fairness();
+        assert!(
+            f.idle_allowances().is_empty(),
+            "nothing before the first probe"
+        );
+        f.probe_all();
+        f.probed("a", true);
+        f.probed("b", true);
+        let mut idle = f.idle_allowances();
+        idle.sort();
+        assert_eq!(idle, [("a".to_string(), 1), ("b".to_string(), 1)]);
+        f.started("a");
+        assert_eq!(f.idle_allowances(), [("b".to_string(), 1)]);
+        f.ended("b", None);
+        f.started("b");
+        f.ended("b", Some(ErrorClass::Unreachable));
+        assert!(f.idle_allowances().is_empty(), "a runs one, b is parked");
     }
 }

@@ -44,23 +44,33 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken, drain: Duration) {
                 Ok(leases) => {
                     claimed = leases.len();
                     for lease in leases {
+                        // Only this loop takes slots, so the `free` counted above are there.
                         let Ok(slot) = slots.clone().try_acquire_owned() else {
                             break;
                         };
-                        fairness.started(&lease.target);
-                        let ctx = ctx.clone();
-                        let fairness = fairness.clone();
-                        running.spawn(async move {
-                            let target = lease.target.clone();
-                            let failure = run_lease(&ctx, lease).await;
-                            fairness.ended(&target, failure);
-                            drop(slot);
-                            // A slot is free: look for more work at once.
-                            ctx.queue.wake();
-                        });
+                        start(&mut running, &ctx, &fairness, lease, Some(slot));
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot claim queued work; retrying"),
+            }
+        }
+        let saturated = free == 0 || claimed == free;
+        if saturated {
+            // Every shared slot is busy, possibly with steps of targets that stalled just as
+            // they started and hold their slots until the termination timeout. A target with
+            // nothing running still starts its first due step now, on a slot of its own: so
+            // in-flight steps stay within `concurrency` plus one per target, and no target
+            // waits behind another's.
+            let idle = fairness.idle_allowances();
+            if !idle.is_empty() {
+                match queue.claim_fair(idle.len(), &idle).await {
+                    Ok(leases) => {
+                        for lease in leases {
+                            start(&mut running, &ctx, &fairness, lease, None);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot claim queued work; retrying"),
+                }
             }
         }
         if claimed > 0 && claimed == free {
@@ -97,6 +107,28 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken, drain: Duration) {
         Ok(n) => tracing::info!(steps = n, "handed back unfinished steps"),
         Err(e) => tracing::warn!(error = %e, "could not hand back steps; their leases will expire"),
     }
+}
+
+/// Runs `lease` on the worker's `running` set, counted for its target; `slot`, a shared
+/// worker slot, is held until it ends (`None`: the target's own first step).
+fn start(
+    running: &mut JoinSet<()>,
+    ctx: &Arc<Context>,
+    fairness: &Arc<Fairness>,
+    lease: Lease,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    fairness.started(&lease.target);
+    let ctx = ctx.clone();
+    let fairness = fairness.clone();
+    running.spawn(async move {
+        let target = lease.target.clone();
+        let failure = run_lease(&ctx, lease).await;
+        fairness.ended(&target, failure);
+        drop(slot);
+        // A slot is free, or the target may take more: look for work at once.
+        ctx.queue.wake();
+    });
 }
 
 /// Runs `action_id`'s due steps in this process until the action finishes or `budget`
