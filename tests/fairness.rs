@@ -83,6 +83,20 @@ async fn step(server: &TestServer, id: &str) -> Value {
     body["steps"][0].clone()
 }
 
+/// Waits until the one step of action `id` is as `wanted` says (`what` names it for the
+/// failure message).
+async fn wait_for_step(server: &TestServer, id: &str, what: &str, wanted: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let step = step(server, id).await;
+        if wanted(&step) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {step}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Every step of `ids` is still pending; returns how many of them were attempted.
 async fn pending_and_attempted(server: &TestServer, ids: &[String]) -> usize {
     let mut attempted = 0;
@@ -181,16 +195,11 @@ async fn three_stalled_targets_with_100_steps_each_leave_two_workers_free_for_a_
         stalled.push(ids);
     }
     // Each stalled target is found out: by a first attempt that timed out, or by a probe.
-    let deadline = Instant::now() + PATIENCE;
     for ids in &stalled {
-        loop {
-            let first = step(&server, &ids[0]).await;
-            if first["last_error"].is_string() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "never found out: {first}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_step(&server, &ids[0], "found out", |s| {
+            s["last_error"].is_string()
+        })
+        .await;
     }
     let victims = pg.open_sessions("web", "pw", 3).await;
 
@@ -252,16 +261,8 @@ async fn targets_that_stall_as_their_steps_start_hold_every_shared_slot_and_a_he
         queue_event(&server, "s1").await,
     ];
     // Both stalled steps have started and hang: every shared slot is taken.
-    let deadline = Instant::now() + PATIENCE;
     for id in &stalled {
-        loop {
-            let step = step(&server, id).await;
-            if step["attempts"] == 1 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "never started: {step}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_step(&server, id, "started", |s| s["attempts"] == 1).await;
     }
     let victims = pg.open_sessions("web", "pw", 2).await;
 

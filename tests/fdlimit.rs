@@ -375,7 +375,8 @@ async fn a_checkpoint_file_that_cannot_be_appended_to_degrades_readiness() {
     assert_eq!(body["store"]["ok"], true, "{body}");
     let error = body["checkpoint_file"]["error"].as_str().unwrap();
     assert!(
-        error.contains("cannot append to") && error.contains("checkpoints.jsonl"),
+        error.contains("cannot append to the checkpoint file")
+            && !error.contains("checkpoints.jsonl"),
         "{body}"
     );
 
@@ -384,7 +385,8 @@ async fn a_checkpoint_file_that_cannot_be_appended_to_degrades_readiness() {
     let deadline = Instant::now() + WAIT;
     loop {
         let (status, body) = readiness().await;
-        if body["checkpoint_file"]["ok"] == true {
+        // Readiness may see the file appendable before the writer's next checkpoint is due.
+        if body["checkpoint_file"]["ok"] == true && checkpoint_lines(&checkpoints) >= 1 {
             assert_eq!(
                 (status, &body["status"]),
                 (StatusCode::OK, &Value::from("ready"))
@@ -397,6 +399,5 @@ async fn a_checkpoint_file_that_cannot_be_appended_to_degrades_readiness() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(checkpoint_lines(&checkpoints) >= 1);
     server.stop().await;
 }
