@@ -186,6 +186,23 @@ impl Sever {
         }
     }
 
+    /// Rotates `credential` (a signed `revoked` event, `?wait=true`) and returns how long
+    /// sever took to answer; the action must have completed.
+    async fn rotate(&self, credential: &str) -> Duration {
+        let t = Instant::now();
+        let (status, report) = self
+            .event(
+                &json!({"credential": credential, "kind": "revoked"}),
+                true,
+                SECRET,
+            )
+            .await;
+        let took = t.elapsed();
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(report["status"], "completed", "{report}");
+        took
+    }
+
     /// A signed event; `Ok` with the status and body.
     async fn event(&self, body: &Value, wait: bool, secret: &str) -> (u16, Value) {
         let body = serde_json::to_vec(body).unwrap();
@@ -287,17 +304,7 @@ async fn rotation_to_clean(runs: usize, lines: &mut Vec<Line>) {
         for run in 0..runs {
             // sever: from sending the signed event (?wait=true) to its answer.
             let sessions = open(&pg, "app", n).await;
-            let t = Instant::now();
-            let (status, report) = sever
-                .event(
-                    &json!({"credential": "orders", "kind": "revoked"}),
-                    true,
-                    SECRET,
-                )
-                .await;
-            with_sever.push(t.elapsed());
-            assert_eq!(status, 200, "{report}");
-            assert_eq!(report["status"], "completed", "{report}");
+            with_sever.push(sever.rotate("orders").await);
             assert_eq!(count_sessions(&mut admin, "app").await, 0, "all {n} gone");
             assert_eq!(count_sessions(&mut admin, "other").await, BYSTANDERS as i64);
             drop(sessions);
@@ -449,17 +456,7 @@ async fn fan_out(clusters: &[TestPostgres], shape: FanOut, runs: usize, lines: &
         let mut floor = Vec::new();
         for _ in 0..runs {
             let sessions = open_per_target(clusters, k, shape.per_target).await;
-            let t = Instant::now();
-            let (status, report) = sever
-                .event(
-                    &json!({"credential": format!("fan{k}"), "kind": "revoked"}),
-                    true,
-                    SECRET,
-                )
-                .await;
-            samples.push(t.elapsed());
-            assert_eq!(status, 200, "{report}");
-            assert_eq!(report["status"], "completed", "{report}");
+            samples.push(sever.rotate(&format!("fan{k}")).await);
             for j in 0..k {
                 assert_eq!(
                     count_sessions(&mut checks[j % 4], &format!("app{j}")).await,
@@ -608,17 +605,7 @@ async fn one_stalled_target(runs: usize, lines: &mut Vec<Line>) {
         let mut samples = Vec::new();
         for _ in 0..runs {
             let sessions = open(&pg, "app", 100).await;
-            let t = Instant::now();
-            let (status, report) = sever
-                .event(
-                    &json!({"credential": "orders", "kind": "revoked"}),
-                    true,
-                    SECRET,
-                )
-                .await;
-            samples.push(t.elapsed());
-            assert_eq!(status, 200, "{report}");
-            assert_eq!(report["status"], "completed", "{report}");
+            samples.push(sever.rotate("orders").await);
             assert_eq!(count_sessions(&mut admin, "app").await, 0, "all 100 gone");
             drop(sessions);
         }

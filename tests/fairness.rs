@@ -63,6 +63,42 @@ fn target_and_credential_with(
     )
 }
 
+/// A PostgreSQL with sever's admin and the logins `app` (on the targets that will stall) and
+/// `web` (on the healthy one), and `n` proxies in front of it, still forwarding.
+async fn cluster_with_proxies(n: usize) -> (TestPostgres, Vec<StallingProxy>) {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.create_login("app", "pw").await;
+    pg.create_login("web", "pw").await;
+    let mut proxies = Vec::new();
+    for _ in 0..n {
+        proxies.push(StallingProxy::start(pg.port()).await);
+    }
+    (pg, proxies)
+}
+
+/// Targets `s0`, `s1`, … behind `proxies` (for login `app`) and the healthy target `h` on
+/// `pg` directly (for `web`), each with a credential of its own name.
+fn targets(
+    ws: &Workspace,
+    pg: &TestPostgres,
+    proxies: &[StallingProxy],
+    connect_timeout: &str,
+) -> String {
+    let mut config = String::new();
+    for (i, proxy) in proxies.iter().enumerate() {
+        let id = format!("s{i}");
+        config.push_str(&target_and_credential_with(
+            ws,
+            &id,
+            proxy.port,
+            "app",
+            connect_timeout,
+        ));
+    }
+    config + &target_and_credential(ws, "h", pg.port(), "web")
+}
+
 /// Queues an event for `credential` without waiting; its action id.
 async fn queue_event(server: &TestServer, credential: &str) -> String {
     let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
@@ -126,26 +162,17 @@ async fn rotation_on_healthy(server: &TestServer, pg: &TestPostgres, victims: &[
 
 #[tokio::test]
 async fn a_stalled_target_with_300_steps_queued_does_not_delay_a_rotation_elsewhere() {
-    let pg = TestPostgres::start();
-    create_admin(&pg).await;
-    pg.create_login("app", "pw").await;
-    pg.create_login("web", "pw").await;
-    let proxy = StallingProxy::start(pg.port()).await;
+    let (pg, proxies) = cluster_with_proxies(1).await;
     let ws = Workspace::new();
     // Four slots: before this change, the stalled target's steps took all four, one
     // termination timeout after another, and the healthy step waited behind them.
-    let config = format!(
-        "{}{}{}",
-        head(&ws, 4),
-        target_and_credential(&ws, "s", proxy.port, "app"),
-        target_and_credential(&ws, "h", pg.port(), "web"),
-    );
+    let config = head(&ws, 4) + &targets(&ws, &pg, &proxies, "1s");
     let server = TestServer::start(&ws.write_config(&config)).await;
     // The target stops answering, its connections staying open.
-    proxy.stall();
+    proxies[0].stall();
     let mut stalled = Vec::new();
     for _ in 0..300 {
-        stalled.push(queue_event(&server, "s").await);
+        stalled.push(queue_event(&server, "s0").await);
     }
     let victims = pg.open_sessions("web", "pw", 3).await;
 
@@ -162,26 +189,9 @@ async fn a_stalled_target_with_300_steps_queued_does_not_delay_a_rotation_elsewh
 
 #[tokio::test]
 async fn three_stalled_targets_with_100_steps_each_leave_two_workers_free_for_a_healthy_one() {
-    let pg = TestPostgres::start();
-    create_admin(&pg).await;
-    pg.create_login("app", "pw").await;
-    pg.create_login("web", "pw").await;
-    let proxies = [
-        StallingProxy::start(pg.port()).await,
-        StallingProxy::start(pg.port()).await,
-        StallingProxy::start(pg.port()).await,
-    ];
+    let (pg, proxies) = cluster_with_proxies(3).await;
     let ws = Workspace::new();
-    let mut config = head(&ws, 2);
-    for (i, proxy) in proxies.iter().enumerate() {
-        config.push_str(&target_and_credential(
-            &ws,
-            &format!("s{i}"),
-            proxy.port,
-            "app",
-        ));
-    }
-    config.push_str(&target_and_credential(&ws, "h", pg.port(), "web"));
+    let config = head(&ws, 2) + &targets(&ws, &pg, &proxies, "1s");
     let server = TestServer::start(&ws.write_config(&config)).await;
     for proxy in &proxies {
         proxy.stall();
@@ -220,28 +230,11 @@ async fn three_stalled_targets_with_100_steps_each_leave_two_workers_free_for_a_
 #[tokio::test]
 async fn targets_that_stall_as_their_steps_start_hold_every_shared_slot_and_a_healthy_target_still_runs()
  {
-    let pg = TestPostgres::start();
-    create_admin(&pg).await;
-    pg.create_login("app", "pw").await;
-    pg.create_login("web", "pw").await;
-    let proxies = [
-        StallingProxy::start(pg.port()).await,
-        StallingProxy::start(pg.port()).await,
-    ];
+    let (pg, proxies) = cluster_with_proxies(2).await;
     let ws = Workspace::new();
     // Two shared slots, one per target; the timeouts are far longer than the test, so the
     // stalled steps hold their slots throughout.
-    let mut config = head_with_timeout(&ws, 2, "60s");
-    for (i, proxy) in proxies.iter().enumerate() {
-        config.push_str(&target_and_credential_with(
-            &ws,
-            &format!("s{i}"),
-            proxy.port,
-            "app",
-            "60s",
-        ));
-    }
-    config.push_str(&target_and_credential(&ws, "h", pg.port(), "web"));
+    let config = head_with_timeout(&ws, 2, "60s") + &targets(&ws, &pg, &proxies, "60s");
     let server = TestServer::start(&ws.write_config(&config)).await;
     // A step on each target that will stall ends well first: the worker has seen both answer,
     // so it has no reason to hold their next steps back.
