@@ -342,16 +342,7 @@ async fn a_checkpoint_file_that_cannot_be_appended_to_degrades_readiness() {
         checkpoints.display().to_string(),
     );
     let server = TestServer::start(&ws.write_config(&config)).await;
-    let readiness = || async {
-        let r = server
-            .client
-            .get(server.url("/readyz"))
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.json::<Value>().await.unwrap())
-    };
-    let (status, body) = readiness().await;
+    let (status, body) = server.readyz().await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["checkpoint_file"]["ok"], true, "{body}");
 
@@ -360,7 +351,7 @@ async fn a_checkpoint_file_that_cannot_be_appended_to_degrades_readiness() {
     std::fs::create_dir(&checkpoints).unwrap();
     let deadline = Instant::now() + WAIT;
     let body = loop {
-        let (status, body) = readiness().await;
+        let (status, body) = server.readyz().await;
         if body["checkpoint_file"]["ok"] == false {
             assert_eq!(status, StatusCode::OK, "{body}");
             break body;
@@ -384,7 +375,7 @@ async fn a_checkpoint_file_that_cannot_be_appended_to_degrades_readiness() {
     std::fs::remove_dir(&checkpoints).unwrap();
     let deadline = Instant::now() + WAIT;
     loop {
-        let (status, body) = readiness().await;
+        let (status, body) = server.readyz().await;
         // Readiness may see the file appendable before the writer's next checkpoint is due.
         if body["checkpoint_file"]["ok"] == true && checkpoint_lines(&checkpoints) >= 1 {
             assert_eq!(

@@ -111,21 +111,11 @@ fn logged(level: &str, text: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn readyz(server: &TestServer) -> (StatusCode, Value) {
-    let r = server
-        .client
-        .get(server.url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    (r.status(), r.json().await.unwrap())
-}
-
 /// Polls `/readyz` until it answers `want`; panics after [`PATIENCE`].
 async fn until_ready_is(server: &TestServer, want: StatusCode) -> Value {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let (status, body) = readyz(server).await;
+        let (status, body) = server.readyz().await;
         if status == want {
             return body;
         }
@@ -202,7 +192,7 @@ async fn a_full_store_refuses_then_recovers_without_a_restart_once_space_is_back
     assert_unavailable(status, &body);
     let (status, body) = server.event(&revoke()).await;
     assert_unavailable(status, &body);
-    let (status, ready) = readyz(&server).await;
+    let (status, ready) = server.readyz().await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
     assert_eq!(ready["status"], "unavailable", "{ready}");
     assert_eq!(ready["store"]["ok"], false, "{ready}");
@@ -220,7 +210,7 @@ async fn a_full_store_refuses_then_recovers_without_a_restart_once_space_is_back
     assert_eq!(report["status"], "completed", "{report}");
     assert_eq!(pids(&report, "main", "terminated"), sorted(&victims));
     assert!(pg.wait_gone(victims[0], PATIENCE).await);
-    let (status, ready) = readyz(&server).await;
+    let (status, ready) = server.readyz().await;
     assert_eq!(status, StatusCode::OK, "{ready}");
     assert_eq!(ready["status"], "ready", "{ready}");
     server.stop().await;
@@ -316,7 +306,7 @@ async fn a_deleted_store_directory_is_noticed_before_the_next_acknowledgement() 
     // At once, not after the timer: the check runs before each commit.
     let (status, body) = event_nowait(&server).await;
     assert_unavailable(status, &body);
-    let (status, ready) = readyz(&server).await;
+    let (status, ready) = server.readyz().await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
     assert_eq!(ready["store_file"]["ok"], false, "{ready}");
     assert!(
@@ -350,7 +340,7 @@ async fn a_postgres_store_connection_killed_mid_transaction_is_replaced_and_read
     let server = TestServer::start(&ws.write_config(&config(&ws, &url, &pg, ""))).await;
     let (status, report) = server.event(&revoke()).await;
     assert_eq!(status, StatusCode::OK, "{report}");
-    assert_eq!(readyz(&server).await.0, StatusCode::OK);
+    assert_eq!(server.readyz().await.0, StatusCode::OK);
 
     // Hold the chain lock, so sever's next append waits inside its transaction.
     let (mut holder, holder_pid) = store.session("postgres", "", "sever_store", "").await;
@@ -402,7 +392,7 @@ async fn a_postgres_store_connection_killed_mid_transaction_is_replaced_and_read
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let (status, ready) = readyz(&server).await;
+    let (status, ready) = server.readyz().await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
     assert_eq!(ready["store"]["ok"], false, "{ready}");
 

@@ -268,6 +268,12 @@ impl TestServer {
         (r.status(), r.json().await.unwrap())
     }
 
+    /// `GET /readyz`: its status and body.
+    pub async fn readyz(&self) -> (StatusCode, Value) {
+        let r = self.client.get(self.url("/readyz")).send().await.unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
     pub async fn operator_get(&self, path: &str) -> (StatusCode, Value) {
         let r = self
             .client
