@@ -177,9 +177,18 @@ async fn a_flood_of_idle_connections_locks_out_neither_operators_nor_checkpoints
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let written_before = checkpoint_lines(&checkpoints);
+    // sever has accepted them, but the test's own connect tasks may not all have run yet:
+    // wait for them (past the cap, the rest sit in the accept queue, also connected).
     let mut flood = Vec::new();
-    while let Some(connected) = connecting.try_join_next() {
-        flood.push(connected.unwrap().unwrap());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        while let Some(connected) = connecting.try_join_next() {
+            flood.push(connected.unwrap().unwrap());
+        }
+        if flood.len() > intake_cap || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
         flood.len() > intake_cap,
