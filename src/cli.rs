@@ -25,6 +25,10 @@ use crate::terminate::{Session, SessionFilter};
 pub const EXIT_AUDIT_BROKEN: u8 = 2;
 /// Exit code when an action did not complete on every target.
 pub const EXIT_INCOMPLETE: u8 = 3;
+/// Exit code when the command line was refused before anything was done: a malformed or
+/// missing argument, an unknown target, a protected login, a name no chosen target could
+/// hold (`EX_USAGE` of sysexits.h).
+pub const EXIT_USAGE: u8 = 64;
 
 /// Command-line failures.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,17 @@ pub enum CliError {
     /// An argument is invalid.
     #[error("{0}")]
     Usage(String),
+}
+
+impl CliError {
+    /// The process exit code for this failure: [`EXIT_USAGE`] when the input was refused
+    /// before anything was done, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::Resolve(_) => EXIT_USAGE,
+            _ => 1,
+        }
+    }
 }
 
 /// sever: terminates database sessions that outlive a credential rotation or revocation.
@@ -263,10 +278,13 @@ impl Cli {
         );
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr);
+            .with_writer(std::io::stderr)
+            .with_ansi(crate::logging::ansi_wanted());
         match self.log_format {
-            LogFormat::Text => builder.init(),
-            LogFormat::Json => builder.json().init(),
+            // Request content reaches log fields: escaped, so it cannot forge or rewrite lines.
+            LogFormat::Text => builder.fmt_fields(crate::logging::escaping_fields()).init(),
+            // JSON strings escape control characters already.
+            LogFormat::Json => builder.json().with_ansi(false).init(),
         }
     }
 
@@ -471,13 +489,6 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
 }
 
 async fn sessions(config: Config, args: SessionsArgs) -> Result<ExitCode, CliError> {
-    if let Some(target) = &args.target
-        && !config.targets.contains_key(target)
-    {
-        return Err(ResolveError::UnknownTarget(target.clone()).into());
-    }
-    let timeout = config.termination.timeout;
-    let ctx = Context::build(config).await?;
     let filter = SessionFilter {
         login: args.login,
         database: args.database,
@@ -486,6 +497,10 @@ async fn sessions(config: Config, args: SessionsArgs) -> Result<ExitCode, CliErr
         started_before: args.started_before,
         started_after: args.started_after,
     };
+    // Before connecting anything: an unknown target, or a name no chosen target could hold.
+    resolve::session_filter(&config, args.target.as_deref(), &filter)?;
+    let timeout = config.termination.timeout;
+    let ctx = Context::build(config).await?;
     let report = ctx
         .targets
         .sessions(args.target.as_deref(), &filter, timeout)
@@ -605,7 +620,7 @@ async fn sweep(config: Config, args: SweepArgs) -> Result<ExitCode, CliError> {
         named.sort();
         named.dedup();
         for target in &named {
-            pipeline::sweep_config(&config, target)?;
+            pipeline::sweep_config(&config, target).map_err(|e| CliError::Usage(e.to_string()))?;
         }
         named
     };

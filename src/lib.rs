@@ -11,6 +11,7 @@ pub mod config;
 pub mod context;
 pub mod fds;
 pub mod intake;
+pub mod logging;
 pub mod pipeline;
 pub mod queue;
 pub mod resolve;

@@ -3,13 +3,32 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sever::cli::Cli;
+use sever::cli::{Cli, EXIT_USAGE};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `--help` and `--version` go to stdout and succeed; anything else is a refused
+            // command line.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     cli.init_tracing();
-    Ok(cli.run(shutdown_signal()).await?)
+    match cli.run(shutdown_signal()).await {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e.exit_code();
+            eprintln!("Error: {:?}", anyhow::Error::from(e));
+            ExitCode::from(code)
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM (what Kubernetes and Docker send).

@@ -1,5 +1,6 @@
 //! The service's configuration: TOML, strictly validated, secrets kept outside the file.
 
+pub mod names;
 mod secret;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,6 +12,8 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 pub use secret::{SecretRef, UrlSource, redact_url};
+
+use names::NameKind;
 
 /// Everything that can be wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -734,7 +737,8 @@ impl Config {
             ));
         }
         for (i, login) in self.protected_logins.iter().enumerate() {
-            check_login(login).map_err(|r| invalid(format!("protected_logins[{i}]"), r))?;
+            names::check(NameKind::Login, login)
+                .map_err(|e| invalid(format!("protected_logins[{i}]"), &e.to_string()))?;
         }
         if let Some(vault) = &self.vault {
             if url::Url::parse(&vault.address).is_err() {
@@ -792,8 +796,12 @@ impl Config {
                 ));
             }
             for (i, login) in target.protected_logins.iter().enumerate() {
-                check_login(login)
-                    .map_err(|r| invalid(format!("targets.{id}.protected_logins[{i}]"), r))?;
+                names::check_on(NameKind::Login, login, id, target.engine).map_err(|e| {
+                    invalid(
+                        format!("targets.{id}.protected_logins[{i}]"),
+                        &e.to_string(),
+                    )
+                })?;
             }
         }
         for (id, credential) in &self.credentials {
@@ -867,7 +875,9 @@ impl Config {
                         &format!("no target named {:?}", mapping.target),
                     ));
                 }
-                check_login(&mapping.login).map_err(|r| invalid(format!("{at}.login"), r))?;
+                let engine = self.targets[&mapping.target].engine;
+                names::check_on(NameKind::Login, &mapping.login, &mapping.target, engine)
+                    .map_err(|e| invalid(format!("{at}.login"), &e.to_string()))?;
                 if self.protected_on(&mapping.target).contains(&mapping.login) {
                     return Err(invalid(
                         format!("{at}.login"),
@@ -940,14 +950,6 @@ fn check_id(id: &str) -> Result<(), &'static str> {
         Ok(())
     } else {
         Err("ids are 1 to 128 characters of letters, digits, '_', '-', '.', ':' or '/'")
-    }
-}
-
-fn check_login(login: &str) -> Result<(), &'static str> {
-    if login.is_empty() || login.len() > 128 || login.contains('\0') {
-        Err("login names are 1 to 128 characters without NUL")
-    } else {
-        Ok(())
     }
 }
 

@@ -105,7 +105,7 @@ impl ApiError {
             ApiError::Resolve(ResolveError::ProtectedLogin { .. }) => {
                 (S::UNPROCESSABLE_ENTITY, "protected_login")
             }
-            ApiError::Resolve(ResolveError::Invalid(_)) => {
+            ApiError::Resolve(ResolveError::Invalid(_) | ResolveError::Name(_)) => {
                 (S::UNPROCESSABLE_ENTITY, "invalid_request")
             }
             ApiError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
@@ -163,10 +163,67 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Parses a JSON body: syntax errors are 400, shape and value errors 422.
+/// Parses a JSON body: syntax errors are 400, shape and value errors (a field of the wrong
+/// type included) 422.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::Invalid(e.to_string()),
-        _ => ApiError::MalformedJson(e.to_string()),
-    })
+    use serde_json::error::Category;
+    let e = match serde_json::from_slice(body) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
+    };
+    if e.classify() == Category::Data {
+        return Err(ApiError::Invalid(e.to_string()));
+    }
+    // serde_json reports a wrong type where it wanted an enum (`"kind": 1`) as a syntax
+    // error. Whether the body is JSON at all decides; read as a tree, the same mismatch
+    // says what was expected.
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(tree) => Err(ApiError::Invalid(match T::deserialize(&tree) {
+            Err(shape) => shape.to_string(),
+            Ok(_) => e.to_string(),
+        })),
+        Err(_) => Err(ApiError::MalformedJson(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::{RevocationRequest, RotationEvent};
+
+    fn code<T: serde::de::DeserializeOwned>(body: &str) -> &'static str {
+        match parse_json::<T>(body.as_bytes()) {
+            Ok(_) => "ok",
+            Err(e) => e.status_and_code().1,
+        }
+    }
+
+    #[test]
+    fn a_wrong_type_is_invalid_and_broken_json_malformed() {
+        for body in [
+            r#"{"credential": "c", "kind": 1}"#,
+            r#"{"credential": "c", "kind": ["rotated"]}"#,
+            r#"{"credential": "c", "kind": {"rotated": 1}}"#,
+            r#"{"credential": "c", "kind": null}"#,
+            r#"{"credential": 5, "kind": "rotated"}"#,
+            r#"{"credential": "c", "kind": "rotated", "rotated_at": 1}"#,
+            r#"{"credential": "c", "kind": "rotated", "kind": "revoked"}"#,
+            r#"[1, 2]"#,
+        ] {
+            assert_eq!(code::<RotationEvent>(body), "invalid_request", "{body}");
+        }
+        let e = parse_json::<RotationEvent>(br#"{"credential": "c", "kind": 1}"#).unwrap_err();
+        assert!(e.to_string().contains("integer"), "{e}");
+        for body in [
+            r#"{"login": 5, "targets": "all", "reason": "r"}"#,
+            r#"{"login": ["a"], "targets": "all", "reason": "r"}"#,
+            r#"{"login": "a", "targets": 5, "reason": "r"}"#,
+            r#"{"login": "a", "targets": "all", "reason": "r", "dry_run": "yes"}"#,
+        ] {
+            assert_eq!(code::<RevocationRequest>(body), "invalid_request", "{body}");
+        }
+        for body in [r#"{"credential": "#, "", "{\"kind\": 1", "nul"] {
+            assert_eq!(code::<RotationEvent>(body), "malformed_json", "{body}");
+        }
+    }
 }

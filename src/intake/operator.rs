@@ -43,11 +43,10 @@ pub fn new_token() -> (String, String) {
 }
 
 /// The token of an `Authorization` value `Bearer <token>`, if it carries a non-blank one.
+/// The scheme is matched case-insensitively, as RFC 9110 (section 11.1) says schemes are.
 pub fn bearer_token(header: &str) -> Option<&str> {
-    header
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
+    let (scheme, token) = header.split_once(' ')?;
+    Some(token.trim()).filter(|token| scheme.eq_ignore_ascii_case("bearer") && !token.is_empty())
 }
 
 impl Operators {
@@ -145,6 +144,11 @@ mod tests {
         );
         assert_eq!(bearer_token("Bearer   "), None);
         assert_eq!(bearer_token(&format!("Basic {token}")), None);
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("BeArEr abc"), Some("abc"));
+        assert_eq!(bearer_token("Bearerabc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
         assert_eq!(ops.authenticate(""), None);
         assert!(!format!("{ops:?}").contains(&token_hash(&token)));
     }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::operator::Operator;
 use super::{AppState, RequestMeta};
-use crate::resolve::ResolveError;
+use crate::resolve;
 use crate::terminate::{SessionFilter, SessionsReport};
 
 /// Query parameters; all optional.
@@ -40,12 +40,6 @@ pub async fn get_sessions(
                 .await);
         }
     };
-    if let Some(target) = &q.target
-        && state.ctx.targets.get(target).is_none()
-    {
-        let err = ResolveError::UnknownTarget(target.clone()).into();
-        return Err(state.reject(&meta, &operator.actor(), err).await);
-    }
     let filter = SessionFilter {
         login: q.login,
         database: q.database,
@@ -54,6 +48,11 @@ pub async fn get_sessions(
         started_before: q.started_before,
         started_after: q.started_after,
     };
+    // Unknown targets and names no chosen target could hold are refused before any target
+    // is asked.
+    if let Err(e) = resolve::session_filter(&state.ctx.config, q.target.as_deref(), &filter) {
+        return Err(state.reject(&meta, &operator.actor(), e.into()).await);
+    }
     let timeout = state.ctx.config.termination.timeout;
     Ok(Json(
         state

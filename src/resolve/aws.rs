@@ -324,7 +324,7 @@ pub fn plan(
         dry_run: false,
         reason: None,
         cutoff_defaulted: false,
-        steps: steps_for(config, mappings),
+        steps: steps_for(config, mappings)?,
     })
 }
 

@@ -14,8 +14,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::config::names::{self, NameError, NameKind};
 use crate::config::{Config, RotationPolicy};
-use crate::terminate::Scope;
+use crate::terminate::{Scope, SessionFilter};
 
 /// Longest accepted `reason`.
 pub const MAX_REASON: usize = 1024;
@@ -40,6 +41,9 @@ pub enum ResolveError {
     /// A field is out of range.
     #[error("{0}")]
     Invalid(String),
+    /// A login, database or application name that a target could not hold.
+    #[error(transparent)]
+    Name(#[from] NameError),
 }
 
 /// `rotated`: the old secret stopped being valid; `revoked`: the login must lose every session.
@@ -251,36 +255,82 @@ pub fn event(
         dry_run: false,
         reason: event.reason.clone(),
         cutoff_defaulted: event.rotated_at.is_none(),
-        steps: steps_for(config, mappings),
+        steps: steps_for(config, mappings)?,
     })
 }
 
-/// One step per target, each with its logins (deduplicated, in order) and protection.
-fn steps_for(config: &Config, mappings: impl IntoIterator<Item = (String, String)>) -> Vec<Step> {
+/// Refuses a login the engine of `target` could not hold: it would fail there on every
+/// attempt (see [`names`]).
+fn check_login_on(config: &Config, target: &str, login: &str) -> Result<(), ResolveError> {
+    let engine = config
+        .targets
+        .get(target)
+        .ok_or_else(|| ResolveError::UnknownTarget(target.to_owned()))?
+        .engine;
+    Ok(names::check_on(NameKind::Login, login, target, engine)?)
+}
+
+/// One step per target, each with its logins (deduplicated, in order) and protection; a
+/// login its target could not hold refuses the whole plan.
+fn steps_for(
+    config: &Config,
+    mappings: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<Step>, ResolveError> {
     let mut by_target: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (target, login) in mappings {
+        check_login_on(config, &target, &login)?;
         let logins = by_target.entry(target).or_default();
         if !logins.contains(&login) {
             logins.push(login);
         }
     }
-    by_target
+    Ok(by_target
         .into_iter()
         .map(|(target, logins)| Step {
             protected: config.protected_on(&target),
             target,
             logins,
         })
-        .collect()
+        .collect())
+}
+
+/// Checks a sessions filter's names against the engine of `target`, or of every target
+/// when none is chosen (a name no engine could hold would only ever match nothing, or make
+/// the engine fail).
+pub fn session_filter(
+    config: &Config,
+    target: Option<&str>,
+    filter: &SessionFilter,
+) -> Result<(), ResolveError> {
+    let chosen: Vec<(&String, &crate::config::TargetConfig)> = match target {
+        Some(id) => {
+            let (id, t) = config
+                .targets
+                .get_key_value(id)
+                .ok_or_else(|| ResolveError::UnknownTarget(id.to_owned()))?;
+            vec![(id, t)]
+        }
+        None => config.targets.iter().collect(),
+    };
+    let fields = [
+        (NameKind::Login, &filter.login),
+        (NameKind::Database, &filter.database),
+        (NameKind::ApplicationName, &filter.application_name),
+        (NameKind::ClientAddr, &filter.client_addr),
+    ];
+    for (kind, value) in fields {
+        let Some(value) = value else { continue };
+        names::check(kind, value)?;
+        for (id, t) in &chosen {
+            names::check_on(kind, value, id, t.engine)?;
+        }
+    }
+    Ok(())
 }
 
 /// Plans an operator's revocation.
 pub fn revocation(config: &Config, request: &RevocationRequest) -> Result<Plan, ResolveError> {
-    if request.login.is_empty() || request.login.len() > 128 {
-        return Err(ResolveError::Invalid(
-            "login must be 1 to 128 characters".into(),
-        ));
-    }
+    names::check(NameKind::Login, &request.login)?;
     if request.reason.trim().is_empty() {
         return Err(ResolveError::Invalid("reason is required".into()));
     }
@@ -302,9 +352,7 @@ pub fn revocation(config: &Config, request: &RevocationRequest) -> Result<Plan, 
     }
     let mut steps = Vec::new();
     for target in targets {
-        if !config.targets.contains_key(&target) {
-            return Err(ResolveError::UnknownTarget(target));
-        }
+        check_login_on(config, &target, &request.login)?;
         let protected = config.protected_on(&target);
         if protected.contains(&request.login) {
             return Err(ResolveError::ProtectedLogin {
@@ -462,5 +510,49 @@ mod tests {
         assert!(revocation(&c, &no_reason).is_err());
         assert!(revocation(&c, &revoke("x", TargetSelection::Keyword("some".into()))).is_err());
         assert!(revocation(&c, &revoke("x", TargetSelection::Named(vec![]))).is_err());
+    }
+
+    #[test]
+    fn names_a_target_cannot_hold_are_refused_before_planning() {
+        let c = Config::parse(
+            r#"
+            [targets.pg]
+            engine = "postgres"
+            url = "postgres://sever@h/db"
+            [targets.my]
+            engine = "mysql"
+            url = "mysql://sever@h/db"
+            "#,
+        )
+        .unwrap();
+        let named = |t: &str| TargetSelection::Named(vec![t.into()]);
+        for bad in ["a\0b", "a\u{1}", "a\u{7f}", "a\u{9b}", ""] {
+            let e = revocation(&c, &revoke(bad, named("pg"))).unwrap_err();
+            assert!(matches!(e, ResolveError::Name(_)), "{bad:?}: {e}");
+        }
+        assert!(matches!(
+            revocation(&c, &revoke(&"a".repeat(64), named("pg"))).unwrap_err(),
+            ResolveError::Name(_)
+        ));
+        // A 4-byte character: PostgreSQL holds it, MySQL's utf8mb3 names do not.
+        assert!(revocation(&c, &revoke("app😀", named("pg"))).is_ok());
+        assert!(matches!(
+            revocation(&c, &revoke("app😀", named("my"))).unwrap_err(),
+            ResolveError::Name(_)
+        ));
+        assert!(revocation(&c, &revoke("app😀", TargetSelection::Keyword("all".into()))).is_err());
+        // A sessions filter is checked against the chosen target, or every target.
+        let filter = |login: &str| SessionFilter {
+            login: Some(login.into()),
+            ..Default::default()
+        };
+        assert!(session_filter(&c, Some("pg"), &filter("app😀")).is_ok());
+        assert!(session_filter(&c, Some("my"), &filter("app😀")).is_err());
+        assert!(session_filter(&c, None, &filter("app😀")).is_err());
+        assert!(session_filter(&c, None, &filter("a\0")).is_err());
+        assert_eq!(
+            session_filter(&c, Some("zz"), &filter("a")).unwrap_err(),
+            ResolveError::UnknownTarget("zz".into())
+        );
     }
 }

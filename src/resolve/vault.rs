@@ -410,7 +410,7 @@ pub fn plan(
         dry_run: false,
         reason: None,
         cutoff_defaulted: false,
-        steps: steps_for(config, mappings),
+        steps: steps_for(config, mappings)?,
     })
 }
 
@@ -445,7 +445,7 @@ pub fn plan_for_mount(
         dry_run: false,
         reason: None,
         cutoff_defaulted: false,
-        steps: steps_for(config, [(target.to_owned(), username.to_owned())]),
+        steps: steps_for(config, [(target.to_owned(), username.to_owned())])?,
     })
 }
 
