@@ -637,10 +637,10 @@ fn write_seed_corpus() {
         format!("Bearer {}", token.replace('0', "1")),
     );
     s.put("err-missing_token-basic", format!("Basic {token}"));
-    s.put(
-        "err-missing_token-lowercase-scheme",
-        format!("bearer {token}"),
-    );
+    // The scheme is case-insensitive (RFC 9110).
+    s.put("ok-bearer-lowercase-scheme", format!("bearer {token}"));
+    s.put("ok-bearer-uppercase-scheme", format!("BEARER {token}"));
+    s.put("err-missing_token-no-space", format!("Bearer{token}"));
     s.put("err-missing_token-blank", "Bearer   ");
     s.put("err-missing_token-not-text", b"Bearer \xff\xfe".as_slice());
 }
