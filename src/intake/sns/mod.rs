@@ -24,6 +24,7 @@ use serde::Deserialize;
 use url::Url;
 
 use self::cert::{Certificates, extract_key};
+pub use self::cert::{FAILURE_TTL, MAX_FETCHES, PERMIT_WAIT};
 pub use self::http::{HttpsClient, SnsHttp};
 use self::urls::{check_cert_url, check_sns_url};
 
@@ -48,6 +49,9 @@ pub enum SnsError {
     /// An HTTPS GET failed.
     #[error("SNS fetch failed: {0}")]
     Fetch(String),
+    /// Every certificate-fetch slot stayed taken; the message may be sent again later.
+    #[error("too many SNS certificate fetches at once; retry later")]
+    Busy,
 }
 
 /// The `Type` of an SNS message.
