@@ -167,6 +167,8 @@ impl Certificates {
     /// Starts fetching `url` on its own task, so that it finishes (and releases its slot)
     /// even if every request waiting for it goes away.
     fn start(&self, url: Url) -> Pending {
+        let known = Arc::clone(&self.known);
+        let key = url.as_str().to_owned();
         let task = tokio::spawn(fetch(
             Arc::clone(&self.http),
             Arc::clone(&self.permits),
@@ -175,16 +177,20 @@ impl Certificates {
             self.limits,
         ));
         async move {
-            task.await
-                .unwrap_or_else(|_| Err(SnsError::Fetch("certificate fetch task failed".into())))
+            task.await.unwrap_or_else(|_| {
+                // The task panicked before ending its pending entry; end it here so the
+                // next message for this URL fetches again.
+                lock(&known).pending.remove(&key);
+                Err(SnsError::Fetch("certificate fetch task failed".into()))
+            })
         }
         .boxed()
         .shared()
     }
 }
 
-/// The lock on what is known; a panic elsewhere cannot leave it inconsistent (every update
-/// is a single insert or remove), so a poisoned lock is used as is.
+/// The lock on what is known; a panic while it was held can at worst have lost a cache
+/// entry, so a poisoned lock is used as is.
 fn lock(known: &Mutex<Known>) -> MutexGuard<'_, Known> {
     known
         .lock()
@@ -401,6 +407,37 @@ mod tests {
             Err(SnsError::Fetch(_))
         ));
         assert_eq!(http.started(), 2);
+    }
+
+    /// Panics on its first GET, fails the others.
+    struct PanicsOnce(AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl SnsHttp for PanicsOnce {
+        async fn get(&self, _: &Url) -> Result<Vec<u8>, SnsError> {
+            if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("injected fault in the certificate client");
+            }
+            Err(SnsError::Fetch("HTTP status 404 Not Found".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fetch_that_panics_is_a_failure_and_the_url_can_be_fetched_again() {
+        let http = Arc::new(PanicsOnce(AtomicUsize::new(0)));
+        let certs = Certificates::new(Arc::clone(&http) as Arc<dyn SnsHttp>);
+        let a = url("https://sns.us-east-1.amazonaws.com/a.pem");
+        let first = certs.public_key(&a).await.unwrap_err();
+        assert!(
+            matches!(&first, SnsError::Fetch(m) if m.contains("task failed")),
+            "{first}"
+        );
+        let second = certs.public_key(&a).await.unwrap_err();
+        assert!(
+            matches!(&second, SnsError::Fetch(m) if m.contains("404")),
+            "{second}"
+        );
+        assert_eq!(http.0.load(Ordering::SeqCst), 2);
     }
 
     #[test]
