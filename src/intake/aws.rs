@@ -195,7 +195,17 @@ async fn sns(
         Ok(message) => message,
         Err(e) => return Err(state.reject(meta, SNS, ApiError::Sns(e)).await),
     };
-    // Signature first: a message that does not verify says nothing about its topic.
+    // The claimed topic first, before anything is fetched: the certificate URL is the
+    // sender's choice, so a message for a topic nobody configured must cost nothing. The
+    // signature, checked next, covers `TopicArn`, so a forged topic is refused there.
+    let topics = &state.ctx.config.aws.sns.topics;
+    if topics.is_empty() {
+        return Err(state.reject(meta, SNS, ApiError::SnsNotConfigured).await);
+    }
+    if !topics.contains(&message.topic_arn) {
+        let e = ApiError::UntrustedTopic(shown_topic(&message.topic_arn));
+        return Err(state.reject(meta, SNS, e).await);
+    }
     if let Err(e) = state.aws.sns.verify(&message).await {
         return Err(state.reject(meta, SNS, ApiError::Sns(e)).await);
     }
@@ -210,10 +220,6 @@ async fn sns(
             let e = ApiError::StaleSnsMessage(message.timestamp.clone());
             return Err(state.reject(meta, SNS, e).await);
         }
-    }
-    if !state.ctx.config.aws.sns.topics.contains(&message.topic_arn) {
-        let e = ApiError::UntrustedTopic(message.topic_arn.clone());
-        return Err(state.reject(meta, SNS, e).await);
     }
     let wait = match wait_flag(query) {
         Ok(wait) => wait,
@@ -257,6 +263,16 @@ async fn sns(
             )
             .await
         }
+    }
+}
+
+/// An unverified `TopicArn` as it may appear in an error and the audit trail: as sent if
+/// short and printable (like every configured ARN), otherwise a placeholder.
+fn shown_topic(topic: &str) -> String {
+    if topic.len() <= 256 && topic.bytes().all(|b| b.is_ascii_graphic()) {
+        topic.to_owned()
+    } else {
+        "(too long or not printable)".to_owned()
     }
 }
 

@@ -11,6 +11,9 @@ use crate::resolve::ResolveError;
 use crate::resolve::aws::AwsError;
 use crate::resolve::vault::VaultError;
 
+/// Seconds an SNS message refused with `sns_busy` is asked to wait (`Retry-After`).
+const SNS_RETRY_AFTER: &str = "5";
+
 /// Everything an HTTP request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -58,6 +61,9 @@ pub enum ApiError {
     /// An SNS message older than the replay window (or with an unreadable timestamp).
     #[error("SNS message timestamp {0:?} is older than webhooks.replay_retention or unreadable")]
     StaleSnsMessage(String),
+    /// An SNS message arrived, but `aws.sns.topics` is empty, so every one is refused.
+    #[error("no SNS topic is configured (aws.sns.topics is empty); SNS messages are refused")]
+    SnsNotConfigured,
     /// An SNS message from a topic that is not configured.
     #[error("SNS topic {0} is not configured in aws.sns.topics")]
     UntrustedTopic(String),
@@ -117,9 +123,12 @@ impl ApiError {
             ApiError::InvalidApiKey => (S::UNAUTHORIZED, "invalid_api_key"),
             ApiError::Sns(SnsError::Malformed(_)) => (S::BAD_REQUEST, "malformed_sns_message"),
             ApiError::Sns(SnsError::Fetch(_)) => (S::BAD_GATEWAY, "sns_unavailable"),
+            ApiError::Sns(SnsError::Busy) => (S::SERVICE_UNAVAILABLE, "sns_busy"),
             ApiError::Sns(_) => (S::UNAUTHORIZED, "invalid_sns_signature"),
             ApiError::StaleSnsMessage(_) => (S::UNAUTHORIZED, "stale_sns_message"),
-            ApiError::UntrustedTopic(_) => (S::FORBIDDEN, "untrusted_topic"),
+            ApiError::UntrustedTopic(_) | ApiError::SnsNotConfigured => {
+                (S::FORBIDDEN, "untrusted_topic")
+            }
             ApiError::Aws(AwsError::NotFound(_)) => (S::UNPROCESSABLE_ENTITY, "secret_not_found"),
             ApiError::Aws(AwsError::BadValue(_)) => (S::UNPROCESSABLE_ENTITY, "unusable_secret"),
             ApiError::Aws(AwsError::Unavailable(_)) => {
@@ -151,6 +160,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let mut response = error_body(status, code, &self.to_string());
+        if matches!(self, ApiError::Sns(SnsError::Busy)) {
+            // SNS retries a 5xx delivery on its own schedule; other senders may honour this.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(SNS_RETRY_AFTER),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED
             && matches!(self, ApiError::MissingToken | ApiError::InvalidToken)
         {

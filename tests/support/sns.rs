@@ -1,10 +1,13 @@
 //! SNS test fixture: a real RSA key and certificate (made with the openssl CLI) that signs
 //! SNS messages the way SNS does, and an `SnsHttp` that serves that certificate for one SNS
-//! URL and records every other GET (subscription confirmations), so no test reaches AWS.
+//! URL, fails every other certificate URL after [`FAIL_AFTER`], records every GET and counts
+//! how many certificate GETs run at once, so no test reaches AWS.
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -13,10 +16,36 @@ use sever::intake::sns::{SnsError, SnsHttp, parse};
 /// Where the fixture pretends SNS publishes its certificate.
 pub const CERT_URL: &str = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem";
 
+/// How long a GET of any other certificate URL takes before it fails: long enough for
+/// concurrent fetches to overlap, so their number can be counted.
+pub const FAIL_AFTER: Duration = Duration::from_millis(100);
+
 pub struct TestSns {
     dir: tempfile::TempDir,
     cert: Vec<u8>,
     requested: Mutex<Vec<String>>,
+    /// Every certificate URL fetched, in order.
+    fetched: Mutex<Vec<String>>,
+    /// Certificate GETs running now, and the most ever at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// Counts a certificate GET as running until dropped.
+struct Running<'a>(&'a TestSns);
+
+impl<'a> Running<'a> {
+    fn start(sns: &'a TestSns) -> Self {
+        let now = sns.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        sns.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(sns)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Now, in SNS's format.
@@ -61,6 +90,9 @@ impl TestSns {
             dir,
             cert,
             requested: Mutex::new(Vec::new()),
+            fetched: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -69,9 +101,14 @@ impl TestSns {
     }
 
     /// Adds `SignatureVersion` 2, `SigningCertURL` and a real `Signature` to `message`.
-    pub fn sign(&self, mut message: Value) -> Vec<u8> {
+    pub fn sign(&self, message: Value) -> Vec<u8> {
+        self.sign_for(message, CERT_URL)
+    }
+
+    /// Like [`TestSns::sign`], but naming `cert_url` as the `SigningCertURL`.
+    pub fn sign_for(&self, mut message: Value, cert_url: &str) -> Vec<u8> {
         message["SignatureVersion"] = json!("2");
-        message["SigningCertURL"] = json!(CERT_URL);
+        message["SigningCertURL"] = json!(cert_url);
         message["Signature"] = json!("");
         let text = parse(&serde_json::to_vec(&message).unwrap())
             .unwrap()
@@ -128,17 +165,45 @@ impl TestSns {
         }))
     }
 
+    /// A Notification from `topic` whose `SigningCertURL` is `cert_url` (any other than
+    /// [`CERT_URL`] fails to fetch, so its signature is never checked).
+    pub fn notification_via(&self, topic: &str, message_id: &str, cert_url: &str) -> Vec<u8> {
+        self.sign_for(
+            json!({
+                "Type": "Notification", "MessageId": message_id, "TopicArn": topic,
+                "Message": "{}", "Timestamp": timestamp(),
+            }),
+            cert_url,
+        )
+    }
+
     /// Every URL other than the certificate that sever fetched.
     pub fn confirmations(&self) -> Vec<String> {
         self.requested.lock().unwrap().clone()
+    }
+
+    /// Every certificate URL sever fetched, in order.
+    pub fn fetched(&self) -> Vec<String> {
+        self.fetched.lock().unwrap().clone()
+    }
+
+    /// The most certificate GETs that ever ran at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
     }
 }
 
 #[async_trait::async_trait]
 impl SnsHttp for TestSns {
     async fn get(&self, url: &url::Url) -> Result<Vec<u8>, SnsError> {
-        if url.as_str() == CERT_URL {
-            return Ok(self.cert.clone());
+        if url.path().ends_with(".pem") {
+            self.fetched.lock().unwrap().push(url.to_string());
+            let _running = Running::start(self);
+            if url.as_str() == CERT_URL {
+                return Ok(self.cert.clone());
+            }
+            tokio::time::sleep(FAIL_AFTER).await;
+            return Err(SnsError::Fetch("HTTP status 404 Not Found".into()));
         }
         if url
             .query()
