@@ -129,6 +129,10 @@ pub enum SkipReason {
     AlreadyGone,
     /// It is already rolling back (being killed); SQL Server would only report status.
     RollingBack,
+    /// Whether its login is an administrator could not be read, so it is treated as one
+    /// (MySQL/MariaDB: grant sever's login `SELECT` on the privilege tables; SQL Server:
+    /// `VIEW ANY DEFINITION`).
+    PrivilegesUnknown,
 }
 
 /// A session that matched but was not terminated, and why.
