@@ -44,7 +44,7 @@ mod accounts;
 mod privileges;
 
 pub use accounts::{Account, authenticated_host};
-use privileges::{Flavor, Privileges, Standing};
+use privileges::{Flavor, Privileges};
 
 /// MySQL error: not the owner of the thread (missing CONNECTION_ADMIN / SUPER).
 const NOT_OWNER: u16 = 1095;
@@ -370,12 +370,13 @@ impl Mysql {
                     p.user == thread.user
                         && p.host.as_deref().is_none_or(|h| Some(h) == account_host)
                 });
-                let skip = match privileges.standing(&thread.user, account_host) {
-                    _ if thread.user == own_user => Some(SkipReason::OwnLogin),
-                    Standing::Administrator => Some(SkipReason::Superuser),
-                    Standing::Unknown => Some(SkipReason::PrivilegesUnknown),
-                    Standing::Ordinary if is_protected => Some(SkipReason::Protected),
-                    Standing::Ordinary => None,
+                let skip = if thread.user == own_user {
+                    Some(SkipReason::OwnLogin)
+                } else {
+                    let standing = privileges.standing(&thread.user, account_host);
+                    standing
+                        .skip_reason()
+                        .or(is_protected.then_some(SkipReason::Protected))
                 };
                 match skip {
                     Some(reason) => outcome.skipped.push(Skipped { session, reason }),

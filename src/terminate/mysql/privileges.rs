@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::{MySqlConnection, Row};
 
-use crate::terminate::{EngineError, classify, sqlx_error};
+use crate::terminate::{EngineError, Standing, classify, sqlx_error};
 
 /// Which server runs the target; their privilege tables differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,17 +114,6 @@ pub(super) enum Privileges {
     Known(BTreeMap<String, Vec<AccountPrivileges>>),
     /// The privilege tables could not be read: why, and the grant that fixes it.
     Unknown(String),
-}
-
-/// What a session is, as far as sever can tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Standing {
-    /// Its account is an administrator.
-    Administrator,
-    /// Its account is not (or no longer exists).
-    Ordinary,
-    /// The privileges could not be read.
-    Unknown,
 }
 
 impl Privileges {
