@@ -350,3 +350,66 @@ async fn logins_match_exactly_and_a_4_byte_login_matches_nothing_without_an_erro
         assert!(db.is_alive(*id as u64).await);
     }
 }
+
+/// Log output captured for one test (a `tracing` subscriber set as the thread's default).
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn learning_warns_once_about_a_mapped_administrator_and_unreadable_privileges() {
+    sever::install_crypto_provider();
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // The test runs on one thread, so the engine's warnings land here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let db = TestMariaDb::start();
+    db.create_login("app", "pw0").await;
+    db.create_login("dba", "pw0").await;
+    db.exec("GRANT SUPER ON *.* TO 'dba'@'%'").await;
+    let ws = Workspace::new();
+    let engine = engine(&db, &ws, false).await;
+    let logins = vec!["app".to_owned(), "dba".to_owned()];
+
+    engine.learn_logins(&logins).await.unwrap();
+    engine.learn_logins(&logins).await.unwrap();
+    let text = logs.text();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(
+        warnings[0].contains("administrator") && warnings[0].contains("login=dba"),
+        "{text}"
+    );
+
+    db.exec("REVOKE SELECT ON mysql.roles_mapping FROM 'sever_admin'@'%'")
+        .await;
+    let fresh = engine_from(&format!(
+        "[targets.main]\nengine = \"mysql\"\nurl = {{ file = {} }}\n",
+        ws.secret_file("fresh.url", &db.url("sever_admin", "severadminpw"))
+    ));
+    fresh.learn_logins(&logins).await.unwrap();
+    let text = logs.text();
+    assert!(
+        text.contains("privileges_unknown") && text.contains("mysql.roles_mapping"),
+        "{text}"
+    );
+}
