@@ -3,6 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::audit::{Audit, CheckpointFileHealth};
 use crate::config::{Config, ConfigError};
 use crate::queue::Queue;
@@ -76,7 +78,12 @@ impl Context {
             let engine = self.targets.get(target)?;
             let logins: Vec<String> = logins.into_iter().collect();
             Some(async move {
-                if let Err(e) = engine.learn_logins(&logins).await {
+                // The span names the target in the engines' own warnings (e.g. an
+                // administrator mapped as a login).
+                let learning = engine
+                    .learn_logins(&logins)
+                    .instrument(tracing::info_span!("learn_logins", target_id = target));
+                if let Err(e) = learning.await {
                     tracing::warn!(target_id = target, error = %e, "could not learn login identities");
                 }
             })

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sever::config::Config;
 use sever::terminate::mysql::Mysql;
-use sever::terminate::{Scope, TerminateRequest};
+use sever::terminate::{Engine, Scope, TerminateRequest};
 use sqlx::Connection;
 use sqlx::mysql::MySqlConnectOptions;
 use support::mariadb::TestMariaDb;
@@ -87,7 +87,12 @@ async fn an_account_mapping_reaches_only_that_accounts_sessions() {
 
 async fn engine(db: &TestMariaDb, ws: &Workspace, rds: bool) -> Mysql {
     let target = Database::target(db, ws, "main").await + if rds { "rds = true\n" } else { "" };
-    let config = Config::parse(&target).unwrap();
+    engine_from(&target)
+}
+
+/// The engine a `[targets.main]` table describes.
+fn engine_from(target: &str) -> Mysql {
+    let config = Config::parse(target).unwrap();
     let target = &config.targets["main"];
     Mysql::new(
         &target.url.load("url").unwrap(),
@@ -177,4 +182,234 @@ async fn rds_mode_kills_through_mysql_rds_kill() {
     for id in &sessions {
         assert!(db.wait_gone(*id as u64, GONE).await);
     }
+}
+
+/// `(pid, reason)` of every session `report` lists as skipped on target `main`.
+fn skipped(report: &serde_json::Value) -> Vec<(i64, String)> {
+    let mut skipped: Vec<(i64, String)> = report["targets"][0]["skipped"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no skipped in {report}"))
+        .iter()
+        .map(|s| {
+            (
+                s["pid"].as_i64().unwrap(),
+                s["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    skipped.sort();
+    skipped
+}
+
+/// sever running against `db` with one credential, `all`, mapped to each of `logins`.
+async fn serve_logins(db: &TestMariaDb, ws: &Workspace, logins: &[&str]) -> TestServer {
+    let mapped: Vec<String> = logins
+        .iter()
+        .map(|l| format!("{{ target = \"main\", login = \"{l}\" }}"))
+        .collect();
+    let config = format!(
+        "{}{}[credentials.all]\nlogins = [{}]\n",
+        ws.base_config(),
+        Database::target(db, ws, "main").await,
+        mapped.join(", "),
+    );
+    TestServer::start(&ws.write_config(&config)).await
+}
+
+#[tokio::test]
+async fn administrator_accounts_are_skipped_as_superuser_and_their_sessions_survive() {
+    let db = TestMariaDb::start();
+    for login in ["app", "dba", "roled", "connadmin", "late"] {
+        db.create_login(login, "pw0").await;
+    }
+    // The issue's account; SUPER through a role granted to the default role, which
+    // mysql.user does not show; MariaDB's CONNECTION ADMIN alone.
+    db.exec(
+        "GRANT ALL PRIVILEGES ON *.* TO 'dba'@'%' WITH GRANT OPTION; \
+         CREATE ROLE inner_admin; GRANT SUPER ON *.* TO inner_admin; \
+         CREATE ROLE outer_role; GRANT inner_admin TO outer_role; \
+         GRANT outer_role TO 'roled'@'%'; SET DEFAULT ROLE outer_role FOR 'roled'@'%'; \
+         GRANT CONNECTION ADMIN ON *.* TO 'connadmin'@'%';",
+    )
+    .await;
+    let mut root = db.root_connection().await;
+    let shown: String =
+        sqlx::query_scalar("SELECT Super_priv FROM mysql.user WHERE User = 'roled'")
+            .fetch_one(&mut root)
+            .await
+            .unwrap();
+    assert_eq!(shown, "N", "the role's SUPER is not in mysql.user");
+    let ws = Workspace::new();
+    let server = serve_logins(&db, &ws, &["app", "dba", "roled", "connadmin", "late"]).await;
+    let mut sessions = std::collections::BTreeMap::new();
+    for login in ["app", "dba", "roled", "connadmin", "late"] {
+        sessions.insert(login, db.open(login, "pw0", 1).await[0]);
+    }
+    // Granted after sever started: the check is made when sessions are selected.
+    db.exec("GRANT SUPER ON *.* TO 'late'@'%'").await;
+
+    let (status, report) = server
+        .event(&json!({"credential": "all", "kind": "revoked"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(pids(&report, "main", "terminated"), vec![sessions["app"]]);
+    let mut admins: Vec<(i64, String)> = ["dba", "roled", "connadmin", "late"]
+        .iter()
+        .map(|l| (sessions[l], "superuser".to_owned()))
+        .collect();
+    admins.sort();
+    assert_eq!(skipped(&report), admins, "{report}");
+    assert!(db.wait_gone(sessions["app"] as u64, GONE).await);
+    for login in ["dba", "roled", "connadmin", "late"] {
+        assert!(
+            db.is_alive(sessions[login] as u64).await,
+            "{login}'s session was ended"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_select_on_the_privilege_tables_sessions_are_skipped_as_privileges_unknown() {
+    let db = TestMariaDb::start();
+    db.create_login("app", "pw0").await;
+    let ws = Workspace::new();
+    let server = serve_logins(&db, &ws, &["app"]).await;
+    db.exec("REVOKE SELECT ON mysql.global_priv FROM 'sever_admin'@'%'")
+        .await;
+    let app = db.open("app", "pw0", 1).await[0];
+
+    let (status, report) = server
+        .event(&json!({"credential": "all", "kind": "revoked"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        skipped(&report),
+        vec![(app, "privileges_unknown".to_owned())],
+        "{report}"
+    );
+    assert!(pids(&report, "main", "terminated").is_empty(), "{report}");
+    let notes = report["targets"][0]["notes"].to_string();
+    assert!(notes.contains("mysql.global_priv"), "{report}");
+    assert!(db.is_alive(app as u64).await, "never treated as ordinary");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn logins_match_exactly_and_a_4_byte_login_matches_nothing_without_an_error() {
+    sever::install_crypto_provider();
+    let db = TestMariaDb::start();
+    db.create_login("app", "pw0").await;
+    let ws = Workspace::new();
+    let server = serve_logins(&db, &ws, &["app"]).await;
+    let app = db.open("app", "pw0", 2).await;
+    let listed = |body: &serde_json::Value| -> Vec<i64> {
+        let mut pids: Vec<i64> = body["sessions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}"))
+            .iter()
+            .map(|s| s["pid"].as_i64().unwrap())
+            .collect();
+        pids.sort();
+        pids
+    };
+    let (status, body) = server.operator_get("/v1/sessions?login=app").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(listed(&body), sorted_ids(&app));
+    for other in ["APP", "app%20"] {
+        let (status, body) = server
+            .operator_get(&format!("/v1/sessions?login={other}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{other}: {body}");
+        assert!(listed(&body).is_empty(), "{other} listed {body}");
+    }
+    server.stop().await;
+
+    // Straight to the engine, as a mapping would send it: no collation error, no match.
+    let url = ws.secret_file("again.url", &db.url("sever_admin", "severadminpw"));
+    let engine = engine_from(&format!(
+        "[targets.main]\nengine = \"mysql\"\nurl = {{ file = {url} }}\n"
+    ));
+    let four_byte = "app\u{1F600}";
+    let filter = sever::terminate::SessionFilter {
+        login: Some(four_byte.into()),
+        ..Default::default()
+    };
+    assert_eq!(engine.sessions(&filter).await.unwrap(), vec![]);
+    let mut all = request(four_byte);
+    all.scope = Scope::All;
+    let outcome = engine.terminate_with_watermark(&all, None).await.unwrap();
+    assert!(
+        outcome.matched.is_empty() && outcome.skipped.is_empty(),
+        "{outcome:?}"
+    );
+    let account = request(&format!("'{four_byte}'@'%'"));
+    let outcome = engine.terminate(&account).await.unwrap();
+    assert!(outcome.matched.is_empty(), "{outcome:?}");
+    for id in &app {
+        assert!(db.is_alive(*id as u64).await);
+    }
+}
+
+/// Log output captured for one test (a `tracing` subscriber set as the thread's default).
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn learning_warns_once_about_a_mapped_administrator_and_unreadable_privileges() {
+    sever::install_crypto_provider();
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // The test runs on one thread, so the engine's warnings land here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let db = TestMariaDb::start();
+    db.create_login("app", "pw0").await;
+    db.create_login("dba", "pw0").await;
+    db.exec("GRANT SUPER ON *.* TO 'dba'@'%'").await;
+    let ws = Workspace::new();
+    let engine = engine(&db, &ws, false).await;
+    let logins = vec!["app".to_owned(), "dba".to_owned()];
+
+    engine.learn_logins(&logins).await.unwrap();
+    engine.learn_logins(&logins).await.unwrap();
+    let text = logs.text();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(
+        warnings[0].contains("administrator") && warnings[0].contains("login=dba"),
+        "{text}"
+    );
+
+    db.exec("REVOKE SELECT ON mysql.roles_mapping FROM 'sever_admin'@'%'")
+        .await;
+    let fresh = engine_from(&format!(
+        "[targets.main]\nengine = \"mysql\"\nurl = {{ file = {} }}\n",
+        ws.secret_file("fresh.url", &db.url("sever_admin", "severadminpw"))
+    ));
+    fresh.learn_logins(&logins).await.unwrap();
+    let text = logs.text();
+    assert!(
+        text.contains("privileges_unknown") && text.contains("mysql.roles_mapping"),
+        "{text}"
+    );
 }

@@ -301,3 +301,84 @@ async fn a_named_instance_is_found_through_the_sql_browser() {
     assert_eq!(pids(&report, "main", "terminated"), vec![97]);
     server.stop().await;
 }
+
+/// `(pid, reason)` of every session `report` lists as skipped on its first target.
+fn skipped(report: &Value) -> Vec<(i64, String)> {
+    let mut skipped: Vec<(i64, String)> = report["targets"][0]["skipped"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no skipped in {report}"))
+        .iter()
+        .map(|s| {
+            (
+                s["pid"].as_i64().unwrap(),
+                s["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    skipped.sort();
+    skipped
+}
+
+#[tokio::test]
+async fn sysadmins_and_control_server_holders_are_skipped_and_a_null_answer_is_not_ordinary() {
+    let db = TdsStandIn::start().await;
+    let ws = Workspace::new();
+    let an_hour_ago = Utc::now() - Duration::hours(1);
+    let logins = ["app", "dba", "controller", "hidden"];
+    for (id, login) in (70..).zip(logins) {
+        db.add_session(fake(id, login, an_hour_ago, "sleeping"));
+    }
+    db.set_sysadmin("dba", Some(true));
+    db.grant_control_server("controller");
+    // The caller may not see this login's membership: IS_SRVROLEMEMBER answers NULL.
+    db.set_sysadmin("hidden", None);
+    let mapped: Vec<String> = logins
+        .iter()
+        .map(|l| format!("{{ target = \"main\", login = \"{l}\" }}"))
+        .collect();
+    let config = format!(
+        "{}{}[credentials.all]\nlogins = [{}]\n",
+        ws.base_config(),
+        db.target(&ws, "main").await,
+        mapped.join(", "),
+    );
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let revoke_all = json!({"credential": "all", "kind": "revoked"});
+
+    let (status, report) = server.event(&revoke_all).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(pids(&report, "main", "terminated"), vec![70]);
+    assert_eq!(
+        skipped(&report),
+        vec![
+            (71, "superuser".to_owned()),
+            (72, "superuser".to_owned()),
+            (73, "privileges_unknown".to_owned()),
+        ],
+        "{report}"
+    );
+    let left: Vec<i16> = db.sessions().iter().map(|s| s.session_id).collect();
+    assert!(
+        [71, 72, 73].iter().all(|id| left.contains(id)) && !left.contains(&70),
+        "{left:?}"
+    );
+    assert!(
+        report["targets"][0]["notes"]
+            .to_string()
+            .contains("VIEW ANY DEFINITION"),
+        "{report}"
+    );
+
+    // Without VIEW ANY DEFINITION a 0 means nothing: an ordinary login is not ended either.
+    db.set_view_any_definition(false);
+    db.add_session(fake(74, "app", an_hour_ago, "sleeping"));
+    let (status, report) = server.event(&revoke_all).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert!(pids(&report, "main", "terminated").is_empty(), "{report}");
+    assert!(
+        skipped(&report).contains(&(74, "privileges_unknown".to_owned())),
+        "{report}"
+    );
+    assert!(db.sessions().iter().any(|s| s.session_id == 74));
+    server.stop().await;
+}

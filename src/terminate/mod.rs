@@ -129,6 +129,32 @@ pub enum SkipReason {
     AlreadyGone,
     /// It is already rolling back (being killed); SQL Server would only report status.
     RollingBack,
+    /// Whether its login is an administrator could not be read, so it is treated as one
+    /// (MySQL/MariaDB: grant sever's login `SELECT` on the privilege tables; SQL Server:
+    /// `VIEW ANY DEFINITION`).
+    PrivilegesUnknown,
+}
+
+/// Whether a session's login is an administrator, whose sessions sever never ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// It is one.
+    Administrator,
+    /// It is not (or its account no longer exists).
+    Ordinary,
+    /// Its privileges could not be read: it is treated as an administrator.
+    Unknown,
+}
+
+impl Standing {
+    /// Why a session of this standing is left alone, if it is.
+    pub(crate) fn skip_reason(self) -> Option<SkipReason> {
+        match self {
+            Standing::Administrator => Some(SkipReason::Superuser),
+            Standing::Unknown => Some(SkipReason::PrivilegesUnknown),
+            Standing::Ordinary => None,
+        }
+    }
 }
 
 /// A session that matched but was not terminated, and why.

@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use super::{
-    Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped,
+    Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped, Standing,
     TerminateOutcome, TerminateRequest, classify, record_intent,
 };
 use crate::config::{TargetConfig, TerminationConfig};
@@ -39,6 +39,24 @@ const SESSIONS: &str = "SELECT s.session_id, s.original_login_name, s.login_name
     LEFT JOIN sys.dm_exec_connections AS c ON c.session_id = s.session_id AND c.parent_connection_id IS NULL \
     WHERE s.is_user_process = 1";
 
+/// Whether server login `@P1` is an administrator: a member of `sysadmin`, or holding
+/// `CONTROL SERVER` itself, through `public` (principal 2) or through a server role it is a
+/// member of, directly or through other roles. `sees_all` says whether sever may see every
+/// login's memberships and permissions (`VIEW ANY DEFINITION`); without it the catalog views
+/// hide them and a 0 means nothing.
+const ADMIN: &str = "WITH roles AS ( \
+    SELECT principal_id FROM sys.server_principals WHERE name = @P1 \
+    UNION ALL SELECT 2 \
+    UNION ALL SELECT m.role_principal_id FROM sys.server_role_members AS m \
+        JOIN roles AS r ON m.member_principal_id = r.principal_id \
+) \
+SELECT IS_SRVROLEMEMBER('sysadmin', @P1) AS is_sysadmin, \
+    CASE WHEN EXISTS (SELECT 1 FROM sys.server_permissions AS p \
+        JOIN roles AS r ON p.grantee_principal_id = r.principal_id \
+        WHERE p.class = 100 AND p.type = 'CL' AND p.state IN ('G', 'W')) \
+    THEN 1 ELSE 0 END AS control_server, \
+    HAS_PERMS_BY_NAME(NULL, NULL, 'VIEW ANY DEFINITION') AS sees_all";
+
 /// The server clock's distance from UTC, in minutes.
 const CLOCK: &str = "SELECT DATEDIFF(minute, GETUTCDATE(), GETDATE()) AS offset_minutes";
 
@@ -49,6 +67,8 @@ pub struct SqlServer {
     config: Config,
     connect_timeout: Duration,
     client: Mutex<Option<Connection>>,
+    /// Logins already warned about at learning, so the warning is not repeated every 5 min.
+    warned: std::sync::Mutex<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for SqlServer {
@@ -156,6 +176,23 @@ fn query_error(e: tiberius::error::Error) -> EngineError {
     classify::engine_error(class, e.to_string())
 }
 
+/// What the administrator query's answers mean: a 1 is trusted whatever sever may see; a 0
+/// only when sever sees every login's memberships and permissions; a NULL (sever may not see
+/// the membership) never.
+fn admin_standing(
+    is_sysadmin: Option<i32>,
+    control_server: Option<i32>,
+    sees_all: Option<i32>,
+) -> Standing {
+    if is_sysadmin == Some(1) || control_server == Some(1) {
+        Standing::Administrator
+    } else if is_sysadmin.is_none() || control_server.is_none() || sees_all != Some(1) {
+        Standing::Unknown
+    } else {
+        Standing::Ordinary
+    }
+}
+
 fn server_code(e: &tiberius::error::Error) -> Option<u32> {
     match e {
         tiberius::error::Error::Server(t) => Some(t.code()),
@@ -178,6 +215,7 @@ impl SqlServer {
             config,
             connect_timeout: target.connect_timeout,
             client: Mutex::new(None),
+            warned: Default::default(),
         })
     }
 
@@ -290,6 +328,27 @@ impl SqlServer {
         }
     }
 
+    /// Whether `principal` is an administrator, asked when its sessions are selected. A
+    /// contained database user is never one: it holds no server-level permission.
+    async fn standing(
+        client: &mut Connection,
+        principal: &Principal<'_>,
+    ) -> Result<Standing, EngineError> {
+        if principal.database.is_some() {
+            return Ok(Standing::Ordinary);
+        }
+        let row = client
+            .query(ADMIN, &[&principal.name])
+            .await
+            .map_err(query_error)?
+            .into_row()
+            .await
+            .map_err(query_error)?
+            .ok_or_else(|| EngineError::Query("no answer to the administrator query".into()))?;
+        let flag = |i: usize| row.try_get::<i32, _>(i).map_err(query_error);
+        Ok(admin_standing(flag(0)?, flag(1)?, flag(2)?))
+    }
+
     async fn terminate_on(
         client: &mut Connection,
         request: &TerminateRequest,
@@ -324,9 +383,24 @@ impl SqlServer {
                     }
                 }
             }
-            for row in Self::principal_sessions(client, &principal, cutoff_local, None).await? {
+            let rows = Self::principal_sessions(client, &principal, cutoff_local, None).await?;
+            // Only a login with sessions costs the extra round trip.
+            let standing = match rows.is_empty() {
+                true => Standing::Ordinary,
+                false => Self::standing(client, &principal).await?,
+            };
+            if standing == Standing::Unknown {
+                outcome.notes.push(format!(
+                    "sessions of {login} were skipped as privileges_unknown: sever cannot tell \
+                     whether it is a sysadmin or holds CONTROL SERVER (grant VIEW ANY DEFINITION \
+                     to sever's login)"
+                ));
+            }
+            for row in rows {
                 let session = row.session(offset);
-                let skip = if request.protected.contains(&row.original_login_name) {
+                let skip = if let Some(reason) = standing.skip_reason() {
+                    Some(reason)
+                } else if request.protected.contains(&row.original_login_name) {
                     Some(SkipReason::Protected)
                 } else if row.status.eq_ignore_ascii_case("rollback") {
                     // Already being killed (or rolling back): KILL would only report status.
@@ -498,8 +572,36 @@ impl Engine for SqlServer {
             .await
     }
 
-    async fn learn_logins(&self, _logins: &[String]) -> Result<(), EngineError> {
+    async fn learn_logins(&self, logins: &[String]) -> Result<(), EngineError> {
         // Sessions keep their original_login_name after the login is dropped: nothing to keep.
+        // But this is where an operator learns, at start-up, that a mapping cannot work.
+        for login in logins {
+            let principal = Principal::parse(login);
+            let standing = self
+                .with_client(async |c| Self::standing(c, &principal).await)
+                .await;
+            let first_time = || {
+                self.warned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(login.clone())
+            };
+            match standing {
+                Ok(Standing::Administrator) if first_time() => tracing::warn!(
+                    login = %login,
+                    "a mapped login is a sysadmin or holds CONTROL SERVER: its sessions are never \
+                     terminated"
+                ),
+                Ok(Standing::Unknown) if first_time() => tracing::warn!(
+                    login = %login,
+                    "sever cannot tell whether a mapped login is a sysadmin or holds CONTROL \
+                     SERVER (grant VIEW ANY DEFINITION to sever's login): its sessions will be \
+                     skipped as privileges_unknown"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "could not read login privileges"),
+            }
+        }
         Ok(())
     }
 }

@@ -74,11 +74,13 @@ impl Database for TestPostgres {
 #[async_trait]
 impl Database for TestMariaDb {
     async fn target(&self, ws: &Workspace, id: &str) -> String {
-        // Least privilege: see every thread, kill others' threads, tell accounts apart.
+        // Least privilege: see every thread, kill others' threads, read accounts and their
+        // privileges (to tell accounts apart and to spare administrators).
         self.exec(
             "CREATE USER 'sever_admin'@'%' IDENTIFIED BY 'severadminpw'; \
              GRANT PROCESS, CONNECTION ADMIN ON *.* TO 'sever_admin'@'%'; \
-             GRANT SELECT ON mysql.user TO 'sever_admin'@'%';",
+             GRANT SELECT ON mysql.global_priv TO 'sever_admin'@'%'; \
+             GRANT SELECT ON mysql.roles_mapping TO 'sever_admin'@'%';",
         )
         .await;
         let url = ws.secret_file(

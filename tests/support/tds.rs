@@ -66,6 +66,8 @@
 //!     stand-in, its socket is closed.
 //!
 //!   `KILL @P1` is rejected with 102, as SQL Server does (KILL takes a literal only).
+//! - The administrator query (is a login a sysadmin, does it hold `CONTROL SERVER`): see
+//!   `tds/admins.rs`.
 //! - The session query, see below. Any other statement starting with `SELECT` or `DECLARE`,
 //!   or naming `sys.dm_exec_sessions`/`sys.dm_exec_connections`, is parsed as a session query
 //!   and so fails with the error below that fits.
@@ -243,6 +245,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
+mod admins;
+
 /// One session: its row of the simulated `sys.dm_exec_sessions` and its connection in
 /// `sys.dm_exec_connections`.
 #[derive(Debug, Clone, PartialEq)]
@@ -297,6 +301,10 @@ struct State {
     databases: Vec<String>,
     /// Named instances announced by [`TdsStandIn::start_browser`].
     instances: Vec<String>,
+    /// Server-level standing by lower-cased login, for the administrator query.
+    server_standing: HashMap<String, admins::ServerStanding>,
+    /// Whether the caller holds `VIEW ANY DEFINITION` ([`TdsStandIn::set_view_any_definition`]).
+    view_any_definition: bool,
 }
 
 impl State {
@@ -379,6 +387,8 @@ impl TdsStandIn {
             password_last_set: HashMap::new(),
             databases: Vec::new(),
             instances: Vec::new(),
+            server_standing: HashMap::new(),
+            view_any_definition: true,
         }));
         let accept_state = state.clone();
         let task = tokio::spawn(async move {
@@ -1827,6 +1837,15 @@ fn execute_inner(
     }
     if first.is_kw("select") && toks.get(1).is_some_and(|t| t.is_kw("loginproperty")) {
         return loginproperty_query(state, &toks, params);
+    }
+    if first.is_kw("with") {
+        return match admins::is_admin_query(&toks) {
+            true => admins::admin_query(state, spid, params),
+            false => Err(SqlError::standin(
+                "the only WITH statement simulated is the administrator query (tds/admins.rs)"
+                    .into(),
+            )),
+        };
     }
     let mentions_views = toks.windows(3).any(|w| {
         w[0].is_kw("sys")

@@ -32,12 +32,19 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, MySql, MySqlConnection, MySqlPool, Row};
+use tokio::sync::OnceCell;
 
 use super::{
     Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped,
     TerminateOutcome, TerminateRequest, classify, record_intent, sqlx_error,
 };
 use crate::config::{TargetConfig, TerminationConfig};
+
+mod accounts;
+mod privileges;
+
+pub use accounts::{Account, authenticated_host};
+use privileges::{Flavor, Privileges};
 
 /// MySQL error: not the owner of the thread (missing CONNECTION_ADMIN / SUPER).
 const NOT_OWNER: u16 = 1095;
@@ -66,85 +73,10 @@ pub struct Mysql {
     pool: MySqlPool,
     options: MySqlConnectOptions,
     rds: bool,
-}
-
-/// An account a mapping names: `app` (any host) or `'app'@'10.%'`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Account {
-    /// User name.
-    pub user: String,
-    /// Host pattern, when the mapping names one.
-    pub host: Option<String>,
-}
-
-impl Account {
-    /// Parses `user` or `'user'@'host'` (quotes may be `'`, `"` or backticks).
-    pub fn parse(login: &str) -> Result<Self, EngineError> {
-        let unquote = |s: &str| {
-            let s = s.trim();
-            let quoted = s.len() >= 2
-                && ['\'', '"', '`']
-                    .iter()
-                    .any(|q| s.starts_with(*q) && s.ends_with(*q));
-            if quoted {
-                s[1..s.len() - 1].to_owned()
-            } else {
-                s.to_owned()
-            }
-        };
-        let quoted_account = login.trim_start().starts_with(['\'', '"', '`']);
-        match login.rsplit_once('@') {
-            Some((user, host)) if quoted_account => Ok(Self {
-                user: unquote(user),
-                host: Some(unquote(host)),
-            }),
-            _ if login.is_empty() => Err(EngineError::Config("empty MySQL login".into())),
-            _ => Ok(Self {
-                user: login.to_owned(),
-                host: None,
-            }),
-        }
-    }
-
-    /// The account as MySQL writes it.
-    pub fn display(user: &str, host: &str) -> String {
-        format!("'{user}'@'{host}'")
-    }
-}
-
-/// How specific a host pattern is; smaller sorts first, as MySQL orders accounts when it
-/// picks the one a connection authenticates as: literal hosts, then patterns by the length
-/// of their literal prefix, then `%`.
-fn specificity(host: &str) -> (u8, usize) {
-    match host.find(['%', '_']) {
-        None => (0, 0),
-        Some(_) if host == "%" => (2, 0),
-        Some(first_wildcard) => (1, usize::MAX - first_wildcard),
-    }
-}
-
-/// SQL `LIKE` matching of a host pattern against a client host, case-insensitively.
-fn like(pattern: &[u8], text: &[u8]) -> bool {
-    match (pattern.first(), text.first()) {
-        (None, None) => true,
-        (Some(b'%'), _) => {
-            like(&pattern[1..], text) || (!text.is_empty() && like(pattern, &text[1..]))
-        }
-        (Some(b'_'), Some(_)) => like(&pattern[1..], &text[1..]),
-        (Some(p), Some(t)) if p.eq_ignore_ascii_case(t) => like(&pattern[1..], &text[1..]),
-        _ => false,
-    }
-}
-
-/// The account (host pattern) a connection from `client_host` authenticated as, among the
-/// `hosts` that exist for its user: the most specific matching one, as the server picks it.
-pub fn authenticated_host<'a>(hosts: &'a [String], client_host: &str) -> Option<&'a str> {
-    let mut candidates: Vec<&String> = hosts.iter().collect();
-    candidates.sort_by_key(|h| specificity(h));
-    candidates
-        .into_iter()
-        .find(|h| like(h.as_bytes(), client_host.as_bytes()))
-        .map(String::as_str)
+    /// MySQL or MariaDB, read once on first use.
+    flavor: OnceCell<Flavor>,
+    /// Logins already warned about at learning, so the warning is not repeated every 5 min.
+    warned: std::sync::Mutex<BTreeSet<String>>,
 }
 
 /// Where the id counter stood when sever learned of a rotation.
@@ -226,6 +158,8 @@ impl Mysql {
             pool,
             options,
             rds: target.rds,
+            flavor: OnceCell::new(),
+            warned: Default::default(),
         })
     }
 
@@ -255,6 +189,30 @@ impl Mysql {
         self.pool.acquire().await.map_err(sqlx_error)
     }
 
+    /// MySQL or MariaDB, asked once.
+    async fn flavor(&self, conn: &mut MySqlConnection) -> Result<Flavor, EngineError> {
+        self.flavor
+            .get_or_try_init(|| async {
+                let version: String = sqlx::query_scalar("SELECT VERSION()")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(sqlx_error)?;
+                Ok(Flavor::of_version(&version))
+            })
+            .await
+            .copied()
+    }
+
+    /// Which accounts of `users` are administrators (see [`privileges`]).
+    async fn privileges(
+        &self,
+        conn: &mut MySqlConnection,
+        users: &BTreeSet<&str>,
+    ) -> Result<Privileges, EngineError> {
+        let flavor = self.flavor(conn).await?;
+        Privileges::read(conn, flavor, users).await
+    }
+
     async fn own_user(conn: &mut MySqlConnection) -> Result<String, EngineError> {
         sqlx::query_scalar("SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)")
             .fetch_one(conn)
@@ -262,17 +220,21 @@ impl Mysql {
             .map_err(sqlx_error)
     }
 
-    /// Client threads of `user` (every user when `None`).
+    /// Client threads of `user` exactly (every user when `None`).
     async fn threads(
         conn: &mut MySqlConnection,
         user: Option<&str>,
     ) -> Result<Vec<Thread>, EngineError> {
+        // `USER` is utf8mb3 with a case- and trailing-space-insensitive collation: comparing
+        // it with a string would match `APP` to `app` and fail outright on a 4-byte
+        // character. Comparing bytes is exact and cannot fail.
+        let user_bytes = user.map(str::as_bytes);
         let rows = sqlx::query(
             "SELECT ID, USER, HOST, DB, COMMAND FROM information_schema.PROCESSLIST \
-             WHERE (? IS NULL OR USER = ?) ORDER BY ID",
+             WHERE (? IS NULL OR CAST(USER AS BINARY) = ?) ORDER BY ID",
         )
-        .bind(user)
-        .bind(user)
+        .bind(user_bytes)
+        .bind(user_bytes)
         .fetch_all(conn)
         .await
         .map_err(sqlx_error)?;
@@ -284,26 +246,47 @@ impl Mysql {
         Ok(threads
             .into_iter()
             .filter(|t| {
-                !SYSTEM_COMMANDS.contains(&t.command.as_str())
+                user.is_none_or(|u| u == t.user)
+                    && !SYSTEM_COMMANDS.contains(&t.command.as_str())
                     && t.user != "system user"
                     && t.user != "event_scheduler"
             })
             .collect())
     }
 
-    /// The host patterns of every account of `user` (needs `SELECT` on `mysql.user`).
+    /// The host patterns of every account of `user` (MariaDB: needs `SELECT` on
+    /// `mysql.global_priv`; MySQL: on `mysql.user`).
     async fn account_hosts(
+        &self,
         conn: &mut MySqlConnection,
         user: &str,
     ) -> Result<Vec<String>, EngineError> {
-        sqlx::query_scalar("SELECT Host FROM mysql.user WHERE User = ?")
-            .bind(user)
+        let (sql, table) = match self.flavor(conn).await? {
+            Flavor::MariaDb => (
+                "SELECT Host FROM mysql.global_priv WHERE Host <> '' AND CAST(User AS BINARY) = ?",
+                "mysql.global_priv",
+            ),
+            Flavor::Mysql => (
+                "SELECT Host FROM mysql.user WHERE CAST(User AS BINARY) = ?",
+                "mysql.user",
+            ),
+        };
+        // Bytes, exactly, as in `threads`.
+        sqlx::query_scalar(sql)
+            .bind(user.as_bytes())
             .fetch_all(conn)
             .await
             .map_err(|e| {
-                EngineError::Query(format!(
-                    "reading mysql.user to tell accounts apart (grant SELECT on mysql.user): {e}"
-                ))
+                let class = match classify::sqlx_verdict(&e) {
+                    classify::Verdict::Failed(class) => class,
+                    classify::Verdict::Gone => classify::ErrorClass::Transient,
+                };
+                classify::engine_error(
+                    class,
+                    format!(
+                        "reading {table} to tell accounts apart (grant SELECT on {table}): {e}"
+                    ),
+                )
             })
     }
 
@@ -348,16 +331,23 @@ impl Mysql {
         };
         let mut conn = self.connection().await?;
         let own_user = Self::own_user(&mut conn).await?;
-        let mut hosts_by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let users: BTreeSet<&str> = accounts.iter().map(|a| a.user.as_str()).collect();
+        // Read now, as the sessions are selected, so a privilege granted since start-up counts.
+        let privileges = self.privileges(&mut conn, &users).await?;
+        if let Privileges::Unknown(why) = &privileges {
+            outcome.notes.push(format!(
+                "every session was skipped as privileges_unknown: {why}"
+            ));
+        }
+        let mut hosts_by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let needs_hosts = accounts.iter().chain(&protected).any(|a| a.host.is_some());
         for user in &users {
-            if needs_hosts {
-                hosts_by_user.insert(
-                    (*user).to_owned(),
-                    Self::account_hosts(&mut conn, user).await?,
-                );
-            }
+            let hosts = match privileges.hosts(user) {
+                Some(hosts) => hosts,
+                None if needs_hosts => self.account_hosts(&mut conn, user).await?,
+                None => Vec::new(),
+            };
+            hosts_by_user.insert((*user).to_owned(), hosts);
         }
         let mut to_kill = Vec::new();
         for user in users {
@@ -382,10 +372,11 @@ impl Mysql {
                 });
                 let skip = if thread.user == own_user {
                     Some(SkipReason::OwnLogin)
-                } else if is_protected {
-                    Some(SkipReason::Protected)
                 } else {
-                    None
+                    let standing = privileges.standing(&thread.user, account_host);
+                    standing
+                        .skip_reason()
+                        .or(is_protected.then_some(SkipReason::Protected))
                 };
                 match skip {
                     Some(reason) => outcome.skipped.push(Skipped { session, reason }),
@@ -420,6 +411,52 @@ impl Mysql {
         outcome.remaining =
             Self::verify_gone(&mut conn, &outcome.terminated, request.verify_timeout).await?;
         Ok(outcome)
+    }
+
+    /// Logs a warning, once per login, for each of `logins` that maps to an administrator
+    /// account (whose sessions are never ended), or when the privileges cannot be read.
+    async fn warn_about_administrators(&self, logins: &[String]) {
+        let accounts: Vec<Account> = logins
+            .iter()
+            .filter_map(|l| Account::parse(l).ok())
+            .collect();
+        let users: BTreeSet<&str> = accounts.iter().map(|a| a.user.as_str()).collect();
+        let privileges = match self.connection().await {
+            Ok(mut conn) => self.privileges(&mut conn, &users).await,
+            Err(e) => Err(e),
+        };
+        let first_time = |key: &str| {
+            self.warned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.to_owned())
+        };
+        match privileges {
+            Err(e) => tracing::debug!(error = %e, "could not read account privileges"),
+            Ok(Privileges::Unknown(why)) => {
+                if first_time("") {
+                    tracing::warn!(
+                        "{why}; sessions of mapped logins will be skipped as privileges_unknown"
+                    );
+                }
+            }
+            Ok(Privileges::Known(known)) => {
+                for (login, account) in logins.iter().zip(&accounts) {
+                    let admin = known.get(&account.user).is_some_and(|all| {
+                        all.iter()
+                            .any(|a| a.admin && account.host.as_deref().is_none_or(|h| h == a.host))
+                    });
+                    if admin && first_time(login) {
+                        tracing::warn!(
+                            login = %login,
+                            "a mapped login is an administrator account (SUPER, CONNECTION_ADMIN \
+                             or SYSTEM_USER, itself or through a role): its sessions are never \
+                             terminated"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     async fn kill(&self, conn: &mut MySqlConnection, id: u64) -> Result<(), sqlx::Error> {
@@ -485,7 +522,7 @@ impl Engine for Mysql {
             Some(Account {
                 user,
                 host: Some(_),
-            }) => Self::account_hosts(&mut conn, user).await?,
+            }) => self.account_hosts(&mut conn, user).await?,
             _ => Vec::new(),
         };
         let threads = Self::threads(&mut conn, account.as_ref().map(|a| a.user.as_str())).await?;
@@ -517,63 +554,10 @@ impl Engine for Mysql {
         self.terminate_with_watermark(request, watermark).await
     }
 
-    async fn learn_logins(&self, _logins: &[String]) -> Result<(), EngineError> {
-        // Sessions carry their user name even after DROP USER: nothing to remember.
+    async fn learn_logins(&self, logins: &[String]) -> Result<(), EngineError> {
+        // Sessions carry their user name even after DROP USER: nothing to remember. But this
+        // is where an operator learns, at start-up, that a mapping cannot work.
+        self.warn_about_administrators(logins).await;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accounts_parse_with_or_without_a_host() {
-        assert_eq!(
-            Account::parse("app").unwrap(),
-            Account {
-                user: "app".into(),
-                host: None
-            }
-        );
-        assert_eq!(
-            Account::parse("'app'@'10.%'").unwrap(),
-            Account {
-                user: "app".into(),
-                host: Some("10.%".into())
-            }
-        );
-        assert_eq!(
-            Account::parse("`app`@`%`").unwrap().host.as_deref(),
-            Some("%")
-        );
-        // A user name containing @ without quotes is a user name.
-        assert_eq!(Account::parse("svc@corp").unwrap().host, None);
-    }
-
-    #[test]
-    fn the_most_specific_matching_account_wins() {
-        let hosts = vec![
-            "%".to_owned(),
-            "10.%".to_owned(),
-            "10.0.0.5".to_owned(),
-            "10.0.%".to_owned(),
-        ];
-        assert_eq!(authenticated_host(&hosts, "10.0.0.5"), Some("10.0.0.5"));
-        assert_eq!(authenticated_host(&hosts, "10.0.0.6"), Some("10.0.%"));
-        assert_eq!(authenticated_host(&hosts, "10.1.0.6"), Some("10.%"));
-        assert_eq!(authenticated_host(&hosts, "192.168.1.1"), Some("%"));
-        assert_eq!(
-            authenticated_host(&["localhost".to_owned()], "127.0.0.1"),
-            None
-        );
-        assert_eq!(
-            authenticated_host(&["LOCALHOST".to_owned()], "localhost"),
-            Some("LOCALHOST")
-        );
-        assert_eq!(
-            authenticated_host(&["10.0.0._".to_owned()], "10.0.0.7"),
-            Some("10.0.0._")
-        );
     }
 }
