@@ -1,5 +1,6 @@
 //! The service's configuration: TOML, strictly validated, secrets kept outside the file.
 
+mod own_logins;
 mod secret;
 
 use std::collections::{BTreeMap, BTreeSet};
