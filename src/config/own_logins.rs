@@ -47,7 +47,9 @@ impl Config {
                 if store_login.as_deref() == Some(mapping.login.as_str()) {
                     return Err(refuse("the store's login"));
                 }
-                let url = target.url.load(&format!("targets.{}.url", mapping.target))?;
+                let url = target
+                    .url
+                    .load(&format!("targets.{}.url", mapping.target))?;
                 if postgres_login(&url).as_deref() == Some(mapping.login.as_str()) {
                     return Err(refuse("the target's own login"));
                 }

@@ -428,7 +428,11 @@ pub const APPLICATION_NAME: &str = "sever";
 /// `Any` driver is configured by URL alone.)
 fn with_application_name(url: &str) -> Result<String, StoreError> {
     // Parse errors can quote the URL, which holds the password: say only what is wrong.
-    let unusable = || StoreError::Connect(sqlx::Error::Configuration("not a valid PostgreSQL URL".into()));
+    let unusable = || {
+        StoreError::Connect(sqlx::Error::Configuration(
+            "not a valid PostgreSQL URL".into(),
+        ))
+    };
     let options = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|_| unusable())?;
     if options.get_application_name().is_some() {
         return Ok(url.to_owned());

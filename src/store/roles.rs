@@ -88,11 +88,11 @@ impl Store {
 
     /// Every role learned on `target`.
     pub async fn learned_roles(&self, target: &str) -> Result<Vec<LearnedRole>, StoreError> {
-        let rows = sqlx::query(
-"SELECT identity, login, class FROM learned_roles WHERE target = $1")
-        .bind(target)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT identity, login, class FROM learned_roles WHERE target = $1")
+                .bind(target)
+                .fetch_all(&self.pool)
+                .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let class: String = row.try_get("class")?;
@@ -111,7 +111,11 @@ impl Store {
 
     /// Forgets what was learned about `identities` on `target` (roles gone with all their
     /// sessions, so nothing is left to tell apart).
-    pub async fn forget_roles(&self, target: &str, identities: &[String]) -> Result<(), StoreError> {
+    pub async fn forget_roles(
+        &self,
+        target: &str,
+        identities: &[String],
+    ) -> Result<(), StoreError> {
         if identities.is_empty() {
             return Ok(());
         }

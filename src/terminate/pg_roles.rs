@@ -180,7 +180,11 @@ pub(super) async fn learn(
             .await
             .map_err(query_error)?;
         for row in rows {
-            gone.push(row.try_get::<i64, _>("oid").map_err(query_error)?.to_string());
+            gone.push(
+                row.try_get::<i64, _>("oid")
+                    .map_err(query_error)?
+                    .to_string(),
+            );
         }
         store
             .forget_roles(target, &gone)

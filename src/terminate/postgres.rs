@@ -12,13 +12,13 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres as Pg, Row};
 
+use super::pg_roles::{self, Known};
 use super::{
-    Engine, EngineError, Failed, Journal, Learn, Scope, Session, SessionFilter, SkipReason, Skipped,
-    SweepReason, TerminateOutcome, TerminateRequest, record_intent, same_session,
+    Engine, EngineError, Failed, Journal, Learn, Scope, Session, SessionFilter, SkipReason,
+    Skipped, SweepReason, TerminateOutcome, TerminateRequest, record_intent, same_session,
     sqlx_error as query_error,
 };
 use crate::config::{TargetConfig, TerminationConfig};
-use super::pg_roles::{self, Known};
 use crate::store::{APPLICATION_NAME, Store};
 
 /// SQLSTATE insufficient_privilege: `pg_terminate_backend` raises it instead of returning false.
