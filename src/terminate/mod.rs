@@ -260,8 +260,9 @@ pub trait Engine: Send + Sync + Debug {
     }
     /// Terminates (or, in a dry run, lists) every client session whose login no longer
     /// exists, or whose login matches the `LIKE` `pattern` and has expired, then verifies.
-    /// Sessions of sever's own login, superusers and `protected` logins are skipped; the
-    /// outcome's `sweep_reasons` says why each session was selected. Sessions are recorded
+    /// Sessions of sever's own logins, superusers and `protected` logins are skipped, and so
+    /// are those of a dropped login sever never learned to match `pattern`; the outcome's
+    /// `sweep_reasons` says why each session was selected. Sessions are recorded
     /// in `journal` before they are signalled.
     async fn sweep(
         &self,
