@@ -355,6 +355,7 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
     for (id, target) in &config.targets {
         target.url.load(&format!("targets.{id}.url"))?;
     }
+    config.check_own_logins()?;
     let aws = &config.aws;
     for (i, key) in aws.eventbridge.api_keys.iter().enumerate() {
         key.load(&format!("aws.eventbridge.api_keys[{i}]"))?;

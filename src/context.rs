@@ -9,7 +9,7 @@ use crate::audit::{Audit, CheckpointFileHealth};
 use crate::config::{Config, ConfigError};
 use crate::queue::Queue;
 use crate::store::{Store, StoreError};
-use crate::terminate::Targets;
+use crate::terminate::{Learn, Targets};
 
 /// Failures while bringing the service up.
 #[derive(Debug, thiserror::Error)]
@@ -61,33 +61,47 @@ impl Context {
         })
     }
 
-    /// Looks up and remembers the identity of every mapped login on every target, so their
-    /// sessions are still found after the login is dropped. Failures are logged, not fatal:
-    /// a target that is down now is learned at its next action.
+    /// Looks up and remembers the identities every target needs told apart after a drop:
+    /// its mapped logins, its protected logins, the logins its sweep pattern matches, and
+    /// (PostgreSQL) sever's own logins and the superusers. Failures are logged, not fatal: a
+    /// target that is down now is learned at its next sweep or action.
     pub async fn learn_logins(&self) {
-        let mut by_target: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        let mut mapped: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
         for credential in self.config.credentials.values() {
             for mapping in &credential.logins {
-                by_target
+                mapped
                     .entry(&mapping.target)
                     .or_default()
                     .insert(mapping.login.clone());
             }
         }
-        let work = by_target.into_iter().filter_map(|(target, logins)| {
-            let engine = self.targets.get(target)?;
-            let logins: Vec<String> = logins.into_iter().collect();
-            Some(async move {
+        let work = self.targets.iter().map(|(target, engine)| {
+            let what = Learn {
+                mapped: mapped
+                    .remove(target.as_str())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+                protected: self.config.protected_on(target),
+                sweep_pattern: self
+                    .config
+                    .targets
+                    .get(target)
+                    .and_then(|t| t.sweep.as_ref())
+                    .map(|s| s.pattern.clone()),
+            };
+            async move {
                 // The span names the target in the engines' own warnings (e.g. an
                 // administrator mapped as a login).
                 let learning = engine
-                    .learn_logins(&logins)
-                    .instrument(tracing::info_span!("learn_logins", target_id = target));
+                    .learn(&what)
+                    .instrument(tracing::info_span!("learn_logins", target_id = %target));
                 if let Err(e) = learning.await {
-                    tracing::warn!(target_id = target, error = %e, "could not learn login identities");
+                    tracing::warn!(target_id = %target, error = %e, "could not learn login identities");
                 }
-            })
+            }
         });
+        let work: Vec<_> = work.collect();
         futures_util::future::join_all(work).await;
     }
 }

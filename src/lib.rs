@@ -35,7 +35,8 @@ use crate::intake::{AppState, IntakeError};
 
 /// How often remembered `webhook-id`s past their retention are dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
-/// How often mapped logins' identities are refreshed.
+/// How often login identities are learned again (mapped, protected, superusers, sever's own,
+/// and those matching a sweep pattern); each sweep also learns right before it runs.
 const LEARN_EVERY: Duration = Duration::from_secs(300);
 
 /// Why the server stopped with an error.
@@ -125,6 +126,10 @@ pub async fn run_with(
     let state = AppState::new(ctx.clone(), options.sns_http).await?;
     for warning in ctx.config.warnings() {
         tracing::warn!("{warning}");
+    }
+    // `check-config` refuses this; a running sever only skips such sessions as its own.
+    if let Err(e) = ctx.config.check_own_logins() {
+        tracing::warn!("{e}; its sessions are skipped as own_login");
     }
     let background = CancellationToken::new();
     // Stopped only after the queue worker has drained, so the final checkpoint covers the

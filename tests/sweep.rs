@@ -64,6 +64,15 @@ async fn wait_expired(pg: &TestPostgres, logins: &[&str]) {
     panic!("{logins:?} did not expire");
 }
 
+/// What a starting sever does first: learn every target's roles (mapped, protected,
+/// superusers, its own, those matching a sweep pattern), recorded in the store.
+async fn learn(config: &std::path::Path) {
+    sever::install_crypto_provider();
+    let config = sever::config::Config::load(config).unwrap();
+    let ctx = sever::context::Context::build(config).await.unwrap();
+    ctx.learn_logins().await;
+}
+
 /// The sessions of one test: pids by role.
 struct Fixture {
     pg: TestPostgres,
@@ -106,10 +115,6 @@ async fn fixture(interval: &str) -> Fixture {
     let dropped = open("v-token-app-x3").await;
     let infinite = open("v-token-app-inf").await;
     let no_expiry = open("v-token-app-none").await;
-    // Vault's revocation: the role goes, its session stays.
-    pg.exec("DROP ROLE \"v-token-app-x3\"").await;
-    // PostgreSQL checks VALID UNTIL only at login: these sessions outlive the expiry.
-    wait_expired(&pg, &["v-token-app-x2", "v-protected", "app"]).await;
 
     let ws = Workspace::new();
     let config = ws.write_config(&format!(
@@ -125,6 +130,13 @@ async fn fixture(interval: &str) -> Fixture {
         ),
         ws.target("plain", &pg, ""),
     ));
+    // sever learns the dynamic logins (they match the pattern) before the one is dropped: an
+    // orphan is swept only when sever knew it matched.
+    learn(&config).await;
+    // Vault's revocation: the role goes, its session stays.
+    pg.exec("DROP ROLE \"v-token-app-x3\"").await;
+    // PostgreSQL checks VALID UNTIL only at login: these sessions outlive the expiry.
+    wait_expired(&pg, &["v-token-app-x2", "v-protected", "app"]).await;
     Fixture {
         pg,
         ws,
@@ -198,7 +210,9 @@ async fn sweep_ends_sessions_of_dropped_and_expired_logins_only() {
         .iter()
         .find(|s| s["pid"] == f.dropped)
         .unwrap();
-    assert!(orphan["login"].is_null() && orphan["login_id"].is_string());
+    // The name it had when sever learned it.
+    assert_eq!(orphan["login"], "v-token-app-x3", "{orphan}");
+    assert!(orphan["login_id"].is_string());
     for pid in [f.expired, f.dropped].iter().chain(&survivors) {
         assert!(f.pg.is_alive(*pid).await, "dry run ended {pid}");
     }
@@ -373,8 +387,6 @@ async fn a_sweep_sever_may_not_signal_reports_each_session_and_exits_incomplete(
     create_dynamic(&pg, "v-stale", Some("2 seconds")).await;
     let (_c1, dropped) = pg.session("v-gone", "pw", "postgres", "svc").await;
     let (_c2, expired) = pg.session("v-stale", "pw", "postgres", "svc").await;
-    pg.exec("DROP ROLE \"v-gone\"").await;
-    wait_expired(&pg, &["v-stale"]).await;
     let ws = Workspace::new();
     let config = ws.write_config(&format!(
         "{}{}",
@@ -385,6 +397,9 @@ async fn a_sweep_sever_may_not_signal_reports_each_session_and_exits_incomplete(
             "[targets.main.sweep]\npattern = \"v-%\"\ninterval = \"1h\"\n"
         ),
     ));
+    learn(&config).await;
+    pg.exec("DROP ROLE \"v-gone\"").await;
+    wait_expired(&pg, &["v-stale"]).await;
 
     let out = cli(&config, &["sweep", "--json"]);
     assert_eq!(
@@ -430,4 +445,139 @@ async fn a_sweep_sever_may_not_signal_reports_each_session_and_exits_incomplete(
             (dropped.to_string(), "login_dropped".to_owned()),
         ])
     );
+}
+
+/// A target `main` on `pg` sweeping `v-%` with `v-keep` protected, and what the next sweep
+/// reports; the sessions of `v-keep` (protected), `v-root` (a superuser) and `v-dyn` (a
+/// dynamic login) are opened before either.
+struct Learning {
+    pg: TestPostgres,
+    ws: Workspace,
+    config: PathBuf,
+    _conns: Vec<sqlx::PgConnection>,
+    keep: i32,
+    root: i32,
+    dynamic: i32,
+}
+
+async fn learning() -> Learning {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    create_dynamic(&pg, "v-keep", None).await;
+    create_dynamic(&pg, "v-dyn", None).await;
+    pg.exec("CREATE ROLE \"v-root\" SUPERUSER LOGIN PASSWORD 'pw'")
+        .await;
+    let (c1, keep) = pg.session("v-keep", "pw", "postgres", "svc").await;
+    let (c2, root) = pg.session("v-root", "pw", "postgres", "svc").await;
+    let (c3, dynamic) = pg.session("v-dyn", "pw", "postgres", "svc").await;
+    let ws = Workspace::new();
+    let config = ws.write_config(&format!(
+        "{}{}",
+        ws.base_config(),
+        ws.target(
+            "main",
+            &pg,
+            "protected_logins = [\"v-keep\"]\n\
+             [targets.main.sweep]\npattern = \"v-%\"\ninterval = \"1h\"\n"
+        ),
+    ));
+    Learning {
+        pg,
+        ws,
+        config,
+        _conns: vec![c1, c2, c3],
+        keep,
+        root,
+        dynamic,
+    }
+}
+
+/// Each skipped session's pid and reason in a target report.
+fn skips(t: &Value) -> BTreeMap<i64, String> {
+    t["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["pid"].as_i64().unwrap(),
+                s["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn logins_dropped_before_sever_learned_them_are_spared_and_reported_unknown() {
+    let l = learning().await;
+    // Dropped before sever ever ran: nothing tells a protected login or a superuser apart
+    // from a dynamic one any more.
+    l.pg.exec("DROP ROLE \"v-keep\"; DROP ROLE \"v-root\"")
+        .await;
+
+    let out = cli(&l.config, &["sweep", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reports: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let t = &reports[0]["targets"][0];
+    assert!(pids(t, "terminated").is_empty(), "{t}");
+    assert_eq!(
+        skips(t),
+        BTreeMap::from([
+            (i64::from(l.keep), "login_unknown".to_owned()),
+            (i64::from(l.root), "login_unknown".to_owned()),
+        ]),
+        "{t}"
+    );
+    assert_eq!(t["sweep_reasons"][l.keep.to_string()], "login_dropped");
+    for pid in [l.keep, l.root, l.dynamic] {
+        assert!(l.pg.is_alive(pid).await, "{pid} was swept");
+    }
+    // On the record too.
+    let skipped: Vec<Value> = l.ws.records("session.skipped").await;
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(skipped.iter().all(|d| d["reason"] == "login_unknown"));
+}
+
+#[tokio::test]
+async fn logins_learned_before_their_drop_keep_their_class_and_dynamic_ones_are_swept() {
+    let l = learning().await;
+    // A sweep learns right before it runs: this one finds nothing, and learns all three.
+    let out = cli(&l.config, &["sweep", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reports: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(reports[0]["targets"][0]["found"], 0, "{reports}");
+
+    l.pg.exec("DROP ROLE \"v-keep\"; DROP ROLE \"v-root\"; DROP ROLE \"v-dyn\"")
+        .await;
+    let out = cli(&l.config, &["sweep", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reports: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let t = &reports[0]["targets"][0];
+    assert_eq!(pids(t, "terminated"), vec![i64::from(l.dynamic)], "{t}");
+    assert_eq!(
+        skips(t),
+        BTreeMap::from([
+            (i64::from(l.keep), "protected".to_owned()),
+            (i64::from(l.root), "superuser".to_owned()),
+        ]),
+        "{t}"
+    );
+    assert!(l.pg.wait_gone(l.dynamic, Duration::from_secs(5)).await);
+    assert!(l.pg.is_alive(l.keep).await && l.pg.is_alive(l.root).await);
+
+    // The next learning forgets the dynamic login, gone with its last session; the spared
+    // ones are kept while their sessions last.
+    let out = cli(&l.config, &["sweep", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store = sqlx::SqlitePool::connect(&format!("sqlite://{}", l.ws.path("sever.db").display()))
+        .await
+        .unwrap();
+    let learned: Vec<String> =
+        sqlx::query_scalar("SELECT login FROM learned_roles WHERE target = 'main' ORDER BY login")
+            .fetch_all(&store)
+            .await
+            .unwrap();
+    assert!(!learned.iter().any(|l| l == "v-dyn"), "{learned:?}");
+    assert!(learned.iter().any(|l| l == "v-keep"), "{learned:?}");
+    assert!(learned.iter().any(|l| l == "v-root"), "{learned:?}");
 }

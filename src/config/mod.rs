@@ -1,6 +1,7 @@
 //! The service's configuration: TOML, strictly validated, secrets kept outside the file.
 
 pub mod names;
+mod own_logins;
 mod secret;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -5,6 +5,7 @@
 //! fixed-width RFC 3339 text so they sort and compare the same way in both.
 
 mod file;
+mod roles;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use tokio_util::sync::CancellationToken;
 
 pub use file::FileWatch;
+pub use roles::{LearnedRole, RoleClass};
 
 /// How often the store file's identity is checked besides before each commit.
 pub const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -78,12 +80,15 @@ pub struct Store {
     backend: Backend,
     /// The SQLite file's identity watch; `None` for PostgreSQL and in-memory SQLite.
     file: Option<Arc<FileWatch>>,
+    /// The login a PostgreSQL store's connections run as (`session_user`); `None` for SQLite.
+    login: Option<String>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("backend", &self.backend)
+            .field("login", &self.login)
             .finish()
     }
 }
@@ -171,6 +176,11 @@ impl Store {
             // still finish (a reopened connection would find an empty new file, or none).
             options = options.idle_timeout(None).max_lifetime(None);
         }
+        let url = match backend {
+            Backend::Postgres => with_application_name(url)?,
+            Backend::Sqlite => url.to_owned(),
+        };
+        let url = url.as_str();
         let pool = options.connect(url).await.map_err(StoreError::Connect)?;
         if backend == Backend::Sqlite {
             // Write-ahead logging: one fsync per commit instead of several (synchronous stays
@@ -192,10 +202,22 @@ impl Store {
                 .map(Arc::new),
             Backend::Postgres => None,
         };
+        // The name the store's connections show on the server: a PostgreSQL store often
+        // shares a server with a target, and there this login is sever's own.
+        let login = match backend {
+            Backend::Postgres => Some(
+                sqlx::query_scalar::<_, String>("SELECT session_user::text")
+                    .fetch_one(&pool)
+                    .await
+                    .map_err(StoreError::Connect)?,
+            ),
+            Backend::Sqlite => None,
+        };
         Ok(Self {
             pool,
             backend,
             file,
+            login,
         })
     }
 
@@ -207,6 +229,12 @@ impl Store {
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The login a PostgreSQL store's connections run as, which counts as sever's own login
+    /// on every PostgreSQL target; `None` for SQLite.
+    pub fn login(&self) -> Option<&str> {
+        self.login.as_deref()
     }
 
     /// Checks that the SQLite file is still the one sever opened (see [`FileWatch`]); the
@@ -358,6 +386,17 @@ impl Store {
         Ok(())
     }
 
+    /// Every identity ever seen for any login on `target`, as (login, identity).
+    pub async fn every_identity(&self, target: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT login, identity FROM login_identities WHERE target = $1")
+            .bind(target)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("login")?, row.try_get("identity")?)))
+            .collect()
+    }
+
     /// Every identity ever seen for `logins` on `target`, as (login, identity).
     pub async fn identities(
         &self,
@@ -378,6 +417,31 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// The application name sever's connections show (`pg_stat_activity.application_name`),
+/// unless the URL or `PGAPPNAME` sets one.
+pub const APPLICATION_NAME: &str = "sever";
+
+/// A PostgreSQL store URL with `application_name=sever` added when neither the URL nor
+/// `PGAPPNAME` names one, so the store's sessions are recognisable on a shared server. (The
+/// `Any` driver is configured by URL alone.)
+fn with_application_name(url: &str) -> Result<String, StoreError> {
+    // Parse errors can quote the URL, which holds the password: say only what is wrong.
+    let unusable = || {
+        StoreError::Connect(sqlx::Error::Configuration(
+            "not a valid PostgreSQL URL".into(),
+        ))
+    };
+    let options = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|_| unusable())?;
+    if options.get_application_name().is_some() {
+        return Ok(url.to_owned());
+    }
+    let mut parsed = url::Url::parse(url).map_err(|_| unusable())?;
+    parsed
+        .query_pairs_mut()
+        .append_pair("application_name", APPLICATION_NAME);
+    Ok(parsed.into())
 }
 
 /// Keeps a released connection only if its transaction ended cleanly. For SQLite the

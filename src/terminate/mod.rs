@@ -2,6 +2,7 @@
 
 pub mod classify;
 pub mod mysql;
+mod pg_roles;
 pub mod postgres;
 pub mod sqlserver;
 
@@ -87,6 +88,17 @@ pub struct TerminateRequest {
     pub journal: Option<Arc<dyn Journal>>,
 }
 
+/// What to learn on one target besides sever's own logins and the superusers.
+#[derive(Debug, Clone, Default)]
+pub struct Learn {
+    /// Logins mapped to credentials on the target.
+    pub mapped: Vec<String>,
+    /// Logins protected on the target.
+    pub protected: BTreeSet<String>,
+    /// The target's sweep pattern (`LIKE`), if it has a sweep.
+    pub sweep_pattern: Option<String>,
+}
+
 /// Durably records the sessions an attempt is about to signal, before it signals them, so a
 /// crash between the signal and the audit record cannot lose a terminated session.
 #[async_trait]
@@ -124,6 +136,9 @@ pub enum SkipReason {
     /// Its start time is unreadable, so it cannot be compared with the cutoff
     /// (PostgreSQL: grant `pg_read_all_stats` to sever's login).
     StartUnknown,
+    /// Sweeps only: its login was dropped before sever learned what it was, so it may have
+    /// been protected or a superuser.
+    LoginUnknown,
     /// It ended on its own between being found and being signalled (or its id now names
     /// another session).
     AlreadyGone,
@@ -264,10 +279,16 @@ pub trait Engine: Send + Sync + Debug {
     async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError>;
     /// Looks up and remembers the identities of `logins`, so they are found after a drop.
     async fn learn_logins(&self, logins: &[String]) -> Result<(), EngineError>;
+    /// Looks up and remembers the identities of the logins `what` names (and, on PostgreSQL,
+    /// of sever's own logins and the superusers), so they are told apart after a drop.
+    async fn learn(&self, what: &Learn) -> Result<(), EngineError> {
+        self.learn_logins(&what.mapped).await
+    }
     /// Terminates (or, in a dry run, lists) every client session whose login no longer
     /// exists, or whose login matches the `LIKE` `pattern` and has expired, then verifies.
-    /// Sessions of sever's own login, superusers and `protected` logins are skipped; the
-    /// outcome's `sweep_reasons` says why each session was selected. Sessions are recorded
+    /// Sessions of sever's own logins, superusers and `protected` logins are skipped, and so
+    /// are those of a dropped login sever never learned to match `pattern`; the outcome's
+    /// `sweep_reasons` says why each session was selected. Sessions are recorded
     /// in `journal` before they are signalled.
     async fn sweep(
         &self,

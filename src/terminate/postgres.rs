@@ -12,13 +12,14 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres as Pg, Row};
 
+use super::pg_roles::{self, Known};
 use super::{
-    Engine, EngineError, Failed, Journal, Scope, Session, SessionFilter, SkipReason, Skipped,
-    SweepReason, TerminateOutcome, TerminateRequest, record_intent, same_session,
+    Engine, EngineError, Failed, Journal, Learn, Scope, Session, SessionFilter, SkipReason,
+    Skipped, SweepReason, TerminateOutcome, TerminateRequest, record_intent, same_session,
     sqlx_error as query_error,
 };
 use crate::config::{TargetConfig, TerminationConfig};
-use crate::store::Store;
+use crate::store::{APPLICATION_NAME, Store};
 
 /// SQLSTATE insufficient_privilege: `pg_terminate_backend` raises it instead of returning false.
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
@@ -50,7 +51,9 @@ macro_rules! session_columns {
 /// has one of the names, or when its role is gone and its oid is one sever remembered for
 /// one of them (`$1`): a remembered oid that now names another role is never acted on.
 /// Ineligible rows come back with a `skip` reason instead of being filtered out, so the
-/// report can say why they survived. `$5`, when set, limits it to the pids a dry run found
+/// report can say why they survived. sever's own logins are the connection's and those named
+/// in `$7` (the store's); a session whose role is gone is spared when its oid was learned as
+/// sever's own (`$8`), a superuser's (`$9`) or a protected login's (`$10`). `$5`, when set, limits it to the pids a dry run found
 /// and the journal recorded. Matching names here, not oids looked up first, saves the step
 /// a round trip to the target before anything is signalled.
 ///
@@ -65,9 +68,13 @@ m AS (
     session_columns!(),
     r#",
            CASE
-               WHEN a.pid = pg_backend_pid() OR a.usesysid = (SELECT usesysid FROM me) THEN 'own_login'
-               WHEN r.rolsuper THEN 'superuser'
-               WHEN r.rolname = ANY($2::text[]) THEN 'protected'
+               WHEN a.pid = pg_backend_pid() OR a.usesysid = (SELECT usesysid FROM me)
+                    OR r.rolname = ANY($7::text[])
+                    OR (r.oid IS NULL AND a.usesysid::int8 = ANY($8::int8[])) THEN 'own_login'
+               WHEN r.rolsuper OR (r.oid IS NULL AND a.usesysid::int8 = ANY($9::int8[]))
+                   THEN 'superuser'
+               WHEN r.rolname = ANY($2::text[])
+                    OR (r.oid IS NULL AND a.usesysid::int8 = ANY($10::int8[])) THEN 'protected'
                WHEN $3::timestamptz IS NOT NULL AND a.backend_start IS NULL THEN 'start_unknown'
            END AS skip
     FROM pg_stat_activity a
@@ -91,9 +98,12 @@ ORDER BY m.backend_start NULLS FIRST, m.pid
 /// name), and those of roles matching the `LIKE` pattern whose `VALID UNTIL` has passed
 /// (PostgreSQL checks it only at login, so such sessions outlive the expiry). Sessions of
 /// valid roles, including `VALID UNTIL 'infinity'` or no expiry, are never selected. Skips
-/// and signalling work exactly as in [`TERMINATE_SQL`]; `$3` holds the oids of protected
-/// logins, so a protected login stays protected after it is dropped. A backend without a
-/// role yet (`usesysid` 0 or null, e.g. still authenticating) is never an orphan.
+/// and signalling work as in [`TERMINATE_SQL`], with the same learned oids (`$6` to `$9`:
+/// own, superuser, protected; store login names). An orphan is ended only when its oid was
+/// learned as sweepable (`$3`): one never learned may have been anything, a protected login
+/// or a superuser created and dropped between two learnings, so it is spared as
+/// `login_unknown`. A backend without a role yet (`usesysid` 0 or null, e.g. still
+/// authenticating) is never an orphan.
 const SWEEP_SQL: &str = concat!(
     r#"
 WITH me AS (SELECT usesysid FROM pg_stat_activity WHERE pid = pg_backend_pid()),
@@ -103,9 +113,14 @@ m AS (
     r#",
            CASE WHEN r.oid IS NULL THEN 'login_dropped' ELSE 'login_expired' END AS swept,
            CASE
-               WHEN a.pid = pg_backend_pid() OR a.usesysid = (SELECT usesysid FROM me) THEN 'own_login'
-               WHEN r.rolsuper THEN 'superuser'
-               WHEN r.rolname = ANY($2::text[]) OR a.usesysid::int8 = ANY($3::int8[]) THEN 'protected'
+               WHEN a.pid = pg_backend_pid() OR a.usesysid = (SELECT usesysid FROM me)
+                    OR r.rolname = ANY($6::text[])
+                    OR (r.oid IS NULL AND a.usesysid::int8 = ANY($7::int8[])) THEN 'own_login'
+               WHEN r.rolsuper OR (r.oid IS NULL AND a.usesysid::int8 = ANY($8::int8[]))
+                   THEN 'superuser'
+               WHEN r.rolname = ANY($2::text[])
+                    OR (r.oid IS NULL AND a.usesysid::int8 = ANY($9::int8[])) THEN 'protected'
+               WHEN r.oid IS NULL AND NOT a.usesysid::int8 = ANY($3::int8[]) THEN 'login_unknown'
            END AS skip
     FROM pg_stat_activity a
     LEFT JOIN pg_roles r ON r.oid = a.usesysid
@@ -169,9 +184,13 @@ impl Postgres {
         let options = PgConnectOptions::from_str(url.expose_secret())
             // The parse error can quote the URL; say only that it is unusable.
             .map_err(|_| EngineError::Config("not a valid PostgreSQL URL".into()))?
-            // Makes sever's own sessions recognisable in pg_stat_activity.
-            .application_name("sever")
             .options([("statement_timeout", statement_timeout.as_str())]);
+        // Makes sever's own sessions recognisable in pg_stat_activity, unless the URL (or
+        // PGAPPNAME) names the application already.
+        let options = match options.get_application_name() {
+            Some(_) => options,
+            None => options.application_name(APPLICATION_NAME),
+        };
         let pool = PgPoolOptions::new()
             .max_connections(target.pool_size)
             // Keep one connection warm so a rotation does not pay for a TLS and auth
@@ -502,12 +521,13 @@ enum Statement<'a> {
     Terminate {
         remembered_oids: &'a [i64],
         request: &'a TerminateRequest,
+        known: &'a Known,
     },
     /// [`SWEEP_SQL`].
     Sweep {
         pattern: &'a str,
         protected: &'a [String],
-        protected_oids: &'a [i64],
+        known: &'a Known,
     },
 }
 
@@ -523,6 +543,7 @@ impl Statement<'_> {
             Self::Terminate {
                 remembered_oids,
                 request,
+                known,
             } => {
                 let cutoff = match request.scope {
                     Scope::All => None,
@@ -536,20 +557,28 @@ impl Statement<'_> {
                     .bind(dry_run)
                     .bind(only)
                     .bind(&request.logins)
+                    .bind(&known.own_names)
+                    .bind(&known.own)
+                    .bind(&known.superuser)
+                    .bind(&known.protected)
                     .fetch_all(conn)
                     .await
             }
             Self::Sweep {
                 pattern,
                 protected,
-                protected_oids,
+                known,
             } => {
                 sqlx::query(SWEEP_SQL)
                     .bind(pattern)
                     .bind(protected)
-                    .bind(protected_oids)
+                    .bind(&known.sweepable)
                     .bind(dry_run)
                     .bind(only)
+                    .bind(&known.own_names)
+                    .bind(&known.own)
+                    .bind(&known.superuser)
+                    .bind(&known.protected)
                     .fetch_all(conn)
                     .await
             }
@@ -578,6 +607,7 @@ fn skip_reason(text: &str) -> SkipReason {
         "own_login" => SkipReason::OwnLogin,
         "superuser" => SkipReason::Superuser,
         "protected" => SkipReason::Protected,
+        "login_unknown" => SkipReason::LoginUnknown,
         _ => SkipReason::StartUnknown,
     }
 }
@@ -631,13 +661,20 @@ impl Engine for Postgres {
         // roles dropped since, and name them (oid → login) in the report.
         let remembered = self.remembered(&request.logins).await?;
         let oids: Vec<i64> = remembered.iter().map(|(_, oid)| *oid).collect();
-        let names: BTreeMap<i64, String> = remembered
-            .iter()
-            .map(|(login, oid)| (*oid, login.clone()))
-            .collect();
+        // What sever learned about the roles of sessions left by a drop, so one of those that
+        // was its own, a superuser or protected is spared too.
+        let learned = self
+            .store
+            .learned_roles(&self.id)
+            .await
+            .map_err(|e| EngineError::Query(format!("state store: {e}")))?;
+        let known = Known::new(self.store.login(), &request.protected, &learned, &[]);
+        let mut names = known.names.clone();
+        names.extend(remembered.iter().map(|(login, oid)| (*oid, login.clone())));
         let statement = Statement::Terminate {
             remembered_oids: &oids,
             request,
+            known: &known,
         };
         let mut conn = self.connection().await?;
         let signalled = self
@@ -674,6 +711,20 @@ impl Engine for Postgres {
         self.role_oids(&mut conn, logins).await.map(|_| ())
     }
 
+    async fn learn(&self, what: &Learn) -> Result<(), EngineError> {
+        let mut conn = self.connection().await?;
+        self.role_oids(&mut conn, &what.mapped).await?;
+        pg_roles::learn(
+            &mut conn,
+            &self.store,
+            &self.id,
+            &what.protected,
+            what.sweep_pattern.as_deref(),
+        )
+        .await
+        .map(|_| ())
+    }
+
     async fn sweep(
         &self,
         pattern: &str,
@@ -682,16 +733,27 @@ impl Engine for Postgres {
         verify_timeout: Duration,
         journal: Option<&dyn Journal>,
     ) -> Result<TerminateOutcome, EngineError> {
-        let protected: Vec<String> = protected.iter().cloned().collect();
-        // The protected logins' oids, including remembered ones of dropped roles: a protected
-        // login stays protected once dropped, and its orphaned sessions keep their name.
+        // Learned right before the sweep, so only a role created and dropped since the last
+        // learning is unknown; what was learned before decides an orphan's fate.
         let mut conn = self.connection().await?;
-        let names = self.role_oids(&mut conn, &protected).await?;
-        let protected_oids: Vec<i64> = names.keys().copied().collect();
+        let learned =
+            pg_roles::learn(&mut conn, &self.store, &self.id, protected, Some(pattern)).await?;
+        let remembered = self
+            .store
+            .every_identity(&self.id)
+            .await
+            .map_err(|e| EngineError::Query(format!("state store: {e}")))?;
+        let remembered: Vec<(String, i64)> = remembered
+            .into_iter()
+            .filter_map(|(login, oid)| oid.parse().ok().map(|oid| (login, oid)))
+            .collect();
+        let known = Known::new(self.store.login(), protected, &learned, &remembered);
+        let names = known.names.clone();
+        let protected: Vec<String> = protected.iter().cloned().collect();
         let statement = Statement::Sweep {
             pattern,
             protected: &protected,
-            protected_oids: &protected_oids,
+            known: &known,
         };
         let signalled = self
             .select_and_signal(&mut conn, &statement, dry_run, journal, &names)

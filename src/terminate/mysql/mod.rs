@@ -148,6 +148,8 @@ impl Mysql {
     ) -> Result<Self, EngineError> {
         let options = MySqlConnectOptions::from_str(url.expose_secret())
             .map_err(|_| EngineError::Config("not a valid MySQL URL".into()))?;
+        // No application name here: PROCESSLIST has no such column, and sqlx sends no
+        // connection attributes, so sever's sessions are known by its login alone.
         let pool = MySqlPoolOptions::new()
             .max_connections(target.pool_size)
             .min_connections(1)
