@@ -8,19 +8,24 @@
 //! writer noticing that checkpoints it wrote are gone, and by the copy kept outside the store
 //! (`audit.checkpoint_file`, `audit verify --checkpoints`). Without the key nobody can forge a
 //! checkpoint that verifies, so a rewritten trail cannot be given new ones.
+//!
+//! With a key, an unkeyed checkpoint (which anyone can compute) counts only up to the one the
+//! operator pinned in `audit.unkeyed_checkpoints_through`: the store never decides what was
+//! written "before the key". The writer chains only onto checkpoints that pass these rules.
 
 use hmac::{KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, Transaction};
 
-use crate::config::{AuditConfig, ConfigError};
+use super::read::column;
+use crate::config::{AuditConfig, ConfigError, UnkeyedPin};
 use crate::store::{Backend, Store};
 
 pub use verify::{CheckpointProblem, CheckpointReport, VerifyOptions};
-pub use writer::{Writer, Written, checkpoint_writer};
+pub use writer::{ChainHealth, Writer, Written, checkpoint_writer};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -122,6 +127,39 @@ impl Checkpoint {
     }
 }
 
+impl Checkpoint {
+    /// Whether sever wrote it, as far as the configured `keys` and `pin` can tell: its MAC
+    /// (or digest) checks out and, when there is a key, it is keyed or no later than the
+    /// pinned unkeyed checkpoint (and is that checkpoint, at its index). Keyed checkpoints
+    /// with no key to check them fail here; `audit verify` counts those apart.
+    fn trusted(&self, keys: &[CheckpointKey], pin: Option<&UnkeyedPin>) -> Result<(), String> {
+        self.check(keys)?;
+        if keys.is_empty() || self.alg == KEYED {
+            return Ok(());
+        }
+        match pin {
+            None => Err(
+                "it is unkeyed, and audit.checkpoint_key is configured with no \
+                 audit.unkeyed_checkpoints_through to accept unkeyed checkpoints from before \
+                 the key: anyone who can write the store can make one"
+                    .into(),
+            ),
+            Some(pin) if self.index > pin.index => Err(format!(
+                "it is unkeyed but comes after checkpoint {} \
+                 (audit.unkeyed_checkpoints_through), the last from before the key: it was not \
+                 written by sever",
+                pin.index
+            )),
+            Some(pin) if self.index == pin.index && self.mac != pin.mac => Err(
+                "it is not the checkpoint pinned by audit.unkeyed_checkpoints_through: the \
+                 checkpoints from before the key were rewritten"
+                    .into(),
+            ),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
 /// The checkpoint MAC key (`audit.checkpoint_key`); never printed.
 #[derive(Clone)]
 pub struct CheckpointKey(SecretSlice<u8>);
@@ -196,15 +234,16 @@ pub(in crate::audit) async fn begin_chain_tx(
     }
 }
 
-fn decode(row: &AnyRow) -> Result<Checkpoint, sqlx::Error> {
+/// A stored checkpoint, or in words why its row does not have the schema's types.
+fn decode(row: &AnyRow) -> Result<Checkpoint, String> {
     Ok(Checkpoint {
-        index: row.try_get("idx")?,
-        at: row.try_get("at")?,
-        head_seq: row.try_get("head_seq")?,
-        head_hash: row.try_get("head_hash")?,
-        prev_mac: row.try_get("prev_mac")?,
-        alg: row.try_get("alg")?,
-        mac: row.try_get("mac")?,
+        index: column(row, "idx")?,
+        at: column(row, "at")?,
+        head_seq: column(row, "head_seq")?,
+        head_hash: column(row, "head_hash")?,
+        prev_mac: column(row, "prev_mac")?,
+        alg: column(row, "alg")?,
+        mac: column(row, "mac")?,
     })
 }
 

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::*;
 use crate::audit::{Audit, AuditError, Entry, GENESIS, Kind};
+use crate::config::UnkeyedPin;
 
 fn key(text: &str) -> CheckpointKey {
     CheckpointKey::new(SecretString::from(text.repeat(32))).unwrap()
@@ -202,32 +203,68 @@ async fn deleting_the_newest_checkpoints_too_is_stale_and_leaves_a_gap() {
     );
 }
 
+fn pin(cp: &Checkpoint) -> Option<UnkeyedPin> {
+    Some(UnkeyedPin {
+        index: cp.index,
+        mac: cp.mac.clone(),
+    })
+}
+
+fn pinned(key: &CheckpointKey, pin: Option<UnkeyedPin>) -> VerifyOptions {
+    VerifyOptions {
+        pin,
+        ..options(Some(key))
+    }
+}
+
 #[tokio::test]
-async fn forged_and_unkeyed_checkpoints_are_refused_when_a_key_is_configured() {
+async fn with_a_key_unkeyed_checkpoints_count_only_up_to_the_pinned_one() {
     let (_dir, audit) = audit().await;
     let k = key("k");
     append(&audit, 2).await;
-    Writer::new(None, None).write(&audit).await.unwrap();
-    Writer::new(Some(k.clone()), None)
+    let before_key = Writer::new(None, None)
         .write(&audit)
         .await
-        .unwrap();
-    // Unkeyed history before the key was configured is accepted.
-    assert!(problems(&audit, &options(Some(&k))).await.is_empty());
+        .unwrap()
+        .checkpoint;
+    // The store alone never makes an unkeyed checkpoint acceptable: verify says what to pin.
+    let report = audit.verify_with(&options(Some(&k))).await.unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.checkpoints.suggested_pin, pin(&before_key));
+    let found = problems(&audit, &options(Some(&k))).await;
+    assert!(
+        found[0].starts_with("Some(1): it is unkeyed")
+            && found[0].contains("no audit.unkeyed_checkpoints_through"),
+        "{found:?}"
+    );
+    // Pinned, the keyed writer chains onto it and the whole trail verifies.
+    let mut writer = Writer::new(Some(k.clone()), None).pinning(pin(&before_key));
+    let first_keyed = writer.write(&audit).await.unwrap();
+    assert!(first_keyed.tampering.is_empty(), "{first_keyed:?}");
+    assert_eq!(first_keyed.checkpoint.prev_mac, before_key.mac);
+    assert!(
+        problems(&audit, &pinned(&k, pin(&before_key)))
+            .await
+            .is_empty()
+    );
+    // Without the pin it fails and suggests the unkeyed checkpoint the keyed chain starts on.
+    let report = audit.verify_with(&options(Some(&k))).await.unwrap();
+    assert_eq!(report.checkpoints.suggested_pin, pin(&before_key));
+
     // Whoever lacks the key can only add unkeyed or wrongly keyed checkpoints.
     Writer::new(None, None).write(&audit).await.unwrap();
-    let found = problems(&audit, &options(Some(&k))).await;
-    assert!(found.iter().any(|p| p.contains("not written by sever")));
+    let found = problems(&audit, &pinned(&k, pin(&before_key))).await;
     assert!(
         found
             .iter()
-            .any(|p| p.contains("newest checkpoint is unkeyed"))
+            .any(|p| p.starts_with("Some(3)") && p.contains("comes after checkpoint 1")),
+        "{found:?}"
     );
     Writer::new(Some(key("x")), None)
         .write(&audit)
         .await
         .unwrap();
-    let found = problems(&audit, &options(Some(&k))).await;
+    let found = problems(&audit, &pinned(&k, pin(&before_key))).await;
     assert!(found.iter().any(|p| p.contains("MAC does not verify")));
     // Keyed checkpoints cannot be checked without the key: that is a failure, not a pass.
     let found = problems(&audit, &options(None)).await;
@@ -236,6 +273,112 @@ async fn forged_and_unkeyed_checkpoints_are_refused_when_a_key_is_configured() {
             .iter()
             .any(|p| p.contains("2 checkpoint(s) are keyed"))
     );
+
+    // A pin that does not match the store, or names a checkpoint it lacks, is named.
+    let wrong = Some(UnkeyedPin {
+        index: 1,
+        mac: "ab".repeat(32),
+    });
+    let found = problems(&audit, &pinned(&k, wrong)).await;
+    assert!(
+        found[0].starts_with("Some(1)") && found[0].contains("not the checkpoint pinned"),
+        "{found:?}"
+    );
+    exec(&audit, "DELETE FROM audit_checkpoints WHERE idx = 1").await;
+    let found = problems(&audit, &pinned(&k, pin(&before_key))).await;
+    assert!(
+        found.iter().any(|p| p.starts_with("Some(1)")
+            && p.contains("pinned by")
+            && p.contains("not in the store")),
+        "{found:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_writer_never_chains_onto_checkpoints_it_cannot_trust() {
+    let (_dir, audit) = audit().await;
+    let k = key("k");
+    append(&audit, 3).await;
+    let mut writer = Writer::new(Some(k.clone()), None);
+    writer.write(&audit).await.unwrap();
+    let trusted = writer.write(&audit).await.unwrap().checkpoint;
+    // Someone without the key adds a checkpoint with another key, then unkeyed ones.
+    Writer::new(Some(key("x")), None)
+        .write(&audit)
+        .await
+        .unwrap();
+    Writer::new(None, None).write(&audit).await.unwrap();
+
+    // A fresh writer (a restart) passes over both and chains onto the newest it can trust.
+    let restarted = Writer::new(Some(k.clone()), None)
+        .write(&audit)
+        .await
+        .unwrap();
+    assert_eq!(restarted.checkpoint.index, 5);
+    assert_eq!(restarted.checkpoint.prev_mac, trusted.mac);
+    assert!(
+        restarted.tampering[0].contains("checkpoint 4, the store's newest, cannot be trusted")
+            && restarted.tampering[0].contains("chains onto checkpoint 2"),
+        "{:?}",
+        restarted.tampering
+    );
+    let found = problems(&audit, &options(Some(&k))).await;
+    assert!(found[0].starts_with("Some(3)"), "{found:?}");
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("Some(5)") && p.contains("does not chain to checkpoint 4"))
+    );
+
+    // With every checkpoint replaced by unkeyed ones over a rewritten trail, it starts anew.
+    exec(&audit, "DELETE FROM audit_checkpoints").await;
+    exec(&audit, "DELETE FROM audit_records WHERE seq = 3").await;
+    Writer::new(None, None).write(&audit).await.unwrap();
+    let restarted = Writer::new(Some(k.clone()), None)
+        .write(&audit)
+        .await
+        .unwrap();
+    assert_eq!(restarted.checkpoint.index, 2);
+    assert_eq!(restarted.checkpoint.prev_mac, GENESIS);
+    assert!(
+        restarted.tampering[0].contains("chains onto nothing"),
+        "{:?}",
+        restarted.tampering
+    );
+    let found = problems(&audit, &options(Some(&k))).await;
+    assert!(found[0].starts_with("Some(1): it is unkeyed"), "{found:?}");
+}
+
+#[tokio::test]
+async fn a_running_writer_chains_only_onto_checkpoints_that_lead_back_to_its_own() {
+    let (_dir, audit) = audit().await;
+    let k = key("k");
+    append(&audit, 1).await;
+    let mut a = Writer::new(Some(k.clone()), None);
+    let own = a.write(&audit).await.unwrap().checkpoint;
+    // A forged checkpoint numbered past this writer's last one.
+    Writer::new(None, None).write(&audit).await.unwrap();
+    let next = a.write(&audit).await.unwrap();
+    assert_eq!(next.checkpoint.index, 3);
+    assert_eq!(next.checkpoint.prev_mac, own.mac);
+    assert!(
+        next.tampering[0].contains("checkpoint 2, the store's newest, cannot be trusted"),
+        "{:?}",
+        next.tampering
+    );
+    // Another replica's valid checkpoint chaining back to ours is the normal case.
+    let mut b = Writer::new(Some(k.clone()), None);
+    let theirs = b.write(&audit).await.unwrap();
+    assert!(theirs.tampering.is_empty(), "{:?}", theirs.tampering);
+    append(&audit, 1).await;
+    let theirs = b.write(&audit).await.unwrap().checkpoint;
+    let after = a.write(&audit).await.unwrap();
+    assert!(after.tampering.is_empty(), "{:?}", after.tampering);
+    assert_eq!(after.checkpoint.prev_mac, theirs.mac);
+    // Only the forged checkpoint and the one that chained around it are named.
+    let found = problems(&audit, &options(Some(&k))).await;
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].starts_with("Some(2)") && found[1].starts_with("Some(3)"));
 }
 
 #[tokio::test]

@@ -7,22 +7,24 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
+use sqlx::any::AnyRow;
 
-use super::{Checkpoint, CheckpointKey, KEYED, decode};
+use super::{Checkpoint, CheckpointKey, KEYED, UNKEYED, decode};
+use crate::audit::read::{self, Table, column, is_content_error};
 use crate::audit::{Audit, AuditError, GENESIS};
+use crate::config::UnkeyedPin;
 
 /// Checkpoint problems listed per verification: a wrong key would otherwise list them all.
 const MAX_PROBLEMS: usize = 100;
-/// Checkpoints read per query while verifying.
-const PAGE: i64 = 1000;
 
 /// What `audit verify` checks beyond the hash chain.
 #[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
     /// Keys keyed checkpoints may be MACed with (current first). With any, every checkpoint
-    /// from the first keyed one on must be keyed, and so must the newest.
+    /// must be keyed, except unkeyed ones up to `pin`.
     pub keys: Vec<CheckpointKey>,
+    /// `audit.unkeyed_checkpoints_through`: the last unkeyed checkpoint from before the key.
+    pub pin: Option<UnkeyedPin>,
     /// Fails when the newest checkpoint is older than this (or there is none).
     pub max_checkpoint_age: Option<Duration>,
     /// A checkpoint file kept outside the store: each of its checkpoints must be in the store.
@@ -53,16 +55,40 @@ pub struct CheckpointReport {
     pub anchored: u64,
     /// Every inconsistency, in order (at most 100, then a count of the rest).
     pub problems: Vec<CheckpointProblem>,
+    /// With a key and unkeyed checkpoints nothing pins: the value of
+    /// `audit.unkeyed_checkpoints_through` that would accept them, if they are sever's own
+    /// from before the key (the newest unkeyed one the first keyed one chains to, or the
+    /// newest of all when none is keyed yet). Only the operator can judge that.
+    pub suggested_pin: Option<UnkeyedPin>,
+}
+
+/// What came before the checkpoint being checked.
+#[derive(Debug)]
+enum Prev {
+    /// Nothing: it should be checkpoint 1.
+    Start,
+    /// A checkpoint that could be read.
+    Known(Checkpoint),
+    /// A row at this index that could not be read: its link cannot be checked.
+    Unreadable(i64),
 }
 
 /// Walks checkpoints in index order and reports every inconsistency.
 #[derive(Debug)]
 struct CheckpointVerifier<'k> {
     keys: &'k [CheckpointKey],
-    prev: Option<Checkpoint>,
-    seen_keyed: bool,
+    pin: Option<&'k UnkeyedPin>,
+    prev: Prev,
+    newest: Option<Checkpoint>,
     unverifiable: u64,
     omitted: usize,
+    pin_seen: bool,
+    /// An unkeyed checkpoint failed the pin rules (so a suggestion may help).
+    unpinned: bool,
+    seen_keyed: bool,
+    newest_unkeyed: Option<Checkpoint>,
+    /// The unkeyed checkpoint the first keyed one chains to.
+    keyed_from: Option<Checkpoint>,
     /// index → mac of every store checkpoint, when a checkpoint file is to be compared.
     macs: Option<HashMap<i64, String>>,
     report: CheckpointReport,
@@ -70,14 +96,20 @@ struct CheckpointVerifier<'k> {
 
 impl<'k> CheckpointVerifier<'k> {
     /// A verifier; `keep_macs` when a checkpoint file will be compared afterwards.
-    fn new(keys: &'k [CheckpointKey], keep_macs: bool) -> Self {
+    fn new(options: &'k VerifyOptions) -> Self {
         Self {
-            keys,
-            prev: None,
-            seen_keyed: false,
+            keys: &options.keys,
+            pin: options.pin.as_ref(),
+            prev: Prev::Start,
+            newest: None,
             unverifiable: 0,
             omitted: 0,
-            macs: keep_macs.then(HashMap::new),
+            pin_seen: false,
+            unpinned: false,
+            seen_keyed: false,
+            newest_unkeyed: None,
+            keyed_from: None,
+            macs: options.checkpoint_file.is_some().then(HashMap::new),
             report: CheckpointReport::default(),
         }
     }
@@ -90,7 +122,7 @@ impl<'k> CheckpointVerifier<'k> {
         }
     }
 
-    /// MAC and key rules shared by store and file checkpoints.
+    /// MAC rules for checkpoint file lines.
     fn check_mac(&mut self, cp: &Checkpoint, place: &str) {
         if cp.alg == KEYED && self.keys.is_empty() {
             self.unverifiable += 1;
@@ -99,49 +131,72 @@ impl<'k> CheckpointVerifier<'k> {
         }
     }
 
+    /// MAC, key and pin rules for store checkpoints.
+    fn check_trust(&mut self, cp: &Checkpoint) {
+        if cp.alg == KEYED && self.keys.is_empty() {
+            self.unverifiable += 1;
+            return;
+        }
+        if let Err(why) = cp.trusted(self.keys, self.pin) {
+            self.unpinned |= cp.alg == UNKEYED && cp.check(self.keys).is_ok();
+            self.problem(Some(cp.index), why);
+        }
+        if self.pin.is_some_and(|pin| pin.index == cp.index) {
+            self.pin_seen = true;
+        }
+        if cp.alg == KEYED {
+            if !self.seen_keyed
+                && let Prev::Known(prev) = &self.prev
+                && prev.alg == UNKEYED
+                && prev.mac == cp.prev_mac
+            {
+                self.keyed_from = Some(prev.clone());
+            }
+            self.seen_keyed = true;
+        } else {
+            self.newest_unkeyed = Some(cp.clone());
+        }
+    }
+
+    /// Names the checkpoints missing between the previous one and `index`, if any.
+    fn gap_before(&mut self, index: i64) -> bool {
+        let expected = match &self.prev {
+            Prev::Start => 1,
+            Prev::Known(prev) => prev.index + 1,
+            Prev::Unreadable(prev) => prev + 1,
+        };
+        if index != expected {
+            self.problem(
+                Some(index),
+                format!(
+                    "checkpoints {expected}..{} are missing (deleted)",
+                    index - 1
+                ),
+            );
+        }
+        index != expected
+    }
+
     /// Checks the next store checkpoint; `record_hash` is the stored hash of the record at
     /// its `head_seq`, if that record exists.
     fn push(&mut self, cp: Checkpoint, record_hash: Option<&str>) {
         let at = Some(cp.index);
         self.report.checked += 1;
-        self.check_mac(&cp, "");
-        if !self.keys.is_empty() {
-            if cp.alg == KEYED {
-                self.seen_keyed = true;
-            } else if self.seen_keyed {
-                self.problem(
-                    at,
-                    "it is unkeyed but follows keyed checkpoints: it was not written by sever"
-                        .into(),
-                );
-            }
-        }
+        self.check_trust(&cp);
+        let gap = self.gap_before(cp.index);
         match &self.prev {
-            None if cp.index != 1 => self.problem(
-                at,
-                format!("checkpoints 1..{} are missing (deleted)", cp.index - 1),
-            ),
-            None if cp.prev_mac != GENESIS => {
+            Prev::Start if !gap && cp.prev_mac != GENESIS => {
                 self.problem(at, "the first checkpoint does not start the chain".into())
             }
-            None => {}
-            Some(prev) => {
+            Prev::Known(prev) => {
                 let (prev_index, prev_mac, prev_seq) =
                     (prev.index, prev.mac.clone(), prev.head_seq);
-                if cp.index != prev_index + 1 {
+                if !gap && cp.prev_mac != prev_mac {
                     self.problem(
                         at,
                         format!(
-                            "checkpoints {}..{} are missing (deleted)",
-                            prev_index + 1,
-                            cp.index - 1
-                        ),
-                    );
-                } else if cp.prev_mac != prev_mac {
-                    self.problem(
-                        at,
-                        format!(
-                            "it does not chain to checkpoint {prev_index}: one of them was replaced"
+                            "it does not chain to checkpoint {prev_index}: one of them was \
+                             replaced, or sever refused to chain onto checkpoint {prev_index}"
                         ),
                     );
                 }
@@ -156,6 +211,7 @@ impl<'k> CheckpointVerifier<'k> {
                     );
                 }
             }
+            _ => {}
         }
         let seq = cp.head_seq;
         match record_hash {
@@ -186,7 +242,28 @@ impl<'k> CheckpointVerifier<'k> {
         if let Some(macs) = &mut self.macs {
             macs.insert(cp.index, cp.mac.clone());
         }
-        self.prev = Some(cp);
+        self.newest = Some(cp.clone());
+        self.prev = Prev::Known(cp);
+    }
+
+    /// A checkpoint row at `index` that cannot be read as the schema says.
+    fn unreadable(&mut self, index: i64, what: String) {
+        self.report.checked += 1;
+        self.gap_before(index);
+        self.problem(Some(index), what);
+        self.prev = Prev::Unreadable(index);
+    }
+
+    /// The checkpoint table cannot be read after `after` (dropped, or its key column altered).
+    fn table_unreadable(&mut self, after: i64, what: String) {
+        self.problem(
+            Some(after + 1),
+            format!(
+                "the audit_checkpoints table cannot be read from checkpoint {} on: it was \
+                 dropped or altered ({what})",
+                after + 1
+            ),
+        );
     }
 
     /// Checks one line of the checkpoint file against the store's checkpoints; returns the
@@ -269,16 +346,31 @@ impl<'k> CheckpointVerifier<'k> {
                 ),
             );
         }
-        let newest = self.prev.take();
+        if let Some(pin) = self.pin
+            && !self.pin_seen
+        {
+            self.problem(
+                Some(pin.index),
+                "the checkpoint pinned by audit.unkeyed_checkpoints_through is not in the store: \
+                 it was deleted"
+                    .into(),
+            );
+        }
+        if self.unpinned {
+            let candidate = match (&self.keyed_from, self.seen_keyed) {
+                (Some(from), _) => Some(from),
+                (None, false) => self.newest_unkeyed.as_ref(),
+                (None, true) => None,
+            };
+            self.report.suggested_pin = candidate
+                .map(|cp| UnkeyedPin {
+                    index: cp.index,
+                    mac: cp.mac.clone(),
+                })
+                .filter(|suggested| Some(suggested) != self.pin);
+        }
+        let newest = self.newest.take();
         if let Some(newest) = &newest {
-            if !self.keys.is_empty() && newest.alg != KEYED {
-                self.problem(
-                    Some(newest.index),
-                    "the newest checkpoint is unkeyed though audit.checkpoint_key is configured: \
-                     newer ones may have been removed"
-                        .into(),
-                );
-            }
             self.report.uncovered_records = (head_seq - newest.head_seq).max(0);
         } else {
             self.report.uncovered_records = head_seq;
@@ -336,30 +428,35 @@ impl Audit {
         options: &VerifyOptions,
         head_seq: i64,
     ) -> Result<CheckpointReport, AuditError> {
-        let mut verifier =
-            CheckpointVerifier::new(&options.keys, options.checkpoint_file.is_some());
-        let mut after = 0i64;
-        loop {
-            // Each checkpoint with the hash of the record it covers, if that still exists.
-            let rows = sqlx::query(
-                "SELECT c.idx, c.at, c.head_seq, c.head_hash, c.prev_mac, c.alg, c.mac, \
-                 r.hash AS record_hash \
-                 FROM audit_checkpoints c LEFT JOIN audit_records r ON r.seq = c.head_seq \
-                 WHERE c.idx > $1 ORDER BY c.idx LIMIT $2",
-            )
-            .bind(after)
-            .bind(PAGE)
-            .fetch_all(self.store.pool())
-            .await?;
-            for row in &rows {
-                let cp = decode(row)?;
-                let record_hash: Option<String> = row.try_get("record_hash")?;
-                after = cp.index;
-                verifier.push(cp, record_hash.as_deref());
-            }
-            if (rows.len() as i64) < PAGE {
-                break;
-            }
+        // Each checkpoint with the hash of the record it covers, if that still exists.
+        const CHECKPOINTS: Table = Table {
+            page: "SELECT c.idx, c.at, c.head_seq, c.head_hash, c.prev_mac, c.alg, c.mac, \
+                   r.hash AS record_hash \
+                   FROM audit_checkpoints c LEFT JOIN audit_records r ON r.seq = c.head_seq \
+                   WHERE c.idx > $1 ORDER BY c.idx LIMIT $2",
+            keys: "SELECT idx FROM audit_checkpoints WHERE idx > $1 ORDER BY idx LIMIT $2",
+            one: "SELECT c.idx, c.at, c.head_seq, c.head_hash, c.prev_mac, c.alg, c.mac, \
+                  r.hash AS record_hash \
+                  FROM audit_checkpoints c LEFT JOIN audit_records r ON r.seq = c.head_seq \
+                  WHERE c.idx = $1",
+            key: "idx",
+        };
+        let mut verifier = CheckpointVerifier::new(options);
+        let fault = read::scan(
+            self.store.pool(),
+            &CHECKPOINTS,
+            decode_joined,
+            |index, row| {
+                match row {
+                    Ok((cp, record_hash)) => verifier.push(cp, record_hash.as_deref()),
+                    Err(what) => verifier.unreadable(index, what),
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        if let Some(fault) = fault {
+            verifier.table_unreadable(fault.after, fault.what);
         }
         if let Some(path) = &options.checkpoint_file {
             let file_error = |source| AuditError::CheckpointFile {
@@ -373,11 +470,16 @@ impl Audit {
                     continue;
                 }
                 if let Some(missing) = verifier.push_anchor(i + 1, &line) {
-                    let hash: Option<String> =
-                        sqlx::query_scalar("SELECT hash FROM audit_records WHERE seq = $1")
-                            .bind(missing.head_seq)
-                            .fetch_optional(self.store.pool())
-                            .await?;
+                    let hash = sqlx::query("SELECT hash FROM audit_records WHERE seq = $1")
+                        .bind(missing.head_seq)
+                        .fetch_optional(self.store.pool())
+                        .await;
+                    let hash = match hash {
+                        Ok(row) => row.map(|row| record_hash(&row, "hash")),
+                        // The record part of the report names what is wrong with the table.
+                        Err(e) if is_content_error(&e) => Some(String::new()),
+                        Err(e) => return Err(e.into()),
+                    };
                     verifier.anchored_record(&missing, hash.as_deref());
                 }
             }
@@ -385,4 +487,20 @@ impl Audit {
         let now = options.now.unwrap_or_else(Utc::now);
         Ok(verifier.finish(head_seq, options.max_checkpoint_age, now))
     }
+}
+
+/// A checkpoint with the hash of the record it covers (`None`: no such record).
+fn decode_joined(row: &AnyRow) -> Result<(Checkpoint, Option<String>), String> {
+    let cp = decode(row)?;
+    let covered = column::<Option<String>>(row, "record_hash").map_or_else(
+        // The record's own problem is named by the chain check; here it only fails to match.
+        |_| Some(String::new()),
+        |hash| hash,
+    );
+    Ok((cp, covered))
+}
+
+/// A record's `hash` column, or an empty string (which matches nothing) when it is not text.
+fn record_hash(row: &AnyRow, col: &str) -> String {
+    column::<String>(row, col).unwrap_or_default()
 }
