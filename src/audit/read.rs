@@ -180,3 +180,95 @@ pub(super) async fn scan<T>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+    use serde_json::json;
+
+    use crate::audit::{Audit, Entry, Kind, VerifyOptions, VerifyReport, Writer};
+    use crate::store::Store;
+
+    async fn trail() -> (tempfile::TempDir, Audit) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+        let store = Store::connect(&SecretString::from(url)).await.unwrap();
+        let audit = Audit::new(store);
+        for i in 0..3 {
+            let entry = Entry::new(Kind::RequestRejected, "test", None, json!({"i": i}));
+            audit.append(entry).await.unwrap();
+            Writer::new(None, None).write(&audit).await.unwrap();
+        }
+        (dir, audit)
+    }
+
+    async fn verify_after(sql: &str) -> VerifyReport {
+        let (_dir, audit) = trail().await;
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(audit.store.pool())
+            .await
+            .unwrap();
+        let report = audit.verify_with(&VerifyOptions::default()).await;
+        report.expect("content problems are reported, not errors")
+    }
+
+    #[tokio::test]
+    async fn a_text_cell_turned_blob_is_named_at_its_seq() {
+        let report =
+            verify_after("UPDATE audit_records SET detail = CAST(detail AS BLOB) WHERE seq = 2")
+                .await;
+        assert!(!report.ok);
+        assert_eq!(report.records, 3);
+        assert_eq!(report.problems.len(), 1, "{report:?}");
+        assert_eq!(report.problems[0].seq, 2);
+        assert!(
+            report.problems[0]
+                .what
+                .contains("its detail holds BLOB, not TEXT"),
+            "{report:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn text_in_an_integer_column_is_named_at_its_checkpoint() {
+        let report =
+            verify_after("UPDATE audit_checkpoints SET head_seq = 'two' WHERE idx = 2").await;
+        assert!(!report.ok);
+        assert!(report.problems.is_empty(), "{report:?}");
+        let found = &report.checkpoints.problems;
+        assert_eq!(found[0].index, Some(2), "{found:?}");
+        assert!(
+            found[0].what.contains("its head_seq holds TEXT"),
+            "{found:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_table_is_named_from_its_first_index() {
+        let report = verify_after("DROP TABLE audit_checkpoints").await;
+        assert!(!report.ok);
+        let found = &report.checkpoints.problems;
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].index, Some(1));
+        assert!(
+            found[0]
+                .what
+                .contains("audit_checkpoints table cannot be read from checkpoint 1 on"),
+            "{found:?}"
+        );
+        let report = verify_after("DROP TABLE audit_records").await;
+        assert!(!report.ok);
+        assert_eq!(report.problems[0].seq, 1);
+        assert!(report.problems[0].what.contains("audit_records table"));
+    }
+
+    #[test]
+    fn only_content_and_schema_errors_count_as_content() {
+        use super::is_content_error;
+        assert!(is_content_error(&sqlx::Error::ColumnNotFound("x".into())));
+        assert!(!is_content_error(&sqlx::Error::PoolTimedOut));
+        assert!(!is_content_error(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        ))));
+    }
+}
