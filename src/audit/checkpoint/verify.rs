@@ -492,11 +492,9 @@ impl Audit {
 /// A checkpoint with the hash of the record it covers (`None`: no such record).
 fn decode_joined(row: &AnyRow) -> Result<(Checkpoint, Option<String>), String> {
     let cp = decode(row)?;
-    let covered = column::<Option<String>>(row, "record_hash").map_or_else(
-        // The record's own problem is named by the chain check; here it only fails to match.
-        |_| Some(String::new()),
-        |hash| hash,
-    );
+    // The record's own problem is named by the chain check; here it only fails to match.
+    let covered =
+        column::<Option<String>>(row, "record_hash").unwrap_or_else(|_| Some(String::new()));
     Ok((cp, covered))
 }
 
