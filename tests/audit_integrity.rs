@@ -363,3 +363,50 @@ async fn audit_verify_exits_2_naming_the_seq_for_schema_edits_in_postgres() {
     let out = cli(&config, &["audit", "verify"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn unkeyed_history_from_before_the_key_fails_verify_until_the_printed_pin_is_set() {
+    let ws = Workspace::new();
+    let url = sqlite_url(&ws);
+    let (config, unkeyed) = configs(&ws, &format!("{url:?}"), "1h");
+    // Checkpoints written before the key was configured.
+    cli_ok(&unkeyed, &["audit", "checkpoint"]);
+    cli_ok(&unkeyed, &["audit", "checkpoint"]);
+
+    let out = cli(&config, &["audit", "verify"]);
+    assert_eq!(out.status.code(), BROKEN, "{}", stdout(&out));
+    assert!(
+        problem_lines(&out)[0].starts_with("checkpoint 1: it is unkeyed"),
+        "{}",
+        stdout(&out)
+    );
+    let text = stdout(&out);
+    let pin = text
+        .lines()
+        .find(|l| {
+            l.trim_start()
+                .starts_with("unkeyed_checkpoints_through = { index = 2, mac = \"")
+        })
+        .unwrap_or_else(|| panic!("no pin printed:\n{text}"));
+
+    // Pinned, the server chains its keyed checkpoints onto the last unkeyed one.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(pin.trim());
+    text.push('\n');
+    std::fs::write(&config, text).unwrap();
+    let server = TestServer::start(&config).await;
+    let pool = pool(&url).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while checkpoints(&pool).await.len() < 3 {
+        assert!(Instant::now() < deadline, "no start checkpoint");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (_, ready) = server.readyz().await;
+    assert_eq!(ready["audit_chain"]["ok"], true, "{ready}");
+    server.stop().await;
+    let stored = checkpoints(&pool).await;
+    assert_eq!(stored[2].1, stored[1].2, "{stored:?}");
+    let out = cli(&config, &["audit", "verify", "--max-checkpoint-age", "1m"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    pool.close().await;
+}
