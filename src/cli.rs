@@ -218,7 +218,8 @@ pub struct SweepArgs {
 /// `sever audit …`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain and the checkpoints; exit code 2 names a broken trail.
+    /// Check the hash chain and the checkpoints; exit code 2 names a broken trail (also one
+    /// whose tables or columns were altered), 1 means the store could not be reached.
     Verify {
         /// Print the JSON report.
         #[arg(long)]
@@ -233,7 +234,8 @@ pub enum AuditCommand {
         checkpoints: Option<PathBuf>,
     },
     /// Write a checkpoint of the trail's head now, as the server does every
-    /// `audit.checkpoint_interval` (for deployments without a running server).
+    /// `audit.checkpoint_interval` (for deployments without a running server). Exit code 2
+    /// when it had to chain around checkpoints it cannot trust.
     Checkpoint,
     /// Show recent records.
     List {
@@ -441,6 +443,7 @@ fn check_config(config: &Config) -> Result<ExitCode, CliError> {
             "checkpoint_key": config.audit.checkpoint_key.as_ref().map(redacted),
             "checkpoint_previous_keys": config.audit.checkpoint_previous_keys.iter().map(redacted).collect::<Vec<_>>(),
             "checkpoint_file": config.audit.checkpoint_file,
+            "unkeyed_checkpoints_through": config.audit.unkeyed_checkpoints_through.as_ref().map(|p| json!({"index": p.index, "mac": p.mac})),
         },
         "webhooks": {
             "secrets": config.webhooks.secrets.iter().map(redacted).collect::<Vec<_>>(),
@@ -731,6 +734,7 @@ async fn audit(config: Config, command: AuditCommand) -> Result<ExitCode, CliErr
         } => {
             let options = VerifyOptions {
                 keys,
+                pin: ctx.config.audit.unkeyed_checkpoints_through.clone(),
                 max_checkpoint_age,
                 checkpoint_file: checkpoints,
                 now: None,
@@ -795,15 +799,20 @@ async fn audit(config: Config, command: AuditCommand) -> Result<ExitCode, CliErr
             let mut writer = Writer::from_config(&ctx.config.audit)?;
             let written = writer.write(&ctx.audit).await?;
             for what in &written.tampering {
-                eprintln!("warning: {what}");
+                eprintln!("audit trail tampered with: {what}");
             }
-            let cp = written.checkpoint;
+            let cp = &written.checkpoint;
             writeln!(
                 out,
                 "checkpoint {} ({}): records up to seq {}, hash {}",
                 cp.index, cp.alg, cp.head_seq, cp.head_hash
             )?;
-            Ok(ExitCode::SUCCESS)
+            // Written, but around something it could not trust: the same alert as verify's.
+            Ok(if written.tampering.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_AUDIT_BROKEN)
+            })
         }
         AuditCommand::Export { jsonl: _, output } => {
             let n = match output {
@@ -835,7 +844,11 @@ fn print_verify(out: &mut impl Write, report: &VerifyReport) -> std::io::Result<
             report.records, cps.checked
         )?;
         for p in &report.problems {
-            writeln!(out, "  record seq {} (id {}): {}", p.seq, p.id, p.what)?;
+            if p.id.is_empty() {
+                writeln!(out, "  record seq {}: {}", p.seq, p.what)?;
+            } else {
+                writeln!(out, "  record seq {} (id {}): {}", p.seq, p.id, p.what)?;
+            }
         }
         for p in &cps.problems {
             match p.index {
@@ -843,6 +856,17 @@ fn print_verify(out: &mut impl Write, report: &VerifyReport) -> std::io::Result<
                 None => writeln!(out, "  checkpoints: {}", p.what)?,
             }
         }
+    }
+    if let Some(pin) = &cps.suggested_pin {
+        writeln!(
+            out,
+            "unkeyed checkpoints 1..{index} are accepted only when pinned. If they are sever's \
+             own from before audit.checkpoint_key was set (check them against your checkpoint \
+             file or logs: anyone who can write the store can make unkeyed checkpoints), add \
+             under [audit]:\n  unkeyed_checkpoints_through = {{ index = {index}, mac = \"{mac}\" }}",
+            index = pin.index,
+            mac = pin.mac
+        )?;
     }
     match &cps.newest {
         Some(newest) => writeln!(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-use crate::audit::{Audit, CheckpointFileHealth};
+use crate::audit::{Audit, ChainHealth, CheckpointFileHealth};
 use crate::config::{Config, ConfigError};
 use crate::queue::Queue;
 use crate::store::{Store, StoreError};
@@ -37,6 +37,8 @@ pub struct Context {
     pub queue: Arc<Queue>,
     /// How the last append to `audit.checkpoint_file` went, for readiness.
     pub checkpoint_file: Arc<CheckpointFileHealth>,
+    /// Tampering the checkpoint writer noticed since start, for readiness.
+    pub audit_chain: Arc<ChainHealth>,
 }
 
 impl Context {
@@ -55,6 +57,7 @@ impl Context {
             checkpoint_file: Arc::new(CheckpointFileHealth::new(
                 config.audit.checkpoint_file.is_some(),
             )),
+            audit_chain: Arc::default(),
             config: Arc::new(config),
             store,
             targets,

@@ -37,7 +37,7 @@ pub fn record_hash(prev_hash: &str, record: &AuditRecord) -> String {
 pub struct Problem {
     /// The record at which the chain stops checking out.
     pub seq: i64,
-    /// That record's id.
+    /// That record's id (empty when the record cannot be read).
     pub id: String,
     /// What is wrong, in words.
     pub what: String,
@@ -47,7 +47,8 @@ pub struct Problem {
 #[derive(Debug)]
 pub struct Verifier {
     expected_seq: i64,
-    prev_hash: String,
+    /// `None` after a record that could not be read: the next link cannot be checked.
+    prev_hash: Option<String>,
     checked: u64,
     problems: Vec<Problem>,
 }
@@ -56,7 +57,7 @@ impl Default for Verifier {
     fn default() -> Self {
         Self {
             expected_seq: 1,
-            prev_hash: GENESIS.to_owned(),
+            prev_hash: Some(GENESIS.to_owned()),
             checked: 0,
             problems: Vec::new(),
         }
@@ -67,6 +68,11 @@ impl Verifier {
     /// Checks the next record.
     pub fn push(&mut self, record: &AuditRecord) {
         self.checked += 1;
+        let gap = self.gap_before(record.seq);
+        let broken_link = self
+            .prev_hash
+            .as_ref()
+            .is_some_and(|prev| *prev != record.prev_hash);
         let mut problem = |what: String| {
             self.problems.push(Problem {
                 seq: record.seq,
@@ -74,21 +80,10 @@ impl Verifier {
                 what,
             })
         };
-        if record.seq != self.expected_seq {
-            problem(if record.seq > self.expected_seq {
-                format!(
-                    "records {}..{} are missing (deleted)",
-                    self.expected_seq,
-                    record.seq - 1
-                )
-            } else {
-                format!(
-                    "sequence number out of order (expected {})",
-                    self.expected_seq
-                )
-            });
+        if let Some(gap) = gap {
+            problem(gap);
         }
-        if record.prev_hash != self.prev_hash {
+        if broken_link {
             problem(
                 "prev_hash does not match the previous record: a record before it was deleted, \
                  reordered or altered"
@@ -99,7 +94,56 @@ impl Verifier {
             problem("hash does not match the record's content: the record was edited".into());
         }
         self.expected_seq = record.seq + 1;
-        self.prev_hash = record.hash.clone();
+        self.prev_hash = Some(record.hash.clone());
+    }
+
+    /// What is wrong with the sequence number `seq` coming next, if anything.
+    fn gap_before(&self, seq: i64) -> Option<String> {
+        if seq > self.expected_seq {
+            Some(format!(
+                "records {}..{} are missing (deleted)",
+                self.expected_seq,
+                seq - 1
+            ))
+        } else if seq < self.expected_seq {
+            Some(format!(
+                "sequence number out of order (expected {})",
+                self.expected_seq
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Records that the record at `seq` is there but cannot be read as the schema says.
+    pub fn unreadable(&mut self, seq: i64, what: String) {
+        self.checked += 1;
+        if let Some(gap) = self.gap_before(seq) {
+            self.problems.push(Problem {
+                seq,
+                id: String::new(),
+                what: gap,
+            });
+        }
+        self.problems.push(Problem {
+            seq,
+            id: String::new(),
+            what,
+        });
+        self.expected_seq = seq + 1;
+        self.prev_hash = None;
+    }
+
+    /// Records that no record after `after` can be read (the table is missing or altered).
+    pub fn table_unreadable(&mut self, after: i64, what: String) {
+        self.problems.push(Problem {
+            seq: after + 1,
+            id: String::new(),
+            what: format!(
+                "the audit_records table cannot be read from here on: it was dropped or \
+                 altered ({what})"
+            ),
+        });
     }
 
     /// The result: how many records were checked and what was wrong.
@@ -107,7 +151,7 @@ impl Verifier {
         VerifyReport {
             ok: self.problems.is_empty(),
             records: self.checked,
-            last_hash: self.prev_hash,
+            last_hash: self.prev_hash.unwrap_or_default(),
             problems: self.problems,
             checkpoints: CheckpointReport::default(),
         }

@@ -3,6 +3,7 @@
 mod chain;
 mod checkpoint;
 mod checkpoint_file;
+mod read;
 
 use std::io::Write;
 use std::time::Duration;
@@ -19,8 +20,8 @@ use crate::store::{Store, StoreError, rows_per_statement, timestamp, values_list
 
 pub use chain::{GENESIS, Problem, VerifyReport, record_hash};
 pub use checkpoint::{
-    Checkpoint, CheckpointKey, CheckpointProblem, CheckpointReport, VerifyOptions, Writer, Written,
-    checkpoint_writer,
+    ChainHealth, Checkpoint, CheckpointKey, CheckpointProblem, CheckpointReport, VerifyOptions,
+    Writer, Written, checkpoint_writer,
 };
 pub use checkpoint_file::CheckpointFileHealth;
 
@@ -447,16 +448,39 @@ impl Audit {
     }
 
     /// Checks the whole chain and names every record where it breaks, then every checkpoint
-    /// against it (see [`VerifyOptions`]).
+    /// against it (see [`VerifyOptions`]). Content the schema does not allow (a cell of the
+    /// wrong type, a missing table) is a problem at its sequence number, never an `Err`:
+    /// `Err` means the store could not be reached or read at all.
     pub async fn verify_with(&self, options: &VerifyOptions) -> Result<VerifyReport, AuditError> {
+        const RECORDS: read::Table = read::Table {
+            page: concat!(
+                "SELECT ",
+                columns!(),
+                " FROM audit_records WHERE seq > $1 ORDER BY seq LIMIT $2"
+            ),
+            keys: "SELECT seq FROM audit_records WHERE seq > $1 ORDER BY seq LIMIT $2",
+            one: concat!("SELECT ", columns!(), " FROM audit_records WHERE seq = $1"),
+            key: "seq",
+        };
         let mut verifier = chain::Verifier::default();
         let mut head_seq = 0;
-        self.scan(|record| {
-            head_seq = record.seq;
-            verifier.push(&record);
-            Ok(())
-        })
+        let fault = read::scan(
+            self.store.pool(),
+            &RECORDS,
+            decode_leniently,
+            |seq, record| {
+                head_seq = seq;
+                match record {
+                    Ok(record) => verifier.push(&record),
+                    Err(what) => verifier.unreadable(seq, what),
+                }
+                Ok(())
+            },
+        )
         .await?;
+        if let Some(fault) = fault {
+            verifier.table_unreadable(fault.after, fault.what);
+        }
         let mut report = verifier.finish();
         report.checkpoints = self.verify_checkpoints(options, head_seq).await?;
         report.ok &= report.checkpoints.problems.is_empty();
@@ -498,6 +522,21 @@ fn decode(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {
         detail: row.try_get("detail")?,
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,
+    })
+}
+
+/// A stored record, or in words why it does not have the schema's types.
+fn decode_leniently(row: &AnyRow) -> Result<AuditRecord, String> {
+    Ok(AuditRecord {
+        seq: read::column(row, "seq")?,
+        id: read::column(row, "id")?,
+        at: read::column(row, "at")?,
+        kind: read::column(row, "kind")?,
+        actor: read::column(row, "actor")?,
+        action_id: read::column(row, "action_id")?,
+        detail: read::column(row, "detail")?,
+        prev_hash: read::column(row, "prev_hash")?,
+        hash: read::column(row, "hash")?,
     })
 }
 

@@ -342,6 +342,21 @@ pub struct AuditConfig {
     pub checkpoint_previous_keys: Vec<SecretRef>,
     /// File every checkpoint is also appended to as a JSON line (keep it off the store).
     pub checkpoint_file: Option<PathBuf>,
+    /// The last unkeyed checkpoint written before `checkpoint_key` was configured: with a key,
+    /// unkeyed checkpoints are accepted up to this one and nowhere else.
+    pub unkeyed_checkpoints_through: Option<UnkeyedPin>,
+}
+
+/// Pins the unkeyed checkpoints from before the key by the last one's index and digest: the
+/// digest covers its predecessor's, so it fixes the whole unkeyed prefix, and nobody can
+/// write a different prefix that matches it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnkeyedPin {
+    /// The checkpoint's index.
+    pub index: i64,
+    /// Its `mac` column (the hex SHA-256 digest of an unkeyed checkpoint).
+    pub mac: String,
 }
 
 impl Default for AuditConfig {
@@ -351,6 +366,7 @@ impl Default for AuditConfig {
             checkpoint_key: None,
             checkpoint_previous_keys: Vec::new(),
             checkpoint_file: None,
+            unkeyed_checkpoints_through: None,
         }
     }
 }
@@ -689,6 +705,25 @@ impl Config {
                 "needs audit.checkpoint_key, the key new checkpoints are made with",
             ));
         }
+        if let Some(pin) = &self.audit.unkeyed_checkpoints_through {
+            const PIN: &str = "audit.unkeyed_checkpoints_through";
+            if self.audit.checkpoint_key.is_none() {
+                return Err(invalid(
+                    PIN.into(),
+                    "needs audit.checkpoint_key: without a key every checkpoint is unkeyed",
+                ));
+            }
+            if pin.index < 1 {
+                return Err(invalid(format!("{PIN}.index"), "must be at least 1"));
+            }
+            let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+            if pin.mac.len() != 64 || !pin.mac.chars().all(hex) {
+                return Err(invalid(
+                    format!("{PIN}.mac"),
+                    "must be the checkpoint's mac: 64 lowercase hex digits",
+                ));
+            }
+        }
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes".into(), "must be positive"));
         }
@@ -1024,6 +1059,26 @@ mod tests {
             err(&format!("{GOOD}\n[audit]\ncheckpoint_every = \"1m\"\n"))
                 .contains("checkpoint_every")
         );
+    }
+
+    #[test]
+    fn an_unkeyed_checkpoint_pin_needs_a_key_an_index_and_a_digest() {
+        let mac = "ab".repeat(32);
+        let pin = |index: i64, mac: &str| {
+            format!("[audit]\nunkeyed_checkpoints_through = {{ index = {index}, mac = {mac:?} }}\n")
+        };
+        let keyed = format!("{GOOD}\n[audit]\ncheckpoint_key = {{ env = \"K\" }}\n");
+        let config =
+            Config::parse(&format!("{keyed}{}", pin(7, &mac).replace("[audit]\n", ""))).unwrap();
+        let pinned = config.audit.unkeyed_checkpoints_through.unwrap();
+        assert_eq!((pinned.index, pinned.mac), (7, mac.clone()));
+        let e = err(&format!("{GOOD}\n{}", pin(7, &mac)));
+        assert!(e.contains("needs audit.checkpoint_key"), "{e}");
+        let with_key =
+            |index: i64, mac: &str| format!("{keyed}{}", pin(index, mac).replace("[audit]\n", ""));
+        assert!(err(&with_key(0, &mac)).contains("unkeyed_checkpoints_through.index"));
+        assert!(err(&with_key(7, "abc")).contains("unkeyed_checkpoints_through.mac"));
+        assert!(err(&with_key(7, &"AB".repeat(32))).contains("lowercase hex"));
     }
 
     #[test]

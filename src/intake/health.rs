@@ -69,7 +69,8 @@ impl Probe {
 
 /// Readiness report, one entry per component. `503 unavailable` when the store cannot take
 /// writes through the append path or its file was lost (nothing could be accepted durably);
-/// a failing checkpoint file, target or Vault stream makes the status `degraded` (200).
+/// a failing checkpoint file, target or Vault stream, or a tampered audit trail, makes the
+/// status `degraded` (200): sessions must still be ended while the operator looks.
 #[derive(Debug, Serialize)]
 pub struct Readiness {
     status: &'static str,
@@ -80,6 +81,9 @@ pub struct Readiness {
     /// The checkpoint writer's last append to `audit.checkpoint_file` worked, and the file
     /// can be appended to now.
     checkpoint_file: Probe,
+    /// The checkpoint writer has noticed no tampering since start (it chains around what it
+    /// cannot trust, and says so here until restart).
+    audit_chain: Probe,
     targets: BTreeMap<String, Probe>,
     /// Vault event subscriptions by event type, when the subscriber is enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,6 +110,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         Err(_) => Probe::from(None::<Result<(), StoreError>>),
     };
     let checkpoint_file = checkpoint_file_probe(checkpoint_file_status(ctx));
+    let audit_chain = Probe::from(Some(ctx.audit_chain.state()));
     let targets: BTreeMap<String, Probe> = targets.into_iter().collect();
     let subscribing = ctx
         .config
@@ -118,7 +123,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         .is_none_or(|s| s.values().all(|s| s.connected));
     let (code, status) = if !store.ok || !store_file.ok {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    } else if targets.values().all(|t| t.ok) && streams_ok && checkpoint_file.ok {
+    } else if targets.values().all(|t| t.ok) && streams_ok && checkpoint_file.ok && audit_chain.ok {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::OK, "degraded")
@@ -128,6 +133,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         store,
         store_file,
         checkpoint_file,
+        audit_chain,
         targets,
         vault_subscriber,
     };
