@@ -3,8 +3,10 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::AuditRecord;
-use super::checkpoint::CheckpointReport;
+use sqlx::any::AnyRow;
+
+use super::checkpoint::{CheckpointReport, VerifyOptions};
+use super::{Audit, AuditError, AuditRecord, read};
 
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -171,6 +173,68 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// What the checkpoints say (filled in by [`super::Audit::verify_with`]).
     pub checkpoints: CheckpointReport,
+}
+
+impl Audit {
+    /// Checks the whole chain and the checkpoints (without a key or age limit).
+    pub async fn verify(&self) -> Result<VerifyReport, AuditError> {
+        self.verify_with(&VerifyOptions::default()).await
+    }
+
+    /// Checks the whole chain and names every record where it breaks, then every checkpoint
+    /// against it (see [`VerifyOptions`]). Content the schema does not allow (a cell of the
+    /// wrong type, a missing table) is a problem at its sequence number, never an `Err`:
+    /// `Err` means the store could not be reached or read at all.
+    pub async fn verify_with(&self, options: &VerifyOptions) -> Result<VerifyReport, AuditError> {
+        const RECORDS: read::Table = read::Table {
+            page: concat!(
+                "SELECT ",
+                columns!(),
+                " FROM audit_records WHERE seq > $1 ORDER BY seq LIMIT $2"
+            ),
+            keys: "SELECT seq FROM audit_records WHERE seq > $1 ORDER BY seq LIMIT $2",
+            one: concat!("SELECT ", columns!(), " FROM audit_records WHERE seq = $1"),
+            key: "seq",
+        };
+        let mut verifier = Verifier::default();
+        let mut head_seq = 0;
+        let fault = read::scan(
+            self.store.pool(),
+            &RECORDS,
+            decode_leniently,
+            |seq, record| {
+                head_seq = seq;
+                match record {
+                    Ok(record) => verifier.push(&record),
+                    Err(what) => verifier.unreadable(seq, what),
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        if let Some(fault) = fault {
+            verifier.table_unreadable(fault.after, fault.what);
+        }
+        let mut report = verifier.finish();
+        report.checkpoints = self.verify_checkpoints(options, head_seq).await?;
+        report.ok &= report.checkpoints.problems.is_empty();
+        Ok(report)
+    }
+}
+
+/// A stored record, or in words why it does not have the schema's types.
+fn decode_leniently(row: &AnyRow) -> Result<AuditRecord, String> {
+    Ok(AuditRecord {
+        seq: read::column(row, "seq")?,
+        id: read::column(row, "id")?,
+        at: read::column(row, "at")?,
+        kind: read::column(row, "kind")?,
+        actor: read::column(row, "actor")?,
+        action_id: read::column(row, "action_id")?,
+        detail: read::column(row, "detail")?,
+        prev_hash: read::column(row, "prev_hash")?,
+        hash: read::column(row, "hash")?,
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,13 @@
 //! The audit trail: one record per action, hash-chained, exportable as JSON lines.
 
+/// The stored columns, in one place for every statement (sqlx wants static SQL text);
+/// defined before the submodules, which use it too.
+macro_rules! columns {
+    () => {
+        "seq, id, at, kind, actor, action_id, detail, prev_hash, hash"
+    };
+}
+
 mod chain;
 mod checkpoint;
 mod checkpoint_file;
@@ -246,12 +254,6 @@ pub struct Audit {
     append_lock: Mutex<()>,
 }
 
-/// The stored columns, in one place for every statement (sqlx wants static SQL text).
-macro_rules! columns {
-    () => {
-        "seq, id, at, kind, actor, action_id, detail, prev_hash, hash"
-    };
-}
 const PAGE: i64 = 1000;
 
 impl Audit {
@@ -442,51 +444,6 @@ impl Audit {
         }
     }
 
-    /// Checks the whole chain and the checkpoints (without a key or age limit).
-    pub async fn verify(&self) -> Result<VerifyReport, AuditError> {
-        self.verify_with(&VerifyOptions::default()).await
-    }
-
-    /// Checks the whole chain and names every record where it breaks, then every checkpoint
-    /// against it (see [`VerifyOptions`]). Content the schema does not allow (a cell of the
-    /// wrong type, a missing table) is a problem at its sequence number, never an `Err`:
-    /// `Err` means the store could not be reached or read at all.
-    pub async fn verify_with(&self, options: &VerifyOptions) -> Result<VerifyReport, AuditError> {
-        const RECORDS: read::Table = read::Table {
-            page: concat!(
-                "SELECT ",
-                columns!(),
-                " FROM audit_records WHERE seq > $1 ORDER BY seq LIMIT $2"
-            ),
-            keys: "SELECT seq FROM audit_records WHERE seq > $1 ORDER BY seq LIMIT $2",
-            one: concat!("SELECT ", columns!(), " FROM audit_records WHERE seq = $1"),
-            key: "seq",
-        };
-        let mut verifier = chain::Verifier::default();
-        let mut head_seq = 0;
-        let fault = read::scan(
-            self.store.pool(),
-            &RECORDS,
-            decode_leniently,
-            |seq, record| {
-                head_seq = seq;
-                match record {
-                    Ok(record) => verifier.push(&record),
-                    Err(what) => verifier.unreadable(seq, what),
-                }
-                Ok(())
-            },
-        )
-        .await?;
-        if let Some(fault) = fault {
-            verifier.table_unreadable(fault.after, fault.what);
-        }
-        let mut report = verifier.finish();
-        report.checkpoints = self.verify_checkpoints(options, head_seq).await?;
-        report.ok &= report.checkpoints.problems.is_empty();
-        Ok(report)
-    }
-
     /// Writes every record as one JSON line; returns how many.
     pub async fn export_jsonl(&self, out: &mut impl Write) -> Result<u64, AuditError> {
         let mut n = 0;
@@ -522,21 +479,6 @@ fn decode(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {
         detail: row.try_get("detail")?,
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,
-    })
-}
-
-/// A stored record, or in words why it does not have the schema's types.
-fn decode_leniently(row: &AnyRow) -> Result<AuditRecord, String> {
-    Ok(AuditRecord {
-        seq: read::column(row, "seq")?,
-        id: read::column(row, "id")?,
-        at: read::column(row, "at")?,
-        kind: read::column(row, "kind")?,
-        actor: read::column(row, "actor")?,
-        action_id: read::column(row, "action_id")?,
-        detail: read::column(row, "detail")?,
-        prev_hash: read::column(row, "prev_hash")?,
-        hash: read::column(row, "hash")?,
     })
 }
 
