@@ -465,7 +465,8 @@ impl Env {
             .exec(&format!(
                 "CREATE USER 'sever_admin'@'%' IDENTIFIED BY '{MARIA_ADMIN_PASSWORD}'; \
                  GRANT PROCESS, CONNECTION ADMIN ON *.* TO 'sever_admin'@'%'; \
-                 GRANT SELECT ON mysql.user TO 'sever_admin'@'%';"
+                 GRANT SELECT ON mysql.global_priv TO 'sever_admin'@'%'; \
+                 GRANT SELECT ON mysql.roles_mapping TO 'sever_admin'@'%';"
             ))
             .await;
         maria.create_account("app", "%", "pw0").await;
@@ -680,7 +681,7 @@ async fn drive_server_a(env: &Env, runtime: &Handle) {
     assert_eq!(pids(&report, "pg", "terminated"), sorted(&pg_old));
     let maria_ids: Vec<i64> = maria_old.iter().map(|id| *id as i64).collect();
     assert_eq!(pids(&report, "maria", "terminated"), sorted_ids(&maria_ids));
-    assert_eq!(pids(&report, "mssql", "terminated"), sorted_ids(&tds_old));
+    assert_eq!(pids(&report, "mssql", "terminated"), sorted_ids(&tds_old), "{report}");
     env.assert_pg_gone(&pg_old, "rotation").await;
     for id in &maria_old {
         assert!(
