@@ -680,8 +680,16 @@ async fn drive_server_a(env: &Env, runtime: &Handle) {
     assert_eq!(report["status"], "completed", "{report}");
     assert_eq!(pids(&report, "pg", "terminated"), sorted(&pg_old));
     let maria_ids: Vec<i64> = maria_old.iter().map(|id| *id as i64).collect();
-    assert_eq!(pids(&report, "maria", "terminated"), sorted_ids(&maria_ids));
-    assert_eq!(pids(&report, "mssql", "terminated"), sorted_ids(&tds_old), "{report}");
+    assert_eq!(
+        pids(&report, "maria", "terminated"),
+        sorted_ids(&maria_ids),
+        "{report}"
+    );
+    assert_eq!(
+        pids(&report, "mssql", "terminated"),
+        sorted_ids(&tds_old),
+        "{report}"
+    );
     env.assert_pg_gone(&pg_old, "rotation").await;
     for id in &maria_old {
         assert!(
