@@ -172,7 +172,7 @@ async fn a_forwarded_rotation_ends_exactly_the_sessions_older_than_last_vault_ro
 }
 
 #[tokio::test]
-async fn schedule_roles_kv_v2_and_mismatched_mounts_or_namespaces() {
+async fn schedule_roles_unmatched_kv_paths_and_mismatched_mounts_or_namespaces() {
     let credentials = format!(
         "{ORDERS}[credentials.legacy]\nlogins = [{{ target = \"main\", login = \"legacy_app\" }}]\n\
          [credentials.legacy.vault]\nmount = \"secret\"\nkv_path = \"apps/legacy/db\"\n"
@@ -225,8 +225,7 @@ async fn schedule_roles_kv_v2_and_mismatched_mounts_or_namespaces() {
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(pids(&report, "main", "terminated"), sorted(&old));
 
-    // kv-v2: a password kept in KV; the cutoff is the event's time.
-    let legacy = e.pg.open_sessions("legacy_app", "pw0", 2).await;
+    // kv-v2 (the matched case is resolved against real kv metadata in tests/openbao_*.rs).
     let kv = VaultStandIn::event(
         "kv-v2/data-write",
         "secret/",
@@ -235,9 +234,6 @@ async fn schedule_roles_kv_v2_and_mismatched_mounts_or_namespaces() {
                "current_version": "2", "oldest_version": "1", "modified": "true", "operation": "data-write"}),
         None,
     );
-    let (status, report) = forward(&server, &kv, SECRET).await;
-    assert_eq!(status, StatusCode::OK, "{report}");
-    assert_eq!(pids(&report, "main", "terminated"), sorted(&legacy));
     // Another KV path: ignored. A failed rotation: acknowledged, nothing terminated.
     let mut other = kv.clone();
     other["data"]["event"]["metadata"]["data_path"] = json!("secret/data/apps/other");
@@ -259,7 +255,7 @@ async fn schedule_roles_kv_v2_and_mismatched_mounts_or_namespaces() {
 
     assert_eq!(e.records("event.ignored").await.len(), 3);
     assert_eq!(e.records("event.acknowledged").await.len(), 1);
-    assert_eq!(e.records("action.planned").await.len(), 2);
+    assert_eq!(e.records("action.planned").await.len(), 1);
     server.stop().await;
 }
 

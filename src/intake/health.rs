@@ -69,7 +69,7 @@ impl Probe {
 
 /// Readiness report, one entry per component. `503 unavailable` when the store cannot take
 /// writes through the append path or its file was lost (nothing could be accepted durably);
-/// a failing checkpoint file, target or Vault stream, or a tampered audit trail, makes the
+/// a failing checkpoint file, target, Vault or Vault stream, or a tampered audit trail, makes the
 /// status `degraded` (200): sessions must still be ended while the operator looks.
 #[derive(Debug, Serialize)]
 pub struct Readiness {
@@ -85,6 +85,10 @@ pub struct Readiness {
     /// cannot trust, and says so here until restart).
     audit_chain: Probe,
     targets: BTreeMap<String, Probe>,
+    /// Vault, when configured: it answers, takes sever's token, and has every configured
+    /// static role and watched mount.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vault: Option<Probe>,
     /// Vault event subscriptions by event type, when the subscriber is enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     vault_subscriber: Option<BTreeMap<String, super::vault::subscriber::StreamState>>,
@@ -102,7 +106,17 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
                 .ok();
             (id.clone(), Probe::from(result))
         }));
-    let (store, store_file, targets) = tokio::join!(store, store_file, targets);
+    let vault = async {
+        match &state.vault {
+            Some(vault) => Some(Probe::from(
+                tokio::time::timeout(PROBE_TIMEOUT, vault.probe())
+                    .await
+                    .ok(),
+            )),
+            None => None,
+        }
+    };
+    let (store, store_file, targets, vault) = tokio::join!(store, store_file, targets, vault);
     let store = Probe::from(store.ok());
     let store_file = match store_file {
         Ok(None) => Probe::nothing_to_check("not a file"),
@@ -123,7 +137,12 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         .is_none_or(|s| s.values().all(|s| s.connected));
     let (code, status) = if !store.ok || !store_file.ok {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    } else if targets.values().all(|t| t.ok) && streams_ok && checkpoint_file.ok && audit_chain.ok {
+    } else if targets.values().all(|t| t.ok)
+        && streams_ok
+        && checkpoint_file.ok
+        && audit_chain.ok
+        && vault.as_ref().is_none_or(|v| v.ok)
+    {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::OK, "degraded")
@@ -135,6 +154,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         checkpoint_file,
         audit_chain,
         targets,
+        vault,
         vault_subscriber,
     };
     (code, Json(readiness))

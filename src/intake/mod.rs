@@ -503,12 +503,18 @@ pub fn spawn_background(state: &AppState, stop: &CancellationToken) {
         if config.subscriber.enabled {
             tokio::spawn(vault::subscriber::run(state.clone(), stop.clone()));
         }
-        if let Some(watcher) = &config.watcher {
-            tokio::spawn(vault::watcher::run(
-                state.clone(),
-                watcher.interval,
-                stop.clone(),
-            ));
+        // The watcher's first pass, at once, checks the configured roles and mounts exist.
+        match &config.watcher {
+            Some(watcher) => {
+                tokio::spawn(vault::watcher::run(
+                    state.clone(),
+                    watcher.interval,
+                    stop.clone(),
+                ));
+            }
+            None => {
+                tokio::spawn(vault::watcher::verify_at_start(state.clone(), stop.clone()));
+            }
         }
     }
 }

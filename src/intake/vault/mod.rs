@@ -253,22 +253,35 @@ pub async fn handle_event(
                 ))
                 .await;
             };
-            let path = vault::vault_path(credential_ns(cv).as_deref(), &cv.mount, inner);
-            let cutoff = event.time.unwrap_or(received_at).min(received_at);
+            let ns = credential_ns(cv);
+            let path = vault::vault_path(ns.as_deref(), &cv.mount, inner);
+            // Vault's own metadata, not the event's word, says which version is current and
+            // when it was written: that time is the exact cutoff. Without a Vault client the
+            // event's time and version are all there is.
+            let (cutoff, version) = match &state.vault {
+                Some(client) => match client.kv_version(ns.as_deref(), &cv.mount, inner).await {
+                    Ok(kv) => (kv.created_time.min(received_at), kv.version.to_string()),
+                    Err(e) => return Err(state.reject(meta, actor, ApiError::Vault(e)).await),
+                },
+                None => (
+                    event.time.unwrap_or(received_at).min(received_at),
+                    event
+                        .metadata
+                        .get("current_version")
+                        .cloned()
+                        .unwrap_or_else(|| event.id.clone()),
+                ),
+            };
             let plan = match vault::plan(config, credential, None, cutoff, source, path.clone()) {
                 Ok(plan) => plan,
                 Err(e) => return Err(state.reject(meta, actor, e.into()).await),
             };
-            let version = event
-                .metadata
-                .get("current_version")
-                .cloned()
-                .unwrap_or_else(|| event.id.clone());
             let mut claims = claims;
             claims.push(Claim::acknowledge(format!("vault-kv:{path}:{version}")));
             let mut detail = detail;
             detail["credential"] = json!(credential);
             detail["cutoff"] = json!(cutoff);
+            detail["kv_version"] = json!(version);
             state
                 .accept_plan(meta, actor, claims, plan, detail)
                 .await

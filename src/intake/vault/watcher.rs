@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Owner, owner_of, static_role_rotated};
 use crate::intake::error::ApiError;
 use crate::intake::{Accepted, AppState, RequestMeta};
-use crate::resolve::vault::{Vault, vault_path};
+use crate::resolve::vault::{Vault, VaultError, vault_path};
 
 const ACTOR: &str = "vault:watcher";
 
@@ -27,6 +27,43 @@ pub async fn run(state: AppState, interval: Duration, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => check(&state).await,
+        }
+    }
+}
+
+/// Without a watcher: checks once Vault answers that every configured static role exists
+/// (retrying every few seconds until it does answer), so a mistyped role shows in the log
+/// and in `/readyz` at start rather than at the first rotation.
+pub async fn verify_at_start(state: AppState, stop: CancellationToken) {
+    let Some(vault) = state.vault.clone() else {
+        return;
+    };
+    loop {
+        let mut answered = true;
+        for (id, credential) in &state.ctx.config.credentials {
+            let Some(cv) = credential.vault.as_ref() else {
+                continue;
+            };
+            let Some(role) = cv.role.as_deref() else {
+                continue;
+            };
+            let namespace = vault.namespace_for(cv);
+            let path = vault_path(namespace, &cv.mount, role);
+            match vault.static_role(namespace, &cv.mount, role).await {
+                Ok(_) => vault.record_path(&path, None),
+                Err(e @ VaultError::NotFound(_)) => {
+                    tracing::error!(%path, error = %e, "a configured Vault static role does not exist");
+                    vault.record_path(&path, Some(format!("credential {id:?}: {e}")));
+                }
+                Err(_) => answered = false,
+            }
+        }
+        if answered {
+            return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 }
@@ -58,8 +95,18 @@ pub async fn check(state: &AppState) {
             .namespace
             .clone()
             .or_else(|| config.vault.as_ref().and_then(|v| v.namespace.clone()));
+        let key = vault_path(namespace.as_deref(), &m.mount, "");
         let roles = match vault.static_roles(namespace.as_deref(), &m.mount).await {
-            Ok(roles) => roles,
+            Ok(roles) => {
+                vault.record_path(&key, None);
+                roles
+            }
+            Err(e @ VaultError::NotFound(_)) => {
+                let problem = format!("watched mount: {e}");
+                tracing::error!(mount = %m.mount, error = %e, "a watched Vault mount does not exist");
+                vault.record_path(&key, Some(problem));
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(mount = %m.mount, error = %e, "watcher could not list static roles");
                 continue;
@@ -92,7 +139,19 @@ async fn watch_one(
     };
     let path = vault_path(namespace, mount, role);
     let static_role = match vault.static_role(namespace, mount, role).await {
-        Ok(r) => r,
+        Ok(r) => {
+            vault.record_path(&path, None);
+            r
+        }
+        // A configured role that does not exist is an error; one listed on a watched mount
+        // a moment ago was just deleted, which is not.
+        Err(e @ VaultError::NotFound(_)) if matches!(owner, Owner::Credential(..)) => {
+            if let Owner::Credential(id, _) = owner {
+                vault.record_path(&path, Some(format!("credential {id:?}: {e}")));
+            }
+            tracing::error!(%path, error = %e, "a configured Vault static role does not exist");
+            return;
+        }
         Err(e) => {
             tracing::warn!(%path, error = %e, "watcher could not read the static role");
             return;
