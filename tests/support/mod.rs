@@ -1,8 +1,10 @@
 #![allow(dead_code)]
 //! Shared helpers for the integration tests. Include with `mod support;`.
 
+pub mod certs;
 pub mod mariadb;
 pub mod moto;
+pub mod openbao;
 pub mod pg;
 pub mod proxy;
 pub mod scenarios;
