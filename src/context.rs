@@ -1,6 +1,6 @@
 //! What the server and the CLI share: the config, the store, the audit trail and the targets.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tracing::Instrument;
@@ -9,7 +9,7 @@ use crate::audit::{Audit, ChainHealth, CheckpointFileHealth};
 use crate::config::{Config, ConfigError};
 use crate::queue::Queue;
 use crate::store::{Store, StoreError};
-use crate::terminate::{Learn, Targets};
+use crate::terminate::{EngineError, Learn, Targets};
 
 /// Failures while bringing the service up.
 #[derive(Debug, thiserror::Error)]
@@ -69,42 +69,54 @@ impl Context {
     /// (PostgreSQL) sever's own logins and the superusers. Failures are logged, not fatal: a
     /// target that is down now is learned at its next sweep or action.
     pub async fn learn_logins(&self) {
-        let mut mapped: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-        for credential in self.config.credentials.values() {
-            for mapping in &credential.logins {
-                mapped
-                    .entry(&mapping.target)
-                    .or_default()
-                    .insert(mapping.login.clone());
-            }
-        }
-        let work = self.targets.iter().map(|(target, engine)| {
-            let what = Learn {
-                mapped: mapped
-                    .remove(target.as_str())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-                protected: self.config.protected_on(target),
-                sweep_pattern: self
-                    .config
-                    .targets
-                    .get(target)
-                    .and_then(|t| t.sweep.as_ref())
-                    .map(|s| s.pattern.clone()),
-            };
-            async move {
-                // The span names the target in the engines' own warnings (e.g. an
-                // administrator mapped as a login).
-                let learning = engine
-                    .learn(&what)
-                    .instrument(tracing::info_span!("learn_logins", target_id = %target));
-                if let Err(e) = learning.await {
-                    tracing::warn!(target_id = %target, error = %e, "could not learn login identities");
-                }
+        let work = self.targets.iter().map(|(target, _)| async move {
+            if let Err(e) = self.learn_target(target).await {
+                tracing::warn!(target_id = %target, error = %e, "could not learn login identities");
             }
         });
         let work: Vec<_> = work.collect();
         futures_util::future::join_all(work).await;
+    }
+
+    /// Learns what [`learn_logins`](Self::learn_logins) learns, on one target.
+    pub async fn learn_target(&self, target: &str) -> Result<(), EngineError> {
+        let mapped: BTreeSet<String> = self
+            .config
+            .credentials
+            .values()
+            .flat_map(|c| &c.logins)
+            .filter(|m| m.target == target)
+            .map(|m| m.login.clone())
+            .collect();
+        self.learn_on(target, mapped.into_iter().collect()).await
+    }
+
+    /// Learns what a sweep of `target` needs told apart after a drop (the roles matching its
+    /// pattern, the protected logins, and on PostgreSQL sever's own logins and the
+    /// superusers), not the mapped logins: cheap enough for the sweeper's short tick.
+    pub async fn learn_sweep_roles(&self, target: &str) -> Result<(), EngineError> {
+        self.learn_on(target, Vec::new()).await
+    }
+
+    async fn learn_on(&self, target: &str, mapped: Vec<String>) -> Result<(), EngineError> {
+        let Some(engine) = self.targets.get(target) else {
+            return Ok(());
+        };
+        let what = Learn {
+            mapped,
+            protected: self.config.protected_on(target),
+            sweep_pattern: self
+                .config
+                .targets
+                .get(target)
+                .and_then(|t| t.sweep.as_ref())
+                .map(|s| s.pattern.clone()),
+        };
+        // The span names the target in the engines' own warnings (e.g. an administrator
+        // mapped as a login).
+        engine
+            .learn(&what)
+            .instrument(tracing::info_span!("learn_logins", target_id = %target))
+            .await
     }
 }

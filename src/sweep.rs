@@ -18,12 +18,55 @@ pub const ACTOR: &str = "sweeper";
 /// sweep one interval after start-up), until `stop` is cancelled. A failed sweep is logged
 /// and the next one runs on schedule. A sweep under way when `stop` is cancelled is finished
 /// first (it is bounded by the termination timeouts), so its audit records are complete.
+///
+/// Between sweeps, each such target's roles are learned every `learn_interval`: a dynamic
+/// login created and dropped between two sweeps is then still known when the next sweep
+/// finds its orphaned sessions, so they are ended and audited under its name.
 pub async fn run_sweeper(ctx: Arc<Context>, stop: CancellationToken) {
     let loops = ctx.config.targets.iter().filter_map(|(target, config)| {
-        let interval = config.sweep.as_ref()?.interval;
-        Some(sweep_loop(&ctx, target, interval, &stop))
+        let sweep = config.sweep.as_ref()?;
+        Some(futures_util::future::join(
+            sweep_loop(&ctx, target, sweep.interval, &stop),
+            learn_loop(&ctx, target, sweep.learn_interval, &stop),
+        ))
     });
     futures_util::future::join_all(loops).await;
+}
+
+/// Learns `target`'s roles every `every` until `stop`. Beside the sweeps rather than between
+/// them, so a long sweep does not widen the window in which a role can come and go unseen.
+/// Learning writes to the store only what is new, so a quiet target costs one query a tick.
+async fn learn_loop(ctx: &Context, target: &str, every: Duration, stop: &CancellationToken) {
+    let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // A target that is down would fail every tick: say so once, and once when it recovers.
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match ctx.learn_sweep_roles(target).await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(
+                    target_id = target,
+                    "learning the sweep's logins works again"
+                );
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    target_id = target, error = %e,
+                    "could not learn the sweep's logins; a dynamic login dropped meanwhile \
+                     may have its sessions spared as login_unknown"
+                );
+            }
+            Err(e) => tracing::debug!(target_id = target, error = %e, "learning still fails"),
+        }
+    }
 }
 
 async fn sweep_loop(ctx: &Context, target: &str, interval: Duration, stop: &CancellationToken) {

@@ -2,8 +2,13 @@
 #
 #   vault policy write sever integrations/vault/sever-policy.hcl
 #
+# For HashiCorp Vault. For OpenBao use sever-policy-openbao.hcl: OpenBao refuses this file
+# because of stanzas 3 and 4 (`subscribe`, `subscribe_event_types`). That file holds the other
+# stanzas, unchanged; tests/openbao_policy.rs checks that they stay the same.
+#
 # sever never reads a password. It does not need database/creds/* (dynamic credentials),
-# database/static-creds/* (static role passwords) or read on any kv-v2 secret. Do not add them.
+# database/static-creds/* (static role passwords) or <mount>/data/* (kv-v2 secret values).
+# Do not add them.
 #
 # Paths assume the database secrets engine is mounted at `database/` and kv-v2 at `secret/`.
 # Mounted elsewhere (e.g. `postgres-prod/`): replace the mount segment in every path below.
@@ -15,9 +20,11 @@
 # namespace. For credentials in child namespaces, prefix the paths with the child's path
 # relative to it (e.g. `child/database/static-roles/*`); we have not tested this.
 #
-# Nothing here has been checked against a running Vault: no Vault binary was available while
-# this was written. Stanzas 3 and 4 are the least certain; see the notes on them.
-# Vault versions: stanzas 1, 2 and 5 work on every edition and version. Stanzas 3 and 4
+# Nothing here has been checked against a running HashiCorp Vault: no Vault binary can run
+# where sever is tested. Stanzas 1, 2, 5 and 6, as the OpenBao file, are loaded into OpenBao
+# 2.7.2 (Vault's open-source fork, same policy language) by the tests. Stanzas 3 and 4 are
+# the least certain; see the notes on them.
+# Vault versions: stanzas 1, 2, 5 and 6 work on every edition and version. Stanzas 3 and 4
 # need Vault Enterprise 1.16 or later (event notifications, the `subscribe` capability and
 # `subscribe_event_types`). Remove them on Community edition and on older versions. We
 # expect `vault policy write` to reject the `subscribe` capability and the
@@ -88,6 +95,13 @@ path "auth/token/lookup-self" {
 
 path "auth/token/renew-self" {
   capabilities = ["update"]
+}
+
+# 6. kv-v2 passwords: read the METADATA of each mapped kv_path (current version, when each
+#    version was written), never its data. GET secret/metadata/<kv_path> returns no secret
+#    value. Grant one stanza per mapped kv_path (or a prefix with `*`).
+path "secret/metadata/apps/legacy/db" {
+  capabilities = ["read"]
 }
 
 # AppRole and Kubernetes logins (auth/approle/login, auth/kubernetes/login) need no policy.

@@ -525,6 +525,15 @@ pub struct SweepConfig {
     /// How often to sweep.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// How often the running sweeper learns the roles matching `pattern`, between sweeps. A
+    /// dropped role's sessions are ended only when sever learned the role while it existed,
+    /// so this bounds how short-lived a dynamic login may be and still be swept.
+    #[serde(default = "default_learn_interval", with = "humantime_serde")]
+    pub learn_interval: Duration,
+}
+
+fn default_learn_interval() -> Duration {
+    Duration::from_secs(2)
 }
 
 fn default_pool_size() -> u32 {
@@ -818,11 +827,13 @@ impl Config {
                 ));
             }
             if let Some(sweep) = &target.sweep
-                && (sweep.pattern.is_empty() || sweep.interval.is_zero())
+                && (sweep.pattern.is_empty()
+                    || sweep.interval.is_zero()
+                    || sweep.learn_interval.is_zero())
             {
                 return Err(invalid(
                     format!("targets.{id}.sweep"),
-                    "pattern must not be empty and interval must be positive",
+                    "pattern must not be empty and interval and learn_interval must be positive",
                 ));
             }
             if target.pool_size == 0 {
@@ -1202,5 +1213,23 @@ mod tests {
             "[credentials.app]\npolicy = \"sometimes\"",
         ));
         assert!(e.contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn a_sweep_learns_every_two_seconds_unless_told_and_never_every_zero() {
+        let sweep = |extra: &str| {
+            format!("{GOOD}\n[targets.pg.sweep]\npattern = \"v-%\"\ninterval = \"5m\"\n{extra}")
+        };
+        let config = Config::parse(&sweep("")).unwrap();
+        let learn = config.targets["pg"].sweep.as_ref().unwrap().learn_interval;
+        assert_eq!(learn, Duration::from_secs(2));
+        let config = Config::parse(&sweep("learn_interval = \"500ms\"\n")).unwrap();
+        let learn = config.targets["pg"].sweep.as_ref().unwrap().learn_interval;
+        assert_eq!(learn, Duration::from_millis(500));
+        let e = err(&sweep("learn_interval = \"0s\"\n"));
+        assert!(
+            e.contains("targets.pg.sweep") && e.contains("learn_interval"),
+            "{e}"
+        );
     }
 }
