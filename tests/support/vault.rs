@@ -1,4 +1,7 @@
-//! A stand-in for HashiCorp Vault (no Vault server can be installed on the test machines): it serves only the endpoints sever calls, with bodies shaped like Vault's documented responses and events.
+//! A stand-in for HashiCorp Vault ONLY for what OpenBao lacks (the events websocket, Kubernetes auth, `rotation_schedule` roles, Enterprise-only behaviour); everything else is tested against a real OpenBao (`tests/support/openbao.rs`).
+//!
+//! It serves only the endpoints sever calls, with bodies shaped like Vault's documented
+//! responses and events.
 //!
 //! It listens on `127.0.0.1:<free port>` in the test's own process and is driven through
 //! methods: which tokens and logins it accepts, which database static roles exist, which

@@ -31,15 +31,18 @@ pub async fn run(state: AppState, interval: Duration, stop: CancellationToken) {
     }
 }
 
-/// Without a watcher: checks once Vault answers that every configured static role exists
-/// (retrying every few seconds until it does answer), so a mistyped role shows in the log
-/// and in `/readyz` at start rather than at the first rotation.
+/// Without a watcher: checks that every configured static role exists, so a mistyped role
+/// shows in the log and in `/readyz` at start rather than at the first rotation. Until every
+/// role reads back it checks again every few seconds: Vault may be down at start, and a
+/// role created (or a policy fixed) later must clear `/readyz` without a restart.
 pub async fn verify_at_start(state: AppState, stop: CancellationToken) {
     let Some(vault) = state.vault.clone() else {
         return;
     };
+    // Logged at error level once per path and problem, not every few seconds.
+    let mut logged = std::collections::BTreeSet::new();
     loop {
-        let mut answered = true;
+        let mut all_found = true;
         for (id, credential) in &state.ctx.config.credentials {
             let Some(cv) = credential.vault.as_ref() else {
                 continue;
@@ -49,16 +52,15 @@ pub async fn verify_at_start(state: AppState, stop: CancellationToken) {
             };
             let namespace = vault.namespace_for(cv);
             let path = vault_path(namespace, &cv.mount, role);
-            match vault.static_role(namespace, &cv.mount, role).await {
-                Ok(_) => vault.record_path(&path, None),
-                Err(e @ VaultError::NotFound(_)) => {
-                    tracing::error!(%path, error = %e, "a configured Vault static role does not exist");
-                    vault.record_path(&path, Some(format!("credential {id:?}: {e}")));
-                }
-                Err(_) => answered = false,
+            let result = vault.static_role(namespace, &cv.mount, role).await;
+            all_found &= result.is_ok();
+            if let Some(problem) = credential_problem(&vault, id, &path, result.err())
+                && logged.insert(problem.clone())
+            {
+                tracing::error!(%path, %problem, "a configured Vault static role cannot be read");
             }
         }
-        if answered {
+        if all_found {
             return;
         }
         tokio::select! {
@@ -66,6 +68,32 @@ pub async fn verify_at_start(state: AppState, stop: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
+}
+
+/// Records in `/readyz` what reading credential `id`'s static role at `path` showed: `None`
+/// clears it; a missing role or mount, or a refusal on this path, is the credential's
+/// problem (returned, for the log). Vault being unreachable is not: the probe reports that.
+fn credential_problem(
+    vault: &Vault,
+    id: &str,
+    path: &str,
+    error: Option<VaultError>,
+) -> Option<String> {
+    let problem = match error {
+        None => None,
+        Some(e @ VaultError::NotFound(_)) => Some(format!("credential {id:?}: {e}")),
+        Some(e @ VaultError::Auth(_)) => Some(format!("credential {id:?}: {}", denied(path, &e))),
+        Some(_) => return None,
+    };
+    vault.record_path(path, problem.clone());
+    problem
+}
+
+/// A path sever's token may not read. With a least-privilege policy (the shipped one names
+/// its mounts), a mistyped mount is refused with 403 before Vault looks for it, so this is
+/// as likely a typo as a policy gap.
+fn denied(path: &str, e: &VaultError) -> String {
+    format!("{path}: {e} (a mistyped mount or role, or sever's policy does not grant this path)")
 }
 
 /// One pass over every credential that is a Vault static role, then over every static role
@@ -107,6 +135,12 @@ pub async fn check(state: &AppState) {
                 vault.record_path(&key, Some(problem));
                 continue;
             }
+            Err(e @ VaultError::Auth(_)) => {
+                let problem = format!("watched mount: {}", denied(&key, &e));
+                tracing::error!(mount = %m.mount, error = %e, "sever may not list a watched Vault mount");
+                vault.record_path(&key, Some(problem));
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(mount = %m.mount, error = %e, "watcher could not list static roles");
                 continue;
@@ -143,13 +177,15 @@ async fn watch_one(
             vault.record_path(&path, None);
             r
         }
-        // A configured role that does not exist is an error; one listed on a watched mount
-        // a moment ago was just deleted, which is not.
-        Err(e @ VaultError::NotFound(_)) if matches!(owner, Owner::Credential(..)) => {
+        // A configured role that does not exist (or may not be read) is an error; one listed
+        // on a watched mount a moment ago was just deleted, which is not.
+        Err(e @ (VaultError::NotFound(_) | VaultError::Auth(_)))
+            if matches!(owner, Owner::Credential(..)) =>
+        {
             if let Owner::Credential(id, _) = owner {
-                vault.record_path(&path, Some(format!("credential {id:?}: {e}")));
+                credential_problem(vault, id, &path, Some(e.clone()));
             }
-            tracing::error!(%path, error = %e, "a configured Vault static role does not exist");
+            tracing::error!(%path, error = %e, "a configured Vault static role cannot be read");
             return;
         }
         Err(e) => {
