@@ -39,9 +39,12 @@ use tempfile::TempDir;
 use super::pg::TestPostgres;
 
 mod api;
+mod audit;
 // Each test binary compiles all of `support`; most use none of these.
 #[allow(unused_imports)]
 pub use api::{AppRoleOptions, CreatedToken, DbCreds, StaticRole, TokenOptions};
+#[allow(unused_imports)]
+pub use audit::AuditEvent;
 
 /// The dev server's root token.
 pub const ROOT_TOKEN: &str = "root";
@@ -50,6 +53,8 @@ pub const VERSION: &str = "2.7.2";
 /// The database engine connection every [`TestBao::enable_database`] writes.
 pub const DB_CONNECTION: &str = "pg";
 
+/// The name of the file audit device [`TestBao::start_audited`] declares.
+const AUDIT_DEVICE: &str = "sever-test";
 /// How long a start may take before we give up and panic with the log (it takes ~1 s).
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How many fresh ports to try when the server exits at once (e.g. a port was taken).
@@ -107,19 +112,14 @@ impl TestBao {
     /// listener. Retries on fresh ports when the server exits at once; panics with its log
     /// when it does not come up.
     pub async fn start_with(options: BaoOptions) -> TestBao {
-        sever::install_crypto_provider();
-        let bin = bao_binary();
-        let mut last_failure = String::new();
-        for _ in 0..START_ATTEMPTS {
-            match try_start(bin, &options).await {
-                Ok(bao) => return bao,
-                Err(failure) => last_failure = failure,
-            }
-        }
-        panic!(
-            "bao server -dev ({}) did not start after {START_ATTEMPTS} attempts: {last_failure}",
-            bin.display()
-        );
+        start(options, false).await
+    }
+
+    /// Like [`start_with`](Self::start_with), with a file audit device (declared in the
+    /// server config: OpenBao refuses file audit devices over the API) logging every request
+    /// and response; read it with [`audit_events`](Self::audit_events).
+    pub async fn start_audited(options: BaoOptions) -> TestBao {
+        start(options, true).await
     }
 
     /// `http://127.0.0.1:P`, or `https://127.0.0.1:P` with TLS: the address sever is given.
@@ -250,9 +250,27 @@ impl Drop for TestBao {
     }
 }
 
+/// Starts (retrying on fresh ports when the server exits at once); panics with its log when
+/// it does not come up.
+async fn start(options: BaoOptions, audit: bool) -> TestBao {
+    sever::install_crypto_provider();
+    let bin = bao_binary();
+    let mut last_failure = String::new();
+    for _ in 0..START_ATTEMPTS {
+        match try_start(bin, &options, audit).await {
+            Ok(bao) => return bao,
+            Err(failure) => last_failure = failure,
+        }
+    }
+    panic!(
+        "bao server -dev ({}) did not start after {START_ATTEMPTS} attempts: {last_failure}",
+        bin.display()
+    );
+}
+
 /// One start on fresh ports. `Err` (with the log) when the server exits before answering, so
 /// the caller can try other ports; panics when it neither exits nor answers in time.
-async fn try_start(bin: &Path, options: &BaoOptions) -> Result<TestBao, String> {
+async fn try_start(bin: &Path, options: &BaoOptions, audit: bool) -> Result<TestBao, String> {
     let dir = tempfile::Builder::new()
         .prefix("sever-bao-")
         .tempdir()
@@ -281,21 +299,28 @@ async fn try_start(bin: &Path, options: &BaoOptions) -> Result<TestBao, String> 
         args.push("-dev-tls".into());
         args.push(format!("-dev-tls-cert-dir={}", tls_dir.display()));
     }
-    if !options.extra_listeners.is_empty() {
-        let mut hcl = String::new();
-        for (i, (listener, extra)) in options.extra_listeners.iter().zip(&extra_ports).enumerate() {
-            let cert = dir.path().join(format!("listener-{i}.crt"));
-            let key = dir.path().join(format!("listener-{i}.key"));
-            std::fs::write(&cert, &listener.cert_pem).expect("write listener cert");
-            std::fs::write(&key, &listener.key_pem).expect("write listener key");
-            let _ = write!(
-                hcl,
-                "listener \"tcp\" {{\n  address = \"127.0.0.1:{extra}\"\n  \
-                 tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n}}\n",
-                cert.display(),
-                key.display()
-            );
-        }
+    let mut hcl = String::new();
+    if audit {
+        let _ = write!(
+            hcl,
+            "audit \"file\" \"{AUDIT_DEVICE}\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+            dir.path().join(audit::FILE).display()
+        );
+    }
+    for (i, (listener, extra)) in options.extra_listeners.iter().zip(&extra_ports).enumerate() {
+        let cert = dir.path().join(format!("listener-{i}.crt"));
+        let key = dir.path().join(format!("listener-{i}.key"));
+        std::fs::write(&cert, &listener.cert_pem).expect("write listener cert");
+        std::fs::write(&key, &listener.key_pem).expect("write listener key");
+        let _ = write!(
+            hcl,
+            "listener \"tcp\" {{\n  address = \"127.0.0.1:{extra}\"\n  \
+             tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n}}\n",
+            cert.display(),
+            key.display()
+        );
+    }
+    if !hcl.is_empty() {
         let config = dir.path().join("extra.hcl");
         std::fs::write(&config, hcl).expect("write extra.hcl");
         args.push(format!("-config={}", config.display()));

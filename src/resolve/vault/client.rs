@@ -254,11 +254,18 @@ impl Vault {
         }
     }
 
-    /// Whether Vault can be reached now and takes sever's token, plus every configured path
-    /// it says does not exist: `Err` says what is wrong, for `/readyz`.
+    /// Whether Vault can be reached now and takes sever's token (or a fresh login when it
+    /// refuses the current one), plus every configured path it says does not exist: `Err`
+    /// says what is wrong, for `/readyz`.
     pub async fn probe(&self) -> Result<(), String> {
         let mut problems = Vec::new();
-        if let Err(e) = self.lookup_self().await {
+        let checked = match self.lookup_self().await {
+            // As for a refused read: a fresh login (or a rewritten token file) may replace
+            // the token, and only if that fails too is sever unable to work with Vault.
+            Err(VaultError::Auth(_)) => self.login().await,
+            other => other.map(drop),
+        };
+        if let Err(e) = checked {
             problems.push(match e {
                 VaultError::Auth(why) => format!("Vault refuses sever's token: {why}"),
                 other => other.to_string(),

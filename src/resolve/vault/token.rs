@@ -22,7 +22,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// What sever knows of its current token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct TokenLease {
-    /// When it expires; `None` when it never does.
+    /// The earliest it may expire (see [`surely_valid`]); `None` when it never does.
     pub expires_at: Option<Instant>,
     /// Vault extends it on `renew-self`.
     pub renewable: bool,
@@ -32,21 +32,36 @@ pub(super) struct TokenLease {
     pub capped: bool,
 }
 
+/// How long a token Vault says has `ttl` left can be relied on. Vault and OpenBao report
+/// TTLs in whole seconds rounded up, and count `token_max_ttl` from the whole second the
+/// token was created: a renewal that reports the full TTL may be less than a second from the
+/// max, and the next renewal would then come too late ("past the max TTL, cannot renew").
+/// So a second less (half of a one-second TTL).
+fn surely_valid(ttl: Duration) -> Duration {
+    ttl - Duration::from_secs(1).min(ttl / 2)
+}
+
 impl TokenLease {
     /// A token just issued (or looked up) with `ttl` left; a TTL of zero never expires.
     pub fn issued(now: Instant, ttl: Duration, renewable: bool) -> Self {
         Self {
-            expires_at: (!ttl.is_zero()).then(|| now + ttl),
+            expires_at: (!ttl.is_zero()).then(|| now + surely_valid(ttl)),
             renewable,
             ttl,
             capped: false,
         }
     }
 
-    /// The same token after a renewal that left it `ttl`.
+    /// The same token after a renewal that left it `ttl` (zero for a token that expires:
+    /// it is at its max TTL, replace it now).
     pub fn renewed(self, now: Instant, ttl: Duration, renewable: bool) -> Self {
+        let expires_at = match (ttl.is_zero(), self.expires_at) {
+            (true, None) => None,
+            (true, Some(_)) => Some(now),
+            (false, _) => Some(now + surely_valid(ttl)),
+        };
         Self {
-            expires_at: (!ttl.is_zero()).then(|| now + ttl),
+            expires_at,
             renewable,
             ttl: self.ttl,
             capped: ttl < self.ttl,
@@ -163,24 +178,31 @@ mod tests {
     #[test]
     fn renewal_comes_at_two_thirds_of_a_short_ttl_not_after_thirty_seconds() {
         let now = Instant::now();
+        // Two thirds of what surely remains: a second less than reported.
         let lease = TokenLease::issued(now, 3 * S, true);
-        assert_eq!(schedule(Some(&lease), 0, now, false), (2 * S, Next::Renew));
+        assert_eq!(
+            schedule(Some(&lease), 0, now, false),
+            (2 * S * 2 / 3, Next::Renew)
+        );
         let lease = TokenLease::issued(now, 10 * S, true);
-        let (wait, next) = schedule(Some(&lease), 0, now, false);
-        assert!(wait < 7 * S && wait > 6 * S, "{wait:?}");
-        assert_eq!(next, Next::Renew);
+        assert_eq!(schedule(Some(&lease), 0, now, false), (6 * S, Next::Renew));
     }
 
     #[test]
     fn the_floor_is_a_second_unless_less_remains() {
         let now = Instant::now();
-        let lease = TokenLease::issued(now, 1500 * Duration::from_millis(1), true);
-        assert_eq!(schedule(Some(&lease), 0, now, false).0, S);
-        let lease = TokenLease::issued(now, Duration::from_millis(800), true);
-        assert_eq!(
-            schedule(Some(&lease), 0, now, false).0,
-            Duration::from_millis(400)
-        );
+        let ms = Duration::from_millis;
+        let lease = |left: Duration| TokenLease {
+            expires_at: Some(now + left),
+            renewable: true,
+            ttl: 3 * S,
+            capped: false,
+        };
+        assert_eq!(schedule(Some(&lease(ms(1500))), 0, now, false).0, S);
+        assert_eq!(schedule(Some(&lease(ms(800))), 0, now, false).0, ms(400));
+        // A one-second TTL counts as half a second.
+        let short = TokenLease::issued(now, S, true);
+        assert_eq!(schedule(Some(&short), 0, now, false).0, ms(250));
     }
 
     #[test]
@@ -198,10 +220,64 @@ mod tests {
     #[test]
     fn token_sources_are_read_again_and_unexpiring_tokens_rechecked() {
         let now = Instant::now();
-        let lease = TokenLease::issued(now, 6 * S, true);
+        let lease = TokenLease::issued(now, 7 * S, true);
         assert_eq!(schedule(Some(&lease), 0, now, true), (4 * S, Next::Login));
         let root = TokenLease::issued(now, Duration::ZERO, false);
         assert_eq!(schedule(Some(&root), 0, now, true), (RECHECK, Next::Login));
+    }
+
+    #[test]
+    fn a_renewal_at_the_max_ttl_replaces_the_token_now() {
+        let now = Instant::now();
+        let at_max = TokenLease::issued(now, 3 * S, true).renewed(now + S, Duration::ZERO, true);
+        assert_eq!(at_max.expires_at, Some(now + S));
+        assert_eq!(
+            schedule(Some(&at_max), 0, now + S, false),
+            (Duration::ZERO, Next::Login)
+        );
+    }
+
+    /// OpenBao 2.7.2 as observed: `token_max_ttl` counts from the whole second the token was
+    /// created, a renewal reports what is left rounded up to whole seconds (capped at the
+    /// max) and extends the lease by what it reports, and one at or past the max fails.
+    /// Whatever the fraction of a second the login happens at, and with a few milliseconds
+    /// per request, sever must log in again before the max without renewing past it.
+    #[test]
+    fn renewals_never_land_past_a_max_ttl_counted_from_the_whole_second() {
+        let ms = Duration::from_millis;
+        for (ttl, max) in [(3, 9), (2, 10), (4, 10), (10, 30), (60, 600)] {
+            let (ttl, max) = (ttl * S, max * S);
+            for fraction in (0..1000).step_by(7) {
+                let second = Instant::now();
+                let login = second + ms(fraction);
+                let max_at = second + max;
+                let mut lease = TokenLease::issued(login, ttl, true);
+                let mut valid_until = login + ttl;
+                let mut t = login;
+                loop {
+                    let (wait, next) = schedule(Some(&lease), 0, t, false);
+                    t += wait + ms(5);
+                    assert!(
+                        t < valid_until,
+                        "ttl {ttl:?}, max {max:?}, login at .{fraction:03}: used {:?} after expiry",
+                        t - valid_until
+                    );
+                    if next == Next::Login {
+                        break;
+                    }
+                    assert!(
+                        t < max_at,
+                        "ttl {ttl:?}, max {max:?}, login at .{fraction:03}: renewed {:?} past the max",
+                        t - max_at
+                    );
+                    let left = ttl.min(max_at - t);
+                    let reported =
+                        Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0));
+                    valid_until = t + reported;
+                    lease = lease.renewed(t, reported, true);
+                }
+            }
+        }
     }
 
     #[test]

@@ -12,16 +12,18 @@ pub(super) fn describe(error: &(dyn Error + 'static)) -> String {
     let mut cause: Option<&(dyn Error + 'static)> = Some(error);
     let mut chain: Vec<String> = Vec::new();
     while let Some(e) = cause {
-        if let Some(tls) = tls_error(e) {
-            return tls_message(tls);
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            match io.kind() {
-                ErrorKind::ConnectionRefused => {
-                    return "connection refused: nothing listens at vault.address".into();
+        for inner in unwrapped(e) {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return tls_message(tls);
+            }
+            if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    ErrorKind::ConnectionRefused => {
+                        return "connection refused: nothing listens at vault.address".into();
+                    }
+                    ErrorKind::TimedOut => return "timed out waiting for Vault".into(),
+                    _ => {}
                 }
-                ErrorKind::TimedOut => return "timed out waiting for Vault".into(),
-                _ => {}
             }
         }
         let text = e.to_string();
@@ -34,14 +36,21 @@ pub(super) fn describe(error: &(dyn Error + 'static)) -> String {
     chain.join(": ")
 }
 
-/// The rustls error behind `e`: itself, or the one an `io::Error` wraps (tokio-rustls wraps
-/// it, and `io::Error::source` skips the wrapped error itself).
-fn tls_error<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a rustls::Error> {
-    e.downcast_ref::<rustls::Error>().or_else(|| {
-        e.downcast_ref::<std::io::Error>()?
-            .get_ref()?
-            .downcast_ref::<rustls::Error>()
-    })
+/// `e` and, when it is an `io::Error`, the errors it wraps, outermost first.
+/// `io::Error::source` skips the wrapped error itself, and hyper-rustls's rustls error
+/// arrives as an `io::Error` inside another `io::Error`.
+fn unwrapped<'a>(e: &'a (dyn Error + 'static)) -> Vec<&'a (dyn Error + 'static)> {
+    let mut layers = vec![e];
+    let mut current = e;
+    while let Some(inner) = current
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        let inner: &(dyn Error + 'static) = inner;
+        layers.push(inner);
+        current = inner;
+    }
+    layers
 }
 
 fn tls_message(e: &rustls::Error) -> String {
@@ -95,6 +104,20 @@ mod tests {
         assert!(describe(&name).contains("name mismatch"));
         let expired = wrapped(rustls::Error::InvalidCertificate(CertificateError::Expired));
         assert!(describe(&expired).contains("expired certificate"));
+    }
+
+    #[test]
+    fn tls_causes_are_named_through_nested_io_errors_as_hyper_rustls_sends_them() {
+        let nested = std::io::Error::other(wrapped(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        )));
+        assert!(
+            describe(&nested).contains("unknown CA"),
+            "{}",
+            describe(&nested)
+        );
+        let refused = std::io::Error::other(std::io::Error::from(ErrorKind::ConnectionRefused));
+        assert!(describe(&refused).contains("connection refused"));
     }
 
     #[test]
