@@ -22,6 +22,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sever::audit::{Audit, AuditRecord, ListFilter};
 use sever::intake::webhook::sign;
+use support::openbao::{ROOT_TOKEN, TestBao};
 use support::pg::TestPostgres;
 use support::sever::{
     ADMIN_PASSWORD, SECRET, TOKEN, TestServer, Workspace, cli, create_admin, now, stdout,
@@ -406,11 +407,15 @@ async fn three_replicas_on_one_store_carry_out_each_event_exactly_once() {
 
     let ws = Workspace::new();
     let mut text = config_head(&ws, &store, &target, "");
-    // A Vault credential, for a path where the same event arriving twice is acknowledged
-    // (Vault itself is never contacted for a kv-v2 event, and a token login is offline).
+    // A Vault credential, for a path where the same event arriving twice is acknowledged:
+    // a real OpenBao holds the kv-v2 secret whose metadata sever reads.
+    let bao = TestBao::start().await;
+    bao.kv_put("", "secret", "apps/kv/db", &json!({"password": "pw"}))
+        .await;
     text.push_str(&format!(
-        "[vault]\naddress = \"http://127.0.0.1:9\"\n[vault.auth]\nmethod = \"token\"\ntoken = {{ file = {} }}\n",
-        ws.secret_file("vault.token", "hvs.unused-by-kv-events")
+        "[vault]\naddress = {:?}\n[vault.auth]\nmethod = \"token\"\ntoken = {{ file = {} }}\n",
+        bao.addr(),
+        ws.secret_file("vault.token", ROOT_TOKEN)
     ));
     text.push_str(&credential("kv", "kvapp"));
     text.push_str("[credentials.kv.vault]\nmount = \"secret\"\nkv_path = \"apps/kv/db\"\n");
