@@ -13,6 +13,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{Owner, owner_of, static_role_rotated};
+use crate::config::{Config, CredentialVault};
 use crate::intake::error::ApiError;
 use crate::intake::{Accepted, AppState, RequestMeta};
 use crate::resolve::vault::{Vault, VaultError, vault_path};
@@ -43,14 +44,7 @@ pub async fn verify_at_start(state: AppState, stop: CancellationToken) {
     let mut logged = std::collections::BTreeSet::new();
     loop {
         let mut all_found = true;
-        for (id, credential) in &state.ctx.config.credentials {
-            let Some(cv) = credential.vault.as_ref() else {
-                continue;
-            };
-            let Some(role) = cv.role.as_deref() else {
-                continue;
-            };
-            let namespace = vault.namespace_for(cv);
+        for (id, cv, role, namespace) in credential_roles(&state.ctx.config, &vault) {
             let path = vault_path(namespace, &cv.mount, role);
             let result = vault.static_role(namespace, &cv.mount, role).await;
             all_found &= result.is_ok();
@@ -68,6 +62,21 @@ pub async fn verify_at_start(state: AppState, stop: CancellationToken) {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
+}
+
+/// Every credential that is a Vault static role: its id, settings, role and namespace.
+fn credential_roles<'a>(
+    config: &'a Config,
+    vault: &'a Vault,
+) -> impl Iterator<Item = (&'a str, &'a CredentialVault, &'a str, Option<&'a str>)> {
+    config
+        .credentials
+        .iter()
+        .filter_map(move |(id, credential)| {
+            let cv = credential.vault.as_ref()?;
+            let role = cv.role.as_deref()?;
+            Some((id.as_str(), cv, role, vault.namespace_for(cv)))
+        })
 }
 
 /// Records in `/readyz` what reading credential `id`'s static role at `path` showed: `None`
@@ -101,17 +110,15 @@ fn denied(path: &str, e: &VaultError) -> String {
 pub async fn check(state: &AppState) {
     let Some(vault) = &state.vault else { return };
     let config = &state.ctx.config;
-    let mut watched: Vec<(String, Option<String>, Owner<'_>)> = Vec::new();
-    for (id, credential) in &config.credentials {
-        let Some(cv) = credential.vault.as_ref() else {
-            continue;
-        };
-        let Some(role) = cv.role.as_deref() else {
-            continue;
-        };
-        let namespace = vault.namespace_for(cv).map(str::to_owned);
-        watched.push((role.to_owned(), namespace, Owner::Credential(id, cv)));
-    }
+    let mut watched: Vec<(String, Option<String>, Owner<'_>)> = credential_roles(config, vault)
+        .map(|(id, cv, role, namespace)| {
+            (
+                role.to_owned(),
+                namespace.map(str::to_owned),
+                Owner::Credential(id, cv),
+            )
+        })
+        .collect();
     let mounts = config
         .vault
         .as_ref()
@@ -177,19 +184,18 @@ async fn watch_one(
             vault.record_path(&path, None);
             r
         }
-        // A configured role that does not exist (or may not be read) is an error; one listed
-        // on a watched mount a moment ago was just deleted, which is not.
-        Err(e @ (VaultError::NotFound(_) | VaultError::Auth(_)))
-            if matches!(owner, Owner::Credential(..)) =>
-        {
-            if let Owner::Credential(id, _) = owner {
-                credential_problem(vault, id, &path, Some(e.clone()));
-            }
-            tracing::error!(%path, error = %e, "a configured Vault static role cannot be read");
-            return;
-        }
         Err(e) => {
-            tracing::warn!(%path, error = %e, "watcher could not read the static role");
+            // A configured role that does not exist (or may not be read) is an error; one
+            // listed on a watched mount a moment ago was just deleted, which is not.
+            let problem = match owner {
+                Owner::Credential(id, _) => credential_problem(vault, id, &path, Some(e.clone())),
+                Owner::Mount(_) => None,
+            };
+            if problem.is_some() {
+                tracing::error!(%path, error = %e, "a configured Vault static role cannot be read");
+            } else {
+                tracing::warn!(%path, error = %e, "watcher could not read the static role");
+            }
             return;
         }
     };

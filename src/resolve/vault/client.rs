@@ -123,6 +123,11 @@ impl Vault {
         Ok(vault)
     }
 
+    /// `method = "token"`: the token is read from its source, not obtained by a login.
+    pub(super) fn reads_token(&self) -> bool {
+        matches!(self.config.auth, VaultAuth::Token { .. })
+    }
+
     pub(super) fn lease(&self) -> Option<TokenLease> {
         *self.lease.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -182,7 +187,7 @@ impl Vault {
                 self.accept_login(auth).await
             }
         };
-        if matches!(self.config.auth, VaultAuth::Token { .. }) {
+        if self.reads_token() {
             // Read again at every refresh: not news.
             tracing::debug!(ttl = ?lease.ttl, renewable = lease.renewable, "read the Vault token");
         } else {

@@ -11,7 +11,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Vault;
-use crate::config::VaultAuth;
 
 /// How often a token that never expires is looked at again (a token file may be rewritten
 /// at any time; a refused request re-reads it at once as well).
@@ -119,7 +118,7 @@ impl Vault {
     /// Keeps the token alive until `stop` (see the module's description). A login that fails
     /// is retried with backoff while the old token, if any, is still used.
     pub async fn keep_token_alive(self: Arc<Self>, stop: CancellationToken) {
-        let token_method = matches!(self.config.auth, VaultAuth::Token { .. });
+        let token_method = self.reads_token();
         let mut failures = 0u32;
         loop {
             let lease = self.lease();
@@ -160,9 +159,8 @@ impl Vault {
     async fn refresh(&self) -> Result<(), super::VaultError> {
         let before = self.token_fingerprint().await;
         self.login().await?;
-        let token_method = matches!(self.config.auth, VaultAuth::Token { .. });
         let unchanged = before == self.token_fingerprint().await;
-        if token_method && unchanged && self.lease().is_some_and(|l| l.renewable) {
+        if self.reads_token() && unchanged && self.lease().is_some_and(|l| l.renewable) {
             self.renew().await?;
         }
         Ok(())
