@@ -20,7 +20,7 @@ use super::events::{WaitQuery, wait_flag};
 use super::sns::{SnsMessage, SnsMessageType};
 use super::{AppState, Claim, RequestMeta};
 use crate::audit::Kind;
-use crate::resolve::aws::{self, AwsError, CURRENT, PREVIOUS, Rotation, Source};
+use crate::resolve::aws::{self, RotationError, Source};
 
 const HOOK: &str = "aws:lambda-hook";
 const EVENTBRIDGE: &str = "aws:eventbridge";
@@ -331,85 +331,41 @@ async fn rotation(
 ) -> Result<Response, ApiError> {
     detail["secret_id"] = json!(reported.secret_id);
     detail["reported_version_id"] = json!(reported.version_id);
-    let config = &state.ctx.config;
-    let candidates: Vec<(&str, &str)> = aws::mapped_secrets(config)
-        .into_iter()
-        .filter(|(_, secret)| aws::may_match(secret, &reported.secret_id))
-        .collect();
-    let not_mapped = || {
-        format!(
-            "secret {:?} is not mapped to any credential",
-            reported.secret_id
-        )
-    };
-    if candidates.is_empty() {
-        return state
-            .acknowledge(actor, Kind::EventIgnored, "ignored", not_mapped(), detail)
-            .await;
-    }
-    let Some(secrets) = &state.aws.secrets_manager else {
-        return Err(ApiError::Unavailable("no Secrets Manager client".into()));
-    };
-    let facts = match secrets.describe(&reported.secret_id).await {
-        Ok(facts) => facts,
-        Err(e) => return Err(state.reject(meta, actor, ApiError::Aws(e)).await),
-    };
-    let Some((credential, _)) = candidates.iter().find(|(_, s)| aws::matches(s, &facts)) else {
-        return state
-            .acknowledge(actor, Kind::EventIgnored, "ignored", not_mapped(), detail)
-            .await;
-    };
-    let Some(version) = reported
-        .version_id
-        .clone()
-        .or_else(|| facts.current_version.clone())
-    else {
-        let e = ApiError::Aws(AwsError::BadValue(format!(
-            "{} (no AWSCURRENT version)",
-            facts.arn
-        )));
-        return Err(state.reject(meta, actor, e).await);
-    };
-    if source == Source::LambdaHook && facts.current_version.as_deref() != Some(version.as_str()) {
-        // The hook must be called after finishSecret moved AWSCURRENT; acting earlier would
-        // cut off sessions that still legitimately use the current secret.
-        let e = ApiError::VersionNotCurrent(version);
-        return Err(state.reject(meta, actor, e).await);
-    }
-    let logins = async {
-        let current = secrets.login(&facts.arn, CURRENT).await?;
-        let previous = secrets.login(&facts.arn, PREVIOUS).await?;
-        let current =
-            current.ok_or_else(|| AwsError::NotFound(format!("{} AWSCURRENT", facts.arn)))?;
-        Ok::<_, AwsError>((current, previous))
-    };
-    let (current, previous) = match logins.await {
-        Ok(found) => found,
-        Err(e) => return Err(state.reject(meta, actor, ApiError::Aws(e)).await),
-    };
-    let moved_at = reported.occurred_at.unwrap_or(received_at).min(received_at);
-    let cutoff = aws::cutoff(facts.last_rotated, moved_at).min(received_at);
-    let rotation = Rotation {
-        credential,
-        facts: &facts,
-        version: &version,
-        current: &current,
-        previous: previous.as_ref(),
-        cutoff,
+    let report = aws::Report {
+        secret_id: &reported.secret_id,
+        version_id: reported.version_id.as_deref(),
+        occurred_at: reported.occurred_at,
         source,
+        received_at,
     };
-    let plan = match aws::plan(config, &state.ctx.targets, &rotation) {
-        Ok(plan) => plan,
-        Err(e) => return Err(state.reject(meta, actor, e.into()).await),
+    let resolved = aws::resolve(
+        &state.ctx.config,
+        &state.ctx.targets,
+        state.aws.secrets_manager.as_ref(),
+        &report,
+    )
+    .await;
+    let planned = match resolved {
+        Ok(aws::Resolved::Planned(planned)) => planned,
+        Ok(aws::Resolved::NotMapped(reason)) => {
+            return state
+                .acknowledge(actor, Kind::EventIgnored, "ignored", reason, detail)
+                .await;
+        }
+        Err(RotationError::NoClient) => {
+            return Err(ApiError::Unavailable("no Secrets Manager client".into()));
+        }
+        Err(RotationError::Aws(e)) => {
+            return Err(state.reject(meta, actor, ApiError::Aws(e)).await);
+        }
+        Err(RotationError::VersionNotCurrent(version)) => {
+            let e = ApiError::VersionNotCurrent(version);
+            return Err(state.reject(meta, actor, e).await);
+        }
+        Err(RotationError::Resolve(e)) => return Err(state.reject(meta, actor, e.into()).await),
     };
-    detail["credential"] = json!(credential);
-    detail["secret"] = json!(facts);
-    detail["version_id"] = json!(version);
-    detail["cutoff"] = json!(cutoff);
-    // The hook and EventBridge (and SNS) report the same rotation: act on it once.
-    claims.push(Claim::acknowledge(format!(
-        "aws-rotation:{}:{version}",
-        facts.arn
-    )));
+    planned.describe(&mut detail);
+    claims.push(Claim::acknowledge(planned.rotation_key()));
+    let aws::Planned { plan, .. } = *planned;
     state.accept(meta, actor, claims, plan, detail, wait).await
 }

@@ -20,8 +20,9 @@ use super::error::{ApiError, parse_json};
 use super::events::{WaitQuery, wait_flag};
 use super::{Accepted, AppState, Claim, RequestMeta};
 use crate::audit::Kind;
-use crate::config::{Config, CredentialVault, WatchedMount};
-use crate::resolve::vault::{self, StaticRole};
+use crate::resolve::cutoff;
+use crate::resolve::vault::{self, StaticRole, trimmed};
+pub use crate::resolve::vault::{Owner, owner_of};
 
 /// A Vault event notification, read leniently from its CloudEvents envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,10 +39,6 @@ pub struct VaultEvent {
     pub metadata: BTreeMap<String, String>,
     /// When Vault emitted it.
     pub time: Option<DateTime<Utc>>,
-}
-
-fn trimmed(s: &str) -> Option<String> {
-    Some(s.trim_matches('/').to_owned()).filter(|s| !s.is_empty())
 }
 
 impl VaultEvent {
@@ -159,11 +156,6 @@ fn event_detail(event: &VaultEvent, meta: &RequestMeta) -> Value {
     })
 }
 
-/// Same namespace, treating empty and absent alike.
-fn same_namespace(a: Option<&str>, b: Option<&str>) -> bool {
-    a.and_then(trimmed) == b.and_then(trimmed)
-}
-
 /// Handles an event from any Vault source. Errors are already audited.
 pub async fn handle_event(
     state: &AppState,
@@ -176,8 +168,6 @@ pub async fn handle_event(
 ) -> Result<Handled, ApiError> {
     let detail = event_detail(event, meta);
     let config = &state.ctx.config;
-    let default_ns = config.vault.as_ref().and_then(|v| v.namespace.as_deref());
-    let credential_ns = |c: &CredentialVault| c.namespace.clone().or(default_ns.map(str::to_owned));
     let ignored = detail.clone();
     let ignore = |reason: String| async move {
         state
@@ -239,32 +229,29 @@ pub async fn handle_event(
                 .strip_prefix(&format!("{}/data/", event.mount_path))
                 .unwrap_or(data_path)
                 .trim_matches('/');
-            let found = config.credentials.iter().find_map(|(id, c)| {
-                let v = c.vault.as_ref()?;
-                let matches = v.kv_path.as_deref().map(|p| p.trim_matches('/')) == Some(inner)
-                    && v.mount.trim_matches('/') == event.mount_path
-                    && same_namespace(credential_ns(v).as_deref(), event.namespace.as_deref());
-                matches.then_some((id.as_str(), v))
-            });
-            let Some((credential, cv)) = found else {
+            let found =
+                vault::kv_owner(config, &event.mount_path, inner, event.namespace.as_deref());
+            let Some((credential, cv, ns)) = found else {
                 return ignore(format!(
                     "kv secret {}/{inner} is not mapped to any credential",
                     event.mount_path
                 ))
                 .await;
             };
-            let ns = credential_ns(cv);
             let path = vault::vault_path(ns.as_deref(), &cv.mount, inner);
             // Vault's own metadata, not the event's word, says which version is current and
             // when it was written: that time is the exact cutoff. Without a Vault client the
             // event's time and version are all there is.
             let (cutoff, version) = match &state.vault {
                 Some(client) => match client.kv_version(ns.as_deref(), &cv.mount, inner).await {
-                    Ok(kv) => (kv.created_time.min(received_at), kv.version.to_string()),
+                    Ok(kv) => (
+                        cutoff::clamped(None, Some(kv.created_time), received_at),
+                        kv.version.to_string(),
+                    ),
                     Err(e) => return Err(state.reject(meta, actor, ApiError::Vault(e)).await),
                 },
                 None => (
-                    event.time.unwrap_or(received_at).min(received_at),
+                    cutoff::clamped(event.time, None, received_at),
                     event
                         .metadata
                         .get("current_version")
@@ -299,24 +286,6 @@ pub async fn handle_event(
     }
 }
 
-/// Whose static role it is: a configured credential, or a watched mount.
-#[derive(Debug, Clone, Copy)]
-pub enum Owner<'a> {
-    /// `credentials.<id>.vault`.
-    Credential(&'a str, &'a CredentialVault),
-    /// `vault.watcher.mounts[]`.
-    Mount(&'a WatchedMount),
-}
-
-impl Owner<'_> {
-    fn mount(&self) -> &str {
-        match self {
-            Owner::Credential(_, cv) => &cv.mount,
-            Owner::Mount(m) => &m.mount,
-        }
-    }
-}
-
 /// A static role whose `last_vault_rotation` is `static_role.last_vault_rotation`: the
 /// sessions of its user that began before then end, once per rotation however it is reported.
 #[allow(clippy::too_many_arguments)]
@@ -335,19 +304,13 @@ pub async fn static_role_rotated(
 ) -> Result<Accepted, ApiError> {
     let path = vault::vault_path(namespace, owner.mount(), role);
     let rotated = static_role.last_vault_rotation;
-    let cutoff = rotated.min(received_at);
+    let cutoff = cutoff::clamped(None, Some(rotated), received_at);
     let config = &state.ctx.config;
     let user = &static_role.username;
-    let planned = match owner {
-        Owner::Credential(id, _) => {
-            detail["credential"] = json!(id);
-            vault::plan(config, id, Some(user), cutoff, source, path.clone())
-        }
-        Owner::Mount(m) => {
-            vault::plan_for_mount(config, &m.target, user, cutoff, source, path.clone())
-        }
-    };
-    let plan = match planned {
+    if let Owner::Credential(id, _) = owner {
+        detail["credential"] = json!(id);
+    }
+    let plan = match vault::plan_for_owner(config, owner, user, cutoff, source, path.clone()) {
         Ok(plan) => plan,
         Err(e) => return Err(state.reject(meta, actor, e.into()).await),
     };
@@ -355,34 +318,6 @@ pub async fn static_role_rotated(
     detail["cutoff"] = json!(cutoff);
     claims.push(Claim::acknowledge(rotation_key(&path, rotated)));
     state.accept_plan(meta, actor, claims, plan, detail).await
-}
-
-/// The owner of static role `role` on `mount` in `namespace`: a credential first, else a
-/// watched mount.
-pub fn owner_of<'a>(
-    config: &'a Config,
-    mount: &str,
-    role: &str,
-    namespace: Option<&str>,
-) -> Option<(Owner<'a>, Option<String>)> {
-    let default_ns = config.vault.as_ref().and_then(|v| v.namespace.clone());
-    let credential = config.credentials.iter().find_map(|(id, c)| {
-        let v = c.vault.as_ref()?;
-        let ns = v.namespace.clone().or(default_ns.clone());
-        let matches = v.role.as_deref() == Some(role)
-            && v.mount.trim_matches('/') == mount.trim_matches('/')
-            && same_namespace(ns.as_deref(), namespace);
-        matches.then_some((Owner::Credential(id.as_str(), v), ns))
-    });
-    credential.or_else(|| {
-        let watcher = config.vault.as_ref()?.watcher.as_ref()?;
-        watcher.mounts.iter().find_map(|m| {
-            let ns = m.namespace.clone().or(default_ns.clone());
-            let matches = m.mount.trim_matches('/') == mount.trim_matches('/')
-                && same_namespace(ns.as_deref(), namespace);
-            matches.then_some((Owner::Mount(m), ns))
-        })
-    })
 }
 
 /// The idempotency key of one rotation of a static role: events, the subscriber and the
@@ -435,12 +370,5 @@ mod tests {
                 .unwrap_err()
                 .contains("mount_path")
         );
-    }
-
-    #[test]
-    fn namespaces_compare_without_slashes() {
-        assert!(same_namespace(Some("admin/"), Some("admin")));
-        assert!(same_namespace(None, Some("")));
-        assert!(!same_namespace(Some("admin"), None));
     }
 }
