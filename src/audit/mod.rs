@@ -24,7 +24,7 @@ use sqlx::any::AnyRow;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::store::{Store, StoreError, rows_per_statement, timestamp, values_list};
+use crate::store::{Backend, Store, StoreError, rows_per_statement, timestamp, values_list};
 
 pub use chain::{GENESIS, Problem, VerifyReport, record_hash};
 pub use checkpoint::{
@@ -246,12 +246,12 @@ pub struct ListFilter {
     pub limit: Option<i64>,
 }
 
-/// The audit trail, on top of the store.
-#[derive(Debug)]
+/// The audit trail, on top of the store. A handle: its clones share the store and the lock.
+#[derive(Debug, Clone)]
 pub struct Audit {
     store: Store,
     // Appends from this process queue here instead of racing on the chain head.
-    append_lock: Mutex<()>,
+    append_lock: std::sync::Arc<Mutex<()>>,
 }
 
 const PAGE: i64 = 1000;
@@ -261,7 +261,7 @@ impl Audit {
     pub fn new(store: Store) -> Self {
         Self {
             store,
-            append_lock: Mutex::new(()),
+            append_lock: std::sync::Arc::new(Mutex::new(())),
         }
     }
 
@@ -303,7 +303,7 @@ impl Audit {
     }
 
     async fn try_transact<W: Transaction>(&self, work: &W) -> Result<W::Output, AuditError> {
-        let mut tx = checkpoint::begin_chain_tx(&self.store).await?;
+        let mut tx = begin_chain_tx(&self.store).await?;
         let (entries, output) = match work.run(&mut tx).await? {
             Decision::Commit(entries, output) => (entries, output),
             Decision::Rollback(output) => {
@@ -480,6 +480,25 @@ fn decode(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,
     })
+}
+
+/// Opens a transaction holding the chain's write lock, which every append and checkpoint
+/// takes: SQLite's write lock (taken before the head is read, so a concurrent writer waits
+/// instead of failing), or PostgreSQL advisory lock 7262837 (serialising replicas).
+async fn begin_chain_tx(
+    store: &Store,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    let pool = store.pool();
+    match store.backend() {
+        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+        Backend::Postgres => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(7262837)")
+                .execute(&mut *tx)
+                .await?;
+            Ok(tx)
+        }
+    }
 }
 
 #[cfg(test)]
