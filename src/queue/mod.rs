@@ -2,12 +2,12 @@
 //!
 //! An action is accepted only once its plan and one row per step (the action on one target)
 //! are stored, in the same transaction as its idempotency claims and its first audit records.
-//! Workers (`crate::runner`) then claim due steps with expiring leases (`FOR UPDATE SKIP
-//! LOCKED` on PostgreSQL, so several replicas share one queue), run them, and record each
-//! step's outcome together with its audit records. A step whose target fails is retried with
-//! backoff until the action's deadline; a process that dies holding a lease loses it when it
-//! expires, and the sessions an interrupted attempt was about to signal are in the step's
-//! journal, so they are still audited exactly once.
+//! Workers (the runner, above the queue) then claim due steps with expiring leases (`FOR
+//! UPDATE SKIP LOCKED` on PostgreSQL, so several replicas share one queue), run them, and
+//! record each step's outcome together with its audit records. A step whose target fails is
+//! retried with backoff until the action's deadline; a process that dies holding a lease
+//! loses it when it expires, and the sessions an interrupted attempt was about to signal are
+//! in the step's journal, so they are still audited exactly once.
 //!
 //! The queue is storage: it knows an action only as its [`Plan`] (whose [`Plan::work`] says
 //! what each step does) and its reports, from [`crate::action`], and never calls up into
