@@ -12,13 +12,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde_json::{Value, json};
 
+use crate::action::{ActionReport, Status};
 use crate::audit::{AuditError, CheckpointKey, ListFilter, VerifyOptions, VerifyReport, Writer};
 use crate::config::{Config, ConfigError};
 use crate::context::{Context, ContextError};
 use crate::intake::operator::new_token;
 use crate::intake::webhook::{SecretError, Verifier};
-use crate::pipeline::{self, ActionReport, PipelineError, Status};
 use crate::resolve::{self, ResolveError, RevocationRequest, TargetSelection};
+use crate::runner::{self, RunError};
 use crate::terminate::{Session, SessionFilter};
 
 /// Exit code when `audit verify` finds a problem.
@@ -47,7 +48,7 @@ pub enum CliError {
     Resolve(#[from] ResolveError),
     /// The action could not be recorded.
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
+    Run(#[from] RunError),
     /// The audit trail failed.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -590,7 +591,7 @@ async fn revoke(config: Config, args: RevokeArgs) -> Result<ExitCode, CliError> 
     // Plan before connecting anything, so bad input fails fast and leaves no trace but an error.
     let plan = resolve::revocation(&config, &request)?;
     let ctx = Context::build(config).await?;
-    let report = pipeline::execute(&ctx, plan, &cli_actor()).await?;
+    let report = runner::execute(&ctx, plan, &cli_actor()).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from)?;
@@ -624,7 +625,7 @@ async fn sweep(config: Config, args: SweepArgs) -> Result<ExitCode, CliError> {
         named.sort();
         named.dedup();
         for target in &named {
-            pipeline::sweep_config(&config, target).map_err(|e| CliError::Usage(e.to_string()))?;
+            resolve::sweep::config(&config, target).map_err(|e| CliError::Usage(e.to_string()))?;
         }
         named
     };
@@ -632,7 +633,7 @@ async fn sweep(config: Config, args: SweepArgs) -> Result<ExitCode, CliError> {
     let actor = cli_actor();
     let work = targets
         .iter()
-        .map(|target| pipeline::sweep(&ctx, target, args.dry_run, &actor));
+        .map(|target| runner::sweep(&ctx, target, args.dry_run, &actor));
     let reports = futures_util::future::join_all(work)
         .await
         .into_iter()

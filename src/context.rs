@@ -1,4 +1,7 @@
 //! What the server and the CLI share: the config, the store, the audit trail and the targets.
+//!
+//! Below the runner and the doors (`runner`, `sweep`, `intake`, `cli`), which it never calls;
+//! it builds on `queue`, `terminate`, `audit`, `store` and `config`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -2,9 +2,10 @@
 //!
 //! Data flow: [`intake`] (HTTP, signed events and operator calls) → [`resolve`] (credential →
 //! targets and logins) → [`terminate`] (per-engine session termination and verification) →
-//! [`audit`] (hash-chained records). [`pipeline`] runs a plan through the last two, and
+//! [`audit`] (hash-chained records). [`runner`] runs a plan through the last two, and
 //! [`context`] holds what the server and the CLI share.
 
+pub mod action;
 pub mod audit;
 pub mod cli;
 pub mod config;
@@ -12,9 +13,9 @@ pub mod context;
 pub mod fds;
 pub mod intake;
 pub mod logging;
-pub mod pipeline;
 pub mod queue;
 pub mod resolve;
+pub mod runner;
 pub mod store;
 pub mod sweep;
 pub mod terminate;
@@ -135,14 +136,20 @@ pub async fn run_with(
     // Stopped only after the queue worker has drained, so the final checkpoint covers the
     // records of the steps finished during shutdown.
     let last_checkpoint = CancellationToken::new();
-    tracker.spawn(audit::checkpoint_writer(
-        ctx.clone(),
-        last_checkpoint.clone(),
-    )?);
+    tracker.spawn(
+        audit::checkpoint_writer(
+            &ctx.config.audit,
+            ctx.audit.clone(),
+            ctx.checkpoint_file.clone(),
+            ctx.audit_chain.clone(),
+            last_checkpoint.clone(),
+        )
+        .map_err(ContextError::from)?,
+    );
     let termination = &ctx.config.termination;
     // A step is bounded by the termination timeouts; allow that long to finish at shutdown.
     let drain = termination.timeout + termination.verify_timeout + Duration::from_secs(5);
-    let worker = tokio::spawn(queue::worker::run(ctx.clone(), background.clone(), drain));
+    let worker = tokio::spawn(runner::run(ctx.clone(), background.clone(), drain));
     tokio::spawn(maintain(ctx.clone(), background.clone()));
     // Between commits too, so a deleted store file shows in the log and `/readyz` at once.
     tokio::spawn(ctx.store.clone().watch_file(background.clone()));

@@ -1,6 +1,8 @@
 //! The sweeper: on every target with a `[targets.<id>.sweep]` table, periodically terminates
 //! the sessions of dropped logins and of expired logins matching the sweep pattern (Vault's
 //! dynamic roles outlive neither their revocation nor their `VALID UNTIL` on their own).
+//!
+//! A door beside the intake: each sweep is an action carried out by [`crate::runner::sweep`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +10,9 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::action::Status;
 use crate::context::Context;
-use crate::pipeline::{self, Status};
+use crate::runner;
 
 /// The actor the sweeper's audit records name.
 pub const ACTOR: &str = "sweeper";
@@ -79,7 +82,7 @@ async fn sweep_loop(ctx: &Context, target: &str, interval: Duration, stop: &Canc
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        match pipeline::sweep(ctx, target, false, ACTOR).await {
+        match runner::sweep(ctx, target, false, ACTOR).await {
             Ok(report) => {
                 let terminated: usize = report
                     .targets

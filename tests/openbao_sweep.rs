@@ -158,7 +158,7 @@ async fn revoked_and_expired_dynamic_logins_created_and_dropped_between_sweeps_a
     f.wait_dropped(&expiring.username).await;
     // A login revoked right after it is issued, before sever can learn it, is the window
     // that remains; here it is learned first.
-    let report = sever::pipeline::sweep(&ctx, "main", false, sever::sweep::ACTOR)
+    let report = sever::runner::sweep(&ctx, "main", false, sever::sweep::ACTOR)
         .await
         .unwrap();
     let t = &report.targets[0];

@@ -24,7 +24,7 @@ use sqlx::any::AnyRow;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::store::{Store, StoreError, rows_per_statement, timestamp, values_list};
+use crate::store::{Backend, Store, StoreError, rows_per_statement, timestamp, values_list};
 
 pub use chain::{GENESIS, Problem, VerifyReport, record_hash};
 pub use checkpoint::{
@@ -246,12 +246,12 @@ pub struct ListFilter {
     pub limit: Option<i64>,
 }
 
-/// The audit trail, on top of the store.
-#[derive(Debug)]
+/// The audit trail, on top of the store. A handle: its clones share the store and the lock.
+#[derive(Debug, Clone)]
 pub struct Audit {
     store: Store,
     // Appends from this process queue here instead of racing on the chain head.
-    append_lock: Mutex<()>,
+    append_lock: std::sync::Arc<Mutex<()>>,
 }
 
 const PAGE: i64 = 1000;
@@ -261,7 +261,7 @@ impl Audit {
     pub fn new(store: Store) -> Self {
         Self {
             store,
-            append_lock: Mutex::new(()),
+            append_lock: std::sync::Arc::new(Mutex::new(())),
         }
     }
 
@@ -303,7 +303,7 @@ impl Audit {
     }
 
     async fn try_transact<W: Transaction>(&self, work: &W) -> Result<W::Output, AuditError> {
-        let mut tx = checkpoint::begin_chain_tx(&self.store).await?;
+        let mut tx = begin_chain_tx(&self.store).await?;
         let (entries, output) = match work.run(&mut tx).await? {
             Decision::Commit(entries, output) => (entries, output),
             Decision::Rollback(output) => {
@@ -482,104 +482,24 @@ fn decode(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use secrecy::SecretString;
-    use serde_json::json;
-
-    async fn audit() -> (tempfile::TempDir, Audit) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
-        let store = Store::connect(&SecretString::from(url)).await.unwrap();
-        (dir, Audit::new(store))
-    }
-
-    #[tokio::test]
-    async fn appended_records_chain_verify_and_export() {
-        let (_dir, audit) = audit().await;
-        let action = Uuid::now_v7();
-        audit
-            .append(Entry::new(
-                Kind::EventAccepted,
-                "webhook",
-                Some(action),
-                json!({"b": 1, "a": 2}),
-            ))
-            .await
-            .unwrap();
-        audit
-            .append_all(vec![
-                Entry::new(
-                    Kind::SessionTerminated,
-                    "webhook",
-                    Some(action),
-                    json!({"pid": 7}),
-                ),
-                Entry::new(Kind::ActionCompleted, "webhook", Some(action), json!({})),
-            ])
-            .await
-            .unwrap();
-        let records = audit.list(&ListFilter::default()).await.unwrap();
-        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
-        assert_eq!(records[0].detail, r#"{"a":2,"b":1}"#);
-        assert_eq!(records[1].prev_hash, records[0].hash);
-        let report = audit.verify().await.unwrap();
-        assert!(report.ok && report.records == 3, "{report:?}");
-
-        let mut out = Vec::new();
-        assert_eq!(audit.export_jsonl(&mut out).await.unwrap(), 3);
-        let lines: Vec<Value> = String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines[1]["detail"], json!({"pid": 7}));
-        assert_eq!(lines[2]["kind"], "action.completed");
-        assert_eq!(lines[2]["prev_hash"], lines[1]["hash"]);
-
-        let filtered = audit
-            .list(&ListFilter {
-                kind: Some("session.terminated".into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(filtered.len(), 1);
-        let last = audit
-            .list(&ListFilter {
-                limit: Some(2),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(last.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
-    }
-
-    #[tokio::test]
-    async fn concurrent_appends_keep_one_chain() {
-        let (_dir, audit) = audit().await;
-        let audit = std::sync::Arc::new(audit);
-        let tasks: Vec<_> = (0..20)
-            .map(|i| {
-                let audit = audit.clone();
-                tokio::spawn(async move {
-                    audit
-                        .append(Entry::new(
-                            Kind::RequestRejected,
-                            "anonymous",
-                            None,
-                            json!({"i": i}),
-                        ))
-                        .await
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap().unwrap();
+/// Opens a transaction holding the chain's write lock, which every append and checkpoint
+/// takes: SQLite's write lock (taken before the head is read, so a concurrent writer waits
+/// instead of failing), or PostgreSQL advisory lock 7262837 (serialising replicas).
+async fn begin_chain_tx(
+    store: &Store,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    let pool = store.pool();
+    match store.backend() {
+        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+        Backend::Postgres => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(7262837)")
+                .execute(&mut *tx)
+                .await?;
+            Ok(tx)
         }
-        let report = audit.verify().await.unwrap();
-        assert!(report.ok, "{report:?}");
-        assert_eq!(report.records, 20);
     }
 }
+
+#[cfg(test)]
+mod tests;

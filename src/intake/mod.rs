@@ -39,7 +39,6 @@ use self::webhook::{SecretError, Verifier};
 use crate::audit::{Entry, Kind};
 use crate::config::ConfigError;
 use crate::context::Context;
-use crate::pipeline::Work;
 use crate::queue::{Submission, Submitted};
 use crate::resolve::Plan;
 use crate::resolve::aws::{SecretsManager, mapped_secrets};
@@ -186,10 +185,8 @@ impl AppState {
         accepted: serde_json::Value,
     ) -> Result<Accepted, ApiError> {
         let action_id = plan.action_id;
-        let work = plan.scope.map(Work::Terminate);
         let submission = Submission {
             plan,
-            work,
             actor: actor.to_owned(),
             claims: claims.iter().map(|c| c.key.clone()).collect(),
             before: vec![Entry::new(

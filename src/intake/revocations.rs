@@ -8,7 +8,6 @@ use axum::response::Response;
 use super::error::{ApiError, parse_json};
 use super::operator::Operator;
 use super::{AppState, RequestMeta};
-use crate::pipeline::Work;
 use crate::queue::{Submission, Submitted};
 use crate::resolve::{self, RevocationRequest};
 
@@ -33,7 +32,6 @@ pub async fn post_revocation(
     tracing::info!(action_id = %plan.action_id, operator = %operator.name, login = %request.login,
         dry_run = request.dry_run, "revocation requested");
     let submission = Submission {
-        work: plan.scope.map(Work::Terminate),
         plan,
         actor,
         claims: Vec::new(),

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Origin, Plan, ResolveError, cutoff, steps_for};
+pub use crate::action::{AwsSource as Source, PreviousUser};
 use crate::config::{AwsConfig, Config, ConfigError, Engine, PreviousUserPolicy};
 use crate::terminate::Targets;
 
@@ -228,28 +229,6 @@ impl SecretsManager {
             .map(Some)
             .map_err(|_| AwsError::BadValue(id.to_owned()))
     }
-}
-
-/// Where a rotation was reported from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    /// The rotation Lambda's hook call after `finishSecret`.
-    LambdaHook,
-    /// An EventBridge API destination.
-    #[serde(rename = "eventbridge")]
-    EventBridge,
-    /// An SNS HTTPS subscription carrying an EventBridge event.
-    Sns,
-}
-
-/// What sever decided about the previous user of an alternating-users rotation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PreviousUser {
-    /// The login that is `AWSPREVIOUS` now.
-    pub login: String,
-    /// `keep` or `terminate`, from the credential's `aws.previous_user`.
-    pub decision: PreviousUserPolicy,
 }
 
 /// A rotation as Secrets Manager describes it, ready to plan.

@@ -6,6 +6,7 @@
 
 pub mod aws;
 pub mod cutoff;
+pub mod sweep;
 pub mod vault;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,9 +16,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::config::Config;
 use crate::config::names::{self, NameError, NameKind};
-use crate::config::{Config, RotationPolicy};
 use crate::terminate::{Scope, SessionFilter};
+
+pub use crate::action::{EventKind, Origin, Plan, Step};
 
 /// Longest accepted `reason`.
 pub const MAX_REASON: usize = 1024;
@@ -45,16 +48,6 @@ pub enum ResolveError {
     /// A login, database or application name that a target could not hold.
     #[error(transparent)]
     Name(#[from] NameError),
-}
-
-/// `rotated`: the old secret stopped being valid; `revoked`: the login must lose every session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// Terminate sessions that predate the rotation (per the credential's policy).
-    Rotated,
-    /// Terminate every session.
-    Revoked,
 }
 
 /// The generic rotation event any rotation tool can send to `POST /v1/events`.
@@ -100,95 +93,6 @@ pub struct RevocationRequest {
     /// Report what would be terminated and change nothing.
     #[serde(default)]
     pub dry_run: bool,
-}
-
-/// Where an action came from.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "origin", rename_all = "snake_case")]
-pub enum Origin {
-    /// A rotation event for a configured credential.
-    Event {
-        /// Credential id.
-        credential: String,
-        /// Rotated or revoked.
-        kind: EventKind,
-        /// The credential's policy at the time.
-        policy: RotationPolicy,
-    },
-    /// An operator's revocation of a login.
-    Revocation {
-        /// The login.
-        login: String,
-    },
-    /// A rotation reported by AWS Secrets Manager (Lambda hook, EventBridge or SNS).
-    Aws {
-        /// Credential id.
-        credential: String,
-        /// The secret's ARN.
-        secret_arn: String,
-        /// The version that became `AWSCURRENT`.
-        version_id: String,
-        /// Which intake path reported it.
-        source: aws::Source,
-        /// The credential's policy at the time.
-        policy: RotationPolicy,
-        /// The `AWSCURRENT` login.
-        current_user: String,
-        /// Alternating users: the previous login and what was decided about it.
-        previous_user: Option<aws::PreviousUser>,
-    },
-    /// A rotation reported by HashiCorp Vault (forwarded event, subscription or watcher).
-    Vault {
-        /// Credential id; `None` for a role found through a watched mount.
-        credential: Option<String>,
-        /// Namespace, mount and role or KV path, as Vault names them.
-        vault_path: String,
-        /// Which intake path reported it (`event`, `subscriber`, `watcher`).
-        source: String,
-        /// The credential's policy at the time.
-        policy: RotationPolicy,
-    },
-    /// A periodic or manual sweep for sessions of dropped or expired logins on one target.
-    Sweep {
-        /// Target id.
-        target: String,
-        /// The `LIKE` pattern of logins checked for expiry.
-        pattern: String,
-    },
-}
-
-/// One target's part of a plan.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Step {
-    /// Target id.
-    pub target: String,
-    /// Logins whose sessions are in scope there.
-    pub logins: Vec<String>,
-    /// Logins never terminated there.
-    pub protected: BTreeSet<String>,
-}
-
-/// Everything an action will do, decided before anything is done.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
-    /// Unique id of the action, returned to the caller and on every audit record.
-    pub action_id: Uuid,
-    /// What asked for it.
-    #[serde(flatten)]
-    pub origin: Origin,
-    /// Which sessions; `None` when the credential's policy is to terminate nothing.
-    pub scope: Option<Scope>,
-    /// Change nothing, report what would happen.
-    pub dry_run: bool,
-    /// Why, as given by the caller.
-    pub reason: Option<String>,
-    /// The cutoff is only "when sever learned of it" (the event named no time), so an engine
-    /// that records when the password changed may narrow it (SQL Server's
-    /// `PasswordLastSetTime`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub cutoff_defaulted: bool,
-    /// Per-target work.
-    pub steps: Vec<Step>,
 }
 
 fn check_reason(reason: &str) -> Result<(), ResolveError> {

@@ -2,11 +2,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::DateTime;
+use secrecy::SecretString;
 use serde_json::json;
 
 use super::*;
 use crate::audit::{Audit, AuditError, Entry, GENESIS, Kind};
-use crate::config::UnkeyedPin;
+use crate::config::{AuditConfig, UnkeyedPin};
+use crate::store::Store;
 
 fn key(text: &str) -> CheckpointKey {
     CheckpointKey::new(SecretString::from(text.repeat(32))).unwrap()

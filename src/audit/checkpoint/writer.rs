@@ -10,11 +10,10 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use tokio_util::sync::CancellationToken;
 
-use super::{Checkpoint, CheckpointKey, KEYED, begin_chain_tx, decode};
+use super::{Checkpoint, CheckpointKey, KEYED, decode};
 use crate::audit::read::column;
-use crate::audit::{Audit, AuditError, CheckpointFileHealth, GENESIS};
+use crate::audit::{Audit, AuditError, CheckpointFileHealth, GENESIS, begin_chain_tx};
 use crate::config::{AuditConfig, ConfigError, UnkeyedPin};
-use crate::context::{Context, ContextError};
 use crate::store::timestamp;
 
 /// Most checkpoints a running writer follows back to its own last one. Replicas add one each
@@ -189,14 +188,18 @@ fn append_line(path: &Path, cp: &Checkpoint) -> std::io::Result<()> {
 
 /// The periodic checkpoint writer of the server: one checkpoint at start, one every
 /// `audit.checkpoint_interval` (also when nothing changed, so a missing one is evidence), and
-/// a last one when `stop` fires. Fails at once if the key cannot be loaded.
+/// a last one when `stop` fires. It writes to `audit`, reports to `file` and `chain` (for
+/// readiness), and takes its settings from `config`. Fails at once if the key cannot be
+/// loaded.
 pub fn checkpoint_writer(
-    ctx: Arc<Context>,
+    config: &AuditConfig,
+    audit: Audit,
+    file: Arc<CheckpointFileHealth>,
+    chain: Arc<ChainHealth>,
     stop: CancellationToken,
-) -> Result<impl Future<Output = ()> + Send + 'static, ContextError> {
-    let mut writer = Writer::from_config(&ctx.config.audit)?
-        .reporting_to(ctx.checkpoint_file.clone(), ctx.audit_chain.clone());
-    let every = ctx.config.audit.checkpoint_interval;
+) -> Result<impl Future<Output = ()> + Send + 'static, ConfigError> {
+    let mut writer = Writer::from_config(config)?.reporting_to(file, chain);
+    let every = config.checkpoint_interval;
     Ok(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -205,7 +208,7 @@ pub fn checkpoint_writer(
                 _ = stop.cancelled() => true,
                 _ = tick.tick() => false,
             };
-            if let Err(e) = writer.write(&ctx.audit).await {
+            if let Err(e) = writer.write(&audit).await {
                 // A gap in the tamper evidence (or its outside copy): an error, not a warning.
                 tracing::error!(error = %e, "could not write an audit checkpoint");
             }

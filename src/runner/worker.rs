@@ -1,5 +1,8 @@
-//! Works the queue: claims due steps, runs them, records their outcome or schedules a retry,
-//! keeps its leases alive, and notices when a failing target answers again.
+//! The server's worker: works the whole queue, claiming due steps fairly across targets and
+//! running each through [`run_lease`], keeps its leases alive, and probes failing targets to
+//! notice when they answer again.
+//!
+//! Part of the runner: may call `context` and below (`queue`, `action`, `terminate`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,14 +10,14 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use super::fairness::Fairness;
-use super::{Lease, Queue, QueueError};
+use super::run_lease;
+use crate::action::TargetReport;
 use crate::context::Context;
-use crate::pipeline::{self, ActionReport};
+use crate::queue::fairness::Fairness;
+use crate::queue::{Lease, Queue};
+use crate::terminate::EngineError;
 use crate::terminate::classify::ErrorClass;
-use crate::terminate::{EngineError, Session, SkipReason, same_session};
 
 /// How often a target with steps waiting for a retry is checked: a target that comes back is
 /// worked within about this long, whatever the backoff has grown to.
@@ -131,111 +134,8 @@ fn start(
     });
 }
 
-/// Runs `action_id`'s due steps in this process until the action finishes or `budget`
-/// passes; steps another process holds are waited for. `None` if it is still running.
-pub async fn drive(
-    ctx: &Context,
-    action_id: Uuid,
-    budget: Duration,
-) -> Result<Option<ActionReport>, QueueError> {
-    let deadline = tokio::time::Instant::now() + budget;
-    loop {
-        let leases = ctx.queue.claim(usize::MAX >> 1, Some(action_id)).await?;
-        if leases.is_empty() {
-            if let Some(report) = ctx.queue.report(action_id).await? {
-                return Ok(Some(report));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            tokio::time::sleep(ctx.queue.config().poll_interval).await;
-            continue;
-        }
-        // A step here is bounded by the termination timeouts; renew leases meanwhile.
-        let steps = futures_util::future::join_all(leases.into_iter().map(|l| run_lease(ctx, l)));
-        tokio::select! {
-            _ = steps => {}
-            () = renew_leases(&ctx.queue) => {}
-        }
-    }
-}
-
-/// Runs one leased step and records its outcome, or schedules its retry; returns the class
-/// of its failure, if it failed.
-async fn run_lease(ctx: &Context, lease: Lease) -> Option<ErrorClass> {
-    let Some(step) = lease.plan.steps.iter().find(|s| s.target == lease.target) else {
-        tracing::error!(action_id = %lease.action_id, target_id = %lease.target,
-            "a queued step is not in its plan");
-        return None;
-    };
-    let journal = ctx.queue.journal(&lease);
-    let (mut report, failure) =
-        pipeline::run_step(ctx, &lease.plan, step, &lease.work, Some(journal)).await;
-    let result = match failure {
-        Some(class) if report.error.is_some() => {
-            ctx.queue.retry(&ctx.audit, &lease, report, class).await
-        }
-        _ => {
-            recovered(&lease, &mut report);
-            ctx.queue.finish(&ctx.audit, &lease, &report).await
-        }
-    };
-    match result {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(action_id = %lease.action_id, target_id = %lease.target,
-            "lost the step's lease before recording it; its new holder records it"),
-        // The lease expires and the step runs again; its journal keeps what was signalled.
-        Err(e) => tracing::error!(action_id = %lease.action_id, target_id = %lease.target,
-            error = %e, "cannot record a finished step; it will run again"),
-    }
-    failure
-}
-
-/// Adds to `report` the sessions an interrupted earlier attempt recorded and signalled that
-/// are gone now: they were terminated, but their records were never written. That includes
-/// those this attempt still listed but found gone when it signalled: the earlier attempt
-/// may still have been running (its lease lapsed while the store was down), and its signal
-/// is what ended them, not the sessions themselves.
-fn recovered(lease: &Lease, report: &mut pipeline::TargetReport) {
-    if lease.journal.is_empty() || lease.plan.dry_run {
-        return;
-    }
-    let journaled = |s: &Session| lease.journal.iter().any(|j| same_session(j, s));
-    let o = &mut report.outcome;
-    let (ended, skipped): (Vec<_>, Vec<_>) = std::mem::take(&mut o.skipped)
-        .into_iter()
-        .partition(|s| s.reason == SkipReason::AlreadyGone && journaled(&s.session));
-    o.skipped = skipped;
-    let mut gone: Vec<Session> = ended.into_iter().map(|s| s.session).collect();
-    let seen = |s: &Session| {
-        o.matched.iter().any(|m| same_session(m, s))
-            || o.terminated.iter().any(|m| same_session(m, s))
-            || o.skipped.iter().any(|m| same_session(&m.session, s))
-            || o.failed.iter().any(|m| same_session(&m.session, s))
-            || o.remaining.iter().any(|m| same_session(m, s))
-    };
-    let unseen: Vec<Session> = lease
-        .journal
-        .iter()
-        .filter(|s| !seen(s) && !gone.iter().any(|g| same_session(g, s)))
-        .cloned()
-        .collect();
-    if gone.is_empty() && unseen.is_empty() {
-        return;
-    }
-    o.notes.push(format!(
-        "{} session(s) were signalled by an interrupted earlier attempt and are gone",
-        gone.len() + unseen.len()
-    ));
-    // Those already listed are in `matched`; the unseen ones join it.
-    o.matched.extend(unseen.iter().cloned());
-    gone.extend(unseen);
-    o.terminated.extend(gone);
-    report.found = o.matched.len() + o.skipped.len();
-}
-
 /// Renews this process's leases every third of their length, for as long as it is polled.
-async fn renew_leases(queue: &Queue) {
+pub(super) async fn renew_leases(queue: &Queue) {
     let every = queue.config().lease / 3;
     loop {
         tokio::time::sleep(every).await;
@@ -361,7 +261,7 @@ async fn give_up_expired(ctx: &Context, target: &str, error: &EngineError) {
         let Some(step) = lease.plan.steps.iter().find(|s| s.target == lease.target) else {
             continue;
         };
-        let report = pipeline::TargetReport {
+        let report = TargetReport {
             target: lease.target.clone(),
             logins: step.logins.clone(),
             found: 0,
@@ -376,94 +276,5 @@ async fn give_up_expired(ctx: &Context, target: &str, error: &EngineError) {
             tracing::error!(action_id = %lease.action_id, target_id = %lease.target,
                 error = %e, "cannot give up a step; it will be given up again");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pipeline::{TargetReport, Work};
-    use crate::resolve::{Origin, Plan, Step};
-    use crate::terminate::{Scope, Skipped, TerminateOutcome};
-
-    fn session(pid: i64) -> Session {
-        Session {
-            pid,
-            login: Some("app".into()),
-            login_id: Some("16384".into()),
-            database: None,
-            application_name: None,
-            client_addr: None,
-            backend_start: Some(chrono::Utc::now()),
-            state: None,
-        }
-    }
-
-    fn lease(journal: Vec<Session>) -> Lease {
-        let plan = Plan {
-            action_id: Uuid::now_v7(),
-            origin: Origin::Revocation {
-                login: "app".into(),
-            },
-            scope: Some(Scope::All),
-            dry_run: false,
-            reason: None,
-            cutoff_defaulted: false,
-            steps: vec![Step {
-                target: "a".into(),
-                logins: vec!["app".into()],
-                protected: Default::default(),
-            }],
-        };
-        Lease {
-            action_id: plan.action_id,
-            target: "a".into(),
-            attempts: 2,
-            journal,
-            plan,
-            work: Work::Terminate(Scope::All),
-            actor: "tester".into(),
-            deadline: chrono::Utc::now(),
-        }
-    }
-
-    #[test]
-    fn journaled_sessions_gone_now_are_counted_terminated_whether_listed_again_or_not() {
-        let (listed, unlisted, own) = (session(1), session(2), session(3));
-        let stranger = session(4);
-        let gone = |s: &Session| Skipped {
-            session: s.clone(),
-            reason: SkipReason::AlreadyGone,
-        };
-        // This attempt listed 1 (then found it gone when signalling), never saw 2, ended 3
-        // itself, and found 4 gone, which the earlier attempt never journaled.
-        let mut report = TargetReport {
-            target: "a".into(),
-            logins: vec!["app".into()],
-            found: 0,
-            error: None,
-            outcome: TerminateOutcome {
-                matched: vec![listed.clone(), own.clone(), stranger.clone()],
-                terminated: vec![own.clone()],
-                skipped: vec![gone(&listed), gone(&stranger)],
-                ..TerminateOutcome::default()
-            },
-        };
-        recovered(&lease(vec![listed, unlisted, own]), &mut report);
-        let pids = |v: &[Session]| {
-            let mut p: Vec<i64> = v.iter().map(|s| s.pid).collect();
-            p.sort();
-            p
-        };
-        let o = &report.outcome;
-        assert_eq!(pids(&o.terminated), [1, 2, 3]);
-        assert_eq!(pids(&o.matched), [1, 2, 3, 4]);
-        assert_eq!(o.skipped.len(), 1);
-        assert_eq!(
-            o.skipped[0].session.pid, 4,
-            "not journaled: it went by itself"
-        );
-        assert_eq!(report.found, 5);
-        assert!(o.notes[0].starts_with("2 session(s)"), "{:?}", o.notes);
     }
 }

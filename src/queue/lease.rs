@@ -1,0 +1,297 @@
+//! Leases: claiming due steps (fairly across targets, or one action's, or those past their
+//! deadline), renewing and releasing them, and each attempt's journal of the sessions it is
+//! about to signal.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::Row;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use super::{
+    Lease, LeasedAction, Queue, QueueError, at, fairness, from_json, later, parse_time, to_json,
+};
+use crate::action::Plan;
+use crate::store::Backend;
+use crate::terminate::{EngineError, Journal, Session, same_session};
+
+const CLAIM_SQLITE: &str = "UPDATE action_steps \
+     SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
+     WHERE (action_id, target) IN ( \
+         SELECT action_id, target FROM action_steps \
+         WHERE state = 'pending' AND next_attempt_at <= $3 \
+           AND (lease_until IS NULL OR lease_until < $3) \
+           AND (CAST($5 AS TEXT) IS NULL OR action_id = $5) \
+         ORDER BY next_attempt_at LIMIT $4) \
+     RETURNING action_id, target, attempts, journal";
+
+/// As [`CLAIM_SQLITE`], skipping rows another replica is claiming at this moment.
+const CLAIM_POSTGRES: &str = "UPDATE action_steps \
+     SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
+     WHERE (action_id, target) IN ( \
+         SELECT action_id, target FROM action_steps \
+         WHERE state = 'pending' AND next_attempt_at <= $3 \
+           AND (lease_until IS NULL OR lease_until < $3) \
+           AND (CAST($5 AS TEXT) IS NULL OR action_id = $5) \
+         ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+     RETURNING action_id, target, attempts, journal";
+
+impl Queue {
+    /// Claims up to `limit` due steps (only `action`'s, if given) for this process.
+    pub async fn claim(
+        &self,
+        limit: usize,
+        action: Option<Uuid>,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let sql = match self.store.backend() {
+            Backend::Sqlite => CLAIM_SQLITE,
+            Backend::Postgres => CLAIM_POSTGRES,
+        };
+        let rows = sqlx::query(sql)
+            .bind(&self.owner)
+            .bind(at(later(self.config.lease)))
+            .bind(at(Utc::now()))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(action.map(|a| a.to_string()))
+            .fetch_all(self.store.pool())
+            .await?;
+        self.leases(rows).await
+    }
+
+    /// Claims up to `limit` due steps of the targets in `allowances`, at most each target's
+    /// allowance, taking turns across targets ([`fairness`]).
+    pub async fn claim_fair(
+        &self,
+        limit: usize,
+        allowances: &[(String, usize)],
+    ) -> Result<Vec<Lease>, QueueError> {
+        if limit == 0 || allowances.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = at(Utc::now());
+        let sql = fairness::claim_sql(self.store.backend(), allowances.len());
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(&self.owner)
+            .bind(at(later(self.config.lease)));
+        for (target, n) in allowances {
+            query = query
+                .bind(target)
+                .bind(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        let rows = query
+            .bind(&now)
+            .bind(&now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(self.store.pool())
+            .await?;
+        self.leases(rows).await
+    }
+
+    /// Says on `target`'s pending steps that do not say why they wait yet that it does not
+    /// answer its probe (`error`), so their status shows it.
+    pub async fn mark_unanswered(&self, target: &str, error: &str) -> Result<u64, QueueError> {
+        let now = at(Utc::now());
+        Ok(sqlx::query(
+            "UPDATE action_steps SET last_error = $2, failure = 'unreachable' \
+             WHERE target = $1 AND state = 'pending' AND last_error IS NULL \
+               AND (lease_until IS NULL OR lease_until < $3)",
+        )
+        .bind(target)
+        .bind(error)
+        .bind(&now)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected())
+    }
+
+    /// Claims the unleased pending steps on `target` whose action's deadline has passed, so
+    /// they can be given up without another attempt while the target does not answer.
+    pub async fn claim_expired(&self, target: &str) -> Result<Vec<Lease>, QueueError> {
+        let lock = match self.store.backend() {
+            Backend::Sqlite => "",
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
+            "UPDATE action_steps \
+             SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
+             WHERE (action_id, target) IN ( \
+                 SELECT action_id, target FROM action_steps \
+                 WHERE target = $4 AND state = 'pending' \
+                   AND (lease_until IS NULL OR lease_until < $3) \
+                   AND action_id IN (SELECT action_id FROM actions WHERE deadline <= $3) \
+                 {lock}) \
+             RETURNING action_id, target, attempts, journal"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&self.owner)
+            .bind(at(later(self.config.lease)))
+            .bind(at(Utc::now()))
+            .bind(target)
+            .fetch_all(self.store.pool())
+            .await?;
+        self.leases(rows).await
+    }
+
+    /// The leases of claimed rows, each with its action's plan.
+    async fn leases(&self, rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<Lease>, QueueError> {
+        // The steps of one action share its row: read it once, not once per step (a
+        // credential mapped to 16 targets would otherwise wait for 16 store round trips).
+        let mut actions: HashMap<String, Arc<LeasedAction>> = HashMap::new();
+        let mut leases = Vec::with_capacity(rows.len());
+        for row in rows {
+            let action_id: String = row.try_get("action_id")?;
+            let target: String = row.try_get("target")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            let journal: Option<String> = row.try_get("journal")?;
+            let action = match actions.get(&action_id) {
+                Some(action) => Ok(action.clone()),
+                None => self.leased_action(&action_id).await.map(|action| {
+                    let action = Arc::new(action);
+                    actions.insert(action_id.clone(), action.clone());
+                    action
+                }),
+            };
+            let lease = action.and_then(|action| {
+                Ok(Lease {
+                    action_id: action.plan.action_id,
+                    target,
+                    attempts,
+                    journal: match journal {
+                        Some(text) => from_json("journal", &text)?,
+                        None => Vec::new(),
+                    },
+                    plan: action.plan.clone(),
+                    work: action.work.clone(),
+                    actor: action.actor.clone(),
+                    deadline: action.deadline,
+                })
+            });
+            match lease {
+                Ok(lease) => leases.push(lease),
+                Err(e) => {
+                    // Unreadable work cannot be done; it stays visible and is never retried
+                    // in a tight loop, because its lease holds it for a while.
+                    tracing::error!(action_id, error = %e, "cannot read a queued step");
+                }
+            }
+        }
+        Ok(leases)
+    }
+
+    /// What every lease of `action_id` shares, from its stored row.
+    async fn leased_action(&self, action_id: &str) -> Result<LeasedAction, QueueError> {
+        // The plan says what its steps do; the row's `work` column, still written for earlier
+        // versions, says the same.
+        let row = sqlx::query("SELECT actor, plan, deadline FROM actions WHERE action_id = $1")
+            .bind(action_id)
+            .fetch_one(self.store.pool())
+            .await?;
+        let plan: Plan = from_json("plan", &row.try_get::<String, _>("plan")?)?;
+        let work = plan.work();
+        Ok(LeasedAction {
+            plan,
+            work: work.ok_or_else(|| QueueError::Corrupt("a step without work".into()))?,
+            actor: row.try_get("actor")?,
+            deadline: parse_time(&row.try_get::<String, _>("deadline")?)?,
+        })
+    }
+
+    /// Extends every lease this process holds.
+    pub async fn renew(&self) -> Result<(), QueueError> {
+        sqlx::query(
+            "UPDATE action_steps SET lease_until = $2 \
+             WHERE lease_owner = $1 AND state = 'pending'",
+        )
+        .bind(&self.owner)
+        .bind(at(later(self.config.lease)))
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Gives back every lease this process holds, so another replica (or this one after a
+    /// restart) takes the work at once.
+    pub async fn release_all(&self) -> Result<u64, QueueError> {
+        Ok(sqlx::query(
+            "UPDATE action_steps SET lease_owner = NULL, lease_until = NULL \
+             WHERE lease_owner = $1 AND state = 'pending'",
+        )
+        .bind(&self.owner)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected())
+    }
+
+    /// Records the journal of a leased step; refused once the lease is no longer ours, so
+    /// nothing is signalled by a process that lost its step.
+    pub(super) async fn write_journal(
+        &self,
+        lease: &Lease,
+        sessions: &[Session],
+    ) -> Result<(), QueueError> {
+        let updated = sqlx::query(
+            "UPDATE action_steps SET journal = $4 \
+             WHERE action_id = $1 AND target = $2 AND lease_owner = $3 \
+               AND state = 'pending' AND lease_until > $5 AND attempts = $6",
+        )
+        .bind(lease.action_id.to_string())
+        .bind(&lease.target)
+        .bind(&self.owner)
+        .bind(to_json(&sessions))
+        .bind(at(Utc::now()))
+        // The owner names the process, the attempt count this attempt: a process can hold
+        // a step again (its lease lapsed while the store was down) while its earlier
+        // attempt is still running, and that one must not signal or record any more.
+        .bind(lease.attempts)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(QueueError::Corrupt(
+                "the step's lease expired or was taken over".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A journal for `lease`'s attempt, starting from what earlier attempts recorded.
+    pub fn journal(self: &Arc<Self>, lease: &Lease) -> Arc<dyn Journal> {
+        Arc::new(StepJournal {
+            queue: self.clone(),
+            lease: lease.clone(),
+            recorded: Mutex::new(lease.journal.clone()),
+        })
+    }
+}
+
+/// Records an attempt's sessions in its step's row before they are signalled.
+#[derive(Debug)]
+struct StepJournal {
+    queue: Arc<Queue>,
+    lease: Lease,
+    /// Everything recorded for the step so far (earlier attempts' sessions included).
+    recorded: Mutex<Vec<Session>>,
+}
+
+#[async_trait]
+impl Journal for StepJournal {
+    async fn record(&self, sessions: &[Session]) -> Result<(), EngineError> {
+        let mut recorded = self.recorded.lock().await;
+        let mut all = recorded.clone();
+        for s in sessions {
+            if !all.iter().any(|r| same_session(r, s)) {
+                all.push(s.clone());
+            }
+        }
+        self.queue
+            .write_journal(&self.lease, &all)
+            .await
+            .map_err(|e| EngineError::Journal(e.to_string()))?;
+        *recorded = all;
+        Ok(())
+    }
+}

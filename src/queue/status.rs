@@ -1,0 +1,167 @@
+//! What the queue shows: an action's status and report, waiting for it to finish, the
+//! targets with steps waiting, and pruning finished actions.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{ActionStatus, Queue, QueueError, StepStatus, at, from_json};
+use crate::action::ActionReport;
+
+impl Queue {
+    /// Targets with pending steps, each with whether any of them waits for a retry a probe
+    /// may bring forward (one whose last failure will recur does not).
+    pub async fn waiting_targets(&self) -> Result<Vec<(String, bool)>, QueueError> {
+        let rows = sqlx::query(
+            "SELECT target, MAX(CASE WHEN attempts > 0 AND next_attempt_at > $1 \
+               AND (failure IS NULL OR failure <> 'deterministic') THEN 1 ELSE 0 END) AS retrying \
+             FROM action_steps WHERE state = 'pending' GROUP BY target",
+        )
+        .bind(at(Utc::now()))
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("target")?, r.try_get::<i32, _>("retrying")? > 0)))
+            .collect()
+    }
+
+    /// Makes the steps waiting on `target` due now (the target answered again), except those
+    /// whose last failure will recur: they keep their backoff.
+    pub async fn target_back(&self, target: &str) -> Result<u64, QueueError> {
+        let now = at(Utc::now());
+        let n = sqlx::query(
+            "UPDATE action_steps SET next_attempt_at = $2 \
+             WHERE target = $1 AND state = 'pending' AND next_attempt_at > $2 \
+               AND (failure IS NULL OR failure <> 'deterministic')",
+        )
+        .bind(target)
+        .bind(&now)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        if n > 0 {
+            self.wake.notify_one();
+        }
+        Ok(n)
+    }
+
+    /// Drops actions that finished before `before`, with their steps; returns how many.
+    pub async fn prune_finished(&self, before: DateTime<Utc>) -> Result<u64, QueueError> {
+        let before = at(before);
+        let mut tx = self.store.pool().begin().await?;
+        sqlx::query(
+            "DELETE FROM action_steps WHERE action_id IN \
+             (SELECT action_id FROM actions WHERE finished_at < $1)",
+        )
+        .bind(&before)
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query("DELETE FROM actions WHERE finished_at < $1")
+            .bind(&before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// The finished report of `action_id`, if it has finished.
+    pub async fn report(&self, action_id: Uuid) -> Result<Option<ActionReport>, QueueError> {
+        let row = sqlx::query("SELECT report FROM actions WHERE action_id = $1")
+            .bind(action_id.to_string())
+            .fetch_optional(self.store.pool())
+            .await?;
+        match row.and_then(|r| r.try_get::<Option<String>, _>("report").ok().flatten()) {
+            Some(text) => Ok(Some(from_json("report", &text)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits up to `budget` for `action_id` to finish (here or on another replica).
+    pub async fn wait(
+        &self,
+        action_id: Uuid,
+        budget: Duration,
+    ) -> Result<Option<ActionReport>, QueueError> {
+        let mut finished = self.finished.subscribe();
+        let deadline = tokio::time::Instant::now() + budget;
+        loop {
+            if let Some(report) = self.report(action_id).await? {
+                return Ok(Some(report));
+            }
+            // Another replica's completion is only seen by polling.
+            let poll = tokio::time::sleep(self.config.poll_interval);
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return self.report(action_id).await,
+                () = poll => {}
+                done = finished.recv() => match done {
+                    Ok(id) if id != action_id => continue,
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// An action's state, or `None` if there is no such action.
+    pub async fn status(&self, action_id: Uuid) -> Result<Option<ActionStatus>, QueueError> {
+        let id = action_id.to_string();
+        let Some(row) = sqlx::query(
+            "SELECT actor, created_at, deadline, status, finished_at, report \
+             FROM actions WHERE action_id = $1",
+        )
+        .bind(&id)
+        .fetch_optional(self.store.pool())
+        .await?
+        else {
+            return Ok(None);
+        };
+        let steps = sqlx::query(
+            "SELECT target, state, attempts, last_error, failure, next_attempt_at, lease_owner, \
+               lease_until \
+             FROM action_steps WHERE action_id = $1 ORDER BY position",
+        )
+        .bind(&id)
+        .fetch_all(self.store.pool())
+        .await?;
+        let now = at(Utc::now());
+        let steps = steps
+            .iter()
+            .map(|s| {
+                let state: String = s.try_get("state")?;
+                let pending = state == "pending";
+                let lease_until: Option<String> = s.try_get("lease_until")?;
+                let leased = lease_until.is_some_and(|u| u > now);
+                Ok(StepStatus {
+                    target: s.try_get("target")?,
+                    attempts: s.try_get("attempts")?,
+                    last_error: s.try_get("last_error")?,
+                    failure: s.try_get("failure")?,
+                    next_attempt_at: if pending {
+                        s.try_get("next_attempt_at")?
+                    } else {
+                        None
+                    },
+                    leased_by: if pending && leased {
+                        s.try_get("lease_owner")?
+                    } else {
+                        None
+                    },
+                    state,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let report: Option<String> = row.try_get("report")?;
+        Ok(Some(ActionStatus {
+            action_id: id,
+            status: row.try_get("status")?,
+            actor: row.try_get("actor")?,
+            created_at: row.try_get("created_at")?,
+            retry_until: row.try_get("deadline")?,
+            finished_at: row.try_get("finished_at")?,
+            steps,
+            report: report.map(|r| from_json("report", &r)).transpose()?,
+        }))
+    }
+}

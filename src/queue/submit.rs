@@ -1,0 +1,347 @@
+//! Storing actions: each submission with its claims and first records, all or nothing,
+//! many submissions to one commit (group commit).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::{Pending, Queue, QueueError, Submission, Submitted, at, later, status_name, to_json};
+use crate::action;
+use crate::audit::{Audit, Decision, Entry, Kind, Transaction};
+use crate::store::{Backend, rows_per_statement, values_list};
+
+/// The most submissions one commit carries; bounds how long one transaction holds the lock.
+const GROUP_MAX: usize = 256;
+
+/// Takes a cancelled submitter's submission out of the waiting list, if no group took it yet.
+struct Withdraw<'a> {
+    queue: &'a Queue,
+    action_id: Uuid,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.queue.pending.lock() {
+            pending.retain(|p| p.submission.plan.action_id != self.action_id);
+        }
+    }
+}
+
+impl Queue {
+    /// Stores `submission` with its claims and records, atomically; wakes the local worker.
+    ///
+    /// Submissions arriving together share one commit (group commit): each submitter queues
+    /// its own, then takes the turn to commit; whoever gets the turn first commits everything
+    /// waiting, so under load one fsync carries many events, and alone it is one transaction
+    /// as before. Each submission is still all-or-nothing on its own.
+    pub async fn submit(
+        &self,
+        audit: &Audit,
+        submission: &Submission,
+    ) -> Result<Submitted, QueueError> {
+        let deadline = later(submission.retry_for.unwrap_or(self.config.retry_for));
+        let mut answer = self.enqueue(submission, deadline);
+        // A submitter that gives up (its request timed out, its client left) while its
+        // submission still waits takes it back, so a `503` never hides an acceptance.
+        let withdraw = Withdraw {
+            queue: self,
+            action_id: submission.plan.action_id,
+        };
+        let turn = self.committing.lock().await;
+        let submitted = loop {
+            match answer.try_recv() {
+                Ok(result) => break result?,
+                Err(oneshot::error::TryRecvError::Empty) => self.commit_pending(audit).await,
+                // The submitter that took it into its group was cancelled mid-commit, so
+                // whether it was stored is unknown. Running it again is safe: a rerun that
+                // finds its own claims reports it accepted.
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    answer = self.enqueue(submission, deadline);
+                }
+            }
+        };
+        // Answered, so no longer waiting: dropping the guard finds nothing to take back.
+        drop(withdraw);
+        drop(turn);
+        if let Submitted::Accepted(action_id) = submitted {
+            if submission.plan.work().is_none() {
+                let _ = self.finished.send(action_id);
+            } else {
+                self.wake.notify_one();
+            }
+        }
+        Ok(submitted)
+    }
+
+    fn enqueue(
+        &self,
+        submission: &Submission,
+        deadline: DateTime<Utc>,
+    ) -> oneshot::Receiver<Result<Submitted, QueueError>> {
+        let (reply, answer) = oneshot::channel();
+        self.pending
+            .lock()
+            .expect("the pending list is only pushed to and drained")
+            .push(Pending {
+                submission: submission.clone(),
+                deadline,
+                reply,
+            });
+        answer
+    }
+
+    /// Commits the oldest waiting submissions (up to [`GROUP_MAX`]) together and answers
+    /// each of them.
+    async fn commit_pending(&self, audit: &Audit) {
+        let group: Vec<Pending> = {
+            let mut pending = self
+                .pending
+                .lock()
+                .expect("the pending list is only pushed to and drained");
+            let n = pending.len().min(GROUP_MAX);
+            pending.drain(..n).collect()
+        };
+        match audit
+            .transact(&SubmitTx {
+                group: &group,
+                backend: self.store.backend(),
+            })
+            .await
+        {
+            Ok(outputs) => {
+                for (pending, output) in group.into_iter().zip(outputs) {
+                    let _ = pending.reply.send(Ok(output));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for pending in group {
+                    let _ = pending.reply.send(Err(QueueError::Group(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Stores a submission: claims, the action, its steps, its first records.
+/// Stores a group of submissions in one transaction, with a few multi-row statements
+/// whatever the group's size. Members are decided in order, each all-or-nothing: one whose
+/// claim is taken (in the store, or by an earlier member) stores nothing.
+struct SubmitTx<'a> {
+    group: &'a [Pending],
+    backend: Backend,
+}
+
+#[async_trait]
+impl Transaction for SubmitTx<'_> {
+    type Output = Vec<Submitted>;
+
+    async fn run(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    ) -> Result<Decision<Vec<Submitted>>, sqlx::Error> {
+        let ids: Vec<String> = self
+            .group
+            .iter()
+            .map(|p| p.submission.plan.action_id.to_string())
+            .collect();
+        // Stored already: an earlier run of this transaction committed although its commit
+        // reported an error, and `Audit::transact` ran it again.
+        let stored = select_existing(
+            tx,
+            self.backend,
+            "SELECT action_id FROM actions WHERE action_id IN",
+            &ids,
+        )
+        .await?;
+        let keys: Vec<String> = self
+            .group
+            .iter()
+            .flat_map(|p| p.submission.claims.iter().cloned())
+            .collect();
+        let mut taken = select_claims(tx, self.backend, &keys).await?;
+
+        let mut outputs = Vec::with_capacity(self.group.len());
+        let mut accepted = Vec::new();
+        for (pending, id) in self.group.iter().zip(&ids) {
+            let s = &pending.submission;
+            if stored.contains_key(id) {
+                outputs.push(Submitted::Accepted(s.plan.action_id));
+                continue;
+            }
+            let duplicate = s.claims.iter().enumerate().find_map(|(index, key)| {
+                taken.get(key).map(|owner| Submitted::Duplicate {
+                    index,
+                    action_id: owner.clone(),
+                })
+            });
+            if let Some(duplicate) = duplicate {
+                outputs.push(duplicate);
+                continue;
+            }
+            for key in &s.claims {
+                taken.insert(key.clone(), id.clone());
+            }
+            accepted.push((pending, id));
+            outputs.push(Submitted::Accepted(s.plan.action_id));
+        }
+        if accepted.is_empty() {
+            return Ok(Decision::Rollback(outputs));
+        }
+
+        let now = at(Utc::now());
+        let mut claims = Vec::new();
+        let mut actions = Vec::new();
+        let mut steps = Vec::new();
+        let mut entries = Vec::new();
+        for (pending, id) in &accepted {
+            let s = &pending.submission;
+            let plan = &s.plan;
+            let mut own: Vec<&String> = s.claims.iter().collect();
+            own.sort();
+            own.dedup();
+            claims.extend(
+                own.into_iter()
+                    .map(|key| [key.clone(), now.clone(), (*id).clone()]),
+            );
+            let work = plan.work();
+            let finished = work.is_none().then(|| action::report(plan, Vec::new()));
+            actions.push(ActionRow {
+                id: (*id).clone(),
+                actor: s.actor.clone(),
+                plan: to_json(plan),
+                work: to_json(&work),
+                deadline: at(pending.deadline),
+                status: match &finished {
+                    Some(report) => status_name(report.status),
+                    None => "running",
+                },
+                finished_at: finished.as_ref().map(|_| now.clone()),
+                report: finished.as_ref().map(to_json),
+            });
+            if work.is_some() {
+                for (position, step) in plan.steps.iter().enumerate() {
+                    steps.push(((*id).clone(), step.target.clone(), position));
+                }
+            }
+            entries.extend(s.before.iter().cloned());
+            entries.push(Entry::new(
+                Kind::ActionPlanned,
+                &s.actor,
+                Some(plan.action_id),
+                serde_json::to_value(plan).unwrap_or_default(),
+            ));
+            if let Some(report) = &finished {
+                entries.push(action::completed_record(report, &s.actor));
+            }
+        }
+        // A plain INSERT: a claim taken meanwhile by a process outside this lock fails the
+        // transaction, and its rerun finds the claim and answers duplicate.
+        for chunk in claims.chunks(rows_per_statement(3)) {
+            let sql = format!(
+                "INSERT INTO webhook_deliveries (webhook_id, received_at, action_id) VALUES {}",
+                values_list(self.backend, chunk.len(), 3)
+            );
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            for row in chunk {
+                insert = row.iter().fold(insert, |q, v| q.bind(v));
+            }
+            insert.execute(&mut **tx).await?;
+        }
+        for chunk in actions.chunks(rows_per_statement(9)) {
+            let sql = format!(
+                "INSERT INTO actions (action_id, created_at, actor, plan, work, deadline, status, \
+                 finished_at, report) VALUES {}",
+                values_list(self.backend, chunk.len(), 9)
+            );
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            for a in chunk {
+                insert = insert
+                    .bind(&a.id)
+                    .bind(&now)
+                    .bind(&a.actor)
+                    .bind(&a.plan)
+                    .bind(&a.work)
+                    .bind(&a.deadline)
+                    .bind(a.status)
+                    .bind(&a.finished_at)
+                    .bind(&a.report);
+            }
+            insert.execute(&mut **tx).await?;
+        }
+        for chunk in steps.chunks(rows_per_statement(6)) {
+            let sql = format!(
+                "INSERT INTO action_steps (action_id, target, position, next_attempt_at, \
+                 state, attempts) VALUES {}",
+                values_list(self.backend, chunk.len(), 6)
+            );
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            for (id, target, position) in chunk {
+                insert = insert
+                    .bind(id)
+                    .bind(target)
+                    .bind(i64::try_from(*position).unwrap_or(i64::MAX))
+                    .bind(&now)
+                    .bind("pending")
+                    .bind(0_i64);
+            }
+            insert.execute(&mut **tx).await?;
+        }
+        Ok(Decision::Commit(entries, outputs))
+    }
+}
+
+/// One `actions` row to insert.
+struct ActionRow {
+    id: String,
+    actor: String,
+    plan: String,
+    work: String,
+    deadline: String,
+    status: &'static str,
+    finished_at: Option<String>,
+    report: Option<String>,
+}
+
+/// `select` (ending in `IN`) over `values`, in chunks: the first column of every row found.
+async fn select_existing(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    select: &str,
+    values: &[String],
+) -> Result<std::collections::HashMap<String, String>, sqlx::Error> {
+    let mut found = std::collections::HashMap::new();
+    // (`chunks` yields nothing for no values, so no `IN ()`.)
+    for chunk in values.chunks(rows_per_statement(1)) {
+        let sql = format!("{select} {}", values_list(backend, 1, chunk.len()));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        for v in chunk {
+            query = query.bind(v);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            let key: String = row.try_get(0)?;
+            let value: String = row.try_get(row.len() - 1)?;
+            found.insert(key, value);
+        }
+    }
+    Ok(found)
+}
+
+/// Which of `keys` are claimed already, and by which action.
+async fn select_claims(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    keys: &[String],
+) -> Result<std::collections::HashMap<String, String>, sqlx::Error> {
+    select_existing(
+        tx,
+        backend,
+        "SELECT webhook_id, action_id FROM webhook_deliveries WHERE webhook_id IN",
+        keys,
+    )
+    .await
+}
