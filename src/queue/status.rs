@@ -117,12 +117,28 @@ impl Queue {
         else {
             return Ok(None);
         };
+        let steps = self.step_statuses(&id).await?;
+        let report: Option<String> = row.try_get("report")?;
+        Ok(Some(ActionStatus {
+            action_id: id,
+            status: row.try_get("status")?,
+            actor: row.try_get("actor")?,
+            created_at: row.try_get("created_at")?,
+            retry_until: row.try_get("deadline")?,
+            finished_at: row.try_get("finished_at")?,
+            steps,
+            report: report.map(|r| from_json("report", &r)).transpose()?,
+        }))
+    }
+
+    /// The state of each of `action_id`'s steps, in the plan's order.
+    async fn step_statuses(&self, action_id: &str) -> Result<Vec<StepStatus>, QueueError> {
         let steps = sqlx::query(
             "SELECT target, state, attempts, last_error, failure, next_attempt_at, lease_owner, \
                lease_until \
              FROM action_steps WHERE action_id = $1 ORDER BY position",
         )
-        .bind(&id)
+        .bind(action_id)
         .fetch_all(self.store.pool())
         .await?;
         let now = at(Utc::now());
@@ -152,16 +168,6 @@ impl Queue {
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let report: Option<String> = row.try_get("report")?;
-        Ok(Some(ActionStatus {
-            action_id: id,
-            status: row.try_get("status")?,
-            actor: row.try_get("actor")?,
-            created_at: row.try_get("created_at")?,
-            retry_until: row.try_get("deadline")?,
-            finished_at: row.try_get("finished_at")?,
-            steps,
-            report: report.map(|r| from_json("report", &r)).transpose()?,
-        }))
+        Ok(steps)
     }
 }

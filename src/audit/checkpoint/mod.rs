@@ -13,7 +13,7 @@
 //! operator pinned in `audit.unkeyed_checkpoints_through`: the store never decides what was
 //! written "before the key". The writer chains only onto checkpoints that pass these rules.
 //!
-//! Rooms: [`key`] (MACs and the key), [`writer`] (the periodic writer), [`verify`] (checking
+//! Rooms: `key` (MACs and the key), `writer` (the periodic writer), `verify` (checking
 //! the stored checkpoints and the checkpoint file against the trail). May call `store` and
 //! `config`, and the rest of `audit`.
 
