@@ -41,6 +41,8 @@ phase "openbao" scripts/ensure-openbao.sh --check-start
 
 # --- Static checks ---------------------------------------------------------------------------
 phase "cargo fmt" cargo fmt --all -- --check
+# Fails on a cycle between the top-level modules of src/ (after proving it can fail).
+phase "module cycles" bash -c 'scripts/check-layers.py --self-test && scripts/check-layers.py'
 phase "cargo clippy" cargo clippy --all-targets --locked -- -D warnings
 phase "Dockerfile lint" scripts/lint-dockerfile.sh
 phase "CloudFormation + hook" scripts/lint-cfn.sh   # also runs the Python Lambda hook's unit tests

@@ -4,19 +4,21 @@
 //! what the store, the target pools, the checkpoint file, outbound HTTP and a reserve need,
 //! and sizes the listeners' connection caps to fit in the rest: connections past a cap wait
 //! in the kernel's accept queue instead of taking the last descriptors.
+//!
+//! A leaf: it imports no other module of the crate. `config` fills in the [`Budget`]
+//! (`Config::fd_budget`) and the configured caps (`ServerConfig::connection_caps`), and the
+//! store sizes its pool from [`STORE_POOL`].
 
 use std::fmt;
-
-use crate::config::{Config, ServerConfig};
 
 /// Descriptors kept for what is not counted on its own: standard streams and logs, the
 /// runtime's epoll and wake-up descriptors, the listening sockets, SQLite's WAL and
 /// shared-memory files, DNS lookups, TLS root stores, migrations, and the odd file read
 /// while serving.
 pub const RESERVE: u64 = 64;
-/// The store's pool: the larger of its two backends' (PostgreSQL's; SQLite keeps one
-/// connection on the database file).
-pub const STORE_POOL: u64 = crate::store::POSTGRES_POOL as u64;
+/// The store's pool: the larger of its two backends' (PostgreSQL's, which the store sizes
+/// to this; SQLite keeps one connection on the database file).
+pub const STORE_POOL: u64 = 8;
 /// Outbound HTTPS connections to Vault, AWS and SNS, when any is configured: their clients
 /// keep a few pooled connections per host, and a handful of requests run at once.
 pub const OUTBOUND_HTTP: u64 = 32;
@@ -85,31 +87,6 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// What `config` needs under `limit`.
-    pub fn new(config: &Config, limit: u64) -> Self {
-        let targets = config
-            .targets
-            .values()
-            .map(|t| u64::from(t.pool_size))
-            .sum();
-        let vault_streams = config
-            .vault
-            .as_ref()
-            .filter(|v| v.subscriber.enabled)
-            .map_or(0, |v| v.subscriber.event_types.len() as u64);
-        let outbound_clients = config.vault.is_some()
-            || !config.aws.sns.topics.is_empty()
-            || config.credentials.values().any(|c| c.aws.is_some());
-        Self {
-            limit,
-            reserve: RESERVE,
-            store: STORE_POOL,
-            targets,
-            checkpoint_file: u64::from(config.audit.checkpoint_file.is_some()),
-            outbound: if outbound_clients { OUTBOUND_HTTP } else { 0 } + vault_streams,
-        }
-    }
-
     /// Descriptors left for the listeners' connections.
     pub fn for_connections(&self) -> usize {
         let used = self.reserve + self.store + self.targets + self.checkpoint_file + self.outbound;
@@ -134,6 +111,16 @@ impl fmt::Display for Budget {
     }
 }
 
+/// The connection caps as configured (`server.max_connections`,
+/// `server.operator_max_connections`); `None` lets them be sized.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConfiguredCaps {
+    /// `server.max_connections`.
+    pub max_connections: Option<usize>,
+    /// `server.operator_max_connections`.
+    pub operator_max_connections: Option<usize>,
+}
+
 /// The connection caps chosen for the listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caps {
@@ -146,7 +133,7 @@ pub struct Caps {
 /// Sizes the caps of the intake listener and, with `operator`, of a separate operator
 /// listener. Configured caps are kept or refused; defaults shrink to what is left, the
 /// operator listener keeping at least a quarter of it.
-pub fn size_caps(server: &ServerConfig, operator: bool, budget: Budget) -> Result<Caps, FdError> {
+pub fn size_caps(server: &ConfiguredCaps, operator: bool, budget: Budget) -> Result<Caps, FdError> {
     let left = budget.for_connections();
     let does_not_fit = |what: String, lower| FdError::DoesNotFit {
         what,
@@ -226,11 +213,10 @@ mod tests {
         }
     }
 
-    fn server(intake: Option<usize>, operator: Option<usize>) -> ServerConfig {
-        ServerConfig {
+    fn server(intake: Option<usize>, operator: Option<usize>) -> ConfiguredCaps {
+        ConfiguredCaps {
             max_connections: intake,
             operator_max_connections: operator,
-            ..ServerConfig::default()
         }
     }
 
@@ -294,7 +280,7 @@ mod tests {
 
     #[test]
     fn configured_caps_that_cannot_fit_are_refused() {
-        let refused = |s: ServerConfig, operator: bool, limit: u64| {
+        let refused = |s: ConfiguredCaps, operator: bool, limit: u64| {
             size_caps(&s, operator, budget(limit))
                 .unwrap_err()
                 .to_string()

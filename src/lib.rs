@@ -251,8 +251,8 @@ pub async fn run_with(
 /// logging the choice; refuses configured caps that cannot fit.
 fn connection_caps(config: &Config, operator_listener: bool) -> Result<fds::Caps, ServeError> {
     let limit = fds::raise_limit()?;
-    let budget = fds::Budget::new(config, limit);
-    let caps = fds::size_caps(&config.server, operator_listener, budget)?;
+    let budget = config.fd_budget(limit);
+    let caps = fds::size_caps(&config.server.connection_caps(), operator_listener, budget)?;
     tracing::info!(
         open_file_limit = limit,
         max_connections = caps.intake,

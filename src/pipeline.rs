@@ -15,7 +15,9 @@ use crate::context::Context;
 use crate::queue::{QueueError, Submission, worker};
 use crate::resolve::{Origin, Plan, Step};
 use crate::terminate::classify::ErrorClass;
-use crate::terminate::{EngineError, Journal, Scope, Session, TerminateOutcome, TerminateRequest};
+use crate::terminate::{
+    EngineError, Journal, Scope, Session, SweepRequest, TerminateOutcome, TerminateRequest,
+};
 
 /// An action that could not be carried out or recorded.
 #[derive(Debug, thiserror::Error)]
@@ -247,15 +249,14 @@ pub async fn run_step(
                         engine.terminate(&request).await
                     }
                     Work::Sweep { pattern } => {
-                        engine
-                            .sweep(
-                                pattern,
-                                &step.protected,
-                                plan.dry_run,
-                                termination.verify_timeout,
-                                journal.as_deref(),
-                            )
-                            .await
+                        let request = SweepRequest {
+                            pattern: pattern.clone(),
+                            protected: step.protected.clone(),
+                            dry_run: plan.dry_run,
+                            verify_timeout: termination.verify_timeout,
+                            journal,
+                        };
+                        engine.sweep(&request).await
                     }
                 }
             };

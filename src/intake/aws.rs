@@ -20,7 +20,7 @@ use super::{Arrival, Claim, Intake, accept};
 use crate::audit::Kind;
 use crate::http::error::{ApiError, parse_json};
 use crate::http::{self, Actor, RequestMeta};
-use crate::resolve::aws::{self, AwsError, CURRENT, PREVIOUS, Rotation, Source};
+use crate::resolve::aws::{self, RotationError, Source};
 
 /// The rotation Lambda's own event, as the hook forwards it.
 #[derive(Debug, Deserialize)]
@@ -289,75 +289,39 @@ async fn rotation(
     let actor = &actor;
     detail["secret_id"] = json!(reported.secret_id);
     detail["reported_version_id"] = json!(reported.version_id);
-    let config = &intake.ctx.config;
-    let candidates: Vec<(&str, &str)> = aws::mapped_secrets(config)
-        .into_iter()
-        .filter(|(_, secret)| aws::may_match(secret, &reported.secret_id))
-        .collect();
-    let not_mapped = || {
-        format!(
-            "secret {:?} is not mapped to any credential",
-            reported.secret_id
-        )
-    };
-    if candidates.is_empty() {
-        return intake
-            .acknowledge(actor, Kind::EventIgnored, "ignored", not_mapped(), detail)
-            .await;
-    }
-    let Some(secrets) = &intake.aws.secrets_manager else {
-        return Err(ApiError::Unavailable("no Secrets Manager client".into()));
-    };
-    let facts = secrets.describe(&reported.secret_id).await?;
-    let Some((credential, _)) = candidates.iter().find(|(_, s)| aws::matches(s, &facts)) else {
-        return intake
-            .acknowledge(actor, Kind::EventIgnored, "ignored", not_mapped(), detail)
-            .await;
-    };
-    let Some(version) = reported
-        .version_id
-        .clone()
-        .or_else(|| facts.current_version.clone())
-    else {
-        return Err(ApiError::Aws(AwsError::BadValue(format!(
-            "{} (no AWSCURRENT version)",
-            facts.arn
-        ))));
-    };
-    if source == Source::LambdaHook && facts.current_version.as_deref() != Some(version.as_str()) {
-        // The hook must be called after finishSecret moved AWSCURRENT; acting earlier would
-        // cut off sessions that still legitimately use the current secret.
-        return Err(ApiError::VersionNotCurrent(version));
-    }
-    let logins = async {
-        let current = secrets.login(&facts.arn, CURRENT).await?;
-        let previous = secrets.login(&facts.arn, PREVIOUS).await?;
-        let current =
-            current.ok_or_else(|| AwsError::NotFound(format!("{} AWSCURRENT", facts.arn)))?;
-        Ok::<_, AwsError>((current, previous))
-    };
-    let (current, previous) = logins.await?;
-    let moved_at = reported.occurred_at.unwrap_or(received_at).min(received_at);
-    let cutoff = aws::cutoff(facts.last_rotated, moved_at).min(received_at);
-    let rotation = Rotation {
-        credential,
-        facts: &facts,
-        version: &version,
-        current: &current,
-        previous: previous.as_ref(),
-        cutoff,
+    let report = aws::Report {
+        secret_id: &reported.secret_id,
+        version_id: reported.version_id.as_deref(),
+        occurred_at: reported.occurred_at,
         source,
+        received_at,
     };
-    let plan = aws::plan(config, &intake.ctx.targets, &rotation)?;
-    detail["credential"] = json!(credential);
-    detail["secret"] = json!(facts);
-    detail["version_id"] = json!(version);
-    detail["cutoff"] = json!(cutoff);
-    // The hook and EventBridge (and SNS) report the same rotation: act on it once.
-    claims.push(Claim::acknowledge(format!(
-        "aws-rotation:{}:{version}",
-        facts.arn
-    )));
+    let resolved = aws::resolve(
+        &intake.ctx.config,
+        &intake.ctx.targets,
+        intake.aws.secrets_manager.as_ref(),
+        &report,
+    )
+    .await;
+    let planned = match resolved {
+        Ok(aws::Resolved::Planned(planned)) => planned,
+        Ok(aws::Resolved::NotMapped(reason)) => {
+            return intake
+                .acknowledge(actor, Kind::EventIgnored, "ignored", reason, detail)
+                .await;
+        }
+        Err(RotationError::NoClient) => {
+            return Err(ApiError::Unavailable("no Secrets Manager client".into()));
+        }
+        Err(RotationError::Aws(e)) => return Err(ApiError::Aws(e)),
+        Err(RotationError::VersionNotCurrent(version)) => {
+            return Err(ApiError::VersionNotCurrent(version));
+        }
+        Err(RotationError::Resolve(e)) => return Err(e.into()),
+    };
+    planned.describe(&mut detail);
+    claims.push(Claim::acknowledge(planned.rotation_key()));
+    let aws::Planned { plan, .. } = *planned;
     let accepted = accept(&intake.ctx, actor, claims, plan, detail).await?;
     intake.respond(accepted, wait).await
 }

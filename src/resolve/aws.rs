@@ -1,5 +1,6 @@
 //! AWS Secrets Manager: which credential a secret is, who its current and previous users
-//! are, and the plan that follows from a rotation.
+//! are, and the plan that follows from a rotation ([`resolve`], which the intake's HTTP
+//! paths call). Uses `config`, `terminate` (the targets' endpoints) and the resolve rules.
 //!
 //! The secret's password is never deserialised into sever's types: [`SecretLogin`] has no
 //! field for it, so it cannot reach a log, an error or the audit trail.
@@ -18,9 +19,9 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Origin, Plan, ResolveError, steps_for};
-use crate::config::{AwsConfig, Config, ConfigError, Engine, PreviousUserPolicy, RotationPolicy};
-use crate::terminate::{Scope, Targets};
+use super::{Origin, Plan, ResolveError, cutoff, steps_for};
+use crate::config::{AwsConfig, Config, ConfigError, Engine, PreviousUserPolicy};
+use crate::terminate::Targets;
 
 /// The stage label of the version in use.
 pub const CURRENT: &str = "AWSCURRENT";
@@ -301,11 +302,7 @@ pub fn plan(
             mappings.push((target, login.username.clone()));
         }
     }
-    let scope = match credential.policy {
-        RotationPolicy::TerminateBeforeCutoff => Some(Scope::Before(rotation.cutoff)),
-        RotationPolicy::TerminateAll => Some(Scope::All),
-        RotationPolicy::None => None,
-    };
+    let scope = cutoff::scope(credential.policy, rotation.cutoff);
     Ok(Plan {
         action_id: Uuid::now_v7(),
         origin: Origin::Aws {
@@ -400,14 +397,146 @@ fn matching_target(targets: &Targets, login: &SecretLogin) -> Result<String, Res
     }
 }
 
-/// Cutoff for a rotation: the later of `LastRotatedDate` and the moment `AWSCURRENT` moved.
-///
-/// `LastRotatedDate` can mark the start of a rotation, before the password actually
-/// changed; sessions opened in between hold the old password. The label move (the event's
-/// time, or the moment the Lambda's hook call was verified) is never earlier than the change,
-/// so taking the later of the two never spares an old-password session.
-pub fn cutoff(last_rotated: Option<DateTime<Utc>>, moved_at: DateTime<Utc>) -> DateTime<Utc> {
-    last_rotated.map_or(moved_at, |t| t.max(moved_at))
+/// A rotation as an intake path reports it, before Secrets Manager is asked.
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a> {
+    /// Secret ARN or name, as the report carries it.
+    pub secret_id: &'a str,
+    /// The version that became current, when the report names it.
+    pub version_id: Option<&'a str>,
+    /// When the label moved, per the report.
+    pub occurred_at: Option<DateTime<Utc>>,
+    /// Which intake path reported it.
+    pub source: Source,
+    /// When sever received (verified) the report.
+    pub received_at: DateTime<Utc>,
+}
+
+/// What a reported rotation resolved to.
+#[derive(Debug)]
+pub enum Resolved {
+    /// No configured credential maps the secret (the reason says which): acknowledged and
+    /// ignored.
+    NotMapped(String),
+    /// A plan, with what the audit record says about how it was decided.
+    Planned(Box<Planned>),
+}
+
+/// A rotation resolved against Secrets Manager and the config.
+#[derive(Debug)]
+pub struct Planned {
+    /// What to do.
+    pub plan: Plan,
+    /// The configured credential the secret is.
+    pub credential: String,
+    /// The described secret.
+    pub facts: SecretFacts,
+    /// The version that became current.
+    pub version: String,
+    /// Sessions that began before this may hold the old secret.
+    pub cutoff: DateTime<Utc>,
+}
+
+impl Planned {
+    /// Adds the credential, the secret, the version and the cutoff to an audit `detail`.
+    pub fn describe(&self, detail: &mut serde_json::Value) {
+        detail["credential"] = serde_json::json!(self.credential);
+        detail["secret"] = serde_json::json!(self.facts);
+        detail["version_id"] = serde_json::json!(self.version);
+        detail["cutoff"] = serde_json::json!(self.cutoff);
+    }
+
+    /// The idempotency key of this rotation: the hook and EventBridge (and SNS) report the
+    /// same rotation, and it is acted on once.
+    pub fn rotation_key(&self) -> String {
+        format!("aws-rotation:{}:{}", self.facts.arn, self.version)
+    }
+}
+
+/// Why a reported rotation cannot be acted on.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RotationError {
+    /// No Secrets Manager client is configured.
+    #[error("no Secrets Manager client")]
+    NoClient,
+    /// Secrets Manager could not answer, or answered unusably.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// The Lambda hook reported a version that is not `AWSCURRENT` (yet).
+    #[error("version {0} is not AWSCURRENT")]
+    VersionNotCurrent(String),
+    /// The config does not allow the plan.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+}
+
+/// Resolves a reported rotation: which configured credential the secret is, which version
+/// became current, its current and previous users, the cutoff, and the plan.
+pub async fn resolve(
+    config: &Config,
+    targets: &Targets,
+    secrets: Option<&SecretsManager>,
+    reported: &Report<'_>,
+) -> Result<Resolved, RotationError> {
+    let candidates: Vec<(&str, &str)> = mapped_secrets(config)
+        .into_iter()
+        .filter(|(_, secret)| may_match(secret, reported.secret_id))
+        .collect();
+    let not_mapped = || {
+        format!(
+            "secret {:?} is not mapped to any credential",
+            reported.secret_id
+        )
+    };
+    if candidates.is_empty() {
+        return Ok(Resolved::NotMapped(not_mapped()));
+    }
+    let Some(secrets) = secrets else {
+        return Err(RotationError::NoClient);
+    };
+    let facts = secrets.describe(reported.secret_id).await?;
+    let Some((credential, _)) = candidates.iter().find(|(_, s)| matches(s, &facts)) else {
+        return Ok(Resolved::NotMapped(not_mapped()));
+    };
+    let Some(version) = reported
+        .version_id
+        .map(str::to_owned)
+        .or_else(|| facts.current_version.clone())
+    else {
+        return Err(AwsError::BadValue(format!("{} (no AWSCURRENT version)", facts.arn)).into());
+    };
+    if reported.source == Source::LambdaHook
+        && facts.current_version.as_deref() != Some(version.as_str())
+    {
+        // The hook must be called after finishSecret moved AWSCURRENT; acting earlier would
+        // cut off sessions that still legitimately use the current secret.
+        return Err(RotationError::VersionNotCurrent(version));
+    }
+    let current = secrets.login(&facts.arn, CURRENT).await?;
+    let previous = secrets.login(&facts.arn, PREVIOUS).await?;
+    let current = current.ok_or_else(|| AwsError::NotFound(format!("{} AWSCURRENT", facts.arn)))?;
+    // `LastRotatedDate` can mark the start of a rotation, before the password actually
+    // changed; the label move (the event's time, or else the moment the report arrived) is
+    // never earlier than the change.
+    let moved_at = reported.occurred_at.unwrap_or(reported.received_at);
+    let cutoff = cutoff::clamped(Some(moved_at), facts.last_rotated, reported.received_at);
+    let rotation = Rotation {
+        credential,
+        facts: &facts,
+        version: &version,
+        current: &current,
+        previous: previous.as_ref(),
+        cutoff,
+        source: reported.source,
+    };
+    let plan = plan(config, targets, &rotation)?;
+    Ok(Resolved::Planned(Box::new(Planned {
+        plan,
+        credential: (*credential).to_owned(),
+        facts,
+        version,
+        cutoff,
+    })))
 }
 
 /// Mapped secrets per credential id, for intake's cheap pre-check.
@@ -453,15 +582,5 @@ mod tests {
         assert_eq!(login.port, Some(5433));
         assert!(!format!("{login:?}").contains("hunter2"));
         assert!(!serde_json::to_string(&login).unwrap().contains("hunter2"));
-    }
-
-    #[test]
-    fn the_cutoff_is_never_before_the_label_moved() {
-        let moved = Utc::now();
-        let early = moved - chrono::Duration::minutes(3);
-        assert_eq!(cutoff(Some(early), moved), moved);
-        assert_eq!(cutoff(None, moved), moved);
-        let late = moved + chrono::Duration::seconds(1);
-        assert_eq!(cutoff(Some(late), moved), late);
     }
 }

@@ -5,6 +5,7 @@
 //! widen that.
 
 pub mod aws;
+pub mod cutoff;
 pub mod vault;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -217,22 +218,11 @@ pub fn event(
     if let Some(reason) = &event.reason {
         check_reason(reason)?;
     }
-    let cutoff = match event.rotated_at {
-        None => verified_at,
-        Some(at) if at > verified_at + tolerance => {
-            return Err(ResolveError::Invalid(format!(
-                "rotated_at {at} is more than {}s in the future",
-                tolerance.as_secs()
-            )));
-        }
-        Some(at) => at.min(verified_at),
-    };
-    let scope = match (event.kind, credential.policy) {
-        (EventKind::Revoked, _) | (EventKind::Rotated, RotationPolicy::TerminateAll) => {
-            Some(Scope::All)
-        }
-        (EventKind::Rotated, RotationPolicy::TerminateBeforeCutoff) => Some(Scope::Before(cutoff)),
-        (EventKind::Rotated, RotationPolicy::None) => None,
+    let cutoff = cutoff::cutoff(event.rotated_at, None, verified_at, tolerance)
+        .map_err(|e| ResolveError::Invalid(format!("rotated_at {e}")))?;
+    let scope = match event.kind {
+        EventKind::Revoked => Some(Scope::All),
+        EventKind::Rotated => cutoff::scope(credential.policy, cutoff),
     };
     if credential.logins.is_empty() {
         return Err(ResolveError::Invalid(format!(

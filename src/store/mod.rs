@@ -69,9 +69,9 @@ pub enum Claim {
     },
 }
 
-/// Connections a PostgreSQL store's pool opens at most (SQLite's has one); the open-file
-/// budget ([`crate::fds`]) sets these aside.
-pub const POSTGRES_POOL: u32 = 8;
+/// Connections a PostgreSQL store's pool opens at most (SQLite's has one): what the open-file
+/// budget sets aside for the store ([`crate::fds::STORE_POOL`]).
+pub const POSTGRES_POOL: u32 = crate::fds::STORE_POOL as u32;
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]

@@ -88,6 +88,21 @@ pub struct TerminateRequest {
     pub journal: Option<Arc<dyn Journal>>,
 }
 
+/// What a sweep does on one target.
+#[derive(Debug, Clone)]
+pub struct SweepRequest {
+    /// `LIKE` pattern of the logins checked for expiry.
+    pub pattern: String,
+    /// Logins never terminated, whatever else matches.
+    pub protected: BTreeSet<String>,
+    /// Report what would be terminated, change nothing.
+    pub dry_run: bool,
+    /// How long to wait for terminated sessions to disappear.
+    pub verify_timeout: Duration,
+    /// Where the sessions about to be signalled are recorded first, if anywhere.
+    pub journal: Option<Arc<dyn Journal>>,
+}
+
 /// What to learn on one target besides sever's own logins and the superusers.
 #[derive(Debug, Clone, Default)]
 pub struct Learn {
@@ -285,22 +300,15 @@ pub trait Engine: Send + Sync + Debug {
         self.learn_logins(&what.mapped).await
     }
     /// Terminates (or, in a dry run, lists) every client session whose login no longer
-    /// exists, or whose login matches the `LIKE` `pattern` and has expired, then verifies.
-    /// Sessions of sever's own logins, superusers and `protected` logins are skipped, and so
-    /// are those of a dropped login sever never learned to match `pattern`; the outcome's
-    /// `sweep_reasons` says why each session was selected. Sessions are recorded
-    /// in `journal` before they are signalled.
-    async fn sweep(
-        &self,
-        pattern: &str,
-        protected: &BTreeSet<String>,
-        dry_run: bool,
-        verify_timeout: Duration,
-        journal: Option<&dyn Journal>,
-    ) -> Result<TerminateOutcome, EngineError> {
+    /// exists, or whose login matches the request's `LIKE` `pattern` and has expired, then
+    /// verifies. Sessions of sever's own logins, superusers and `protected` logins are
+    /// skipped, and so are those of a dropped login sever never learned to match `pattern`;
+    /// the outcome's `sweep_reasons` says why each session was selected. Sessions are
+    /// recorded in the request's `journal` before they are signalled.
+    async fn sweep(&self, request: &SweepRequest) -> Result<TerminateOutcome, EngineError> {
         // Only PostgreSQL keeps sessions of dropped or expired roles identifiable; the other
         // engines keep the user name and have no VALID UNTIL, so there is nothing to sweep.
-        let _ = (pattern, protected, dry_run, verify_timeout, journal);
+        let _ = request;
         Err(EngineError::Config(
             "sweeps are for PostgreSQL targets".into(),
         ))

@@ -15,8 +15,8 @@ use sqlx::{PgConnection, PgPool, Postgres as Pg, Row};
 use super::pg_roles::{self, Known};
 use super::{
     Engine, EngineError, Failed, Journal, Learn, Scope, Session, SessionFilter, SkipReason,
-    Skipped, SweepReason, TerminateOutcome, TerminateRequest, record_intent, same_session,
-    sqlx_error as query_error,
+    Skipped, SweepReason, SweepRequest, TerminateOutcome, TerminateRequest, record_intent,
+    same_session, sqlx_error as query_error,
 };
 use crate::config::{TargetConfig, TerminationConfig};
 use crate::store::{APPLICATION_NAME, Store};
@@ -728,14 +728,11 @@ impl Engine for Postgres {
         .map(|_| ())
     }
 
-    async fn sweep(
-        &self,
-        pattern: &str,
-        protected: &BTreeSet<String>,
-        dry_run: bool,
-        verify_timeout: Duration,
-        journal: Option<&dyn Journal>,
-    ) -> Result<TerminateOutcome, EngineError> {
+    async fn sweep(&self, request: &SweepRequest) -> Result<TerminateOutcome, EngineError> {
+        let pattern = request.pattern.as_str();
+        let protected = &request.protected;
+        let (dry_run, verify_timeout) = (request.dry_run, request.verify_timeout);
+        let journal = request.journal.as_deref();
         // Learned right before the sweep, so only a role created and dropped since the last
         // learning is unknown; what was learned before decides an orphan's fate.
         let mut conn = self.connection().await?;

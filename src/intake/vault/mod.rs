@@ -20,11 +20,12 @@ use serde_json::{Value, json};
 use super::events::{WaitQuery, wait_flag};
 use super::{Accepted, Arrival, Claim, Intake, accept, note};
 use crate::audit::Kind;
-use crate::config::{Config, CredentialVault, WatchedMount};
 use crate::http::error::{ApiError, parse_json};
 use crate::http::reply::status_response;
 use crate::http::{self, Actor, RequestMeta};
-use crate::resolve::vault::{self, StaticRole};
+use crate::resolve::cutoff;
+use crate::resolve::vault::{self, StaticRole, trimmed};
+pub use crate::resolve::vault::{Owner, owner_of};
 
 /// A Vault event notification, read leniently from its CloudEvents envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,10 +42,6 @@ pub struct VaultEvent {
     pub metadata: BTreeMap<String, String>,
     /// When Vault emitted it.
     pub time: Option<DateTime<Utc>>,
-}
-
-fn trimmed(s: &str) -> Option<String> {
-    Some(s.trim_matches('/').to_owned()).filter(|s| !s.is_empty())
 }
 
 impl VaultEvent {
@@ -170,11 +167,6 @@ pub fn event_detail(event: &VaultEvent, remote: &str) -> Value {
     })
 }
 
-/// Same namespace, treating empty and absent alike.
-fn same_namespace(a: Option<&str>, b: Option<&str>) -> bool {
-    a.and_then(trimmed) == b.and_then(trimmed)
-}
-
 /// Handles an event from any Vault source, `arrival.detail` being its [`event_detail`].
 /// Errors that refuse the event are the caller's to record.
 pub async fn handle_event(
@@ -191,8 +183,6 @@ pub async fn handle_event(
     } = arrival;
     let actor = &actor;
     let config = &intake.ctx.config;
-    let default_ns = config.vault.as_ref().and_then(|v| v.namespace.as_deref());
-    let credential_ns = |c: &CredentialVault| c.namespace.clone().or(default_ns.map(str::to_owned));
     let ignored = detail.clone();
     let ignore = |reason: String| async move {
         note(&intake.ctx, actor, Kind::EventIgnored, &reason, ignored).await?;
@@ -254,21 +244,15 @@ pub async fn handle_event(
                 .strip_prefix(&format!("{}/data/", event.mount_path))
                 .unwrap_or(data_path)
                 .trim_matches('/');
-            let found = config.credentials.iter().find_map(|(id, c)| {
-                let v = c.vault.as_ref()?;
-                let matches = v.kv_path.as_deref().map(|p| p.trim_matches('/')) == Some(inner)
-                    && v.mount.trim_matches('/') == event.mount_path
-                    && same_namespace(credential_ns(v).as_deref(), event.namespace.as_deref());
-                matches.then_some((id.as_str(), v))
-            });
-            let Some((credential, cv)) = found else {
+            let found =
+                vault::kv_owner(config, &event.mount_path, inner, event.namespace.as_deref());
+            let Some((credential, cv, ns)) = found else {
                 return ignore(format!(
                     "kv secret {}/{inner} is not mapped to any credential",
                     event.mount_path
                 ))
                 .await;
             };
-            let ns = credential_ns(cv);
             let path = vault::vault_path(ns.as_deref(), &cv.mount, inner);
             // Vault's own metadata, not the event's word, says which version is current and
             // when it was written: that time is the exact cutoff. Without a Vault client the
@@ -276,10 +260,13 @@ pub async fn handle_event(
             let (cutoff, version) = match &intake.vault {
                 Some(client) => {
                     let kv = client.kv_version(ns.as_deref(), &cv.mount, inner).await?;
-                    (kv.created_time.min(received_at), kv.version.to_string())
+                    (
+                        cutoff::clamped(None, Some(kv.created_time), received_at),
+                        kv.version.to_string(),
+                    )
                 }
                 None => (
-                    event.time.unwrap_or(received_at).min(received_at),
+                    cutoff::clamped(event.time, None, received_at),
                     event
                         .metadata
                         .get("current_version")
@@ -308,24 +295,6 @@ pub async fn handle_event(
     }
 }
 
-/// Whose static role it is: a configured credential, or a watched mount.
-#[derive(Debug, Clone, Copy)]
-pub enum Owner<'a> {
-    /// `credentials.<id>.vault`.
-    Credential(&'a str, &'a CredentialVault),
-    /// `vault.watcher.mounts[]`.
-    Mount(&'a WatchedMount),
-}
-
-impl Owner<'_> {
-    fn mount(&self) -> &str {
-        match self {
-            Owner::Credential(_, cv) => &cv.mount,
-            Owner::Mount(m) => &m.mount,
-        }
-    }
-}
-
 /// A static role whose `last_vault_rotation` is `static_role.last_vault_rotation`: the
 /// sessions of its user that began before then end, once per rotation however it is reported.
 pub async fn static_role_rotated(
@@ -345,51 +314,17 @@ pub async fn static_role_rotated(
     } = arrival;
     let path = vault::vault_path(namespace, owner.mount(), role);
     let rotated = static_role.last_vault_rotation;
-    let cutoff = rotated.min(received_at);
+    let cutoff = cutoff::clamped(None, Some(rotated), received_at);
     let config = &intake.ctx.config;
     let user = &static_role.username;
-    let planned = match owner {
-        Owner::Credential(id, _) => {
-            detail["credential"] = json!(id);
-            vault::plan(config, id, Some(user), cutoff, source, path.clone())
-        }
-        Owner::Mount(m) => {
-            vault::plan_for_mount(config, &m.target, user, cutoff, source, path.clone())
-        }
-    };
-    let plan = planned?;
+    if let Owner::Credential(id, _) = owner {
+        detail["credential"] = json!(id);
+    }
+    let plan = vault::plan_for_owner(config, owner, user, cutoff, source, path.clone())?;
     detail["static_role"] = json!(static_role);
     detail["cutoff"] = json!(cutoff);
     claims.push(Claim::acknowledge(rotation_key(&path, rotated)));
     accept(&intake.ctx, &actor, claims, plan, detail).await
-}
-
-/// The owner of static role `role` on `mount` in `namespace`: a credential first, else a
-/// watched mount.
-pub fn owner_of<'a>(
-    config: &'a Config,
-    mount: &str,
-    role: &str,
-    namespace: Option<&str>,
-) -> Option<(Owner<'a>, Option<String>)> {
-    let default_ns = config.vault.as_ref().and_then(|v| v.namespace.clone());
-    let credential = config.credentials.iter().find_map(|(id, c)| {
-        let v = c.vault.as_ref()?;
-        let ns = v.namespace.clone().or(default_ns.clone());
-        let matches = v.role.as_deref() == Some(role)
-            && v.mount.trim_matches('/') == mount.trim_matches('/')
-            && same_namespace(ns.as_deref(), namespace);
-        matches.then_some((Owner::Credential(id.as_str(), v), ns))
-    });
-    credential.or_else(|| {
-        let watcher = config.vault.as_ref()?.watcher.as_ref()?;
-        watcher.mounts.iter().find_map(|m| {
-            let ns = m.namespace.clone().or(default_ns.clone());
-            let matches = m.mount.trim_matches('/') == mount.trim_matches('/')
-                && same_namespace(ns.as_deref(), namespace);
-            matches.then_some((Owner::Mount(m), ns))
-        })
-    })
 }
 
 /// The idempotency key of one rotation of a static role: events, the subscriber and the
@@ -442,12 +377,5 @@ mod tests {
                 .unwrap_err()
                 .contains("mount_path")
         );
-    }
-
-    #[test]
-    fn namespaces_compare_without_slashes() {
-        assert!(same_namespace(Some("admin/"), Some("admin")));
-        assert!(same_namespace(None, Some("")));
-        assert!(!same_namespace(Some("admin"), None));
     }
 }

@@ -1,5 +1,7 @@
 //! HashiCorp Vault and OpenBao: the [`Vault`] client (logging in and staying logged in,
-//! reading static roles and kv-v2 metadata) and planning what a Vault rotation ends.
+//! reading static roles and kv-v2 metadata), whose static role or kv secret a rotation is
+//! ([`owner_of`], [`kv_owner`]), and planning what it ends. Uses `config`, `terminate` (the
+//! scope) and the resolve rules.
 
 mod client;
 mod token;
@@ -11,9 +13,8 @@ use uuid::Uuid;
 
 pub use client::{KvVersion, Vault};
 
-use super::{Origin, Plan, ResolveError, steps_for};
-use crate::config::{Config, ConfigError, RotationPolicy};
-use crate::terminate::Scope;
+use super::{Origin, Plan, ResolveError, cutoff, steps_for};
+use crate::config::{Config, ConfigError, CredentialVault, RotationPolicy, WatchedMount};
 
 /// Vault could not be asked, or answered unusably.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -67,6 +68,99 @@ pub fn vault_path(namespace: Option<&str>, mount: &str, item: &str) -> String {
     {
         Some(ns) => format!("{ns}/{mount}/{item}"),
         None => format!("{mount}/{item}"),
+    }
+}
+
+/// A Vault path segment without slashes at either end; `None` when nothing is left.
+pub fn trimmed(s: &str) -> Option<String> {
+    Some(s.trim_matches('/').to_owned()).filter(|s| !s.is_empty())
+}
+
+/// Same namespace, treating empty and absent alike.
+fn same_namespace(a: Option<&str>, b: Option<&str>) -> bool {
+    a.and_then(trimmed) == b.and_then(trimmed)
+}
+
+/// Whose static role it is: a configured credential, or a watched mount.
+#[derive(Debug, Clone, Copy)]
+pub enum Owner<'a> {
+    /// `credentials.<id>.vault`.
+    Credential(&'a str, &'a CredentialVault),
+    /// `vault.watcher.mounts[]`.
+    Mount(&'a WatchedMount),
+}
+
+impl Owner<'_> {
+    /// The mount the static role is on.
+    pub fn mount(&self) -> &str {
+        match self {
+            Owner::Credential(_, cv) => &cv.mount,
+            Owner::Mount(m) => &m.mount,
+        }
+    }
+}
+
+/// The owner of static role `role` on `mount` in `namespace`: a credential first, else a
+/// watched mount.
+pub fn owner_of<'a>(
+    config: &'a Config,
+    mount: &str,
+    role: &str,
+    namespace: Option<&str>,
+) -> Option<(Owner<'a>, Option<String>)> {
+    let default_ns = config.vault.as_ref().and_then(|v| v.namespace.clone());
+    let credential = config.credentials.iter().find_map(|(id, c)| {
+        let v = c.vault.as_ref()?;
+        let ns = v.namespace.clone().or(default_ns.clone());
+        let matches = v.role.as_deref() == Some(role)
+            && v.mount.trim_matches('/') == mount.trim_matches('/')
+            && same_namespace(ns.as_deref(), namespace);
+        matches.then_some((Owner::Credential(id.as_str(), v), ns))
+    });
+    credential.or_else(|| {
+        let watcher = config.vault.as_ref()?.watcher.as_ref()?;
+        watcher.mounts.iter().find_map(|m| {
+            let ns = m.namespace.clone().or(default_ns.clone());
+            let matches = m.mount.trim_matches('/') == mount.trim_matches('/')
+                && same_namespace(ns.as_deref(), namespace);
+            matches.then_some((Owner::Mount(m), ns))
+        })
+    })
+}
+
+/// The credential that is kv-v2 secret `inner` on `mount_path` (without slashes) in
+/// `namespace`, with the credential's namespace (its own, else `vault.namespace`).
+pub fn kv_owner<'a>(
+    config: &'a Config,
+    mount_path: &str,
+    inner: &str,
+    namespace: Option<&str>,
+) -> Option<(&'a str, &'a CredentialVault, Option<String>)> {
+    let default_ns = config.vault.as_ref().and_then(|v| v.namespace.as_deref());
+    let credential_ns = |c: &CredentialVault| c.namespace.clone().or(default_ns.map(str::to_owned));
+    let found = config.credentials.iter().find_map(|(id, c)| {
+        let v = c.vault.as_ref()?;
+        let matches = v.kv_path.as_deref().map(|p| p.trim_matches('/')) == Some(inner)
+            && v.mount.trim_matches('/') == mount_path
+            && same_namespace(credential_ns(v).as_deref(), namespace);
+        matches.then_some((id.as_str(), v))
+    });
+    found.map(|(id, cv)| (id, cv, credential_ns(cv)))
+}
+
+/// Plans the rotation of a static role whose user is `username`: by its credential's
+/// mappings and policy ([`plan`]), or on its watched mount's target ([`plan_for_mount`]).
+pub fn plan_for_owner(
+    config: &Config,
+    owner: Owner<'_>,
+    username: &str,
+    cutoff: DateTime<Utc>,
+    source: &str,
+    vault_path: String,
+) -> Result<Plan, ResolveError> {
+    match owner {
+        Owner::Credential(id, _) => plan(config, id, Some(username), cutoff, source, vault_path),
+        Owner::Mount(m) => plan_for_mount(config, &m.target, username, cutoff, source, vault_path),
     }
 }
 
@@ -128,11 +222,7 @@ pub fn plan(
             });
         }
     }
-    let scope = match credential.policy {
-        RotationPolicy::TerminateBeforeCutoff => Some(Scope::Before(cutoff)),
-        RotationPolicy::TerminateAll => Some(Scope::All),
-        RotationPolicy::None => None,
-    };
+    let scope = cutoff::scope(credential.policy, cutoff);
     Ok(Plan {
         action_id: Uuid::now_v7(),
         origin: Origin::Vault {
@@ -168,15 +258,17 @@ pub fn plan_for_mount(
             target: target.to_owned(),
         });
     }
+    // A watched mount has no credential, so no policy of its own: the default one.
+    let policy = RotationPolicy::TerminateBeforeCutoff;
     Ok(Plan {
         action_id: Uuid::now_v7(),
         origin: Origin::Vault {
             credential: None,
             vault_path,
             source: source.to_owned(),
-            policy: RotationPolicy::TerminateBeforeCutoff,
+            policy,
         },
-        scope: Some(Scope::Before(cutoff)),
+        scope: cutoff::scope(policy, cutoff),
         dry_run: false,
         reason: None,
         cutoff_defaulted: false,
@@ -216,6 +308,13 @@ mod tests {
             schedule.data.last_vault_rotation.to_rfc3339(),
             "2026-11-24T17:00:00+00:00"
         );
+    }
+
+    #[test]
+    fn namespaces_compare_without_slashes() {
+        assert!(same_namespace(Some("admin/"), Some("admin")));
+        assert!(same_namespace(None, Some("")));
+        assert!(!same_namespace(Some("admin"), None));
     }
 
     #[test]

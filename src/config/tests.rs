@@ -1,0 +1,229 @@
+//! The configuration's parsing and validation, section by section.
+
+use std::time::Duration;
+
+use super::*;
+
+const GOOD: &str = r#"
+    protected_logins = ["postgres"]
+    [webhooks]
+    secrets = [{ env = "X" }]
+    [[operators]]
+    name = "alice"
+    token_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+    [targets.pg]
+    engine = "postgres"
+    url = "postgres://sever@localhost/postgres"
+    [credentials.app]
+    logins = [{ target = "pg", login = "app" }]
+"#;
+
+fn err(text: &str) -> String {
+    Config::parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn a_complete_config_parses_with_defaults() {
+    let config = Config::parse(GOOD).unwrap();
+    assert_eq!(config.webhooks.tolerance, Duration::from_secs(300));
+    assert_eq!(
+        config.credentials["app"].policy,
+        RotationPolicy::TerminateBeforeCutoff
+    );
+    assert!(config.protected_on("pg").contains("postgres"));
+}
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let text = include_str!("../../config/sever.example.toml");
+    let config = Config::parse(text).unwrap();
+    assert_eq!(config.credentials["orders-app"].logins.len(), 2);
+    assert!(config.protected_on("orders-db").contains("orders_migrator"));
+    assert_eq!(config.audit.checkpoint_interval, Duration::from_secs(60));
+    assert!(config.audit.checkpoint_key.is_some() && config.audit.checkpoint_file.is_some());
+}
+
+#[test]
+fn audit_checkpoints_default_to_every_minute_unkeyed_with_a_warning() {
+    let config = Config::parse(GOOD).unwrap();
+    assert_eq!(config.audit.checkpoint_interval, Duration::from_secs(60));
+    assert!(config.audit.checkpoint_key.is_none());
+    assert!(
+        config
+            .warnings()
+            .iter()
+            .any(|w| w.contains("audit.checkpoint_key"))
+    );
+    let keyed = format!("{GOOD}\n[audit]\ncheckpoint_key = {{ env = \"K\" }}\n");
+    let config = Config::parse(&keyed).unwrap();
+    assert!(
+        !config
+            .warnings()
+            .iter()
+            .any(|w| w.contains("audit.checkpoint_key"))
+    );
+    let orphan = format!("{GOOD}\n[audit]\ncheckpoint_previous_keys = [{{ env = \"K\" }}]\n");
+    assert!(err(&orphan).contains("audit.checkpoint_previous_keys"));
+    let e = err(&format!("{GOOD}\n[audit]\ncheckpoint_interval = \"0s\"\n"));
+    assert!(e.contains("audit.checkpoint_interval"), "{e}");
+    assert!(
+        err(&format!("{GOOD}\n[audit]\ncheckpoint_every = \"1m\"\n")).contains("checkpoint_every")
+    );
+}
+
+#[test]
+fn an_unkeyed_checkpoint_pin_needs_a_key_an_index_and_a_digest() {
+    let mac = "ab".repeat(32);
+    let pin = |index: i64, mac: &str| {
+        format!("[audit]\nunkeyed_checkpoints_through = {{ index = {index}, mac = {mac:?} }}\n")
+    };
+    let keyed = format!("{GOOD}\n[audit]\ncheckpoint_key = {{ env = \"K\" }}\n");
+    let config =
+        Config::parse(&format!("{keyed}{}", pin(7, &mac).replace("[audit]\n", ""))).unwrap();
+    let pinned = config.audit.unkeyed_checkpoints_through.unwrap();
+    assert_eq!((pinned.index, pinned.mac), (7, mac.clone()));
+    let e = err(&format!("{GOOD}\n{}", pin(7, &mac)));
+    assert!(e.contains("needs audit.checkpoint_key"), "{e}");
+    let with_key =
+        |index: i64, mac: &str| format!("{keyed}{}", pin(index, mac).replace("[audit]\n", ""));
+    assert!(err(&with_key(0, &mac)).contains("unkeyed_checkpoints_through.index"));
+    assert!(err(&with_key(7, "abc")).contains("unkeyed_checkpoints_through.mac"));
+    assert!(err(&with_key(7, &"AB".repeat(32))).contains("lowercase hex"));
+}
+
+#[test]
+fn the_kubernetes_config_is_valid() {
+    let text = include_str!("../../integrations/kubernetes/sever.toml");
+    let config = Config::parse(text).unwrap();
+    assert!(config.server.operator_listen.is_some());
+    assert_eq!(
+        config.store.url,
+        UrlSource::Secret(SecretRef::Env("SEVER_STORE_URL".into()))
+    );
+}
+
+#[test]
+fn empty_config_is_the_embedded_default() {
+    let config = Config::parse("").unwrap();
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+    assert!(config.targets.is_empty());
+    assert_eq!(config.server.operator_listen, None);
+    assert_eq!(config.server.header_read_timeout, Duration::from_secs(10));
+    // Unset: sized at start to fit the open-file limit.
+    assert_eq!(config.server.max_connections, None);
+    assert_eq!(config.server.operator_max_connections, None);
+}
+
+#[test]
+fn server_limits_are_checked() {
+    let config = Config::parse(
+        "[server]\nlisten = \"0.0.0.0:8080\"\noperator_listen = \"127.0.0.1:8081\"\n\
+         header_read_timeout = \"2s\"\nmax_connections = 8\noperator_max_connections = 3",
+    )
+    .unwrap();
+    assert_eq!(config.server.operator_listen.unwrap().port(), 8081);
+    assert_eq!(config.server.header_read_timeout, Duration::from_secs(2));
+    assert_eq!(config.server.max_connections, Some(8));
+    assert_eq!(config.server.operator_max_connections, Some(3));
+    for (text, path) in [
+        ("max_connections = 0", "server.max_connections"),
+        (
+            "operator_max_connections = 0",
+            "server.operator_max_connections",
+        ),
+        ("header_read_timeout = \"0s\"", "server.header_read_timeout"),
+        ("request_timeout = \"0s\"", "server.request_timeout"),
+        (
+            "listen = \"127.0.0.1:9\"\noperator_listen = \"127.0.0.1:9\"",
+            "server.operator_listen",
+        ),
+    ] {
+        let e = err(&format!("[server]\n{text}"));
+        assert!(e.contains(path), "{text}: {e}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    assert!(err("[server]\nlisen = \"127.0.0.1:1\"").contains("lisen"));
+    let e = err(&GOOD.replace("engine = \"postgres\"", "engine = \"postgres\"\nfoo = 1"));
+    assert!(e.contains("foo"), "{e}");
+}
+
+#[test]
+fn dangling_target_reference_is_an_error() {
+    let e = err(&GOOD.replace("target = \"pg\"", "target = \"nope\""));
+    assert!(e.contains("credentials.app.logins[0].target"), "{e}");
+}
+
+#[test]
+fn mapping_a_protected_login_is_an_error() {
+    let e = err(&GOOD.replace("login = \"app\"", "login = \"postgres\""));
+    assert!(e.contains("protected"), "{e}");
+}
+
+#[test]
+fn bad_operator_hash_and_duplicates_are_errors() {
+    assert!(err(&GOOD.replace(&"0".repeat(64), "abc")).contains("token_sha256"));
+    let twice = format!(
+        "{GOOD}\n[[operators]]\nname = \"alice\"\ntoken_sha256 = \"{}\"",
+        "1".repeat(64)
+    );
+    assert!(err(&twice).contains("duplicate operator"));
+}
+
+#[test]
+fn aws_credentials_may_derive_logins_but_not_share_a_secret() {
+    let aws = format!("{GOOD}\n[credentials.rds]\n[credentials.rds.aws]\nsecret = \"prod/db\"\n");
+    let config = Config::parse(&aws).unwrap();
+    assert!(config.credentials["rds"].logins.is_empty());
+    assert_eq!(
+        config.credentials["rds"]
+            .aws
+            .as_ref()
+            .unwrap()
+            .previous_user,
+        PreviousUserPolicy::Keep
+    );
+    let twin = format!("{aws}[credentials.rds2]\n[credentials.rds2.aws]\nsecret = \"prod/db\"\n");
+    assert!(err(&twin).contains("maps the same secret"));
+    let bad_target = aws.replace(
+        "secret = \"prod/db\"",
+        "secret = \"prod/db\"\ntarget = \"nope\"",
+    );
+    assert!(err(&bad_target).contains("credentials.rds.aws.target"));
+    let no_logins = format!("{GOOD}\n[credentials.bare]\ndescription = \"x\"\n");
+    assert!(err(&no_logins).contains("credentials.bare.logins"));
+    assert!(
+        err(&format!("{GOOD}\n[aws.sns]\ntopics = [\"not-an-arn\"]\n"))
+            .contains("aws.sns.topics[0]")
+    );
+}
+
+#[test]
+fn unknown_engine_and_policy_are_errors() {
+    assert!(err(&GOOD.replace("engine = \"postgres\"", "engine = \"oracle\"")).contains("oracle"));
+    let e = err(&GOOD.replace(
+        "[credentials.app]",
+        "[credentials.app]\npolicy = \"sometimes\"",
+    ));
+    assert!(e.contains("sometimes"), "{e}");
+}
+
+#[test]
+fn a_sweep_learns_every_two_seconds_unless_told_and_never_every_zero() {
+    let sweep = |extra: &str| {
+        format!("{GOOD}\n[targets.pg.sweep]\npattern = \"v-%\"\ninterval = \"5m\"\n{extra}")
+    };
+    let config = Config::parse(&sweep("")).unwrap();
+    let learn = config.targets["pg"].sweep.as_ref().unwrap().learn_interval;
+    assert_eq!(learn, Duration::from_secs(2));
+    let config = Config::parse(&sweep("learn_interval = \"500ms\"\n")).unwrap();
+    let learn = config.targets["pg"].sweep.as_ref().unwrap().learn_interval;
+    assert_eq!(learn, Duration::from_millis(500));
+    let e = err(&sweep("learn_interval = \"0s\"\n"));
+    assert!(
+        e.contains("targets.pg.sweep") && e.contains("learn_interval"),
+        "{e}"
+    );
+}
