@@ -1,9 +1,13 @@
 //! sever: terminates the database sessions that outlive a credential rotation or revocation.
 //!
-//! Data flow: [`intake`] (HTTP, signed events and operator calls) → [`resolve`] (credential →
-//! targets and logins) → [`terminate`] (per-engine session termination and verification) →
-//! [`audit`] (hash-chained records). [`runner`] runs a plan through the last two, and
-//! [`context`] holds what the server and the CLI share.
+//! Three doors: [`intake`] (event sources: signed webhooks, AWS, Vault), [`operator`]
+//! (revocations, sessions, actions; called by the operator API and the [`cli`]) and the
+//! [`cli`]; [`http`] is the HTTP plumbing they share (server, errors, refusals, health, route
+//! assembly). Data flow: a door → [`resolve`] (credential → targets and logins) →
+//! [`terminate`] (per-engine session termination and verification) → [`audit`]
+//! (hash-chained records). [`runner`] runs a plan through the last two, and [`context`]
+//! holds what the server and the CLI share. [`run`] assembles the routes: each area exports
+//! a `router()`, handed to [`http::app`].
 
 pub mod action;
 pub mod audit;
@@ -11,8 +15,10 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod fds;
+pub mod http;
 pub mod intake;
 pub mod logging;
+pub mod operator;
 pub mod queue;
 pub mod resolve;
 pub mod runner;
@@ -31,8 +37,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::context::{Context, ContextError};
-use crate::intake::server::{self, Limits};
-use crate::intake::{AppState, IntakeError};
+use crate::http::health::Health;
+use crate::http::refusal::Refusals;
+use crate::http::server::{self, Limits};
+use crate::intake::{Intake, IntakeError};
+use crate::operator::OperatorState;
 
 /// How often remembered `webhook-id`s past their retention are dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
@@ -124,7 +133,14 @@ pub async fn run_with(
     };
     let ctx = Arc::new(Context::build(config).await?);
     let tracker = TaskTracker::new();
-    let state = AppState::new(ctx.clone(), options.sns_http).await?;
+    let refusals = Arc::new(Refusals::new(ctx.clone()));
+    let intake = Intake::new(ctx.clone(), options.sns_http, refusals.clone()).await?;
+    let operators = OperatorState::new(ctx.clone());
+    let health = Health {
+        ctx: ctx.clone(),
+        vault: intake.vault.clone(),
+        subscriber: intake.vault_status.clone(),
+    };
     for warning in ctx.config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -153,16 +169,16 @@ pub async fn run_with(
     tokio::spawn(maintain(ctx.clone(), background.clone()));
     // Between commits too, so a deleted store file shows in the log and `/readyz` at once.
     tokio::spawn(ctx.store.clone().watch_file(background.clone()));
-    intake::spawn_background(&state, &background);
+    intake::spawn_background(&intake, &background);
     // On the tracker, so shutdown waits for a sweep in progress to finish its records.
     tracker.spawn(sweep::run_sweeper(ctx.clone(), background.clone()));
-    tracker.spawn(
-        state
-            .clone()
-            .flush_rejections_periodically(background.clone()),
-    );
-    // Kept past the routers, to write the last window's counted refusals at shutdown.
-    let last_flush = state.clone();
+    tracker.spawn(refusals.clone().flush_periodically(background.clone()));
+    let layers = http::Layers {
+        request_timeout: ctx.config.server.request_timeout,
+        max_body: ctx.config.server.max_body_bytes,
+        // Kept past the routers, to write the last window's counted refusals at shutdown.
+        refusals: refusals.clone(),
+    };
 
     let addr = listener.local_addr()?;
     match &operator_listener {
@@ -179,12 +195,28 @@ pub async fn run_with(
     let serving = async {
         match operator_listener {
             None => {
-                let router = intake::router(state);
+                let router = http::app(
+                    [
+                        http::health::router(health),
+                        intake::router(intake),
+                        crate::operator::router(operators),
+                    ],
+                    &layers,
+                );
                 server::serve(listener, router, limits(caps.intake), stop.clone()).await;
             }
             Some(operator) => {
-                let intake = intake::intake_router(state.clone());
-                let operators = intake::operator_router(state);
+                let intake = http::app(
+                    [http::health::router(health.clone()), intake::router(intake)],
+                    &layers,
+                );
+                let operators = http::app(
+                    [
+                        http::health::router(health),
+                        crate::operator::router(operators),
+                    ],
+                    &layers,
+                );
                 // Always set: the caps were sized with this listener counted.
                 let operator_cap = caps
                     .operator
@@ -217,7 +249,7 @@ pub async fn run_with(
         );
     }
     // Nothing refuses requests any more: the last window's counts go on record.
-    last_flush.flush_rejections().await;
+    refusals.flush().await;
     tracing::info!("sever stopped");
     Ok(())
 }

@@ -28,9 +28,9 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sever::intake::operator::token_hash;
 use sever::intake::rejections;
 use sever::intake::webhook::sign;
+use sever::operator::token_hash;
 use support::pg::TestPostgres;
 use support::sever::{
     API_KEY, SECRET, TOKEN, TestServer, WRONG_SECRET, Workspace, create_admin, now, pids,

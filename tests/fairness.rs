@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sever::intake::operator::token_hash;
+use sever::operator::token_hash;
 use support::pg::TestPostgres;
 use support::proxy::StallingProxy;
 use support::sever::{

@@ -137,7 +137,7 @@ fn config_head(ws: &Workspace, store: &TestPostgres, target: &TestPostgres, extr
          {extra}\n{main}",
         store = ws.secret_file("store.url", &store_url(store)),
         secret = ws.secret_file("webhook.secret", SECRET),
-        hash = sever::intake::operator::token_hash(TOKEN),
+        hash = sever::operator::token_hash(TOKEN),
         // A few connections per replica: steps wait for one rather than crowd the target.
         main = ws.target("main", target, "pool_size = 3"),
     )

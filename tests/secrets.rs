@@ -516,7 +516,7 @@ impl Env {
             ),
             s0 = ws.secret_file("webhook0.secret", &whsec(WEBHOOK_KEYS[0])),
             s1 = ws.secret_file("webhook1.secret", &whsec(WEBHOOK_KEYS[1])),
-            hash = sever::intake::operator::token_hash(OPERATOR_TOKEN),
+            hash = sever::operator::token_hash(OPERATOR_TOKEN),
         )
     }
 

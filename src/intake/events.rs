@@ -1,5 +1,6 @@
 //! `POST /v1/events`: the generic signed rotation event.
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
@@ -9,8 +10,9 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::error::{ApiError, parse_json};
-use super::{AppState, Claim, RequestMeta};
+use super::{Claim, Intake, accept};
+use crate::http::error::{ApiError, parse_json};
+use crate::http::{self, Actor, RequestMeta};
 use crate::resolve::{self, RotationEvent};
 
 /// `?wait=true` returns the finished result instead of `202 Accepted`.
@@ -30,37 +32,33 @@ pub fn wait_flag(query: Result<Query<WaitQuery>, QueryRejection>) -> Result<bool
 
 /// Verifies, de-duplicates, plans and starts a rotation; see the README for the contract.
 pub async fn post_event(
-    State(state): State<AppState>,
+    State(intake): State<Intake>,
     meta: RequestMeta,
     query: Result<Query<WaitQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+) -> (Extension<Actor>, Result<Response, ApiError>) {
+    let answer = event(&intake, &meta, query, &headers, body).await;
+    (Extension(Actor::Webhook), answer)
+}
+
+async fn event(
+    intake: &Intake,
+    meta: &RequestMeta,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    const ACTOR: &str = "webhook";
-    let body = state.body(&meta, ACTOR, body).await?;
-    let reject = |e| state.reject(&meta, ACTOR, e);
+    let body = http::body(body, intake.max_body)?;
     let verified_at = Utc::now();
     // Signature first, on the raw bytes: nothing unauthenticated is parsed.
-    let delivery = match state
+    let delivery = intake
         .verifier
-        .verify(&headers, &body, verified_at.timestamp())
-    {
-        Ok(delivery) => delivery,
-        Err(e) => return Err(reject(e.into()).await),
-    };
-    let wait = match wait_flag(query) {
-        Ok(wait) => wait,
-        Err(e) => return Err(reject(e).await),
-    };
-    let event: RotationEvent = match parse_json(&body) {
-        Ok(event) => event,
-        Err(e) => return Err(reject(e).await),
-    };
-    let config = &state.ctx.config;
-    let plan = match resolve::event(config, &event, verified_at, config.webhooks.tolerance) {
-        Ok(plan) => plan,
-        Err(e) => return Err(reject(e.into()).await),
-    };
+        .verify(headers, &body, verified_at.timestamp())?;
+    let wait = wait_flag(query)?;
+    let event: RotationEvent = parse_json(&body)?;
+    let config = &intake.ctx.config;
+    let plan = resolve::event(config, &event, verified_at, config.webhooks.tolerance)?;
     let accepted = json!({
         "webhook_id": delivery.id,
         "webhook_timestamp": delivery.timestamp,
@@ -68,7 +66,6 @@ pub async fn post_event(
         "event": event,
     });
     let claims = vec![Claim::reject(format!("webhook:{}", delivery.id))];
-    state
-        .accept(&meta, ACTOR, claims, plan, accepted, wait)
-        .await
+    let accepted = accept(&intake.ctx, &Actor::Webhook, claims, plan, accepted).await?;
+    intake.respond(accepted, wait).await
 }

@@ -10,13 +10,13 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde_json::Value;
 
-use super::error::{ApiError, parse_json};
 use super::eventbridge::{Interpretation, interpret};
-use super::operator::{Operators, bearer_token, token_hash};
 use super::sns::{self, SnsError, SnsMessage, SnsMessageType};
 use super::vault::VaultEvent;
 use super::webhook::{Verified, Verifier, WebhookError};
 use crate::config::{Config, OperatorConfig};
+use crate::http::error::{ApiError, parse_json};
+use crate::operator::auth::{Operators, bearer_token, token_hash};
 use crate::resolve::{self, Plan, RotationEvent};
 
 /// The Standard Webhooks secret the webhook seeds are signed with (the specification's example).

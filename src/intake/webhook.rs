@@ -17,22 +17,7 @@ const MAX_ID_LEN: usize = 256;
 /// Signatures examined per request, so a long header cannot buy unbounded work.
 const MAX_SIGNATURES: usize = 8;
 
-/// Why a delivery was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WebhookError {
-    /// A required header is absent.
-    #[error("missing {0} header")]
-    MissingHeader(&'static str),
-    /// A header is present but malformed.
-    #[error("malformed {0} header")]
-    MalformedHeader(&'static str),
-    /// The timestamp is too far from now.
-    #[error("webhook-timestamp is outside the {0}s tolerance")]
-    Timestamp(u64),
-    /// No signature matched any configured secret.
-    #[error("no valid signature")]
-    Signature,
-}
+pub use crate::http::error::WebhookError;
 
 /// A signing-secret problem found at start-up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use sever::intake::operator::token_hash;
 use sever::intake::webhook::sign;
+use sever::operator::token_hash;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

@@ -28,31 +28,7 @@ pub use self::cert::{FAILURE_TTL, MAX_FETCHES, PERMIT_WAIT};
 pub use self::http::{HttpsClient, SnsHttp};
 use self::urls::{check_cert_url, check_sns_url};
 
-/// Why an SNS message was refused or could not be processed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SnsError {
-    /// The body is not a well-formed SNS message (never echoes the body).
-    #[error("malformed SNS message: {0}")]
-    Malformed(String),
-    /// `SignatureVersion` is neither "1" nor "2".
-    #[error("unsupported SNS SignatureVersion {0:?}")]
-    UnsupportedSignatureVersion(String),
-    /// A certificate or subscribe URL does not point at an SNS host.
-    #[error("untrusted SNS URL: {0}")]
-    UntrustedUrl(String),
-    /// The signing certificate is unusable.
-    #[error("SNS signing certificate: {0}")]
-    Certificate(String),
-    /// The signature does not match the message.
-    #[error("SNS signature does not verify")]
-    BadSignature,
-    /// An HTTPS GET failed.
-    #[error("SNS fetch failed: {0}")]
-    Fetch(String),
-    /// Every certificate-fetch slot stayed taken; the message may be sent again later.
-    #[error("too many SNS certificate fetches at once; retry later")]
-    Busy,
-}
+pub use crate::http::error::SnsError;
 
 /// The `Type` of an SNS message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

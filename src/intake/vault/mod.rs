@@ -8,6 +8,7 @@ pub mod watcher;
 
 use std::collections::BTreeMap;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
@@ -16,10 +17,12 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::error::{ApiError, parse_json};
 use super::events::{WaitQuery, wait_flag};
-use super::{Accepted, AppState, Claim, RequestMeta};
+use super::{Accepted, Arrival, Claim, Intake, accept, note};
 use crate::audit::Kind;
+use crate::http::error::{ApiError, parse_json};
+use crate::http::reply::status_response;
+use crate::http::{self, Actor, RequestMeta};
 use crate::resolve::cutoff;
 use crate::resolve::vault::{self, StaticRole, trimmed};
 pub use crate::resolve::vault::{Owner, owner_of};
@@ -107,35 +110,42 @@ impl VaultEvent {
 
 /// `POST /v1/events/vault`: a forwarded, Standard Webhooks-signed Vault event.
 pub async fn post_vault_event(
-    State(state): State<AppState>,
+    State(intake): State<Intake>,
     meta: RequestMeta,
     query: Result<Query<WaitQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+) -> (Extension<Actor>, Result<Response, ApiError>) {
+    let answer = vault_event(&intake, &meta, query, &headers, body).await;
+    (Extension(Actor::VaultEvent), answer)
+}
+
+async fn vault_event(
+    intake: &Intake,
+    meta: &RequestMeta,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    const ACTOR: &str = "vault:event";
-    let body = state.body(&meta, ACTOR, body).await?;
+    let body = http::body(body, intake.max_body)?;
     let received_at = Utc::now();
-    let checked = state
+    let delivery = intake
         .verifier
-        .verify(&headers, &body, received_at.timestamp())
-        .map_err(ApiError::from)
-        .and_then(|delivery| {
-            let wait = wait_flag(query)?;
-            let envelope: Value = parse_json(&body)?;
-            let event = VaultEvent::parse(&envelope)
-                .map_err(|e| ApiError::Invalid(format!("not a Vault event: {e}")))?;
-            Ok((delivery, wait, event))
-        });
-    let (delivery, wait, event) = match checked {
-        Ok(ok) => ok,
-        Err(e) => return Err(state.reject(&meta, ACTOR, e).await),
+        .verify(headers, &body, received_at.timestamp())?;
+    let wait = wait_flag(query)?;
+    let envelope: Value = parse_json(&body)?;
+    let event = VaultEvent::parse(&envelope)
+        .map_err(|e| ApiError::Invalid(format!("not a Vault event: {e}")))?;
+    let arrival = Arrival {
+        actor: Actor::VaultEvent,
+        received_at,
+        claims: vec![Claim::reject(format!("webhook:{}", delivery.id))],
+        detail: event_detail(&event, &meta.remote),
     };
-    let claims = vec![Claim::reject(format!("webhook:{}", delivery.id))];
-    match handle_event(&state, &meta, ACTOR, "event", &event, received_at, claims).await? {
-        Handled::Accepted(accepted) => state.respond(accepted, wait).await,
-        Handled::Ignored(reason) => Ok(super::status_response("ignored", &reason)),
-        Handled::Acknowledged(reason) => Ok(super::status_response("acknowledged", &reason)),
+    match handle_event(intake, arrival, "event", &event).await? {
+        Handled::Accepted(accepted) => intake.respond(accepted, wait).await,
+        Handled::Ignored(reason) => Ok(status_response("ignored", &reason)),
+        Handled::Acknowledged(reason) => Ok(status_response("acknowledged", &reason)),
     }
 }
 
@@ -149,38 +159,42 @@ pub enum Handled {
     Acknowledged(String),
 }
 
-fn event_detail(event: &VaultEvent, meta: &RequestMeta) -> Value {
+/// The detail of an event's records, `remote` being where it came from.
+pub fn event_detail(event: &VaultEvent, remote: &str) -> Value {
     json!({
         "event_id": event.id, "event_type": event.event_type, "mount_path": event.mount_path,
-        "namespace": event.namespace, "metadata": event.metadata, "remote_addr": meta.remote,
+        "namespace": event.namespace, "metadata": event.metadata, "remote_addr": remote,
     })
 }
 
-/// Handles an event from any Vault source. Errors are already audited.
+/// Handles an event from any Vault source, `arrival.detail` being its [`event_detail`].
+/// Errors that refuse the event are the caller's to record.
 pub async fn handle_event(
-    state: &AppState,
-    meta: &RequestMeta,
-    actor: &str,
+    intake: &Intake,
+    arrival: Arrival,
     source: &str,
     event: &VaultEvent,
-    received_at: DateTime<Utc>,
-    claims: Vec<Claim>,
 ) -> Result<Handled, ApiError> {
-    let detail = event_detail(event, meta);
-    let config = &state.ctx.config;
+    let Arrival {
+        actor,
+        received_at,
+        claims,
+        detail,
+    } = arrival;
+    let actor = &actor;
+    let config = &intake.ctx.config;
     let ignored = detail.clone();
     let ignore = |reason: String| async move {
-        state
-            .note(actor, Kind::EventIgnored, &reason, ignored)
-            .await?;
+        note(&intake.ctx, actor, Kind::EventIgnored, &reason, ignored).await?;
         Ok(Handled::Ignored(reason))
     };
     match event.event_type.as_str() {
         "database/rotate" | "database/static-creds-create" => {
             let Some(role) = event.metadata.get("name") else {
-                let e =
-                    ApiError::Invalid(format!("{} event without metadata.name", event.event_type));
-                return Err(state.reject(meta, actor, e).await);
+                return Err(ApiError::Invalid(format!(
+                    "{} event without metadata.name",
+                    event.event_type
+                )));
             };
             let Some((owner, ns)) =
                 owner_of(config, &event.mount_path, role, event.namespace.as_deref())
@@ -191,25 +205,26 @@ pub async fn handle_event(
                 ))
                 .await;
             };
-            let Some(client) = &state.vault else {
+            let Some(client) = &intake.vault else {
                 return Err(ApiError::Unavailable("Vault is not configured".into()));
             };
-            let static_role = match client.static_role(ns.as_deref(), owner.mount(), role).await {
-                Ok(r) => r,
-                Err(e) => return Err(state.reject(meta, actor, ApiError::Vault(e)).await),
+            let static_role = client
+                .static_role(ns.as_deref(), owner.mount(), role)
+                .await?;
+            let arrival = Arrival {
+                actor: actor.clone(),
+                received_at,
+                claims,
+                detail,
             };
             static_role_rotated(
-                state,
-                meta,
-                actor,
+                intake,
+                arrival,
                 source,
                 owner,
                 role,
                 ns.as_deref(),
                 static_role,
-                received_at,
-                claims,
-                detail,
             )
             .await
             .map(Handled::Accepted)
@@ -220,9 +235,9 @@ pub async fn handle_event(
                 .get("data_path")
                 .or_else(|| event.metadata.get("path"))
             else {
-                let e =
-                    ApiError::Invalid("kv-v2/data-write event without metadata.data_path".into());
-                return Err(state.reject(meta, actor, e).await);
+                return Err(ApiError::Invalid(
+                    "kv-v2/data-write event without metadata.data_path".into(),
+                ));
             };
             let inner = data_path
                 .trim_matches('/')
@@ -242,14 +257,14 @@ pub async fn handle_event(
             // Vault's own metadata, not the event's word, says which version is current and
             // when it was written: that time is the exact cutoff. Without a Vault client the
             // event's time and version are all there is.
-            let (cutoff, version) = match &state.vault {
-                Some(client) => match client.kv_version(ns.as_deref(), &cv.mount, inner).await {
-                    Ok(kv) => (
+            let (cutoff, version) = match &intake.vault {
+                Some(client) => {
+                    let kv = client.kv_version(ns.as_deref(), &cv.mount, inner).await?;
+                    (
                         cutoff::clamped(None, Some(kv.created_time), received_at),
                         kv.version.to_string(),
-                    ),
-                    Err(e) => return Err(state.reject(meta, actor, ApiError::Vault(e)).await),
-                },
+                    )
+                }
                 None => (
                     cutoff::clamped(event.time, None, received_at),
                     event
@@ -259,27 +274,21 @@ pub async fn handle_event(
                         .unwrap_or_else(|| event.id.clone()),
                 ),
             };
-            let plan = match vault::plan(config, credential, None, cutoff, source, path.clone()) {
-                Ok(plan) => plan,
-                Err(e) => return Err(state.reject(meta, actor, e.into()).await),
-            };
+            let plan = vault::plan(config, credential, None, cutoff, source, path.clone())?;
             let mut claims = claims;
             claims.push(Claim::acknowledge(format!("vault-kv:{path}:{version}")));
             let mut detail = detail;
             detail["credential"] = json!(credential);
             detail["cutoff"] = json!(cutoff);
             detail["kv_version"] = json!(version);
-            state
-                .accept_plan(meta, actor, claims, plan, detail)
+            accept(&intake.ctx, actor, claims, plan, detail)
                 .await
                 .map(Handled::Accepted)
         }
         "database/rotate-fail" => {
             let reason = "Vault reports a failed rotation: the old password is still valid, nothing is terminated".to_owned();
             tracing::warn!(event_id = %event.id, "{reason}");
-            state
-                .note(actor, Kind::EventAcknowledged, &reason, detail)
-                .await?;
+            note(&intake.ctx, actor, Kind::EventAcknowledged, &reason, detail).await?;
             Ok(Handled::Acknowledged(reason))
         }
         other => ignore(format!("{other} is not a rotation sever acts on")).await,
@@ -288,36 +297,34 @@ pub async fn handle_event(
 
 /// A static role whose `last_vault_rotation` is `static_role.last_vault_rotation`: the
 /// sessions of its user that began before then end, once per rotation however it is reported.
-#[allow(clippy::too_many_arguments)]
 pub async fn static_role_rotated(
-    state: &AppState,
-    meta: &RequestMeta,
-    actor: &str,
+    intake: &Intake,
+    arrival: Arrival,
     source: &str,
     owner: Owner<'_>,
     role: &str,
     namespace: Option<&str>,
     static_role: StaticRole,
-    received_at: DateTime<Utc>,
-    mut claims: Vec<Claim>,
-    mut detail: Value,
 ) -> Result<Accepted, ApiError> {
+    let Arrival {
+        actor,
+        received_at,
+        mut claims,
+        mut detail,
+    } = arrival;
     let path = vault::vault_path(namespace, owner.mount(), role);
     let rotated = static_role.last_vault_rotation;
     let cutoff = cutoff::clamped(None, Some(rotated), received_at);
-    let config = &state.ctx.config;
+    let config = &intake.ctx.config;
     let user = &static_role.username;
     if let Owner::Credential(id, _) = owner {
         detail["credential"] = json!(id);
     }
-    let plan = match vault::plan_for_owner(config, owner, user, cutoff, source, path.clone()) {
-        Ok(plan) => plan,
-        Err(e) => return Err(state.reject(meta, actor, e.into()).await),
-    };
+    let plan = vault::plan_for_owner(config, owner, user, cutoff, source, path.clone())?;
     detail["static_role"] = json!(static_role);
     detail["cutoff"] = json!(cutoff);
     claims.push(Claim::acknowledge(rotation_key(&path, rotated)));
-    state.accept_plan(meta, actor, claims, plan, detail).await
+    accept(&intake.ctx, &actor, claims, plan, detail).await
 }
 
 /// The idempotency key of one rotation of a static role: events, the subscriber and the

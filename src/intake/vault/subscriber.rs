@@ -4,11 +4,10 @@
 //! exponential backoff and jitter; redelivered events are recognised by their id, and
 //! rotations by their `last_vault_rotation`, so a reconnect never repeats work.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::StreamExt;
 use rand::Rng;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -16,58 +15,26 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use secrecy::ExposeSecret;
-use serde::Serialize;
 use serde_json::Value;
 use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
-use super::{VaultEvent, handle_event};
+use super::{VaultEvent, event_detail, handle_event};
 use crate::config::VaultTls;
-use crate::intake::error::ApiError;
-use crate::intake::{AppState, Claim, RequestMeta};
+use crate::http::error::ApiError;
+use crate::http::{Actor, RequestMeta};
+use crate::intake::{Arrival, Claim, Intake};
 use crate::resolve::vault::VaultError;
 
-const ACTOR: &str = "vault:subscriber";
+const ACTOR: Actor = Actor::VaultSubscriber;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// One subscription's state, for `/readyz`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct StreamState {
-    /// The websocket is open.
-    pub connected: bool,
-    /// Times it had to be re-made.
-    pub reconnects: u64,
-    /// Why the last attempt or connection ended.
-    pub last_error: Option<String>,
-    /// When the last event arrived.
-    pub last_event_at: Option<DateTime<Utc>>,
-}
-
-/// Every subscription's state, by event type.
-#[derive(Debug, Default)]
-pub struct Status {
-    streams: Mutex<BTreeMap<String, StreamState>>,
-}
-
-impl Status {
-    fn update(&self, event_type: &str, change: impl FnOnce(&mut StreamState)) {
-        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        change(streams.entry(event_type.to_owned()).or_default());
-    }
-
-    /// A copy for reporting.
-    pub fn snapshot(&self) -> BTreeMap<String, StreamState> {
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
+pub use crate::http::health::{Status, StreamState};
 
 /// Subscribes to every configured event type until `stop`.
-pub async fn run(state: AppState, stop: CancellationToken) {
+pub async fn run(state: Intake, stop: CancellationToken) {
     let Some(config) = state.ctx.config.vault.clone() else {
         return;
     };
@@ -79,7 +46,7 @@ pub async fn run(state: AppState, stop: CancellationToken) {
     futures_util::future::join_all(streams).await;
 }
 
-async fn stream(state: AppState, event_type: String, stop: CancellationToken) {
+async fn stream(state: Intake, event_type: String, stop: CancellationToken) {
     let status = state.vault_status.clone();
     status.update(&event_type, |_| {});
     let mut attempt: u32 = 0;
@@ -140,7 +107,7 @@ async fn stream(state: AppState, event_type: String, stop: CancellationToken) {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(state: &AppState, event_type: &str) -> Result<Socket, VaultError> {
+async fn connect(state: &Intake, event_type: &str) -> Result<Socket, VaultError> {
     let vault = state
         .vault
         .as_ref()
@@ -194,42 +161,28 @@ async fn connect(state: &AppState, event_type: &str) -> Result<Socket, VaultErro
     }
 }
 
-async fn deliver(state: &AppState, event_type: &str, text: &str) {
-    let meta = RequestMeta {
-        remote: "vault".into(),
-        method: "WS".into(),
-        path: format!("/v1/sys/events/subscribe/{event_type}"),
-        webhook_id: None,
-    };
+async fn deliver(state: &Intake, event_type: &str, text: &str) {
+    let meta = RequestMeta::from_vault("WS", format!("/v1/sys/events/subscribe/{event_type}"));
     let parsed = serde_json::from_str::<Value>(text)
         .map_err(|e| e.to_string())
         .and_then(|v| VaultEvent::parse(&v));
     let event = match parsed {
         Ok(event) => event,
         Err(e) => {
-            let _ = state
-                .reject(
-                    &meta,
-                    ACTOR,
-                    ApiError::Invalid(format!("not a Vault event: {e}")),
-                )
-                .await;
+            let error = ApiError::Invalid(format!("not a Vault event: {e}"));
+            state.refused(&meta, &ACTOR, &error).await;
             return;
         }
     };
     // The same event seen twice (e.g. across a reconnect) is done once.
-    let claims = vec![Claim::acknowledge(format!("vault-event:{}", event.id))];
-    if let Err(e) = handle_event(
-        state,
-        &meta,
-        ACTOR,
-        "subscriber",
-        &event,
-        Utc::now(),
-        claims,
-    )
-    .await
-    {
+    let arrival = Arrival {
+        actor: ACTOR,
+        received_at: Utc::now(),
+        claims: vec![Claim::acknowledge(format!("vault-event:{}", event.id))],
+        detail: event_detail(&event, &meta.remote),
+    };
+    if let Err(e) = handle_event(state, arrival, "subscriber", &event).await {
+        state.refused(&meta, &ACTOR, &e).await;
         tracing::warn!(event_id = %event.id, error = %e, "Vault event not acted on");
     }
 }

@@ -14,14 +14,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Owner, owner_of, static_role_rotated};
 use crate::config::{Config, CredentialVault};
-use crate::intake::error::ApiError;
-use crate::intake::{Accepted, AppState, RequestMeta};
+use crate::http::error::ApiError;
+use crate::http::{Actor, RequestMeta};
+use crate::intake::{Accepted, Arrival, Intake};
 use crate::resolve::vault::{Vault, VaultError, vault_path};
 
-const ACTOR: &str = "vault:watcher";
+const ACTOR: Actor = Actor::VaultWatcher;
 
 /// Polls every `interval` until `stop`.
-pub async fn run(state: AppState, interval: Duration, stop: CancellationToken) {
+pub async fn run(state: Intake, interval: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -36,7 +37,7 @@ pub async fn run(state: AppState, interval: Duration, stop: CancellationToken) {
 /// shows in the log and in `/readyz` at start rather than at the first rotation. Until every
 /// role reads back it checks again every few seconds: Vault may be down at start, and a
 /// role created (or a policy fixed) later must clear `/readyz` without a restart.
-pub async fn verify_at_start(state: AppState, stop: CancellationToken) {
+pub async fn verify_at_start(state: Intake, stop: CancellationToken) {
     let Some(vault) = state.vault.clone() else {
         return;
     };
@@ -107,7 +108,7 @@ fn denied(path: &str, e: &VaultError) -> String {
 
 /// One pass over every credential that is a Vault static role, then over every static role
 /// of the watched mounts that no credential claims.
-pub async fn check(state: &AppState) {
+pub async fn check(state: &Intake) {
     let Some(vault) = &state.vault else { return };
     let config = &state.ctx.config;
     let mut watched: Vec<(String, Option<String>, Owner<'_>)> = credential_roles(config, vault)
@@ -168,7 +169,7 @@ pub async fn check(state: &AppState) {
 }
 
 async fn watch_one(
-    state: &AppState,
+    state: &Intake,
     vault: &Vault,
     role: &str,
     namespace: Option<&str>,
@@ -211,27 +212,29 @@ async fn watch_one(
             return;
         }
     }
-    let meta = RequestMeta {
-        remote: "vault".into(),
-        method: "GET".into(),
-        path: format!("/v1/{}/static-roles/{role}", mount.trim_matches('/')),
-        webhook_id: None,
+    let meta = RequestMeta::from_vault(
+        "GET",
+        format!("/v1/{}/static-roles/{role}", mount.trim_matches('/')),
+    );
+    let arrival = Arrival {
+        actor: ACTOR,
+        received_at: Utc::now(),
+        claims: Vec::new(),
+        detail: json!({"watched": path, "remote_addr": "vault"}),
     };
-    let detail = json!({"watched": path, "remote_addr": "vault"});
     let accepted = static_role_rotated(
         state,
-        &meta,
-        ACTOR,
+        arrival,
         "watcher",
         owner,
         role,
         namespace,
         static_role,
-        Utc::now(),
-        Vec::new(),
-        detail,
     )
     .await;
+    if let Err(e) = &accepted {
+        state.refused(&meta, &ACTOR, e).await;
+    }
     match accepted {
         Ok(Accepted::Started(action_id)) => {
             tracing::info!(%path, %action_id, "watcher saw a rotation");

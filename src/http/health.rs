@@ -2,20 +2,77 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::AppState;
 use crate::context::Context;
+use crate::resolve::vault::Vault;
 use crate::store::StoreError;
 
 /// Upper bound for each readiness probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the probes read: the shared context, the Vault client and the subscriber's streams.
+#[derive(Clone)]
+pub struct Health {
+    /// Store, audit trail, targets and config.
+    pub ctx: Arc<Context>,
+    /// The Vault client, when Vault is configured.
+    pub vault: Option<Arc<Vault>>,
+    /// The Vault event subscriber's streams (written by `intake::vault::subscriber`).
+    pub subscriber: Arc<Status>,
+}
+
+/// Liveness and readiness, answered on every listener so probes can reach either port.
+pub fn router(health: Health) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(health)
+}
+
+/// One subscription's state, for `/readyz`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamState {
+    /// The websocket is open.
+    pub connected: bool,
+    /// Times it had to be re-made.
+    pub reconnects: u64,
+    /// Why the last attempt or connection ended.
+    pub last_error: Option<String>,
+    /// When the last event arrived.
+    pub last_event_at: Option<DateTime<Utc>>,
+}
+
+/// Every subscription's state, by event type.
+#[derive(Debug, Default)]
+pub struct Status {
+    streams: Mutex<BTreeMap<String, StreamState>>,
+}
+
+impl Status {
+    /// Changes the state of `event_type`'s stream.
+    pub fn update(&self, event_type: &str, change: impl FnOnce(&mut StreamState)) {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        change(streams.entry(event_type.to_owned()).or_default());
+    }
+
+    /// A copy for reporting.
+    pub fn snapshot(&self) -> BTreeMap<String, StreamState> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
 
 /// Always 200 while the process serves HTTP.
 pub async fn healthz() -> Json<Value> {
@@ -91,11 +148,11 @@ pub struct Readiness {
     vault: Option<Probe>,
     /// Vault event subscriptions by event type, when the subscriber is enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
-    vault_subscriber: Option<BTreeMap<String, super::vault::subscriber::StreamState>>,
+    vault_subscriber: Option<BTreeMap<String, StreamState>>,
 }
 
 /// Probes the store, its file and every target concurrently.
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+pub async fn readyz(State(state): State<Health>) -> (StatusCode, Json<Readiness>) {
     let ctx = &state.ctx;
     let store = tokio::time::timeout(PROBE_TIMEOUT, ctx.audit.probe());
     let store_file = tokio::time::timeout(PROBE_TIMEOUT, ctx.store.verify_file());
@@ -131,7 +188,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         .vault
         .as_ref()
         .is_some_and(|v| v.subscriber.enabled);
-    let vault_subscriber = subscribing.then(|| state.vault_status.snapshot());
+    let vault_subscriber = subscribing.then(|| state.subscriber.snapshot());
     let streams_ok = vault_subscriber
         .as_ref()
         .is_none_or(|s| s.values().all(|s| s.connected));

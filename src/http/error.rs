@@ -5,14 +5,55 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::sns::SnsError;
-use super::webhook::WebhookError;
 use crate::resolve::ResolveError;
 use crate::resolve::aws::AwsError;
 use crate::resolve::vault::VaultError;
 
 /// Seconds an SNS message refused with `sns_busy` is asked to wait (`Retry-After`).
 const SNS_RETRY_AFTER: &str = "5";
+
+/// Why a Standard Webhooks delivery was refused (`intake::webhook`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    /// A required header is absent.
+    #[error("missing {0} header")]
+    MissingHeader(&'static str),
+    /// A header is present but malformed.
+    #[error("malformed {0} header")]
+    MalformedHeader(&'static str),
+    /// The timestamp is too far from now.
+    #[error("webhook-timestamp is outside the {0}s tolerance")]
+    Timestamp(u64),
+    /// No signature matched any configured secret.
+    #[error("no valid signature")]
+    Signature,
+}
+
+/// Why an SNS message was refused or could not be processed (`intake::sns`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnsError {
+    /// The body is not a well-formed SNS message (never echoes the body).
+    #[error("malformed SNS message: {0}")]
+    Malformed(String),
+    /// `SignatureVersion` is neither "1" nor "2".
+    #[error("unsupported SNS SignatureVersion {0:?}")]
+    UnsupportedSignatureVersion(String),
+    /// A certificate or subscribe URL does not point at an SNS host.
+    #[error("untrusted SNS URL: {0}")]
+    UntrustedUrl(String),
+    /// The signing certificate is unusable.
+    #[error("SNS signing certificate: {0}")]
+    Certificate(String),
+    /// The signature does not match the message.
+    #[error("SNS signature does not verify")]
+    BadSignature,
+    /// An HTTPS GET failed.
+    #[error("SNS fetch failed: {0}")]
+    Fetch(String),
+    /// Every certificate-fetch slot stayed taken; the message may be sent again later.
+    #[error("too many SNS certificate fetches at once; retry later")]
+    Busy,
+}
 
 /// Everything an HTTP request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +125,36 @@ pub enum ApiError {
     Unavailable(String),
 }
 
+/// On an error response that refuses a request: what the refusal middleware records (see
+/// [`super::refusal`]). Errors of sever's own (store, audit trail) and unknown action ids
+/// are answered without one, as they always were.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// The error's message.
+    pub message: String,
+}
+
 impl ApiError {
+    /// Whether answering with this error refuses the request, so that it is recorded
+    /// (audited and logged): everything but sever's own unavailability and unknown ids.
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, ApiError::Unavailable(_) | ApiError::UnknownAction(_))
+    }
+
+    /// What the refusal middleware records about this error.
+    pub fn refusal(&self) -> Refusal {
+        let (status, code) = self.status_and_code();
+        Refusal {
+            status,
+            code,
+            message: self.to_string(),
+        }
+    }
+
     /// HTTP status and stable machine-readable code.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         use StatusCode as S;
@@ -160,6 +230,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let mut response = error_body(status, code, &self.to_string());
+        if self.is_refusal() {
+            response.extensions_mut().insert(self.refusal());
+        }
         if matches!(self, ApiError::Sns(SnsError::Busy)) {
             // SNS retries a 5xx delivery on its own schedule; other senders may honour this.
             response.headers_mut().insert(

@@ -4,27 +4,29 @@
 //! to keep the config from holding usable credentials; a slow password hash would only add
 //! latency to every incident call.
 
-use axum::extract::FromRequestParts;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
-use super::error::ApiError;
-use super::{AppState, RequestMeta};
 use crate::config::OperatorConfig;
+use crate::http::Actor;
+use crate::http::error::ApiError;
+use crate::http::keys::HashedKeys;
 
 /// The configured operators.
 #[derive(Clone)]
 pub struct Operators {
-    entries: Vec<(String, [u8; 32])>,
+    keys: HashedKeys<String>,
 }
 
 impl std::fmt::Debug for Operators {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.entries.iter().map(|(name, _)| name))
-            .finish()
+        f.debug_list().entries(self.keys.names()).finish()
     }
 }
 
@@ -60,23 +62,19 @@ impl Operators {
                 Some((op.name.clone(), hash))
             })
             .collect();
-        Self { entries }
+        Self {
+            keys: HashedKeys::new(entries),
+        }
     }
 
     /// The operator whose token this is, comparing against every hash in constant time.
     pub fn authenticate(&self, token: &str) -> Option<&str> {
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let mut found = None;
-        for (name, hash) in &self.entries {
-            if bool::from(presented.ct_eq(hash)) {
-                found = Some(name.as_str());
-            }
-        }
-        found
+        self.keys.find(token.as_bytes()).map(String::as_str)
     }
 }
 
-/// An authenticated operator; extracting it refuses (and audits) bad or missing tokens.
+/// An authenticated operator; extracting it refuses bad or missing tokens (recorded as
+/// refusals by `anonymous`).
 #[derive(Debug, Clone)]
 pub struct Operator {
     /// Configured name, recorded as `operator:<name>`.
@@ -84,36 +82,33 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// The audit actor string.
-    pub fn actor(&self) -> String {
-        format!("operator:{}", self.name)
+    /// The audit actor.
+    pub fn actor(&self) -> Actor {
+        Actor::Operator(self.name.clone())
     }
 }
 
-impl FromRequestParts<AppState> for Operator {
-    type Rejection = ApiError;
+impl<S> FromRequestParts<S> for Operator
+where
+    S: Send + Sync,
+    Arc<Operators>: FromRef<S>,
+{
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let meta = RequestMeta::from_parts(parts);
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let refuse = |e: ApiError| (Extension(Actor::Anonymous), e).into_response();
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let token = match header.and_then(bearer_token) {
-            Some(token) => token,
-            None => {
-                return Err(state
-                    .reject(&meta, "anonymous", ApiError::MissingToken)
-                    .await);
-            }
-        };
-        match state.operators.authenticate(token) {
+        let token = header
+            .and_then(bearer_token)
+            .ok_or_else(|| refuse(ApiError::MissingToken))?;
+        match Arc::<Operators>::from_ref(state).authenticate(token) {
             Some(name) => Ok(Operator {
                 name: name.to_owned(),
             }),
-            None => Err(state
-                .reject(&meta, "anonymous", ApiError::InvalidToken)
-                .await),
+            None => Err(refuse(ApiError::InvalidToken)),
         }
     }
 }

@@ -1,0 +1,163 @@
+//! `sever check-config` (validates the config, loads every secret and prints the plan) and
+//! `sever operator-token`.
+
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+
+use super::CliError;
+use crate::audit::CheckpointKey;
+use crate::config::Config;
+use crate::intake::webhook::Verifier;
+use crate::operator::new_token;
+
+pub(super) fn check_config(config: &Config) -> Result<ExitCode, CliError> {
+    let secrets = config.webhook_secrets()?;
+    Verifier::new(&secrets, config.webhooks.tolerance)?;
+    config.store.url.load("store.url")?;
+    CheckpointKey::load_all(&config.audit)?;
+    for (id, target) in &config.targets {
+        target.url.load(&format!("targets.{id}.url"))?;
+    }
+    config.check_own_logins()?;
+    let aws = &config.aws;
+    for (i, key) in aws.eventbridge.api_keys.iter().enumerate() {
+        key.load(&format!("aws.eventbridge.api_keys[{i}]"))?;
+    }
+    if let Some(keys) = &aws.static_credentials {
+        keys.access_key_id
+            .load("aws.static_credentials.access_key_id")?;
+        keys.secret_access_key
+            .load("aws.static_credentials.secret_access_key")?;
+    }
+    let redacted = |s: &crate::config::SecretRef| format!("<redacted, {}>", s.describe());
+    let vault = match &config.vault {
+        None => Value::Null,
+        Some(v) => {
+            let auth = match &v.auth {
+                crate::config::VaultAuth::Token { token } => {
+                    token.load("vault.auth.token")?;
+                    json!({"method": "token", "token": redacted(token)})
+                }
+                crate::config::VaultAuth::Approle {
+                    role_id,
+                    secret_id,
+                    mount,
+                } => {
+                    secret_id.load("vault.auth.secret_id")?;
+                    json!({"method": "approle", "role_id": role_id, "secret_id": redacted(secret_id), "mount": mount})
+                }
+                crate::config::VaultAuth::Kubernetes {
+                    role,
+                    jwt_file,
+                    mount,
+                } => {
+                    json!({"method": "kubernetes", "role": role, "jwt_file": jwt_file, "mount": mount})
+                }
+            };
+            json!({
+                "address": v.address,
+                "namespace": v.namespace,
+                "auth": auth,
+                "tls": {"ca_file": v.tls.ca_file, "client_cert_file": v.tls.client_cert_file, "skip_verify": v.tls.skip_verify},
+                "subscriber": {"enabled": v.subscriber.enabled, "event_types": v.subscriber.event_types, "namespaces": v.subscriber.namespaces},
+                "watcher": v.watcher.as_ref().map(|w| humantime::format_duration(w.interval).to_string()),
+            })
+        }
+    };
+    let targets: serde_json::Map<String, Value> = config
+        .targets
+        .iter()
+        .map(|(id, t)| {
+            let detail = json!({
+                "engine": t.engine,
+                "url": t.url.describe(),
+                "protected_logins": config.protected_on(id),
+                "pool_size": t.pool_size,
+                "connect_timeout": humantime::format_duration(t.connect_timeout).to_string(),
+                "sweep": t.sweep.as_ref().map(|w| json!({"pattern": w.pattern, "interval": humantime::format_duration(w.interval).to_string()})),
+            });
+            (id.clone(), detail)
+        })
+        .collect();
+    let credentials: serde_json::Map<String, Value> = config
+        .credentials
+        .iter()
+        .map(|(id, c)| {
+            let detail = json!({"description": c.description, "policy": c.policy, "logins": c.logins, "aws": c.aws, "vault": c.vault});
+            (id.clone(), detail)
+        })
+        .collect();
+    let plan = json!({
+        "server": {
+            "listen": config.server.listen,
+            "operator_listen": config.server.operator_listen,
+            "request_timeout": humantime::format_duration(config.server.request_timeout).to_string(),
+            "header_read_timeout": humantime::format_duration(config.server.header_read_timeout).to_string(),
+            // null: sized at start to fit the open-file limit.
+            "max_connections": config.server.max_connections,
+            "operator_max_connections": config.server.operator_max_connections,
+            "max_body_bytes": config.server.max_body_bytes,
+        },
+        "store": config.store.url.describe(),
+        "audit": {
+            "checkpoint_interval": humantime::format_duration(config.audit.checkpoint_interval).to_string(),
+            "checkpoint_key": config.audit.checkpoint_key.as_ref().map(redacted),
+            "checkpoint_previous_keys": config.audit.checkpoint_previous_keys.iter().map(redacted).collect::<Vec<_>>(),
+            "checkpoint_file": config.audit.checkpoint_file,
+            "unkeyed_checkpoints_through": config.audit.unkeyed_checkpoints_through.as_ref().map(|p| json!({"index": p.index, "mac": p.mac})),
+        },
+        "webhooks": {
+            "secrets": config.webhooks.secrets.iter().map(redacted).collect::<Vec<_>>(),
+            "tolerance": humantime::format_duration(config.webhooks.tolerance).to_string(),
+            "replay_retention": humantime::format_duration(config.webhooks.replay_retention).to_string(),
+        },
+        "termination": {
+            "timeout": humantime::format_duration(config.termination.timeout).to_string(),
+            "verify_timeout": humantime::format_duration(config.termination.verify_timeout).to_string(),
+        },
+        "queue": {
+            "concurrency": config.queue.concurrency,
+            "per_target": config.queue.per_target_limit(),
+            "lease": humantime::format_duration(config.queue.lease).to_string(),
+            "retry_for": humantime::format_duration(config.queue.retry_for).to_string(),
+            "max_backoff": humantime::format_duration(config.queue.max_backoff).to_string(),
+            "poll_interval": humantime::format_duration(config.queue.poll_interval).to_string(),
+            "keep_finished": humantime::format_duration(config.queue.keep_finished).to_string(),
+        },
+        "operators": config.operators.iter().map(|o| json!({"name": o.name, "token_sha256": "<redacted>"})).collect::<Vec<_>>(),
+        "targets": targets,
+        "credentials": credentials,
+        "aws": {
+            "region": aws.region,
+            "endpoint_url": aws.endpoint_url,
+            "credentials": aws.static_credentials.as_ref().map_or_else(
+                || json!("default AWS credential chain"),
+                |k| json!({"access_key_id": redacted(&k.access_key_id), "secret_access_key": redacted(&k.secret_access_key)}),
+            ),
+            "eventbridge": {
+                "api_keys": aws.eventbridge.api_keys.iter().map(redacted).collect::<Vec<_>>(),
+                "header": aws.eventbridge.header,
+            },
+            "sns": {"topics": aws.sns.topics},
+        },
+        "vault": vault,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&plan).unwrap_or_default()
+    );
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    eprintln!("config OK: every secret loaded");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sever operator-token`: prints a new token and the hash to configure.
+pub(super) fn operator_token() -> ExitCode {
+    let (token, hash) = new_token();
+    println!("token (give to the operator; shown once): {token}");
+    println!("token_sha256 (put in the config):         {hash}");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,207 @@
+//! `sever revoke` and `sever sweep`: terminate sessions now, in-process, and print the report.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+
+use super::sessions::{session_row, session_table};
+use super::{CliError, EXIT_INCOMPLETE};
+use crate::action::{ActionReport, Status};
+use crate::config::Config;
+use crate::context::Context;
+use crate::http::Actor;
+use crate::resolve::{RevocationRequest, TargetSelection};
+use crate::runner;
+
+/// `sever revoke`.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The login whose sessions end.
+    #[arg(long)]
+    pub login: String,
+    /// A target to act on (repeat for several).
+    #[arg(
+        long = "target",
+        required_unless_present = "all_targets",
+        conflicts_with = "all_targets"
+    )]
+    pub targets: Vec<String>,
+    /// Act on every configured target.
+    #[arg(long)]
+    pub all_targets: bool,
+    /// Only sessions that began before this time (RFC 3339); default: all sessions.
+    #[arg(long)]
+    pub before: Option<DateTime<Utc>>,
+    /// Why (recorded in the audit trail).
+    #[arg(long)]
+    pub reason: String,
+    /// Show what would be terminated; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the JSON report instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sever sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// A target to sweep (repeat for several); default: every target with a sweep configured.
+    #[arg(long = "target")]
+    pub targets: Vec<String>,
+    /// Show what would be terminated; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print a JSON array of the reports (one action per target) instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) async fn revoke(config: Config, args: RevokeArgs) -> Result<ExitCode, CliError> {
+    let request = RevocationRequest {
+        login: args.login,
+        targets: if args.all_targets {
+            TargetSelection::Keyword("all".into())
+        } else {
+            TargetSelection::Named(args.targets)
+        },
+        before: args.before,
+        reason: args.reason,
+        dry_run: args.dry_run,
+    };
+    // Plan before connecting anything, so bad input fails fast and leaves no trace but an error.
+    let plan = crate::operator::revocations::plan(&config, &request)?;
+    let ctx = Context::build(config).await?;
+    let report = runner::execute(&ctx, plan, &Actor::cli().to_string()).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        print_report(&mut out, &report)?;
+    }
+    Ok(match report.status {
+        Status::Completed => ExitCode::SUCCESS,
+        Status::Incomplete => ExitCode::from(EXIT_INCOMPLETE),
+    })
+}
+
+pub(super) async fn sweep(config: Config, args: SweepArgs) -> Result<ExitCode, CliError> {
+    // Check every target before connecting anything, so bad input leaves no trace.
+    let targets: Vec<String> = if args.targets.is_empty() {
+        let all: Vec<String> = config
+            .targets
+            .iter()
+            .filter(|(_, t)| t.sweep.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if all.is_empty() {
+            return Err(CliError::Usage(
+                "no target has a sweep configured ([targets.<id>.sweep])".into(),
+            ));
+        }
+        all
+    } else {
+        let mut named = args.targets;
+        named.sort();
+        named.dedup();
+        for target in &named {
+            crate::resolve::sweep::config(&config, target)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+        }
+        named
+    };
+    let ctx = Context::build(config).await?;
+    let actor = Actor::cli().to_string();
+    let work = targets
+        .iter()
+        .map(|target| runner::sweep(&ctx, target, args.dry_run, &actor));
+    let reports = futures_util::future::join_all(work)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &reports).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        for report in &reports {
+            print_report(&mut out, report)?;
+        }
+    }
+    Ok(if reports.iter().all(|r| r.status == Status::Completed) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INCOMPLETE)
+    })
+}
+
+pub(super) fn print_report(out: &mut impl Write, report: &ActionReport) -> std::io::Result<()> {
+    let verb = if report.dry_run {
+        "would terminate"
+    } else {
+        "terminated"
+    };
+    writeln!(out, "action {} ({:?})", report.action_id, report.status)?;
+    let mut table = session_table(["target", "outcome"]);
+    for t in &report.targets {
+        let listed = if report.dry_run {
+            &t.outcome.matched
+        } else {
+            &t.outcome.terminated
+        };
+        for s in listed {
+            // A sweep says why it chose each session.
+            let outcome = match t.outcome.sweep_reasons.get(&s.pid) {
+                Some(why) => format!("{verb}: {}", snake_case(why)),
+                None => verb.to_owned(),
+            };
+            table.add_row(session_row([t.target.as_str(), outcome.as_str()], s));
+        }
+        for s in &t.outcome.skipped {
+            let why = format!("skipped: {}", snake_case(&s.reason));
+            table.add_row(session_row([t.target.as_str(), why.as_str()], &s.session));
+        }
+        for s in &t.outcome.failed {
+            table.add_row(session_row([t.target.as_str(), "FAILED"], &s.session));
+        }
+        for s in &t.outcome.remaining {
+            table.add_row(session_row([t.target.as_str(), "STILL CONNECTED"], s));
+        }
+    }
+    writeln!(out, "{table}")?;
+    for t in &report.targets {
+        write!(
+            out,
+            "{}: found {}, {verb} {}, skipped {}, failed {}, remaining {}",
+            t.target,
+            t.found,
+            if report.dry_run {
+                t.outcome.matched.len()
+            } else {
+                t.outcome.terminated.len()
+            },
+            t.outcome.skipped.len(),
+            t.outcome.failed.len(),
+            t.outcome.remaining.len()
+        )?;
+        match &t.error {
+            Some(e) => writeln!(out, ", ERROR: {e}")?,
+            None => writeln!(out)?,
+        }
+        for f in &t.outcome.failed {
+            writeln!(out, "  pid {}: {}", f.session.pid, f.error)?;
+        }
+    }
+    Ok(())
+}
+
+/// A unit enum variant's name as serialised (`own_login`, `login_expired`, …).
+pub(super) fn snake_case(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
