@@ -5,17 +5,24 @@
 //! start, default caps shrink and are logged, and a checkpoint file that cannot be appended
 //! to shows on `/readyz`.
 
-mod support;
+/// The parts of `tests/it/support` this binary uses; it uses only some of their helpers.
+#[path = "it/support"]
+#[allow(dead_code)]
+mod support {
+    pub mod config;
+    pub mod sever;
+}
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::sever::{TOKEN, TestServer, Workspace, create_admin};
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::pg::TestPostgres;
-use support::sever::{TOKEN, TestServer, Workspace, create_admin};
+use sever_testkit::pg::TestPostgres;
+use sever_testkit::util::free_port;
 use tokio::net::TcpStream;
 
 /// The child's open-file limit, soft and hard: low, so that the flood stays small.
@@ -100,15 +107,6 @@ impl Drop for Serve {
             let _ = self.child.wait();
         }
     }
-}
-
-/// A free port on 127.0.0.1 for the operator listener.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn checkpoint_lines(path: &Path) -> usize {

@@ -14,7 +14,14 @@
 //! itself prints in its DEBUG/TRACE dumps of the credentials (with the secret key redacted),
 //! as AWS intends. It is checked everywhere but in the SDK's own lines (`aws_*` targets).
 
-mod support;
+/// The parts of `tests/it/support` this binary uses; it uses only some of their helpers.
+#[path = "it/support"]
+#[allow(dead_code)]
+mod support {
+    pub mod config;
+    pub mod scenarios;
+    pub mod sever;
+}
 
 use std::cell::Cell;
 use std::io::Write as _;
@@ -22,18 +29,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::support::scenarios::{Database, tds_session};
+use crate::support::sever::{Workspace, now, pids, sorted, sorted_ids};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::mariadb::TestMariaDb;
-use support::moto::TestMoto;
-use support::pg::TestPostgres;
-use support::scenarios::{Database, tds_session};
-use support::sever::{Workspace, now, pids, sorted, sorted_ids};
-use support::tds::TdsStandIn;
-use support::vault::{Rotation, VaultStandIn};
+use sever_testkit::mariadb::TestMariaDb;
+use sever_testkit::moto::TestMoto;
+use sever_testkit::pg::TestPostgres;
+use sever_testkit::tds::TdsStandIn;
+use sever_testkit::util::encode_bytes;
+use sever_testkit::vault::{Rotation, VaultStandIn};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tracing_subscriber::Layer as _;
@@ -123,20 +131,6 @@ fn known_secrets() -> Vec<(String, Vec<u8>)> {
     secrets
 }
 
-/// Percent-encodes every byte but RFC 3986's unreserved ones.
-fn percent_encode(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|&b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// The base64 text `secret` produces wherever it sits inside a longer encoded value (e.g.
 /// `Basic base64(user:password)`): for each of the three byte alignments, the characters
 /// that depend on the secret's bytes alone.
@@ -158,7 +152,7 @@ fn embedded_base64(secret: &[u8], engine: &impl base64::Engine) -> Vec<String> {
 fn needles(secret: &[u8]) -> Vec<(&'static str, String)> {
     let mut forms = vec![
         ("raw", String::from_utf8_lossy(secret).into_owned()),
-        ("percent-encoded", percent_encode(secret)),
+        ("percent-encoded", encode_bytes(secret)),
         (
             "form-encoded",
             url::form_urlencoded::byte_serialize(secret).collect(),
@@ -1256,7 +1250,7 @@ fn encoded_and_embedded_secrets_are_found() {
     assert!(found(&format!("password={PG_ADMIN_PASSWORD} user=x")));
     assert!(found(&format!(
         "url=postgres://sever_admin:{}@127.0.0.1/postgres",
-        percent_encode(secret)
+        encode_bytes(secret)
     )));
     let form: String = url::form_urlencoded::byte_serialize(secret).collect();
     assert!(found(&format!("body=a&password={form}&b")));

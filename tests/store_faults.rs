@@ -3,7 +3,13 @@
 //! connections are killed mid-transaction. Each time sever refuses with `503` while it cannot
 //! keep what it accepts, `/readyz` says so, and it recovers without a restart when it can.
 
-mod support;
+/// The parts of `tests/it/support` this binary uses; it uses only some of their helpers.
+#[path = "it/support"]
+#[allow(dead_code)]
+mod support {
+    pub mod config;
+    pub mod sever;
+}
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,10 +17,10 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::support::sever::{TestServer, Workspace, create_admin, now, pids, sorted};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::pg::TestPostgres;
-use support::sever::{TestServer, Workspace, create_admin, now, pids, sorted};
+use sever_testkit::pg::TestPostgres;
 
 /// Upper bound for anything that should take a second or two.
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -132,7 +138,13 @@ async fn event_nowait(server: &TestServer) -> (StatusCode, Value) {
     let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
     let body = serde_json::to_vec(&json!({"credential": "orders", "kind": "revoked"})).unwrap();
     let r = server
-        .post_signed("/v1/events", &body, &id, now(), support::sever::SECRET)
+        .post_signed(
+            "/v1/events",
+            &body,
+            &id,
+            now(),
+            crate::support::sever::SECRET,
+        )
         .await;
     (r.status(), r.json().await.unwrap())
 }
@@ -357,7 +369,8 @@ async fn a_postgres_store_connection_killed_mid_transaction_is_replaced_and_read
             let body = serde_json::to_vec(&revoke()).unwrap();
             let ts = now();
             let signature =
-                sever::intake::webhook::sign(support::sever::SECRET, &id, ts, &body).unwrap();
+                sever::intake::webhook::sign(crate::support::sever::SECRET, &id, ts, &body)
+                    .unwrap();
             client
                 .post(url)
                 .header("webhook-id", id)

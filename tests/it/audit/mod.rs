@@ -1,0 +1,3 @@
+//! The audit trail's integrity against tampering and schema edits.
+
+mod integrity;

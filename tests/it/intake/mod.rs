@@ -1,0 +1,11 @@
+//! The doors: signed events, the AWS paths (Lambda hook, EventBridge, SNS), Vault and OpenBao,
+//! and what each refuses (bad input, hostile strings, a flood of abuse, the fuzz corpus).
+
+mod abuse;
+mod aws;
+mod fuzz_corpus;
+mod hostile_input;
+mod openbao;
+mod rejections;
+mod sns;
+mod vault;

@@ -1,0 +1,11 @@
+//! Which sessions end and which survive, per engine (PostgreSQL, MySQL/MariaDB, the SQL
+//! Server stand-in): the cutoff, sever's own logins, the sweep, and retries by error class.
+
+mod cutoff;
+mod engines;
+mod mysql;
+mod own_login;
+mod postgres;
+mod retry_classes;
+mod sqlserver;
+mod sweep;
