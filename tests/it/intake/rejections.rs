@@ -36,13 +36,13 @@ async fn bad_requests_are_refused_audited_and_execute_nothing() {
     create_admin(&pg).await;
     pg.create_login("app", "pw").await;
     let ws = Workspace::new();
-    let config = format!(
-        "{}{}\
-         [credentials.orders]\npolicy = \"terminate_all\"\nlogins = [{{ target = \"main\", login = \"app\" }}]\n\
-         [credentials.noop]\npolicy = \"none\"\nlogins = [{{ target = \"main\", login = \"app\" }}]\n",
-        ws.base_config(),
-        ws.target("main", &pg, ""),
-    );
+    let config = ws
+        .target_config(ws.config(), "main", &pg)
+        .set("credentials.orders.policy", "terminate_all")
+        .credential("orders", &[("main", "app")])
+        .set("credentials.noop.policy", "none")
+        .credential("noop", &[("main", "app")])
+        .toml();
     let path = ws.write_config(&config);
     let server = TestServer::start(&path).await;
     let (_conn, victim) = pg.session("app", "pw", "postgres", "must-survive").await;

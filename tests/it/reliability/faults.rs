@@ -263,19 +263,14 @@ impl Hundred {
             victims.extend(pg.open_sessions(&format!("app{i}"), "pw", 1).await);
         }
         let ws = Workspace::new();
-        let credentials: String = (0..EVENTS)
-            .map(|i| {
-                format!(
-                    "[credentials.c{i}]\nlogins = [{{ target = \"main\", login = \"app{i}\" }}]\n"
-                )
-            })
-            .collect();
-        let config = format!(
-            "{}[queue]\n{queue}\n{}{credentials}",
-            ws.base_config(),
-            ws.target("main", &pg, "pool_size = 4"),
-        );
-        let config = ws.write_config(&config);
+        let mut config = ws
+            .target_config(ws.config(), "main", &pg)
+            .set("targets.main.pool_size", 4)
+            .merge_toml(&format!("[queue]\n{queue}\n"));
+        for i in 0..EVENTS {
+            config = config.credential(&format!("c{i}"), &[("main", &format!("app{i}"))]);
+        }
+        let config = ws.write_config(&config.toml());
         Self {
             pg,
             ws,

@@ -2,6 +2,7 @@
 //! set-up: the store's login cannot be mapped to a credential, a revocation of it leaves
 //! sever's own store connections alone, and every connection sever opens says it is sever.
 
+use crate::support::config::file;
 use crate::support::sever::{TestServer, Workspace, cli, create_admin, stderr};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -21,20 +22,20 @@ async fn shared_server() -> TestPostgres {
     pg
 }
 
-/// The config: the store on `pg`, target `main` on `pg`, and `credentials` appended.
-fn config(ws: &Workspace, pg: &TestPostgres, credentials: &str) -> std::path::PathBuf {
-    let store = format!(
-        "{{ file = {} }}",
-        ws.secret_file(
-            "store.url",
-            &pg.url("sever_store", STORE_PASSWORD, "sever_store")
-        )
+/// The config: the store on `pg`, target `main` on `pg`, and `credentials` (the logins of
+/// credential `c`, if any).
+fn config(ws: &Workspace, pg: &TestPostgres, credentials: &[(&str, &str)]) -> std::path::PathBuf {
+    let store = ws.secret_path(
+        "store.url",
+        &pg.url("sever_store", STORE_PASSWORD, "sever_store"),
     );
-    ws.write_config(&format!(
-        "{}{}{credentials}\n",
-        ws.base_config().replace(&ws.store_url(), &store),
-        ws.target("main", pg, ""),
-    ))
+    let mut config = ws
+        .target_config(ws.config(), "main", pg)
+        .set("store.url", file(&store));
+    if !credentials.is_empty() {
+        config = config.credential("c", credentials);
+    }
+    ws.write_config(&config.toml())
 }
 
 /// (pid, application_name) of every session of `login`, by pid.
@@ -54,13 +55,7 @@ async fn sessions_of(pg: &TestPostgres, login: &str) -> Vec<(i32, String)> {
 async fn check_config_refuses_a_credential_mapped_to_the_store_login_or_the_target_login() {
     let pg = shared_server().await;
     let ws = Workspace::new();
-    let mapped = |login: &str| {
-        config(
-            &ws,
-            &pg,
-            &format!("[credentials.c]\nlogins = [{{ target = \"main\", login = \"{login}\" }}]\n"),
-        )
-    };
+    let mapped = |login: &str| config(&ws, &pg, &[("main", login)]);
 
     let out = cli(&mapped("sever_store"), &["check-config"]);
     assert!(!out.status.success(), "the store's login was accepted");
@@ -85,7 +80,7 @@ async fn check_config_refuses_a_credential_mapped_to_the_store_login_or_the_targ
 async fn a_revocation_of_the_store_login_spares_the_store_and_every_connection_is_named_sever() {
     let pg = shared_server().await;
     let ws = Workspace::new();
-    let server = TestServer::start(&config(&ws, &pg, "")).await;
+    let server = TestServer::start(&config(&ws, &pg, &[])).await;
     // Readiness writes to the store and reaches the target, so both pools hold connections.
     let (status, ready) = server.readyz().await;
     assert_eq!(status, StatusCode::OK, "{ready}");

@@ -21,12 +21,15 @@ async fn a_privilege_refusal_is_given_up_after_three_attempts_with_the_servers_m
     pg.create_login("app", "pw").await;
     let ws = Workspace::new();
     // An hour to retry, and a request limit that only a give-up within it can meet.
-    let config = format!(
-        "{}[server]\nrequest_timeout = \"10s\"\n[queue]\nretry_for = \"1h\"\nmax_backoff = \"1s\"\n\
-         {}[credentials.orders]\nlogins = [{{ target = \"a\", login = \"app\" }}]\n",
-        ws.base_config(),
-        ws.target("a", &pg, ""),
-    );
+    let config = ws
+        .config()
+        .set("server.request_timeout", "10s")
+        .set("queue.retry_for", "1h")
+        .set("queue.max_backoff", "1s");
+    let config = ws
+        .target_config(config, "a", &pg)
+        .credential("orders", &[("a", "app")])
+        .toml();
     let server = TestServer::start(&ws.write_config(&config)).await;
     // sever's login may no longer read role names: every attempt is refused with 42501,
     // while `SELECT 1` (the probe) still answers.
