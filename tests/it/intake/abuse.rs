@@ -1516,26 +1516,28 @@ async fn slow_client(addr: SocketAddr, body: bool, flooding: Arc<AtomicBool>) ->
 }
 
 fn config(ws: &Workspace, pg: &TestPostgres) -> String {
-    let secret = ws.secret_file("webhook.secret", SECRET);
-    format!(
-        "protected_logins = [\"postgres\"]\n\
-         [store]\nurl = {store}\n\
-         [server]\nmax_body_bytes = {MAX_BODY}\nheader_read_timeout = \"{header}s\"\nrequest_timeout = \"{request}s\"\n\
-         [webhooks]\nsecrets = [{{ file = {secret} }}]\ntolerance = \"{TOLERANCE}s\"\n\
-         [termination]\ntimeout = \"5s\"\nverify_timeout = \"3s\"\n\
-         [[operators]]\nname = \"alice\"\ntoken_sha256 = \"{hash}\"\n\
-         {target}{aws}\
-         [credentials.orders]\npolicy = \"terminate_all\"\nlogins = [{{ target = \"main\", login = \"app\" }}]\n\
-         [credentials.noop]\npolicy = \"none\"\nlogins = [{{ target = \"main\", login = \"app\" }}]\n\
-         [credentials.batch]\npolicy = \"terminate_all\"\nlogins = [{{ target = \"main\", login = \"batch\" }}]\n",
-        store = ws.store_url(),
-        header = HEADER_READ_TIMEOUT.as_secs(),
-        request = REQUEST_TIMEOUT.as_secs(),
-        hash = token_hash(TOKEN),
-        target = ws.target("main", pg, ""),
-        // Port 1: no Secrets Manager is needed, as no credential is an AWS secret.
-        aws = ws.aws_config("http://127.0.0.1:1", &[TOPIC]),
-    )
+    let config = ws
+        .config()
+        .set("server.max_body_bytes", MAX_BODY as i64)
+        .set(
+            "server.header_read_timeout",
+            format!("{}s", HEADER_READ_TIMEOUT.as_secs()),
+        )
+        .set(
+            "server.request_timeout",
+            format!("{}s", REQUEST_TIMEOUT.as_secs()),
+        )
+        .set("webhooks.tolerance", format!("{TOLERANCE}s"));
+    let config = ws.target_config(config, "main", pg);
+    // Port 1: no Secrets Manager is needed, as no credential is an AWS secret.
+    ws.aws(config, "http://127.0.0.1:1", &[TOPIC])
+        .set("credentials.orders.policy", "terminate_all")
+        .credential("orders", &[("main", "app")])
+        .set("credentials.noop.policy", "none")
+        .credential("noop", &[("main", "app")])
+        .set("credentials.batch.policy", "terminate_all")
+        .credential("batch", &[("main", "batch")])
+        .toml()
 }
 
 fn seed() -> u64 {

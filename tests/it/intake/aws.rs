@@ -54,12 +54,11 @@ async fn env(logins: &[&str], credentials: &str) -> Env {
     let moto = TestMoto::start();
     let sns = TestSns::new();
     let ws = Workspace::new();
-    let config = format!(
-        "{}{}{}{credentials}",
-        ws.base_config(),
-        ws.target("main", &pg, ""),
-        ws.aws_config(&moto.endpoint(), &[TOPIC]),
-    );
+    let config = ws.target_config(ws.config(), "main", &pg);
+    let config = ws
+        .aws(config, &moto.endpoint(), &[TOPIC])
+        .merge_toml(credentials)
+        .toml();
     let options = sever::RunOptions {
         sns_http: sns.clone(),
         ..Default::default()

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::support::config::file;
 use crate::support::sever::{ADMIN_PASSWORD, Workspace, cli, create_admin, stderr, stdout};
 use serde_json::Value;
 use sever_testkit::pg::TestPostgres;
@@ -193,16 +194,18 @@ fn check_config_validates_and_redacts() {
         format!("postgres://sever_admin:{ADMIN_PASSWORD}@127.0.0.1:1/postgres\n"),
     )
     .unwrap();
-    let good = format!(
-        "{}[targets.main]\nengine = \"postgres\"\nurl = {{ file = {:?} }}\n\
-         [credentials.orders]\nlogins = [{{ target = \"main\", login = \"app\" }}]\n{}",
-        ws.base_config(),
-        url_file.display().to_string(),
-        ws.aws_config(
+    let good = ws
+        .config()
+        .set("targets.main.engine", "postgres")
+        .set("targets.main.url", file(&url_file.display().to_string()))
+        .credential("orders", &[("main", "app")]);
+    let good = ws
+        .aws(
+            good,
             "http://127.0.0.1:1",
-            &["arn:aws:sns:us-east-1:123456789012:t"]
-        ),
-    );
+            &["arn:aws:sns:us-east-1:123456789012:t"],
+        )
+        .toml();
     let config = ws.write_config(&good);
     let out = cli(&config, &["check-config"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -121,18 +121,25 @@ impl Workspace {
         path
     }
 
-    /// The `[aws]` tables for a moto endpoint, with static keys and the EventBridge API key
-    /// in files, trusting `topics`.
-    pub fn aws_config(&self, endpoint: &str, topics: &[&str]) -> String {
-        format!(
-            "[aws]\nregion = \"us-east-1\"\nendpoint_url = {endpoint:?}\n\
-             [aws.static_credentials]\naccess_key_id = {{ file = {} }}\nsecret_access_key = {{ file = {} }}\n\
-             [aws.eventbridge]\napi_keys = [{{ file = {} }}]\n\
-             [aws.sns]\ntopics = {topics:?}\n",
-            self.secret_file("aws.key", "testing"),
-            self.secret_file("aws.secret", "testing"),
-            self.secret_file("eventbridge.key", API_KEY),
-        )
+    /// `config` with the `[aws]` tables for a moto endpoint, with static keys and the
+    /// EventBridge API key in files, trusting `topics`.
+    pub fn aws(&self, config: ConfigBuilder, endpoint: &str, topics: &[&str]) -> ConfigBuilder {
+        config
+            .set("aws.region", "us-east-1")
+            .set("aws.endpoint_url", endpoint)
+            .set(
+                "aws.static_credentials.access_key_id",
+                file(&self.secret_path("aws.key", "testing")),
+            )
+            .set(
+                "aws.static_credentials.secret_access_key",
+                file(&self.secret_path("aws.secret", "testing")),
+            )
+            .set(
+                "aws.eventbridge.api_keys",
+                vec![file(&self.secret_path("eventbridge.key", API_KEY))],
+            )
+            .set("aws.sns.topics", topics.to_vec())
     }
 
     /// The details of every audit record of `kind`, oldest first.
