@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::config::file;
 use crate::support::sever::{
     SECRET, TOKEN, TestServer, Workspace, cli, create_admin, now, pids, sorted, stderr,
 };
@@ -77,16 +78,23 @@ async fn hostile_names_are_refused_at_every_door_and_nothing_is_queued() {
     let vault = VaultStandIn::start().await;
     vault.allow_approle("approle", "sever-role-id", "sever-secret-id");
     let ws = Workspace::new();
-    let config = format!(
-        "{}{}{MYSQL_TARGET}\
-         [vault]\naddress = {:?}\n[vault.auth]\nmethod = \"approle\"\nrole_id = \"sever-role-id\"\nsecret_id = {{ file = {} }}\n\
-         [credentials.pgrole]\n[credentials.pgrole.vault]\nmount = \"database\"\nrole = \"pgrole\"\ntarget = \"main\"\n\
-         [credentials.myrole]\n[credentials.myrole.vault]\nmount = \"database\"\nrole = \"myrole\"\ntarget = \"my\"\n",
-        ws.base_config(),
-        ws.target("main", &pg, ""),
-        vault.address(),
-        ws.secret_file("vault.secret-id", "sever-secret-id"),
-    );
+    let config = ws
+        .target_config(ws.config(), "main", &pg)
+        .merge_toml(MYSQL_TARGET)
+        .set("vault.address", vault.address())
+        .set("vault.auth.method", "approle")
+        .set("vault.auth.role_id", "sever-role-id")
+        .set(
+            "vault.auth.secret_id",
+            file(&ws.secret_path("vault.secret-id", "sever-secret-id")),
+        )
+        .set("credentials.pgrole.vault.mount", "database")
+        .set("credentials.pgrole.vault.role", "pgrole")
+        .set("credentials.pgrole.vault.target", "main")
+        .set("credentials.myrole.vault.mount", "database")
+        .set("credentials.myrole.vault.role", "myrole")
+        .set("credentials.myrole.vault.target", "my")
+        .toml();
     let server = TestServer::start(&ws.write_config(&config)).await;
     let too_long = "a".repeat(64);
 
@@ -218,10 +226,13 @@ async fn hostile_names_are_refused_at_every_door_and_nothing_is_queued() {
 #[test]
 fn the_cli_refuses_hostile_names_with_the_usage_exit_code_and_queues_nothing() {
     let ws = Workspace::new();
-    let config = ws.write_config(&format!(
-        "{}[targets.main]\nengine = \"postgres\"\nurl = \"postgres://sever@127.0.0.1:1/postgres\"\n{MYSQL_TARGET}",
-        ws.base_config()
-    ));
+    let config = ws.write_config(
+        &ws.config()
+            .set("targets.main.engine", "postgres")
+            .set("targets.main.url", "postgres://sever@127.0.0.1:1/postgres")
+            .merge_toml(MYSQL_TARGET)
+            .toml(),
+    );
     let usage = Some(i32::from(sever::cli::EXIT_USAGE));
     // An argument cannot hold NUL; every other hostile name can.
     let mut runs: Vec<Vec<String>> = Vec::new();
@@ -286,11 +297,13 @@ fn the_cli_refuses_hostile_names_with_the_usage_exit_code_and_queues_nothing() {
 
 /// A config whose one target is never reached (every request here is refused or needs none).
 fn plain_config(ws: &Workspace) -> std::path::PathBuf {
-    ws.write_config(&format!(
-        "{}[targets.main]\nengine = \"postgres\"\nurl = \"postgres://sever@127.0.0.1:1/postgres\"\n\
-         [credentials.orders]\nlogins = [{{ target = \"main\", login = \"app\" }}]\n",
-        ws.base_config()
-    ))
+    ws.write_config(
+        &ws.config()
+            .set("targets.main.engine", "postgres")
+            .set("targets.main.url", "postgres://sever@127.0.0.1:1/postgres")
+            .credential("orders", &[("main", "app")])
+            .toml(),
+    )
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use crate::support::config::file;
 use crate::support::sever::{
     SECRET, TestServer, WRONG_SECRET, Workspace, create_admin, now, pids, sorted,
 };
@@ -64,25 +65,30 @@ async fn env_with_auth(
     let vault = VaultStandIn::start().await;
     vault.allow_approle("approle", "sever-role-id", "sever-secret-id");
     let ws = Workspace::new();
-    let auth = match kubernetes {
-        None => format!(
-            "method = \"approle\"\nrole_id = \"sever-role-id\"\nsecret_id = {{ file = {} }}\n",
-            ws.secret_file("vault.secret-id", "sever-secret-id")
-        ),
+    let config = ws
+        .target_config(ws.config(), "main", &pg)
+        .set("vault.address", vault.address());
+    let config = match kubernetes {
+        None => config
+            .set("vault.auth.method", "approle")
+            .set("vault.auth.role_id", "sever-role-id")
+            .set(
+                "vault.auth.secret_id",
+                file(&ws.secret_path("vault.secret-id", "sever-secret-id")),
+            ),
         Some(jwt) => {
             vault.allow_kubernetes("kubernetes", "sever", jwt);
-            format!(
-                "method = \"kubernetes\"\nrole = \"sever\"\njwt_file = {}\n",
-                ws.secret_file("sa.jwt", jwt)
-            )
+            config
+                .set("vault.auth.method", "kubernetes")
+                .set("vault.auth.role", "sever")
+                .set("vault.auth.jwt_file", ws.secret_path("sa.jwt", jwt))
         }
     };
-    let text = format!(
-        "{}{}[vault]\naddress = {:?}\n[vault.auth]\n{auth}{vault_extra}\n{credentials}",
-        ws.base_config(),
-        ws.target("main", &pg, ""),
-        vault.address(),
-    );
+    // `vault_extra` follows `[vault.auth]`, as its keys would in a hand-written file.
+    let text = config
+        .merge_toml(&format!("[vault.auth]\n{vault_extra}\n"))
+        .merge_toml(credentials)
+        .toml();
     let config = ws.write_config(&text);
     Env {
         pg,

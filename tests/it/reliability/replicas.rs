@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::config::{ConfigBuilder, file};
 use crate::support::sever::{
     ADMIN_PASSWORD, SECRET, TOKEN, TestServer, Workspace, cli, create_admin, now, stdout,
 };
@@ -126,19 +127,17 @@ async fn logins_with_sessions(
 /// The config's head: the PostgreSQL store, the signing secret, the operator, `extra`
 /// (e.g. `[queue]`), and the target `main` on `target`.
 fn config_head(ws: &Workspace, store: &TestPostgres, target: &TestPostgres, extra: &str) -> String {
-    format!(
-        "protected_logins = [\"postgres\"]\n\
-         [store]\nurl = {{ file = {store} }}\n\
-         [webhooks]\nsecrets = [{{ file = {secret} }}]\n\
-         [termination]\ntimeout = \"5s\"\nverify_timeout = \"3s\"\n\
-         [[operators]]\nname = \"alice\"\ntoken_sha256 = \"{hash}\"\n\
-         {extra}\n{main}",
-        store = ws.secret_file("store.url", &store_url(store)),
-        secret = ws.secret_file("webhook.secret", SECRET),
-        hash = sever::intake::operator::token_hash(TOKEN),
+    let config = ws
+        .config()
+        .set(
+            "store.url",
+            file(&ws.secret_path("store.url", &store_url(store))),
+        )
+        .merge_toml(extra);
+    ws.target_config(config, "main", target)
         // A few connections per replica: steps wait for one rather than crowd the target.
-        main = ws.target("main", target, "pool_size = 3"),
-    )
+        .set("targets.main.pool_size", 3)
+        .toml()
 }
 
 /// A credential whose rotation ends `login`'s sessions on `main`.
@@ -410,11 +409,10 @@ async fn three_replicas_on_one_store_carry_out_each_event_exactly_once() {
     let bao = TestBao::start().await;
     bao.kv_put("", "secret", "apps/kv/db", &json!({"password": "pw"}))
         .await;
-    text.push_str(&format!(
-        "[vault]\naddress = {:?}\n[vault.auth]\nmethod = \"token\"\ntoken = {{ file = {} }}\n",
-        bao.addr(),
-        ws.secret_file("vault.token", ROOT_TOKEN)
-    ));
+    text.push_str(
+        &ws.vault_token(ConfigBuilder::new(), &bao.addr(), ROOT_TOKEN)
+            .toml(),
+    );
     text.push_str(&credential("kv", "kvapp"));
     text.push_str("[credentials.kv.vault]\nmount = \"secret\"\nkv_path = \"apps/kv/db\"\n");
     text.push_str(&credential("dup", "dupapp"));

@@ -142,6 +142,17 @@ impl Workspace {
             .set("aws.sns.topics", topics.to_vec())
     }
 
+    /// `config` with `[vault]` at `address`, logging in with `token` (in a secret file).
+    pub fn vault_token(&self, config: ConfigBuilder, address: &str, token: &str) -> ConfigBuilder {
+        config
+            .set("vault.address", address)
+            .set("vault.auth.method", "token")
+            .set(
+                "vault.auth.token",
+                file(&self.secret_path("vault.token", token)),
+            )
+    }
+
     /// The details of every audit record of `kind`, oldest first.
     pub async fn records(&self, kind: &str) -> Vec<Value> {
         self.audit()

@@ -3,6 +3,7 @@
 //! `KILL`, integers only in `KILL`, sessions already rolling back, the server's local clock,
 //! and the error paths. The behaviour every engine shares is in `tests/engines.rs`.
 
+use crate::support::config::file;
 use crate::support::scenarios::Database;
 use crate::support::sever::{TestServer, Workspace, pids};
 use chrono::{DateTime, Duration, Utc};
@@ -153,17 +154,19 @@ async fn permission_denied_and_connection_refused_are_reported() {
     let port = db.port();
     drop(db);
     let ws = Workspace::new();
-    let url = ws.secret_file(
+    let url = ws.secret_path(
         "down.url",
         &format!(
             "Server=tcp:127.0.0.1,{port};User Id=sever_admin;Password=x;Encrypt=DANGER_PLAINTEXT"
         ),
     );
     // A short retry window: the target is given up on within the request.
-    let config = format!(
-        "{}[queue]\nretry_for = \"3s\"\n[targets.main]\nengine = \"sqlserver\"\nurl = {{ file = {url} }}\nconnect_timeout = \"1s\"\n",
-        ws.base_config()
-    );
+    let config = ws
+        .config()
+        .set("queue.retry_for", "3s")
+        .target("main", "sqlserver", &url)
+        .set("targets.main.connect_timeout", "1s")
+        .toml();
     let server = TestServer::start(&ws.write_config(&config)).await;
     let (status, report) = revoke(&server).await;
     assert_eq!(status, StatusCode::OK, "{report}");
@@ -285,14 +288,15 @@ async fn a_named_instance_is_found_through_the_sql_browser() {
     db.allow_login("sever_admin", "severadminpw");
     db.add_session(fake(97, "app", Utc::now() - Duration::hours(1), "sleeping"));
     let ws = Workspace::new();
-    let url = ws.secret_file(
+    let url = ws.secret_path(
         "named.url",
         &format!("Server=tcp:127.0.0.1\\INST,{browser};User Id=sever_admin;Password=severadminpw;Encrypt=DANGER_PLAINTEXT"),
     );
-    let config = format!(
-        "{}[targets.main]\nengine = \"sqlserver\"\nurl = {{ file = {url} }}\n",
-        ws.base_config()
-    );
+    let config = ws
+        .config()
+        .set("targets.main.engine", "sqlserver")
+        .set("targets.main.url", file(&url))
+        .toml();
     let server = TestServer::start(&ws.write_config(&config)).await;
     let (status, report) = revoke(&server).await;
     assert_eq!(status, StatusCode::OK, "{report}");

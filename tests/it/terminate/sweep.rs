@@ -115,19 +115,12 @@ async fn fixture(interval: &str) -> Fixture {
     let no_expiry = open("v-token-app-none").await;
 
     let ws = Workspace::new();
-    let config = ws.write_config(&format!(
-        "{}{}{}",
-        ws.base_config(),
-        ws.target(
-            "main",
-            &pg,
-            &format!(
-                "protected_logins = [\"v-protected\"]\n\
-                 [targets.main.sweep]\npattern = \"v-%\"\ninterval = \"{interval}\"\n"
-            ),
-        ),
-        ws.target("plain", &pg, ""),
-    ));
+    let config = ws
+        .target_config(ws.config(), "main", &pg)
+        .set("targets.main.protected_logins", vec!["v-protected"])
+        .set("targets.main.sweep.pattern", "v-%")
+        .set("targets.main.sweep.interval", interval);
+    let config = ws.write_config(&ws.target_config(config, "plain", &pg).toml());
     // sever learns the dynamic logins (they match the pattern) before the one is dropped: an
     // orphan is swept only when sever knew it matched.
     learn(&config).await;
@@ -386,15 +379,12 @@ async fn a_sweep_sever_may_not_signal_reports_each_session_and_exits_incomplete(
     let (_c1, dropped) = pg.session("v-gone", "pw", "postgres", "svc").await;
     let (_c2, expired) = pg.session("v-stale", "pw", "postgres", "svc").await;
     let ws = Workspace::new();
-    let config = ws.write_config(&format!(
-        "{}{}",
-        ws.base_config(),
-        ws.target(
-            "main",
-            &pg,
-            "[targets.main.sweep]\npattern = \"v-%\"\ninterval = \"1h\"\n"
-        ),
-    ));
+    let config = ws.write_config(
+        &ws.target_config(ws.config(), "main", &pg)
+            .set("targets.main.sweep.pattern", "v-%")
+            .set("targets.main.sweep.interval", "1h")
+            .toml(),
+    );
     learn(&config).await;
     pg.exec("DROP ROLE \"v-gone\"").await;
     wait_expired(&pg, &["v-stale"]).await;
@@ -469,16 +459,13 @@ async fn learning() -> Learning {
     let (c2, root) = pg.session("v-root", "pw", "postgres", "svc").await;
     let (c3, dynamic) = pg.session("v-dyn", "pw", "postgres", "svc").await;
     let ws = Workspace::new();
-    let config = ws.write_config(&format!(
-        "{}{}",
-        ws.base_config(),
-        ws.target(
-            "main",
-            &pg,
-            "protected_logins = [\"v-keep\"]\n\
-             [targets.main.sweep]\npattern = \"v-%\"\ninterval = \"1h\"\n"
-        ),
-    ));
+    let config = ws.write_config(
+        &ws.target_config(ws.config(), "main", &pg)
+            .set("targets.main.protected_logins", vec!["v-keep"])
+            .set("targets.main.sweep.pattern", "v-%")
+            .set("targets.main.sweep.interval", "1h")
+            .toml(),
+    );
     Learning {
         pg,
         ws,

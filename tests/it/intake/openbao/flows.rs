@@ -59,15 +59,13 @@ impl Env {
     /// Writes the config: `[vault]` at this OpenBao with `method = "token"` (`token`, else
     /// sever's policy token), `vault_extra` after `[vault.auth]`, then `credentials`.
     fn config(&self, token: Option<&str>, vault_extra: &str, credentials: &str) -> PathBuf {
-        let token = self
-            .ws
-            .secret_file("vault.token", token.unwrap_or(&self.token));
-        self.ws.write_config(&format!(
-            "{}{}[vault]\naddress = {:?}\n[vault.auth]\nmethod = \"token\"\ntoken = {{ file = {token} }}\n{vault_extra}\n{credentials}",
-            self.ws.base_config(),
-            self.ws.target("main", &self.pg, ""),
-            self.bao.addr(),
-        ))
+        let ws = &self.ws;
+        let config = ws.target_config(ws.config(), "main", &self.pg);
+        let config = ws
+            .vault_token(config, &self.bao.addr(), token.unwrap_or(&self.token))
+            .merge_toml(&format!("[vault.auth]\n{vault_extra}\n"))
+            .merge_toml(credentials);
+        ws.write_config(&config.toml())
     }
 
     /// Creates `login` on PostgreSQL and static role `role` managing it on `mount` in `ns`;

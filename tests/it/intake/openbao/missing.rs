@@ -27,13 +27,11 @@ async fn start() -> (TestPostgres, TestBao, Workspace) {
 
 /// The config: `[vault]` at `bao` logging in with `token`, then `extra`.
 fn config(ws: &Workspace, pg: &TestPostgres, bao: &TestBao, token: &str, extra: &str) -> PathBuf {
-    let token = ws.secret_file("vault.token", token);
-    ws.write_config(&format!(
-        "{}{}[vault]\naddress = {:?}\n[vault.auth]\nmethod = \"token\"\ntoken = {{ file = {token} }}\n{extra}",
-        ws.base_config(),
-        ws.target("main", pg, ""),
-        bao.addr(),
-    ))
+    let config = ws.target_config(ws.config(), "main", pg);
+    let config = ws
+        .vault_token(config, &bao.addr(), token)
+        .merge_toml(&format!("[vault.auth]\n{extra}"));
+    ws.write_config(&config.toml())
 }
 
 /// Polls `/readyz` (bounded) until `done` holds for its body; returns that body.

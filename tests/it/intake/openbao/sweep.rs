@@ -43,11 +43,11 @@ async fn fixture(sweep: &str) -> Fixture {
     bao.create_static_role("", "database", "svc", "svc_app", "1h")
         .await;
     let ws = Workspace::new();
-    let config = ws.write_config(&format!(
-        "{}{}",
-        ws.base_config(),
-        ws.target("main", &pg, &format!("[targets.main.sweep]\n{sweep}\n")),
-    ));
+    let config = ws.write_config(
+        &ws.target_config(ws.config(), "main", &pg)
+            .merge_toml(&format!("[targets.main.sweep]\n{sweep}\n"))
+            .toml(),
+    );
     Fixture {
         pg,
         bao,
