@@ -68,6 +68,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// Merges `other` in, as [`ConfigBuilder::merge_toml`] does.
+    pub fn merge(mut self, other: &ConfigBuilder) -> Self {
+        merge(&mut self.table, other.table.clone());
+        self
+    }
+
     /// A `[targets.<id>]` table for a PostgreSQL target whose URL is in the file `url_file`.
     pub fn target_postgres(self, id: &str, url_file: &str) -> Self {
         self.target(id, "postgres", url_file)

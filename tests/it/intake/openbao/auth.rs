@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::support::config::{ConfigBuilder, file};
 use crate::support::sever::{TestServer, Workspace, create_admin};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -51,19 +52,18 @@ async fn env() -> Env {
 }
 
 impl Env {
-    /// An AppRole `sever` with `options`; returns sever's `[vault.auth]` body for it.
-    async fn approle(&self, options: AppRoleOptions) -> String {
+    /// An AppRole `sever` with `options`; returns sever's `[vault.auth]` for it.
+    async fn approle(&self, options: AppRoleOptions) -> ConfigBuilder {
         approle_auth(&self.ws, &self.bao, options).await
     }
 
     /// sever watching the static role `orders` on target `main`, logging in with `auth`.
-    async fn server(&self, auth: &str) -> TestServer {
-        let text = format!(
-            "{}{}{}{WATCH}{ORDERS}",
-            self.ws.base_config(),
-            self.ws.target("main", &self.pg, ""),
-            vault_toml(&self.bao.addr(), auth, ""),
-        );
+    async fn server(&self, auth: &ConfigBuilder) -> TestServer {
+        let config = self.ws.target_config(self.ws.config(), "main", &self.pg);
+        let text = vault(config, &self.bao.addr(), auth)
+            .merge_toml(WATCH)
+            .merge_toml(ORDERS)
+            .toml();
         TestServer::start(&self.ws.write_config(&text)).await
     }
 
@@ -111,24 +111,26 @@ fn failures(events: &[AuditEvent]) -> Vec<String> {
         .collect()
 }
 
-/// `[vault]` with `address`, `[vault.auth]` = `auth`, then `extra` (e.g. `[vault.tls]`).
-fn vault_toml(address: &str, auth: &str, extra: &str) -> String {
-    format!("[vault]\naddress = {address:?}\n[vault.auth]\n{auth}{extra}")
+/// `config` with `[vault]` at `address` and `[vault.auth]` from `auth`.
+fn vault(config: ConfigBuilder, address: &str, auth: &ConfigBuilder) -> ConfigBuilder {
+    config.set("vault.address", address).merge(auth)
 }
 
-async fn approle_auth(ws: &Workspace, bao: &TestBao, options: AppRoleOptions) -> String {
+async fn approle_auth(ws: &Workspace, bao: &TestBao, options: AppRoleOptions) -> ConfigBuilder {
     let (role_id, secret_id) = bao.enable_approle("", "sever", &["sever"], &options).await;
-    format!(
-        "method = \"approle\"\nrole_id = {role_id:?}\nsecret_id = {{ file = {} }}\n",
-        ws.secret_file("vault.secret-id", &secret_id)
-    )
+    ConfigBuilder::new()
+        .set("vault.auth.method", "approle")
+        .set("vault.auth.role_id", role_id)
+        .set(
+            "vault.auth.secret_id",
+            file(&ws.secret_path("vault.secret-id", &secret_id)),
+        )
 }
 
-fn token_auth(path: &Path) -> String {
-    format!(
-        "method = \"token\"\ntoken = {{ file = {:?} }}\n",
-        path.display().to_string()
-    )
+fn token_auth(path: &Path) -> ConfigBuilder {
+    ConfigBuilder::new()
+        .set("vault.auth.method", "token")
+        .set("vault.auth.token", file(&path.display().to_string()))
 }
 
 /// Writes `token` to `path` as an agent does: a new file renamed over the old one.
@@ -335,14 +337,15 @@ async fn a_token_file_is_read_again_before_its_token_expires() {
 /// A sever with no targets against `address`, logging in with `auth`, trusting `ca_file`.
 async fn sever_without_targets(
     address: &str,
-    auth: &str,
+    auth: &ConfigBuilder,
     ca_file: Option<PathBuf>,
 ) -> (TestServer, Workspace) {
     let ws = Workspace::new();
-    let tls = ca_file
-        .map(|ca| format!("[vault.tls]\nca_file = {:?}\n", ca.display().to_string()))
-        .unwrap_or_default();
-    let text = format!("{}{}", ws.base_config(), vault_toml(address, auth, &tls));
+    let mut config = vault(ws.config(), address, auth);
+    if let Some(ca) = ca_file {
+        config = config.set("vault.tls.ca_file", ca.display().to_string());
+    }
+    let text = config.toml();
     (TestServer::start(&ws.write_config(&text)).await, ws)
 }
 
@@ -406,11 +409,7 @@ async fn readiness_is_degraded_when_vault_refuses_the_token_or_cannot_be_reached
     let ws = Workspace::new();
     let file = ws.path("vault.token");
     write_token(&file, &token.token);
-    let text = format!(
-        "{}{}",
-        ws.base_config(),
-        vault_toml(&bao.addr(), &token_auth(&file), "")
-    );
+    let text = vault(ws.config(), &bao.addr(), &token_auth(&file)).toml();
     let server = TestServer::start(&ws.write_config(&text)).await;
     let body = wait_vault(&server, true).await;
     assert_eq!(body["status"], "ready", "{body}");
