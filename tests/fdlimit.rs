@@ -124,13 +124,15 @@ async fn a_flood_of_idle_connections_locks_out_neither_operators_nor_checkpoints
     let checkpoints = ws.path("checkpoints.jsonl");
     // Idle connections are kept far beyond the test's length: only the caps stand between the
     // flood and the last descriptor.
-    let config = format!(
-        "{}[server]\nheader_read_timeout = \"60s\"\n\
-         [audit]\ncheckpoint_interval = \"1s\"\ncheckpoint_file = {:?}\n{}",
-        ws.base_config(),
-        checkpoints.display().to_string(),
-        ws.target("main", &pg, "pool_size = 2"),
-    );
+    let config = ws
+        .config()
+        .set("server.header_read_timeout", "60s")
+        .set("audit.checkpoint_interval", "1s")
+        .set("audit.checkpoint_file", checkpoints.display().to_string());
+    let config = ws
+        .target_config(config, "main", &pg)
+        .set("targets.main.pool_size", 2)
+        .toml();
     let operator = format!("127.0.0.1:{}", free_port());
     let mut serve = Serve::spawn(
         &ws.write_config(&config),
@@ -272,7 +274,10 @@ async fn a_flood_of_idle_connections_locks_out_neither_operators_nor_checkpoints
 /// Runs `sever serve` under `limit` with `server` as its `[server]` table until it is
 /// listening or exits; returns the child.
 async fn serve_with(ws: &Workspace, server: &str, limit: u64, args: &[&str]) -> Serve {
-    let config = format!("{}[server]\n{server}\n", ws.base_config());
+    let config = ws
+        .config()
+        .merge_toml(&format!("[server]\n{server}\n"))
+        .toml();
     Serve::spawn(&ws.write_config(&config), ws.path("sever.log"), limit, args)
 }
 
@@ -343,11 +348,11 @@ async fn default_caps_shrink_to_the_limit_and_are_logged() {
 async fn a_checkpoint_file_that_cannot_be_appended_to_degrades_readiness() {
     let ws = Workspace::new();
     let checkpoints = ws.path("checkpoints.jsonl");
-    let config = format!(
-        "{}[audit]\ncheckpoint_interval = \"1s\"\ncheckpoint_file = {:?}\n",
-        ws.base_config(),
-        checkpoints.display().to_string(),
-    );
+    let config = ws
+        .config()
+        .set("audit.checkpoint_interval", "1s")
+        .set("audit.checkpoint_file", checkpoints.display().to_string())
+        .toml();
     let server = TestServer::start(&ws.write_config(&config)).await;
     let (status, body) = server.readyz().await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -171,11 +171,11 @@ async fn target() -> TestPostgres {
 /// The workspace's config with the store at `store_url` (TOML-quoted) and credential
 /// `orders` on target `main`.
 fn config(ws: &Workspace, store_url: &str, pg: &TestPostgres, extra: &str) -> String {
-    format!(
-        "{}{}{extra}\n[credentials.orders]\nlogins = [{{ target = \"main\", login = \"app\" }}]\n",
-        ws.base_config().replace(&ws.store_url(), store_url),
-        ws.target("main", pg, ""),
-    )
+    ws.target_config(ws.config(), "main", pg)
+        .merge_toml(&format!("[store]\nurl = {store_url}\n"))
+        .merge_toml(extra)
+        .credential("orders", &[("main", "app")])
+        .toml()
 }
 
 #[tokio::test]

@@ -344,11 +344,11 @@ async fn operator_api_and_intake_listen_apart() {
     create_admin(&pg).await;
     pg.create_login("leaked", "pw").await;
     let ws = Workspace::new();
-    let text = format!(
-        "{}{}[credentials.noop]\npolicy = \"none\"\nlogins = [{{ target = \"main\", login = \"leaked\" }}]\n",
-        ws.base_config(),
-        ws.target("main", &pg, ""),
-    );
+    let text = ws
+        .target_config(ws.config(), "main", &pg)
+        .set("credentials.noop.policy", "none")
+        .credential("noop", &[("main", "leaked")])
+        .toml();
     let server = TestServer::start_split(&ws.write_config(&text)).await;
     let operator = server.operator_addr.expect("split listeners");
     assert_ne!(operator, server.addr);

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::support::config::file;
 use crate::support::sever::{TestServer, Workspace, create_admin, db_now, pids};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -401,11 +402,11 @@ async fn a_tls_target_is_reached_with_certificate_verification() {
         ),
         ca.display()
     );
-    let config = format!(
-        "{}[targets.tls]\nengine = \"postgres\"\nurl = {{ file = {:?} }}\n",
-        ws.base_config(),
-        ws.secret_file("tls.url", &url).trim_matches('"'),
-    );
+    let config = ws
+        .config()
+        .set("targets.tls.engine", "postgres")
+        .set("targets.tls.url", file(&ws.secret_path("tls.url", &url)))
+        .toml();
     let server = TestServer::start(&ws.write_config(&config)).await;
     let victims = pg.open_sessions("app", "pw", 1).await;
     let (status, report) = server
@@ -440,11 +441,12 @@ async fn missing_signal_privilege_is_reported_per_session_not_hidden() {
         .await;
     pg.create_login("app", "pw").await;
     let ws = Workspace::new();
-    let url = ws.secret_file("weak.url", &pg.url("sever_admin", "pw", "postgres"));
-    let config = format!(
-        "{}[targets.main]\nengine = \"postgres\"\nurl = {{ file = {url} }}\n",
-        ws.base_config()
-    );
+    let url = ws.secret_path("weak.url", &pg.url("sever_admin", "pw", "postgres"));
+    let config = ws
+        .config()
+        .set("targets.main.engine", "postgres")
+        .set("targets.main.url", file(&url))
+        .toml();
     let server = TestServer::start(&ws.write_config(&config)).await;
     let victims = pg.open_sessions("app", "pw", 2).await;
 
