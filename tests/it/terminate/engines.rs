@@ -7,6 +7,8 @@ use sever_testkit::mariadb::TestMariaDb;
 use sever_testkit::pg::TestPostgres;
 use sever_testkit::tds::TdsStandIn;
 
+/// One `#[tokio::test]` per named scenario of `support::scenarios` and per engine, in modules
+/// `postgres`, `mariadb` and `sqlserver_standin`.
 macro_rules! for_each_engine {
     ($($scenario:ident),* $(,)?) => {
         mod postgres {
