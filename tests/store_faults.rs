@@ -17,6 +17,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::support::config::file;
 use crate::support::sever::{TestServer, Workspace, create_admin, now, pids, sorted};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -168,11 +169,14 @@ async fn target() -> TestPostgres {
     pg
 }
 
-/// The workspace's config with the store at `store_url` (TOML-quoted) and credential
-/// `orders` on target `main`.
-fn config(ws: &Workspace, store_url: &str, pg: &TestPostgres, extra: &str) -> String {
-    ws.target_config(ws.config(), "main", pg)
-        .merge_toml(&format!("[store]\nurl = {store_url}\n"))
+/// The workspace's config with the store at `store` (else the workspace's own) and
+/// credential `orders` on target `main`.
+fn config(ws: &Workspace, store: Option<toml::Value>, pg: &TestPostgres, extra: &str) -> String {
+    let mut config = ws.target_config(ws.config(), "main", pg);
+    if let Some(store) = store {
+        config = config.set("store.url", store);
+    }
+    config
         .merge_toml(extra)
         .credential("orders", &[("main", "app")])
         .toml()
@@ -185,8 +189,8 @@ async fn a_full_store_refuses_then_recovers_without_a_restart_once_space_is_back
     let ws = Workspace::new();
     let fs = Tmpfs::mount("2m");
     let store = fs.path("sever.db");
-    let url = format!("{:?}", format!("sqlite://{}?mode=rwc", store.display()));
-    let server = TestServer::start(&ws.write_config(&config(&ws, &url, &pg, ""))).await;
+    let url = format!("sqlite://{}?mode=rwc", store.display());
+    let server = TestServer::start(&ws.write_config(&config(&ws, Some(url.into()), &pg, ""))).await;
     let (status, report) = server.event(&revoke()).await;
     assert_eq!(status, StatusCode::OK, "{report}");
 
@@ -235,8 +239,7 @@ async fn a_deleted_store_file_is_noticed_refused_and_work_accepted_before_finish
     let ws = Workspace::new();
     let store = ws.path("sever.db");
     let extra = "[queue]\nmax_backoff = \"200ms\"\n";
-    let server =
-        TestServer::start(&ws.write_config(&config(&ws, &ws.store_url(), &pg, extra))).await;
+    let server = TestServer::start(&ws.write_config(&config(&ws, None, &pg, extra))).await;
     let victims = pg.open_sessions("app", "pw", 1).await;
     // Accepted while the target refuses sever's login: the action waits, retrying, when the
     // file goes.
@@ -308,8 +311,8 @@ async fn a_deleted_store_directory_is_noticed_before_the_next_acknowledgement() 
     let ws = Workspace::new();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("sever.db");
-    let url = format!("{:?}", format!("sqlite://{}?mode=rwc", store.display()));
-    let server = TestServer::start(&ws.write_config(&config(&ws, &url, &pg, ""))).await;
+    let url = format!("sqlite://{}?mode=rwc", store.display());
+    let server = TestServer::start(&ws.write_config(&config(&ws, Some(url.into()), &pg, ""))).await;
     let (status, body) = event_nowait(&server).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
 
@@ -345,11 +348,8 @@ async fn a_postgres_store_connection_killed_mid_transaction_is_replaced_and_read
         target()
     );
     let ws = Workspace::new();
-    let url = format!(
-        "{{ file = {} }}",
-        ws.secret_file("store.url", &store.superuser_url("sever_store"))
-    );
-    let server = TestServer::start(&ws.write_config(&config(&ws, &url, &pg, ""))).await;
+    let url = file(&ws.secret_path("store.url", &store.superuser_url("sever_store")));
+    let server = TestServer::start(&ws.write_config(&config(&ws, Some(url), &pg, ""))).await;
     let (status, report) = server.event(&revoke()).await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(server.readyz().await.0, StatusCode::OK);

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::support::config::{ConfigBuilder, file};
 use crate::support::sever::{TestServer, Workspace, cli, stderr, stdout};
 use serde_json::{Value, json};
 use sever::audit::{Audit, AuditRecord, Entry, GENESIS, Kind, ListFilter, record_hash};
@@ -17,17 +18,14 @@ const BROKEN: Option<i32> = Some(sever::cli::EXIT_AUDIT_BROKEN as i32);
 /// A keyed config on `store_url` (TOML-quoted), and the same store without the key: what
 /// someone who can write the store but lacks the key can run.
 fn configs(ws: &Workspace, store_url: &str, interval: &str) -> (PathBuf, PathBuf) {
-    let key = ws.secret_file("checkpoint.key", &"k".repeat(40));
-    let base = ws.base_config().replace(&ws.store_url(), store_url);
+    let key = ws.secret_path("checkpoint.key", &"k".repeat(40));
+    let base = ws
+        .config()
+        .merge_toml(&format!("[store]\nurl = {store_url}\n"))
+        .set("audit.checkpoint_interval", interval);
     let forger = ws.path("forger.toml");
-    std::fs::write(
-        &forger,
-        format!("{base}[audit]\ncheckpoint_interval = \"{interval}\"\n"),
-    )
-    .unwrap();
-    let keyed = ws.write_config(&format!(
-        "{base}[audit]\ncheckpoint_interval = \"{interval}\"\ncheckpoint_key = {{ file = {key} }}\n"
-    ));
+    std::fs::write(&forger, base.toml()).unwrap();
+    let keyed = ws.write_config(&base.set("audit.checkpoint_key", file(&key)).toml());
     (keyed, forger)
 }
 
@@ -388,10 +386,12 @@ async fn unkeyed_history_from_before_the_key_fails_verify_until_the_printed_pin_
         .unwrap_or_else(|| panic!("no pin printed:\n{text}"));
 
     // Pinned, the server chains its keyed checkpoints onto the last unkeyed one.
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(pin.trim());
-    text.push('\n');
-    std::fs::write(&config, text).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let pinned = ConfigBuilder::new()
+        .merge_toml(&text)
+        .merge_toml(&format!("[audit]\n{}\n", pin.trim()))
+        .toml();
+    std::fs::write(&config, pinned).unwrap();
     let server = TestServer::start(&config).await;
     let pool = pool(&url).await;
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -235,10 +235,7 @@ fn check_config_validates_and_redacts() {
     );
 
     // Dangling reference and unknown key: named, non-zero exit.
-    let bad = ws.write_config(&format!(
-        "{}[credentials.orders]\nlogins = [{{ target = \"ghost\", login = \"app\" }}]\n",
-        ws.base_config()
-    ));
+    let bad = ws.write_config(&ws.config().credential("orders", &[("ghost", "app")]).toml());
     let out = cli(&bad, &["check-config"]);
     assert!(!out.status.success());
     assert!(
@@ -246,10 +243,7 @@ fn check_config_validates_and_redacts() {
         "{}",
         stderr(&out)
     );
-    let bad = ws.write_config(&format!(
-        "{}[server]\nlisten_addr = \"0.0.0.0:1\"\n",
-        ws.base_config()
-    ));
+    let bad = ws.write_config(&ws.config().set("server.listen_addr", "0.0.0.0:1").toml());
     let out = cli(&bad, &["check-config"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("listen_addr"), "{}", stderr(&out));
@@ -342,14 +336,16 @@ async fn the_cli_and_a_busy_server_keep_one_audit_chain() {
 /// named against the checkpoint file.
 async fn truncation_of_the_tail_is_detected(ws: &Workspace, store_url: &str) {
     let anchor = ws.path("checkpoints.jsonl");
-    let key = ws.secret_file("checkpoint.key", &"k".repeat(40));
+    let key = ws.secret_path("checkpoint.key", &"k".repeat(40));
     // An hour apart: only the server's start and stop checkpoints are written here.
-    let config = ws.write_config(&format!(
-        "{}[audit]\ncheckpoint_interval = \"1h\"\ncheckpoint_key = {{ file = {key} }}\n\
-         checkpoint_file = {anchor:?}\n",
-        ws.base_config()
-            .replace(&ws.store_url(), &format!("{store_url:?}")),
-    ));
+    let config = ws.write_config(
+        &ws.config()
+            .set("store.url", store_url)
+            .set("audit.checkpoint_interval", "1h")
+            .set("audit.checkpoint_key", file(&key))
+            .set("audit.checkpoint_file", anchor.display().to_string())
+            .toml(),
+    );
     let server = crate::support::sever::TestServer::start(&config).await;
     // Each refused event is a record.
     for _ in 0..3 {

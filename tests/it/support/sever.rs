@@ -53,21 +53,11 @@ impl Workspace {
         self.dir.path().join(name)
     }
 
-    /// Writes a secret file and returns its path, TOML-quoted.
-    pub fn secret_file(&self, name: &str, value: &str) -> String {
-        toml_str(&self.secret_path(name, value))
-    }
-
-    /// Writes a secret file and returns its path (for [`ConfigBuilder`] and [`file`]).
+    /// Writes a secret file and returns its path (for [`file`]).
     pub fn secret_path(&self, name: &str, value: &str) -> String {
         let path = self.path(name);
         std::fs::write(&path, format!("{value}\n")).unwrap();
         path.display().to_string()
-    }
-
-    /// SQLite URL of the store, TOML-quoted.
-    pub fn store_url(&self) -> String {
-        toml_str(&self.store_path_url())
     }
 
     /// SQLite URL of the store.
@@ -176,10 +166,6 @@ impl Workspace {
             .unwrap();
         sever::audit::Audit::new(store)
     }
-}
-
-fn toml_str(s: &str) -> String {
-    format!("{s:?}")
 }
 
 /// A running server.
