@@ -126,7 +126,12 @@ async fn logins_with_sessions(
 
 /// The config's head: the PostgreSQL store, the signing secret, the operator, `extra`
 /// (e.g. `[queue]`), and the target `main` on `target`.
-fn config_head(ws: &Workspace, store: &TestPostgres, target: &TestPostgres, extra: &str) -> String {
+fn config_head(
+    ws: &Workspace,
+    store: &TestPostgres,
+    target: &TestPostgres,
+    extra: &str,
+) -> ConfigBuilder {
     let config = ws
         .config()
         .set(
@@ -137,12 +142,11 @@ fn config_head(ws: &Workspace, store: &TestPostgres, target: &TestPostgres, extr
     ws.target_config(config, "main", target)
         // A few connections per replica: steps wait for one rather than crowd the target.
         .set("targets.main.pool_size", 3)
-        .toml()
 }
 
-/// A credential whose rotation ends `login`'s sessions on `main`.
-fn credential(id: &str, login: &str) -> String {
-    format!("[credentials.{id}]\nlogins = [{{ target = \"main\", login = \"{login}\" }}]\n")
+/// `config` with a credential whose rotation ends `login`'s sessions on `main`.
+fn credential(config: ConfigBuilder, id: &str, login: &str) -> ConfigBuilder {
+    config.credential(id, &[("main", login)])
 }
 
 /// Posts `body` signed for `id` at the current time (a retry is re-signed, like a sender's).
@@ -403,23 +407,21 @@ async fn three_replicas_on_one_store_carry_out_each_event_exactly_once() {
     let sessions = logins_with_sessions(&target, &wanted).await;
 
     let ws = Workspace::new();
-    let mut text = config_head(&ws, &store, &target, "");
+    let config = config_head(&ws, &store, &target, "");
     // A Vault credential, for a path where the same event arriving twice is acknowledged:
     // a real OpenBao holds the kv-v2 secret whose metadata sever reads.
     let bao = TestBao::start().await;
     bao.kv_put("", "secret", "apps/kv/db", &json!({"password": "pw"}))
         .await;
-    text.push_str(
-        &ws.vault_token(ConfigBuilder::new(), &bao.addr(), ROOT_TOKEN)
-            .toml(),
-    );
-    text.push_str(&credential("kv", "kvapp"));
-    text.push_str("[credentials.kv.vault]\nmount = \"secret\"\nkv_path = \"apps/kv/db\"\n");
-    text.push_str(&credential("dup", "dupapp"));
+    let config = ws.vault_token(config, &bao.addr(), ROOT_TOKEN);
+    let config = credential(config, "kv", "kvapp")
+        .set("credentials.kv.vault.mount", "secret")
+        .set("credentials.kv.vault.kv_path", "apps/kv/db");
+    let mut config = credential(config, "dup", "dupapp");
     for i in 0..EVENTS {
-        text.push_str(&credential(&format!("c{i}"), &format!("app{i}")));
+        config = credential(config, &format!("c{i}"), &format!("app{i}"));
     }
-    let config = ws.write_config(&text);
+    let config = ws.write_config(&config.toml());
 
     // Started together: they race to migrate the fresh store, as replicas of one deployment do.
     let mut replicas: Vec<Replica> = ["r1", "r2", "r3"]
@@ -733,16 +735,16 @@ async fn a_store_restart_under_load_loses_no_accepted_event_and_runs_none_twice(
     let ws = Workspace::new();
     // A request that cannot reach the store is answered 503 after 3 s; a step whose process
     // lost the store hands its lease on after 4 s.
-    let mut text = config_head(
+    let mut config = config_head(
         &ws,
         &store,
         &target,
         "[server]\nrequest_timeout = \"3s\"\n[queue]\nlease = \"4s\"\n",
     );
     for i in 0..STREAM + BURST {
-        text.push_str(&credential(&format!("s{i}"), &format!("stream{i}")));
+        config = credential(config, &format!("s{i}"), &format!("stream{i}"));
     }
-    let config = ws.write_config(&text);
+    let config = ws.write_config(&config.toml());
     let server = TestServer::start(&config).await;
     let client = reqwest::Client::new();
     await_readiness(&client, &server, StatusCode::OK, Duration::from_secs(10)).await;

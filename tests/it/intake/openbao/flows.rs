@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::support::config::ConfigBuilder;
 use crate::support::sever::{SECRET, TestServer, Workspace, create_admin, now, pids, sorted};
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
@@ -425,10 +426,13 @@ async fn a_namespaces_roles_are_other_credentials_than_the_same_names_in_the_roo
     let root_s = e.pg.open_sessions("orders_app", &root_pw, 1).await;
     let team_s = e.pg.open_sessions("team_app", &team_pw, 1).await;
     let team_b = e.pg.open_sessions("team_reports", &team_b_pw, 1).await;
-    let credentials = format!(
-        "{ORDERS}[credentials.team_orders]\n[credentials.team_orders.vault]\nmount = \"database\"\n\
-         role = \"orders\"\nnamespace = \"team\"\ntarget = \"main\"\n"
-    );
+    let credentials = ConfigBuilder::new()
+        .merge_toml(ORDERS)
+        .set("credentials.team_orders.vault.mount", "database")
+        .set("credentials.team_orders.vault.role", "orders")
+        .set("credentials.team_orders.vault.namespace", "team")
+        .set("credentials.team_orders.vault.target", "main")
+        .toml();
     let watch = format!(
         "{WATCH}[[vault.watcher.mounts]]\nmount = \"database\"\ntarget = \"main\"\nnamespace = \"team\"\n"
     );
