@@ -2,7 +2,8 @@
 #
 # Build:  docker build -t sever .
 # Run:    docker run -p 8080:8080 sever
-# Build inputs (see .dockerignore): Cargo.toml, Cargo.lock, src/, migrations/, config/.
+# Build inputs (see .dockerignore): Cargo.toml, Cargo.lock, src/, migrations/, config/, and
+# tests/kit/ (a workspace member and dev-dependency: cargo reads its manifest to resolve).
 
 # ---- build stage -----------------------------------------------------------
 FROM rust:1-bookworm AS build
@@ -14,6 +15,7 @@ ENV SQLX_OFFLINE=true \
 # Dependency cache layer: build the dependency graph against a dummy crate so that
 # source-only changes do not recompile every dependency.
 COPY Cargo.toml Cargo.lock ./
+COPY tests/kit ./tests/kit
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \

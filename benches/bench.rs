@@ -9,13 +9,6 @@
 //! (scenario numbers to run, comma-separated, e.g. `2,5`; default all), `SEVER_BENCH_LOG`
 //! (sever's log filter, default `error`; its log goes to stderr).
 
-#[path = "../tests/support/pg.rs"]
-#[allow(dead_code)]
-mod pg;
-
-#[path = "../tests/support/proxy.rs"]
-mod proxy;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -25,6 +18,7 @@ use std::time::{Duration, Instant};
 use comfy_table::Table;
 use pg::TestPostgres;
 use serde_json::{Value, json};
+use sever_testkit::{pg, proxy};
 use sqlx::{Connection, PgConnection, Row};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

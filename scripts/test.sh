@@ -43,16 +43,16 @@ phase "openbao" scripts/ensure-openbao.sh --check-start
 phase "cargo fmt" cargo fmt --all -- --check
 # Fails on a cycle between the top-level modules of src/ (after proving it can fail).
 phase "module cycles" bash -c 'scripts/check-layers.py --self-test && scripts/check-layers.py'
-phase "cargo clippy" cargo clippy --all-targets --locked -- -D warnings
+phase "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 phase "Dockerfile lint" scripts/lint-dockerfile.sh
 phase "CloudFormation + hook" scripts/lint-cfn.sh   # also runs the Python Lambda hook's unit tests
 phase "Kubernetes lint" scripts/lint-kubernetes.sh
 
 # --- Tests -----------------------------------------------------------------------------------
-phase "build tests" cargo test --locked --all-targets --no-run
+phase "build tests" cargo test --workspace --locked --all-targets --no-run
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-phase "cargo test" bash -c 'set -o pipefail; cargo test --locked --all-targets 2>&1 | tee "$1"' _ "$log"
+phase "cargo test" bash -c 'set -o pipefail; cargo test --workspace --locked --all-targets 2>&1 | tee "$1"' _ "$log"
 
 echo
 echo "phase timings:"

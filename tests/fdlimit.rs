@@ -5,17 +5,24 @@
 //! start, default caps shrink and are logged, and a checkpoint file that cannot be appended
 //! to shows on `/readyz`.
 
-mod support;
+/// The parts of `tests/it/support` this binary uses; it uses only some of their helpers.
+#[path = "it/support"]
+#[allow(dead_code)]
+mod support {
+    pub mod config;
+    pub mod sever;
+}
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::sever::{TOKEN, TestServer, Workspace, create_admin};
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::pg::TestPostgres;
-use support::sever::{TOKEN, TestServer, Workspace, create_admin};
+use sever_testkit::pg::TestPostgres;
+use sever_testkit::util::free_port;
 use tokio::net::TcpStream;
 
 /// The child's open-file limit, soft and hard: low, so that the flood stays small.
@@ -102,15 +109,6 @@ impl Drop for Serve {
     }
 }
 
-/// A free port on 127.0.0.1 for the operator listener.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn checkpoint_lines(path: &Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
 }
@@ -126,13 +124,15 @@ async fn a_flood_of_idle_connections_locks_out_neither_operators_nor_checkpoints
     let checkpoints = ws.path("checkpoints.jsonl");
     // Idle connections are kept far beyond the test's length: only the caps stand between the
     // flood and the last descriptor.
-    let config = format!(
-        "{}[server]\nheader_read_timeout = \"60s\"\n\
-         [audit]\ncheckpoint_interval = \"1s\"\ncheckpoint_file = {:?}\n{}",
-        ws.base_config(),
-        checkpoints.display().to_string(),
-        ws.target("main", &pg, "pool_size = 2"),
-    );
+    let config = ws
+        .config()
+        .set("server.header_read_timeout", "60s")
+        .set("audit.checkpoint_interval", "1s")
+        .set("audit.checkpoint_file", checkpoints.display().to_string());
+    let config = ws
+        .target_config(config, "main", &pg)
+        .set("targets.main.pool_size", 2)
+        .toml();
     let operator = format!("127.0.0.1:{}", free_port());
     let mut serve = Serve::spawn(
         &ws.write_config(&config),
@@ -274,7 +274,10 @@ async fn a_flood_of_idle_connections_locks_out_neither_operators_nor_checkpoints
 /// Runs `sever serve` under `limit` with `server` as its `[server]` table until it is
 /// listening or exits; returns the child.
 async fn serve_with(ws: &Workspace, server: &str, limit: u64, args: &[&str]) -> Serve {
-    let config = format!("{}[server]\n{server}\n", ws.base_config());
+    let config = ws
+        .config()
+        .merge_toml(&format!("[server]\n{server}\n"))
+        .toml();
     Serve::spawn(&ws.write_config(&config), ws.path("sever.log"), limit, args)
 }
 
@@ -345,11 +348,11 @@ async fn default_caps_shrink_to_the_limit_and_are_logged() {
 async fn a_checkpoint_file_that_cannot_be_appended_to_degrades_readiness() {
     let ws = Workspace::new();
     let checkpoints = ws.path("checkpoints.jsonl");
-    let config = format!(
-        "{}[audit]\ncheckpoint_interval = \"1s\"\ncheckpoint_file = {:?}\n",
-        ws.base_config(),
-        checkpoints.display().to_string(),
-    );
+    let config = ws
+        .config()
+        .set("audit.checkpoint_interval", "1s")
+        .set("audit.checkpoint_file", checkpoints.display().to_string())
+        .toml();
     let server = TestServer::start(&ws.write_config(&config)).await;
     let (status, body) = server.readyz().await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -14,7 +14,14 @@
 //! itself prints in its DEBUG/TRACE dumps of the credentials (with the secret key redacted),
 //! as AWS intends. It is checked everywhere but in the SDK's own lines (`aws_*` targets).
 
-mod support;
+/// The parts of `tests/it/support` this binary uses; it uses only some of their helpers.
+#[path = "it/support"]
+#[allow(dead_code)]
+mod support {
+    pub mod config;
+    pub mod scenarios;
+    pub mod sever;
+}
 
 use std::cell::Cell;
 use std::io::Write as _;
@@ -22,18 +29,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::support::config::{ConfigBuilder, file};
+use crate::support::scenarios::{Database, tds_session};
+use crate::support::sever::{Workspace, now, pids, sorted, sorted_ids};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::mariadb::TestMariaDb;
-use support::moto::TestMoto;
-use support::pg::TestPostgres;
-use support::scenarios::{Database, tds_session};
-use support::sever::{Workspace, now, pids, sorted, sorted_ids};
-use support::tds::TdsStandIn;
-use support::vault::{Rotation, VaultStandIn};
+use sever_testkit::mariadb::TestMariaDb;
+use sever_testkit::moto::TestMoto;
+use sever_testkit::pg::TestPostgres;
+use sever_testkit::tds::TdsStandIn;
+use sever_testkit::util::encode_bytes;
+use sever_testkit::vault::{Rotation, VaultStandIn};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tracing_subscriber::Layer as _;
@@ -123,20 +132,6 @@ fn known_secrets() -> Vec<(String, Vec<u8>)> {
     secrets
 }
 
-/// Percent-encodes every byte but RFC 3986's unreserved ones.
-fn percent_encode(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|&b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// The base64 text `secret` produces wherever it sits inside a longer encoded value (e.g.
 /// `Basic base64(user:password)`): for each of the three byte alignments, the characters
 /// that depend on the secret's bytes alone.
@@ -158,7 +153,7 @@ fn embedded_base64(secret: &[u8], engine: &impl base64::Engine) -> Vec<String> {
 fn needles(secret: &[u8]) -> Vec<(&'static str, String)> {
     let mut forms = vec![
         ("raw", String::from_utf8_lossy(secret).into_owned()),
-        ("percent-encoded", percent_encode(secret)),
+        ("percent-encoded", encode_bytes(secret)),
         (
             "form-encoded",
             url::form_urlencoded::byte_serialize(secret).collect(),
@@ -501,81 +496,104 @@ impl Env {
     /// The config's common head: store (PostgreSQL, password in a file), two signing
     /// secrets, one operator, timeouts (a short retry window, so the wrong-password targets
     /// are given up on within the request).
-    fn head(&self, name: &str, store_password: &str) -> String {
+    fn head(&self, name: &str, store_password: &str) -> ConfigBuilder {
         let ws = &self.ws;
-        format!(
-            "protected_logins = [\"postgres\"]\n\
-             [store]\nurl = {{ file = {store} }}\n\
-             [webhooks]\nsecrets = [{{ file = {s0} }}, {{ file = {s1} }}]\n\
-             [termination]\ntimeout = \"5s\"\nverify_timeout = \"3s\"\n\
-             [queue]\nretry_for = \"2s\"\n\
-             [[operators]]\nname = \"alice\"\ntoken_sha256 = \"{hash}\"\n",
-            store = ws.secret_file(
-                &format!("{name}.store.url"),
-                &self.store_url(store_password)
-            ),
-            s0 = ws.secret_file("webhook0.secret", &whsec(WEBHOOK_KEYS[0])),
-            s1 = ws.secret_file("webhook1.secret", &whsec(WEBHOOK_KEYS[1])),
-            hash = sever::operator::token_hash(OPERATOR_TOKEN),
-        )
+        let store = ws.secret_path(
+            &format!("{name}.store.url"),
+            &self.store_url(store_password),
+        );
+        let s0 = ws.secret_path("webhook0.secret", &whsec(WEBHOOK_KEYS[0]));
+        let s1 = ws.secret_path("webhook1.secret", &whsec(WEBHOOK_KEYS[1]));
+        ConfigBuilder::new()
+            .set("protected_logins", vec!["postgres"])
+            .set("store.url", file(&store))
+            .set("webhooks.secrets", vec![file(&s0), file(&s1)])
+            .set("termination.timeout", "5s")
+            .set("termination.verify_timeout", "3s")
+            .set("queue.retry_for", "2s")
+            .operator("alice", &sever::operator::token_hash(OPERATOR_TOKEN))
     }
 
-    fn target(&self, id: &str, engine: &str, url: &str) -> String {
-        let file = self.ws.secret_file(&format!("{id}.url"), url);
-        format!(
-            "[targets.{id}]\nengine = \"{engine}\"\nurl = {{ file = {file} }}\nconnect_timeout = \"2s\"\n"
-        )
+    fn target(&self, config: ConfigBuilder, id: &str, engine: &str, url: &str) -> ConfigBuilder {
+        let url_file = self.ws.secret_path(&format!("{id}.url"), url);
+        config.target(id, engine, &url_file)
     }
 
     /// Server A: every engine, a wrong-password twin of each, AWS, and Vault by AppRole
     /// with the event subscriber.
     fn config_a(&self, name: &str, store_password: &str) -> PathBuf {
         let ws = &self.ws;
-        let text = format!(
-            "{head}{pg}{maria}{mssql}{pg_wrong}{maria_wrong}{mssql_wrong}\
-             [aws]\nregion = \"us-east-1\"\nendpoint_url = {endpoint:?}\n\
-             [aws.static_credentials]\naccess_key_id = {{ file = {key_id} }}\nsecret_access_key = {{ file = {key} }}\n\
-             [aws.eventbridge]\napi_keys = [{{ file = {api_key} }}]\n\
-             [vault]\naddress = {vault:?}\n\
-             [vault.auth]\nmethod = \"approle\"\nrole_id = \"{ROLE_ID}\"\nsecret_id = {{ file = {secret_id} }}\n\
-             [vault.subscriber]\nenabled = true\nevent_types = [\"database/*\"]\n\
-             [credentials.orders]\nlogins = [{{ target = \"pg\", login = \"app\" }}, \
-             {{ target = \"maria\", login = \"app\" }}, {{ target = \"mssql\", login = \"app\" }}]\n\
-             [credentials.broken]\nlogins = [{{ target = \"pg_wrong\", login = \"app\" }}, \
-             {{ target = \"maria_wrong\", login = \"app\" }}, {{ target = \"mssql_wrong\", login = \"app\" }}]\n\
-             [credentials.aws_orders.aws]\nsecret = \"prod/orders\"\ntarget = \"pg\"\n\
-             [credentials.aws_plain.aws]\nsecret = \"prod/plain\"\ntarget = \"pg\"\n\
-             [credentials.vault_orders.vault]\nmount = \"database\"\nrole = \"orders\"\ntarget = \"pg\"\n",
-            head = self.head(name, store_password),
-            pg = self.target(
+        let mut config = self.head(name, store_password);
+        for (id, engine, url) in [
+            (
                 "pg",
                 "postgres",
-                &self.pg.url("sever_admin", PG_ADMIN_PASSWORD, "postgres")
+                self.pg.url("sever_admin", PG_ADMIN_PASSWORD, "postgres"),
             ),
-            maria = self.target(
+            (
                 "maria",
                 "mysql",
-                &self.maria.url("sever_admin", MARIA_ADMIN_PASSWORD)
+                self.maria.url("sever_admin", MARIA_ADMIN_PASSWORD),
             ),
-            mssql = self.target("mssql", "sqlserver", &self.ado(TDS_ADMIN_PASSWORD)),
-            pg_wrong = self.target(
+            ("mssql", "sqlserver", self.ado(TDS_ADMIN_PASSWORD)),
+            (
                 "pg_wrong",
                 "postgres",
-                &self.pg.url("sever_admin", PG_WRONG_PASSWORD, "postgres")
+                self.pg.url("sever_admin", PG_WRONG_PASSWORD, "postgres"),
             ),
-            maria_wrong = self.target(
+            (
                 "maria_wrong",
                 "mysql",
-                &self.maria.url("sever_admin", MARIA_WRONG_PASSWORD)
+                self.maria.url("sever_admin", MARIA_WRONG_PASSWORD),
             ),
-            mssql_wrong = self.target("mssql_wrong", "sqlserver", &self.ado(TDS_WRONG_PASSWORD)),
-            endpoint = self.moto.endpoint(),
-            key_id = ws.secret_file("aws.key", AWS_ACCESS_KEY_ID),
-            key = ws.secret_file("aws.secret", AWS_SECRET_ACCESS_KEY),
-            api_key = ws.secret_file("eventbridge.key", API_KEY),
-            vault = self.vault.address(),
-            secret_id = ws.secret_file("vault.secret-id", VAULT_SECRET_ID),
-        );
+            ("mssql_wrong", "sqlserver", self.ado(TDS_WRONG_PASSWORD)),
+        ] {
+            config = self.target(config, id, engine, &url);
+        }
+        let text = config
+            .set("aws.region", "us-east-1")
+            .set("aws.endpoint_url", self.moto.endpoint())
+            .set(
+                "aws.static_credentials.access_key_id",
+                file(&ws.secret_path("aws.key", AWS_ACCESS_KEY_ID)),
+            )
+            .set(
+                "aws.static_credentials.secret_access_key",
+                file(&ws.secret_path("aws.secret", AWS_SECRET_ACCESS_KEY)),
+            )
+            .set(
+                "aws.eventbridge.api_keys",
+                vec![file(&ws.secret_path("eventbridge.key", API_KEY))],
+            )
+            .set("vault.address", self.vault.address())
+            .set("vault.auth.method", "approle")
+            .set("vault.auth.role_id", ROLE_ID)
+            .set(
+                "vault.auth.secret_id",
+                file(&ws.secret_path("vault.secret-id", VAULT_SECRET_ID)),
+            )
+            .set("vault.subscriber.enabled", true)
+            .set("vault.subscriber.event_types", vec!["database/*"])
+            .credential(
+                "orders",
+                &[("pg", "app"), ("maria", "app"), ("mssql", "app")],
+            )
+            .credential(
+                "broken",
+                &[
+                    ("pg_wrong", "app"),
+                    ("maria_wrong", "app"),
+                    ("mssql_wrong", "app"),
+                ],
+            )
+            .set("credentials.aws_orders.aws.secret", "prod/orders")
+            .set("credentials.aws_orders.aws.target", "pg")
+            .set("credentials.aws_plain.aws.secret", "prod/plain")
+            .set("credentials.aws_plain.aws.target", "pg")
+            .set("credentials.vault_orders.vault.mount", "database")
+            .set("credentials.vault_orders.vault.role", "orders")
+            .set("credentials.vault_orders.vault.target", "pg")
+            .toml();
         let path = ws.path(&format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
         path
@@ -583,21 +601,20 @@ impl Env {
 
     /// Server B: Vault by static token, with the static-role watcher; the same store.
     fn config_b(&self) -> PathBuf {
-        let text = format!(
-            "{head}{pg}\
-             [vault]\naddress = {vault:?}\n\
-             [vault.auth]\nmethod = \"token\"\ntoken = {{ file = {token} }}\n\
-             [vault.watcher]\ninterval = \"200ms\"\n\
-             [credentials.watched.vault]\nmount = \"database\"\nrole = \"watched\"\ntarget = \"pg\"\n",
-            head = self.head("b", STORE_PASSWORD),
-            pg = self.target(
-                "pg",
-                "postgres",
-                &self.pg.url("sever_admin", PG_ADMIN_PASSWORD, "postgres")
-            ),
-            vault = self.vault.address(),
-            token = self.ws.secret_file("vault.token", VAULT_TOKEN),
+        let config = self.target(
+            self.head("b", STORE_PASSWORD),
+            "pg",
+            "postgres",
+            &self.pg.url("sever_admin", PG_ADMIN_PASSWORD, "postgres"),
         );
+        let text = self
+            .ws
+            .vault_token(config, &self.vault.address(), VAULT_TOKEN)
+            .set("vault.watcher.interval", "200ms")
+            .set("credentials.watched.vault.mount", "database")
+            .set("credentials.watched.vault.role", "watched")
+            .set("credentials.watched.vault.target", "pg")
+            .toml();
         let path = self.ws.path("b.toml");
         std::fs::write(&path, text).unwrap();
         path
@@ -1256,7 +1273,7 @@ fn encoded_and_embedded_secrets_are_found() {
     assert!(found(&format!("password={PG_ADMIN_PASSWORD} user=x")));
     assert!(found(&format!(
         "url=postgres://sever_admin:{}@127.0.0.1/postgres",
-        percent_encode(secret)
+        encode_bytes(secret)
     )));
     let form: String = url::form_urlencoded::byte_serialize(secret).collect();
     assert!(found(&format!("body=a&password={form}&b")));

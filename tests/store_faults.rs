@@ -3,7 +3,13 @@
 //! connections are killed mid-transaction. Each time sever refuses with `503` while it cannot
 //! keep what it accepts, `/readyz` says so, and it recovers without a restart when it can.
 
-mod support;
+/// The parts of `tests/it/support` this binary uses; it uses only some of their helpers.
+#[path = "it/support"]
+#[allow(dead_code)]
+mod support {
+    pub mod config;
+    pub mod sever;
+}
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,10 +17,11 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::support::config::file;
+use crate::support::sever::{TestServer, Workspace, create_admin, now, pids, sorted};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::pg::TestPostgres;
-use support::sever::{TestServer, Workspace, create_admin, now, pids, sorted};
+use sever_testkit::pg::TestPostgres;
 
 /// Upper bound for anything that should take a second or two.
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -132,7 +139,13 @@ async fn event_nowait(server: &TestServer) -> (StatusCode, Value) {
     let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
     let body = serde_json::to_vec(&json!({"credential": "orders", "kind": "revoked"})).unwrap();
     let r = server
-        .post_signed("/v1/events", &body, &id, now(), support::sever::SECRET)
+        .post_signed(
+            "/v1/events",
+            &body,
+            &id,
+            now(),
+            crate::support::sever::SECRET,
+        )
         .await;
     (r.status(), r.json().await.unwrap())
 }
@@ -156,14 +169,17 @@ async fn target() -> TestPostgres {
     pg
 }
 
-/// The workspace's config with the store at `store_url` (TOML-quoted) and credential
-/// `orders` on target `main`.
-fn config(ws: &Workspace, store_url: &str, pg: &TestPostgres, extra: &str) -> String {
-    format!(
-        "{}{}{extra}\n[credentials.orders]\nlogins = [{{ target = \"main\", login = \"app\" }}]\n",
-        ws.base_config().replace(&ws.store_url(), store_url),
-        ws.target("main", pg, ""),
-    )
+/// The workspace's config with the store at `store` (else the workspace's own) and
+/// credential `orders` on target `main`.
+fn config(ws: &Workspace, store: Option<toml::Value>, pg: &TestPostgres, extra: &str) -> String {
+    let mut config = ws.target_config(ws.config(), "main", pg);
+    if let Some(store) = store {
+        config = config.set("store.url", store);
+    }
+    config
+        .merge_toml(extra)
+        .credential("orders", &[("main", "app")])
+        .toml()
 }
 
 #[tokio::test]
@@ -173,8 +189,8 @@ async fn a_full_store_refuses_then_recovers_without_a_restart_once_space_is_back
     let ws = Workspace::new();
     let fs = Tmpfs::mount("2m");
     let store = fs.path("sever.db");
-    let url = format!("{:?}", format!("sqlite://{}?mode=rwc", store.display()));
-    let server = TestServer::start(&ws.write_config(&config(&ws, &url, &pg, ""))).await;
+    let url = format!("sqlite://{}?mode=rwc", store.display());
+    let server = TestServer::start(&ws.write_config(&config(&ws, Some(url.into()), &pg, ""))).await;
     let (status, report) = server.event(&revoke()).await;
     assert_eq!(status, StatusCode::OK, "{report}");
 
@@ -223,8 +239,7 @@ async fn a_deleted_store_file_is_noticed_refused_and_work_accepted_before_finish
     let ws = Workspace::new();
     let store = ws.path("sever.db");
     let extra = "[queue]\nmax_backoff = \"200ms\"\n";
-    let server =
-        TestServer::start(&ws.write_config(&config(&ws, &ws.store_url(), &pg, extra))).await;
+    let server = TestServer::start(&ws.write_config(&config(&ws, None, &pg, extra))).await;
     let victims = pg.open_sessions("app", "pw", 1).await;
     // Accepted while the target refuses sever's login: the action waits, retrying, when the
     // file goes.
@@ -296,8 +311,8 @@ async fn a_deleted_store_directory_is_noticed_before_the_next_acknowledgement() 
     let ws = Workspace::new();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("sever.db");
-    let url = format!("{:?}", format!("sqlite://{}?mode=rwc", store.display()));
-    let server = TestServer::start(&ws.write_config(&config(&ws, &url, &pg, ""))).await;
+    let url = format!("sqlite://{}?mode=rwc", store.display());
+    let server = TestServer::start(&ws.write_config(&config(&ws, Some(url.into()), &pg, ""))).await;
     let (status, body) = event_nowait(&server).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
 
@@ -333,11 +348,8 @@ async fn a_postgres_store_connection_killed_mid_transaction_is_replaced_and_read
         target()
     );
     let ws = Workspace::new();
-    let url = format!(
-        "{{ file = {} }}",
-        ws.secret_file("store.url", &store.superuser_url("sever_store"))
-    );
-    let server = TestServer::start(&ws.write_config(&config(&ws, &url, &pg, ""))).await;
+    let url = file(&ws.secret_path("store.url", &store.superuser_url("sever_store")));
+    let server = TestServer::start(&ws.write_config(&config(&ws, Some(url), &pg, ""))).await;
     let (status, report) = server.event(&revoke()).await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(server.readyz().await.0, StatusCode::OK);
@@ -357,7 +369,8 @@ async fn a_postgres_store_connection_killed_mid_transaction_is_replaced_and_read
             let body = serde_json::to_vec(&revoke()).unwrap();
             let ts = now();
             let signature =
-                sever::intake::webhook::sign(support::sever::SECRET, &id, ts, &body).unwrap();
+                sever::intake::webhook::sign(crate::support::sever::SECRET, &id, ts, &body)
+                    .unwrap();
             client
                 .post(url)
                 .header("webhook-id", id)

@@ -1,0 +1,13 @@
+//! Which sessions end and which survive, per engine (PostgreSQL, MySQL/MariaDB, the SQL
+//! Server stand-in): the cutoff, sever's own logins, the sweep, and retries by error class.
+//! Uses `crate::support` (server, scenarios, config) and the kit's servers; a few tests call
+//! sever's engines directly.
+
+mod cutoff;
+mod engines;
+mod mysql;
+mod own_login;
+mod postgres;
+mod retry_classes;
+mod sqlserver;
+mod sweep;
