@@ -22,6 +22,10 @@ use crate::terminate::classify::ErrorClass;
 /// How often a target with steps waiting for a retry is checked: a target that comes back is
 /// worked within about this long, whatever the backoff has grown to.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How much longer than its `connect_timeout` a probe may take. The engine's own connect
+/// gives up at `connect_timeout` with the reason (refused, TLS, auth); a guard of exactly
+/// that length raced it and, under load, reported only "timed out".
+const PROBE_MARGIN: Duration = Duration::from_millis(500);
 
 /// Runs the queue until `stop` is cancelled; then stops claiming, lets running steps finish
 /// within `drain`, and hands back whatever is left for another replica (or the next start).
@@ -212,7 +216,7 @@ async fn probe(ctx: Arc<Context>, fairness: Arc<Fairness>, target: String) {
         .config
         .targets
         .get(&target)
-        .map_or(PROBE_EVERY, |t| t.connect_timeout);
+        .map_or(PROBE_EVERY, |t| t.connect_timeout + PROBE_MARGIN);
     let answer = match ctx.targets.get(&target) {
         Some(engine) => match tokio::time::timeout(limit, engine.check()).await {
             Ok(answer) => answer,
