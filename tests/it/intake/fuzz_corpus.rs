@@ -160,7 +160,7 @@ fn every_target_has_a_seed_directory_and_nothing_else_is_there() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Writing the seeds: `cargo test --test fuzz_corpus -- --ignored write_seed_corpus`
+// Writing the seeds: `cargo test --test it -- --ignored write_seed_corpus`
 // ---------------------------------------------------------------------------------------------
 
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:rotations";
