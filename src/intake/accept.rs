@@ -6,12 +6,12 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use crate::action::Plan;
 use crate::audit::{Entry, Kind};
 use crate::context::Context;
 use crate::http::Actor;
 use crate::http::error::ApiError;
 use crate::queue::{Submission, Submitted};
-use crate::resolve::Plan;
 
 /// What became of an accepted event.
 pub enum Accepted {

@@ -17,10 +17,11 @@ use super::eventbridge::{Interpretation, Reported, interpret};
 use super::events::{WaitQuery, wait_flag};
 use super::sns::{SnsMessage, SnsMessageType};
 use super::{Arrival, Claim, Intake, accept};
+use crate::action::AwsSource as Source;
 use crate::audit::Kind;
 use crate::http::error::{ApiError, parse_json};
 use crate::http::{self, Actor, RequestMeta};
-use crate::resolve::aws::{self, RotationError, Source};
+use crate::resolve::aws::{self, RotationError};
 
 /// The rotation Lambda's own event, as the hook forwards it.
 #[derive(Debug, Deserialize)]

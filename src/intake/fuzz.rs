@@ -11,13 +11,14 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 use super::eventbridge::{Interpretation, interpret};
-use super::sns::{self, SnsError, SnsMessage, SnsMessageType};
+use super::sns::{self, SnsMessage, SnsMessageType};
 use super::vault::VaultEvent;
-use super::webhook::{Verified, Verifier, WebhookError};
+use super::webhook::{Verified, Verifier};
+use crate::action::Plan;
 use crate::config::{Config, OperatorConfig};
-use crate::http::error::{ApiError, parse_json};
+use crate::http::error::{ApiError, SnsError, WebhookError, parse_json};
 use crate::operator::auth::{Operators, bearer_token, token_hash};
-use crate::resolve::{self, Plan, RotationEvent};
+use crate::resolve::{self, RotationEvent};
 
 /// The Standard Webhooks secret the webhook seeds are signed with (the specification's example).
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

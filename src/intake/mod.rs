@@ -18,8 +18,6 @@ pub mod vault;
 pub mod webhook;
 
 pub use self::accept::{Accepted, Arrival, Claim, accept, note};
-/// Kept for existing callers: these moved to [`crate::http`].
-pub use crate::http::{error, rejections};
 
 use std::sync::Arc;
 

@@ -17,7 +17,7 @@ const MAX_ID_LEN: usize = 256;
 /// Signatures examined per request, so a long header cannot buy unbounded work.
 const MAX_SIGNATURES: usize = 8;
 
-pub use crate::http::error::WebhookError;
+use crate::http::error::WebhookError;
 
 /// A signing-secret problem found at start-up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

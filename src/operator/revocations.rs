@@ -10,13 +10,14 @@ use axum::response::Response;
 
 use super::OperatorState;
 use super::auth::Operator;
+use crate::action::Plan;
 use crate::config::Config;
 use crate::context::Context;
 use crate::http::error::{ApiError, parse_json};
 use crate::http::reply::finished;
 use crate::http::{self, Actor};
 use crate::queue::{Submission, Submitted};
-use crate::resolve::{self, Plan, ResolveError, RevocationRequest};
+use crate::resolve::{self, ResolveError, RevocationRequest};
 
 /// Plans and stores the revocation, then returns the finished report (or `202` with the
 /// action id if it is still running when the request's time limit nears).

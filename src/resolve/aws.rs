@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Origin, Plan, ResolveError, cutoff, steps_for};
-pub use crate::action::{AwsSource as Source, PreviousUser};
+use crate::action::{AwsSource as Source, PreviousUser};
 use crate::config::{AwsConfig, Config, ConfigError, Engine, PreviousUserPolicy};
 use crate::terminate::Targets;
 

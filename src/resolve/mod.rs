@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::config::names::{self, NameError, NameKind};
 use crate::terminate::{Scope, SessionFilter};
 
-pub use crate::action::{EventKind, Origin, Plan, Step};
+use crate::action::{EventKind, Origin, Plan, Step};
 
 /// Longest accepted `reason`.
 pub const MAX_REASON: usize = 1024;

@@ -28,7 +28,7 @@ pub use self::cert::{FAILURE_TTL, MAX_FETCHES, PERMIT_WAIT};
 pub use self::http::{HttpsClient, SnsHttp};
 use self::urls::{check_cert_url, check_sns_url};
 
-pub use crate::http::error::SnsError;
+use crate::http::error::SnsError;
 
 /// The `Type` of an SNS message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -25,7 +25,7 @@ use crate::http::reply::status_response;
 use crate::http::{self, Actor, RequestMeta};
 use crate::resolve::cutoff;
 use crate::resolve::vault::{self, StaticRole, trimmed};
-pub use crate::resolve::vault::{Owner, owner_of};
+use crate::resolve::vault::{Owner, owner_of};
 
 /// A Vault event notification, read leniently from its CloudEvents envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]

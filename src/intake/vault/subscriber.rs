@@ -31,8 +31,6 @@ use crate::resolve::vault::VaultError;
 const ACTOR: Actor = Actor::VaultSubscriber;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-pub use crate::http::health::{Status, StreamState};
-
 /// Subscribes to every configured event type until `stop`.
 pub async fn run(state: Intake, stop: CancellationToken) {
     let Some(config) = state.ctx.config.vault.clone() else {

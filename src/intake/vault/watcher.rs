@@ -12,11 +12,12 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{Owner, owner_of, static_role_rotated};
+use super::static_role_rotated;
 use crate::config::{Config, CredentialVault};
 use crate::http::error::ApiError;
 use crate::http::{Actor, RequestMeta};
 use crate::intake::{Accepted, Arrival, Intake};
+use crate::resolve::vault::{Owner, owner_of};
 use crate::resolve::vault::{Vault, VaultError, vault_path};
 
 const ACTOR: Actor = Actor::VaultWatcher;

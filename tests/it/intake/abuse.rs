@@ -30,7 +30,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sever::intake::rejections;
+use sever::http::rejections;
 use sever::intake::webhook::sign;
 use sever::operator::token_hash;
 use sever_testkit::pg::TestPostgres;

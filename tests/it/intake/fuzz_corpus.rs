@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sever::intake::error::ApiError;
+use sever::http::error::ApiError;
 use sever::intake::fuzz;
 
 const TARGETS: [&str; 7] = [

@@ -370,7 +370,7 @@ async fn framework_errors_share_the_json_shape() {
 
 #[tokio::test]
 async fn a_burst_of_refusals_is_recorded_then_counted_and_all_are_accounted_for() {
-    use sever::intake::rejections::{BURST, count};
+    use sever::http::rejections::{BURST, count};
     let ws = Workspace::new();
     let path = ws.write_config(&ws.base_config());
     let server = TestServer::start(&path).await;

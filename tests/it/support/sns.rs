@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use sever::intake::sns::{SnsError, SnsHttp, parse};
+use sever::http::error::SnsError;
+use sever::intake::sns::{SnsHttp, parse};
 
 /// Where the fixture pretends SNS publishes its certificate.
 pub const CERT_URL: &str = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem";
