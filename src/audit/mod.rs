@@ -1,4 +1,6 @@
 //! The audit trail: one record per action, hash-chained, exportable as JSON lines.
+//!
+//! May call `store` and `config` only; the records it keeps are built by those who act.
 
 /// The stored columns, in one place for every statement (sqlx wants static SQL text);
 /// defined before the submodules, which use it too.

@@ -3,6 +3,11 @@
 //!
 //! A credential reaches only the logins mapped to it in the config; nothing in a request can
 //! widen that.
+//!
+//! Plans are functions of the config, the request and the facts read from the source
+//! (`aws.rs` and `vault/` hold the Secrets Manager and Vault clients). May call `action` (the
+//! plan it builds), `terminate` (scopes, target types) and `config`; never the queue, the
+//! runner or a door.
 
 pub mod aws;
 pub mod cutoff;

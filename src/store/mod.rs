@@ -3,6 +3,8 @@
 //! One set of SQL serves both through sqlx's `Any` driver: every statement uses `$n`
 //! placeholders (which SQLite accepts too) and plain TEXT/INTEGER columns, and timestamps are
 //! fixed-width RFC 3339 text so they sort and compare the same way in both.
+//!
+//! At the bottom: may call only `fds` (the pool size its descriptor budget counts).
 
 mod file;
 mod roles;

@@ -1,4 +1,6 @@
 //! Finding and terminating sessions, per engine, behind one [`Engine`] interface.
+//!
+//! May call `store` (learned roles) and `config`; knows nothing of actions, queues or doors.
 
 pub mod classify;
 pub mod mysql;
