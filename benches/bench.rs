@@ -6,13 +6,14 @@
 //!
 //! Environment: `SEVER_BENCH_RUNS` (repetitions per figure, default 7),
 //! `SEVER_BENCH_INTAKE_SECS` (length of each intake load, default 5), `SEVER_BENCH_ONLY`
-//! (scenario numbers to run, comma-separated, e.g. `2,5`; default all), `SEVER_BENCH_LOG`
+//! (scenario numbers to run, comma-separated, e.g. `2,6`; default all), `SEVER_BENCH_LOG`
 //! (sever's log filter, default `error`; its log goes to stderr).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use comfy_table::Table;
@@ -416,7 +417,7 @@ async fn fan_out(clusters: &[TestPostgres], shape: FanOut, runs: usize, lines: &
         let pg = &clusters[j % 4];
         ports.push(match shape.delay {
             None => pg.port(),
-            Some(delay) => delaying_proxy(pg.port(), delay).await,
+            Some(delay) => delaying_proxy(pg.port(), delay).await.0,
         });
     }
     let mut targets = String::new();
@@ -503,15 +504,167 @@ async fn fan_out(clusters: &[TestPostgres], shape: FanOut, runs: usize, lines: &
     }
 }
 
+/// Scenario 6: rotation-to-clean on one target 2 ms away (1 ms each way through a delaying
+/// proxy), N = 10, 100 and 500 sessions plus the bystanders that must survive, against the
+/// floor through the same proxy: the set-based statement over an open connection, then polls
+/// until the sessions are gone. Beside each figure, the round trips the proxy counted.
+async fn at_a_distance(runs: usize, lines: &mut Vec<Line>) {
+    let pg = cluster().await;
+    pg.exec("CREATE ROLE app LOGIN PASSWORD 'pw'; CREATE ROLE other LOGIN PASSWORD 'pw'")
+        .await;
+    let (port, traffic) = delaying_proxy(pg.port(), Duration::from_millis(1)).await;
+    let sever = Sever::start(
+        &target_via("main", &pg, port),
+        "[credentials.orders]\nlogins = [{ target = \"main\", login = \"app\" }]\n",
+    )
+    .await;
+    let _bystanders = open(&pg, "other", BYSTANDERS).await;
+    // The floor's client, through the proxy; the checks go directly and cost nothing.
+    let mut remote = PgConnection::connect(&admin_url(port)).await.unwrap();
+    let mut check = PgConnection::connect(&admin_url(pg.port())).await.unwrap();
+    for n in [10usize, 100, 500] {
+        let (mut with_sever, mut floor) = (Vec::new(), Vec::new());
+        let (mut sever_rt, mut floor_rt) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let sessions = open(&pg, "app", n).await;
+            let before = traffic.snapshot();
+            with_sever.push(sever.rotate("orders").await);
+            sever_rt.push(traffic.since(&before));
+            assert_eq!(count_sessions(&mut check, "app").await, 0, "all {n} gone");
+            assert_eq!(count_sessions(&mut check, "other").await, BYSTANDERS as i64);
+            drop(sessions);
+
+            let sessions = open(&pg, "app", n).await;
+            let before = traffic.snapshot();
+            let t = Instant::now();
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE usename = 'app' AND backend_type = 'client backend'",
+            )
+            .execute(&mut remote)
+            .await
+            .unwrap();
+            while count_sessions(&mut remote, "app").await > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            floor.push(t.elapsed());
+            floor_rt.push(traffic.since(&before));
+            drop(sessions);
+        }
+        let s = Stats::of(&mut with_sever);
+        let f = Stats::of(&mut floor);
+        let (srt, frt) = (median_rt(&mut sever_rt), median_rt(&mut floor_rt));
+        lines.push(Line {
+            scenario: format!("6. one target 2 ms away, N={n} (+{BYSTANDERS} others)"),
+            sever: format!("{}; {}", s.show(), srt.show()),
+            comparison: format!("floor: {}; {}", f.show(), frt.show()),
+            ratio: format!(
+                "{}, {:+} RT",
+                ratio(s.median, f.median),
+                srt.max as i64 - frt.max as i64
+            ),
+        });
+    }
+    lines.push(Line {
+        scenario: "6. the proxy's real delay per hop (asked: 1 ms)".into(),
+        sever: ms(traffic.mean_hop()),
+        comparison: format!("one round trip: {}", ms(2 * traffic.mean_hop())),
+        ratio: "-".into(),
+    });
+}
+
+/// The run with the median critical-path round trips (`max`).
+fn median_rt(samples: &mut [RoundTrips]) -> RoundTrips {
+    samples.sort_by_key(|r| r.max);
+    let m = &samples[samples.len() / 2];
+    RoundTrips {
+        max: m.max,
+        total: m.total,
+        connections: m.connections,
+    }
+}
+
+/// What a delaying proxy saw: the request/response exchanges on each connection it carried,
+/// and the delay it really added per hop (Tokio's timer rounds a sleep up to the next
+/// millisecond tick, so a 1 ms hop costs more than 1 ms).
+#[derive(Default)]
+struct Traffic {
+    /// One counter per connection, in accept order: the client's turns, i.e. the times the
+    /// client sent bytes after the server had (or first). Back-to-back chunks of one request,
+    /// or requests pipelined before reading, are one exchange: one wait for the network.
+    turns: Mutex<Vec<Arc<AtomicU64>>>,
+    /// Sum of the delays added, in nanoseconds, and how many hops they were.
+    delay_nanos: AtomicU64,
+    hops: AtomicU64,
+}
+
+/// Round trips between two snapshots of a proxy's [`Traffic`].
+struct RoundTrips {
+    /// Exchanges on the connection that had the most: the round trips on the critical path
+    /// when one connection carries the work.
+    max: u64,
+    /// Exchanges on all connections together.
+    total: u64,
+    /// Connections that carried any.
+    connections: usize,
+}
+
+impl RoundTrips {
+    fn show(&self) -> String {
+        format!(
+            "{} RT ({} over {} conn)",
+            self.max, self.total, self.connections
+        )
+    }
+}
+
+impl Traffic {
+    fn snapshot(&self) -> Vec<u64> {
+        let turns = self.turns.lock().unwrap();
+        turns.iter().map(|t| t.load(Ordering::Relaxed)).collect()
+    }
+
+    /// The exchanges since `before` (a [`Self::snapshot`]); new connections count from zero.
+    fn since(&self, before: &[u64]) -> RoundTrips {
+        let now = self.snapshot();
+        let diffs: Vec<u64> = now
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n - before.get(i).copied().unwrap_or(0))
+            .collect();
+        RoundTrips {
+            max: diffs.iter().copied().max().unwrap_or(0),
+            total: diffs.iter().sum(),
+            connections: diffs.iter().filter(|d| **d > 0).count(),
+        }
+    }
+
+    /// The mean delay the proxy really added per hop (one direction).
+    fn mean_hop(&self) -> Duration {
+        let hops = self.hops.load(Ordering::Relaxed).max(1);
+        Duration::from_nanos(self.delay_nanos.load(Ordering::Relaxed) / hops)
+    }
+}
+
+/// Which way a connection's bytes last went.
+const TO_SERVER: u8 = 1;
+const TO_CLIENT: u8 = 2;
+
 /// A TCP proxy to `upstream` (a port on 127.0.0.1) that holds every chunk of bytes for
-/// `delay` in each direction, as a network between sever and a database host would. Returns
-/// its port; it serves until the benchmark exits. Written here because the kernel on these
-/// machines has no netem qdisc to delay loopback traffic with.
-async fn delaying_proxy(upstream: u16, delay: Duration) -> u16 {
+/// `delay` in each direction, as a network between sever and a database host would, and
+/// counts the exchanges on each connection ([`Traffic`]). Returns its port; it serves until
+/// the benchmark exits. Written here because the kernel on these machines has no netem qdisc
+/// to delay loopback traffic with.
+async fn delaying_proxy(upstream: u16, delay: Duration) -> (u16, Arc<Traffic>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let traffic = Arc::new(Traffic::default());
+    let seen = traffic.clone();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
+            let turns = Arc::new(AtomicU64::new(0));
+            seen.turns.lock().unwrap().push(turns.clone());
+            let traffic = seen.clone();
             tokio::spawn(async move {
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
                 else {
@@ -520,14 +673,34 @@ async fn delaying_proxy(upstream: u16, delay: Duration) -> u16 {
                 let _ = (client.set_nodelay(true), server.set_nodelay(true));
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
+                let last = Arc::new(AtomicU8::new(0));
+                let to_server = Direction {
+                    to: TO_SERVER,
+                    last: last.clone(),
+                    turns: Some(turns),
+                };
+                let to_client = Direction {
+                    to: TO_CLIENT,
+                    last,
+                    turns: None,
+                };
                 tokio::join!(
-                    delayed_copy(client_read, server_write, delay),
-                    delayed_copy(server_read, client_write, delay),
+                    delayed_copy(client_read, server_write, delay, to_server, &traffic),
+                    delayed_copy(server_read, client_write, delay, to_client, &traffic),
                 );
             });
         }
     });
-    port
+    (port, traffic)
+}
+
+/// One direction of a proxied connection, for counting exchanges.
+struct Direction {
+    to: u8,
+    /// Shared by both directions of the connection.
+    last: Arc<AtomicU8>,
+    /// Counted on the client-to-server side only.
+    turns: Option<Arc<AtomicU64>>,
 }
 
 /// Copies `from` to `to`, each chunk written `delay` after it was read, in order.
@@ -535,12 +708,20 @@ async fn delayed_copy(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     delay: Duration,
+    direction: Direction,
+    traffic: &Traffic,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
     let read = async move {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n @ 1..) = from.read(&mut buf).await {
+            let before = direction.last.swap(direction.to, Ordering::Relaxed);
+            if let Some(turns) = &direction.turns
+                && before != direction.to
+            {
+                turns.fetch_add(1, Ordering::Relaxed);
+            }
             if tx
                 .send((tokio::time::Instant::now(), buf[..n].to_vec()))
                 .is_err()
@@ -552,6 +733,11 @@ async fn delayed_copy(
     let write = async move {
         while let Some((read_at, chunk)) = rx.recv().await {
             tokio::time::sleep_until(read_at + delay).await;
+            let held = read_at.elapsed();
+            traffic
+                .delay_nanos
+                .fetch_add(held.as_nanos() as u64, Ordering::Relaxed);
+            traffic.hops.fetch_add(1, Ordering::Relaxed);
             if to.write_all(&chunk).await.is_err() {
                 break;
             }
@@ -765,6 +951,9 @@ fn main() {
         }
         if wanted("5") {
             one_stalled_target(runs, &mut lines).await;
+        }
+        if wanted("6") {
+            at_a_distance(runs, &mut lines).await;
         }
         lines
     });
