@@ -381,6 +381,11 @@ async fn learning_warns_once_about_a_mapped_administrator_and_unreadable_privile
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();
+    // tracing caches each callsite's interest process-wide. While one dispatcher alone is
+    // registered, a callsite first reached on another test's thread (this binary runs many)
+    // is asked only of that thread's default, none, and stays off for good. A second live
+    // dispatcher makes every registration ask all of them, this test's included.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     // The test runs on one thread, so the engine's warnings land here.
     let _guard = tracing::subscriber::set_default(subscriber);
     let db = TestMariaDb::start();
