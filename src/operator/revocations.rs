@@ -47,13 +47,7 @@ pub fn plan(config: &Config, request: &RevocationRequest) -> Result<Plan, Resolv
 
 /// Stores the plan for the queue to carry out; the action's id.
 pub async fn submit(ctx: &Context, plan: Plan, actor: &Actor) -> Result<uuid::Uuid, ApiError> {
-    let submission = Submission {
-        plan,
-        actor: actor.to_string(),
-        claims: Vec::new(),
-        before: Vec::new(),
-        retry_for: None,
-    };
+    let submission = Submission::new(plan, actor.to_string());
     match ctx.queue.submit(&ctx.audit, &submission).await {
         Ok(Submitted::Accepted(action_id)) => Ok(action_id),
         // No claims were taken, so a duplicate cannot happen.

@@ -72,6 +72,20 @@ pub struct Submission {
     pub retry_for: Option<Duration>,
 }
 
+impl Submission {
+    /// A plan to store as it is: no idempotency keys, no records before `action.planned`,
+    /// the configured retry window (operator revocations, the CLI, sweeps).
+    pub fn new(plan: Plan, actor: String) -> Self {
+        Self {
+            plan,
+            actor,
+            claims: Vec::new(),
+            before: Vec::new(),
+            retry_for: None,
+        }
+    }
+}
+
 /// What became of a submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Submitted {

@@ -76,11 +76,8 @@ async fn carry_out(
 ) -> Result<ActionReport, RunError> {
     let action_id = plan.action_id;
     let submission = Submission {
-        plan,
-        actor: actor.to_owned(),
-        claims: Vec::new(),
-        before: Vec::new(),
         retry_for,
+        ..Submission::new(plan, actor.to_owned())
     };
     ctx.queue.submit(&ctx.audit, &submission).await?;
     let termination = &ctx.config.termination;
