@@ -148,6 +148,20 @@ pub fn sqlx_verdict(e: &sqlx::Error) -> Verdict {
     }
 }
 
+/// Whether `e` says the connection itself is gone rather than that the statement failed:
+/// a socket or protocol failure, or PostgreSQL ending the session (admin or crash shutdown,
+/// a terminated backend, a connection exception). A connection that died while it sat idle
+/// in the pool fails its next statement this way, and that statement never ran.
+pub fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            matches!(c.as_ref(), "57P01" | "57P02" | "57P03") || c.starts_with("08")
+        }),
+        _ => false,
+    }
+}
+
 /// Turns a failure's message into the engine error of its class.
 pub fn engine_error(class: ErrorClass, message: String) -> EngineError {
     match class {
@@ -192,5 +206,18 @@ mod tests {
             mysql(9999, Some("42000")),
             Verdict::Failed(ErrorClass::Deterministic)
         );
+    }
+
+    #[test]
+    fn only_a_dead_connection_counts_as_lost() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(connection_lost(&sqlx::Error::Io(reset)));
+        assert!(connection_lost(&sqlx::Error::Protocol(
+            "unexpected EOF".into()
+        )));
+        // A pool that cannot hand out a connection in time is not a connection that died:
+        // retrying it would only wait again.
+        assert!(!connection_lost(&sqlx::Error::PoolTimedOut));
+        assert!(!connection_lost(&sqlx::Error::RowNotFound));
     }
 }

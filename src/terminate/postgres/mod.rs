@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgConnection, PgPool, Postgres as Pg, Row};
+use sqlx::{Connection, PgConnection, PgPool, Postgres as Pg, Row};
 
 use super::pg_roles::{self, Known};
 use super::{
@@ -20,6 +20,7 @@ use super::{
 };
 use crate::config::{TargetConfig, TerminationConfig};
 use crate::store::{APPLICATION_NAME, Store};
+use crate::terminate::classify::connection_lost;
 
 mod sql;
 
@@ -69,6 +70,12 @@ impl Postgres {
             .min_connections(1)
             .acquire_timeout(target.connect_timeout)
             .idle_timeout(Duration::from_secs(300))
+            // sqlx pings an idle connection before handing it out: a round trip to the
+            // target before every rotation's first statement. A rotation runs that statement
+            // unpinged instead and moves to another connection if it finds this one dead
+            // ([`Postgres::run_first`]); the rarer operations ping for themselves
+            // ([`Postgres::connection`]).
+            .test_before_acquire(false)
             // A step runs the same prepared statements back to back on one connection (list,
             // signal, verify polls), but rotations are rare, so a connection never reaches
             // the five executions after which PostgreSQL stops planning each one anew.
@@ -271,7 +278,7 @@ impl Postgres {
     /// [`Self::settle`]. Also returns the sessions journaled.
     async fn select_and_signal(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut PoolConnection<Pg>,
         statement: &Statement<'_>,
         dry_run: bool,
         journal: Option<&dyn Journal>,
@@ -280,8 +287,8 @@ impl Postgres {
         let mut journaled = Vec::new();
         let only = match journal {
             Some(journal) if !dry_run => {
-                let rows = statement
-                    .run(&mut *conn, true, None)
+                let rows = self
+                    .run_first(conn, statement, true)
                     .await
                     .map_err(query_error)?;
                 let mut pids = Vec::with_capacity(rows.len());
@@ -301,17 +308,18 @@ impl Postgres {
             }
             _ => None,
         };
-        match statement.run(&mut *conn, dry_run, only.clone()).await {
+        let signalled = match &only {
+            Some(pids) => statement.run(&mut *conn, dry_run, Some(pids.clone())).await,
+            None => self.run_first(conn, statement, dry_run).await,
+        };
+        match signalled {
             Ok(rows) => Ok((rows, false, journaled)),
             Err(sqlx::Error::Database(db))
                 if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) =>
             {
                 tracing::warn!(target_id = %self.id, error = %db,
                     "set-based termination refused; falling back to one session at a time");
-                let rows = statement
-                    .run(&mut *conn, true, only)
-                    .await
-                    .map_err(query_error)?;
+                let rows = statement.run(conn, true, only).await.map_err(query_error)?;
                 Ok((rows, true, journaled))
             }
             Err(e) => Err(query_error(e)),
@@ -378,22 +386,58 @@ impl Postgres {
         Ok(outcome)
     }
 
-    /// One connection for a whole operation: the pool pings a connection when it hands it
-    /// out and again when it takes it back, so a statement per acquire would add a round trip
-    /// to each statement and leave the next one waiting or opening a new connection.
+    /// One connection for a whole operation, checked with a ping first: the pool pings a
+    /// connection again when it takes it back, so a statement per acquire would add a round
+    /// trip to each statement. A connection that died while idle (the target restarted, or
+    /// ended sever's session) is closed and the next one tried, as sqlx itself would.
     async fn connection(&self) -> Result<PoolConnection<Pg>, EngineError> {
-        self.pool.acquire().await.map_err(query_error)
+        let mut spare = self.pool.options().get_max_connections();
+        loop {
+            let mut conn = self.pool.acquire().await.map_err(query_error)?;
+            match conn.ping().await {
+                Ok(()) => return Ok(conn),
+                Err(e) if spare > 0 && connection_lost(&e) => {
+                    conn.close_on_drop();
+                    spare -= 1;
+                }
+                Err(e) => return Err(query_error(e)),
+            }
+        }
+    }
+
+    /// Runs a rotation's first statement on `conn`, a pooled connection nobody pinged, so a
+    /// rotation pays no round trip before its first statement. If `conn` turns out to have
+    /// died while idle, the statement never ran: `conn` is closed and replaced by the next
+    /// pooled connection (at most once per connection the pool may hold, after which the
+    /// pool opens a new one), and the statement runs again there. Only a first statement is
+    /// retried, so nothing that happened on the target is repeated.
+    async fn run_first(
+        &self,
+        conn: &mut PoolConnection<Pg>,
+        statement: &Statement<'_>,
+        dry_run: bool,
+    ) -> Result<Vec<PgRow>, sqlx::Error> {
+        let mut spare = self.pool.options().get_max_connections();
+        loop {
+            match statement.run(&mut *conn, dry_run, None).await {
+                Err(e) if spare > 0 && connection_lost(&e) => {
+                    tracing::debug!(target_id = %self.id, error = %e,
+                        "an idle connection to the target was gone; using another");
+                    conn.close_on_drop();
+                    *conn = self.pool.acquire().await?;
+                    spare -= 1;
+                }
+                result => return result,
+            }
+        }
     }
 }
 
 #[async_trait]
 impl Engine for Postgres {
     async fn check(&self) -> Result<(), EngineError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(query_error)?;
-        Ok(())
+        // The ping that checks the connection is the readiness query.
+        self.connection().await.map(drop)
     }
 
     async fn sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>, EngineError> {
@@ -443,7 +487,8 @@ impl Engine for Postgres {
             request,
             known: &known,
         };
-        let mut conn = self.connection().await?;
+        // Not pinged: the first statement finds out whether the connection lives.
+        let mut conn = self.pool.acquire().await.map_err(query_error)?;
         let signalled = self
             .select_and_signal(
                 &mut conn,

@@ -481,3 +481,52 @@ async fn missing_signal_privilege_is_reported_per_session_not_hidden() {
         .unwrap();
     assert_eq!(failed.len(), 2);
 }
+
+/// sever does not ping a pooled connection before a rotation's first statement (a round trip
+/// at network distance), so a connection that died while idle must be noticed by that
+/// statement and replaced at once: the rotation after a target restart still completes in
+/// its first attempt, with no retry recorded.
+#[tokio::test]
+async fn a_rotation_right_after_the_target_restarted_completes_in_its_first_attempt() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.create_login("app", "pw").await;
+    let ws = Workspace::new();
+    let config = ws
+        .target_config(ws.config(), "main", &pg)
+        .credential("orders", &[("main", "app")])
+        .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let rotate = async || {
+        server
+            .event(&json!({"credential": "orders", "kind": "revoked"}))
+            .await
+    };
+
+    // A first rotation leaves its connection idle in sever's pool.
+    let first = pg.open_sessions("app", "pw", 1).await;
+    let (status, report) = rotate().await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        pids(&report, "main", "terminated"),
+        vec![i64::from(first[0])]
+    );
+
+    // The restart ends that connection while it sits idle.
+    pg.restart();
+    let victims = pg.open_sessions("app", "pw", 2).await;
+    let (status, report) = rotate().await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "completed", "{report}");
+    let mut expected: Vec<i64> = victims.iter().map(|p| i64::from(*p)).collect();
+    expected.sort();
+    assert_eq!(pids(&report, "main", "terminated"), expected);
+    for pid in &victims {
+        assert!(pg.wait_gone(*pid, GONE).await, "session {pid} survived");
+    }
+    let id = report["action_id"].as_str().unwrap().to_owned();
+    let (_, action) = server.operator_get(&format!("/v1/actions/{id}")).await;
+    assert_eq!(action["steps"][0]["attempts"], 1, "{action}");
+    server.stop().await;
+    assert!(ws.records("target.retrying").await.is_empty());
+}
