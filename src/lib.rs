@@ -22,6 +22,7 @@ pub mod operator;
 pub mod queue;
 pub mod resolve;
 pub mod runner;
+pub mod select;
 pub mod store;
 pub mod sweep;
 pub mod terminate;
