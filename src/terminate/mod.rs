@@ -3,6 +3,7 @@
 //! May call `store` (learned roles) and `config`; knows nothing of actions, queues or doors.
 
 pub mod classify;
+pub mod listing;
 pub mod mysql;
 mod pg_roles;
 pub mod postgres;

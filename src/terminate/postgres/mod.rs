@@ -22,6 +22,7 @@ use crate::config::{TargetConfig, TerminationConfig};
 use crate::store::{APPLICATION_NAME, Store};
 use crate::terminate::classify::connection_lost;
 
+mod listing;
 mod sql;
 
 use sql::{
