@@ -451,3 +451,5 @@ async fn a_submission_run_again_after_it_committed_is_accepted_once() {
         }
     );
 }
+
+mod round_trips;
