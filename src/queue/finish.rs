@@ -31,6 +31,7 @@ impl Queue {
             })
             .await?;
         if let Some(Some(_)) = done {
+            self.forget_plan(&lease.action_id.to_string());
             let _ = self.finished.send(lease.action_id);
         }
         Ok(done.is_some())

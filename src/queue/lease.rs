@@ -139,7 +139,9 @@ impl Queue {
     /// The leases of claimed rows, each with its action's plan.
     async fn leases(&self, rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<Lease>, QueueError> {
         // The steps of one action share its row: read it once, not once per step (a
-        // credential mapped to 16 targets would otherwise wait for 16 store round trips).
+        // credential mapped to 16 targets would otherwise wait for 16 store round trips),
+        // and not at all when this process accepted the action or read it before: the row
+        // never changes once stored.
         let mut actions: HashMap<String, Arc<LeasedAction>> = HashMap::new();
         let mut leases = Vec::with_capacity(rows.len());
         for row in rows {
@@ -147,14 +149,21 @@ impl Queue {
             let target: String = row.try_get("target")?;
             let attempts: i64 = row.try_get("attempts")?;
             let journal: Option<String> = row.try_get("journal")?;
-            let action = match actions.get(&action_id) {
-                Some(action) => Ok(action.clone()),
+            let action = match actions
+                .get(&action_id)
+                .cloned()
+                .or_else(|| self.kept_plan(&action_id))
+            {
+                Some(action) => Ok(action),
                 None => self.leased_action(&action_id).await.map(|action| {
                     let action = Arc::new(action);
-                    actions.insert(action_id.clone(), action.clone());
+                    self.keep_plan(action_id.clone(), action.clone());
                     action
                 }),
             };
+            if let Ok(action) = &action {
+                actions.insert(action_id.clone(), action.clone());
+            }
             let lease = action.and_then(|action| {
                 Ok(Lease {
                     action_id: action.plan.action_id,

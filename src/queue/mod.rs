@@ -121,7 +121,8 @@ pub struct Lease {
     pub deadline: DateTime<Utc>,
 }
 
-/// The parts of a [`Lease`] that come from its action's row.
+/// The parts of a [`Lease`] that come from its action's row; never changed once stored.
+#[derive(Debug)]
 struct LeasedAction {
     plan: Plan,
     work: Work,
@@ -184,6 +185,42 @@ pub struct Queue {
     pending: std::sync::Mutex<Vec<Pending>>,
     /// Held by the submitter that commits the waiting group.
     committing: Mutex<()>,
+    /// Plans of unfinished actions, so a claim need not read them back from the store.
+    plans: std::sync::Mutex<Plans>,
+}
+
+/// How many actions' plans [`Plans`] keeps: far more than run at once; past it the oldest
+/// are read from the store again when claimed.
+const PLANS_KEPT: usize = 1024;
+
+/// Immutable action rows by action id, bounded, oldest dropped first.
+#[derive(Debug, Default)]
+struct Plans {
+    by_id: std::collections::HashMap<String, Arc<LeasedAction>>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Plans {
+    fn get(&self, action_id: &str) -> Option<Arc<LeasedAction>> {
+        self.by_id.get(action_id).cloned()
+    }
+
+    fn insert(&mut self, action_id: String, action: Arc<LeasedAction>) {
+        if self.by_id.insert(action_id.clone(), action).is_none() {
+            self.order.push_back(action_id);
+        }
+        while self.order.len() > PLANS_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.by_id.remove(&old);
+            }
+        }
+    }
+
+    fn remove(&mut self, action_id: &str) {
+        if self.by_id.remove(action_id).is_some() {
+            self.order.retain(|id| id != action_id);
+        }
+    }
 }
 
 /// A submission waiting for a group commit, with where its outcome goes.
@@ -228,6 +265,7 @@ impl Queue {
             finished,
             pending: std::sync::Mutex::new(Vec::new()),
             committing: Mutex::new(()),
+            plans: std::sync::Mutex::default(),
         }
     }
 
@@ -254,6 +292,25 @@ impl Queue {
     /// Wakes the local worker.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// The action row of `action_id`, if this process keeps it.
+    fn kept_plan(&self, action_id: &str) -> Option<Arc<LeasedAction>> {
+        self.plans.lock().ok()?.get(action_id)
+    }
+
+    /// Keeps `action`'s row in memory for its claims.
+    fn keep_plan(&self, action_id: String, action: Arc<LeasedAction>) {
+        if let Ok(mut plans) = self.plans.lock() {
+            plans.insert(action_id, action);
+        }
+    }
+
+    /// Forgets a finished action's row.
+    fn forget_plan(&self, action_id: &str) {
+        if let Ok(mut plans) = self.plans.lock() {
+            plans.remove(action_id);
+        }
     }
 
     /// Waits until the local worker is woken.

@@ -68,10 +68,23 @@ impl Queue {
         drop(withdraw);
         drop(turn);
         if let Submitted::Accepted(action_id) = submitted {
-            if submission.plan.work().is_none() {
-                let _ = self.finished.send(action_id);
-            } else {
-                self.wake.notify_one();
+            match submission.plan.work() {
+                None => {
+                    let _ = self.finished.send(action_id);
+                }
+                Some(work) => {
+                    // What its claims would read back from the store (a rerun that found
+                    // it stored has the same plan: it is this submission).
+                    let action = super::LeasedAction {
+                        plan: submission.plan.clone(),
+                        work,
+                        actor: submission.actor.clone(),
+                        // As stored: to the microsecond.
+                        deadline: super::parse_time(&at(deadline)).unwrap_or(deadline),
+                    };
+                    self.keep_plan(action_id.to_string(), Arc::new(action));
+                    self.wake.notify_one();
+                }
             }
         }
         Ok(submitted)
