@@ -179,8 +179,11 @@ pub struct Queue {
     config: QueueConfig,
     /// Wakes the local worker: new work, a freed slot, a target back.
     wake: Notify,
-    /// Announces actions this process finished, to local waiters.
-    finished: broadcast::Sender<Uuid>,
+    /// Announces actions this process finished, with their reports, to local waiters.
+    finished: broadcast::Sender<(Uuid, Arc<ActionReport>)>,
+    /// The last actions this process finished, for a waiter that subscribes after the
+    /// announcement.
+    recent: std::sync::Mutex<std::collections::VecDeque<(Uuid, Arc<ActionReport>)>>,
     /// Submissions waiting for the next group commit.
     pending: std::sync::Mutex<Vec<Pending>>,
     /// Held by the submitter that commits the waiting group.
@@ -188,6 +191,10 @@ pub struct Queue {
     /// Plans of unfinished actions, so a claim need not read them back from the store.
     plans: std::sync::Mutex<Plans>,
 }
+
+/// How many finished reports a waiter that subscribed late can still find in memory: more
+/// than finish between a submission's acceptance and its waiter's subscription.
+const RECENT_KEPT: usize = 256;
 
 /// How many actions' plans [`Plans`] keeps: far more than run at once; past it the oldest
 /// are read from the store again when claimed.
@@ -263,6 +270,7 @@ impl Queue {
             config,
             wake: Notify::new(),
             finished,
+            recent: std::sync::Mutex::default(),
             pending: std::sync::Mutex::new(Vec::new()),
             committing: Mutex::new(()),
             plans: std::sync::Mutex::default(),
@@ -304,6 +312,25 @@ impl Queue {
         if let Ok(mut plans) = self.plans.lock() {
             plans.insert(action_id, action);
         }
+    }
+
+    /// Tells local waiters that `action_id` finished with `report`.
+    fn announce(&self, action_id: Uuid, report: ActionReport) {
+        let report = Arc::new(report);
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() >= RECENT_KEPT {
+                recent.pop_front();
+            }
+            recent.push_back((action_id, report.clone()));
+        }
+        let _ = self.finished.send((action_id, report));
+    }
+
+    /// The report of `action_id` if this process finished it lately.
+    fn recently_finished(&self, action_id: Uuid) -> Option<ActionReport> {
+        let recent = self.recent.lock().ok()?;
+        let (_, report) = recent.iter().rev().find(|(id, _)| *id == action_id)?;
+        Some(report.as_ref().clone())
     }
 
     /// Forgets a finished action's row.

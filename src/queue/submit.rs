@@ -69,9 +69,8 @@ impl Queue {
         drop(turn);
         if let Submitted::Accepted(action_id) = submitted {
             match submission.plan.work() {
-                None => {
-                    let _ = self.finished.send(action_id);
-                }
+                // Finished as stored: the report is the one the transaction wrote.
+                None => self.announce(action_id, action::report(&submission.plan, Vec::new())),
                 Some(work) => {
                     // What its claims would read back from the store (a rerun that found
                     // it stored has the same plan: it is this submission).
