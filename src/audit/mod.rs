@@ -26,7 +26,9 @@ use sqlx::any::AnyRow;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::store::{Backend, Store, StoreError, rows_per_statement, timestamp, values_list};
+use crate::store::{
+    Backend, Store, StoreError, keep_prepared, rows_per_statement, timestamp, values_list,
+};
 
 pub use chain::{GENESIS, Problem, VerifyReport, record_hash};
 pub use checkpoint::{
@@ -369,7 +371,8 @@ impl Audit {
                 concat!("INSERT INTO audit_records (", columns!(), ") VALUES {}"),
                 values_list(self.store.backend(), chunk.len(), 9)
             );
-            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            let mut insert =
+                sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len()));
             for r in chunk {
                 insert = insert
                     .bind(r.seq)

@@ -15,7 +15,7 @@ use super::{
     Lease, LeasedAction, Queue, QueueError, at, fairness, from_json, later, parse_time, to_json,
 };
 use crate::action::Plan;
-use crate::store::Backend;
+use crate::store::{Backend, keep_padded_prepared, padded};
 use crate::terminate::{EngineError, Journal, Session, same_session};
 
 const CLAIM_SQLITE: &str = "UPDATE action_steps \
@@ -72,15 +72,21 @@ impl Queue {
             return Ok(Vec::new());
         }
         let now = at(Utc::now());
-        let sql = fairness::claim_sql(self.store.backend(), allowances.len());
+        // Padded with allowances for no target (NULL matches no step), so the text stays
+        // one of a few and prepared.
+        let shape = padded(allowances.len());
+        let sql = fairness::claim_sql(self.store.backend(), shape);
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(false)
+            .persistent(keep_padded_prepared(shape))
             .bind(&self.owner)
             .bind(at(later(self.config.lease)));
         for (target, n) in allowances {
             query = query
-                .bind(target)
+                .bind(Some(target.as_str()))
                 .bind(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        for _ in allowances.len()..shape {
+            query = query.bind(None::<&str>).bind(0_i64);
         }
         let rows = query
             .bind(&now)
