@@ -3,10 +3,13 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use sqlx::Row;
 use sqlx::any::AnyRow;
+use uuid::Uuid;
 
 use super::checkpoint::{CheckpointReport, VerifyOptions};
-use super::{Audit, AuditError, AuditRecord, read};
+use super::{Audit, AuditError, AuditRecord, Entry, read};
+use crate::store::{Backend, keep_prepared, rows_per_statement, values_list};
 
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -235,6 +238,116 @@ fn decode_leniently(row: &AnyRow) -> Result<AuditRecord, String> {
         prev_hash: read::column(row, "prev_hash")?,
         hash: read::column(row, "hash")?,
     })
+}
+
+/// The chain head in `tx`: the last record's seq and hash, or the genesis.
+pub(super) async fn read_head(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+) -> Result<(i64, String), sqlx::Error> {
+    let head = sqlx::query("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(match head {
+        Some(row) => (row.try_get("seq")?, row.try_get("hash")?),
+        None => (0, GENESIS.to_owned()),
+    })
+}
+
+/// `entries` as records chained onto `head`, all written `at`.
+pub(super) fn chain_records(entries: &[Entry], head: (i64, String), at: &str) -> Vec<AuditRecord> {
+    let (mut seq, mut prev_hash) = head;
+    let mut records = Vec::with_capacity(entries.len());
+    for entry in entries {
+        seq += 1;
+        let mut record = AuditRecord {
+            seq,
+            id: Uuid::now_v7().to_string(),
+            at: at.to_owned(),
+            kind: entry.kind.as_str().to_owned(),
+            actor: entry.actor.clone(),
+            action_id: entry.action_id.map(|id| id.to_string()),
+            // serde_json's map is key-sorted, so this text is canonical.
+            detail: entry.detail.to_string(),
+            prev_hash,
+            hash: String::new(),
+        };
+        record.hash = record_hash(&record.prev_hash, &record);
+        prev_hash = record.hash.clone();
+        records.push(record);
+    }
+    records
+}
+
+/// Inserts `records`, several per statement (a group of accepted events appends hundreds).
+/// With `head` (seq, hash), the first statement inserts only if that record is still the
+/// last one: returns 0 when it is not. Otherwise returns how many were inserted.
+pub(super) async fn insert_records(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    records: &[AuditRecord],
+    mut head: Option<(i64, &str)>,
+) -> Result<u64, sqlx::Error> {
+    let mut inserted = 0;
+    for chunk in records.chunks(rows_per_statement(9)) {
+        let values = values_list(backend, chunk.len(), 9);
+        let sql = match (head, backend) {
+            (None, _) => format!(
+                concat!("INSERT INTO audit_records (", columns!(), ") VALUES {}"),
+                values
+            ),
+            (Some(_), Backend::Sqlite) => format!(
+                concat!(
+                    "INSERT INTO audit_records (",
+                    columns!(),
+                    ") SELECT * FROM (VALUES {}) AS v \
+                     WHERE NOT EXISTS (SELECT 1 FROM audit_records WHERE seq > ?) \
+                     AND EXISTS (SELECT 1 FROM audit_records WHERE seq = ? AND hash = ?)"
+                ),
+                values
+            ),
+            (Some(_), Backend::Postgres) => {
+                let n = chunk.len() * 9;
+                format!(
+                    concat!(
+                        "INSERT INTO audit_records (",
+                        columns!(),
+                        ") SELECT * FROM (VALUES {}) AS v \
+                         WHERE NOT EXISTS (SELECT 1 FROM audit_records WHERE seq > ${}) \
+                         AND EXISTS (SELECT 1 FROM audit_records WHERE seq = ${} AND hash = ${})"
+                    ),
+                    values,
+                    n + 1,
+                    n + 2,
+                    n + 3
+                )
+            }
+        };
+        let mut insert =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len()));
+        for r in chunk {
+            insert = insert
+                .bind(r.seq)
+                .bind(&r.id)
+                .bind(&r.at)
+                .bind(&r.kind)
+                .bind(&r.actor)
+                .bind(&r.action_id)
+                .bind(&r.detail)
+                .bind(&r.prev_hash)
+                .bind(&r.hash);
+        }
+        if let Some((seq, hash)) = head.take() {
+            insert = insert.bind(seq).bind(seq).bind(hash.to_owned());
+            let n = insert.execute(&mut **tx).await?.rows_affected();
+            if n == 0 {
+                return Ok(0);
+            }
+            inserted += n;
+        } else {
+            inserted += insert.execute(&mut **tx).await?.rows_affected();
+        }
+    }
+    Ok(inserted)
 }
 
 #[cfg(test)]

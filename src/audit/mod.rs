@@ -26,9 +26,10 @@ use sqlx::any::AnyRow;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::store::{Backend, Store, StoreError, rows_per_statement, timestamp, values_list};
+use crate::store::{Backend, Store, StoreError, timestamp};
 
 pub use chain::{GENESIS, Problem, VerifyReport, record_hash};
+use chain::{chain_records, insert_records, read_head};
 pub use checkpoint::{
     ChainHealth, Checkpoint, CheckpointKey, CheckpointProblem, CheckpointReport, VerifyOptions,
     Writer, Written, checkpoint_writer,
@@ -252,8 +253,11 @@ pub struct ListFilter {
 #[derive(Debug, Clone)]
 pub struct Audit {
     store: Store,
-    // Appends from this process queue here instead of racing on the chain head.
-    append_lock: std::sync::Arc<Mutex<()>>,
+    // Appends from this process queue here instead of racing on the chain head. It holds
+    // the chain head (seq, hash) this process last committed, so the next append need not
+    // read it: the append is guarded and falls back to reading it if another process (a
+    // replica, the CLI) wrote since, or the tail was deleted.
+    append_lock: std::sync::Arc<Mutex<Option<(i64, String)>>>,
 }
 
 const PAGE: i64 = 1000;
@@ -263,7 +267,7 @@ impl Audit {
     pub fn new(store: Store) -> Self {
         Self {
             store,
-            append_lock: std::sync::Arc::new(Mutex::new(())),
+            append_lock: std::sync::Arc::new(Mutex::new(None)),
         }
     }
 
@@ -284,13 +288,13 @@ impl Audit {
     /// the records it decided on in the same transaction: a state change and its audit
     /// records are committed together or not at all.
     pub async fn transact<W: Transaction>(&self, work: &W) -> Result<W::Output, AuditError> {
-        let _guard = self.append_lock.lock().await;
+        let mut head = self.append_lock.lock().await;
         // Another process (the CLI beside the server, or a second replica) may take the same
         // sequence number; the primary key refuses the loser, which then retries on the new head.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_transact(work).await {
+            match self.try_transact(work, &mut head).await {
                 Ok(output) => return Ok(output),
                 Err(AuditError::Store(StoreError::FileLost)) => {
                     return Err(StoreError::FileLost.into());
@@ -304,12 +308,20 @@ impl Audit {
         }
     }
 
-    async fn try_transact<W: Transaction>(&self, work: &W) -> Result<W::Output, AuditError> {
+    /// One attempt of [`Self::transact`]; `known` is the chain head this process last
+    /// committed, taken while the attempt runs and put back only once it committed.
+    async fn try_transact<W: Transaction>(
+        &self,
+        work: &W,
+        known: &mut Option<(i64, String)>,
+    ) -> Result<W::Output, AuditError> {
+        let cached = known.take();
         let mut tx = begin_chain_tx(&self.store).await?;
         let (entries, output) = match work.run(&mut tx).await? {
             Decision::Commit(entries, output) => (entries, output),
             Decision::Rollback(output) => {
                 tx.rollback().await?;
+                *known = cached;
                 return Ok(output);
             }
         };
@@ -331,60 +343,28 @@ impl Audit {
         }
         if entries.is_empty() {
             tx.commit().await?;
+            *known = cached;
             return Ok(output);
         }
-        let head = sqlx::query("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-        let (mut seq, mut prev_hash) = match head {
-            Some(row) => (
-                row.try_get::<i64, _>("seq")?,
-                row.try_get::<String, _>("hash")?,
-            ),
-            None => (0, GENESIS.to_owned()),
-        };
+        let backend = self.store.backend();
         let at = timestamp(Utc::now());
-        let mut records = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            seq += 1;
-            let mut record = AuditRecord {
-                seq,
-                id: Uuid::now_v7().to_string(),
-                at: at.clone(),
-                kind: entry.kind.as_str().to_owned(),
-                actor: entry.actor.clone(),
-                action_id: entry.action_id.map(|id| id.to_string()),
-                // serde_json's map is key-sorted, so this text is canonical.
-                detail: entry.detail.to_string(),
-                prev_hash,
-                hash: String::new(),
-            };
-            record.hash = record_hash(&record.prev_hash, &record);
-            prev_hash = record.hash.clone();
-            records.push(record);
-        }
-        // Several records per statement: a group of accepted events appends hundreds.
-        for chunk in records.chunks(rows_per_statement(9)) {
-            let sql = format!(
-                concat!("INSERT INTO audit_records (", columns!(), ") VALUES {}"),
-                values_list(self.store.backend(), chunk.len(), 9)
-            );
-            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-            for r in chunk {
-                insert = insert
-                    .bind(r.seq)
-                    .bind(&r.id)
-                    .bind(&r.at)
-                    .bind(&r.kind)
-                    .bind(&r.actor)
-                    .bind(&r.action_id)
-                    .bind(&r.detail)
-                    .bind(&r.prev_hash)
-                    .bind(&r.hash);
-            }
-            insert.execute(&mut *tx).await?;
+        let mut records = match &cached {
+            Some(head) => chain_records(&entries, head.clone(), &at),
+            None => chain_records(&entries, read_head(&mut tx).await?, &at),
+        };
+        // Chained onto the remembered head: inserted only if that is still the head, else
+        // read the head (the chain lock is held, so it stays put) and chain again.
+        if let Some((seq, hash)) = &cached
+            && insert_records(&mut tx, backend, &records, Some((*seq, hash))).await? == 0
+        {
+            tracing::debug!("the audit chain moved since this process appended; re-reading");
+            records = chain_records(&entries, read_head(&mut tx).await?, &at);
+            insert_records(&mut tx, backend, &records, None).await?;
+        } else if cached.is_none() {
+            insert_records(&mut tx, backend, &records, None).await?;
         }
         tx.commit().await?;
+        *known = records.last().map(|r| (r.seq, r.hash.clone()));
         Ok(output)
     }
 

@@ -96,3 +96,30 @@ async fn concurrent_appends_keep_one_chain() {
     assert!(report.ok, "{report:?}");
     assert_eq!(report.records, 20);
 }
+
+#[tokio::test]
+async fn writers_that_remember_the_head_chain_onto_each_others_records_and_a_cut_tail() {
+    let (_dir, one) = audit().await;
+    // A second writer on the same store, as another process: its own remembered head.
+    let other = Audit::new(one.store.clone());
+    let entry = |i: i64| Entry::new(Kind::RequestRejected, "anonymous", None, json!({"i": i}));
+    one.append(entry(1)).await.unwrap();
+    other.append_all(vec![entry(2), entry(3)]).await.unwrap();
+    // `one` remembers seq 1 as the head; the chain moved to 3.
+    one.append(entry(4)).await.unwrap();
+    other.append(entry(5)).await.unwrap();
+    // The tail is cut behind `other`'s back: it chains onto what is there, as before.
+    sqlx::query("DELETE FROM audit_records WHERE seq = 5")
+        .execute(one.store.pool())
+        .await
+        .unwrap();
+    other.append(entry(6)).await.unwrap();
+    let records = one.list(&ListFilter::default()).await.unwrap();
+    assert_eq!(
+        records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(records[4].detail, r#"{"i":6}"#);
+    let report = one.verify().await.unwrap();
+    assert!(report.ok, "{report:?}");
+}

@@ -30,10 +30,12 @@ impl Queue {
                 report,
             })
             .await?;
-        if let Some(Some(_)) = done {
-            let _ = self.finished.send(lease.action_id);
+        let recorded = done.is_some();
+        if let Some(Some(report)) = done {
+            self.forget_plan(&lease.action_id.to_string());
+            self.announce(lease.action_id, report);
         }
-        Ok(done.is_some())
+        Ok(recorded)
     }
 
     /// Schedules another attempt of a failed step after a backoff (the last one at the

@@ -15,7 +15,7 @@ use super::{
     Lease, LeasedAction, Queue, QueueError, at, fairness, from_json, later, parse_time, to_json,
 };
 use crate::action::Plan;
-use crate::store::Backend;
+use crate::store::{Backend, keep_padded_prepared, padded};
 use crate::terminate::{EngineError, Journal, Session, same_session};
 
 const CLAIM_SQLITE: &str = "UPDATE action_steps \
@@ -72,15 +72,21 @@ impl Queue {
             return Ok(Vec::new());
         }
         let now = at(Utc::now());
-        let sql = fairness::claim_sql(self.store.backend(), allowances.len());
+        // Padded with allowances for no target (NULL matches no step), so the text stays
+        // one of a few and prepared.
+        let shape = padded(allowances.len());
+        let sql = fairness::claim_sql(self.store.backend(), shape);
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(false)
+            .persistent(keep_padded_prepared(shape))
             .bind(&self.owner)
             .bind(at(later(self.config.lease)));
         for (target, n) in allowances {
             query = query
-                .bind(target)
+                .bind(Some(target.as_str()))
                 .bind(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        for _ in allowances.len()..shape {
+            query = query.bind(None::<&str>).bind(0_i64);
         }
         let rows = query
             .bind(&now)
@@ -139,7 +145,9 @@ impl Queue {
     /// The leases of claimed rows, each with its action's plan.
     async fn leases(&self, rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<Lease>, QueueError> {
         // The steps of one action share its row: read it once, not once per step (a
-        // credential mapped to 16 targets would otherwise wait for 16 store round trips).
+        // credential mapped to 16 targets would otherwise wait for 16 store round trips),
+        // and not at all when this process accepted the action or read it before: the row
+        // never changes once stored.
         let mut actions: HashMap<String, Arc<LeasedAction>> = HashMap::new();
         let mut leases = Vec::with_capacity(rows.len());
         for row in rows {
@@ -147,14 +155,21 @@ impl Queue {
             let target: String = row.try_get("target")?;
             let attempts: i64 = row.try_get("attempts")?;
             let journal: Option<String> = row.try_get("journal")?;
-            let action = match actions.get(&action_id) {
-                Some(action) => Ok(action.clone()),
+            let action = match actions
+                .get(&action_id)
+                .cloned()
+                .or_else(|| self.kept_plan(&action_id))
+            {
+                Some(action) => Ok(action),
                 None => self.leased_action(&action_id).await.map(|action| {
                     let action = Arc::new(action);
-                    actions.insert(action_id.clone(), action.clone());
+                    self.keep_plan(action_id.clone(), action.clone());
                     action
                 }),
             };
+            if let Ok(action) = &action {
+                actions.insert(action_id.clone(), action.clone());
+            }
             let lease = action.and_then(|action| {
                 Ok(Lease {
                     action_id: action.plan.action_id,

@@ -121,7 +121,8 @@ pub struct Lease {
     pub deadline: DateTime<Utc>,
 }
 
-/// The parts of a [`Lease`] that come from its action's row.
+/// The parts of a [`Lease`] that come from its action's row; never changed once stored.
+#[derive(Debug)]
 struct LeasedAction {
     plan: Plan,
     work: Work,
@@ -178,12 +179,55 @@ pub struct Queue {
     config: QueueConfig,
     /// Wakes the local worker: new work, a freed slot, a target back.
     wake: Notify,
-    /// Announces actions this process finished, to local waiters.
-    finished: broadcast::Sender<Uuid>,
+    /// Announces actions this process finished, with their reports, to local waiters.
+    finished: broadcast::Sender<(Uuid, Arc<ActionReport>)>,
+    /// The last actions this process finished, for a waiter that subscribes after the
+    /// announcement.
+    recent: std::sync::Mutex<std::collections::VecDeque<(Uuid, Arc<ActionReport>)>>,
     /// Submissions waiting for the next group commit.
     pending: std::sync::Mutex<Vec<Pending>>,
     /// Held by the submitter that commits the waiting group.
     committing: Mutex<()>,
+    /// Plans of unfinished actions, so a claim need not read them back from the store.
+    plans: std::sync::Mutex<Plans>,
+}
+
+/// How many finished reports a waiter that subscribed late can still find in memory: more
+/// than finish between a submission's acceptance and its waiter's subscription.
+const RECENT_KEPT: usize = 256;
+
+/// How many actions' plans [`Plans`] keeps: far more than run at once; past it the oldest
+/// are read from the store again when claimed.
+const PLANS_KEPT: usize = 1024;
+
+/// Immutable action rows by action id, bounded, oldest dropped first.
+#[derive(Debug, Default)]
+struct Plans {
+    by_id: std::collections::HashMap<String, Arc<LeasedAction>>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Plans {
+    fn get(&self, action_id: &str) -> Option<Arc<LeasedAction>> {
+        self.by_id.get(action_id).cloned()
+    }
+
+    fn insert(&mut self, action_id: String, action: Arc<LeasedAction>) {
+        if self.by_id.insert(action_id.clone(), action).is_none() {
+            self.order.push_back(action_id);
+        }
+        while self.order.len() > PLANS_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.by_id.remove(&old);
+            }
+        }
+    }
+
+    fn remove(&mut self, action_id: &str) {
+        if self.by_id.remove(action_id).is_some() {
+            self.order.retain(|id| id != action_id);
+        }
+    }
 }
 
 /// A submission waiting for a group commit, with where its outcome goes.
@@ -226,8 +270,10 @@ impl Queue {
             config,
             wake: Notify::new(),
             finished,
+            recent: std::sync::Mutex::default(),
             pending: std::sync::Mutex::new(Vec::new()),
             committing: Mutex::new(()),
+            plans: std::sync::Mutex::default(),
         }
     }
 
@@ -254,6 +300,44 @@ impl Queue {
     /// Wakes the local worker.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// The action row of `action_id`, if this process keeps it.
+    fn kept_plan(&self, action_id: &str) -> Option<Arc<LeasedAction>> {
+        self.plans.lock().ok()?.get(action_id)
+    }
+
+    /// Keeps `action`'s row in memory for its claims.
+    fn keep_plan(&self, action_id: String, action: Arc<LeasedAction>) {
+        if let Ok(mut plans) = self.plans.lock() {
+            plans.insert(action_id, action);
+        }
+    }
+
+    /// Tells local waiters that `action_id` finished with `report`.
+    fn announce(&self, action_id: Uuid, report: ActionReport) {
+        let report = Arc::new(report);
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() >= RECENT_KEPT {
+                recent.pop_front();
+            }
+            recent.push_back((action_id, report.clone()));
+        }
+        let _ = self.finished.send((action_id, report));
+    }
+
+    /// The report of `action_id` if this process finished it lately.
+    fn recently_finished(&self, action_id: Uuid) -> Option<ActionReport> {
+        let recent = self.recent.lock().ok()?;
+        let (_, report) = recent.iter().rev().find(|(id, _)| *id == action_id)?;
+        Some(report.as_ref().clone())
+    }
+
+    /// Forgets a finished action's row.
+    fn forget_plan(&self, action_id: &str) {
+        if let Ok(mut plans) = self.plans.lock() {
+            plans.remove(action_id);
+        }
     }
 
     /// Waits until the local worker is woken.

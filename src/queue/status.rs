@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::{ActionStatus, Queue, QueueError, StepStatus, at, from_json};
@@ -79,27 +80,42 @@ impl Queue {
         }
     }
 
-    /// Waits up to `budget` for `action_id` to finish (here or on another replica).
+    /// Waits up to `budget` for `action_id`, which this process just accepted, to finish
+    /// (here or on another replica). A finish here is announced with its report, so the
+    /// store is read only when the announcement was missed and to see another replica's
+    /// finish, every `poll_interval`.
     pub async fn wait(
         &self,
         action_id: Uuid,
         budget: Duration,
     ) -> Result<Option<ActionReport>, QueueError> {
         let mut finished = self.finished.subscribe();
+        // Finished here before the subscription: announced already.
+        if let Some(report) = self.recently_finished(action_id) {
+            return Ok(Some(report));
+        }
         let deadline = tokio::time::Instant::now() + budget;
         loop {
-            if let Some(report) = self.report(action_id).await? {
-                return Ok(Some(report));
-            }
             // Another replica's completion is only seen by polling.
             let poll = tokio::time::sleep(self.config.poll_interval);
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => return self.report(action_id).await,
-                () = poll => {}
-                done = finished.recv() => match done {
-                    Ok(id) if id != action_id => continue,
-                    _ => {}
-                },
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => return self.report(action_id).await,
+                    () = &mut poll => break,
+                    done = finished.recv() => match done {
+                        Ok((id, report)) if id == action_id => {
+                            return Ok(Some(report.as_ref().clone()));
+                        }
+                        Ok(_) => {}
+                        // Announcements were missed: this one may have been among them.
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => (&mut poll).await,
+                    },
+                }
+            }
+            if let Some(report) = self.report(action_id).await? {
+                return Ok(Some(report));
             }
         }
     }

@@ -12,7 +12,9 @@ use uuid::Uuid;
 use super::{Pending, Queue, QueueError, Submission, Submitted, at, later, status_name, to_json};
 use crate::action;
 use crate::audit::{Audit, Decision, Entry, Kind, Transaction};
-use crate::store::{Backend, rows_per_statement, values_list};
+use crate::store::{
+    Backend, keep_padded_prepared, keep_prepared, padded, rows_per_statement, values_list,
+};
 
 /// The most submissions one commit carries; bounds how long one transaction holds the lock.
 const GROUP_MAX: usize = 256;
@@ -68,10 +70,22 @@ impl Queue {
         drop(withdraw);
         drop(turn);
         if let Submitted::Accepted(action_id) = submitted {
-            if submission.plan.work().is_none() {
-                let _ = self.finished.send(action_id);
-            } else {
-                self.wake.notify_one();
+            match submission.plan.work() {
+                // Finished as stored: the report is the one the transaction wrote.
+                None => self.announce(action_id, action::report(&submission.plan, Vec::new())),
+                Some(work) => {
+                    // What its claims would read back from the store (a rerun that found
+                    // it stored has the same plan: it is this submission).
+                    let action = super::LeasedAction {
+                        plan: submission.plan.clone(),
+                        work,
+                        actor: submission.actor.clone(),
+                        // As stored: to the microsecond.
+                        deadline: super::parse_time(&at(deadline)).unwrap_or(deadline),
+                    };
+                    self.keep_plan(action_id.to_string(), Arc::new(action));
+                    self.wake.notify_one();
+                }
             }
         }
         Ok(submitted)
@@ -246,7 +260,8 @@ impl Transaction for SubmitTx<'_> {
                 "INSERT INTO webhook_deliveries (webhook_id, received_at, action_id) VALUES {}",
                 values_list(self.backend, chunk.len(), 3)
             );
-            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            let mut insert =
+                sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len()));
             for row in chunk {
                 insert = row.iter().fold(insert, |q, v| q.bind(v));
             }
@@ -258,7 +273,8 @@ impl Transaction for SubmitTx<'_> {
                  finished_at, report) VALUES {}",
                 values_list(self.backend, chunk.len(), 9)
             );
-            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            let mut insert =
+                sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len()));
             for a in chunk {
                 insert = insert
                     .bind(&a.id)
@@ -279,7 +295,8 @@ impl Transaction for SubmitTx<'_> {
                  state, attempts) VALUES {}",
                 values_list(self.backend, chunk.len(), 6)
             );
-            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            let mut insert =
+                sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len()));
             for (id, target, position) in chunk {
                 insert = insert
                     .bind(id)
@@ -317,10 +334,16 @@ async fn select_existing(
     let mut found = std::collections::HashMap::new();
     // (`chunks` yields nothing for no values, so no `IN ()`.)
     for chunk in values.chunks(rows_per_statement(1)) {
-        let sql = format!("{select} {}", values_list(backend, 1, chunk.len()));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        // Padded by repeating the last value, so the text stays one of a few and prepared.
+        let shape = padded(chunk.len()).min(rows_per_statement(1));
+        let sql = format!("{select} {}", values_list(backend, 1, shape));
+        let mut query =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(keep_padded_prepared(shape));
         for v in chunk {
             query = query.bind(v);
+        }
+        for _ in chunk.len()..shape {
+            query = query.bind(&chunk[chunk.len() - 1]);
         }
         for row in query.fetch_all(&mut **tx).await? {
             let key: String = row.try_get(0)?;

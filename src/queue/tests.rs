@@ -451,3 +451,35 @@ async fn a_submission_run_again_after_it_committed_is_accepted_once() {
         }
     );
 }
+
+mod round_trips;
+
+#[tokio::test]
+async fn a_waiter_gets_the_report_of_a_finish_here_before_or_after_it_subscribed_and_elsewhere() {
+    let (_dir, store, audit, here) = queue("here", Duration::from_secs(15)).await;
+    let elsewhere = Queue::new(store, "elsewhere".into(), QueueConfig::default());
+    let budget = Duration::from_secs(30);
+    // Finished here before anyone waited: announced already, found in memory.
+    let s = submission(&["a"], &[]);
+    here.submit(&audit, &s).await.unwrap();
+    let lease = here.claim(1, None).await.unwrap().pop().unwrap();
+    here.finish(&audit, &lease, &done("a")).await.unwrap();
+    let report = here.wait(s.plan.action_id, budget).await.unwrap();
+    assert_eq!(report.unwrap().status, Status::Completed);
+    // Finished here while waiting: the announcement carries the report.
+    let s = submission(&["a"], &[]);
+    here.submit(&audit, &s).await.unwrap();
+    let (report, ()) = tokio::join!(here.wait(s.plan.action_id, budget), async {
+        let lease = here.claim(1, None).await.unwrap().pop().unwrap();
+        here.finish(&audit, &lease, &done("a")).await.unwrap();
+    });
+    assert_eq!(report.unwrap().unwrap().action_id, s.plan.action_id);
+    // Finished by another replica: seen by polling the store.
+    let s = submission(&["a"], &[]);
+    here.submit(&audit, &s).await.unwrap();
+    let (report, ()) = tokio::join!(here.wait(s.plan.action_id, budget), async {
+        let lease = elsewhere.claim(1, None).await.unwrap().pop().unwrap();
+        elsewhere.finish(&audit, &lease, &done("a")).await.unwrap();
+    });
+    assert_eq!(report.unwrap().unwrap().action_id, s.plan.action_id);
+}

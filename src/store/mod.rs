@@ -109,6 +109,31 @@ pub fn rows_per_statement(columns: usize) -> usize {
     (MAX_BINDS / columns.max(1)).max(1)
 }
 
+/// Multi-row statements of up to this many rows stay prepared on their connection.
+const PREPARED_ROWS: usize = 8;
+/// Statements padded to a power of two ([`padded`]) stay prepared up to this many rows.
+const PREPARED_PADDED: usize = 64;
+
+/// Whether a multi-row statement of `rows` rows (new SQL text per count) should stay
+/// prepared. On PostgreSQL an unprepared statement costs a round trip more (Parse and
+/// Describe before Bind and Execute); sqlx keeps 100 prepared statements per connection,
+/// and counts up to [`PREPARED_ROWS`] are few texts (an event, its records, a few targets),
+/// while a large group commit is rare and would only evict the others.
+pub fn keep_prepared(rows: usize) -> bool {
+    rows <= PREPARED_ROWS
+}
+
+/// `n` rounded up to a power of two: a list that can take filler (an `IN` list repeating a
+/// value, allowances of no target) keeps to few SQL texts, so it stays prepared.
+pub fn padded(n: usize) -> usize {
+    n.max(1).next_power_of_two()
+}
+
+/// Whether a statement padded to `rows` rows ([`padded`]) should stay prepared.
+pub fn keep_padded_prepared(rows: usize) -> bool {
+    rows <= PREPARED_PADDED
+}
+
 /// Placeholders for a multi-row `VALUES` list: `($1, $2), ($3, $4)` for two rows of two
 /// columns on PostgreSQL, `(?, ?), (?, ?)` on SQLite. Written by hand because sqlx's
 /// `QueryBuilder` for the `Any` driver writes `?` for both, which PostgreSQL refuses; and
@@ -555,6 +580,9 @@ mod tests {
         assert_eq!(values_list(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
         assert_eq!(rows_per_statement(9) * 9, 8190);
         assert_eq!(rows_per_statement(0), MAX_BINDS);
+        assert_eq!((padded(0), padded(1), padded(3), padded(8)), (1, 1, 4, 8));
+        assert!(keep_prepared(8) && !keep_prepared(9));
+        assert!(keep_padded_prepared(64) && !keep_padded_prepared(128));
     }
 
     #[tokio::test]

@@ -1,0 +1,209 @@
+//! Counts the store round trips of one rotation on a PostgreSQL store, through a counting TCP
+//! proxy: in production the store is on another host, and each round trip is time a rotated
+//! login's sessions live on.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use super::*;
+use sever_testkit::pg::TestPostgres;
+
+/// The most store round trips one rotation may take (measured; see the notes of issue 17).
+/// A change that adds one fails here: say which promise it buys, then raise this.
+const MOST: u64 = 30;
+
+/// Client turns on every connection the proxy carried: each time the client sent bytes after
+/// the server had answered (or first). Back-to-back chunks of one request, or requests sent
+/// before reading, are one turn: one wait for the network.
+#[derive(Default)]
+struct Turns(AtomicU64);
+
+/// A TCP proxy to `upstream` that counts [`Turns`]; serves until the test ends.
+async fn counting_proxy(upstream: u16) -> (u16, Arc<Turns>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let turns = Arc::new(Turns::default());
+    let counted = turns.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let turns = counted.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                // Which way the connection's bytes last went: 1 to the server, 2 back.
+                let last = Arc::new(AtomicU8::new(0));
+                tokio::join!(
+                    copy(client_read, server_write, 1, &last, Some(&turns)),
+                    copy(server_read, client_write, 2, &last, None),
+                );
+            });
+        }
+    });
+    (port, turns)
+}
+
+/// Copies one direction of a proxied connection, counting the client's turns.
+async fn copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    way: u8,
+    last: &AtomicU8,
+    turns: Option<&Turns>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        if last.swap(way, Ordering::SeqCst) != way
+            && let Some(turns) = turns
+        {
+            turns.0.fetch_add(1, Ordering::SeqCst);
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// The round trips so far, once every store connection is back in the pool: sqlx pings a
+/// connection as it goes back (in the background), and those pings count too.
+async fn settled(store: &Store, turns: &Turns) -> u64 {
+    for _ in 0..10_000 {
+        if store.pool().num_idle() == store.pool().size() as usize {
+            return turns.0.load(Ordering::SeqCst);
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("a store connection never went back to the pool");
+}
+
+/// One rotation's store work, as the server does it for a signed event with `?wait=true` on
+/// one target whose sessions are ended: per phase, the round trips it took.
+async fn rotation(
+    store: &Store,
+    audit: &Audit,
+    q: &Arc<Queue>,
+    turns: &Turns,
+) -> Vec<(&'static str, u64)> {
+    let mut phases = Phases {
+        done: Vec::new(),
+        before: settled(store, turns).await,
+        store,
+        turns,
+    };
+    let mut s = submission(&["pg"], &[&format!("webhook:{}", Uuid::now_v7())]);
+    let id = s.plan.action_id;
+    s.before.push(Entry::new(
+        crate::audit::Kind::EventAccepted,
+        "webhook",
+        Some(id),
+        serde_json::json!({"event": "rotated"}),
+    ));
+    assert_eq!(q.submit(audit, &s).await.unwrap(), Submitted::Accepted(id));
+    phases
+        .end("accept: claims, action, step, records, commit")
+        .await;
+
+    // The handler waits for the report.
+    let waiter = tokio::spawn({
+        let q = q.clone();
+        async move { q.wait(id, Duration::from_secs(60)).await }
+    });
+    tokio::task::yield_now().await;
+    phases.end("wait: subscribe, look for the report").await;
+
+    let lease = q
+        .claim_fair(1, &[("pg".to_owned(), 1)])
+        .await
+        .unwrap()
+        .pop()
+        .expect("the step is due");
+    phases.end("worker: claim the step (and its plan)").await;
+
+    // The PostgreSQL engine reads the role oids it remembers for the logins.
+    store
+        .identities("pg", &lease.plan.steps[0].logins)
+        .await
+        .unwrap();
+    phases.end("engine: remembered role oids").await;
+
+    let sessions: Vec<Session> = (1..=3).map(session).collect();
+    q.journal(&lease).record(&sessions).await.unwrap();
+    phases.end("engine: journal before the signal").await;
+
+    let mut report = done("pg");
+    report.outcome.matched = sessions.clone();
+    report.outcome.terminated = sessions;
+    report.found = 3;
+    assert!(q.finish(audit, &lease, &report).await.unwrap());
+    // The waiter, woken as the finish commits, answers meanwhile (on another connection).
+    let answered = waiter.await.unwrap().unwrap().expect("finished");
+    assert_eq!(answered.status, Status::Completed);
+    phases
+        .end("worker: finish the step, complete the action; wait: the report")
+        .await;
+    phases.done
+}
+
+/// The round trips of each phase of a rotation, as they end.
+struct Phases<'a> {
+    done: Vec<(&'static str, u64)>,
+    before: u64,
+    store: &'a Store,
+    turns: &'a Turns,
+}
+
+impl Phases<'_> {
+    async fn end(&mut self, name: &'static str) {
+        let now = settled(self.store, self.turns).await;
+        self.done.push((name, now - self.before));
+        self.before = now;
+    }
+}
+
+#[tokio::test]
+async fn one_rotation_on_a_postgres_store_stays_within_its_round_trip_count() {
+    let pg = TestPostgres::start();
+    let (port, turns) = counting_proxy(pg.port()).await;
+    let url = pg
+        .superuser_url("postgres")
+        .replace(&format!(":{}/", pg.port()), &format!(":{port}/"));
+    let store = Store::connect(&SecretString::from(url)).await.unwrap();
+    let config = QueueConfig {
+        // The waiter polls only if it misses the broadcast, which would change the count.
+        poll_interval: Duration::from_secs(3600),
+        ..QueueConfig::default()
+    };
+    let q = Arc::new(Queue::new(store.clone(), "one".into(), config));
+    let audit = Audit::new(store.clone());
+    // A first rotation fills the connections' statement caches, as a running server has.
+    let cold: u64 = rotation(&store, &audit, &q, &turns)
+        .await
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    for _ in 0..2 {
+        rotation(&store, &audit, &q, &turns).await;
+    }
+    // The waiter's read overlaps the worker's last release, so the pool has grown to two or
+    // three connections by now; one opened while counting would add its log-in.
+    let connections = store.pool().size();
+    let phases = rotation(&store, &audit, &q, &turns).await;
+    let total: u64 = phases.iter().map(|(_, n)| n).sum();
+    for (name, n) in &phases {
+        println!("{n:>3}  {name}");
+    }
+    println!("{total:>3}  one rotation's store round trips ({cold} on a cold connection)");
+    assert_eq!(
+        store.pool().size(),
+        connections,
+        "no connection was opened while counting"
+    );
+    assert!(audit.verify().await.unwrap().ok);
+    assert!(total <= MOST, "{total} round trips, more than {MOST}");
+}
