@@ -11,13 +11,16 @@
 
 mod distance;
 mod fan_out;
+mod floor;
 mod intake;
+mod production;
 mod proxy;
 mod report;
 mod rotation;
 mod servers;
 mod sever;
 mod stalled;
+mod trace;
 
 use std::time::Duration;
 
@@ -84,6 +87,12 @@ fn main() {
         }
         if wanted("6") {
             distance::at_a_distance(runs, &mut lines).await;
+        }
+        if wanted("7") {
+            distance::sixteen_at_a_distance(runs, &mut lines).await;
+        }
+        if wanted("8") {
+            production::production_shape(runs, &mut lines).await;
         }
         lines
     });

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::trace::{self, Wire};
+
 /// The run with the median critical-path round trips (`max`).
 pub fn median_rt(samples: &mut [RoundTrips]) -> RoundTrips {
     samples.sort_by_key(|r| r.max);
@@ -21,13 +23,21 @@ pub fn median_rt(samples: &mut [RoundTrips]) -> RoundTrips {
 /// millisecond tick, so a 1 ms hop costs more than 1 ms).
 #[derive(Default)]
 pub struct Traffic {
-    /// One counter per connection, in accept order: the client's turns, i.e. the times the
-    /// client sent bytes after the server had (or first). Back-to-back chunks of one request,
-    /// or requests pipelined before reading, are one exchange: one wait for the network.
-    turns: Mutex<Vec<Arc<AtomicU64>>>,
+    /// The connections it carried, in accept order.
+    conns: Mutex<Vec<Arc<Conn>>>,
     /// Sum of the delays added, in nanoseconds, and how many hops they were.
     delay_nanos: AtomicU64,
     hops: AtomicU64,
+}
+
+/// One proxied connection's count, and with `SEVER_BENCH_TRACE=1` its decoded messages.
+struct Conn {
+    /// The client's turns, i.e. the times the client sent bytes after the server had (or
+    /// first). Back-to-back chunks of one request, or requests pipelined before reading, are
+    /// one exchange: one wait for the network.
+    turns: AtomicU64,
+    /// The client's messages per round trip; `None` unless tracing.
+    wire: Option<Mutex<Wire>>,
 }
 
 /// Round trips between two snapshots of a proxy's [`Traffic`].
@@ -42,6 +52,32 @@ pub struct RoundTrips {
 }
 
 impl RoundTrips {
+    /// The round trips of each connection, counted since a snapshot.
+    fn of(diffs: impl Iterator<Item = u64>) -> Self {
+        let mut rt = Self {
+            max: 0,
+            total: 0,
+            connections: 0,
+        };
+        for d in diffs.filter(|d| *d > 0) {
+            rt.max = rt.max.max(d);
+            rt.total += d;
+            rt.connections += 1;
+        }
+        rt
+    }
+
+    /// The exchanges on several proxies (one per target) since their snapshots, taken in
+    /// the same order.
+    pub fn since_all(traffics: &[Arc<Traffic>], befores: &[Vec<u64>]) -> Self {
+        Self::of(
+            traffics
+                .iter()
+                .zip(befores)
+                .flat_map(|(t, before)| t.diffs(before)),
+        )
+    }
+
     pub fn show(&self) -> String {
         format!(
             "{} RT ({} over {} conn)",
@@ -51,24 +87,43 @@ impl RoundTrips {
 }
 
 impl Traffic {
+    /// Each connection's exchanges so far, to count from.
     pub fn snapshot(&self) -> Vec<u64> {
-        let turns = self.turns.lock().unwrap();
-        turns.iter().map(|t| t.load(Ordering::Relaxed)).collect()
+        let conns = self.conns.lock().unwrap();
+        conns
+            .iter()
+            .map(|c| c.turns.load(Ordering::Relaxed))
+            .collect()
     }
 
-    /// The exchanges since `before` (a [`Self::snapshot`]); new connections count from zero.
-    pub fn since(&self, before: &[u64]) -> RoundTrips {
+    /// Each connection's exchanges since `before`; new connections count from zero.
+    fn diffs(&self, before: &[u64]) -> Vec<u64> {
         let now = self.snapshot();
-        let diffs: Vec<u64> = now
-            .iter()
+        now.iter()
             .enumerate()
             .map(|(i, n)| n - before.get(i).copied().unwrap_or(0))
-            .collect();
-        RoundTrips {
-            max: diffs.iter().copied().max().unwrap_or(0),
-            total: diffs.iter().sum(),
-            connections: diffs.iter().filter(|d| **d > 0).count(),
-        }
+            .collect()
+    }
+
+    /// The exchanges since `before` (a [`Self::snapshot`]).
+    pub fn since(&self, before: &[u64]) -> RoundTrips {
+        RoundTrips::of(self.diffs(before).into_iter())
+    }
+
+    /// With tracing on, each connection that carried exchanges since `before`: its number
+    /// and the messages of each of its round trips since.
+    pub fn traced_since(&self, before: &[u64]) -> Vec<(usize, Vec<Vec<String>>)> {
+        let conns = self.conns.lock().unwrap();
+        conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let from = before.get(i).copied().unwrap_or(0) as usize;
+                let wire = c.wire.as_ref()?.lock().unwrap();
+                let rts = wire.round_trips_from(from);
+                (!rts.is_empty()).then(|| (i, rts.to_vec()))
+            })
+            .collect()
     }
 
     /// The mean delay the proxy really added per hop (one direction).
@@ -94,8 +149,11 @@ pub async fn delaying_proxy(upstream: u16, delay: Duration) -> (u16, Arc<Traffic
     let seen = traffic.clone();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
-            let turns = Arc::new(AtomicU64::new(0));
-            seen.turns.lock().unwrap().push(turns.clone());
+            let conn = Arc::new(Conn {
+                turns: AtomicU64::new(0),
+                wire: trace::enabled().then(|| Mutex::new(Wire::default())),
+            });
+            seen.conns.lock().unwrap().push(conn.clone());
             let traffic = seen.clone();
             tokio::spawn(async move {
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
@@ -109,12 +167,12 @@ pub async fn delaying_proxy(upstream: u16, delay: Duration) -> (u16, Arc<Traffic
                 let to_server = Direction {
                     to: TO_SERVER,
                     last: last.clone(),
-                    turns: Some(turns),
+                    conn: Some(conn),
                 };
                 let to_client = Direction {
                     to: TO_CLIENT,
                     last,
-                    turns: None,
+                    conn: None,
                 };
                 tokio::join!(
                     delayed_copy(client_read, server_write, delay, to_server, &traffic),
@@ -131,8 +189,8 @@ pub struct Direction {
     to: u8,
     /// Shared by both directions of the connection.
     last: Arc<AtomicU8>,
-    /// Counted on the client-to-server side only.
-    turns: Option<Arc<AtomicU64>>,
+    /// Counted (and traced) on the client-to-server side only.
+    conn: Option<Arc<Conn>>,
 }
 
 /// Copies `from` to `to`, each chunk written `delay` after it was read, in order.
@@ -149,10 +207,18 @@ pub async fn delayed_copy(
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n @ 1..) = from.read(&mut buf).await {
             let before = direction.last.swap(direction.to, Ordering::Relaxed);
-            if let Some(turns) = &direction.turns
-                && before != direction.to
-            {
-                turns.fetch_add(1, Ordering::Relaxed);
+            if let Some(conn) = &direction.conn {
+                let turn = before != direction.to;
+                if turn {
+                    conn.turns.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(wire) = &conn.wire {
+                    let mut wire = wire.lock().unwrap();
+                    if turn {
+                        wire.turn();
+                    }
+                    wire.feed(&buf[..n]);
+                }
             }
             if tx
                 .send((tokio::time::Instant::now(), buf[..n].to_vec()))

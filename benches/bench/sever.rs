@@ -20,18 +20,39 @@ pub struct Sever {
     pub ready_after: Duration,
 }
 
+/// Where the sever under test keeps its store.
+pub enum Store<'a> {
+    /// The embedded SQLite store, in the process's temp dir.
+    Sqlite,
+    /// A PostgreSQL store whose URL (with its password) is in this file.
+    Postgres(&'a Path),
+}
+
 impl Sever {
+    /// The release binary under test on the embedded SQLite store.
     pub async fn start(targets: &str, credentials: &str) -> Self {
+        Self::launch(&sever_bin(), Store::Sqlite, targets, credentials).await
+    }
+
+    /// `bin` (the release binary under test, or a baseline) on `store`, with these targets
+    /// and credentials (TOML tables); returns once `/readyz` answers 200.
+    pub async fn launch(bin: &Path, store: Store<'_>, targets: &str, credentials: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("webhook.secret");
         std::fs::write(&secret, SECRET).unwrap();
+        let store = match store {
+            Store::Sqlite => format!(
+                "url = \"sqlite://{}?mode=rwc\"",
+                dir.path().join("sever.db").display()
+            ),
+            Store::Postgres(file) => format!("url = {{ file = {:?} }}", file.display().to_string()),
+        };
         let config = format!(
             "protected_logins = [\"postgres\"]\n\
-             [store]\nurl = \"sqlite://{db}?mode=rwc\"\n\
+             [store]\n{store}\n\
              [webhooks]\nsecrets = [{{ file = {secret:?} }}]\n\
              [server]\nmax_body_bytes = 65536\n\
              {targets}{credentials}",
-            db = dir.path().join("sever.db").display(),
         );
         let path = dir.path().join("sever.toml");
         std::fs::write(&path, config).unwrap();
@@ -41,7 +62,7 @@ impl Sever {
             .unwrap()
             .port();
         let started = Instant::now();
-        let child = Command::new(sever_bin())
+        let child = Command::new(bin)
             .arg("--config")
             .arg(&path)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
