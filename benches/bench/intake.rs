@@ -1,21 +1,102 @@
 //! Scenarios 3 and 4: intake throughput and the footprint of the process serving it.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use sever_testkit::pg::TestPostgres;
 
 use crate::report::{Line, Stats, ms};
 use crate::servers::{cluster, target};
-use crate::sever::{SECRET, Sever, sever_bin};
+use crate::sever::{SECRET, Sever, Store, sever_bin};
+
+/// What one binary did under the intake loads (scenario 3) and how big it was (scenario 4).
+struct Measured {
+    /// Per load (accepted, rejected): rate, median and p99 latency, unexpected answers.
+    loads: Vec<(f64, Duration, Duration, usize)>,
+    idle: f64,
+    now: f64,
+    peak: f64,
+    ready: Duration,
+    size: u64,
+}
+
+/// The two loads: signed events accepted (`202`), and bad signatures rejected (`401`).
+const LOADS: [(&str, &str, u16); 2] = [
+    ("3. intake: signed events accepted", SECRET, 202),
+    (
+        "3. intake: bad signatures rejected",
+        "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        401,
+    ),
+];
 
 /// Scenario 3 and 4: sustained signed events (accepted and audited), signature rejections,
-/// and the footprint of the process serving them.
+/// and the footprint of the process serving them; beside them, with `SEVER_BENCH_BASELINE_BIN`
+/// (set by `scripts/bench.sh`), the same figures of a baseline binary in the same run.
 pub async fn intake_and_footprint(secs: u64, lines: &mut Vec<Line>) {
     let pg = cluster().await;
-    let sever = Sever::start(
-        &target("main", &pg),
+    let baseline = std::env::var_os("SEVER_BENCH_BASELINE_BIN").map(PathBuf::from);
+    let label = format!(
+        "baseline {}",
+        std::env::var("SEVER_BENCH_BASELINE").unwrap_or_default()
+    );
+    // The baseline first, so neither runs on a machine the other has just warmed up more.
+    let before = match &baseline {
+        Some(bin) => Some(measure(bin, &pg, secs).await),
+        None => None,
+    };
+    let current = measure(&sever_bin(), &pg, secs).await;
+    let load = |(rate, p50, p99, wrong): (f64, Duration, Duration, usize)| {
+        let unexpected = if wrong > 0 {
+            format!(" ({wrong} unexpected answers)")
+        } else {
+            String::new()
+        };
+        format!("{rate:.0}/s, p50 {}, p99 {}{unexpected}", ms(p50), ms(p99))
+    };
+    for (i, (name, _, _)) in LOADS.iter().enumerate() {
+        lines.push(Line {
+            scenario: (*name).into(),
+            sever: load(current.loads[i]),
+            comparison: before
+                .as_ref()
+                .map_or("-".into(), |b| format!("{label}: {}", load(b.loads[i]))),
+            ratio: before.as_ref().map_or("-".into(), |b| {
+                format!("{:.2}x the rate", current.loads[i].0 / b.loads[i].0)
+            }),
+        });
+    }
+    let footprint = |m: &Measured| {
+        format!(
+            "idle RSS {:.1} MiB; under load {:.1} MiB (peak {:.1}); ready in {}; binary {:.1} MiB",
+            m.idle,
+            m.now,
+            m.peak,
+            ms(m.ready),
+            m.size as f64 / 1048576.0
+        )
+    };
+    lines.push(Line {
+        scenario: "4. footprint".into(),
+        sever: footprint(&current),
+        comparison: before
+            .as_ref()
+            .map_or("-".into(), |b| format!("{label}: {}", footprint(b))),
+        ratio: before.as_ref().map_or("-".into(), |b| {
+            format!("{:.2}x the peak RSS", current.peak / b.peak)
+        }),
+    });
+}
+
+/// Starts `bin` on `pg`, lets it settle, and runs both loads against it.
+async fn measure(bin: &Path, pg: &TestPostgres, secs: u64) -> Measured {
+    let sever = Sever::launch(
+        bin,
+        Store::Sqlite,
+        &target("main", pg),
         // A credential whose policy terminates nothing: each event is verified,
         // de-duplicated, stored with its plan and audited, and touches no database.
         "[credentials.noop]\npolicy = \"none\"\nlogins = [{ target = \"main\", login = \"app\" }]\n",
@@ -25,40 +106,22 @@ pub async fn intake_and_footprint(secs: u64, lines: &mut Vec<Line>) {
     let (idle, _) = sever.rss_mib();
     let ready = sever.ready_after;
     let sever = Arc::new(sever);
-    for (label, secret, expect) in [
-        ("3. intake: signed events accepted", SECRET, 202u16),
-        (
-            "3. intake: bad signatures rejected",
-            "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-            401,
-        ),
-    ] {
+    let mut loads = Vec::new();
+    for (_, secret, expect) in LOADS {
         let (rate, mut latencies, wrong) = load(&sever, secret, expect, secs).await;
         let l = Stats::of(&mut latencies);
         let p99 = latencies[((latencies.len() - 1) as f64 * 0.99) as usize];
-        lines.push(Line {
-            scenario: label.into(),
-            sever: format!("{rate:.0}/s, p50 {}, p99 {}", ms(l.median), ms(p99)),
-            comparison: if wrong > 0 {
-                format!("{wrong} unexpected answers")
-            } else {
-                "-".into()
-            },
-            ratio: "-".into(),
-        });
+        loads.push((rate, l.median, p99, wrong));
     }
     let (now, peak) = sever.rss_mib();
-    let size = std::fs::metadata(sever_bin()).map(|m| m.len()).unwrap_or(0);
-    lines.push(Line {
-        scenario: "4. footprint".into(),
-        sever: format!(
-            "idle RSS {idle:.1} MiB; under load {now:.1} MiB (peak {peak:.1}); ready in {}; binary {:.1} MiB",
-            ms(ready),
-            size as f64 / 1048576.0
-        ),
-        comparison: "-".into(),
-        ratio: "-".into(),
-    });
+    Measured {
+        loads,
+        idle,
+        now,
+        peak,
+        ready,
+        size: std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0),
+    }
 }
 
 /// Sends events from 64 concurrent clients for `secs`; rate, latencies, wrong answers.
