@@ -1,0 +1,246 @@
+//! The delaying proxy: a network distance between sever (or the floor's client) and a
+//! database, with the round trips it counts on each connection.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::trace::{self, Wire};
+
+/// The run with the median critical-path round trips (`max`).
+pub fn median_rt(samples: &mut [RoundTrips]) -> RoundTrips {
+    samples.sort_by_key(|r| r.max);
+    let m = &samples[samples.len() / 2];
+    RoundTrips {
+        max: m.max,
+        total: m.total,
+        connections: m.connections,
+    }
+}
+
+/// What a delaying proxy saw: the request/response exchanges on each connection it carried,
+/// and the delay it really added per hop (Tokio's timer rounds a sleep up to the next
+/// millisecond tick, so a 1 ms hop costs more than 1 ms).
+#[derive(Default)]
+pub struct Traffic {
+    /// The connections it carried, in accept order.
+    conns: Mutex<Vec<Arc<Conn>>>,
+    /// Sum of the delays added, in nanoseconds, and how many hops they were.
+    delay_nanos: AtomicU64,
+    hops: AtomicU64,
+}
+
+/// One proxied connection's count, and with `SEVER_BENCH_TRACE=1` its decoded messages.
+struct Conn {
+    /// The client's turns, i.e. the times the client sent bytes after the server had (or
+    /// first). Back-to-back chunks of one request, or requests pipelined before reading, are
+    /// one exchange: one wait for the network.
+    turns: AtomicU64,
+    /// The client's messages per round trip; `None` unless tracing.
+    wire: Option<Mutex<Wire>>,
+}
+
+/// Round trips between two snapshots of a proxy's [`Traffic`].
+pub struct RoundTrips {
+    /// Exchanges on the connection that had the most: the round trips on the critical path
+    /// when one connection carries the work.
+    pub max: u64,
+    /// Exchanges on all connections together.
+    pub total: u64,
+    /// Connections that carried any.
+    pub connections: usize,
+}
+
+impl RoundTrips {
+    /// The round trips of each connection, counted since a snapshot.
+    fn of(diffs: impl Iterator<Item = u64>) -> Self {
+        let mut rt = Self {
+            max: 0,
+            total: 0,
+            connections: 0,
+        };
+        for d in diffs.filter(|d| *d > 0) {
+            rt.max = rt.max.max(d);
+            rt.total += d;
+            rt.connections += 1;
+        }
+        rt
+    }
+
+    /// The exchanges on several proxies (one per target) since their snapshots, taken in
+    /// the same order.
+    pub fn since_all(traffics: &[Arc<Traffic>], befores: &[Vec<u64>]) -> Self {
+        Self::of(
+            traffics
+                .iter()
+                .zip(befores)
+                .flat_map(|(t, before)| t.diffs(before)),
+        )
+    }
+
+    pub fn show(&self) -> String {
+        format!(
+            "{} RT ({} over {} conn)",
+            self.max, self.total, self.connections
+        )
+    }
+}
+
+impl Traffic {
+    /// Each connection's exchanges so far, to count from.
+    pub fn snapshot(&self) -> Vec<u64> {
+        let conns = self.conns.lock().unwrap();
+        conns
+            .iter()
+            .map(|c| c.turns.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Each connection's exchanges since `before`; new connections count from zero.
+    fn diffs(&self, before: &[u64]) -> Vec<u64> {
+        let now = self.snapshot();
+        now.iter()
+            .enumerate()
+            .map(|(i, n)| n - before.get(i).copied().unwrap_or(0))
+            .collect()
+    }
+
+    /// The exchanges since `before` (a [`Self::snapshot`]).
+    pub fn since(&self, before: &[u64]) -> RoundTrips {
+        RoundTrips::of(self.diffs(before).into_iter())
+    }
+
+    /// With tracing on, each connection that carried exchanges since `before`: its number
+    /// and the messages of each of its round trips since.
+    pub fn traced_since(&self, before: &[u64]) -> Vec<(usize, Vec<Vec<String>>)> {
+        let conns = self.conns.lock().unwrap();
+        conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let from = before.get(i).copied().unwrap_or(0) as usize;
+                let wire = c.wire.as_ref()?.lock().unwrap();
+                let rts = wire.round_trips_from(from);
+                (!rts.is_empty()).then(|| (i, rts.to_vec()))
+            })
+            .collect()
+    }
+
+    /// The mean delay the proxy really added per hop (one direction).
+    pub fn mean_hop(&self) -> Duration {
+        let hops = self.hops.load(Ordering::Relaxed).max(1);
+        Duration::from_nanos(self.delay_nanos.load(Ordering::Relaxed) / hops)
+    }
+}
+
+/// Which way a connection's bytes last went.
+pub const TO_SERVER: u8 = 1;
+pub const TO_CLIENT: u8 = 2;
+
+/// A TCP proxy to `upstream` (a port on 127.0.0.1) that holds every chunk of bytes for
+/// `delay` in each direction, as a network between sever and a database host would, and
+/// counts the exchanges on each connection ([`Traffic`]). Returns its port; it serves until
+/// the benchmark exits. Written here because the kernel on these machines has no netem qdisc
+/// to delay loopback traffic with.
+pub async fn delaying_proxy(upstream: u16, delay: Duration) -> (u16, Arc<Traffic>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let traffic = Arc::new(Traffic::default());
+    let seen = traffic.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let conn = Arc::new(Conn {
+                turns: AtomicU64::new(0),
+                wire: trace::enabled().then(|| Mutex::new(Wire::default())),
+            });
+            seen.conns.lock().unwrap().push(conn.clone());
+            let traffic = seen.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                let last = Arc::new(AtomicU8::new(0));
+                let to_server = Direction {
+                    to: TO_SERVER,
+                    last: last.clone(),
+                    conn: Some(conn),
+                };
+                let to_client = Direction {
+                    to: TO_CLIENT,
+                    last,
+                    conn: None,
+                };
+                tokio::join!(
+                    delayed_copy(client_read, server_write, delay, to_server, &traffic),
+                    delayed_copy(server_read, client_write, delay, to_client, &traffic),
+                );
+            });
+        }
+    });
+    (port, traffic)
+}
+
+/// One direction of a proxied connection, for counting exchanges.
+pub struct Direction {
+    to: u8,
+    /// Shared by both directions of the connection.
+    last: Arc<AtomicU8>,
+    /// Counted (and traced) on the client-to-server side only.
+    conn: Option<Arc<Conn>>,
+}
+
+/// Copies `from` to `to`, each chunk written `delay` after it was read, in order.
+pub async fn delayed_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+    direction: Direction,
+    traffic: &Traffic,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf).await {
+            let before = direction.last.swap(direction.to, Ordering::Relaxed);
+            if let Some(conn) = &direction.conn {
+                let turn = before != direction.to;
+                if turn {
+                    conn.turns.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(wire) = &conn.wire {
+                    let mut wire = wire.lock().unwrap();
+                    if turn {
+                        wire.turn();
+                    }
+                    wire.feed(&buf[..n]);
+                }
+            }
+            if tx
+                .send((tokio::time::Instant::now(), buf[..n].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((read_at, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(read_at + delay).await;
+            let held = read_at.elapsed();
+            traffic
+                .delay_nanos
+                .fetch_add(held.as_nanos() as u64, Ordering::Relaxed);
+            traffic.hops.fetch_add(1, Ordering::Relaxed);
+            if to.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
+}
