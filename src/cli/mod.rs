@@ -137,7 +137,7 @@ pub enum Command {
     /// Validate the config, load every secret, and print the resolved plan (secrets redacted).
     CheckConfig,
     /// List sessions on the configured targets.
-    Sessions(SessionsArgs),
+    Sessions(Box<SessionsArgs>),
     /// Terminate a login's sessions now.
     Revoke(RevokeArgs),
     /// Terminate the sessions of dropped logins, and of expired logins matching a target's
@@ -190,7 +190,7 @@ impl Cli {
                 operator_listen,
             } => serve::serve(config, listen, operator_listen, shutdown).await,
             Command::CheckConfig => check::check_config(&config),
-            Command::Sessions(args) => sessions::sessions(config, args).await,
+            Command::Sessions(args) => sessions::sessions(config, *args).await,
             Command::Revoke(args) => revoke::revoke(config, args).await,
             Command::Sweep(args) => revoke::sweep(config, args).await,
             Command::Audit(cmd) => audit::audit(config, cmd).await,

@@ -2,11 +2,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::{Extension, Json};
-use chrono::{DateTime, Utc};
-use serde::Deserialize;
 
 use super::auth::Operator;
 use crate::config::Config;
@@ -14,57 +11,76 @@ use crate::context::Context;
 use crate::http::Actor;
 use crate::http::error::ApiError;
 use crate::resolve::{self, ResolveError};
-use crate::terminate::{SessionFilter, SessionsReport};
+use crate::select::Selector;
+use crate::terminate::listing::{Refused, SessionsReport};
 
-/// Query parameters; all optional.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SessionsQuery {
-    target: Option<String>,
-    login: Option<String>,
-    database: Option<String>,
-    application_name: Option<String>,
-    client_addr: Option<String>,
-    started_before: Option<DateTime<Utc>>,
-    started_after: Option<DateTime<Utc>>,
+/// What a listing asks for: where, which sessions, and whether to show query text.
+#[derive(Debug, Clone, Default)]
+pub struct ListingQuery {
+    /// Only this target.
+    pub target: Option<String>,
+    /// Which sessions.
+    pub selector: Selector,
+    /// Show each session's statement text (it can hold personal data).
+    pub include_query: bool,
+}
+
+impl ListingQuery {
+    /// Reads `?target=…&include_query=true` and the selector's fields (a list field takes
+    /// its key repeated: `?logins=a&logins=b`). Unknown keys are refused, never ignored.
+    pub fn parse(query: &str) -> Result<Self, String> {
+        let mut listing = ListingQuery::default();
+        let mut rest = url::form_urlencoded::Serializer::new(String::new());
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "target" if listing.target.is_none() => listing.target = Some(value.into_owned()),
+                "target" => return Err("target: given more than once".into()),
+                "include_query" => {
+                    listing.include_query = value
+                        .parse()
+                        .map_err(|_| format!("include_query: {value:?} is not true or false"))?
+                }
+                _ => {
+                    rest.append_pair(&key, &value);
+                }
+            }
+        }
+        listing.selector = serde_html_form::from_str(&rest.finish()).map_err(|e| e.to_string())?;
+        Ok(listing)
+    }
 }
 
 /// Lists sessions on one target or all of them.
 pub async fn get_sessions(
     State(ctx): State<Arc<Context>>,
     operator: Operator,
-    query: Result<Query<SessionsQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> (Extension<Actor>, Result<Json<SessionsReport>, ApiError>) {
     let answer = async {
-        let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
-        let filter = SessionFilter {
-            login: q.login,
-            database: q.database,
-            application_name: q.application_name,
-            client_addr: q.client_addr,
-            started_before: q.started_before,
-            started_after: q.started_after,
-        };
-        check(&ctx.config, q.target.as_deref(), &filter)?;
-        Ok(Json(list(&ctx, q.target.as_deref(), &filter).await))
+        let q =
+            ListingQuery::parse(query.as_deref().unwrap_or_default()).map_err(ApiError::Invalid)?;
+        check(&ctx.config, &q)?;
+        let report = list(&ctx, &q)
+            .await
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        Ok(Json(report))
     };
     let answer = answer.await;
     (Extension(operator.actor()), answer)
 }
 
-/// Refuses unknown targets and names no chosen target could hold, before any target is
-/// asked (the command line checks before it connects anything).
-pub fn check(
-    config: &Config,
-    target: Option<&str>,
-    filter: &SessionFilter,
-) -> Result<(), ResolveError> {
-    resolve::session_filter(config, target, filter)
+/// Refuses unknown targets, names no chosen target could hold, and fields a chosen
+/// target's engine cannot evaluate, before any target is asked (the command line checks
+/// before it connects anything).
+pub fn check(config: &Config, q: &ListingQuery) -> Result<(), ResolveError> {
+    resolve::selector(config, q.target.as_deref(), &q.selector)
 }
 
-/// The sessions on `target` (or every target) that match `filter`, within the termination
-/// timeout; a target that fails is listed among the report's errors.
-pub async fn list(ctx: &Context, target: Option<&str>, filter: &SessionFilter) -> SessionsReport {
+/// The sessions on the chosen target (or every target) that the selector selects, within
+/// the termination timeout; a target that fails is listed among the report's errors.
+pub async fn list(ctx: &Context, q: &ListingQuery) -> Result<SessionsReport, Refused> {
     let timeout = ctx.config.termination.timeout;
-    ctx.targets.sessions(target, filter, timeout).await
+    ctx.targets
+        .list(q.target.as_deref(), &q.selector, q.include_query, timeout)
+        .await
 }

@@ -23,7 +23,8 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::config::names::{self, NameError, NameKind};
-use crate::terminate::{Scope, SessionFilter};
+use crate::select::Selector;
+use crate::terminate::{Scope, listing};
 
 use crate::action::{EventKind, Origin, Plan, Step};
 
@@ -193,13 +194,14 @@ fn steps_for(
         .collect())
 }
 
-/// Checks a sessions filter's names against the engine of `target`, or of every target
-/// when none is chosen (a name no engine could hold would only ever match nothing, or make
-/// the engine fail).
-pub fn session_filter(
+/// Checks a selector against the engine of `target`, or of every target when none is
+/// chosen: it must not contradict itself, every name must be one the engine could hold (one
+/// it could not would only ever match nothing, or make the engine fail), and every field
+/// must be one the engine can evaluate (never silently ignored).
+pub fn selector(
     config: &Config,
     target: Option<&str>,
-    filter: &SessionFilter,
+    selector: &Selector,
 ) -> Result<(), ResolveError> {
     let chosen: Vec<(&String, &crate::config::TargetConfig)> = match target {
         Some(id) => {
@@ -211,17 +213,41 @@ pub fn session_filter(
         }
         None => config.targets.iter().collect(),
     };
+    selector
+        .validate()
+        .map_err(|e| ResolveError::Invalid(e.to_string()))?;
+    let patterns = |p: &[crate::select::Pattern]| -> Vec<String> {
+        p.iter().map(|p| p.as_str().to_owned()).collect()
+    };
     let fields = [
-        (NameKind::Login, &filter.login),
-        (NameKind::Database, &filter.database),
-        (NameKind::ApplicationName, &filter.application_name),
-        (NameKind::ClientAddr, &filter.client_addr),
+        (NameKind::Login, selector.logins.clone()),
+        (NameKind::Login, selector.exclude_logins.clone()),
+        (NameKind::Database, selector.databases.clone()),
+        (NameKind::Database, selector.exclude_databases.clone()),
+        (
+            NameKind::ApplicationName,
+            patterns(&selector.application_names),
+        ),
+        (
+            NameKind::ApplicationName,
+            patterns(&selector.exclude_application_names),
+        ),
     ];
-    for (kind, value) in fields {
-        let Some(value) = value else { continue };
-        names::check(kind, value)?;
+    for (kind, values) in &fields {
+        for value in values {
+            names::check(*kind, value)?;
+            for (id, t) in &chosen {
+                names::check_on(*kind, value, id, t.engine)?;
+            }
+        }
+    }
+    for field in selector.fields() {
         for (id, t) in &chosen {
-            names::check_on(kind, value, id, t.engine)?;
+            if let Some(why) = listing::unsupported(t.engine, field) {
+                return Err(ResolveError::Invalid(format!(
+                    "{field} cannot be evaluated on target {id:?}: {why}"
+                )));
+            }
         }
     }
     Ok(())
@@ -440,18 +466,26 @@ mod tests {
             ResolveError::Name(_)
         ));
         assert!(revocation(&c, &revoke("app😀", TargetSelection::Keyword("all".into()))).is_err());
-        // A sessions filter is checked against the chosen target, or every target.
-        let filter = |login: &str| SessionFilter {
-            login: Some(login.into()),
+        // A selector is checked against the chosen target, or every target.
+        let filter = |login: &str| Selector {
+            exclude_logins: vec![login.into()],
             ..Default::default()
         };
-        assert!(session_filter(&c, Some("pg"), &filter("app😀")).is_ok());
-        assert!(session_filter(&c, Some("my"), &filter("app😀")).is_err());
-        assert!(session_filter(&c, None, &filter("app😀")).is_err());
-        assert!(session_filter(&c, None, &filter("a\0")).is_err());
+        assert!(selector(&c, Some("pg"), &filter("app😀")).is_ok());
+        assert!(selector(&c, Some("my"), &filter("app😀")).is_err());
+        assert!(selector(&c, None, &filter("app😀")).is_err());
+        assert!(selector(&c, None, &filter("a\0")).is_err());
         assert_eq!(
-            session_filter(&c, Some("zz"), &filter("a")).unwrap_err(),
+            selector(&c, Some("zz"), &filter("a")).unwrap_err(),
             ResolveError::UnknownTarget("zz".into())
         );
+        // A field the engine cannot evaluate is refused by name, with the target.
+        let started = Selector {
+            started_before: Some(Utc::now()),
+            ..Default::default()
+        };
+        assert!(selector(&c, Some("pg"), &started).is_ok());
+        let e = selector(&c, Some("my"), &started).unwrap_err().to_string();
+        assert!(e.contains("started_before") && e.contains("\"my\""), "{e}");
     }
 }

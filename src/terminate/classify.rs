@@ -43,7 +43,7 @@ impl EngineError {
         match self {
             EngineError::Connect(_) | EngineError::Timeout(_) => ErrorClass::Unreachable,
             EngineError::Query(_) | EngineError::Journal(_) => ErrorClass::Transient,
-            EngineError::Rejected(_) => ErrorClass::Deterministic,
+            EngineError::Rejected(_) | EngineError::Unsupported(_) => ErrorClass::Deterministic,
             EngineError::Config(_) => ErrorClass::Fatal,
         }
     }

@@ -3,12 +3,13 @@
 //! audit trail carry: query text and lock waits never enter the trail.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::Session;
-use crate::select::Decision;
+use super::{EngineError, EngineKind, Session, TargetError, Targets};
+use crate::select::{Decision, Selector};
 
 /// What a session holds and waits for, as the engine reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -54,5 +55,183 @@ pub fn count_blocking(listed: &mut [Listed]) {
     }
     for l in listed.iter_mut() {
         l.impact.blocking = waiting.get(&l.session.pid).copied().unwrap_or(0);
+    }
+}
+
+/// A listed session and the target it is on, with its impact (the listing's row).
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedSession {
+    /// Target id.
+    pub target: String,
+    /// The session.
+    #[serde(flatten)]
+    pub session: Session,
+    /// What it holds and waits for.
+    #[serde(flatten)]
+    pub impact: Impact,
+}
+
+/// A session the selector could not decide on, so it was left out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Undecided {
+    /// Target id.
+    pub target: String,
+    /// The session's id.
+    pub pid: i64,
+    /// Its login, when known.
+    pub login: Option<String>,
+    /// `unknown_<field>`: the value the selector needed and could not read.
+    pub reason: String,
+}
+
+/// One login's selected sessions on one target, and what they hold.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    /// Target id.
+    pub target: String,
+    /// The login (`null` for sessions of a dropped login sever never knew).
+    pub login: Option<String>,
+    /// Its selected sessions.
+    pub sessions: u32,
+    /// How many of them have a transaction open.
+    pub open_transactions: u32,
+    /// When the oldest of those transactions began.
+    pub oldest_xact_start: Option<DateTime<Utc>>,
+    /// How many sessions (of any login) wait on a lock one of them holds.
+    pub blocked_sessions: u32,
+}
+
+/// The listing across targets: per-login summaries first, then the sessions, the sessions
+/// left out because a value was unknown, and the targets that failed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SessionsReport {
+    /// Per target and login, in that order.
+    pub summary: Vec<Summary>,
+    /// Selected sessions, grouped by target in id order.
+    pub sessions: Vec<ListedSession>,
+    /// Sessions the selector could not decide on.
+    pub unknown: Vec<Undecided>,
+    /// Targets that could not be listed.
+    pub errors: Vec<TargetError>,
+}
+
+impl SessionsReport {
+    /// Adds one target's listing: its selected sessions, its undecided ones, and a summary
+    /// per login whose `blocked_sessions` counts every waiter the target listed.
+    pub fn add(&mut self, target: &str, listed: Vec<Listed>) {
+        let mut by_login: BTreeMap<Option<String>, Summary> = BTreeMap::new();
+        let selected: Vec<&Listed> = listed
+            .iter()
+            .filter(|l| l.decision == Decision::Selected)
+            .collect();
+        for l in &selected {
+            let s = by_login
+                .entry(l.session.login.clone())
+                .or_insert_with(|| Summary {
+                    target: target.to_owned(),
+                    login: l.session.login.clone(),
+                    sessions: 0,
+                    open_transactions: 0,
+                    oldest_xact_start: None,
+                    blocked_sessions: 0,
+                });
+            s.sessions += 1;
+            if let Some(start) = l.impact.xact_start {
+                s.open_transactions += 1;
+                s.oldest_xact_start = Some(s.oldest_xact_start.map_or(start, |o| o.min(start)));
+            }
+        }
+        for waiter in &listed {
+            let blockers: std::collections::BTreeSet<&Option<String>> = selected
+                .iter()
+                .filter(|b| waiter.impact.blocked_by.contains(&b.session.pid))
+                .map(|b| &b.session.login)
+                .collect();
+            for login in blockers {
+                if let Some(s) = by_login.get_mut(login) {
+                    s.blocked_sessions += 1;
+                }
+            }
+        }
+        self.summary.extend(by_login.into_values());
+        for l in listed {
+            match &l.decision {
+                Decision::Selected => self.sessions.push(ListedSession {
+                    target: target.to_owned(),
+                    session: l.session,
+                    impact: l.impact,
+                }),
+                Decision::Unknown(_) => self.unknown.push(Undecided {
+                    target: target.to_owned(),
+                    pid: l.session.pid,
+                    login: l.session.login,
+                    reason: l.decision.reason().unwrap_or_default(),
+                }),
+                Decision::Excluded(_) => {}
+            }
+        }
+    }
+}
+
+impl Targets {
+    /// The sessions `selector` selects on `target` (or every target), listed concurrently;
+    /// a target that fails is reported beside the others' sessions, and one that cannot
+    /// evaluate the selector refuses the whole listing.
+    pub async fn list(
+        &self,
+        target: Option<&str>,
+        selector: &Selector,
+        include_query: bool,
+        timeout: Duration,
+    ) -> Result<SessionsReport, Refused> {
+        let chosen = self
+            .iter()
+            .filter(|(id, _)| target.is_none_or(|t| t == id.as_str()));
+        let results = futures_util::future::join_all(chosen.map(|(id, engine)| async move {
+            let listing = engine.list(selector, include_query);
+            let result = match tokio::time::timeout(timeout, listing).await {
+                Ok(result) => result,
+                Err(_) => Err(EngineError::Timeout(timeout)),
+            };
+            (id.clone(), result)
+        }))
+        .await;
+        let mut report = SessionsReport::default();
+        for (target, result) in results {
+            match result {
+                Ok(listed) => report.add(&target, listed),
+                Err(EngineError::Unsupported(why)) => return Err(Refused { target, why }),
+                Err(e) => report.errors.push(TargetError {
+                    target,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// A target that cannot evaluate the selector as given (found only by asking it, such as
+/// a MariaDB server without `performance_schema`): the whole listing is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("target {target:?} cannot evaluate the selector: {why}")]
+pub struct Refused {
+    /// Target id.
+    pub target: String,
+    /// Which field, and why.
+    pub why: String,
+}
+
+/// Why an engine cannot evaluate a selector field, or `None` when it can. Checked before
+/// anything is connected, so such a request is refused by name instead of half-answered.
+pub fn unsupported(engine: EngineKind, field: &str) -> Option<&'static str> {
+    match (engine, field) {
+        (EngineKind::Mysql, "started_before" | "started_after") => {
+            Some("MySQL and MariaDB record no connection start time")
+        }
+        (EngineKind::Sqlserver, "states" | "idle_for" | "active_for" | "in_transaction_for") => {
+            Some("not evaluated on SQL Server targets yet")
+        }
+        _ => None,
     }
 }

@@ -20,7 +20,9 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError, Engine as EngineKind};
+use crate::select::Selector;
 use crate::store::Store;
+use listing::Listed;
 
 /// A database session as the engine reports it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -41,24 +43,6 @@ pub struct Session {
     pub backend_start: Option<DateTime<Utc>>,
     /// Current state (`active`, `idle`, …).
     pub state: Option<String>,
-}
-
-/// Filters for listing sessions; every field narrows the list.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SessionFilter {
-    /// Only this login (also found after it was dropped, if sever had seen it).
-    pub login: Option<String>,
-    /// Only sessions on this database.
-    pub database: Option<String>,
-    /// Only sessions with this application name.
-    pub application_name: Option<String>,
-    /// Only sessions from this client address.
-    pub client_addr: Option<String>,
-    /// Only sessions that started before this time.
-    pub started_before: Option<DateTime<Utc>>,
-    /// Only sessions that started at or after this time.
-    pub started_after: Option<DateTime<Utc>>,
 }
 
 /// Which of a login's sessions to terminate.
@@ -281,6 +265,9 @@ pub enum EngineError {
     /// The target's URL or options are unusable.
     #[error("invalid target configuration: {0}")]
     Config(String),
+    /// A selector field this server cannot evaluate, and why: refused, never ignored.
+    #[error("{0}")]
+    Unsupported(String),
     /// The sessions about to be signalled could not be recorded, so none were signalled.
     #[error("could not record the sessions about to be terminated: {0}")]
     Journal(String),
@@ -291,8 +278,14 @@ pub enum EngineError {
 pub trait Engine: Send + Sync + Debug {
     /// Connects and runs a trivial query (readiness).
     async fn check(&self) -> Result<(), EngineError>;
-    /// Client sessions matching `filter`.
-    async fn sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>, EngineError>;
+    /// Every client session with its impact, each decided by `selector` (the query text
+    /// only when `include_query`). A selector field this server cannot evaluate is
+    /// [`EngineError::Unsupported`].
+    async fn list(
+        &self,
+        selector: &Selector,
+        include_query: bool,
+    ) -> Result<Vec<Listed>, EngineError>;
     /// Terminates (or, in a dry run, lists) the sessions `request` selects, then verifies.
     async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError>;
     /// Looks up and remembers the identities of `logins`, so they are found after a drop.
@@ -404,56 +397,6 @@ impl Targets {
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<dyn Engine>)> {
         self.engines.iter()
     }
-
-    /// Sessions matching `filter` on `target` (or every target), queried concurrently;
-    /// a target that fails is reported beside the others' sessions.
-    pub async fn sessions(
-        &self,
-        target: Option<&str>,
-        filter: &SessionFilter,
-        timeout: Duration,
-    ) -> SessionsReport {
-        let chosen = self
-            .engines
-            .iter()
-            .filter(|(id, _)| target.is_none_or(|t| t == id.as_str()));
-        let results = futures_util::future::join_all(chosen.map(|(id, engine)| async move {
-            let result = match tokio::time::timeout(timeout, engine.sessions(filter)).await {
-                Ok(result) => result,
-                Err(_) => Err(EngineError::Timeout(timeout)),
-            };
-            (id.clone(), result)
-        }))
-        .await;
-        let mut report = SessionsReport::default();
-        for (target, result) in results {
-            match result {
-                Ok(sessions) => {
-                    report
-                        .sessions
-                        .extend(sessions.into_iter().map(|session| TargetSession {
-                            target: target.clone(),
-                            session,
-                        }))
-                }
-                Err(e) => report.errors.push(TargetError {
-                    target,
-                    error: e.to_string(),
-                }),
-            }
-        }
-        report
-    }
-}
-
-/// A session and the target it is on.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TargetSession {
-    /// Target id.
-    pub target: String,
-    /// The session.
-    #[serde(flatten)]
-    pub session: Session,
 }
 
 /// A target that could not answer.
@@ -463,15 +406,6 @@ pub struct TargetError {
     pub target: String,
     /// What went wrong.
     pub error: String,
-}
-
-/// Sessions across targets, and the targets that failed.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SessionsReport {
-    /// Matching sessions, grouped by target in id order.
-    pub sessions: Vec<TargetSession>,
-    /// Targets that could not be listed.
-    pub errors: Vec<TargetError>,
 }
 
 /// Maps a sqlx error to an engine error of its class ([`classify::sqlx_verdict`]): socket

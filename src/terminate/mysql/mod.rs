@@ -35,12 +35,15 @@ use sqlx::{Connection, MySql, MySqlConnection, MySqlPool, Row};
 use tokio::sync::OnceCell;
 
 use super::{
-    Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped,
-    TerminateOutcome, TerminateRequest, classify, record_intent, sqlx_error,
+    Engine, EngineError, Failed, Scope, Session, SkipReason, Skipped, TerminateOutcome,
+    TerminateRequest, classify, record_intent, sqlx_error,
 };
 use crate::config::{TargetConfig, TerminationConfig};
+use crate::select::Selector;
+use crate::terminate::listing::Listed;
 
 mod accounts;
+mod listing;
 mod privileges;
 
 pub use accounts::{Account, authenticated_host};
@@ -508,44 +511,12 @@ impl Engine for Mysql {
         Ok(())
     }
 
-    async fn sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>, EngineError> {
-        if filter.application_name.is_some()
-            || filter.started_before.is_some()
-            || filter.started_after.is_some()
-        {
-            return Err(EngineError::Query(
-                "MySQL does not record application names or connection start times; filter by login, database or client address"
-                    .into(),
-            ));
-        }
-        let account = filter.login.as_deref().map(Account::parse).transpose()?;
-        let mut conn = self.connection().await?;
-        let hosts = match account.as_ref() {
-            Some(Account {
-                user,
-                host: Some(_),
-            }) => self.account_hosts(&mut conn, user).await?,
-            _ => Vec::new(),
-        };
-        let threads = Self::threads(&mut conn, account.as_ref().map(|a| a.user.as_str())).await?;
-        Ok(threads
-            .iter()
-            .filter_map(|t| {
-                let host = authenticated_host(&hosts, &t.client_host);
-                let wanted = account
-                    .as_ref()
-                    .is_none_or(|a| a.host.as_deref().is_none_or(|h| Some(h) == host))
-                    && filter
-                        .database
-                        .as_ref()
-                        .is_none_or(|d| t.db.as_ref() == Some(d))
-                    && filter
-                        .client_addr
-                        .as_ref()
-                        .is_none_or(|c| *c == t.client_host);
-                wanted.then(|| t.session(host.map(|h| Account::display(&t.user, h))))
-            })
-            .collect())
+    async fn list(
+        &self,
+        selector: &Selector,
+        include_query: bool,
+    ) -> Result<Vec<Listed>, EngineError> {
+        self.list_sessions(selector, include_query).await
     }
 
     async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError> {

@@ -14,20 +14,19 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres as Pg, Row};
 
 use super::pg_roles::{self, Known};
 use super::{
-    Engine, EngineError, Failed, Journal, Learn, Session, SessionFilter, SkipReason, Skipped,
-    SweepRequest, TerminateOutcome, TerminateRequest, record_intent, same_session,
-    sqlx_error as query_error,
+    Engine, EngineError, Failed, Journal, Learn, Session, SkipReason, Skipped, SweepRequest,
+    TerminateOutcome, TerminateRequest, record_intent, same_session, sqlx_error as query_error,
 };
 use crate::config::{TargetConfig, TerminationConfig};
+use crate::select::Selector;
 use crate::store::{APPLICATION_NAME, Store};
 use crate::terminate::classify::connection_lost;
+use crate::terminate::listing::Listed;
 
 mod listing;
 mod sql;
 
-use sql::{
-    REMAINING_SQL, ROLES_SQL, SESSIONS_SQL, Statement, decode_session, skip_reason, sweep_reason,
-};
+use sql::{REMAINING_SQL, ROLES_SQL, Statement, decode_session, skip_reason, sweep_reason};
 
 /// SQLSTATE insufficient_privilege: `pg_terminate_backend` raises it instead of returning false.
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
@@ -441,31 +440,12 @@ impl Engine for Postgres {
         self.connection().await.map(drop)
     }
 
-    async fn sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>, EngineError> {
-        let mut conn = self.connection().await?;
-        let (oids, names) = match &filter.login {
-            Some(login) => {
-                let names = self
-                    .role_oids(&mut conn, std::slice::from_ref(login))
-                    .await?;
-                (Some(names.keys().copied().collect::<Vec<i64>>()), names)
-            }
-            None => (None, BTreeMap::new()),
-        };
-        let rows = sqlx::query(SESSIONS_SQL)
-            .bind(oids)
-            .bind(&filter.database)
-            .bind(&filter.application_name)
-            .bind(&filter.client_addr)
-            .bind(filter.started_before)
-            .bind(filter.started_after)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(query_error)?;
-        rows.iter()
-            .map(|row| decode_session(row, &names))
-            .collect::<Result<_, _>>()
-            .map_err(query_error)
+    async fn list(
+        &self,
+        selector: &Selector,
+        include_query: bool,
+    ) -> Result<Vec<Listed>, EngineError> {
+        self.list_sessions(selector, include_query).await
     }
 
     async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError> {

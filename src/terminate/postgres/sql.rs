@@ -1,5 +1,5 @@
 //! PostgreSQL's SQL: the set-based select-and-signal statements for terminations and sweeps,
-//! the session listing, and decoding their rows. Used only by `terminate::postgres`.
+//! and decoding their rows. Used only by `terminate::postgres`.
 
 use std::collections::BTreeMap;
 
@@ -111,23 +111,6 @@ SELECT m.*,
            AS signalled
 FROM m
 ORDER BY m.backend_start NULLS FIRST, m.pid
-"#
-);
-
-pub(super) const SESSIONS_SQL: &str = concat!(
-    "SELECT ",
-    session_columns!(),
-    r#"
-FROM pg_stat_activity a
-LEFT JOIN pg_roles r ON r.oid = a.usesysid
-WHERE a.backend_type = 'client backend'
-  AND ($1::int8[] IS NULL OR a.usesysid::int8 = ANY($1::int8[]))
-  AND ($2::text IS NULL OR a.datname = $2::text)
-  AND ($3::text IS NULL OR a.application_name = $3::text)
-  AND ($4::text IS NULL OR host(a.client_addr) = $4::text)
-  AND ($5::timestamptz IS NULL OR a.backend_start < $5::timestamptz)
-  AND ($6::timestamptz IS NULL OR a.backend_start >= $6::timestamptz)
-ORDER BY a.backend_start NULLS FIRST, a.pid
 "#
 );
 

@@ -332,11 +332,19 @@ async fn logins_match_exactly_and_a_4_byte_login_matches_nothing_without_an_erro
             .toml(),
     );
     let four_byte = "app\u{1F600}";
-    let filter = sever::terminate::SessionFilter {
-        login: Some(four_byte.into()),
+    let selector = sever::select::Selector {
+        logins: vec![four_byte.into()],
         ..Default::default()
     };
-    assert_eq!(engine.sessions(&filter).await.unwrap(), vec![]);
+    let listed = sever::terminate::Engine::list(&engine, &selector, false)
+        .await
+        .unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|l| l.decision != sever::select::Decision::Selected),
+        "{listed:?}"
+    );
     let mut all = request(four_byte);
     all.scope = Scope::All;
     let outcome = engine.terminate_with_watermark(&all, None).await.unwrap();
@@ -427,4 +435,104 @@ async fn learning_warns_once_about_a_mapped_administrator_and_unreadable_privile
         text.contains("privileges_unknown") && text.contains("mysql.roles_mapping"),
         "{text}"
     );
+}
+
+/// The selector and the impact columns on a real MariaDB: a transaction holding a row lock,
+/// a session waiting on it, an idle one; fields MariaDB cannot evaluate are refused by name.
+#[tokio::test]
+async fn the_listing_shows_transactions_and_lock_waits_and_refuses_what_it_cannot_read() {
+    use sqlx::Executor;
+    sever::install_crypto_provider();
+    let db = TestMariaDb::start();
+    db.create_login("app", "pw0").await;
+    db.exec("CREATE DATABASE appdb").await;
+    db.exec("CREATE TABLE appdb.t (id INT PRIMARY KEY, v INT) ENGINE=InnoDB")
+        .await;
+    db.exec("INSERT INTO appdb.t VALUES (1, 0)").await;
+    db.exec("GRANT ALL ON appdb.* TO 'app'@'%'").await;
+    let ws = Workspace::new();
+    let server = serve_logins(&db, &ws, &["app"]).await;
+
+    let (mut holder, holder_id) = db.session("app", "pw0").await;
+    holder.execute("BEGIN").await.unwrap();
+    holder
+        .execute("UPDATE appdb.t SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let (mut waiter, waiter_id) = db.session("app", "pw0").await;
+    let blocked = tokio::spawn(async move {
+        let _ = waiter
+            .execute("UPDATE appdb.t SET v = 2 WHERE id = 1")
+            .await;
+        waiter
+    });
+    let (_idle, idle_id) = db.session("app", "pw0").await;
+    let row = |body: &serde_json::Value, id: u64| -> serde_json::Value {
+        body["sessions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}"))
+            .iter()
+            .find(|s| s["pid"].as_u64() == Some(id))
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let mut body = serde_json::Value::Null;
+    for _ in 0..200 {
+        let (status, b) = server.operator_get("/v1/sessions?logins=app").await;
+        assert_eq!(status, StatusCode::OK, "{b}");
+        body = b;
+        if row(&body, waiter_id)["blocked_by"] == json!([holder_id]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        row(&body, waiter_id)["blocked_by"],
+        json!([holder_id]),
+        "{body}"
+    );
+    assert_eq!(row(&body, holder_id)["blocking"], 1, "{body}");
+    assert_eq!(
+        row(&body, holder_id)["state"],
+        "idle_in_transaction",
+        "{body}"
+    );
+    assert!(row(&body, holder_id)["xact_start"].is_string(), "{body}");
+    assert_eq!(row(&body, idle_id)["state"], "idle", "{body}");
+    assert!(row(&body, idle_id)["xact_start"].is_null(), "{body}");
+    let summary = &body["summary"][0];
+    assert_eq!(summary["login"], "app", "{body}");
+    assert_eq!(summary["sessions"], 3, "{body}");
+    assert_eq!(summary["open_transactions"], 2, "{body}");
+    assert_eq!(summary["blocked_sessions"], 1, "{body}");
+
+    let (status, body) = server
+        .operator_get("/v1/sessions?logins=app&states=idle_in_transaction&in_transaction_for=0s")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<u64> = body["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [holder_id], "{body}");
+
+    // MariaDB records no connection start; performance_schema is off by default here.
+    let (status, body) = server
+        .operator_get("/v1/sessions?started_before=2030-01-01T00:00:00Z")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("started_before"), "{body}");
+    let (status, body) = server
+        .operator_get("/v1/sessions?exclude_application_names=mysqldump")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("performance_schema"), "{body}");
+    let (status, body) = server.operator_get("/v1/sessions?exclude_login=app").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    holder.execute("ROLLBACK").await.unwrap();
+    drop(blocked.await.unwrap());
+    server.stop().await;
 }

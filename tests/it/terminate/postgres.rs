@@ -530,3 +530,62 @@ async fn a_rotation_right_after_the_target_restarted_completes_in_its_first_atte
     server.stop().await;
     assert!(ws.records("target.retrying").await.is_empty());
 }
+
+/// `GET /v1/sessions` with the selector: backups spared by application name, the summary
+/// first, query text only on request, and keys it does not know refused.
+#[tokio::test]
+async fn the_listing_takes_the_selector_and_spares_backups_by_application_name() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.create_login("app", "pw").await;
+    let ws = Workspace::new();
+    let config = ws.target_config(ws.config(), "main", &pg).toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let (_api, api_pid) = pg.session("app", "pw", "postgres", "orders-api").await;
+    let (_dump, dump_pid) = pg.session("app", "pw", "postgres", "pg_dump").await;
+    let (_all, all_pid) = pg.session("app", "pw", "postgres", "pg_dumpall").await;
+
+    let (status, body) = server
+        .operator_get(
+            "/v1/sessions?logins=app&exclude_application_names=pg_dump*&include_query=true",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listed: Vec<i64> = body["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(listed, [i64::from(api_pid)], "{body}");
+    assert!(body["sessions"][0]["query"].is_string(), "{body}");
+    assert_eq!(body["summary"][0]["sessions"], 1, "{body}");
+    assert_eq!(body["summary"][0]["open_transactions"], 0, "{body}");
+
+    let (status, body) = server
+        .operator_get("/v1/sessions?application_names=pg_dump&application_names=pg_dumpall")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut listed: Vec<i64> = body["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pid"].as_i64().unwrap())
+        .collect();
+    listed.sort();
+    let mut want = vec![i64::from(dump_pid), i64::from(all_pid)];
+    want.sort();
+    assert_eq!(listed, want, "{body}");
+    assert!(body["sessions"][0].get("query").is_none(), "{body}");
+
+    for bad in [
+        "/v1/sessions?exclude_login=app",
+        "/v1/sessions?client_addrs=db-host",
+        "/v1/sessions?states=sleeping",
+        "/v1/sessions?started_after=2026-12-06T12:00:00Z&started_before=2026-12-06T11:00:00Z",
+    ] {
+        let (status, body) = server.operator_get(bad).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+    }
+    server.stop().await;
+}

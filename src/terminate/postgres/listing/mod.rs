@@ -36,7 +36,7 @@ impl Postgres {
     /// The client sessions with their impact, each decided by `selector`. Sessions of a
     /// dropped role are named by the login sever remembered for its oid, when the selector
     /// names that login.
-    pub async fn list(
+    pub(super) async fn list_sessions(
         &self,
         selector: &Selector,
         include_query: bool,

@@ -69,7 +69,7 @@ async fn impact_and_decisions_on_sessions_held_in_each_state() {
     let all = Selector::default();
     let mut listed = Vec::new();
     for _ in 0..200 {
-        listed = lister.list(&all, false).await.unwrap();
+        listed = lister.list_sessions(&all, false).await.unwrap();
         let waiting = find(&listed, waiter_pid).impact.blocked_by == [i64::from(holder_pid)];
         let active = find(&listed, sleeper_pid).session.state.as_deref() == Some("active");
         if waiting && active {
@@ -95,7 +95,7 @@ async fn impact_and_decisions_on_sessions_held_in_each_state() {
         listed.iter().all(|l| l.impact.query.is_none()),
         "query text only when asked for"
     );
-    let with_query = lister.list(&all, true).await.unwrap();
+    let with_query = lister.list_sessions(&all, true).await.unwrap();
     assert!(
         find(&with_query, sleeper_pid)
             .impact
@@ -109,7 +109,7 @@ async fn impact_and_decisions_on_sessions_held_in_each_state() {
         let pids = [holder_pid, waiter_pid, idle_pid, sleeper_pid];
         let lister = &lister;
         async move {
-            let listed = lister.list(&s, false).await.unwrap();
+            let listed = lister.list_sessions(&s, false).await.unwrap();
             pids.map(|p| find(&listed, p).decision.clone())
         }
     };
@@ -151,12 +151,12 @@ async fn impact_and_decisions_on_sessions_held_in_each_state() {
     // inclusion and by the exclusion alike, and named.
     let (_dir2, blind) = engine(&pg, "nosee").await;
     let listed = blind
-        .list(&selector(r#"{"states": "idle"}"#), false)
+        .list_sessions(&selector(r#"{"states": "idle"}"#), false)
         .await
         .unwrap();
     assert_eq!(find(&listed, idle_pid).decision, Decision::Unknown("state"));
     let listed = blind
-        .list(
+        .list_sessions(
             &selector(r#"{"exclude_databases": "other", "idle_for": "0s"}"#),
             false,
         )
@@ -164,14 +164,14 @@ async fn impact_and_decisions_on_sessions_held_in_each_state() {
         .unwrap();
     assert_eq!(find(&listed, idle_pid).decision, Decision::Unknown("state"));
     // Selected by every field that could be read, but its kind of backend is hidden too.
-    let listed = blind.list(&all, false).await.unwrap();
+    let listed = blind.list_sessions(&all, false).await.unwrap();
     assert_eq!(
         find(&listed, idle_pid).decision,
         Decision::Unknown("backend_type")
     );
     // The application name is shown to every role, so it still decides.
     let listed = blind
-        .list(
+        .list_sessions(
             &selector(r#"{"exclude_application_names": "pg_dump"}"#),
             false,
         )

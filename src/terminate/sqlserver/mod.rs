@@ -23,10 +23,14 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use super::{
-    Engine, EngineError, Failed, Scope, Session, SessionFilter, SkipReason, Skipped, Standing,
-    TerminateOutcome, TerminateRequest, classify, record_intent,
+    Engine, EngineError, Failed, Scope, Session, SkipReason, Skipped, Standing, TerminateOutcome,
+    TerminateRequest, classify, record_intent,
 };
 use crate::config::{TargetConfig, TerminationConfig};
+use crate::select::Selector;
+use crate::terminate::listing::Listed;
+
+mod listing;
 
 /// `KILL` refused: missing `ALTER ANY CONNECTION` (Azure SQL Database: `KILL DATABASE CONNECTION`).
 const KILL_DENIED: u32 = 6102;
@@ -521,50 +525,12 @@ impl Engine for SqlServer {
         .await
     }
 
-    async fn sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>, EngineError> {
-        let login = filter.login.clone();
-        let rows = self
-            .with_client(async |c| {
-                let offset = Self::offset(c).await?;
-                let rows = match &login {
-                    Some(login) => {
-                        Self::principal_sessions(c, &Principal::parse(login), None, None).await?
-                    }
-                    None => {
-                        Self::rows(
-                            c,
-                            &format!("{SESSIONS} AND s.session_id <> @@SPID ORDER BY s.session_id"),
-                            &[],
-                        )
-                        .await?
-                    }
-                };
-                Ok(rows.iter().map(|r| r.session(offset)).collect::<Vec<_>>())
-            })
-            .await?;
-        Ok(rows
-            .into_iter()
-            .filter(|s| {
-                filter
-                    .database
-                    .as_ref()
-                    .is_none_or(|d| s.database.as_ref() == Some(d))
-                    && filter
-                        .application_name
-                        .as_ref()
-                        .is_none_or(|a| s.application_name.as_ref() == Some(a))
-                    && filter
-                        .client_addr
-                        .as_ref()
-                        .is_none_or(|c| s.client_addr.as_ref() == Some(c))
-                    && filter
-                        .started_before
-                        .is_none_or(|t| s.backend_start.is_some_and(|b| b < t))
-                    && filter
-                        .started_after
-                        .is_none_or(|t| s.backend_start.is_some_and(|b| b >= t))
-            })
-            .collect())
+    async fn list(
+        &self,
+        selector: &Selector,
+        include_query: bool,
+    ) -> Result<Vec<Listed>, EngineError> {
+        self.list_sessions(selector, include_query).await
     }
 
     async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError> {
