@@ -470,17 +470,13 @@ fn decode(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {
 async fn begin_chain_tx(
     store: &Store,
 ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-    let pool = store.pool();
-    match store.backend() {
-        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
-        Backend::Postgres => {
-            let mut tx = pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(7262837)")
-                .execute(&mut *tx)
-                .await?;
-            Ok(tx)
-        }
+    let mut tx = store.begin_write().await?;
+    if store.backend() == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(7262837)")
+            .execute(&mut *tx)
+            .await?;
     }
+    Ok(tx)
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ impl Queue {
     /// Drops actions that finished before `before`, with their steps; returns how many.
     pub async fn prune_finished(&self, before: DateTime<Utc>) -> Result<u64, QueueError> {
         let before = at(before);
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.begin_write().await?;
         sqlx::query(
             "DELETE FROM action_steps WHERE action_id IN \
              (SELECT action_id FROM actions WHERE finished_at < $1)",

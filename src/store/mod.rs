@@ -253,6 +253,19 @@ impl Store {
         &self.pool
     }
 
+    /// Begins a transaction that writes. On SQLite it takes the write lock at `BEGIN
+    /// IMMEDIATE`: a deferred transaction takes a read snapshot at its first statement and
+    /// upgrades it to write, and when another process (the CLI, or the server beside it)
+    /// commits in between, the upgrade fails at once with "database is locked"
+    /// (`SQLITE_BUSY_SNAPSHOT`, which the busy timeout cannot wait out). Taken up front, the
+    /// lock is waited for instead.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -395,7 +408,7 @@ impl Store {
         if seen.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for (login, identity) in seen {
             sqlx::query(
                 "INSERT INTO login_identities (target, login, identity, seen_at) \

@@ -67,7 +67,7 @@ impl Store {
         if roles.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for role in roles {
             sqlx::query(
                 "INSERT INTO learned_roles (target, identity, login, class, seen_at) \
@@ -119,7 +119,7 @@ impl Store {
         if identities.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for identity in identities {
             sqlx::query("DELETE FROM learned_roles WHERE target = $1 AND identity = $2")
                 .bind(target)
