@@ -203,6 +203,13 @@ fn decode(
         account.user == thread.user
             && account.host.as_deref() == authenticated_host(hosts, &thread.client_host)
     });
+    if let Some((_, account, _)) = matched_form
+        && let Some(host) = account.host.as_deref()
+    {
+        // The account it authenticated as (the form matched only that host), as
+        // terminations report it.
+        session.login_id = Some(Account::display(&thread.user, host));
+    }
     let login = matched_form.map_or(thread.user.as_str(), |(form, _, _)| form.as_str());
     let mut facts = Facts::unknown(now);
     facts.login = Seen::Known(login);
