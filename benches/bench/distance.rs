@@ -63,19 +63,14 @@ pub async fn at_a_distance(runs: usize, lines: &mut Vec<Line>) {
             trace::print(&format!("6. N={n}, run {run}: floor"), &traffic, &before);
             drop(sessions);
         }
-        let s = Stats::of(&mut with_sever);
-        let f = Stats::of(&mut floor);
-        let (srt, frt) = (median_rt(&mut sever_rt), median_rt(&mut floor_rt));
-        lines.push(Line {
-            scenario: format!("6. one target 2 ms away, N={n} (+{BYSTANDERS} others)"),
-            sever: format!("{}; {}", s.show(), srt.show()),
-            comparison: format!("floor: {}; {}", f.show(), frt.show()),
-            ratio: format!(
-                "{}, {:+} RT",
-                ratio(s.median, f.median),
-                srt.max as i64 - frt.max as i64
-            ),
-        });
+        lines.push(
+            against_floor(
+                format!("6. one target 2 ms away, N={n} (+{BYSTANDERS} others)"),
+                (&mut with_sever, &mut sever_rt),
+                (&mut floor, &mut floor_rt),
+            )
+            .0,
+        );
     }
     lines.push(Line {
         scenario: "6. the proxy's real delay per hop (asked: 1 ms)".into(),
@@ -162,24 +157,18 @@ pub async fn sixteen_at_a_distance(runs: usize, lines: &mut Vec<Line>) {
             }
             drop(sessions);
         }
-        let s = Stats::of(&mut with_sever);
-        let f = Stats::of(&mut floor);
-        let (srt, frt) = (median_rt(&mut sever_rt), median_rt(&mut floor_rt));
-        lines.push(Line {
-            scenario: format!("7. {k} target(s) 2 ms away x 1 session"),
-            sever: format!("{}; {}", s.show(), srt.show()),
-            comparison: format!("floor: {}; {}", f.show(), frt.show()),
-            ratio: format!(
-                "{}, {:+} RT",
-                ratio(s.median, f.median),
-                srt.max as i64 - frt.max as i64
-            ),
-        });
+        let (line, medians) = against_floor(
+            format!("7. {k} target(s) 2 ms away x 1 session"),
+            (&mut with_sever, &mut sever_rt),
+            (&mut floor, &mut floor_rt),
+        );
+        lines.push(line);
+        let (s, f) = medians;
         if k == 1 {
-            one = (s.median, f.median);
+            one = (s, f);
         } else {
-            let growth = s.median.as_secs_f64() / one.0.as_secs_f64();
-            let floor_growth = f.median.as_secs_f64() / one.1.as_secs_f64();
+            let growth = s.as_secs_f64() / one.0.as_secs_f64();
+            let floor_growth = f.as_secs_f64() / one.1.as_secs_f64();
             lines.push(Line {
                 scenario: "7. 16 targets against 1, 2 ms away".into(),
                 sever: format!("{growth:.2}x the time of 1 target"),
@@ -188,4 +177,27 @@ pub async fn sixteen_at_a_distance(runs: usize, lines: &mut Vec<Line>) {
             });
         }
     }
+}
+
+/// A row comparing sever with the floor through the same proxy: medians and p95s, the
+/// median round trips of each, and sever's extra round trips on its busiest connection;
+/// also the two medians (sever's, the floor's).
+fn against_floor(
+    scenario: String,
+    sever: (&mut [Duration], &mut [RoundTrips]),
+    floor: (&mut [Duration], &mut [RoundTrips]),
+) -> (Line, (Duration, Duration)) {
+    let (s, f) = (Stats::of(sever.0), Stats::of(floor.0));
+    let (srt, frt) = (median_rt(sever.1), median_rt(floor.1));
+    let line = Line {
+        scenario,
+        sever: format!("{}; {}", s.show(), srt.show()),
+        comparison: format!("floor: {}; {}", f.show(), frt.show()),
+        ratio: format!(
+            "{}, {:+} RT",
+            ratio(s.median, f.median),
+            srt.max as i64 - frt.max as i64
+        ),
+    };
+    (line, (s.median, f.median))
 }
