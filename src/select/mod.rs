@@ -11,6 +11,7 @@
 //! can all use it.
 
 mod decide;
+mod mode;
 mod values;
 
 use std::time::Duration;
@@ -19,6 +20,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use decide::{Decision, Facts, Seen};
+pub use mode::{Ending, MAX_GRACE, Mode};
 pub use values::{AddrBlock, Pattern, SessionState};
 
 /// A refused selector: which field, and why.

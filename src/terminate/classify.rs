@@ -43,7 +43,9 @@ impl EngineError {
         match self {
             EngineError::Connect(_) | EngineError::Timeout(_) => ErrorClass::Unreachable,
             EngineError::Query(_) | EngineError::Journal(_) => ErrorClass::Transient,
-            EngineError::Rejected(_) | EngineError::Unsupported(_) => ErrorClass::Deterministic,
+            EngineError::Rejected(_) | EngineError::Unsupported(_) | EngineError::Refused(_) => {
+                ErrorClass::Deterministic
+            }
             EngineError::Config(_) => ErrorClass::Fatal,
         }
     }

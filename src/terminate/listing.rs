@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{EngineError, EngineKind, Session, TargetError, Targets};
+use super::{EngineError, EngineKind, Session, SkipReason, TargetError, Targets};
 use crate::select::{Decision, Selector};
 
 /// What a session holds and waits for, as the engine reports it.
@@ -31,6 +31,10 @@ pub struct Impact {
     /// The statement text, only when asked for: it can hold personal data.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// The engine's id of the running statement (MariaDB's `QUERY_ID`), so a cancel ends
+    /// the statement that was selected and its verification sees a new one as new.
+    #[serde(skip)]
+    pub statement_id: Option<i64>,
 }
 
 /// One session as listed: who it is, its impact, and whether the selector selects it.
@@ -42,6 +46,9 @@ pub struct Listed {
     pub impact: Impact,
     /// The selector's decision.
     pub decision: Decision,
+    /// Why the engine would never signal it whatever the selector says (sever's own
+    /// session, a superuser's, one already rolling back, a non-client backend).
+    pub guard: Option<SkipReason>,
 }
 
 /// Fills in each session's `blocking` from the others' `blocked_by`, over every session the

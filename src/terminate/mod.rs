@@ -7,6 +7,7 @@ pub mod listing;
 pub mod mysql;
 mod pg_roles;
 pub mod postgres;
+pub mod selected;
 pub mod sqlserver;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -125,9 +126,10 @@ pub async fn record_intent(
     }
 }
 
-/// Why a matching session was left alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Why a matching session was left alone. Requests and reports spell it as one word
+/// (`reason`), with the rule beside it for `excluded` (`rule`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "SkipWire", try_from = "SkipWire")]
 pub enum SkipReason {
     /// A session of sever's own login.
     OwnLogin,
@@ -144,12 +146,92 @@ pub enum SkipReason {
     /// It ended on its own between being found and being signalled (or its id now names
     /// another session).
     AlreadyGone,
-    /// It is already rolling back (being killed); SQL Server would only report status.
+    /// It is already rolling back (being killed): signalling it again would only restart
+    /// or lengthen the rollback.
     RollingBack,
     /// Whether its login is an administrator could not be read, so it is treated as one
     /// (MySQL/MariaDB: grant sever's login `SELECT` on the privilege tables; SQL Server:
     /// `VIEW ANY DEFINITION`).
     PrivilegesUnknown,
+    /// A selector rule keeps it out: the rule, e.g. `exclude_application_names: pg_dump`, or
+    /// the inclusion it does not meet, e.g. `databases`.
+    Excluded(String),
+    /// A value the selector needs could not be read (the session field, e.g. `state`), so
+    /// it is spared: `unknown_<field>`.
+    Unknown(String),
+    /// It connected at or after the cutoff, so it cannot hold the old credential.
+    NotBeforeCutoff,
+    /// Not a client session (replication, walsender, background worker): never ended.
+    SystemBackend,
+    /// `cancel` only: it runs no statement, so there is nothing to cancel.
+    NoStatement,
+}
+
+/// How a [`SkipReason`] is written: `{"reason": "excluded", "rule": "databases"}`.
+#[derive(Serialize, Deserialize)]
+struct SkipWire {
+    reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rule: Option<String>,
+}
+
+impl From<SkipReason> for SkipWire {
+    fn from(r: SkipReason) -> Self {
+        let word = |w: &str| SkipWire {
+            reason: w.to_owned(),
+            rule: None,
+        };
+        match r {
+            SkipReason::OwnLogin => word("own_login"),
+            SkipReason::Superuser => word("superuser"),
+            SkipReason::Protected => word("protected"),
+            SkipReason::StartUnknown => word("start_unknown"),
+            SkipReason::LoginUnknown => word("login_unknown"),
+            SkipReason::AlreadyGone => word("already_gone"),
+            SkipReason::RollingBack => word("rolling_back"),
+            SkipReason::PrivilegesUnknown => word("privileges_unknown"),
+            SkipReason::Excluded(rule) => SkipWire {
+                reason: "excluded".into(),
+                rule: Some(rule),
+            },
+            SkipReason::Unknown(field) => word(&format!("unknown_{field}")),
+            SkipReason::NotBeforeCutoff => word("not_before_cutoff"),
+            SkipReason::SystemBackend => word("system_backend"),
+            SkipReason::NoStatement => word("no_statement"),
+        }
+    }
+}
+
+impl TryFrom<SkipWire> for SkipReason {
+    type Error = String;
+
+    fn try_from(w: SkipWire) -> Result<Self, String> {
+        Ok(match w.reason.as_str() {
+            "own_login" => SkipReason::OwnLogin,
+            "superuser" => SkipReason::Superuser,
+            "protected" => SkipReason::Protected,
+            "start_unknown" => SkipReason::StartUnknown,
+            "login_unknown" => SkipReason::LoginUnknown,
+            "already_gone" => SkipReason::AlreadyGone,
+            "rolling_back" => SkipReason::RollingBack,
+            "privileges_unknown" => SkipReason::PrivilegesUnknown,
+            "excluded" => SkipReason::Excluded(w.rule.unwrap_or_default()),
+            "not_before_cutoff" => SkipReason::NotBeforeCutoff,
+            "system_backend" => SkipReason::SystemBackend,
+            "no_statement" => SkipReason::NoStatement,
+            other => match other.strip_prefix("unknown_") {
+                Some(field) if !field.is_empty() => SkipReason::Unknown(field.to_owned()),
+                _ => return Err(format!("not a skip reason: {other:?}")),
+            },
+        })
+    }
+}
+
+impl SkipReason {
+    /// The reason as reports write it (`unknown_state`, `excluded`).
+    pub fn word(&self) -> String {
+        SkipWire::from(self.clone()).reason
+    }
 }
 
 /// Whether a session's login is an administrator, whose sessions sever never ends.
@@ -180,7 +262,8 @@ pub struct Skipped {
     /// The session.
     #[serde(flatten)]
     pub session: Session,
-    /// Why it was left alone.
+    /// Why it was left alone (`reason`, and `rule` for a selector's exclusion).
+    #[serde(flatten)]
     pub reason: SkipReason,
 }
 
@@ -211,6 +294,10 @@ pub struct TerminateOutcome {
     pub matched: Vec<Session>,
     /// Sessions signalled to terminate.
     pub terminated: Vec<Session>,
+    /// Sessions whose running statement was cancelled (mode `cancel`, or `graceful` at the
+    /// end of its grace, before it terminates them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancelled: Vec<Session>,
     /// Sessions in scope but left alone.
     pub skipped: Vec<Skipped>,
     /// Sessions whose termination failed.
@@ -268,6 +355,10 @@ pub enum EngineError {
     /// A selector field this server cannot evaluate, and why: refused, never ignored.
     #[error("{0}")]
     Unsupported(String),
+    /// A guard rail stopped the step before anything was signalled (the selection would
+    /// reach every session of the target, or grew since its dry run).
+    #[error("refused: {0}")]
+    Refused(String),
     /// The sessions about to be signalled could not be recorded, so none were signalled.
     #[error("could not record the sessions about to be terminated: {0}")]
     Journal(String),
@@ -286,6 +377,10 @@ pub trait Engine: Send + Sync + Debug {
         selector: &Selector,
         include_query: bool,
     ) -> Result<Vec<Listed>, EngineError>;
+    /// Sends `signal` to each of `sessions` (as [`Engine::list`] gave them), each only while
+    /// its id still names the same session; what came of each, in the same order. Checks
+    /// nothing else: the caller decided these sessions may be signalled.
+    async fn signal(&self, sessions: &[Listed], signal: Signal) -> Result<Vec<Sent>, EngineError>;
     /// Terminates (or, in a dry run, lists) the sessions `request` selects, then verifies.
     async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError>;
     /// Looks up and remembers the identities of `logins`, so they are found after a drop.
@@ -309,6 +404,26 @@ pub trait Engine: Send + Sync + Debug {
             "sweeps are for PostgreSQL targets".into(),
         ))
     }
+}
+
+/// What to send a selected session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// End its running statement; the connection stays.
+    Cancel,
+    /// End the session.
+    Terminate,
+}
+
+/// What came of signalling one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// The engine accepted the signal.
+    Signalled,
+    /// The session had ended (or its id names another session now): nothing was sent.
+    Gone,
+    /// The engine refused, with its error.
+    Refused(String),
 }
 
 /// Where a target is, from its URL: used to match secrets that name a host and port.

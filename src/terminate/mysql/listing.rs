@@ -8,7 +8,7 @@
 //! DBA case) are in neither lock-wait table, and show only as the `wait_event` ("Waiting for
 //! table metadata lock").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use sqlx::mysql::MySqlRow;
@@ -16,23 +16,37 @@ use sqlx::{MySqlConnection, Row};
 
 use super::privileges::Flavor;
 use super::{Account, Mysql, SYSTEM_COMMANDS, authenticated_host, unsigned};
-use crate::select::{Facts, Seen, Selector, SessionState};
+use crate::select::{Decision, Facts, Seen, Selector, SessionState};
 use crate::terminate::listing::{Impact, Listed, count_blocking};
-use crate::terminate::{EngineError, sqlx_error};
+use crate::terminate::{EngineError, SkipReason, sqlx_error};
 
-/// Every thread with its InnoDB transaction, in one round trip. `NOW()` and `trx_started`
-/// are both in the session's time zone, so their difference is exact whatever it is; `TIME`
-/// is whole seconds in the current state.
-const LISTING_SQL: &str = "\
-SELECT p.ID, p.USER, p.HOST, p.DB, p.COMMAND, p.TIME, p.STATE, \
-       CASE WHEN ? THEN p.INFO END AS INFO, \
-       TIMESTAMPDIFF(MICROSECOND, t.trx_started, NOW(6)) AS trx_age_us, \
-       UTC_TIMESTAMP(6) AS now_utc, \
-       @@performance_schema AS ps \
-FROM information_schema.PROCESSLIST p \
-LEFT JOIN information_schema.INNODB_TRX t ON t.trx_mysql_thread_id = p.ID \
-WHERE p.ID <> CONNECTION_ID() \
-ORDER BY p.ID";
+/// Every thread with its InnoDB transaction, in one round trip, with the id of its running
+/// statement where the server has one (the argument: MariaDB's `p.QUERY_ID`, else `NULL`).
+/// `NOW()` and `trx_started` are both in the session's time zone, so their difference is
+/// exact whatever it is; `TIME` is whole seconds in the current state.
+macro_rules! listing_sql {
+    ($query_id:literal) => {
+        concat!(
+            "SELECT p.ID, p.USER, p.HOST, p.DB, p.COMMAND, p.TIME, p.STATE, ",
+            "CASE WHEN ? THEN p.INFO END AS INFO, ",
+            $query_id,
+            " AS query_id, t.trx_state, ",
+            "TIMESTAMPDIFF(MICROSECOND, t.trx_started, NOW(6)) AS trx_age_us, ",
+            "UTC_TIMESTAMP(6) AS now_utc, @@performance_schema AS ps, ",
+            "SUBSTRING_INDEX(CURRENT_USER(), '@', 1) AS me ",
+            "FROM information_schema.PROCESSLIST p ",
+            "LEFT JOIN information_schema.INNODB_TRX t ON t.trx_mysql_thread_id = p.ID ",
+            "WHERE p.ID <> CONNECTION_ID() ",
+            "ORDER BY p.ID"
+        )
+    };
+}
+
+/// MariaDB's listing, with the statement's `QUERY_ID`.
+const MARIADB_LISTING_SQL: &str = listing_sql!("p.QUERY_ID");
+
+/// MySQL's listing: its `PROCESSLIST` has no statement id.
+const MYSQL_LISTING_SQL: &str = listing_sql!("NULL");
 
 /// Which thread waits on which, from MariaDB's InnoDB lock-wait table.
 const MARIADB_WAITS_SQL: &str = "\
@@ -61,7 +75,12 @@ impl Mysql {
         include_query: bool,
     ) -> Result<Vec<Listed>, EngineError> {
         let mut conn = self.connection().await?;
-        let rows = sqlx::query(LISTING_SQL)
+        let flavor = self.flavor(&mut conn).await?;
+        let sql = match flavor {
+            Flavor::MariaDb => MARIADB_LISTING_SQL,
+            Flavor::Mysql => MYSQL_LISTING_SQL,
+        };
+        let rows = sqlx::query(sql)
             .bind(include_query)
             .fetch_all(&mut *conn)
             .await
@@ -98,10 +117,58 @@ impl Mysql {
             let mut l = decode(row, &thread, names.get(&thread.id), &accounts, selector)
                 .map_err(sqlx_error)?;
             l.impact.blocked_by = waits.get(&id).cloned().unwrap_or_default();
-            listed.push(l);
+            listed.push((l, thread));
         }
+        self.guard(&mut conn, &rows, &mut listed).await?;
+        let mut listed: Vec<Listed> = listed.into_iter().map(|(l, _)| l).collect();
         count_blocking(&mut listed);
         Ok(listed)
+    }
+
+    /// Marks the selected threads that are never ended: sever's own, an administrator's
+    /// (or one whose privileges cannot be read), and one already rolling back (`KILL`ed,
+    /// or its transaction rolling back): killing it again would only restart the wait.
+    async fn guard(
+        &self,
+        conn: &mut MySqlConnection,
+        rows: &[MySqlRow],
+        listed: &mut [(Listed, super::Thread)],
+    ) -> Result<(), EngineError> {
+        let me: Option<String> = match rows.first() {
+            Some(row) => row.try_get("me").map_err(sqlx_error)?,
+            None => None,
+        };
+        let users: BTreeSet<&str> = listed
+            .iter()
+            .filter(|(l, _)| l.decision == Decision::Selected)
+            .map(|(_, t)| t.user.as_str())
+            .collect();
+        let privileges = self.privileges(conn, &users).await?;
+        let rolling_back: BTreeSet<u64> = rows
+            .iter()
+            .filter_map(|row| {
+                let state: Option<String> = row.try_get("trx_state").ok()?;
+                let id = unsigned(row, "ID").ok()?;
+                (state.as_deref() == Some("ROLLING BACK")).then_some(id)
+            })
+            .collect();
+        for (l, thread) in listed.iter_mut() {
+            if l.decision != Decision::Selected {
+                continue;
+            }
+            let hosts = privileges.hosts(&thread.user).unwrap_or_default();
+            let account_host = authenticated_host(&hosts, &thread.client_host);
+            l.guard = if me.as_deref() == Some(thread.user.as_str()) {
+                Some(SkipReason::OwnLogin)
+            } else if thread.command == "Killed" || rolling_back.contains(&thread.id) {
+                Some(SkipReason::RollingBack)
+            } else {
+                privileges
+                    .standing(&thread.user, account_host)
+                    .skip_reason()
+            };
+        }
+        Ok(())
     }
 
     /// Lock waits as waiting thread → the threads it waits on.
@@ -198,6 +265,11 @@ fn decode(
         blocking: 0,
         backend_type: None,
         query: row.try_get("INFO")?,
+        statement_id: row
+            .try_get::<Option<i64>, _>("query_id")
+            .ok()
+            .flatten()
+            .filter(|_| state == SessionState::Active),
     };
     let matched_form = accounts.iter().find(|(_, account, hosts)| {
         account.user == thread.user
@@ -231,5 +303,6 @@ fn decode(
         session,
         impact,
         decision,
+        guard: None,
     })
 }

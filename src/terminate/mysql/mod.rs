@@ -35,8 +35,8 @@ use sqlx::{Connection, MySql, MySqlConnection, MySqlPool, Row};
 use tokio::sync::OnceCell;
 
 use super::{
-    Engine, EngineError, Failed, Scope, Session, SkipReason, Skipped, TerminateOutcome,
-    TerminateRequest, classify, record_intent, sqlx_error,
+    Engine, EngineError, Failed, Scope, Sent, Session, Signal, SkipReason, Skipped,
+    TerminateOutcome, TerminateRequest, classify, record_intent, sqlx_error,
 };
 use crate::config::{TargetConfig, TerminationConfig};
 use crate::select::Selector;
@@ -51,6 +51,9 @@ use privileges::{Flavor, Privileges};
 
 /// MySQL error: not the owner of the thread (missing CONNECTION_ADMIN / SUPER).
 const NOT_OWNER: u16 = 1095;
+
+/// MariaDB error: `KILL QUERY ID` names no running statement (it finished).
+const NO_SUCH_QUERY: u16 = 1957;
 
 /// The MySQL error number of `e`, if the server sent one. (`DatabaseError::code()` is the
 /// SQLSTATE, often the catch-all `HY000`, not the number.)
@@ -479,6 +482,31 @@ impl Mysql {
         Ok(())
     }
 
+    /// Cancels the running statement of thread `id`: on MariaDB by its query id when the
+    /// listing read one (`KILL QUERY ID`), so a statement started since is left alone; on
+    /// RDS with `mysql.rds_kill_query`.
+    async fn kill_query(
+        &self,
+        conn: &mut MySqlConnection,
+        id: u64,
+        statement: Option<i64>,
+    ) -> Result<(), sqlx::Error> {
+        let sql = match (self.rds, statement) {
+            (true, _) => {
+                sqlx::query("CALL mysql.rds_kill_query(?)")
+                    .bind(id)
+                    .execute(conn)
+                    .await?;
+                return Ok(());
+            }
+            // Integers only reach the text: KILL takes no parameters.
+            (false, Some(query_id)) => format!("KILL QUERY ID {query_id}"),
+            (false, None) => format!("KILL QUERY {id}"),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(conn).await?;
+        Ok(())
+    }
+
     async fn verify_gone(
         conn: &mut MySqlConnection,
         terminated: &[Session],
@@ -517,6 +545,40 @@ impl Engine for Mysql {
         include_query: bool,
     ) -> Result<Vec<Listed>, EngineError> {
         self.list_sessions(selector, include_query).await
+    }
+
+    async fn signal(&self, sessions: &[Listed], signal: Signal) -> Result<Vec<Sent>, EngineError> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Connection ids only rise until a restart, so an id names the session it was
+        // listed as, or none.
+        let mut conn = self.connection().await?;
+        let mut sent = Vec::with_capacity(sessions.len());
+        for l in sessions {
+            let id = u64::try_from(l.session.pid)
+                .map_err(|_| EngineError::Query(format!("not a thread id: {}", l.session.pid)))?;
+            let result = match signal {
+                Signal::Terminate => self.kill(&mut conn, id).await,
+                Signal::Cancel => self.kill_query(&mut conn, id, l.impact.statement_id).await,
+            };
+            sent.push(match result {
+                Ok(()) => Sent::Signalled,
+                Err(e) if classify::sqlx_verdict(&e) == classify::Verdict::Gone => Sent::Gone,
+                Err(sqlx::Error::Database(db)) if number_of(&*db) == Some(NO_SUCH_QUERY) => {
+                    Sent::Gone
+                }
+                Err(sqlx::Error::Database(db)) if number_of(&*db) == Some(NOT_OWNER) => {
+                    Sent::Refused(format!(
+                        "{} (grant CONNECTION_ADMIN on MySQL 8, or SUPER / CONNECTION ADMIN on \
+                         MariaDB, to sever's login)",
+                        db.message()
+                    ))
+                }
+                Err(e) => Sent::Refused(e.to_string()),
+            });
+        }
+        Ok(sent)
     }
 
     async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError> {

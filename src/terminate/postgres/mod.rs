@@ -14,8 +14,9 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres as Pg, Row};
 
 use super::pg_roles::{self, Known};
 use super::{
-    Engine, EngineError, Failed, Journal, Learn, Session, SkipReason, Skipped, SweepRequest,
-    TerminateOutcome, TerminateRequest, record_intent, same_session, sqlx_error as query_error,
+    Engine, EngineError, Failed, Journal, Learn, Sent, Session, Signal, SkipReason, Skipped,
+    SweepRequest, TerminateOutcome, TerminateRequest, record_intent, same_session,
+    sqlx_error as query_error,
 };
 use crate::config::{TargetConfig, TerminationConfig};
 use crate::select::Selector;
@@ -26,7 +27,9 @@ use crate::terminate::listing::Listed;
 mod listing;
 mod sql;
 
-use sql::{REMAINING_SQL, ROLES_SQL, Statement, decode_session, skip_reason, sweep_reason};
+use sql::{
+    REMAINING_SQL, ROLES_SQL, SIGNAL_SQL, Statement, decode_session, skip_reason, sweep_reason,
+};
 
 /// SQLSTATE insufficient_privilege: `pg_terminate_backend` raises it instead of returning false.
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
@@ -405,6 +408,57 @@ impl Postgres {
         }
     }
 
+    /// Signals `sessions` in one statement; if one of them is refused (42501: it became a
+    /// superuser's since it was listed, or sever lacks `pg_signal_backend`), which aborts
+    /// the whole statement, signals them one by one so the refusal is that session's alone.
+    async fn send(&self, sessions: &[&Session], signal: Signal) -> Result<Vec<Sent>, EngineError> {
+        let mut conn = self.connection().await?;
+        match Self::send_on(&mut conn, sessions, signal).await {
+            Err(sqlx::Error::Database(db))
+                if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) =>
+            {
+                let mut sent = Vec::with_capacity(sessions.len());
+                for session in sessions {
+                    sent.push(match Self::send_on(&mut conn, &[session], signal).await {
+                        Ok(mut one) => one.pop().unwrap_or(Sent::Gone),
+                        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) => {
+                            Sent::Refused(format!(
+                                "{} (grant pg_signal_backend to sever's login; superusers are never signalled)",
+                                db.message()
+                            ))
+                        }
+                        Err(e) => return Err(query_error(e)),
+                    });
+                }
+                Ok(sent)
+            }
+            result => result.map_err(query_error),
+        }
+    }
+
+    async fn send_on(
+        conn: &mut PgConnection,
+        sessions: &[&Session],
+        signal: Signal,
+    ) -> Result<Vec<Sent>, sqlx::Error> {
+        let pids: Vec<i32> = sessions.iter().map(|s| s.pid as i32).collect();
+        let starts: Vec<Option<DateTime<Utc>>> = sessions.iter().map(|s| s.backend_start).collect();
+        let rows = sqlx::query(SIGNAL_SQL)
+            .bind(&pids)
+            .bind(&starts)
+            .bind(signal == Signal::Cancel)
+            .fetch_all(conn)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(match row.try_get::<Option<bool>, _>("sent")? {
+                    Some(true) => Sent::Signalled,
+                    _ => Sent::Gone,
+                })
+            })
+            .collect()
+    }
+
     /// Runs a rotation's first statement on `conn`, a pooled connection nobody pinged, so a
     /// rotation pays no round trip before its first statement. If `conn` turns out to have
     /// died while idle, the statement never ran: `conn` is closed and replaced by the next
@@ -446,6 +500,14 @@ impl Engine for Postgres {
         include_query: bool,
     ) -> Result<Vec<Listed>, EngineError> {
         self.list_sessions(selector, include_query).await
+    }
+
+    async fn signal(&self, sessions: &[Listed], signal: Signal) -> Result<Vec<Sent>, EngineError> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sessions: Vec<&Session> = sessions.iter().map(|l| &l.session).collect();
+        self.send(&sessions, signal).await
     }
 
     async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError> {

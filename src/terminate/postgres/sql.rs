@@ -233,3 +233,19 @@ pub(super) fn sweep_reason(text: &str) -> SweepReason {
         _ => SweepReason::LoginExpired,
     }
 }
+
+/// Signals the given (pid, backend_start) pairs that are still those client sessions:
+/// `pg_cancel_backend` when `$3`, else `pg_terminate_backend`, one row per pair in the
+/// order given (`sent` null when the pair names no session any more). Matching on the start
+/// time keeps a recycled pid from being signalled.
+pub(super) const SIGNAL_SQL: &str = r#"
+SELECT t.ord,
+       CASE WHEN a.pid IS NULL THEN NULL
+            WHEN $3::bool THEN pg_cancel_backend(a.pid)
+            ELSE pg_terminate_backend(a.pid) END AS sent
+FROM unnest($1::int4[], $2::timestamptz[]) WITH ORDINALITY AS t(pid, started, ord)
+LEFT JOIN pg_stat_activity a
+       ON a.pid = t.pid AND a.backend_start IS NOT DISTINCT FROM t.started
+      AND a.backend_type = 'client backend'
+ORDER BY t.ord
+"#;

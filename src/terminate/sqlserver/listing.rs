@@ -6,8 +6,8 @@
 use super::{Principal, SESSIONS, SqlServer};
 use crate::config::Engine as EngineKind;
 use crate::select::{Facts, Seen, Selector};
-use crate::terminate::EngineError;
 use crate::terminate::listing::{Impact, Listed, unsupported};
+use crate::terminate::{EngineError, SkipReason};
 
 impl SqlServer {
     /// The user sessions, each decided by `selector`. A selector login names a server
@@ -29,7 +29,7 @@ impl SqlServer {
             ));
         }
         let logins = selector.logins.clone();
-        let (offset, found) = self
+        let (offset, found, standings) = self
             .with_client(async |c| {
                 let offset = Self::offset(c).await?;
                 let mut found = Vec::new();
@@ -48,7 +48,22 @@ impl SqlServer {
                         }
                     }
                 }
-                Ok((offset, found))
+                // Administrators' sessions are never ended: asked once per login found.
+                let mut standings = std::collections::BTreeMap::new();
+                for (login, row) in &found {
+                    if !standings.contains_key(login) {
+                        let principal = match logins.contains(login) {
+                            true => Principal::parse(login),
+                            false => Principal {
+                                name: row.original_login_name.as_str(),
+                                database: None,
+                            },
+                        };
+                        let standing = Self::standing(c, &principal).await?;
+                        standings.insert(login.clone(), standing);
+                    }
+                }
+                Ok((offset, found, standings))
             })
             .await?;
         let now = chrono::Utc::now();
@@ -70,10 +85,17 @@ impl SqlServer {
                 facts.client_addr = Facts::addr(row.client_net_address.as_deref());
                 facts.backend_start = session.backend_start.map_or(Seen::Unknown, Seen::Known);
                 let decision = selector.decide(&facts);
+                let guard = if row.status.eq_ignore_ascii_case("rollback") {
+                    // Already being killed: KILL again would only report its progress.
+                    Some(SkipReason::RollingBack)
+                } else {
+                    standings.get(&login).and_then(|s| s.skip_reason())
+                };
                 Listed {
                     session,
                     impact: Impact::default(),
                     decision,
+                    guard,
                 }
             })
             .collect())

@@ -23,8 +23,8 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use super::{
-    Engine, EngineError, Failed, Scope, Session, SkipReason, Skipped, Standing, TerminateOutcome,
-    TerminateRequest, classify, record_intent,
+    Engine, EngineError, Failed, Scope, Sent, Session, Signal, SkipReason, Skipped, Standing,
+    TerminateOutcome, TerminateRequest, classify, record_intent,
 };
 use crate::config::{TargetConfig, TerminationConfig};
 use crate::select::Selector;
@@ -453,6 +453,45 @@ impl SqlServer {
         Ok(outcome)
     }
 
+    /// `KILL`s a listed session if its id still names it (ids are reused: the login and
+    /// login time are checked right before).
+    async fn kill_listed(
+        client: &mut Connection,
+        session: &Session,
+        offset: chrono::Duration,
+    ) -> Result<Sent, EngineError> {
+        let (Some(login), Ok(id)) = (session.login.as_deref(), i16::try_from(session.pid)) else {
+            return Ok(Sent::Gone);
+        };
+        let principal = Principal::parse(login);
+        let now = Self::principal_sessions(client, &principal, None, Some(i32::from(id))).await?;
+        if !now
+            .iter()
+            .any(|r| r.session(offset).backend_start == session.backend_start)
+        {
+            return Ok(Sent::Gone);
+        }
+        // KILL takes no parameters; the id is an i16, so only digits reach SQL.
+        let result = match client.simple_query(format!("KILL {id}")).await {
+            Ok(stream) => stream.into_results().await.map(drop),
+            Err(e) => Err(e),
+        };
+        Ok(match result {
+            Ok(()) => Sent::Signalled,
+            Err(e) => match server_code(&e) {
+                Some(n) if classify::sqlserver(n) == classify::Verdict::Gone => Sent::Gone,
+                _ => {
+                    let mut outcome = TerminateOutcome::default();
+                    Self::kill_failed(&mut outcome, session.clone(), &e);
+                    match outcome.failed.pop() {
+                        Some(failed) => Sent::Refused(failed.error),
+                        None => Sent::Gone,
+                    }
+                }
+            },
+        })
+    }
+
     fn kill_failed(outcome: &mut TerminateOutcome, session: Session, e: &tiberius::error::Error) {
         match server_code(e) {
             Some(n) if classify::sqlserver(n) == classify::Verdict::Gone => {
@@ -531,6 +570,25 @@ impl Engine for SqlServer {
         include_query: bool,
     ) -> Result<Vec<Listed>, EngineError> {
         self.list_sessions(selector, include_query).await
+    }
+
+    async fn signal(&self, sessions: &[Listed], signal: Signal) -> Result<Vec<Sent>, EngineError> {
+        if signal == Signal::Cancel {
+            return Err(EngineError::Unsupported(
+                "mode cancel: SQL Server cannot cancel another session's statement without \
+                 ending the session (use terminate or graceful)"
+                    .into(),
+            ));
+        }
+        self.with_client(async |c| {
+            let offset = Self::offset(c).await?;
+            let mut sent = Vec::with_capacity(sessions.len());
+            for l in sessions {
+                sent.push(Self::kill_listed(c, &l.session, offset).await?);
+            }
+            Ok(sent)
+        })
+        .await
     }
 
     async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError> {

@@ -10,7 +10,7 @@ use sqlx::postgres::PgRow;
 use super::Postgres;
 use crate::select::{Decision, Facts, Seen, Selector, SessionState};
 use crate::terminate::listing::{Impact, Listed, count_blocking};
-use crate::terminate::{EngineError, Session, sqlx_error};
+use crate::terminate::{EngineError, Session, SkipReason, sqlx_error};
 
 /// Every backend but this one, in one round trip. `pg_blocking_pids()` takes the lock
 /// manager's locks, so it is called only for backends waiting on a lock. The query text
@@ -25,6 +25,12 @@ SELECT a.pid, a.usesysid::int8 AS role_oid, r.rolname::text AS login,
        a.backend_type::text AS backend_type,
        CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) END AS blocked_by,
        CASE WHEN $1::bool THEN a.query END AS query,
+       CASE
+           WHEN a.usesysid = (SELECT usesysid FROM pg_stat_activity WHERE pid = pg_backend_pid())
+                OR r.rolname = ANY($2::text[]) THEN 'own_login'
+           WHEN r.rolsuper THEN 'superuser'
+           WHEN a.backend_type <> 'client backend' THEN 'system_backend'
+       END AS guard,
        statement_timestamp() AS now
 FROM pg_stat_activity a
 LEFT JOIN pg_roles r ON r.oid = a.usesysid
@@ -51,8 +57,10 @@ impl Postgres {
                 .collect()
         };
         let mut conn = self.connection().await?;
+        let own_names: Vec<&str> = self.store.login().into_iter().collect();
         let rows = sqlx::query(LISTING_SQL)
             .bind(include_query)
+            .bind(&own_names)
             .fetch_all(&mut *conn)
             .await
             .map_err(sqlx_error)?;
@@ -63,8 +71,10 @@ impl Postgres {
         count_blocking(&mut listed);
         // A backend hidden from sever (no `pg_read_all_stats`) shows no type: kept when it
         // has a role, since it may be a client, and never selected (see `decode`).
+        // Walsenders are kept, guarded, so a revocation of a replication login says why
+        // it spared them; the server's own workers are no one's sessions.
         listed.retain(|l| match l.impact.backend_type.as_deref() {
-            Some(kind) => kind == "client backend",
+            Some(kind) => kind == "client backend" || kind == "walsender",
             None => l.session.login_id.is_some(),
         });
         Ok(listed)
@@ -110,6 +120,7 @@ fn decode(
         blocking: 0,
         backend_type: row.try_get("backend_type")?,
         query: row.try_get("query")?,
+        statement_id: None,
     };
     let now: DateTime<Utc> = row.try_get("now")?;
     let visible = backend_start.is_some();
@@ -139,10 +150,16 @@ fn decode(
         Decision::Selected if impact.backend_type.is_none() => Decision::Unknown("backend_type"),
         decision => decision,
     };
+    let guard: Option<String> = row.try_get("guard")?;
     Ok(Listed {
         session,
         impact,
         decision,
+        guard: guard.map(|g| match g.as_str() {
+            "own_login" => SkipReason::OwnLogin,
+            "superuser" => SkipReason::Superuser,
+            _ => SkipReason::SystemBackend,
+        }),
     })
 }
 
