@@ -8,13 +8,14 @@
 
 pub mod records;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::{PreviousUserPolicy, RotationPolicy};
-use crate::terminate::{Scope, TerminateOutcome};
+use crate::select::{Ending, Mode, Selector};
+use crate::terminate::{Scope, Session, SkipReason, TerminateOutcome, same_session};
 
 pub use records::{completed_record, target_records};
 
@@ -63,10 +64,12 @@ pub enum Origin {
         /// The credential's policy at the time.
         policy: RotationPolicy,
     },
-    /// An operator's revocation of a login.
+    /// An operator's revocation: of one login (the incident path), or of the sessions a
+    /// selector selects (the plan's `selection` says which).
     Revocation {
-        /// The login.
-        login: String,
+        /// The login, when the revocation names exactly one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        login: Option<String>,
     },
     /// A rotation reported by AWS Secrets Manager (Lambda hook, EventBridge or SNS).
     Aws {
@@ -135,8 +138,34 @@ pub struct Plan {
     /// `PasswordLastSetTime`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cutoff_defaulted: bool,
+    /// How sessions are ended; `terminate` unless a revocation or a credential's config
+    /// says otherwise.
+    #[serde(default, skip_serializing_if = "is_terminate")]
+    pub ending: Ending,
+    /// The selector a revocation or policy chose its sessions with; `None` for the login
+    /// and cutoff of a rotation or an incident revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
     /// Per-target work.
     pub steps: Vec<Step>,
+}
+
+fn is_terminate(ending: &Ending) -> bool {
+    *ending == Ending::TERMINATE
+}
+
+/// Which sessions a selector plan reaches, and its bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    /// Which sessions.
+    pub selector: Selector,
+    /// The selector names no login on purpose: every login's sessions are candidates.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_logins: bool,
+    /// Per target, the most sessions it may end: its count in the dry run that the
+    /// revocation's `expect_count` was checked against.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub at_most: BTreeMap<String, usize>,
 }
 
 impl Plan {
@@ -144,6 +173,9 @@ impl Plan {
     /// from the plan, which stores the scope once: a sweep's plan (origin `sweep`) sweeps
     /// with its pattern, any other terminates its logins' sessions in its scope.
     pub fn work(&self) -> Option<Work> {
+        if let Some(selection) = &self.selection {
+            return Some(Work::Select(Box::new(selection.clone())));
+        }
         match (&self.origin, self.scope) {
             (_, None) => None,
             (Origin::Sweep { pattern, .. }, Some(_)) => Some(Work::Sweep {
@@ -160,6 +192,8 @@ impl Plan {
 pub enum Work {
     /// Terminate the step's logins' sessions in this scope.
     Terminate(Scope),
+    /// End the sessions the selection selects, in the plan's mode.
+    Select(Box<Selection>),
     /// Sweep for sessions of dropped logins, and of expired logins matching the pattern.
     Sweep {
         /// `LIKE` pattern of the logins checked for expiry.
@@ -191,6 +225,80 @@ pub struct TargetReport {
     /// Sessions by fate.
     #[serde(flatten)]
     pub outcome: TerminateOutcome,
+    /// One line per session considered: what was decided and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<SessionDecision>,
+}
+
+/// What was decided about one session, in the words reports use: `terminated`,
+/// `cancelled`, `would_terminate`, `would_cancel`, `failed`, `remaining`, or a skip reason
+/// (`excluded` with its rule, `protected`, `superuser`, `own_login`, `rolling_back`,
+/// `not_before_cutoff`, `already_gone`, `system_backend`, `unknown_<field>`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionDecision {
+    /// The session's id on its target.
+    pub pid: i64,
+    /// Its login.
+    pub login: Option<String>,
+    /// What was decided.
+    pub decision: String,
+    /// The selector rule that excluded it, for `excluded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+/// One decision per session of `outcome`, in the words of [`SessionDecision`]: a session
+/// cancelled and then terminated is `terminated`; one signalled but still there when
+/// verification gave up is `remaining`.
+pub fn decisions(outcome: &TerminateOutcome, dry_run: bool, mode: Mode) -> Vec<SessionDecision> {
+    let line = |s: &Session, decision: &str, rule: Option<String>| SessionDecision {
+        pid: s.pid,
+        login: s.login.clone(),
+        decision: decision.to_owned(),
+        rule,
+    };
+    let mut out = Vec::new();
+    let listed = |list: &[Session], s: &Session| list.iter().any(|o| same_session(o, s));
+    if dry_run {
+        let word = match mode {
+            Mode::Cancel => "would_cancel",
+            _ => "would_terminate",
+        };
+        out.extend(outcome.matched.iter().map(|s| line(s, word, None)));
+    }
+    for s in &outcome.terminated {
+        let word = if listed(&outcome.remaining, s) {
+            "remaining"
+        } else {
+            "terminated"
+        };
+        out.push(line(s, word, None));
+    }
+    for s in &outcome.cancelled {
+        if !listed(&outcome.terminated, s) {
+            let word = if listed(&outcome.remaining, s) {
+                "remaining"
+            } else {
+                "cancelled"
+            };
+            out.push(line(s, word, None));
+        }
+    }
+    for f in &outcome.failed {
+        out.push(line(&f.session, "failed", None));
+    }
+    for k in &outcome.skipped {
+        // Cancelled, then gone before the grace's terminate: it was this action's cancel.
+        if listed(&outcome.cancelled, &k.session) {
+            continue;
+        }
+        let rule = match &k.reason {
+            SkipReason::Excluded(rule) => Some(rule.clone()),
+            _ => None,
+        };
+        out.push(line(&k.session, &k.reason.word(), rule));
+    }
+    out
 }
 
 impl TargetReport {
@@ -212,6 +320,9 @@ pub struct ActionReport {
     pub scope: Option<Scope>,
     /// Nothing was changed.
     pub dry_run: bool,
+    /// How sessions were ended (`mode`, `grace`), when not at once.
+    #[serde(flatten)]
+    pub ending: Ending,
     /// Completed or incomplete.
     pub status: Status,
     /// Per target.
@@ -219,7 +330,10 @@ pub struct ActionReport {
 }
 
 /// The report of an action from its plan and its finished steps.
-pub fn report(plan: &Plan, targets: Vec<TargetReport>) -> ActionReport {
+pub fn report(plan: &Plan, mut targets: Vec<TargetReport>) -> ActionReport {
+    for t in &mut targets {
+        t.decisions = decisions(&t.outcome, plan.dry_run, plan.ending.mode);
+    }
     let status = if targets.iter().all(TargetReport::ok) {
         Status::Completed
     } else {
@@ -230,6 +344,7 @@ pub fn report(plan: &Plan, targets: Vec<TargetReport>) -> ActionReport {
         origin: plan.origin.clone(),
         scope: plan.scope,
         dry_run: plan.dry_run,
+        ending: plan.ending,
         status,
         targets,
     }

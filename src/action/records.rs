@@ -9,13 +9,26 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{ActionReport, TargetReport};
+use super::{ActionReport, Plan, TargetReport};
 use crate::audit::{Entry, Kind};
+use crate::select::{Ending, Mode};
 use crate::terminate::Session;
 
-fn session_detail(t: &TargetReport, session: &Session, extra: Value) -> Value {
+/// A session's record: the session, its target, why a sweep chose it, and for a selector
+/// plan the selector it matched and the mode. Never its query text: the trail is a hash
+/// chain, and personal data written into it could not be erased.
+fn session_detail(t: &TargetReport, plan: &Plan, session: &Session, extra: Value) -> Value {
     let mut detail = serde_json::to_value(session).unwrap_or_else(|_| json!({}));
     detail["target"] = json!(t.target);
+    if let Some(selection) = &plan.selection {
+        detail["selected_by"] = json!(selection.selector);
+        if selection.all_logins {
+            detail["all_logins"] = json!(true);
+        }
+    }
+    if plan.selection.is_some() || plan.ending != Ending::TERMINATE {
+        detail["mode"] = json!(plan.ending.mode);
+    }
     if let Some(why) = t.outcome.sweep_reasons.get(&session.pid) {
         detail["sweep_reason"] = json!(why);
     }
@@ -26,8 +39,10 @@ fn session_detail(t: &TargetReport, session: &Session, extra: Value) -> Value {
 }
 
 /// The audit records of one finished step.
-pub fn target_records(t: &TargetReport, dry_run: bool, actor: &str, action_id: Uuid) -> Vec<Entry> {
+pub fn target_records(t: &TargetReport, plan: &Plan, actor: &str, action_id: Uuid) -> Vec<Entry> {
     let entry = |kind, detail| Entry::new(kind, actor, Some(action_id), detail);
+    let session_detail = |t, s, extra| session_detail(t, plan, s, extra);
+    let dry_run = plan.dry_run;
     let mut entries = Vec::new();
     if let Some(error) = &t.error {
         entries.push(entry(
@@ -36,12 +51,19 @@ pub fn target_records(t: &TargetReport, dry_run: bool, actor: &str, action_id: U
         ));
     }
     if dry_run {
+        let kind = match plan.ending.mode {
+            Mode::Cancel => Kind::SessionWouldCancel,
+            _ => Kind::SessionWouldTerminate,
+        };
         for s in &t.outcome.matched {
-            entries.push(entry(
-                Kind::SessionWouldTerminate,
-                session_detail(t, s, json!({})),
-            ));
+            entries.push(entry(kind, session_detail(t, s, json!({}))));
         }
+    }
+    for s in &t.outcome.cancelled {
+        entries.push(entry(
+            Kind::SessionCancelled,
+            session_detail(t, s, json!({})),
+        ));
     }
     for s in &t.outcome.terminated {
         entries.push(entry(
@@ -52,7 +74,11 @@ pub fn target_records(t: &TargetReport, dry_run: bool, actor: &str, action_id: U
     for s in &t.outcome.skipped {
         entries.push(entry(
             Kind::SessionSkipped,
-            session_detail(t, &s.session, json!({"reason": s.reason})),
+            session_detail(
+                t,
+                &s.session,
+                serde_json::to_value(&s.reason).unwrap_or_default(),
+            ),
         ));
     }
     for s in &t.outcome.failed {

@@ -80,6 +80,10 @@ pub enum Kind {
     SessionTerminated,
     /// A session would have been terminated (dry run).
     SessionWouldTerminate,
+    /// A session's running statement was cancelled; the session stays (mode `cancel`).
+    SessionCancelled,
+    /// A session's running statement would have been cancelled (dry run, mode `cancel`).
+    SessionWouldCancel,
     /// A matching session was left alone (protected, superuser, sever's own, unreadable).
     SessionSkipped,
     /// Terminating a session failed.
@@ -106,6 +110,8 @@ impl Kind {
             Kind::ActionPlanned => "action.planned",
             Kind::SessionTerminated => "session.terminated",
             Kind::SessionWouldTerminate => "session.would_terminate",
+            Kind::SessionCancelled => "session.cancelled",
+            Kind::SessionWouldCancel => "session.would_cancel",
             Kind::SessionSkipped => "session.skipped",
             Kind::SessionFailed => "session.failed",
             Kind::SessionRemaining => "session.remaining",

@@ -139,7 +139,7 @@ pub enum Command {
     /// List sessions on the configured targets.
     Sessions(Box<SessionsArgs>),
     /// Terminate a login's sessions now.
-    Revoke(RevokeArgs),
+    Revoke(Box<RevokeArgs>),
     /// Terminate the sessions of dropped logins, and of expired logins matching a target's
     /// sweep pattern, on the targets with `[targets.<id>.sweep]`.
     Sweep(SweepArgs),
@@ -191,7 +191,7 @@ impl Cli {
             } => serve::serve(config, listen, operator_listen, shutdown).await,
             Command::CheckConfig => check::check_config(&config),
             Command::Sessions(args) => sessions::sessions(config, *args).await,
-            Command::Revoke(args) => revoke::revoke(config, args).await,
+            Command::Revoke(args) => revoke::revoke(config, *args).await,
             Command::Sweep(args) => revoke::sweep(config, args).await,
             Command::Audit(cmd) => audit::audit(config, cmd).await,
             Command::OperatorToken => Ok(check::operator_token()),

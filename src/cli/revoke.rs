@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::Args;
 
-use super::sessions::{session_row, session_table};
+use super::sessions::{SelectorArgs, session_row, session_table};
 use super::{CliError, EXIT_INCOMPLETE};
 use crate::action::{ActionReport, Status};
 use crate::config::Config;
@@ -14,13 +14,33 @@ use crate::context::Context;
 use crate::http::Actor;
 use crate::resolve::{RevocationRequest, TargetSelection};
 use crate::runner;
+use crate::select::{Ending, Mode};
+use crate::terminate::SkipReason;
 
-/// `sever revoke`.
+/// `sever revoke`: `--login L` (with targets and an optional `--before`) ends that login's
+/// sessions at once, the incident path. Any other selector field, `--all-logins` or another
+/// `--mode` previews only, printing `DRY RUN: nothing was ended`, until `--execute` is given.
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
-    /// The login whose sessions end.
+    /// Which sessions (the session selector; `--login` is `--logins`).
+    #[command(flatten)]
+    pub selector: SelectorArgs,
+    /// Reach every login's sessions; needs a selector field that narrows.
     #[arg(long)]
-    pub login: String,
+    pub all_logins: bool,
+    /// The count the dry run printed; required with `--all-logins --execute`. Refused if
+    /// more sessions are selected now.
+    #[arg(long)]
+    pub expect_count: Option<usize>,
+    /// How sessions end: terminate, cancel (the statement only) or graceful (with --grace).
+    #[arg(long, value_parser = parse_mode, default_value = "terminate")]
+    pub mode: Mode,
+    /// How long graceful lets statements and transactions finish, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub grace: Option<std::time::Duration>,
+    /// Carry out a selector revocation (without it, one previews only).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub execute: bool,
     /// A target to act on (repeat for several).
     #[arg(
         long = "target",
@@ -59,23 +79,52 @@ pub struct SweepArgs {
     pub json: bool,
 }
 
+fn parse_mode(word: &str) -> Result<Mode, String> {
+    serde_json::from_value(serde_json::Value::String(word.to_owned()))
+        .map_err(|_| format!("{word:?} is not terminate, cancel or graceful"))
+}
+
 pub(super) async fn revoke(config: Config, args: RevokeArgs) -> Result<ExitCode, CliError> {
-    let request = RevocationRequest {
-        login: args.login,
+    let mut request = RevocationRequest {
         targets: if args.all_targets {
             TargetSelection::Keyword("all".into())
         } else {
             TargetSelection::Named(args.targets)
         },
+        selector: args.selector.into(),
+        all_logins: args.all_logins,
         before: args.before,
         reason: args.reason,
         dry_run: args.dry_run,
+        ending: Ending {
+            mode: args.mode,
+            grace: args.grace,
+        },
+        expect_count: args.expect_count,
     };
+    // A selector revocation previews until told to act, as sp_kill and -WhatIf do.
+    let preview_only = request.uses_selector() && !args.execute;
+    request.dry_run |= preview_only;
     // Plan before connecting anything, so bad input fails fast and leaves no trace but an error.
-    let plan = crate::operator::revocations::plan(&config, &request)?;
+    let mut plan = crate::operator::revocations::plan(&config, &request)?;
     let ctx = Context::build(config).await?;
+    crate::operator::revocations::check_count(&ctx, &mut plan, request.expect_count)
+        .await
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     let report = runner::execute(&ctx, plan, &Actor::cli().to_string()).await?;
     let mut out = std::io::stdout().lock();
+    if preview_only {
+        let count: usize = report.targets.iter().map(|t| t.outcome.matched.len()).sum();
+        writeln!(
+            out,
+            "DRY RUN: nothing was ended. {count} session(s) selected; add --execute{} to act.",
+            if args.all_logins {
+                format!(" --expect-count {count}")
+            } else {
+                String::new()
+            }
+        )?;
+    }
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report).map_err(std::io::Error::from)?;
         writeln!(out)?;
@@ -139,10 +188,12 @@ pub(super) async fn sweep(config: Config, args: SweepArgs) -> Result<ExitCode, C
 }
 
 pub(super) fn print_report(out: &mut impl Write, report: &ActionReport) -> std::io::Result<()> {
-    let verb = if report.dry_run {
-        "would terminate"
-    } else {
-        "terminated"
+    let cancel = report.ending.mode == Mode::Cancel;
+    let verb = match (report.dry_run, cancel) {
+        (true, true) => "would cancel",
+        (true, false) => "would terminate",
+        (false, true) => "cancelled",
+        (false, false) => "terminated",
     };
     writeln!(out, "action {} ({:?})", report.action_id, report.status)?;
     let mut table = session_table(["target", "outcome"]);
@@ -160,8 +211,16 @@ pub(super) fn print_report(out: &mut impl Write, report: &ActionReport) -> std::
             };
             table.add_row(session_row([t.target.as_str(), outcome.as_str()], s));
         }
+        for s in &t.outcome.cancelled {
+            if !cancel && !t.outcome.terminated.iter().any(|e| e.pid == s.pid) {
+                table.add_row(session_row([t.target.as_str(), "cancelled"], s));
+            }
+        }
         for s in &t.outcome.skipped {
-            let why = format!("skipped: {}", snake_case(&s.reason));
+            let why = match &s.reason {
+                SkipReason::Excluded(rule) => format!("skipped: excluded ({rule})"),
+                other => format!("skipped: {}", other.word()),
+            };
             table.add_row(session_row([t.target.as_str(), why.as_str()], &s.session));
         }
         for s in &t.outcome.failed {
@@ -178,10 +237,10 @@ pub(super) fn print_report(out: &mut impl Write, report: &ActionReport) -> std::
             "{}: found {}, {verb} {}, skipped {}, failed {}, remaining {}",
             t.target,
             t.found,
-            if report.dry_run {
-                t.outcome.matched.len()
-            } else {
-                t.outcome.terminated.len()
+            match (report.dry_run, cancel) {
+                (true, _) => t.outcome.matched.len(),
+                (false, true) => t.outcome.cancelled.len(),
+                (false, false) => t.outcome.terminated.len(),
             },
             t.outcome.skipped.len(),
             t.outcome.failed.len(),

@@ -2,11 +2,13 @@
 //! policy and their AWS secret or Vault role. Uses `config`'s own types and name rules.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::names::{self, NameKind};
 use super::{Config, ConfigError, check_id, invalid};
+use crate::select::{Ending, Mode};
 
 /// What a rotation of a credential does to the sessions of its logins.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -35,6 +37,15 @@ pub struct CredentialConfig {
     /// secret, whose own `username` then names the login.
     #[serde(default)]
     pub logins: Vec<LoginMapping>,
+    /// How a `rotated` event ends the sessions: `terminate` (the default) or `graceful`,
+    /// which lets a running statement and an open transaction finish within `grace` (at most
+    /// 5 minutes). `cancel` is refused: it would leave the old credential's session
+    /// connected. A `revoked` event always terminates at once.
+    #[serde(default)]
+    pub mode: Mode,
+    /// How long `graceful` waits, e.g. `30s`.
+    #[serde(default, with = "humantime_serde::option")]
+    pub grace: Option<Duration>,
     /// The AWS Secrets Manager secret this credential is.
     pub aws: Option<CredentialAws>,
     /// The Vault static role or KV secret this credential is.
@@ -82,6 +93,19 @@ pub enum PreviousUserPolicy {
     Terminate,
 }
 
+/// The longest grace a credential may give: its old secret stays in use that long.
+pub const MAX_CREDENTIAL_GRACE: Duration = Duration::from_secs(5 * 60);
+
+impl CredentialConfig {
+    /// How a `rotated` event ends this credential's sessions.
+    pub fn ending(&self) -> Ending {
+        Ending {
+            mode: self.mode,
+            grace: self.grace,
+        }
+    }
+}
+
 /// One login on one target.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(deny_unknown_fields)]
@@ -103,6 +127,17 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 .vault
                 .as_ref()
                 .is_some_and(|v| v.role.is_some() && v.target.is_some());
+        if credential.mode == Mode::Cancel {
+            return Err(invalid(
+                format!("{path}.mode"),
+                "cancel would leave a session holding the old credential connected; use \
+                 terminate or graceful",
+            ));
+        }
+        credential
+            .ending()
+            .validate(MAX_CREDENTIAL_GRACE)
+            .map_err(|e| invalid(format!("{path}.{}", e.field), &e.problem))?;
         if credential.logins.is_empty() && !derives_logins {
             return Err(invalid(
                 format!("{path}.logins"),

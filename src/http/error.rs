@@ -120,6 +120,18 @@ pub enum ApiError {
     /// No action has this id.
     #[error("no action {0}")]
     UnknownAction(String),
+    /// A revocation's selection grew since the dry run whose count it carries: a conflict
+    /// with the state it was approved against, so nothing was ended.
+    #[error(
+        "the selection grew since its dry run: expect_count is {expected}, {found} session(s) \
+         are selected now; nothing was ended (run the dry run again)"
+    )]
+    SelectionGrew {
+        /// The count the request carried.
+        expected: usize,
+        /// The count now.
+        found: usize,
+    },
     /// The state store or audit trail is unavailable; nothing was executed.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -187,6 +199,7 @@ impl ApiError {
             ApiError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::Body(_) => (S::BAD_REQUEST, "unreadable_body"),
             ApiError::UnknownAction(_) => (S::NOT_FOUND, "unknown_action"),
+            ApiError::SelectionGrew { .. } => (S::CONFLICT, "selection_grew"),
             ApiError::MissingToken => (S::UNAUTHORIZED, "missing_token"),
             ApiError::InvalidToken => (S::UNAUTHORIZED, "invalid_token"),
             ApiError::MissingCredentials => (S::UNAUTHORIZED, "missing_credentials"),
@@ -305,7 +318,10 @@ mod tests {
         assert!(e.to_string().contains("integer"), "{e}");
         for body in [
             r#"{"login": 5, "targets": "all", "reason": "r"}"#,
-            r#"{"login": ["a"], "targets": "all", "reason": "r"}"#,
+            r#"{"login": {"a": 1}, "targets": "all", "reason": "r"}"#,
+            r#"{"login": "a", "logins": ["b"], "targets": "all", "reason": "r"}"#,
+            r#"{"login": "a", "targets": "all", "reason": "r", "mode": "kill"}"#,
+            r#"{"login": "a", "targets": "all", "reason": "r", "exclude_login": "b"}"#,
             r#"{"login": "a", "targets": 5, "reason": "r"}"#,
             r#"{"login": "a", "targets": "all", "reason": "r", "dry_run": "yes"}"#,
         ] {

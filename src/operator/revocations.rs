@@ -2,6 +2,8 @@
 //! Both plan with [`plan`]; the API stores the plan for the queue ([`submit`]) and waits,
 //! the command line runs it in-process.
 
+use std::collections::BTreeMap;
+
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -18,6 +20,8 @@ use crate::http::reply::finished;
 use crate::http::{self, Actor};
 use crate::queue::{Submission, Submitted};
 use crate::resolve::{self, ResolveError, RevocationRequest};
+use crate::terminate::EngineError;
+use crate::terminate::selected::{self, SelectRequest};
 
 /// Plans and stores the revocation, then returns the finished report (or `202` with the
 /// action id if it is still running when the request's time limit nears).
@@ -30,9 +34,11 @@ pub async fn post_revocation(
     let answer = async {
         let body = http::body(body, state.max_body)?;
         let request: RevocationRequest = parse_json(&body)?;
-        let plan = plan(&state.ctx.config, &request)?;
-        tracing::info!(action_id = %plan.action_id, operator = %operator.name, login = %request.login,
-            dry_run = request.dry_run, "revocation requested");
+        let mut plan = plan(&state.ctx.config, &request)?;
+        check_count(&state.ctx, &mut plan, request.expect_count).await?;
+        tracing::info!(action_id = %plan.action_id, operator = %operator.name,
+            logins = ?request.selector.logins, all_logins = request.all_logins,
+            mode = plan.ending.mode.as_str(), dry_run = request.dry_run, "revocation requested");
         let action_id = submit(&state.ctx, plan, &actor).await?;
         finished(&state.ctx, action_id).await
     };
@@ -43,6 +49,71 @@ pub async fn post_revocation(
 /// The plan of a revocation, checked against the config before anything is connected.
 pub fn plan(config: &Config, request: &RevocationRequest) -> Result<Plan, ResolveError> {
     resolve::revocation(config, request)
+}
+
+/// For a selector revocation that is carried out with an `expect_count` (every
+/// `all_logins` one): previews it on each target, changing nothing, and refuses it with
+/// `409` if more sessions are selected now than its dry run found, or with `422` if a
+/// target refuses it (it would reach every session there). Each target may then end at
+/// most what it showed here, so a selection that grows before the step runs is refused
+/// there too.
+pub async fn check_count(
+    ctx: &Context,
+    plan: &mut Plan,
+    expected: Option<usize>,
+) -> Result<(), ApiError> {
+    let (Some(selection), Some(expected), false) = (&plan.selection, expected, plan.dry_run) else {
+        return Ok(());
+    };
+    let termination = &ctx.config.termination;
+    let ending = plan.ending;
+    let previews = plan.steps.iter().map(|step| async move {
+        let request = SelectRequest {
+            selector: selection.selector.clone(),
+            all_logins: selection.all_logins,
+            ending,
+            protected: step.protected.clone(),
+            dry_run: true,
+            verify_timeout: termination.verify_timeout,
+            at_most: None,
+            journal: None,
+        };
+        let result = match ctx.targets.get(&step.target) {
+            None => Err(EngineError::Config("not configured".into())),
+            Some(engine) => {
+                let preview = selected::end_selected(engine.as_ref(), &request);
+                tokio::time::timeout(termination.timeout, preview)
+                    .await
+                    .unwrap_or(Err(EngineError::Timeout(termination.timeout)))
+            }
+        };
+        (step.target.clone(), result)
+    });
+    let mut counts = BTreeMap::new();
+    for (target, result) in futures_util::future::join_all(previews).await {
+        match result {
+            Ok(outcome) => {
+                counts.insert(target, outcome.matched.len());
+            }
+            Err(e @ (EngineError::Refused(_) | EngineError::Unsupported(_))) => {
+                return Err(ApiError::Invalid(format!("target {target:?}: {e}")));
+            }
+            Err(e) => {
+                return Err(ApiError::Unavailable(format!(
+                    "target {target:?} could not be counted, so the revocation was not \
+                     started: {e}"
+                )));
+            }
+        }
+    }
+    let found = counts.values().sum();
+    if found > expected {
+        return Err(ApiError::SelectionGrew { expected, found });
+    }
+    if let Some(selection) = &mut plan.selection {
+        selection.at_most = counts;
+    }
+    Ok(())
 }
 
 /// Stores the plan for the queue to carry out; the action's id.

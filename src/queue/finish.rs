@@ -149,12 +149,8 @@ impl Transaction for FinishTx<'_> {
         if updated == 0 {
             return Ok(Decision::Rollback(None));
         }
-        let mut entries = action::target_records(
-            self.report,
-            lease.plan.dry_run,
-            &lease.actor,
-            lease.action_id,
-        );
+        let mut entries =
+            action::target_records(self.report, &lease.plan, &lease.actor, lease.action_id);
         if let Some(error) = &self.report.error {
             // The step is finished with an error only when retrying is over or pointless.
             if let Some(last) = entries.iter_mut().find(|e| e.kind == Kind::TargetFailed) {

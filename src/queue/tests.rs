@@ -23,12 +23,14 @@ fn submission(targets: &[&str], claims: &[&str]) -> Submission {
     let plan = Plan {
         action_id: Uuid::now_v7(),
         origin: Origin::Revocation {
-            login: "app".into(),
+            login: Some("app".into()),
         },
         scope: Some(Scope::All),
         dry_run: false,
         reason: Some("test".into()),
         cutoff_defaulted: false,
+        ending: Default::default(),
+        selection: None,
         steps: targets
             .iter()
             .map(|t| Step {
@@ -54,6 +56,7 @@ fn done(target: &str) -> TargetReport {
         found: 0,
         error: None,
         outcome: TerminateOutcome::default(),
+        decisions: Vec::new(),
     }
 }
 
@@ -409,12 +412,14 @@ async fn a_submission_run_again_after_it_committed_is_accepted_once() {
     let plan = Plan {
         action_id: Uuid::now_v7(),
         origin: Origin::Revocation {
-            login: "app".into(),
+            login: Some("app".into()),
         },
         scope: Some(Scope::All),
         dry_run: false,
         reason: None,
         cutoff_defaulted: false,
+        ending: Default::default(),
+        selection: None,
         steps: vec![Step {
             target: "main".into(),
             logins: vec!["app".into()],

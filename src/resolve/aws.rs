@@ -300,6 +300,8 @@ pub fn plan(
         dry_run: false,
         reason: None,
         cutoff_defaulted: false,
+        ending: credential.ending(),
+        selection: None,
         steps: steps_for(config, mappings)?,
     })
 }

@@ -11,10 +11,11 @@
 
 pub mod aws;
 pub mod cutoff;
+mod revocation;
 pub mod sweep;
 pub mod vault;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,10 +24,12 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::config::names::{self, NameError, NameKind};
-use crate::select::Selector;
+use crate::select::{Ending, Selector};
 use crate::terminate::{Scope, listing};
 
 use crate::action::{EventKind, Origin, Plan, Step};
+
+pub use revocation::{RevocationRequest, revocation};
 
 /// Longest accepted `reason`.
 pub const MAX_REASON: usize = 1024;
@@ -83,24 +86,6 @@ pub enum TargetSelection {
     Keyword(String),
 }
 
-/// An operator's request to end a login's sessions now.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RevocationRequest {
-    /// The login whose sessions end.
-    pub login: String,
-    /// Target ids, or `"all"`.
-    pub targets: TargetSelection,
-    /// Only sessions that began before this time; absent means all sessions.
-    #[serde(default)]
-    pub before: Option<DateTime<Utc>>,
-    /// Why; required, recorded in the audit trail.
-    pub reason: String,
-    /// Report what would be terminated and change nothing.
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
 fn check_reason(reason: &str) -> Result<(), ResolveError> {
     if reason.chars().count() > MAX_REASON {
         return Err(ResolveError::Invalid(format!(
@@ -155,6 +140,12 @@ pub fn event(
         dry_run: false,
         reason: event.reason.clone(),
         cutoff_defaulted: event.rotated_at.is_none(),
+        // A revocation ends every session at once, whatever the credential's mode.
+        ending: match event.kind {
+            EventKind::Revoked => Ending::TERMINATE,
+            EventKind::Rotated => credential.ending(),
+        },
+        selection: None,
         steps: steps_for(config, mappings)?,
     })
 }
@@ -251,57 +242,6 @@ pub fn selector(
         }
     }
     Ok(())
-}
-
-/// Plans an operator's revocation.
-pub fn revocation(config: &Config, request: &RevocationRequest) -> Result<Plan, ResolveError> {
-    names::check(NameKind::Login, &request.login)?;
-    if request.reason.trim().is_empty() {
-        return Err(ResolveError::Invalid("reason is required".into()));
-    }
-    check_reason(&request.reason)?;
-    let targets: Vec<String> = match &request.targets {
-        TargetSelection::Keyword(word) if word == "all" => config.targets.keys().cloned().collect(),
-        TargetSelection::Keyword(other) => {
-            return Err(ResolveError::Invalid(format!(
-                "targets must be a list of target ids or \"all\", not {other:?}"
-            )));
-        }
-        TargetSelection::Named(names) => {
-            let unique: BTreeSet<&String> = names.iter().collect();
-            unique.into_iter().cloned().collect()
-        }
-    };
-    if targets.is_empty() {
-        return Err(ResolveError::Invalid("no targets chosen".into()));
-    }
-    let mut steps = Vec::new();
-    for target in targets {
-        check_login_on(config, &target, &request.login)?;
-        let protected = config.protected_on(&target);
-        if protected.contains(&request.login) {
-            return Err(ResolveError::ProtectedLogin {
-                login: request.login.clone(),
-                target,
-            });
-        }
-        steps.push(Step {
-            target,
-            logins: vec![request.login.clone()],
-            protected,
-        });
-    }
-    Ok(Plan {
-        action_id: Uuid::now_v7(),
-        origin: Origin::Revocation {
-            login: request.login.clone(),
-        },
-        scope: Some(request.before.map_or(Scope::All, Scope::Before)),
-        dry_run: request.dry_run,
-        reason: Some(request.reason.clone()),
-        cutoff_defaulted: false,
-        steps,
-    })
 }
 
 #[cfg(test)]
@@ -406,13 +346,7 @@ mod tests {
     }
 
     fn revoke(login: &str, targets: TargetSelection) -> RevocationRequest {
-        RevocationRequest {
-            login: login.into(),
-            targets,
-            before: None,
-            reason: "incident 42".into(),
-            dry_run: false,
-        }
+        RevocationRequest::of_login(login, targets, "incident 42")
     }
 
     #[test]

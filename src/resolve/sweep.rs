@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::action::{Origin, Plan, Step};
 use crate::config::{Config, SweepConfig};
+use crate::select::Ending;
 use crate::terminate::Scope;
 
 /// Why a target cannot be swept.
@@ -45,6 +46,8 @@ pub fn plan(config: &Config, target: &str, dry_run: bool) -> Result<Plan, SweepE
         reason: None,
         // No named logins: the sweep finds its own, by pattern and by absence.
         cutoff_defaulted: false,
+        ending: Ending::TERMINATE,
+        selection: None,
         steps: vec![Step {
             target: target.to_owned(),
             logins: Vec::new(),

@@ -18,7 +18,9 @@ use crate::audit::AuditError;
 use crate::context::Context;
 use crate::queue::{Lease, QueueError, Submission};
 use crate::resolve::{self, sweep::SweepError};
+use crate::select::Mode;
 use crate::terminate::classify::ErrorClass;
+use crate::terminate::selected::{self, SelectRequest};
 use crate::terminate::{
     EngineError, Journal, Session, SkipReason, SweepRequest, TerminateOutcome, TerminateRequest,
     same_session,
@@ -201,7 +203,8 @@ async fn run_step(
     journal: Option<Arc<dyn Journal>>,
 ) -> (TargetReport, Option<ErrorClass>) {
     let termination = &ctx.config.termination;
-    let limit = termination.timeout + termination.verify_timeout;
+    // A graceful step waits its grace before it signals; the rest is as for any step.
+    let limit = termination.timeout + termination.verify_timeout + plan.ending.grace();
     let result = match ctx.targets.get(&step.target) {
         // Resolution only plans configured targets; this guards a config/target mismatch.
         None => Err((
@@ -211,7 +214,35 @@ async fn run_step(
         Some(engine) => {
             let call = async {
                 match work {
+                    Work::Select(selection) => {
+                        let request = SelectRequest {
+                            selector: selection.selector.clone(),
+                            all_logins: selection.all_logins,
+                            ending: plan.ending,
+                            protected: step.protected.clone(),
+                            dry_run: plan.dry_run,
+                            verify_timeout: termination.verify_timeout,
+                            at_most: selection.at_most.get(&step.target).copied(),
+                            journal,
+                        };
+                        selected::end_selected(engine.as_ref(), &request).await
+                    }
                     Work::Terminate(scope) => {
+                        // A credential's graceful rotation: its sessions finish what they are
+                        // doing within the grace, then the rotation path ends them all, as it
+                        // would have at once (it alone finds a dropped role's sessions).
+                        let mut outcome = if plan.ending.mode == Mode::Graceful && !plan.dry_run {
+                            selected::let_finish(
+                                engine.as_ref(),
+                                &step.logins,
+                                *scope,
+                                plan.ending.grace(),
+                                &step.protected,
+                            )
+                            .await?
+                        } else {
+                            TerminateOutcome::default()
+                        };
                         let request = TerminateRequest {
                             logins: step.logins.clone(),
                             scope: *scope,
@@ -221,7 +252,8 @@ async fn run_step(
                             refine_cutoff: plan.cutoff_defaulted,
                             journal,
                         };
-                        engine.terminate(&request).await
+                        outcome.absorb(engine.terminate(&request).await?);
+                        Ok(outcome)
                     }
                     Work::Sweep { pattern } => {
                         let request = SweepRequest {
@@ -258,6 +290,7 @@ async fn run_step(
         found: outcome.matched.len() + outcome.skipped.len(),
         error,
         outcome,
+        decisions: Vec::new(),
     };
     (report, class)
 }

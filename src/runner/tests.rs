@@ -19,12 +19,14 @@ fn lease(journal: Vec<Session>) -> Lease {
     let plan = Plan {
         action_id: Uuid::now_v7(),
         origin: Origin::Revocation {
-            login: "app".into(),
+            login: Some("app".into()),
         },
         scope: Some(Scope::All),
         dry_run: false,
         reason: None,
         cutoff_defaulted: false,
+        ending: Default::default(),
+        selection: None,
         steps: vec![Step {
             target: "a".into(),
             logins: vec!["app".into()],
@@ -64,6 +66,7 @@ fn journaled_sessions_gone_now_are_counted_terminated_whether_listed_again_or_no
             skipped: vec![gone(&listed), gone(&stranger)],
             ..TerminateOutcome::default()
         },
+        decisions: Vec::new(),
     };
     recovered(&lease(vec![listed, unlisted, own]), &mut report);
     let pids = |v: &[Session]| {

@@ -271,6 +271,7 @@ async fn give_up_expired(ctx: &Context, target: &str, error: &EngineError) {
             found: 0,
             error: Some(format!("target does not answer: {error}")),
             outcome: Default::default(),
+            decisions: Vec::new(),
         };
         if let Err(e) = ctx
             .queue

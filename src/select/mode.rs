@@ -26,6 +26,11 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Whether it is the default, `terminate`.
+    pub fn is_terminate(&self) -> bool {
+        *self == Mode::Terminate
+    }
+
     /// The word requests and reports use.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,8 +44,8 @@ impl Mode {
 /// A mode with its grace, as requests and the config spell them (`mode`, `grace`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Ending {
-    /// How.
-    #[serde(default)]
+    /// How (left out when `terminate`, the default).
+    #[serde(default, skip_serializing_if = "Mode::is_terminate")]
     pub mode: Mode,
     /// How long `graceful` waits before it cancels (e.g. `30s`); only with `graceful`.
     #[serde(

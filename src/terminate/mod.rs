@@ -316,6 +316,21 @@ pub struct TerminateOutcome {
     pub sweep_reasons: BTreeMap<i64, SweepReason>,
 }
 
+impl TerminateOutcome {
+    /// Adds what a later phase of the same step did (a graceful rotation's grace, then its
+    /// termination) to this outcome.
+    pub fn absorb(&mut self, later: TerminateOutcome) {
+        self.matched.extend(later.matched);
+        self.terminated.extend(later.terminated);
+        self.cancelled.extend(later.cancelled);
+        self.skipped.extend(later.skipped);
+        self.failed.extend(later.failed);
+        self.remaining.extend(later.remaining);
+        self.notes.extend(later.notes);
+        self.sweep_reasons.extend(later.sweep_reasons);
+    }
+}
+
 /// Reads a map keyed by pid. JSON object keys are strings, and inside a `#[serde(flatten)]`
 /// (as in the pipeline's target report) serde no longer turns them back into integers.
 fn pid_keyed<'de, D, V>(deserializer: D) -> Result<BTreeMap<i64, V>, D::Error>

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::listing::Listed;
 use super::{
-    Engine, EngineError, Failed, Journal, Poll, Sent, Session, Signal, SkipReason, Skipped,
+    Engine, EngineError, Failed, Journal, Poll, Scope, Sent, Session, Signal, SkipReason, Skipped,
     TerminateOutcome, record_intent, same_session,
 };
 use crate::select::{Decision, Ending, Mode, Selector, SessionState};
@@ -55,13 +55,15 @@ pub async fn end_selected(
 ) -> Result<TerminateOutcome, EngineError> {
     let listed = engine.list(&request.selector, false).await?;
     let mut outcome = TerminateOutcome::default();
-    let clients = listed
+    // The sessions any revocation could end there: not guarded, not protected.
+    let endable = listed
         .iter()
+        .filter(|l| l.guard.is_none())
         .filter(|l| {
-            !matches!(
-                l.guard,
-                Some(SkipReason::OwnLogin | SkipReason::SystemBackend)
-            )
+            l.session
+                .login
+                .as_ref()
+                .is_some_and(|n| !request.protected.contains(n))
         })
         .count();
     let mut candidates = Vec::new();
@@ -77,10 +79,10 @@ pub async fn end_selected(
             None => candidates.push(l),
         }
     }
-    if request.all_logins && !candidates.is_empty() && candidates.len() >= clients {
+    if request.all_logins && !candidates.is_empty() && candidates.len() >= endable {
         return Err(EngineError::Refused(format!(
-            "the selection reaches every one of the target's {clients} client session(s); \
-             narrow it, or name the logins"
+            "the selection reaches every one of the {endable} session(s) sever could end on \
+             this target; narrow it, or name the logins"
         )));
     }
     if let Some(at_most) = request.at_most
@@ -125,6 +127,86 @@ pub async fn end_selected(
             .chain(std::mem::take(&mut outcome.remaining))
             .collect();
     }
+    Ok(outcome)
+}
+
+/// A credential's graceful rotation, before the rotation path ends the sessions: waits up to
+/// `grace`, signalling nothing, until the sessions of `logins` in `scope` hold no statement
+/// and no transaction; then cancels the statements still running. Ends nothing itself; the
+/// outcome carries the cancelled sessions and a note of what the grace did.
+pub async fn let_finish(
+    engine: &dyn Engine,
+    logins: &[String],
+    scope: Scope,
+    grace: Duration,
+    protected: &BTreeSet<String>,
+) -> Result<TerminateOutcome, EngineError> {
+    let selector = Selector {
+        logins: logins.to_vec(),
+        started_before: match scope {
+            Scope::All => None,
+            Scope::Before(at) => Some(at),
+        },
+        ..Selector::default()
+    };
+    let chosen = |listed: Vec<Listed>| -> (Vec<Listed>, bool) {
+        let unknown_start = listed
+            .iter()
+            .any(|l| l.decision == Decision::Unknown("backend_start"));
+        let busy_now = listed
+            .into_iter()
+            .filter(|l| l.decision == Decision::Selected && l.guard.is_none())
+            .filter(|l| {
+                l.session
+                    .login
+                    .as_ref()
+                    .is_some_and(|n| !protected.contains(n))
+            })
+            .filter(busy)
+            .collect();
+        (busy_now, unknown_start)
+    };
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut outcome = TerminateOutcome::default();
+    let (mut waiting, unknown_start) = chosen(engine.list(&selector, false).await?);
+    if unknown_start {
+        outcome.notes.push(
+            "the grace could not wait for sessions whose start time is unreadable (MySQL and \
+             MariaDB record none): they were ended at once"
+                .into(),
+        );
+    }
+    while !waiting.is_empty() && tokio::time::Instant::now() < deadline {
+        let left = deadline - tokio::time::Instant::now();
+        tokio::time::sleep(GRACE_POLL.min(left)).await;
+        waiting = chosen(engine.list(&selector, false).await?).0;
+    }
+    let running: Vec<Listed> = waiting.into_iter().filter(running).collect();
+    if running.is_empty() {
+        return Ok(outcome);
+    }
+    match engine.signal(&running, Signal::Cancel).await {
+        // SQL Server has no cancel: the rotation path KILLs what is left.
+        Err(EngineError::Unsupported(_)) => return Ok(outcome),
+        Err(e) => return Err(e),
+        Ok(sent) => {
+            let cancelled: Vec<Listed> = running
+                .into_iter()
+                .zip(sent)
+                .filter(|(_, sent)| *sent == Sent::Signalled)
+                .map(|(l, _)| l)
+                .collect();
+            outcome
+                .cancelled
+                .extend(cancelled.iter().map(|l| l.session.clone()));
+            statements_left(engine, &cancelled, CANCEL_SETTLE).await?;
+        }
+    }
+    outcome.notes.push(format!(
+        "{} statement(s) still running when the grace of {} ran out were cancelled first",
+        outcome.cancelled.len(),
+        humantime::format_duration(grace)
+    ));
     Ok(outcome)
 }
 
@@ -268,9 +350,28 @@ async fn graceful(
         )
         .await?;
     }
+    // What is left is ended whatever the cancel did to it (an aborted transaction no longer
+    // shows as one): only those gone since are not.
     let left = statements.into_iter().chain(in_transaction).collect();
-    let left = refresh(engine, request, outcome, left).await?;
+    let left = still_here(engine, outcome, left).await?;
     terminate(engine, request, outcome, left).await
+}
+
+/// The sessions of `waiting` still connected; those gone are filed as such.
+async fn still_here(
+    engine: &dyn Engine,
+    outcome: &mut TerminateOutcome,
+    waiting: Vec<Listed>,
+) -> Result<Vec<Listed>, EngineError> {
+    let now = engine.list(&Selector::default(), false).await?;
+    let (here, gone): (Vec<Listed>, Vec<Listed>) = waiting
+        .into_iter()
+        .partition(|w| now.iter().any(|n| same_session(&n.session, &w.session)));
+    outcome.skipped.extend(gone.into_iter().map(|l| Skipped {
+        session: l.session,
+        reason: SkipReason::AlreadyGone,
+    }));
+    Ok(here)
 }
 
 /// The sessions of `waiting` as they are now; those gone, no longer selected or now

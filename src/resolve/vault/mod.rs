@@ -15,6 +15,7 @@ pub use client::{KvVersion, Vault};
 
 use super::{Origin, Plan, ResolveError, cutoff, steps_for};
 use crate::config::{Config, ConfigError, CredentialVault, RotationPolicy, WatchedMount};
+use crate::select::Ending;
 
 /// Vault could not be asked, or answered unusably.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -235,6 +236,8 @@ pub fn plan(
         dry_run: false,
         reason: None,
         cutoff_defaulted: false,
+        ending: credential.ending(),
+        selection: None,
         steps: steps_for(config, mappings)?,
     })
 }
@@ -272,6 +275,8 @@ pub fn plan_for_mount(
         dry_run: false,
         reason: None,
         cutoff_defaulted: false,
+        ending: Ending::TERMINATE,
+        selection: None,
         steps: steps_for(config, [(target.to_owned(), username.to_owned())])?,
     })
 }

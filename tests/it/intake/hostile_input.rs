@@ -368,7 +368,7 @@ async fn a_field_of_the_wrong_json_type_is_an_invalid_request_on_every_json_rout
     }
     let operator_cases = [
         json!({"login": 5, "targets": "all", "reason": "r"}),
-        json!({"login": ["app"], "targets": "all", "reason": "r"}),
+        json!({"login": {"app": 1}, "targets": "all", "reason": "r"}),
         json!({"login": "app", "targets": 5, "reason": "r"}),
         json!({"login": "app", "targets": [1], "reason": "r"}),
         json!({"login": "app", "targets": "all", "reason": 7}),

@@ -466,3 +466,70 @@ async fn audit_verify_detects_a_truncated_tail_in_postgres() {
     let ws = Workspace::new();
     truncation_of_the_tail_is_detected(&ws, &pg.superuser_url("sever_store")).await;
 }
+
+#[tokio::test]
+async fn a_selector_revocation_previews_until_told_to_execute() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.create_login("app", "pw").await;
+    let ws = Workspace::new();
+    let config = ws.write_config(&ws.target_config(ws.config(), "main", &pg).toml());
+    let (_c1, api) = pg.session("app", "pw", "postgres", "orders-api").await;
+    let (_c2, dump) = pg.session("app", "pw", "postgres", "pg_dump").await;
+    let revoke = |extra: &[&str]| {
+        let mut args = vec![
+            "revoke",
+            "--login",
+            "app",
+            "--exclude-application-names",
+            "pg_*",
+            "--target",
+            "main",
+            "--reason",
+            "INC-18",
+        ];
+        args.extend_from_slice(extra);
+        cli(&config, &args)
+    };
+
+    // Any selector field beyond the login: a dry run unless --execute.
+    let out = revoke(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("DRY RUN: nothing was ended"), "{text}");
+    assert!(
+        text.contains("would terminate") && text.contains(&api.to_string()),
+        "{text}"
+    );
+    assert!(
+        text.contains("excluded (exclude_application_names: pg_*)"),
+        "{text}"
+    );
+    assert!(pg.is_alive(api).await && pg.is_alive(dump).await);
+    assert_eq!(ws.records("session.terminated").await.len(), 0);
+
+    // --all-logins without the count its dry run printed is refused before connecting.
+    let out = cli(
+        &config,
+        &[
+            "revoke",
+            "--all-logins",
+            "--databases",
+            "postgres",
+            "--target",
+            "main",
+            "--reason",
+            "r",
+            "--execute",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("expect_count"), "{}", stderr(&out));
+
+    let out = revoke(&["--execute", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["dry_run"], false);
+    assert!(pg.wait_gone(api, Duration::from_secs(5)).await);
+    assert!(pg.is_alive(dump).await, "pg_dump is spared");
+}

@@ -327,13 +327,18 @@ pub fn now() -> i64 {
 }
 
 /// pids listed under `key` (`terminated`, `matched`, `remaining`, …) for `target` in a report.
-pub fn pids(report: &Value, target: &str, key: &str) -> Vec<i64> {
-    let t = report["targets"]
+/// One target's part of an action report.
+pub fn target_report<'a>(report: &'a Value, target: &str) -> &'a Value {
+    report["targets"]
         .as_array()
         .unwrap()
         .iter()
         .find(|t| t["target"] == target)
-        .unwrap_or_else(|| panic!("no target {target} in {report}"));
+        .unwrap_or_else(|| panic!("no target {target} in {report}"))
+}
+
+pub fn pids(report: &Value, target: &str, key: &str) -> Vec<i64> {
+    let t = target_report(report, target);
     let mut pids: Vec<i64> = t[key]
         .as_array()
         .unwrap_or_else(|| panic!("no {key} in {t}"))

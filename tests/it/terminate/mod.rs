@@ -9,5 +9,6 @@ mod mysql;
 mod own_login;
 mod postgres;
 mod retry_classes;
+mod selected;
 mod sqlserver;
 mod sweep;
