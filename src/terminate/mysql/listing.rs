@@ -92,7 +92,18 @@ impl Mysql {
             None => false,
         };
         let names = if schema_on {
-            program_names(&mut conn).await?
+            match program_names(&mut conn).await {
+                Ok(names) => names,
+                // Not granted: only a selector that needs the names cares.
+                Err(EngineError::Rejected(why)) if wants_names => {
+                    return Err(EngineError::Unsupported(format!(
+                        "application_names and exclude_application_names need SELECT on \
+                         performance_schema.session_connect_attrs for sever's login: {why}"
+                    )));
+                }
+                Err(EngineError::Rejected(_)) => BTreeMap::new(),
+                Err(e) => return Err(e),
+            }
         } else if wants_names {
             return Err(EngineError::Unsupported(
                 "application_names and exclude_application_names need performance_schema = ON \

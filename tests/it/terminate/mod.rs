@@ -6,6 +6,7 @@
 mod cutoff;
 mod engines;
 mod mysql;
+mod mysql_selected;
 mod own_login;
 mod postgres;
 mod retry_classes;
