@@ -24,6 +24,10 @@ fn fake(id: i16, login: &str, started: DateTime<Utc>, status: &str) -> FakeSessi
         status: status.into(),
         is_user_process: true,
         authenticating_database: None,
+        request: None,
+        transaction_begin_time: None,
+        last_request_start_time: None,
+        last_request_end_time: None,
     }
 }
 
