@@ -236,9 +236,6 @@ pub fn unsupported(engine: EngineKind, field: &str) -> Option<&'static str> {
         (EngineKind::Mysql, "started_before" | "started_after") => {
             Some("MySQL and MariaDB record no connection start time")
         }
-        (EngineKind::Sqlserver, "states" | "idle_for" | "active_for" | "in_transaction_for") => {
-            Some("not evaluated on SQL Server targets yet")
-        }
         _ => None,
     }
 }

@@ -30,6 +30,7 @@ use crate::config::{TargetConfig, TerminationConfig};
 use crate::select::Selector;
 use crate::terminate::listing::Listed;
 
+mod activity;
 mod listing;
 
 /// `KILL` refused: missing `ALTER ANY CONNECTION` (Azure SQL Database: `KILL DATABASE CONNECTION`).

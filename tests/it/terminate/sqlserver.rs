@@ -1,7 +1,8 @@
 //! What only the SQL Server engine has, against the TDS stand-in in `tests/kit/src/tds.rs`
 //! (SQL Server cannot be installed here): the query it sends, the re-check before each
 //! `KILL`, integers only in `KILL`, sessions already rolling back, the server's local clock,
-//! and the error paths. The behaviour every engine shares is in `tests/engines.rs`.
+//! and the error paths; the listing's states, durations and lock waits are in `impact`. The
+//! behaviour every engine shares is in `tests/engines.rs`.
 
 use crate::support::config::file;
 use crate::support::scenarios::Database;
@@ -10,6 +11,8 @@ use chrono::{DateTime, Duration, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sever_testkit::tds::{FakeSession, TdsStandIn};
+
+mod impact;
 
 fn fake(id: i16, login: &str, started: DateTime<Utc>, status: &str) -> FakeSession {
     FakeSession {
@@ -24,6 +27,10 @@ fn fake(id: i16, login: &str, started: DateTime<Utc>, status: &str) -> FakeSessi
         status: status.into(),
         is_user_process: true,
         authenticating_database: None,
+        request: None,
+        transaction_begin_time: None,
+        last_request_start_time: None,
+        last_request_end_time: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! A stand-in for Microsoft SQL Server (it cannot be installed on the test machines): it speaks
 //! just enough TDS 7.3 for tiberius and simulates `sys.dm_exec_sessions` joined to
-//! `sys.dm_exec_connections`, the server clock's UTC offset, and KILL.
+//! `sys.dm_exec_connections`, what each session is doing (`sys.dm_exec_requests` and the
+//! open transaction, `tds/activity.rs`), the server clock's UTC offset, and KILL.
 //!
 //! It listens on `127.0.0.1:<free port>` in the test's own process (one task per connection)
 //! and is driven through methods on [`TdsStandIn`]. Every SQL batch and RPC it receives is
@@ -21,8 +22,9 @@
 //! table). Its row ([`FakeSession`]) has the SQL login as both login names, `login_time` = the
 //! moment of login, `host_name` = LOGIN7 HostName, `program_name` = LOGIN7 AppName
 //! (`Config::application_name`), `database_name` = the login's database, `client_net_address`
-//! = the peer address, `status` `running` while it executes a request and `sleeping` otherwise,
-//! `is_user_process = true`. The row is removed when the client disconnects.
+//! = the peer address, `status` `running` while it executes a request and `sleeping` otherwise
+//! (with `last_request_start_time`/`last_request_end_time` set as each request starts and
+//! ends), `is_user_process = true`. The row is removed when the client disconnects.
 //!
 //! # Statements understood
 //!
@@ -56,7 +58,8 @@
 //!   - no session `n` → error 6106 `Process ID <n> is not an active process ID.` (class 11);
 //!   - session `n` has `is_user_process = false` → error 6107 `Only user processes can be
 //!     killed.` (class 14);
-//!   - session `n` has status `rollback` (it is already being killed) → NOT an error: an INFO
+//!   - session `n` has status `rollback`, or its request ([`FakeRequest`]) has status
+//!     `rollback` or command `KILLED/ROLLBACK` (it is already being killed) → NOT an error: an INFO
 //!     message 6120 (class 0) `SPID <n>: transaction rollback in progress. Estimated rollback
 //!     completion: 0%. Estimated time remaining: 0 seconds.` and DONE; the session stays in the
 //!     table. tiberius does not surface INFO messages, so the client sees a successful KILL;
@@ -68,6 +71,9 @@
 //!   `KILL @P1` is rejected with 102, as SQL Server does (KILL takes a literal only).
 //! - The administrator query (is a login a sysadmin, does it hold `CONTROL SERVER`): see
 //!   `tds/admins.rs`.
+//! - The activity query (each session's request, open transaction and statement text): see
+//!   `tds/activity.rs`. Any other statement naming `sys.dm_exec_requests`, `sys.dm_tran_*`
+//!   or `sys.dm_exec_sql_text` gets 50000.
 //! - The session query, see below. Any other statement starting with `SELECT` or `DECLARE`,
 //!   or naming `sys.dm_exec_sessions`/`sys.dm_exec_connections`, is parsed as a session query
 //!   and so fails with the error below that fits.
@@ -245,7 +251,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
+mod activity;
 mod admins;
+
+pub use activity::FakeRequest;
 
 /// One session: its row of the simulated `sys.dm_exec_sessions` and its connection in
 /// `sys.dm_exec_connections`.
@@ -272,6 +281,15 @@ pub struct FakeSession {
     /// is master (id 1), i.e. a server login; `Some("orders")` is a contained-database user
     /// of `orders` (see [`TdsStandIn::database_id`]).
     pub authenticating_database: Option<String>,
+    /// The request it runs (`sys.dm_exec_requests`), if any; see `tds/activity.rs`.
+    pub request: Option<FakeRequest>,
+    /// When its open transaction began (`sys.dm_tran_active_transactions`), in UTC; `None`
+    /// with none open.
+    pub transaction_begin_time: Option<DateTime<Utc>>,
+    /// When its last request began, in UTC; `None` reads as `login_time`.
+    pub last_request_start_time: Option<DateTime<Utc>>,
+    /// When its last request ended, in UTC; `None` reads as NULL.
+    pub last_request_end_time: Option<DateTime<Utc>>,
 }
 
 type QueryHook = Arc<dyn Fn(&str, &[FakeSession]) -> Option<Vec<FakeSession>> + Send + Sync>;
@@ -805,6 +823,10 @@ async fn run_connection(
                 status: "sleeping".to_string(),
                 is_user_process: true,
                 authenticating_database: None,
+                request: None,
+                transaction_begin_time: None,
+                last_request_start_time: None,
+                last_request_end_time: None,
             },
         );
         st.live.insert(
@@ -905,6 +927,11 @@ fn set_status(state: &Mutex<State>, spid: i16, status: &str) {
         && s.status != "rollback"
     {
         s.status = status.to_string();
+        // As `sys.dm_exec_sessions` records a live connection's requests.
+        match status {
+            "running" => s.last_request_start_time = Some(Utc::now()),
+            _ => s.last_request_end_time = Some(Utc::now()),
+        }
     }
 }
 
@@ -1847,6 +1874,12 @@ fn execute_inner(
             )),
         };
     }
+    if activity::is_activity_query(&toks) {
+        return activity::activity_query(state, spid, params);
+    }
+    if activity::mentions_activity_views(&toks) {
+        return Err(activity::refused());
+    }
     let mentions_views = toks.windows(3).any(|w| {
         w[0].is_kw("sys")
             && w[1].is_sym(".")
@@ -1898,7 +1931,11 @@ fn kill(state: &Mutex<State>, own: i16, n: i64) -> Outcome {
             "Only user processes can be killed.".to_string(),
         ));
     }
-    if session.status.eq_ignore_ascii_case("rollback") {
+    let killed = session.request.as_ref().is_some_and(|r| {
+        r.status.eq_ignore_ascii_case("rollback")
+            || r.command.eq_ignore_ascii_case("KILLED/ROLLBACK")
+    });
+    if session.status.eq_ignore_ascii_case("rollback") || killed {
         return Outcome::Info(SqlError::new(
             6120,
             1,

@@ -7,4 +7,5 @@ mod moto;
 mod openbao;
 mod pg;
 mod tds;
+mod tds_activity;
 mod vault;

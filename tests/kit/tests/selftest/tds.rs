@@ -13,10 +13,10 @@ use tiberius::{AuthMethod, Client, ColumnData, Config, EncryptionLevel};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-type Conn = Client<Compat<TcpStream>>;
+pub(crate) type Conn = Client<Compat<TcpStream>>;
 
-const ADMIN: &str = "sever_admin";
-const ADMIN_PW: &str = "s3cr3t-Pässword!";
+pub(crate) const ADMIN: &str = "sever_admin";
+pub(crate) const ADMIN_PW: &str = "s3cr3t-Pässword!";
 
 /// The select list of the session query, as a real server accepts it.
 const SELECT: &str = "s.session_id, s.original_login_name, s.login_name, s.login_time, \
@@ -51,7 +51,7 @@ fn session_query() -> String {
     listing(" AND s.original_login_name = @P1 AND s.login_time < @P2 AND s.session_id <> @@SPID")
 }
 
-async fn connect(port: u16, login: &str, password: &str) -> tiberius::Result<Conn> {
+pub(crate) async fn connect(port: u16, login: &str, password: &str) -> tiberius::Result<Conn> {
     let mut config = Config::new();
     config.host("127.0.0.1");
     config.port(port);
@@ -66,13 +66,13 @@ async fn connect(port: u16, login: &str, password: &str) -> tiberius::Result<Con
     Client::connect(config, tcp.compat_write()).await
 }
 
-async fn standin() -> TdsStandIn {
+pub(crate) async fn standin() -> TdsStandIn {
     let sql = TdsStandIn::start().await;
     sql.allow_login(ADMIN, ADMIN_PW);
     sql
 }
 
-fn session(id: i16, login: &str, login_time: DateTime<Utc>) -> FakeSession {
+pub(crate) fn session(id: i16, login: &str, login_time: DateTime<Utc>) -> FakeSession {
     FakeSession {
         session_id: id,
         original_login_name: login.to_string(),
@@ -85,6 +85,10 @@ fn session(id: i16, login: &str, login_time: DateTime<Utc>) -> FakeSession {
         status: "sleeping".to_string(),
         is_user_process: true,
         authenticating_database: None,
+        request: None,
+        transaction_begin_time: None,
+        last_request_start_time: None,
+        last_request_end_time: None,
     }
 }
 
@@ -101,7 +105,7 @@ fn datetime2(t: DateTime<Utc>) -> ColumnData<'static> {
 }
 
 /// Reads a `datetime` cell the way tiberius' `chrono` feature does.
-fn read_datetime(row: &tiberius::Row, idx: usize) -> DateTime<Utc> {
+pub(crate) fn read_datetime(row: &tiberius::Row, idx: usize) -> DateTime<Utc> {
     match row.get::<ColumnData<'_>, _>(idx) {
         Some(ColumnData::DateTime(Some(dt))) => {
             let base = NaiveDate::from_ymd_opt(1900, 1, 1)
@@ -131,10 +135,14 @@ fn read_session(row: &tiberius::Row) -> FakeSession {
         status: row.get::<&str, _>(8).unwrap().to_string(),
         is_user_process: true,
         authenticating_database: None,
+        request: None,
+        transaction_begin_time: None,
+        last_request_start_time: None,
+        last_request_end_time: None,
     }
 }
 
-fn server_code(e: &tiberius::error::Error) -> u32 {
+pub(crate) fn server_code(e: &tiberius::error::Error) -> u32 {
     match e {
         tiberius::error::Error::Server(t) => t.code(),
         other => panic!("expected a server error, got {other:?}"),
@@ -150,7 +158,7 @@ async fn query_sessions(
     Ok(rows.iter().map(read_session).collect())
 }
 
-async fn my_spid(client: &mut Conn) -> i16 {
+pub(crate) async fn my_spid(client: &mut Conn) -> i16 {
     let row = client
         .simple_query("SELECT @@SPID")
         .await
