@@ -32,6 +32,7 @@ use crate::terminate::listing::Listed;
 
 mod activity;
 mod listing;
+mod signal;
 
 /// `KILL` refused: missing `ALTER ANY CONNECTION` (Azure SQL Database: `KILL DATABASE CONNECTION`).
 const KILL_DENIED: u32 = 6102;
@@ -370,6 +371,7 @@ impl SqlServer {
         };
         let mut outcome = TerminateOutcome::default();
         let mut to_kill = Vec::new();
+        let mut activities = None;
         for login in &request.logins {
             let principal = Principal::parse(login);
             let mut cutoff_local = cutoff_local;
@@ -401,13 +403,19 @@ impl SqlServer {
                      to sever's login)"
                 ));
             }
+            // A killed session shows as such only in its request (`KILLED/ROLLBACK`): read
+            // once, and only when there is a session to decide on.
+            if !rows.is_empty() && activities.is_none() {
+                activities = Some(activity::read(client, false).await?.0);
+            }
             for row in rows {
                 let session = row.session(offset);
+                let now = activities.as_ref().and_then(|a| a.get(&row.session_id));
                 let skip = if let Some(reason) = standing.skip_reason() {
                     Some(reason)
                 } else if request.protected.contains(&row.original_login_name) {
                     Some(SkipReason::Protected)
-                } else if row.status.eq_ignore_ascii_case("rollback") {
+                } else if activity::rolling_back(&row, now) {
                     // Already being killed (or rolling back): KILL would only report status.
                     Some(SkipReason::RollingBack)
                 } else {
@@ -454,46 +462,11 @@ impl SqlServer {
         Ok(outcome)
     }
 
-    /// `KILL`s a listed session if its id still names it (ids are reused: the login and
-    /// login time are checked right before).
-    async fn kill_listed(
-        client: &mut Connection,
-        session: &Session,
-        offset: chrono::Duration,
-    ) -> Result<Sent, EngineError> {
-        let (Some(login), Ok(id)) = (session.login.as_deref(), i16::try_from(session.pid)) else {
-            return Ok(Sent::Gone);
-        };
-        let principal = Principal::parse(login);
-        let now = Self::principal_sessions(client, &principal, None, Some(i32::from(id))).await?;
-        if !now
-            .iter()
-            .any(|r| r.session(offset).backend_start == session.backend_start)
-        {
-            return Ok(Sent::Gone);
-        }
-        // KILL takes no parameters; the id is an i16, so only digits reach SQL.
-        let result = match client.simple_query(format!("KILL {id}")).await {
-            Ok(stream) => stream.into_results().await.map(drop),
-            Err(e) => Err(e),
-        };
-        Ok(match result {
-            Ok(()) => Sent::Signalled,
-            Err(e) => match server_code(&e) {
-                Some(n) if classify::sqlserver(n) == classify::Verdict::Gone => Sent::Gone,
-                _ => {
-                    let mut outcome = TerminateOutcome::default();
-                    Self::kill_failed(&mut outcome, session.clone(), &e);
-                    match outcome.failed.pop() {
-                        Some(failed) => Sent::Refused(failed.error),
-                        None => Sent::Gone,
-                    }
-                }
-            },
-        })
-    }
-
-    fn kill_failed(outcome: &mut TerminateOutcome, session: Session, e: &tiberius::error::Error) {
+    pub(super) fn kill_failed(
+        outcome: &mut TerminateOutcome,
+        session: Session,
+        e: &tiberius::error::Error,
+    ) {
         match server_code(e) {
             Some(n) if classify::sqlserver(n) == classify::Verdict::Gone => {
                 outcome.skipped.push(Skipped { session, reason: SkipReason::AlreadyGone });

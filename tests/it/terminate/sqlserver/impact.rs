@@ -12,7 +12,7 @@ use sever::config::Config;
 use sever::select::{Decision, Ending, Selector, SessionState};
 use sever::terminate::selected::{SelectRequest, end_selected};
 use sever::terminate::sqlserver::SqlServer;
-use sever::terminate::{Engine, SkipReason};
+use sever::terminate::{Engine, Scope, SkipReason, TerminateRequest};
 use sever_testkit::tds::{FakeRequest, FakeSession, TdsStandIn};
 
 use super::{fake, server};
@@ -265,4 +265,32 @@ async fn a_session_rolling_back_is_listed_with_its_guard_and_never_killed() {
         .filter(|s| s.starts_with("KILL"))
         .collect();
     assert_eq!(kills, ["KILL 96"], "{kills:?}");
+
+    // The rotation path reads the request too: a killed session is never KILLed again.
+    db.add_session(running(97, "app", Utc::now(), 0, "SELECT 2"));
+    let rotation = TerminateRequest {
+        logins: vec!["app".into()],
+        scope: Scope::All,
+        protected: Default::default(),
+        dry_run: false,
+        verify_timeout: StdDuration::from_secs(3),
+        refine_cutoff: false,
+        journal: None,
+    };
+    let outcome = engine.terminate(&rotation).await.unwrap();
+    let ended: Vec<i64> = outcome.terminated.iter().map(|s| s.pid).collect();
+    assert_eq!(ended, [97], "{outcome:?}");
+    assert!(
+        outcome
+            .skipped
+            .iter()
+            .any(|s| s.session.pid == 95 && s.reason == SkipReason::RollingBack),
+        "{outcome:?}"
+    );
+    let kills: Vec<String> = db
+        .statements()
+        .into_iter()
+        .filter(|s| s.starts_with("KILL"))
+        .collect();
+    assert_eq!(kills, ["KILL 96", "KILL 97"], "{kills:?}");
 }
