@@ -227,3 +227,26 @@ fn a_sweep_learns_every_two_seconds_unless_told_and_never_every_zero() {
         "{e}"
     );
 }
+
+#[test]
+fn a_credential_may_be_graceful_within_five_minutes_and_never_cancel() {
+    let with =
+        |extra: &str| GOOD.replace("[credentials.app]", &format!("[credentials.app]\n{extra}"));
+    let config = Config::parse(&with("mode = \"graceful\"\ngrace = \"30s\"")).unwrap();
+    let ending = config.credentials["app"].ending();
+    assert_eq!(ending.grace(), Duration::from_secs(30));
+    assert!(Config::parse(&with("mode = \"graceful\"\ngrace = \"5m\"")).is_ok());
+    for (extra, needle) in [
+        ("mode = \"cancel\"", "credentials.app.mode"),
+        ("mode = \"graceful\"", "credentials.app.grace"),
+        (
+            "mode = \"graceful\"\ngrace = \"6m\"",
+            "credentials.app.grace",
+        ),
+        ("grace = \"30s\"", "credentials.app.grace"),
+        ("mode = \"kill\"", "kill"),
+    ] {
+        let e = err(&with(extra));
+        assert!(e.contains(needle), "{extra}: {e}");
+    }
+}

@@ -328,3 +328,85 @@ async fn wait_for_state(server: &TestServer, pid: i32, state: &str) -> (Value, S
     }
     panic!("session {pid} never showed {state}");
 }
+
+#[tokio::test]
+async fn a_graceful_credential_lets_a_transaction_finish_before_its_rotation_ends_it() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.create_login("app", "pw").await;
+    pg.exec("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0); GRANT ALL ON t TO app")
+        .await;
+    let ws = Workspace::new();
+    let config = ws
+        .target_config(ws.config(), "main", &pg)
+        .credential("orders", &[("main", "app")])
+        .set("credentials.orders.mode", "graceful")
+        .set("credentials.orders.grace", "3s")
+        .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let (_idle, idle_pid) = pg.session("app", "pw", "postgres", "web").await;
+    let (mut writer, writer_pid) = pg.session("app", "pw", "postgres", "batch").await;
+    writer
+        .execute("BEGIN; UPDATE t SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    // The client keeps its connection after the commit, as a pool would.
+    let committing = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let result = writer.execute("COMMIT").await.map(drop);
+        (writer, result)
+    });
+
+    let started = std::time::Instant::now();
+    let (status, report) = server
+        .event(&json!({"credential": "orders", "kind": "rotated"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["mode"], "graceful", "{report}");
+    let (_writer, committed) = committing.await.unwrap();
+    committed.expect("the transaction commits within the grace, never signalled");
+    let mut ended = vec![i64::from(idle_pid), i64::from(writer_pid)];
+    ended.sort();
+    assert_eq!(pids(&report, "main", "terminated"), ended, "{report}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "ended once the transaction finished, not at the grace's end"
+    );
+    assert!(pg.wait_gone(idle_pid, GONE).await && pg.wait_gone(writer_pid, GONE).await);
+    let mut conn = pg.session("postgres", "", "postgres", "").await.0;
+    let v: i32 = sqlx::query_scalar("SELECT v FROM t WHERE id = 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(v, 1, "the commit landed before the session was ended");
+}
+
+#[tokio::test]
+async fn values_sever_cannot_read_are_spared_and_reported_unknown() {
+    let pg = TestPostgres::start();
+    // Without pg_read_all_stats: other roles' state, start and address read as NULL.
+    pg.exec("CREATE ROLE blind LOGIN PASSWORD 'pw' IN ROLE pg_signal_backend")
+        .await;
+    pg.create_login("app", "pw").await;
+    let ws = Workspace::new();
+    let url = ws.secret_path("main.url", &pg.url("blind", "pw", "postgres"));
+    let config = ws.config().target_postgres("main", &url).toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let (_c, app) = pg.session("app", "pw", "postgres", "web").await;
+    for extra in [
+        json!({"states": ["idle"]}),
+        json!({"client_addrs": ["127.0.0.0/8"]}),
+    ] {
+        let mut body = json!({"login": "app", "targets": ["main"], "reason": "r"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, report) = server.operator_post("/v1/revocations", &body).await;
+        assert_eq!(status, StatusCode::OK, "{report}");
+        let found = decisions(&report, "main");
+        assert_eq!(found.len(), 1, "{report}");
+        assert_eq!(found[0].0, i64::from(app));
+        assert!(found[0].1.starts_with("unknown_"), "{found:?}");
+        assert!(pg.is_alive(app).await, "an unreadable value never selects");
+    }
+}
