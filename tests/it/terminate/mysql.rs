@@ -84,7 +84,7 @@ async fn an_account_mapping_reaches_only_that_accounts_sessions() {
     server.stop().await;
 }
 
-async fn engine(db: &TestMariaDb, ws: &Workspace, rds: bool) -> Mysql {
+pub(super) async fn engine(db: &TestMariaDb, ws: &Workspace, rds: bool) -> Mysql {
     let mut target = ConfigBuilder::new().merge_toml(&Database::target(db, ws, "main").await);
     if rds {
         target = target.set("targets.main.rds", true);

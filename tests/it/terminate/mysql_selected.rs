@@ -236,3 +236,73 @@ async fn graceful_ends_an_idle_session_at_once_and_cancels_then_ends_one_that_ho
     assert!(db.wait_gone(idle_id, GONE).await && db.wait_gone(holder_id, GONE).await);
     drop(holding.await.unwrap());
 }
+
+#[tokio::test]
+async fn rds_mode_cancels_through_mysql_rds_kill_query() {
+    use sever::select::{Ending, Mode, Selector};
+    use sever::terminate::selected::{SelectRequest, end_selected};
+    sever::install_crypto_provider();
+    let db = TestMariaDb::start();
+    // RDS provides this procedure (running with its definer's rights); here it is made the same way.
+    // It also records each call, so the test sees the cancel went through it.
+    db.exec("CREATE TABLE mysql.rds_calls (thread BIGINT)")
+        .await;
+    db.exec(
+        "CREATE PROCEDURE mysql.rds_kill_query(IN thread BIGINT) SQL SECURITY DEFINER \
+         BEGIN INSERT INTO mysql.rds_calls VALUES (thread); KILL QUERY thread; END",
+    )
+    .await;
+    let ws = Workspace::new();
+    let engine = super::mysql::engine(&db, &ws, true).await;
+    db.exec("GRANT EXECUTE ON PROCEDURE mysql.rds_kill_query TO 'sever_admin'@'%'")
+        .await;
+    db.create_login("app", "pw0").await;
+    let (mut sleeper, sleeper_id) = db.session("app", "pw0").await;
+    let sleeping = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let _ = sleeper.execute("SELECT SLEEP(30)").await;
+        (sleeper, started.elapsed())
+    });
+    let request = SelectRequest {
+        selector: Selector {
+            logins: vec!["app".into()],
+            ..Selector::default()
+        },
+        all_logins: false,
+        ending: Ending {
+            mode: Mode::Cancel,
+            grace: None,
+        },
+        protected: Default::default(),
+        dry_run: false,
+        verify_timeout: GONE,
+        at_most: None,
+        journal: None,
+    };
+    let mut outcome = Default::default();
+    for _ in 0..300 {
+        outcome = end_selected(&engine, &request).await.unwrap();
+        if !outcome.cancelled.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cancelled: Vec<i64> = outcome.cancelled.iter().map(|s| s.pid).collect();
+    assert_eq!(cancelled, [sleeper_id as i64], "{outcome:?}");
+    assert!(
+        outcome.failed.is_empty() && outcome.remaining.is_empty(),
+        "{outcome:?}"
+    );
+    let (_sleeper, took) = tokio::time::timeout(GONE, sleeping).await.unwrap().unwrap();
+    assert!(
+        took < Duration::from_secs(20),
+        "the sleep was cut short: {took:?}"
+    );
+    assert!(db.is_alive(sleeper_id).await, "the connection stays");
+    let mut root = db.root_connection().await;
+    let calls: Vec<i64> = sqlx::query_scalar("SELECT thread FROM mysql.rds_calls")
+        .fetch_all(&mut root)
+        .await
+        .unwrap();
+    assert_eq!(calls, [sleeper_id as i64]);
+}

@@ -188,3 +188,104 @@ async fn impact_and_decisions_on_sessions_held_in_each_state() {
     drop(blocked.await.unwrap());
     sleeping.await.unwrap();
 }
+
+#[tokio::test]
+async fn every_field_and_duration_on_sessions_held_for_seconds() {
+    let pg = TestPostgres::start();
+    pg.exec("CREATE ROLE lister LOGIN PASSWORD 'pw' IN ROLE pg_read_all_stats")
+        .await;
+    pg.create_login("app", "pw").await;
+    pg.create_login("batch", "pw").await;
+    pg.exec("CREATE DATABASE other").await;
+    pg.exec("GRANT CONNECT ON DATABASE other TO app").await;
+    let (_dir, lister) = engine(&pg, "lister").await;
+
+    let (mut in_tx, in_tx_pid) = pg.session("app", "pw", "postgres", "orders").await;
+    in_tx.execute("BEGIN; SELECT 1").await.unwrap();
+    let (mut aborted, aborted_pid) = pg.session("app", "pw", "postgres", "orders").await;
+    aborted.execute("BEGIN").await.unwrap();
+    assert!(aborted.execute("SELECT 1/0").await.is_err());
+    let (_idle, idle_pid) = pg.session("app", "pw", "other", "orders").await;
+    let (mut sleeper, sleeper_pid) = pg.session("batch", "pw", "postgres", "etl").await;
+    let sleeping = tokio::spawn(async move {
+        let _ = sleeper.execute("SELECT pg_sleep(30)").await;
+    });
+    let (mut admin, _) = pg.session("postgres", "", "postgres", "").await;
+    let between: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    let (_late, late_pid) = pg.session("app", "pw", "postgres", "orders").await;
+    // Three seconds in those states, as the selector's durations count them.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+
+    let pids = [in_tx_pid, aborted_pid, idle_pid, sleeper_pid, late_pid];
+    let decided = |json: String| {
+        let s = selector(&json);
+        let lister = &lister;
+        async move {
+            let listed = lister.list_sessions(&s, false).await.unwrap();
+            pids.map(|p| find(&listed, p).decision == Decision::Selected)
+        }
+    };
+    let cases = [
+        // in_tx, aborted, idle, sleeper, late
+        // A running statement is a transaction too (xact_start is set); an aborted one
+        // shows none.
+        (
+            r#"{"in_transaction_for": "2s"}"#.to_owned(),
+            [true, false, false, true, false],
+        ),
+        (r#"{"in_transaction_for": "10s"}"#.to_owned(), [false; 5]),
+        (
+            r#"{"idle_for": "2s"}"#.to_owned(),
+            [false, false, true, false, true],
+        ),
+        (
+            r#"{"active_for": "2s"}"#.to_owned(),
+            [false, false, false, true, false],
+        ),
+        (r#"{"active_for": "1m"}"#.to_owned(), [false; 5]),
+        (
+            r#"{"states": "idle_in_transaction_aborted"}"#.to_owned(),
+            [false, true, false, false, false],
+        ),
+        (
+            r#"{"states": ["idle", "active"], "logins": "app"}"#.to_owned(),
+            [false, false, true, false, true],
+        ),
+        (
+            r#"{"databases": "other"}"#.to_owned(),
+            [false, false, true, false, false],
+        ),
+        (
+            r#"{"exclude_databases": "other", "exclude_logins": "batch"}"#.to_owned(),
+            [true, true, false, false, true],
+        ),
+        (
+            format!(r#"{{"started_before": "{}"}}"#, between.to_rfc3339()),
+            [true, true, true, true, false],
+        ),
+        (
+            format!(r#"{{"started_after": "{}"}}"#, between.to_rfc3339()),
+            [false, false, false, false, true],
+        ),
+        (
+            r#"{"application_names": ["e*l", "nope"]}"#.to_owned(),
+            [false, false, false, true, false],
+        ),
+        (r#"{"client_addrs": "10.0.0.0/8"}"#.to_owned(), [false; 5]),
+        (r#"{"client_addrs": "127.0.0.1"}"#.to_owned(), [true; 5]),
+        // Exclusions win over every inclusion.
+        (
+            r#"{"logins": "app", "exclude_application_names": "ord*"}"#.to_owned(),
+            [false; 5],
+        ),
+    ];
+    for (json, expected) in cases {
+        assert_eq!(decided(json.clone()).await, expected, "{json}");
+    }
+    pg.exec(&format!("SELECT pg_cancel_backend({sleeper_pid})"))
+        .await;
+    sleeping.await.unwrap();
+}
