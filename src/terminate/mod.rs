@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod listing;
+pub mod lockout;
 pub mod mysql;
 mod pg_roles;
 pub mod postgres;
@@ -24,6 +25,7 @@ use crate::config::{Config, ConfigError, Engine as EngineKind};
 use crate::select::Selector;
 use crate::store::Store;
 use listing::Listed;
+use lockout::{LoginGate, Restored};
 
 /// A database session as the engine reports it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -396,6 +398,38 @@ pub trait Engine: Send + Sync + Debug {
     /// its id still names the same session; what came of each, in the same order. Checks
     /// nothing else: the caller decided these sessions may be signalled.
     async fn signal(&self, sessions: &[Listed], signal: Signal) -> Result<Vec<Sent>, EngineError>;
+    /// Whether `login` may authenticate, account by account; `None` when no such login
+    /// exists. Read over the lock connection; [`EngineError::Unsupported`] on a target
+    /// without `locks = true`.
+    async fn login_gate(&self, login: &str) -> Result<Option<LoginGate>, EngineError> {
+        let _ = login;
+        Err(EngineError::Unsupported(
+            "locks: this target does not have locks = true".into(),
+        ))
+    }
+    /// Closes `login`'s gate on every account (PostgreSQL `NOLOGIN`, MySQL/MariaDB
+    /// `ACCOUNT LOCK` for every host, SQL Server `ALTER LOGIN … DISABLE` or, for a contained
+    /// user, `REVOKE CONNECT`) and returns the gate as it was before; `None` when no such
+    /// login exists (nothing was changed). Accounts already closed stay closed.
+    async fn close_login(&self, login: &str) -> Result<Option<LoginGate>, EngineError> {
+        let _ = login;
+        Err(EngineError::Unsupported(
+            "locks: this target does not have locks = true".into(),
+        ))
+    }
+    /// Sets `login`'s gate back to `before`, but only if it is still as the lock left it
+    /// (`before.closed()`): a change someone else made meanwhile is reported, not
+    /// overwritten. An account that was closed before stays closed.
+    async fn restore_login(
+        &self,
+        login: &str,
+        before: &LoginGate,
+    ) -> Result<Restored, EngineError> {
+        let _ = (login, before);
+        Err(EngineError::Unsupported(
+            "locks: this target does not have locks = true".into(),
+        ))
+    }
     /// Terminates (or, in a dry run, lists) the sessions `request` selects, then verifies.
     async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError>;
     /// Looks up and remembers the identities of `logins`, so they are found after a drop.
