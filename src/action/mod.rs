@@ -10,6 +10,7 @@ pub mod records;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -99,6 +100,27 @@ pub enum Origin {
         /// The credential's policy at the time.
         policy: RotationPolicy,
     },
+    /// A login lock: the login is kept out of each target of the plan (and, with
+    /// `terminate`, its sessions end) until `until`, or until lifted. The lock's id is the
+    /// action's.
+    Lock {
+        /// The login kept out.
+        login: String,
+        /// When the lock ends by itself; `None` only for an explicitly permanent lock.
+        until: Option<DateTime<Utc>>,
+        /// Also end the login's sessions once it is locked.
+        terminate: bool,
+    },
+    /// The end of a login lock (its expiry, or an operator lifting it): the login's gate is
+    /// restored once no other lock on it is in force.
+    Unlock {
+        /// The lock that ends.
+        lock_id: Uuid,
+        /// Its login.
+        login: String,
+        /// `expiry` or the operator who lifted it.
+        ended_by: String,
+    },
     /// A periodic or manual sweep for sessions of dropped or expired logins on one target.
     Sweep {
         /// Target id.
@@ -176,6 +198,31 @@ impl Plan {
         if let Some(selection) = &self.selection {
             return Some(Work::Select(Box::new(selection.clone())));
         }
+        match &self.origin {
+            Origin::Lock {
+                login,
+                until,
+                terminate,
+            } => {
+                return Some(Work::Lock {
+                    login: login.clone(),
+                    until: *until,
+                    terminate: *terminate,
+                });
+            }
+            Origin::Unlock {
+                lock_id,
+                login,
+                ended_by,
+            } => {
+                return Some(Work::Unlock {
+                    lock_id: *lock_id,
+                    login: login.clone(),
+                    ended_by: ended_by.clone(),
+                });
+            }
+            _ => {}
+        }
         match (&self.origin, self.scope) {
             (_, None) => None,
             (Origin::Sweep { pattern, .. }, Some(_)) => Some(Work::Sweep {
@@ -198,6 +245,24 @@ pub enum Work {
     Sweep {
         /// `LIKE` pattern of the logins checked for expiry.
         pattern: String,
+    },
+    /// Close the login's gate, record the lock, and (with `terminate`) end its sessions.
+    Lock {
+        /// The login.
+        login: String,
+        /// When the lock ends by itself.
+        until: Option<DateTime<Utc>>,
+        /// End its sessions too.
+        terminate: bool,
+    },
+    /// End the lock and, if it was the login's last, restore the gate it found.
+    Unlock {
+        /// The lock.
+        lock_id: Uuid,
+        /// Its login.
+        login: String,
+        /// Who or what ended it.
+        ended_by: String,
     },
 }
 

@@ -7,6 +7,7 @@
 
 mod audit;
 mod check;
+mod locks;
 mod revoke;
 mod serve;
 mod sessions;
@@ -143,6 +144,12 @@ pub enum Command {
     /// Terminate the sessions of dropped logins, and of expired logins matching a target's
     /// sweep pattern, on the targets with `[targets.<id>.sweep]`.
     Sweep(SweepArgs),
+    /// Keep a login out of targets with `locks = true` for a while, ending its sessions.
+    Lock(Box<locks::LockArgs>),
+    /// Lift a login lock before its expiry.
+    Unlock(locks::UnlockArgs),
+    /// List login locks.
+    Locks(locks::LocksArgs),
     /// Read and check the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -193,6 +200,9 @@ impl Cli {
             Command::Sessions(args) => sessions::sessions(config, *args).await,
             Command::Revoke(args) => revoke::revoke(config, *args).await,
             Command::Sweep(args) => revoke::sweep(config, args).await,
+            Command::Lock(args) => locks::lock(config, *args).await,
+            Command::Unlock(args) => locks::unlock(config, args).await,
+            Command::Locks(args) => locks::locks(config, args).await,
             Command::Audit(cmd) => audit::audit(config, cmd).await,
             Command::OperatorToken => Ok(check::operator_token()),
         }

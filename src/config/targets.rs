@@ -43,6 +43,13 @@ pub struct TargetConfig {
     /// MySQL on Amazon RDS: terminate with `CALL mysql.rds_kill(id)` instead of `KILL`.
     #[serde(default)]
     pub rds: bool,
+    /// Login locks and drains are allowed here: off by default, because the grants they
+    /// need allow more than locking.
+    #[serde(default)]
+    pub locks: bool,
+    /// The login locks use, if not `url`'s (preferably one kept for this alone).
+    #[serde(default)]
+    pub lock_url: Option<UrlSource>,
 }
 
 /// Sessions whose login was dropped, or whose login matches `pattern` and has expired

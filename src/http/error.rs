@@ -120,6 +120,9 @@ pub enum ApiError {
     /// No action has this id.
     #[error("no action {0}")]
     UnknownAction(String),
+    /// No active lock has this id (it never existed, or it has ended).
+    #[error("no active lock {0}")]
+    UnknownLock(String),
     /// A revocation's selection grew since the dry run whose count it carries: a conflict
     /// with the state it was approved against, so nothing was ended.
     #[error(
@@ -199,6 +202,7 @@ impl ApiError {
             ApiError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::Body(_) => (S::BAD_REQUEST, "unreadable_body"),
             ApiError::UnknownAction(_) => (S::NOT_FOUND, "unknown_action"),
+            ApiError::UnknownLock(_) => (S::NOT_FOUND, "unknown_lock"),
             ApiError::SelectionGrew { .. } => (S::CONFLICT, "selection_grew"),
             ApiError::MissingToken => (S::UNAUTHORIZED, "missing_token"),
             ApiError::InvalidToken => (S::UNAUTHORIZED, "invalid_token"),

@@ -142,6 +142,9 @@ pub struct Readiness {
     /// cannot trust, and says so here until restart).
     audit_chain: Probe,
     targets: BTreeMap<String, Probe>,
+    /// Every login lock that has ended (or is past its expiry) has its gate restored: a
+    /// restore still failing names the login and target here until it succeeds.
+    locks: Probe,
     /// Vault, when configured: it answers, takes sever's token, and has every configured
     /// static role and watched mount.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -173,7 +176,10 @@ pub async fn readyz(State(state): State<Health>) -> (StatusCode, Json<Readiness>
             None => None,
         }
     };
-    let (store, store_file, targets, vault) = tokio::join!(store, store_file, targets, vault);
+    let locks = tokio::time::timeout(PROBE_TIMEOUT, unrestored(ctx));
+    let (store, store_file, targets, vault, locks) =
+        tokio::join!(store, store_file, targets, vault, locks);
+    let locks = Probe::from(locks.ok());
     let store = Probe::from(store.ok());
     let store_file = match store_file {
         Ok(None) => Probe::nothing_to_check("not a file"),
@@ -198,6 +204,7 @@ pub async fn readyz(State(state): State<Health>) -> (StatusCode, Json<Readiness>
         && streams_ok
         && checkpoint_file.ok
         && audit_chain.ok
+        && locks.ok
         && vault.as_ref().is_none_or(|v| v.ok)
     {
         (StatusCode::OK, "ready")
@@ -211,10 +218,43 @@ pub async fn readyz(State(state): State<Health>) -> (StatusCode, Json<Readiness>
         checkpoint_file,
         audit_chain,
         targets,
+        locks,
         vault,
         vault_subscriber,
     };
     (code, Json(readiness))
+}
+
+/// How long past its expiry a lock may still be in force before readiness says so: the
+/// expiry's step runs within a poll or two.
+const EXPIRY_SLACK: chrono::Duration = chrono::Duration::seconds(30);
+
+/// `Err` naming each login whose lock ended (or expired) without its gate restored yet.
+async fn unrestored(ctx: &Context) -> Result<(), String> {
+    let pending = ctx
+        .store
+        .pending_restores()
+        .await
+        .map_err(|e| e.to_string())?;
+    let overdue = ctx.store.locks(None).await.map_err(|e| e.to_string())?;
+    let now = chrono::Utc::now();
+    let mut problems: Vec<String> = pending
+        .into_iter()
+        .map(|(target, login, _)| format!("{login:?} on {target:?}: its gate is not restored yet"))
+        .collect();
+    problems.extend(overdue.into_iter().filter_map(|l| {
+        let until = chrono::DateTime::parse_from_rfc3339(l.until.as_deref()?).ok()?;
+        (l.state == "active" && until < now - EXPIRY_SLACK).then(|| {
+            format!(
+                "{:?} on {:?}: lock {} expired at {} and is still in force",
+                l.login, l.target, l.lock_id, until
+            )
+        })
+    }));
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(problems.join("; ")),
+    }
 }
 
 /// The checkpoint file's component: `None` when `audit.checkpoint_file` is not configured.

@@ -85,6 +85,8 @@ pub async fn accept(
             accepted.clone(),
         )],
         retry_for: None,
+        due: None,
+        never_give_up: false,
     };
     match ctx.queue.submit(&ctx.audit, &submission).await {
         Ok(Submitted::Accepted(action_id)) => {

@@ -8,6 +8,7 @@
 
 pub mod actions;
 pub mod auth;
+pub mod locks;
 pub mod revocations;
 pub mod sessions;
 
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 pub use self::auth::{Operator, Operators, bearer_token, new_token, token_hash};
 use crate::context::Context;
@@ -61,5 +62,7 @@ pub fn router(state: OperatorState) -> Router {
         .route("/v1/revocations", post(revocations::post_revocation))
         .route("/v1/sessions", get(sessions::get_sessions))
         .route("/v1/actions/{id}", get(actions::get_action))
+        .route("/v1/locks", post(locks::post_lock).get(locks::get_locks))
+        .route("/v1/locks/{id}", delete(locks::delete_lock))
         .with_state(state)
 }

@@ -51,22 +51,26 @@ impl Queue {
     ) -> Result<bool, QueueError> {
         let error = report.error.clone().unwrap_or_default();
         let now = Utc::now();
-        let given_up =
-            if class == ErrorClass::Deterministic && lease.attempts >= DETERMINISTIC_ATTEMPTS {
-                Some(format!(
-                    "{error} (gave up after {} attempts: the target refuses this, and retrying \
+        let given_up = if class == ErrorClass::Deterministic
+            && lease.attempts >= DETERMINISTIC_ATTEMPTS
+            && lease.deadline < super::never()
+        {
+            Some(format!(
+                "{error} (gave up after {} attempts: the target refuses this, and retrying \
                  does not change that)",
-                    lease.attempts
-                ))
-            } else if class == ErrorClass::Fatal || now >= lease.deadline {
-                Some(format!(
-                    "{error} (gave up after {} attempts; retried until {})",
-                    lease.attempts,
-                    at(lease.deadline)
-                ))
-            } else {
-                None
-            };
+                lease.attempts
+            ))
+        } else if (class == ErrorClass::Fatal && lease.deadline < super::never())
+            || now >= lease.deadline
+        {
+            Some(format!(
+                "{error} (gave up after {} attempts; retried until {})",
+                lease.attempts,
+                at(lease.deadline)
+            ))
+        } else {
+            None
+        };
         if let Some(given_up) = given_up {
             let mut report = report;
             report.error = Some(given_up);

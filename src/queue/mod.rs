@@ -68,8 +68,14 @@ pub struct Submission {
     pub claims: Vec<String>,
     /// Records written before `action.planned` (e.g. `event.accepted`).
     pub before: Vec<Entry>,
-    /// How long failing targets are retried, if not `[queue] retry_for`.
+    /// How long failing targets are retried, if not `[queue] retry_for`, counted from when
+    /// the steps are due.
     pub retry_for: Option<Duration>,
+    /// When the steps are due, if not at once: a scheduled action (a lock's expiry).
+    pub due: Option<DateTime<Utc>>,
+    /// The steps are retried until they succeed, whatever the error: restoring what a lock
+    /// changed is never given up, or the lock would silently become permanent.
+    pub never_give_up: bool,
 }
 
 impl Submission {
@@ -82,8 +88,28 @@ impl Submission {
             claims: Vec::new(),
             before: Vec::new(),
             retry_for: None,
+            due: None,
+            never_give_up: false,
         }
     }
+
+    /// When its steps give up: `retry_for` (or the queue's) after they are due, or never.
+    pub fn deadline(&self, retry_for: Duration) -> DateTime<Utc> {
+        if self.never_give_up {
+            return never();
+        }
+        let from = self.due.unwrap_or_else(Utc::now);
+        from + chrono::Duration::from_std(self.retry_for.unwrap_or(retry_for))
+            .unwrap_or(chrono::Duration::MAX / 2)
+    }
+}
+
+/// The deadline of a step that never gives up; far enough that no clock reaches it, and
+/// still a time every store can hold.
+pub fn never() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("9999-12-31T00:00:00Z")
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// What became of a submission.

@@ -9,7 +9,7 @@ use sqlx::Row;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{Pending, Queue, QueueError, Submission, Submitted, at, later, status_name, to_json};
+use super::{Pending, Queue, QueueError, Submission, Submitted, at, status_name, to_json};
 use crate::action;
 use crate::audit::{Audit, Decision, Entry, Kind, Transaction};
 use crate::store::{
@@ -45,7 +45,7 @@ impl Queue {
         audit: &Audit,
         submission: &Submission,
     ) -> Result<Submitted, QueueError> {
-        let deadline = later(submission.retry_for.unwrap_or(self.config.retry_for));
+        let deadline = submission.deadline(self.config.retry_for);
         let mut answer = self.enqueue(submission, deadline);
         // A submitter that gives up (its request timed out, its client left) while its
         // submission still waits takes it back, so a `503` never hides an acceptance.
@@ -238,8 +238,9 @@ impl Transaction for SubmitTx<'_> {
                 report: finished.as_ref().map(to_json),
             });
             if work.is_some() {
+                let due = s.due.map_or_else(|| now.clone(), at);
                 for (position, step) in plan.steps.iter().enumerate() {
-                    steps.push(((*id).clone(), step.target.clone(), position));
+                    steps.push(((*id).clone(), step.target.clone(), position, due.clone()));
                 }
             }
             entries.extend(s.before.iter().cloned());
@@ -297,12 +298,12 @@ impl Transaction for SubmitTx<'_> {
             );
             let mut insert =
                 sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len()));
-            for (id, target, position) in chunk {
+            for (id, target, position, due) in chunk {
                 insert = insert
                     .bind(id)
                     .bind(target)
                     .bind(i64::try_from(*position).unwrap_or(i64::MAX))
-                    .bind(&now)
+                    .bind(due)
                     .bind("pending")
                     .bind(0_i64);
             }

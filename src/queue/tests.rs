@@ -46,6 +46,8 @@ fn submission(targets: &[&str], claims: &[&str]) -> Submission {
         claims: claims.iter().map(|c| (*c).to_string()).collect(),
         before: Vec::new(),
         retry_for: None,
+        due: None,
+        never_give_up: false,
     }
 }
 
@@ -432,6 +434,8 @@ async fn a_submission_run_again_after_it_committed_is_accepted_once() {
         claims: vec!["webhook:msg_1".into()],
         before: Vec::new(),
         retry_for: None,
+        due: None,
+        never_give_up: false,
     };
     let accepted = Submitted::Accepted(plan.action_id);
     assert_eq!(queue.submit(&audit, &submission).await.unwrap(), accepted);

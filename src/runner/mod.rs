@@ -128,7 +128,15 @@ async fn run_lease(ctx: &Context, lease: Lease) -> Option<ErrorClass> {
         return None;
     };
     let journal = ctx.queue.journal(&lease);
-    let (mut report, failure) = run_step(ctx, &lease.plan, step, &lease.work, Some(journal)).await;
+    let (mut report, failure) = run_step(
+        ctx,
+        &lease.plan,
+        &lease.actor,
+        step,
+        &lease.work,
+        Some(journal),
+    )
+    .await;
     let result = match failure {
         Some(class) if report.error.is_some() => {
             ctx.queue.retry(&ctx.audit, &lease, report, class).await
@@ -198,6 +206,7 @@ fn recovered(lease: &Lease, report: &mut TargetReport) {
 async fn run_step(
     ctx: &Context,
     plan: &Plan,
+    actor: &str,
     step: &Step,
     work: &Work,
     journal: Option<Arc<dyn Journal>>,
@@ -255,6 +264,38 @@ async fn run_step(
                         outcome.absorb(engine.terminate(&request).await?);
                         Ok(outcome)
                     }
+                    Work::Lock {
+                        login,
+                        until,
+                        terminate,
+                    } => {
+                        let lock = locks::LockStep {
+                            plan,
+                            actor,
+                            target: &step.target,
+                            login,
+                            until: *until,
+                            terminate: *terminate,
+                            protected: &step.protected,
+                            journal,
+                        };
+                        locks::lock(ctx, engine.as_ref(), lock).await
+                    }
+                    Work::Unlock {
+                        lock_id,
+                        login,
+                        ended_by,
+                    } => {
+                        locks::unlock(
+                            ctx,
+                            engine.as_ref(),
+                            *lock_id,
+                            &step.target,
+                            login,
+                            ended_by,
+                        )
+                        .await
+                    }
                     Work::Sweep { pattern } => {
                         let request = SweepRequest {
                             pattern: pattern.clone(),
@@ -294,6 +335,8 @@ async fn run_step(
     };
     (report, class)
 }
+
+mod locks;
 
 #[cfg(test)]
 mod tests;

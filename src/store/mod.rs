@@ -7,6 +7,7 @@
 //! At the bottom: may call only `fds` (the pool size its descriptor budget counts).
 
 mod file;
+mod locks;
 mod roles;
 
 use std::str::FromStr;
@@ -21,6 +22,7 @@ use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use tokio_util::sync::CancellationToken;
 
 pub use file::FileWatch;
+pub use locks::{Ended, LockRow, NewLock};
 pub use roles::{LearnedRole, RoleClass};
 
 /// How often the store file's identity is checked besides before each commit.

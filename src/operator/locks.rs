@@ -1,0 +1,204 @@
+//! `POST /v1/locks`, `GET /v1/locks`, `DELETE /v1/locks/{id}` and `sever lock` / `unlock` /
+//! `locks`: keep a login out for a bounded time, then let it back in as it was.
+//!
+//! A lock is two actions: its expiry, stored first and scheduled for `until` (its steps
+//! never give up), then the lock itself. Stored in that order, a crash between the two
+//! leaves an expiry with nothing to end, never a lock with no expiry.
+
+use std::collections::BTreeSet;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::{Extension, Json};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::OperatorState;
+use super::auth::Operator;
+use crate::action::Step;
+use crate::context::Context;
+use crate::http::error::{ApiError, parse_json};
+use crate::http::reply::finished;
+use crate::http::{self, Actor};
+use crate::queue::{Submission, Submitted};
+use crate::resolve::locks::{LockRequest, lock, unlock_plan};
+use crate::store::LockRow;
+
+/// One lock on one target, as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockView {
+    /// The lock's id (also its action's).
+    pub lock_id: String,
+    /// Target id.
+    pub target: String,
+    /// The login kept out.
+    pub login: String,
+    /// When it began.
+    pub since: String,
+    /// When it ends by itself (`null`: permanent, until lifted).
+    pub until: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// Who took it.
+    pub actor: String,
+    /// `active` or `ended`.
+    pub state: String,
+    /// When it ended.
+    pub ended_at: Option<String>,
+    /// What ended it: `expiry`, or the operator who lifted it.
+    pub ended_by: Option<String>,
+}
+
+impl From<LockRow> for LockView {
+    fn from(r: LockRow) -> Self {
+        let (ended_at, ended_by) = r.ended.unzip();
+        Self {
+            lock_id: r.lock_id,
+            target: r.target,
+            login: r.login,
+            since: r.since,
+            until: r.until,
+            reason: r.reason,
+            actor: r.actor,
+            state: r.state,
+            ended_at,
+            ended_by,
+        }
+    }
+}
+
+/// Takes a lock: stores its expiry, then the lock, and answers with the lock's report.
+pub async fn post_lock(
+    State(state): State<OperatorState>,
+    operator: Operator,
+    body: Result<Bytes, BytesRejection>,
+) -> (Extension<Actor>, Result<Response, ApiError>) {
+    let actor = operator.actor();
+    let answer = async {
+        let body = http::body(body, state.max_body)?;
+        let request: LockRequest = parse_json(&body)?;
+        let lock_id = take(&state.ctx, &request, &actor.to_string()).await?;
+        tracing::info!(lock_id = %lock_id, operator = %operator.name, login = %request.login,
+            "login lock requested");
+        finished(&state.ctx, lock_id).await
+    };
+    let answer = answer.await;
+    (Extension(actor), answer)
+}
+
+/// Plans and stores a lock and its expiry; the lock's id.
+pub async fn take(ctx: &Context, request: &LockRequest, actor: &str) -> Result<Uuid, ApiError> {
+    let plans = lock(&ctx.config, request, Utc::now())?;
+    if let Some((expiry, due)) = plans.expiry {
+        let mut submission = Submission::new(expiry, actor.to_owned());
+        submission.due = Some(due);
+        submission.never_give_up = true;
+        store(ctx, submission).await?;
+    }
+    store(ctx, Submission::new(plans.lock, actor.to_owned())).await
+}
+
+async fn store(ctx: &Context, submission: Submission) -> Result<Uuid, ApiError> {
+    match ctx.queue.submit(&ctx.audit, &submission).await {
+        Ok(Submitted::Accepted(id)) => Ok(id),
+        Ok(Submitted::Duplicate { action_id, .. }) => Err(ApiError::Unavailable(format!(
+            "unexpected duplicate of action {action_id}"
+        ))),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    }
+}
+
+/// `GET /v1/locks?all=true`: the active locks (with `all`, ended ones too).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Also list ended locks.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Lists locks, active first.
+pub async fn get_locks(
+    State(state): State<OperatorState>,
+    operator: Operator,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> (Extension<Actor>, Result<Json<Vec<LockView>>, ApiError>) {
+    let answer = async {
+        let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
+        list(&state.ctx, None, q.all).await.map(Json)
+    };
+    let answer = answer.await;
+    (Extension(operator.actor()), answer)
+}
+
+/// The locks (of one id, if given), active ones only unless `all`.
+pub async fn list(
+    ctx: &Context,
+    lock_id: Option<&str>,
+    all: bool,
+) -> Result<Vec<LockView>, ApiError> {
+    let rows = ctx
+        .store
+        .locks(lock_id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| all || r.state == "active")
+        .map(LockView::from)
+        .collect())
+}
+
+/// `DELETE /v1/locks/{id}?reason=…`: why it is lifted early.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiftQuery {
+    /// Why; required, recorded in the audit trail.
+    pub reason: String,
+}
+
+/// Lifts a lock before its expiry; answers with the report of its end.
+pub async fn delete_lock(
+    State(state): State<OperatorState>,
+    operator: Operator,
+    id: Result<Path<Uuid>, PathRejection>,
+    query: Result<Query<LiftQuery>, axum::extract::rejection::QueryRejection>,
+) -> (Extension<Actor>, Result<Response, ApiError>) {
+    let actor = operator.actor();
+    let answer = async {
+        let Path(id) = id.map_err(|e| ApiError::Invalid(e.body_text()))?;
+        let Query(q) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
+        let action = lift(&state.ctx, id, &q.reason, &actor.to_string()).await?;
+        finished(&state.ctx, action).await
+    };
+    let answer = answer.await;
+    (Extension(actor), answer)
+}
+
+/// Stores the end of lock `id` on every target where it is active; the action's id.
+pub async fn lift(ctx: &Context, id: Uuid, reason: &str, actor: &str) -> Result<Uuid, ApiError> {
+    if reason.trim().is_empty() {
+        return Err(ApiError::Invalid("reason is required".into()));
+    }
+    let active = list(ctx, Some(&id.to_string()), false).await?;
+    let Some(first) = active.first() else {
+        return Err(ApiError::UnknownLock(id.to_string()));
+    };
+    let login = first.login.clone();
+    let targets: BTreeSet<String> = active.iter().map(|l| l.target.clone()).collect();
+    let steps = targets
+        .into_iter()
+        .map(|target| Step {
+            protected: ctx.config.protected_on(&target),
+            logins: vec![login.clone()],
+            target,
+        })
+        .collect();
+    let plan = unlock_plan(id, &login, steps, actor, reason);
+    let mut submission = Submission::new(plan, actor.to_owned());
+    submission.never_give_up = true;
+    store(ctx, submission).await
+}

@@ -1,0 +1,144 @@
+//! The steps of a login lock and of its end, on one target.
+//!
+//! Taking a lock reads the login's gate, records the lock with that gate (kept only if no
+//! earlier lock on the login is in force, so the first lock's view is what gets restored),
+//! then closes the gate and, if asked, ends the login's sessions. Recording before closing
+//! means a crash in between leaves a lock whose expiry still restores the gate. Ending a
+//! lock marks it ended and, when it was the login's last, restores the kept gate, unless
+//! someone else changed it meanwhile, which is reported and left alone.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::action::Plan;
+use crate::context::Context;
+use crate::store::{Ended, NewLock, StoreError};
+use crate::terminate::lockout::{LoginGate, Restored};
+use crate::terminate::{Engine, EngineError, Journal, Scope, TerminateOutcome, TerminateRequest};
+
+fn store_error(e: StoreError) -> EngineError {
+    EngineError::Query(format!("state store: {e}"))
+}
+
+fn gate_text(gate: &LoginGate) -> String {
+    serde_json::to_string(gate).unwrap_or_default()
+}
+
+/// What a lock step needs besides its target's engine.
+pub(super) struct LockStep<'a> {
+    pub plan: &'a Plan,
+    pub actor: &'a str,
+    pub target: &'a str,
+    pub login: &'a str,
+    pub until: Option<DateTime<Utc>>,
+    pub terminate: bool,
+    pub protected: &'a BTreeSet<String>,
+    pub journal: Option<Arc<dyn Journal>>,
+}
+
+/// Locks `login` on the step's target; with `terminate`, then ends its sessions.
+pub(super) async fn lock(
+    ctx: &Context,
+    engine: &dyn Engine,
+    step: LockStep<'_>,
+) -> Result<TerminateOutcome, EngineError> {
+    let before = engine.login_gate(step.login).await?.ok_or_else(|| {
+        EngineError::Rejected(format!(
+            "login {:?} does not exist on this target",
+            step.login
+        ))
+    })?;
+    let lock_id = step.plan.action_id.to_string();
+    let record = NewLock {
+        lock_id: &lock_id,
+        target: step.target,
+        login: step.login,
+        until: step.until,
+        reason: step.plan.reason.as_deref().unwrap_or_default(),
+        actor: step.actor,
+        gate_before: &gate_text(&before),
+    };
+    ctx.store
+        .begin_lock(&record, Utc::now())
+        .await
+        .map_err(store_error)?;
+    let found = engine.close_login(step.login).await?;
+    let mut outcome = TerminateOutcome::default();
+    match &found {
+        // Dropped between the read and the change: there is nothing to keep out.
+        None => outcome.notes.push(format!(
+            "login {:?} was dropped while it was being locked",
+            step.login
+        )),
+        Some(gate) => outcome.notes.push(format!(
+            "locked {:?}: gate before {}, now {}; {}",
+            step.login,
+            gate_text(gate),
+            gate_text(&gate.closed()),
+            match step.until {
+                Some(until) => format!("until {}", until.to_rfc3339()),
+                None => "until lifted (permanent)".to_owned(),
+            }
+        )),
+    }
+    if step.terminate && found.is_some() {
+        let request = TerminateRequest {
+            logins: vec![step.login.to_owned()],
+            scope: Scope::All,
+            protected: step.protected.clone(),
+            dry_run: false,
+            verify_timeout: ctx.config.termination.verify_timeout,
+            refine_cutoff: false,
+            journal: step.journal,
+        };
+        outcome.absorb(engine.terminate(&request).await?);
+    }
+    Ok(outcome)
+}
+
+/// Ends lock `lock_id` on `target` and, if it was the login's last, restores the gate.
+pub(super) async fn unlock(
+    ctx: &Context,
+    engine: &dyn Engine,
+    lock_id: Uuid,
+    target: &str,
+    login: &str,
+    ended_by: &str,
+) -> Result<TerminateOutcome, EngineError> {
+    let mut outcome = TerminateOutcome::default();
+    let ended = ctx
+        .store
+        .end_lock(&lock_id.to_string(), target, ended_by, Utc::now())
+        .await
+        .map_err(store_error)?;
+    let note = match ended {
+        Ended::StillLocked(n) => {
+            format!("{login:?} stays locked: {n} other lock(s) on it are still in force")
+        }
+        Ended::Nothing => format!("nothing to restore for {login:?}"),
+        Ended::Restore(kept) => {
+            let before: LoginGate = serde_json::from_str(&kept)
+                .map_err(|e| EngineError::Config(format!("the kept gate is unreadable: {e}")))?;
+            let note = match engine.restore_login(login, &before).await? {
+                Restored::Restored => format!("restored {login:?} to {}", gate_text(&before)),
+                Restored::Gone => format!("{login:?} is gone: nothing to restore"),
+                Restored::Changed { now } => format!(
+                    "{login:?} was changed by someone else while locked (now {}); left as \
+                     found, not restored to {}",
+                    gate_text(&now),
+                    gate_text(&before)
+                ),
+            };
+            ctx.store
+                .forget_gate(target, login)
+                .await
+                .map_err(store_error)?;
+            note
+        }
+    };
+    outcome.notes.push(note);
+    Ok(outcome)
+}
