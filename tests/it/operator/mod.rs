@@ -1,4 +1,5 @@
-//! The operator's tools outside the HTTP API: the CLI, run as a real process (the
-//! `sever` binary, via `crate::support::sever::cli`).
+//! The operator's tools: the CLI, run as a real process (the `sever` binary, via
+//! `crate::support::sever::cli`), and login locks through the operator API.
 
 mod cli;
+mod locks;

@@ -1,0 +1,282 @@
+//! Login locks through the real server against a real PostgreSQL: a lock ends the login's
+//! sessions and refuses its new connections, its scheduled expiry lets it back in exactly as
+//! it was (also after a restart, also past `queue.retry_for`, once across two replicas), and
+//! overlapping locks restore only when the last one ends.
+
+use std::time::Duration;
+
+use crate::support::config::ConfigBuilder;
+use crate::support::sever::{TestServer, Workspace, create_admin, pids};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sever_testkit::pg::TestPostgres;
+use sqlx::{Connection, PgConnection};
+
+const GONE: Duration = Duration::from_secs(5);
+
+/// A target `main` with locks on; sever's admin login may change roles.
+async fn locking(pg: &TestPostgres, ws: &Workspace) -> ConfigBuilder {
+    create_admin(pg).await;
+    pg.exec("ALTER ROLE sever_admin CREATEROLE").await;
+    ws.target_config(ws.config(), "main", pg)
+        .set("targets.main.locks", true)
+        .set("queue.poll_interval", "100ms")
+}
+
+async fn can_log_in(pg: &TestPostgres, login: &str) -> bool {
+    PgConnection::connect(&pg.url(login, "pw", "postgres"))
+        .await
+        .is_ok()
+}
+
+/// Waits until `login` can (or cannot) log in, up to `within`.
+async fn wait_login(pg: &TestPostgres, login: &str, allowed: bool, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if can_log_in(pg, login).await == allowed {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn rolcanlogin(pg: &TestPostgres, login: &str) -> bool {
+    let mut conn = pg.session("postgres", "", "postgres", "").await.0;
+    sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
+        .bind(login)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+fn lock_id(report: &Value) -> String {
+    report["action_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no action_id in {report}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_lock_ends_sessions_refuses_logins_and_its_expiry_lets_the_login_back_in() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    // The expiry is due after retry_for has long passed since the lock was accepted.
+    let config = locking(&pg, &ws).await.set("queue.retry_for", "1s").toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    pg.create_login("leaked", "pw").await;
+    pg.create_login("bystander", "pw").await;
+    let sessions = pg.open_sessions("leaked", "pw", 2).await;
+    let bystander = pg.open_sessions("bystander", "pw", 1).await;
+
+    let (status, report) = server
+        .operator_post(
+            "/v1/locks",
+            &json!({"login": "leaked", "targets": ["main"], "reason": "INC-19", "for": "3s"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "completed", "{report}");
+    let mut expected: Vec<i64> = sessions.iter().map(|p| i64::from(*p)).collect();
+    expected.sort();
+    assert_eq!(pids(&report, "main", "terminated"), expected);
+    for pid in &sessions {
+        assert!(pg.wait_gone(*pid, GONE).await);
+    }
+    assert!(pg.is_alive(bystander[0]).await);
+    assert!(
+        !can_log_in(&pg, "leaked").await,
+        "the right password is refused while locked"
+    );
+    assert!(can_log_in(&pg, "bystander").await);
+
+    let (status, listed) = server.operator_get("/v1/locks").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let listed = listed.as_array().unwrap().clone();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["lock_id"], lock_id(&report));
+    assert_eq!(listed[0]["login"], "leaked");
+    assert_eq!(listed[0]["reason"], "INC-19");
+    assert!(listed[0]["until"].is_string());
+
+    assert!(
+        wait_login(&pg, "leaked", true, Duration::from_secs(8)).await,
+        "the expiry lets the login back in"
+    );
+    let (_, listed) = server.operator_get("/v1/locks").await;
+    assert_eq!(listed, json!([]), "no lock is active after its expiry");
+    let (_, all) = server.operator_get("/v1/locks?all=true").await;
+    assert_eq!(all[0]["ended_by"], "expiry", "{all}");
+    let (status, ready) = server.readyz().await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ready["locks"]["ok"], true, "{ready}");
+}
+
+#[tokio::test]
+async fn overlapping_locks_restore_when_the_last_ends_and_nologin_stays_nologin() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    let config = locking(&pg, &ws).await.toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    pg.create_login("app", "pw").await;
+    pg.exec("CREATE ROLE batch NOLOGIN PASSWORD 'pw'").await;
+    let lock = |login: &str| {
+        let body = json!({"login": login, "targets": ["main"], "reason": "r", "for": "10m"});
+        let server = &server;
+        async move {
+            let (status, report) = server.operator_post("/v1/locks", &body).await;
+            assert_eq!(status, StatusCode::OK, "{report}");
+            assert_eq!(report["status"], "completed", "{report}");
+            lock_id(&report)
+        }
+    };
+    let lift = |id: String| {
+        let server = &server;
+        async move {
+            let r = server
+                .client
+                .delete(server.operator_url(&format!("/v1/locks/{id}?reason=done")))
+                .bearer_auth(crate::support::sever::TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            (status, body)
+        }
+    };
+    let first = lock("app").await;
+    let second = lock("app").await;
+    assert!(!can_log_in(&pg, "app").await);
+    let (status, body) = lift(first.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.to_string().contains("stays locked"), "{body}");
+    assert!(
+        !can_log_in(&pg, "app").await,
+        "the second lock is still in force"
+    );
+    let (status, body) = lift(second).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        can_log_in(&pg, "app").await,
+        "restored once the last lock ended"
+    );
+    let (status, body) = lift(first).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // A role that could not log in before the lock cannot after it either.
+    let id = lock("batch").await;
+    assert!(!rolcanlogin(&pg, "batch").await);
+    let (status, body) = lift(id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        !rolcanlogin(&pg, "batch").await,
+        "NOLOGIN before, NOLOGIN after"
+    );
+}
+
+#[tokio::test]
+async fn an_expiry_runs_after_a_restart_and_once_across_two_replicas() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    let config = ws.write_config(&locking(&pg, &ws).await.toml());
+    pg.create_login("app", "pw").await;
+    let server = TestServer::start(&config).await;
+    let (status, report) = server
+        .operator_post(
+            "/v1/locks",
+            &json!({"login": "app", "targets": ["main"], "reason": "r", "for": "2s",
+                    "terminate": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert!(!can_log_in(&pg, "app").await);
+    // sever is down when the lock expires; two replicas come up on the same store.
+    server.stop().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !can_log_in(&pg, "app").await,
+        "nothing lifted it while sever was down"
+    );
+    let a = TestServer::start(&config).await;
+    let b = TestServer::start(&config).await;
+    assert!(wait_login(&pg, "app", true, Duration::from_secs(8)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let restored: Vec<Value> = ws
+        .records("action.completed")
+        .await
+        .into_iter()
+        .filter(|r| r.to_string().contains("restored"))
+        .collect();
+    assert_eq!(
+        restored.len(),
+        1,
+        "one restore across replicas: {restored:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn guard_rails_refuse_a_lock_before_anything_changes() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    let config = locking(&pg, &ws)
+        .await
+        .target_postgres(
+            "plain",
+            &ws.secret_path(
+                "plain.url",
+                &pg.url(
+                    "sever_admin",
+                    crate::support::sever::ADMIN_PASSWORD,
+                    "postgres",
+                ),
+            ),
+        )
+        .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    pg.create_login("app", "pw").await;
+    for (body, needle) in [
+        (
+            json!({"login": "app", "targets": ["main"], "reason": "r"}),
+            "permanent",
+        ),
+        (
+            json!({"login": "app", "targets": ["main"], "reason": "r", "for": "1m", "permanent": true}),
+            "not both",
+        ),
+        (
+            json!({"login": "app", "targets": ["plain"], "reason": "r", "for": "1m"}),
+            "locks = true",
+        ),
+        (
+            json!({"login": "postgres", "targets": ["main"], "reason": "r", "for": "1m"}),
+            "protected",
+        ),
+        (
+            json!({"login": "sever_admin", "targets": ["main"], "reason": "r", "for": "1m"}),
+            "own login",
+        ),
+        (
+            json!({"login": "app", "targets": ["main"], "reason": " ", "for": "1m"}),
+            "reason",
+        ),
+        (
+            json!({"login": "app", "targets": ["main"], "reason": "r", "for": "1m", "lock": 1}),
+            "lock",
+        ),
+    ] {
+        let (status, answer) = server.operator_post("/v1/locks", &body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert!(answer.to_string().contains(needle), "{body}: {answer}");
+    }
+    assert!(can_log_in(&pg, "app").await);
+    assert_eq!(
+        ws.records("action.planned").await.len(),
+        0,
+        "nothing was planned"
+    );
+}
