@@ -43,6 +43,13 @@ pub struct TargetConfig {
     /// MySQL on Amazon RDS: terminate with `CALL mysql.rds_kill(id)` instead of `KILL`.
     #[serde(default)]
     pub rds: bool,
+    /// Login locks (issue 19) may be taken here. Off by default: the grant they need
+    /// (`CREATEROLE`, `CREATE USER`, `ALTER ANY LOGIN`) is close to a superuser's.
+    #[serde(default)]
+    pub locks: bool,
+    /// Connection URL of the login that closes and restores logins, when it is not the
+    /// admin login of `url` (preferred: the powerful grant stays off sever's everyday login).
+    pub lock_url: Option<UrlSource>,
 }
 
 /// Sessions whose login was dropped, or whose login matches `pattern` and has expired
@@ -107,6 +114,12 @@ pub(super) fn validate(targets: &BTreeMap<String, TargetConfig>) -> Result<(), C
             return Err(invalid(
                 format!("targets.{id}.sweep"),
                 "pattern must not be empty and interval and learn_interval must be positive",
+            ));
+        }
+        if target.lock_url.is_some() && !target.locks {
+            return Err(invalid(
+                format!("targets.{id}.lock_url"),
+                "is used only with locks = true",
             ));
         }
         if target.pool_size == 0 {
