@@ -27,10 +27,11 @@ const TABLE_DENIED: u16 = 1142;
 const ALTER_USER_FAILED: u16 = 1396;
 
 /// Every account of a user with whether it is locked (MariaDB keeps `account_locked` in the
-/// `Priv` JSON; roles have an empty host and are left out). Bound as bytes: exact, as the
-/// engine compares user names everywhere.
+/// `Priv` JSON, absent until first set; `JSON_VALUE` reads a JSON true as `1` on 10.11,
+/// `true` is accepted too; roles have an empty host and are left out). Bound as bytes:
+/// exact, as the engine compares user names everywhere.
 const MARIADB_GATE: &str = "SELECT Host AS host, \
-    CAST(COALESCE(JSON_VALUE(Priv, '$.account_locked'), 'false') = 'true' AS SIGNED) AS locked \
+    CAST(COALESCE(JSON_VALUE(Priv, '$.account_locked'), '0') IN ('1', 'true') AS SIGNED) AS locked \
     FROM mysql.global_priv WHERE Host <> '' AND CAST(User AS BINARY) = ?";
 /// The same on MySQL 8.
 const MYSQL_GATE: &str = "SELECT Host AS host, CAST(account_locked = 'Y' AS SIGNED) AS locked \
