@@ -78,7 +78,7 @@ pub struct Budget {
     pub reserve: u64,
     /// [`STORE_POOL`].
     pub store: u64,
-    /// The sum of `targets.<id>.pool_size`.
+    /// The sum of `targets.<id>.pool_size`, plus one per target with `locks = true`.
     pub targets: u64,
     /// 1 when `audit.checkpoint_file` is set: it is opened for each checkpoint.
     pub checkpoint_file: u64,

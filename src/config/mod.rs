@@ -194,7 +194,12 @@ impl Config {
     /// Where the descriptors under the open-file `limit` go with this configuration, apart
     /// from the listeners.
     pub fn fd_budget(&self, limit: u64) -> Budget {
-        let targets = self.targets.values().map(|t| u64::from(t.pool_size)).sum();
+        // A target with locks holds one more connection, for its lock login.
+        let targets = self
+            .targets
+            .values()
+            .map(|t| u64::from(t.pool_size) + u64::from(t.locks))
+            .sum();
         let vault_streams = self
             .vault
             .as_ref()

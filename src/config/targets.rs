@@ -43,12 +43,12 @@ pub struct TargetConfig {
     /// MySQL on Amazon RDS: terminate with `CALL mysql.rds_kill(id)` instead of `KILL`.
     #[serde(default)]
     pub rds: bool,
-    /// Login locks and drains are allowed here: off by default, because the grants they
-    /// need allow more than locking.
+    /// Login locks (issue 19) may be taken here. Off by default: the grant they need
+    /// (`CREATEROLE`, `CREATE USER`, `ALTER ANY LOGIN`) is close to a superuser's.
     #[serde(default)]
     pub locks: bool,
-    /// The login locks use, if not `url`'s (preferably one kept for this alone).
-    #[serde(default)]
+    /// Connection URL of the login that closes and restores logins, when it is not the
+    /// admin login of `url` (preferred: the powerful grant stays off sever's everyday login).
     pub lock_url: Option<UrlSource>,
 }
 
@@ -114,6 +114,12 @@ pub(super) fn validate(targets: &BTreeMap<String, TargetConfig>) -> Result<(), C
             return Err(invalid(
                 format!("targets.{id}.sweep"),
                 "pattern must not be empty and interval and learn_interval must be positive",
+            ));
+        }
+        if target.lock_url.is_some() && !target.locks {
+            return Err(invalid(
+                format!("targets.{id}.lock_url"),
+                "is used only with locks = true",
             ));
         }
         if target.pool_size == 0 {

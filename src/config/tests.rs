@@ -250,3 +250,30 @@ fn a_credential_may_be_graceful_within_five_minutes_and_never_cancel() {
         assert!(e.contains(needle), "{extra}: {e}");
     }
 }
+
+#[test]
+fn locks_are_off_unless_enabled_and_a_lock_url_needs_them() {
+    let config = Config::parse(GOOD).unwrap();
+    assert!(!config.targets["pg"].locks && config.targets["pg"].lock_url.is_none());
+    let with = |extra: &str| {
+        GOOD.replace(
+            "url = \"postgres://sever@localhost/postgres\"",
+            &format!("url = \"postgres://sever@localhost/postgres\"\n{extra}"),
+        )
+    };
+    let config = Config::parse(&with(
+        "locks = true\nlock_url = { env = \"SEVER_LOCK_URL\" }",
+    ))
+    .unwrap();
+    assert!(config.targets["pg"].locks);
+    assert_eq!(
+        config.targets["pg"].lock_url,
+        Some(UrlSource::Secret(SecretRef::Env("SEVER_LOCK_URL".into())))
+    );
+    assert!(Config::parse(&with("locks = true")).is_ok());
+    let e = err(&with("lock_url = \"postgres://locker@localhost/postgres\""));
+    assert!(
+        e.contains("targets.pg.lock_url") && e.contains("locks = true"),
+        "{e}"
+    );
+}

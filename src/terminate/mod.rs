@@ -517,30 +517,49 @@ impl Targets {
                     },
                 );
             }
+            let invalid = |key: &str| {
+                let path = format!("targets.{id}.{key}");
+                move |e: EngineError| ConfigError::Invalid {
+                    path,
+                    reason: e.to_string(),
+                }
+            };
+            // The lock connection exists only where locks are on (issue 19).
+            let (lock_key, lock_url) = match (&target.lock_url, target.locks) {
+                (_, false) => ("lock_url", None),
+                (Some(source), true) => {
+                    let path = format!("targets.{id}.lock_url");
+                    ("lock_url", Some(source.load(&path)?))
+                }
+                (None, true) => ("url", Some(url.clone())),
+            };
+            let termination = &config.termination;
             let engine: Arc<dyn Engine> = match target.engine {
-                EngineKind::Postgres => Arc::new(
-                    postgres::Postgres::new(id, &url, target, &config.termination, store.clone())
-                        .map_err(|e| ConfigError::Invalid {
-                        path: format!("targets.{id}.url"),
-                        reason: e.to_string(),
-                    })?,
-                ),
-                EngineKind::Mysql => Arc::new(
-                    mysql::Mysql::new(&url, target, &config.termination).map_err(|e| {
-                        ConfigError::Invalid {
-                            path: format!("targets.{id}.url"),
-                            reason: e.to_string(),
-                        }
-                    })?,
-                ),
-                EngineKind::Sqlserver => Arc::new(
-                    sqlserver::SqlServer::new(&url, target, &config.termination).map_err(|e| {
-                        ConfigError::Invalid {
-                            path: format!("targets.{id}.url"),
-                            reason: e.to_string(),
-                        }
-                    })?,
-                ),
+                EngineKind::Postgres => {
+                    let engine =
+                        postgres::Postgres::new(id, &url, target, termination, store.clone())
+                            .map_err(invalid("url"))?;
+                    Arc::new(match &lock_url {
+                        Some(lock) => engine.with_locks(lock).map_err(invalid(lock_key))?,
+                        None => engine,
+                    })
+                }
+                EngineKind::Mysql => {
+                    let engine =
+                        mysql::Mysql::new(&url, target, termination).map_err(invalid("url"))?;
+                    Arc::new(match &lock_url {
+                        Some(lock) => engine.with_locks(lock).map_err(invalid(lock_key))?,
+                        None => engine,
+                    })
+                }
+                EngineKind::Sqlserver => {
+                    let engine = sqlserver::SqlServer::new(&url, target, termination)
+                        .map_err(invalid("url"))?;
+                    Arc::new(match &lock_url {
+                        Some(lock) => engine.with_locks(lock).map_err(invalid(lock_key))?,
+                        None => engine,
+                    })
+                }
             };
             engines.insert(id.clone(), engine);
         }

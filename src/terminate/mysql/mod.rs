@@ -41,9 +41,11 @@ use super::{
 use crate::config::{TargetConfig, TerminationConfig};
 use crate::select::Selector;
 use crate::terminate::listing::Listed;
+use crate::terminate::lockout::{LoginGate, Restored};
 
 mod accounts;
 mod listing;
+mod lock;
 mod privileges;
 
 pub use accounts::{Account, authenticated_host};
@@ -83,6 +85,8 @@ pub struct Mysql {
     flavor: OnceCell<Flavor>,
     /// Logins already warned about at learning, so the warning is not repeated every 5 min.
     warned: std::sync::Mutex<BTreeSet<String>>,
+    /// The lock login's pool, on a target with `locks = true` ([`lock`]).
+    lock: Option<MySqlPool>,
 }
 
 /// Where the id counter stood when sever learned of a rotation.
@@ -168,6 +172,7 @@ impl Mysql {
             rds: target.rds,
             flavor: OnceCell::new(),
             warned: Default::default(),
+            lock: None,
         })
     }
 
@@ -545,6 +550,18 @@ impl Engine for Mysql {
         include_query: bool,
     ) -> Result<Vec<Listed>, EngineError> {
         self.list_sessions(selector, include_query).await
+    }
+
+    async fn login_gate(&self, login: &str) -> Result<Option<LoginGate>, EngineError> {
+        self.read_gate(login).await
+    }
+
+    async fn close_login(&self, login: &str) -> Result<Option<LoginGate>, EngineError> {
+        self.close(login).await
+    }
+
+    async fn restore_login(&self, login: &str, gate: &LoginGate) -> Result<Restored, EngineError> {
+        self.restore(login, gate).await
     }
 
     async fn signal(&self, sessions: &[Listed], signal: Signal) -> Result<Vec<Sent>, EngineError> {

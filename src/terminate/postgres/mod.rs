@@ -23,8 +23,10 @@ use crate::select::Selector;
 use crate::store::{APPLICATION_NAME, Store};
 use crate::terminate::classify::connection_lost;
 use crate::terminate::listing::Listed;
+use crate::terminate::lockout::{LoginGate, Restored};
 
 mod listing;
+mod lock;
 mod sql;
 
 use sql::{
@@ -44,6 +46,10 @@ pub struct Postgres {
     id: String,
     pool: PgPool,
     store: Store,
+    /// The target's `statement_timeout`, for the lock pool too.
+    statement_timeout: String,
+    /// The lock login's pool, on a target with `locks = true` ([`lock`]).
+    lock: Option<PgPool>,
 }
 
 impl Postgres {
@@ -100,6 +106,8 @@ impl Postgres {
             id: id.to_owned(),
             pool,
             store,
+            statement_timeout,
+            lock: None,
         })
     }
 
@@ -500,6 +508,22 @@ impl Engine for Postgres {
         include_query: bool,
     ) -> Result<Vec<Listed>, EngineError> {
         self.list_sessions(selector, include_query).await
+    }
+
+    async fn login_gate(&self, login: &str) -> Result<Option<LoginGate>, EngineError> {
+        self.read_gate(login).await
+    }
+
+    async fn close_login(&self, login: &str) -> Result<Option<LoginGate>, EngineError> {
+        self.close(login).await
+    }
+
+    async fn restore_login(
+        &self,
+        login: &str,
+        before: &LoginGate,
+    ) -> Result<Restored, EngineError> {
+        self.restore(login, before).await
     }
 
     async fn signal(&self, sessions: &[Listed], signal: Signal) -> Result<Vec<Sent>, EngineError> {

@@ -29,9 +29,11 @@ use super::{
 use crate::config::{TargetConfig, TerminationConfig};
 use crate::select::Selector;
 use crate::terminate::listing::Listed;
+use crate::terminate::lockout::{LoginGate, Restored};
 
 mod activity;
 mod listing;
+mod lock;
 mod signal;
 
 /// `KILL` refused: missing `ALTER ANY CONNECTION` (Azure SQL Database: `KILL DATABASE CONNECTION`).
@@ -75,6 +77,8 @@ pub struct SqlServer {
     client: Mutex<Option<Connection>>,
     /// Logins already warned about at learning, so the warning is not repeated every 5 min.
     warned: std::sync::Mutex<BTreeSet<String>>,
+    /// The lock login's connection, on a target with `locks = true` ([`lock`]).
+    lock: Option<lock::LockClient>,
 }
 
 impl std::fmt::Debug for SqlServer {
@@ -222,20 +226,24 @@ impl SqlServer {
             connect_timeout: target.connect_timeout,
             client: Mutex::new(None),
             warned: Default::default(),
+            lock: None,
         })
     }
 
     async fn connect(&self) -> Result<Connection, EngineError> {
-        let addr = self.config.get_addr();
+        Self::connect_with(&self.config, self.connect_timeout).await
+    }
+
+    async fn connect_with(config: &Config, timeout: Duration) -> Result<Connection, EngineError> {
+        let addr = config.get_addr();
         // Connects directly, or, for `Server=host\INSTANCE`, asks the SQL Browser first.
-        let tcp =
-            tokio::time::timeout(self.connect_timeout, TcpStream::connect_named(&self.config))
-                .await
-                .map_err(|_| EngineError::Timeout(self.connect_timeout))?
-                .map_err(|e| EngineError::Connect(format!("{addr}: {e}")))?;
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect_named(config))
+            .await
+            .map_err(|_| EngineError::Timeout(timeout))?
+            .map_err(|e| EngineError::Connect(format!("{addr}: {e}")))?;
         tcp.set_nodelay(true)
             .map_err(|e| EngineError::Connect(e.to_string()))?;
-        Client::connect(self.config.clone(), tcp.compat_write())
+        Client::connect(config.clone(), tcp.compat_write())
             .await
             .map_err(query_error)
     }
@@ -544,6 +552,18 @@ impl Engine for SqlServer {
         include_query: bool,
     ) -> Result<Vec<Listed>, EngineError> {
         self.list_sessions(selector, include_query).await
+    }
+
+    async fn login_gate(&self, login: &str) -> Result<Option<LoginGate>, EngineError> {
+        self.read_gate(login).await
+    }
+
+    async fn close_login(&self, login: &str) -> Result<Option<LoginGate>, EngineError> {
+        self.close(login).await
+    }
+
+    async fn restore_login(&self, login: &str, gate: &LoginGate) -> Result<Restored, EngineError> {
+        self.restore(login, gate).await
     }
 
     async fn signal(&self, sessions: &[Listed], signal: Signal) -> Result<Vec<Sent>, EngineError> {

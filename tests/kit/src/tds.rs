@@ -71,6 +71,8 @@
 //!   `KILL @P1` is rejected with 102, as SQL Server does (KILL takes a literal only).
 //! - The administrator query (is a login a sysadmin, does it hold `CONTROL SERVER`): see
 //!   `tds/admins.rs`.
+//! - Login locks (the gate queries, `ALTER LOGIN … DISABLE | ENABLE`, `REVOKE`/`GRANT
+//!   CONNECT` in a database; a disabled login's LOGIN7 gets 18470): see `tds/logins.rs`.
 //! - The activity query (each session's request, open transaction and statement text): see
 //!   `tds/activity.rs`. Any other statement naming `sys.dm_exec_requests`, `sys.dm_tran_*`
 //!   or `sys.dm_exec_sql_text` gets 50000.
@@ -253,6 +255,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 mod activity;
 mod admins;
+mod logins;
 
 pub use activity::FakeRequest;
 
@@ -323,6 +326,8 @@ struct State {
     server_standing: HashMap<String, admins::ServerStanding>,
     /// Whether the caller holds `VIEW ANY DEFINITION` ([`TdsStandIn::set_view_any_definition`]).
     view_any_definition: bool,
+    /// Disabled logins and contained users' `CONNECT`, for login locks (`tds/logins.rs`).
+    gates: logins::Gates,
 }
 
 impl State {
@@ -407,6 +412,7 @@ impl TdsStandIn {
             instances: Vec::new(),
             server_standing: HashMap::new(),
             view_any_definition: true,
+            gates: logins::Gates::default(),
         }));
         let accept_state = state.clone();
         let task = tokio::spawn(async move {
@@ -775,18 +781,29 @@ async fn run_connection(
             .find(|(l, p)| l.eq_ignore_ascii_case(&login.user) && *p == login.password)
             .map(|(l, _)| l.clone())
     };
-    let Some(canonical_login) = accepted else {
-        let mut out = Vec::new();
-        put_message(
-            &mut out,
-            0xAA,
-            &SqlError::new(
+    let disabled = accepted
+        .as_deref()
+        .is_some_and(|l| logins::is_disabled(&lock(state), l));
+    let (Some(canonical_login), false) = (accepted, disabled) else {
+        let refusal = match disabled {
+            true => SqlError::new(
+                18470,
+                1,
+                14,
+                format!(
+                    "Login failed for user '{}'. Reason: The account is disabled.",
+                    login.user
+                ),
+            ),
+            false => SqlError::new(
                 18456,
                 1,
                 14,
                 format!("Login failed for user '{}'.", login.user),
             ),
-        );
+        };
+        let mut out = Vec::new();
+        put_message(&mut out, 0xAA, &refusal);
         put_done(&mut out, 0xFD, DONE_ERROR, 0, 0);
         conn.send(&out).await?;
         return Ok(());
@@ -1864,6 +1881,9 @@ fn execute_inner(
     }
     if first.is_kw("select") && toks.get(1).is_some_and(|t| t.is_kw("loginproperty")) {
         return loginproperty_query(state, &toks, params);
+    }
+    if let Some(outcome) = logins::statement(state, spid, &toks, params) {
+        return outcome;
     }
     if first.is_kw("with") {
         return match admins::is_admin_query(&toks) {

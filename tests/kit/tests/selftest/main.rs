@@ -8,4 +8,5 @@ mod openbao;
 mod pg;
 mod tds;
 mod tds_activity;
+mod tds_logins;
 mod vault;
