@@ -224,6 +224,7 @@ impl Mysql {
         if now != before.closed() {
             return Ok(Restored::Changed { now });
         }
+        // `now` equals `before.closed()`: the same accounts in the same order as `hosts`.
         let reopen: Vec<&str> = hosts
             .iter()
             .zip(&before.accounts)
