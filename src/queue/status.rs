@@ -28,13 +28,14 @@ impl Queue {
             .collect()
     }
 
-    /// Makes the steps waiting on `target` due now (the target answered again), except those
-    /// whose last failure will recur: they keep their backoff.
+    /// Makes the steps waiting on `target` for a retry due now (the target answered again),
+    /// except those whose last failure will recur: they keep their backoff. A step not yet
+    /// attempted keeps its due time: it is scheduled (a lock's expiry), not waiting.
     pub async fn target_back(&self, target: &str) -> Result<u64, QueueError> {
         let now = at(Utc::now());
         let n = sqlx::query(
             "UPDATE action_steps SET next_attempt_at = $2 \
-             WHERE target = $1 AND state = 'pending' AND next_attempt_at > $2 \
+             WHERE target = $1 AND state = 'pending' AND next_attempt_at > $2 AND attempts > 0 \
                AND (failure IS NULL OR failure <> 'deterministic')",
         )
         .bind(target)

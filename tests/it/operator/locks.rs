@@ -202,7 +202,13 @@ async fn an_expiry_runs_after_a_restart_and_once_across_two_replicas() {
     );
     let a = TestServer::start(&config).await;
     let b = TestServer::start(&config).await;
-    assert!(wait_login(&pg, "app", true, Duration::from_secs(8)).await);
+    if !wait_login(&pg, "app", true, Duration::from_secs(8)).await {
+        let (_, ready) = a.readyz().await;
+        let (_, locks) = a.operator_get("/v1/locks?all=true").await;
+        let planned = ws.records("action.planned").await;
+        let completed = ws.records("action.completed").await;
+        panic!("not restored: {ready}\n{locks}\n{planned:?}\n{completed:?}");
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let restored: Vec<Value> = ws
         .records("action.completed")
