@@ -286,3 +286,60 @@ async fn guard_rails_refuse_a_lock_before_anything_changes() {
         "nothing was planned"
     );
 }
+
+#[tokio::test]
+async fn a_restore_that_fails_is_retried_and_named_in_readiness_until_it_succeeds() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    // Retrying is given up after a second for other steps: never for a restore.
+    let config = locking(&pg, &ws)
+        .await
+        .set("queue.retry_for", "1s")
+        .set("queue.max_backoff", "500ms")
+        .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    pg.create_login("app", "pw").await;
+    let (status, report) = server
+        .operator_post(
+            "/v1/locks",
+            &json!({"login": "app", "targets": ["main"], "reason": "r", "for": "1s",
+                    "terminate": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    // The target is down when the lock expires.
+    pg.stop();
+    let mut named = Value::Null;
+    for _ in 0..100 {
+        let (_, ready) = server.readyz().await;
+        if ready["locks"]["ok"] == false {
+            named = ready;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(named["status"], "degraded", "{named}");
+    assert!(
+        named["locks"]["error"].to_string().contains("app"),
+        "{named}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.restart();
+    assert!(
+        wait_login(&pg, "app", true, Duration::from_secs(10)).await,
+        "restored once the target is back, past retry_for"
+    );
+    let mut ready = Value::Null;
+    for _ in 0..50 {
+        ready = server.readyz().await.1;
+        if ready["locks"]["ok"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready["locks"]["ok"], true, "{ready}");
+    assert!(
+        ws.records("target.failed").await.is_empty(),
+        "a restore is never given up"
+    );
+}
