@@ -18,6 +18,9 @@ pub(super) fn check_config(config: &Config) -> Result<ExitCode, CliError> {
     CheckpointKey::load_all(&config.audit)?;
     for (id, target) in &config.targets {
         target.url.load(&format!("targets.{id}.url"))?;
+        if let Some(lock_url) = &target.lock_url {
+            lock_url.load(&format!("targets.{id}.lock_url"))?;
+        }
     }
     config.check_own_logins()?;
     let aws = &config.aws;
@@ -76,6 +79,8 @@ pub(super) fn check_config(config: &Config) -> Result<ExitCode, CliError> {
                 "pool_size": t.pool_size,
                 "connect_timeout": humantime::format_duration(t.connect_timeout).to_string(),
                 "sweep": t.sweep.as_ref().map(|w| json!({"pattern": w.pattern, "interval": humantime::format_duration(w.interval).to_string()})),
+                "locks": t.locks,
+                "lock_url": t.lock_url.as_ref().map(|u| u.describe()),
             });
             (id.clone(), detail)
         })

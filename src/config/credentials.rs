@@ -46,6 +46,10 @@ pub struct CredentialConfig {
     /// How long `graceful` waits, e.g. `30s`.
     #[serde(default, with = "humantime_serde::option")]
     pub grace: Option<Duration>,
+    /// A rotation of this credential lifts the login locks on its logins that began before
+    /// the rotation. Off by default: otherwise one signed event could lift an incident lock.
+    #[serde(default)]
+    pub lift_locks: bool,
     /// The AWS Secrets Manager secret this credential is.
     pub aws: Option<CredentialAws>,
     /// The Vault static role or KV secret this credential is.

@@ -74,6 +74,7 @@ pub async fn accept(
     accepted: Value,
 ) -> Result<Accepted, ApiError> {
     let action_id = plan.action_id;
+    let rotation = plan.clone();
     let submission = Submission {
         plan,
         actor: actor.to_string(),
@@ -92,6 +93,9 @@ pub async fn accept(
         Ok(Submitted::Accepted(action_id)) => {
             let actor = actor.to_string();
             tracing::info!(%action_id, actor = actor.as_str(), "event accepted");
+            // Only where a credential's config asks for it (off by default: one signed event
+            // must not lift an incident lock).
+            crate::operator::locks::lift_for_rotation(ctx, &rotation).await;
             Ok(Accepted::Started(action_id))
         }
         Ok(Submitted::Duplicate { index, action_id }) => {

@@ -178,6 +178,77 @@ pub async fn delete_lock(
     (Extension(actor), answer)
 }
 
+/// Lifts the active locks on the logins a rotation of `credential` reaches, that began before
+/// the rotation's cutoff (`plan`'s scope), when the credential's config asks for it
+/// (`lift_locks`). A lock that began after the rotation is kept: the rotation cannot have
+/// been the answer to it. A `revoked` event never lifts anything. Returns the actions
+/// stored.
+pub async fn lift_for_rotation(ctx: &Context, plan: &crate::action::Plan) -> Vec<Uuid> {
+    use crate::action::{EventKind, Origin};
+    let credential = match &plan.origin {
+        Origin::Event {
+            credential,
+            kind: EventKind::Rotated,
+            ..
+        }
+        | Origin::Aws { credential, .. } => credential,
+        Origin::Vault {
+            credential: Some(credential),
+            ..
+        } => credential,
+        _ => return Vec::new(),
+    };
+    if !ctx
+        .config
+        .credentials
+        .get(credential)
+        .is_some_and(|c| c.lift_locks)
+    {
+        return Vec::new();
+    }
+    let cutoff = match plan.scope {
+        Some(crate::terminate::Scope::Before(at)) => at,
+        _ => Utc::now(),
+    };
+    let active = match list(ctx, None, false).await {
+        Ok(active) => active,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the locks a rotation may lift");
+            return Vec::new();
+        }
+    };
+    let mut lifted = Vec::new();
+    for lock in active {
+        let reached = plan
+            .steps
+            .iter()
+            .any(|s| s.target == lock.target && s.logins.contains(&lock.login));
+        let before_cutoff =
+            chrono::DateTime::parse_from_rfc3339(&lock.since).is_ok_and(|since| since < cutoff);
+        if !reached || !before_cutoff {
+            continue;
+        }
+        let Ok(lock_id) = lock.lock_id.parse::<Uuid>() else {
+            continue;
+        };
+        let step = Step {
+            protected: ctx.config.protected_on(&lock.target),
+            logins: vec![lock.login.clone()],
+            target: lock.target.clone(),
+        };
+        let by = format!("rotation of credential {credential}");
+        let plan = unlock_plan(lock_id, &lock.login, vec![step], &by, &by);
+        let mut submission = Submission::new(plan, by.clone());
+        submission.never_give_up = true;
+        match store(ctx, submission).await {
+            Ok(id) => lifted.push(id),
+            Err(e) => tracing::warn!(error = %e, lock_id = %lock.lock_id,
+                "could not store the lifting of a lock by a rotation"),
+        }
+    }
+    lifted
+}
+
 /// Stores the end of lock `id` on every target where it is active; the action's id.
 pub async fn lift(ctx: &Context, id: Uuid, reason: &str, actor: &str) -> Result<Uuid, ApiError> {
     if reason.trim().is_empty() {

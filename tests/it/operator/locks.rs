@@ -343,3 +343,58 @@ async fn a_restore_that_fails_is_retried_and_named_in_readiness_until_it_succeed
         "a restore is never given up"
     );
 }
+
+#[tokio::test]
+async fn a_rotation_lifts_a_lock_only_where_its_credential_says_so() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    let config = locking(&pg, &ws)
+        .await
+        .credential("lifting", &[("main", "app")])
+        .set("credentials.lifting.lift_locks", true)
+        .credential("keeping", &[("main", "ops_app")])
+        .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    pg.create_login("app", "pw").await;
+    pg.create_login("ops_app", "pw").await;
+    for login in ["app", "ops_app"] {
+        let (status, report) = server
+            .operator_post(
+                "/v1/locks",
+                &json!({"login": login, "targets": ["main"], "reason": "r", "for": "10m"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{report}");
+    }
+    // A revocation never lifts a lock.
+    let (status, report) = server
+        .event(&json!({"credential": "lifting", "kind": "revoked"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!can_log_in(&pg, "app").await);
+    for credential in ["lifting", "keeping"] {
+        let (status, report) = server
+            .event(&json!({"credential": credential, "kind": "rotated"}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{report}");
+    }
+    assert!(
+        wait_login(&pg, "app", true, Duration::from_secs(5)).await,
+        "the rotation of a credential with lift_locks lifts its lock"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !can_log_in(&pg, "ops_app").await,
+        "without lift_locks the lock stays"
+    );
+    let (_, all) = server.operator_get("/v1/locks?all=true").await;
+    let ended: Vec<&Value> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["state"] == "ended")
+        .collect();
+    assert_eq!(ended.len(), 1, "{all}");
+    assert_eq!(ended[0]["ended_by"], "rotation of credential lifting");
+}
