@@ -533,3 +533,62 @@ async fn a_selector_revocation_previews_until_told_to_execute() {
     assert!(pg.wait_gone(api, Duration::from_secs(5)).await);
     assert!(pg.is_alive(dump).await, "pg_dump is spared");
 }
+
+#[tokio::test]
+async fn lock_locks_and_unlock_from_the_command_line() {
+    use sqlx::Connection;
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    pg.exec("ALTER ROLE sever_admin CREATEROLE").await;
+    pg.create_login("app", "pw").await;
+    let ws = Workspace::new();
+    let config = ws.write_config(
+        &ws.target_config(ws.config(), "main", &pg)
+            .set("targets.main.locks", true)
+            .toml(),
+    );
+    let can_log_in = || async {
+        sqlx::PgConnection::connect(&pg.url("app", "pw", "postgres"))
+            .await
+            .is_ok()
+    };
+    let (_c, pid) = pg.session("app", "pw", "postgres", "api").await;
+
+    // No duration and no --permanent: refused before anything is connected.
+    let out = cli(
+        &config,
+        &[
+            "lock", "--login", "app", "--target", "main", "--reason", "r",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--for"), "{}", stderr(&out));
+
+    let out = cli(
+        &config,
+        &[
+            "lock", "--login", "app", "--target", "main", "--for", "10m", "--reason", "INC-19",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let id = report["action_id"].as_str().unwrap().to_owned();
+    assert!(pg.wait_gone(pid, Duration::from_secs(5)).await);
+    assert!(!can_log_in().await);
+
+    let out = cli(&config, &["locks"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&id) && stdout(&out).contains("1 lock(s)"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = cli(&config, &["unlock", &id, "--reason", "contained"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("restored"), "{}", stdout(&out));
+    assert!(can_log_in().await);
+    let out = cli(&config, &["unlock", &id, "--reason", "again"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+}
