@@ -65,7 +65,25 @@ pub(super) async fn lock(
         .begin_lock(&record, Utc::now())
         .await
         .map_err(store_error)?;
-    let found = engine.close_login(step.login).await?;
+    let found = match engine.close_login(step.login).await {
+        Ok(found) => found,
+        Err(e) => {
+            // Nothing was closed: the lock must not stay on record as in force, nor its
+            // kept gate be "restored" later as if someone else had changed it.
+            let ended = ctx
+                .store
+                .end_lock(&lock_id, step.target, "failed", Utc::now())
+                .await
+                .map_err(store_error)?;
+            if let Ended::Restore(_) = ended {
+                ctx.store
+                    .forget_gate(step.target, step.login)
+                    .await
+                    .map_err(store_error)?;
+            }
+            return Err(e);
+        }
+    };
     let mut outcome = TerminateOutcome::default();
     match &found {
         // Dropped between the read and the change: there is nothing to keep out.

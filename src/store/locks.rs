@@ -63,7 +63,8 @@ pub enum Ended {
 
 impl Store {
     /// Records `lock` as active now, and the login's gate if none is kept, in one
-    /// transaction. Recording the same lock again (a retried step) changes nothing.
+    /// transaction. Recording the same lock again (a retried step) changes nothing, except
+    /// that a lock whose closing failed (`ended_by = 'failed'`) is in force again.
     pub async fn begin_lock(
         &self,
         lock: &NewLock<'_>,
@@ -73,7 +74,9 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO locks (lock_id, target, login, since, until, reason, actor, state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'active') ON CONFLICT (lock_id, target) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'active') ON CONFLICT (lock_id, target) \
+             DO UPDATE SET state = 'active', ended_at = NULL, ended_by = NULL \
+             WHERE locks.ended_by = 'failed'",
         )
         .bind(lock.lock_id)
         .bind(lock.target)

@@ -398,3 +398,36 @@ async fn a_rotation_lifts_a_lock_only_where_its_credential_says_so() {
     assert_eq!(ended.len(), 1, "{all}");
     assert_eq!(ended[0]["ended_by"], "rotation of credential lifting");
 }
+
+#[tokio::test]
+async fn a_lock_sever_may_not_take_names_the_grant_and_stays_off_the_record() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    let ws = Workspace::new();
+    // Locks enabled, but sever's login lacks CREATEROLE.
+    let config = ws
+        .target_config(ws.config(), "main", &pg)
+        .set("targets.main.locks", true)
+        .set("queue.retry_for", "1s")
+        .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    pg.create_login("app", "pw").await;
+    let (status, report) = server
+        .operator_post(
+            "/v1/locks",
+            &json!({"login": "app", "targets": ["main"], "reason": "r", "for": "10m"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "incomplete", "{report}");
+    assert!(report.to_string().contains("CREATEROLE"), "{report}");
+    assert!(can_log_in(&pg, "app").await);
+    let (_, active) = server.operator_get("/v1/locks").await;
+    assert_eq!(
+        active,
+        json!([]),
+        "a lock that closed nothing is not in force"
+    );
+    let (_, ready) = server.readyz().await;
+    assert_eq!(ready["locks"]["ok"], true, "{ready}");
+}
