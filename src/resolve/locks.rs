@@ -184,11 +184,12 @@ pub fn unlock_plan(
     }
 }
 
-/// The user names in `target`'s URLs (its `url` and `lock_url`), where they are URLs: the
-/// logins sever itself uses there.
+/// The user names in `target`'s URLs (its `url` and `lock_url`) and in the store's URL,
+/// where they are URLs: the logins sever itself uses (a PostgreSQL store may live on the
+/// target's server).
 fn own_logins(config: &Config, target: &str) -> Vec<String> {
     let t = &config.targets[target];
-    [Some(&t.url), t.lock_url.as_ref()]
+    [Some(&t.url), t.lock_url.as_ref(), Some(&config.store.url)]
         .into_iter()
         .flatten()
         .filter_map(|source| source.load("url").ok())
