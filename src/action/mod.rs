@@ -252,7 +252,7 @@ impl Plan {
                 return Some(Work::Drain {
                     database: database.clone(),
                     until: *until,
-                    spare: spare.clone(),
+                    spare: Box::new(spare.clone()),
                 });
             }
             Origin::Undrain {
@@ -315,8 +315,8 @@ pub enum Work {
         database: String,
         /// When it re-opens by itself.
         until: Option<DateTime<Utc>>,
-        /// The exclusions that spare sessions.
-        spare: Selector,
+        /// The exclusions that spare sessions (boxed: the selector is large).
+        spare: Box<Selector>,
     },
     /// End the drain and, if it was the database's last, restore the gate it found.
     Undrain {
