@@ -121,6 +121,29 @@ pub enum Origin {
         /// `expiry` or the operator who lifted it.
         ended_by: String,
     },
+    /// A database drain: new connections to `database` are refused on the plan's target
+    /// and its sessions end (in the plan's mode), but those `spare` excludes and protected
+    /// logins, until `until` or until lifted. The drain's id is the action's.
+    Drain {
+        /// The database kept clear.
+        database: String,
+        /// When it re-opens by itself; `None` only for an explicitly permanent drain.
+        until: Option<DateTime<Utc>>,
+        /// Exclusions only (`exclude_logins`, `exclude_application_names`): the sessions
+        /// the drain spares, from the request's `except`.
+        #[serde(default)]
+        spare: Selector,
+    },
+    /// The end of a drain (its expiry, or an operator lifting it): the database re-opens
+    /// once no other drain of it is in force.
+    Undrain {
+        /// The drain that ends.
+        drain_id: Uuid,
+        /// Its database.
+        database: String,
+        /// `expiry` or the operator who lifted it.
+        ended_by: String,
+    },
     /// A periodic or manual sweep for sessions of dropped or expired logins on one target.
     Sweep {
         /// Target id.
@@ -221,6 +244,28 @@ impl Plan {
                     ended_by: ended_by.clone(),
                 });
             }
+            Origin::Drain {
+                database,
+                until,
+                spare,
+            } => {
+                return Some(Work::Drain {
+                    database: database.clone(),
+                    until: *until,
+                    spare: Box::new(spare.clone()),
+                });
+            }
+            Origin::Undrain {
+                drain_id,
+                database,
+                ended_by,
+            } => {
+                return Some(Work::Undrain {
+                    drain_id: *drain_id,
+                    database: database.clone(),
+                    ended_by: ended_by.clone(),
+                });
+            }
             _ => {}
         }
         match (&self.origin, self.scope) {
@@ -261,6 +306,24 @@ pub enum Work {
         lock_id: Uuid,
         /// Its login.
         login: String,
+        /// Who or what ended it.
+        ended_by: String,
+    },
+    /// Close the database's gate, record the drain, and end its sessions but the spared.
+    Drain {
+        /// The database.
+        database: String,
+        /// When it re-opens by itself.
+        until: Option<DateTime<Utc>>,
+        /// The exclusions that spare sessions (boxed: the selector is large).
+        spare: Box<Selector>,
+    },
+    /// End the drain and, if it was the database's last, restore the gate it found.
+    Undrain {
+        /// The drain.
+        drain_id: Uuid,
+        /// Its database.
+        database: String,
         /// Who or what ended it.
         ended_by: String,
     },

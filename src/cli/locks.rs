@@ -140,7 +140,7 @@ pub(super) async fn locks(config: Config, args: LocksArgs) -> Result<ExitCode, C
 }
 
 /// Drives action `id` here until it finishes, then prints its report.
-async fn finish(
+pub(super) async fn finish(
     ctx: &Context,
     id: uuid::Uuid,
     json: bool,

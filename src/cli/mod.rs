@@ -7,6 +7,7 @@
 
 mod audit;
 mod check;
+mod drains;
 mod locks;
 mod revoke;
 mod serve;
@@ -150,6 +151,12 @@ pub enum Command {
     Unlock(locks::UnlockArgs),
     /// List login locks.
     Locks(locks::LocksArgs),
+    /// Keep one database clear for a while: refuse new connections, end its sessions.
+    Drain(Box<drains::DrainArgs>),
+    /// Re-open a drained database before its expiry.
+    Undrain(drains::UndrainArgs),
+    /// List database drains.
+    Drains(drains::DrainsArgs),
     /// Read and check the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -203,6 +210,9 @@ impl Cli {
             Command::Lock(args) => locks::lock(config, *args).await,
             Command::Unlock(args) => locks::unlock(config, args).await,
             Command::Locks(args) => locks::locks(config, args).await,
+            Command::Drain(args) => drains::drain(config, *args).await,
+            Command::Undrain(args) => drains::undrain(config, args).await,
+            Command::Drains(args) => drains::drains(config, args).await,
             Command::Audit(cmd) => audit::audit(config, cmd).await,
             Command::OperatorToken => Ok(check::operator_token()),
         }

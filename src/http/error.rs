@@ -123,6 +123,9 @@ pub enum ApiError {
     /// No active lock has this id (it never existed, or it has ended).
     #[error("no active lock {0}")]
     UnknownLock(String),
+    /// No active drain has this id (it never existed, or it has ended).
+    #[error("no active drain {0}")]
+    UnknownDrain(String),
     /// A revocation's selection grew since the dry run whose count it carries: a conflict
     /// with the state it was approved against, so nothing was ended.
     #[error(
@@ -203,6 +206,7 @@ impl ApiError {
             ApiError::Body(_) => (S::BAD_REQUEST, "unreadable_body"),
             ApiError::UnknownAction(_) => (S::NOT_FOUND, "unknown_action"),
             ApiError::UnknownLock(_) => (S::NOT_FOUND, "unknown_lock"),
+            ApiError::UnknownDrain(_) => (S::NOT_FOUND, "unknown_drain"),
             ApiError::SelectionGrew { .. } => (S::CONFLICT, "selection_grew"),
             ApiError::MissingToken => (S::UNAUTHORIZED, "missing_token"),
             ApiError::InvalidToken => (S::UNAUTHORIZED, "invalid_token"),

@@ -251,10 +251,38 @@ async fn unrestored(ctx: &Context) -> Result<(), String> {
             )
         })
     }));
+    problems.extend(undrained(ctx, now).await?);
     match problems.is_empty() {
         true => Ok(()),
         false => Err(problems.join("; ")),
     }
+}
+
+/// Each database whose drain ended (or expired) without its gate restored yet.
+async fn undrained(
+    ctx: &Context,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<String>, String> {
+    let pending = ctx
+        .store
+        .pending_reopens()
+        .await
+        .map_err(|e| e.to_string())?;
+    let drains = ctx.store.drains(None).await.map_err(|e| e.to_string())?;
+    let mut problems: Vec<String> = pending
+        .into_iter()
+        .map(|(target, db, _)| format!("database {db:?} on {target:?}: not re-opened yet"))
+        .collect();
+    problems.extend(drains.into_iter().filter_map(|d| {
+        let until = chrono::DateTime::parse_from_rfc3339(d.until.as_deref()?).ok()?;
+        (d.state == "active" && until < now - EXPIRY_SLACK).then(|| {
+            format!(
+                "database {:?} on {:?}: drain {} expired at {} and is still in force",
+                d.database, d.target, d.drain_id, until
+            )
+        })
+    }));
+    Ok(problems)
 }
 
 /// The checkpoint file's component: `None` when `audit.checkpoint_file` is not configured.

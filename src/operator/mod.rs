@@ -8,6 +8,7 @@
 
 pub mod actions;
 pub mod auth;
+pub mod drains;
 pub mod locks;
 pub mod revocations;
 pub mod sessions;
@@ -64,5 +65,10 @@ pub fn router(state: OperatorState) -> Router {
         .route("/v1/actions/{id}", get(actions::get_action))
         .route("/v1/locks", post(locks::post_lock).get(locks::get_locks))
         .route("/v1/locks/{id}", delete(locks::delete_lock))
+        .route(
+            "/v1/drains",
+            post(drains::post_drain).get(drains::get_drains),
+        )
+        .route("/v1/drains/{id}", delete(drains::delete_drain))
         .with_state(state)
 }

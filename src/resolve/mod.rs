@@ -11,6 +11,7 @@
 
 pub mod aws;
 pub mod cutoff;
+pub mod drains;
 pub mod locks;
 mod revocation;
 pub mod sweep;

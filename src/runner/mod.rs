@@ -296,6 +296,32 @@ async fn run_step(
                         )
                         .await
                     }
+                    Work::Drain {
+                        database,
+                        until,
+                        spare,
+                    } => {
+                        let drain = drains::DrainStep {
+                            plan,
+                            actor,
+                            target: &step.target,
+                            database,
+                            until: *until,
+                            spare,
+                            protected: &step.protected,
+                            journal,
+                        };
+                        drains::drain(ctx, engine.as_ref(), drain).await
+                    }
+                    Work::Undrain {
+                        drain_id,
+                        database,
+                        ended_by,
+                    } => {
+                        let target = &step.target;
+                        drains::undrain(ctx, engine.as_ref(), *drain_id, target, database, ended_by)
+                            .await
+                    }
                     Work::Sweep { pattern } => {
                         let request = SweepRequest {
                             pattern: pattern.clone(),
@@ -336,6 +362,7 @@ async fn run_step(
     (report, class)
 }
 
+mod drains;
 mod locks;
 
 #[cfg(test)]

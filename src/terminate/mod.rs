@@ -3,6 +3,7 @@
 //! May call `store` (learned roles) and `config`; knows nothing of actions, queues or doors.
 
 pub mod classify;
+pub mod drain;
 pub mod listing;
 pub mod lockout;
 pub mod mysql;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, ConfigError, Engine as EngineKind};
 use crate::select::Selector;
 use crate::store::Store;
+use drain::{DatabaseGate, Reopened};
 use listing::Listed;
 use lockout::{LoginGate, Restored};
 
@@ -430,6 +432,34 @@ pub trait Engine: Send + Sync + Debug {
             "locks: this target does not have locks = true".into(),
         ))
     }
+    /// `database`'s gate; `None` when no such database exists. Over the lock connection;
+    /// [`EngineError::Unsupported`] without `locks = true` or on an engine with no
+    /// per-database gate (MySQL/MariaDB).
+    async fn database_gate(&self, database: &str) -> Result<Option<DatabaseGate>, EngineError> {
+        let _ = database;
+        Err(no_drains())
+    }
+    /// Closes `database` to new connections (PostgreSQL `CONNECTION LIMIT 0`, SQL Server
+    /// `RESTRICTED_USER`) and returns its gate as it was; `None` when it does not exist.
+    async fn close_database(&self, database: &str) -> Result<Option<DatabaseGate>, EngineError> {
+        let _ = database;
+        Err(no_drains())
+    }
+    /// Whether [`Engine::close_database`] itself ends the database's sessions (SQL Server's
+    /// `WITH ROLLBACK IMMEDIATE`), so they must be recorded before it runs.
+    fn closing_ends_sessions(&self) -> bool {
+        false
+    }
+    /// Sets `database`'s gate back to `before`, but only if it is still as the drain left
+    /// it: a change made meanwhile is reported, not overwritten.
+    async fn reopen_database(
+        &self,
+        database: &str,
+        before: &DatabaseGate,
+    ) -> Result<Reopened, EngineError> {
+        let _ = (database, before);
+        Err(no_drains())
+    }
     /// Terminates (or, in a dry run, lists) the sessions `request` selects, then verifies.
     async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError>;
     /// Looks up and remembers the identities of `logins`, so they are found after a drop.
@@ -453,6 +483,15 @@ pub trait Engine: Send + Sync + Debug {
             "sweeps are for PostgreSQL targets".into(),
         ))
     }
+}
+
+/// Why a drain method is not available: locks are off, or the engine has no database gate.
+fn no_drains() -> EngineError {
+    EngineError::Unsupported(
+        "drains: this target does not have locks = true, or its engine has no per-database \
+         gate"
+            .into(),
+    )
 }
 
 /// What to send a selected session.

@@ -16,6 +16,7 @@ use sqlx::{PgConnection, PgPool};
 use super::{INSUFFICIENT_PRIVILEGE, Postgres, query_error};
 use crate::store::APPLICATION_NAME;
 use crate::terminate::EngineError;
+use crate::terminate::drain::{DatabaseGate, Reopened};
 use crate::terminate::lockout::{GateAccount, LoginGate, Restored};
 
 /// SQLSTATE undefined_object: the role was dropped between reading and altering it.
@@ -29,6 +30,16 @@ const GATE_SQL: &str = "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1";
 /// parameters.
 const ALTER_SQL: &str =
     "SELECT format('ALTER ROLE %I ' || CASE WHEN $2 THEN 'LOGIN' ELSE 'NOLOGIN' END, $1::text)";
+
+/// A database's gate, `datconnlimit` (`-1`: no limit); `None` when there is no such database.
+const DB_GATE_SQL: &str = "SELECT datconnlimit FROM pg_database WHERE datname = $1";
+
+/// `ALTER DATABASE … CONNECTION LIMIT n`, built by the server with `%I` as for roles.
+const DB_ALTER_SQL: &str =
+    "SELECT format('ALTER DATABASE %I CONNECTION LIMIT %s', $1::text, $2::int)";
+
+/// SQLSTATE invalid_catalog_name: the database was dropped meanwhile.
+const INVALID_CATALOG: &str = "3D000";
 
 impl Postgres {
     /// Adds the lock pool for `lock_url` (connected lazily, at most one connection: locks
@@ -149,5 +160,115 @@ impl Postgres {
         }
         tx.commit().await.map_err(query_error)?;
         Ok(Restored::Restored)
+    }
+}
+
+/// Database drains (issue 19): the gate is `datconnlimit`; a drain sets `CONNECTION LIMIT 0`,
+/// which refuses new connections of every role but superusers (so the DBA doing the change
+/// still gets in), and its end sets the limit back exactly. Needs ownership of the database
+/// or membership in its owner role.
+impl Postgres {
+    async fn connection_limit(
+        conn: &mut PgConnection,
+        database: &str,
+    ) -> Result<Option<i32>, EngineError> {
+        sqlx::query_scalar(DB_GATE_SQL)
+            .bind(database)
+            .fetch_optional(conn)
+            .await
+            .map_err(query_error)
+    }
+
+    /// Sets `database`'s connection limit; `false` when the database is gone.
+    async fn set_connection_limit(
+        conn: &mut PgConnection,
+        database: &str,
+        limit: i32,
+    ) -> Result<bool, EngineError> {
+        let statement: String = sqlx::query_scalar(DB_ALTER_SQL)
+            .bind(database)
+            .bind(limit)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(query_error)?;
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(conn)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(INVALID_CATALOG) => {
+                Ok(false)
+            }
+            Err(sqlx::Error::Database(db))
+                if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) =>
+            {
+                Err(EngineError::Rejected(format!(
+                    "{} (the lock login must own database {database:?} or be a member of its \
+                     owner role to change its CONNECTION LIMIT)",
+                    db.message()
+                )))
+            }
+            Err(e) => Err(query_error(e)),
+        }
+    }
+
+    fn db_gate(limit: i32) -> DatabaseGate {
+        DatabaseGate {
+            setting: limit.to_string(),
+        }
+    }
+
+    pub(super) async fn read_database_gate(
+        &self,
+        database: &str,
+    ) -> Result<Option<DatabaseGate>, EngineError> {
+        let mut conn = self.lock_pool()?.acquire().await.map_err(query_error)?;
+        Ok(Self::connection_limit(&mut conn, database)
+            .await?
+            .map(Self::db_gate))
+    }
+
+    /// Reads the limit and, unless it is already 0, sets it to 0, in one transaction.
+    pub(super) async fn close_db(
+        &self,
+        database: &str,
+    ) -> Result<Option<DatabaseGate>, EngineError> {
+        let mut tx = self.lock_pool()?.begin().await.map_err(query_error)?;
+        let Some(limit) = Self::connection_limit(&mut tx, database).await? else {
+            return Ok(None);
+        };
+        if limit != 0 && !Self::set_connection_limit(&mut tx, database, 0).await? {
+            return Ok(None);
+        }
+        tx.commit().await.map_err(query_error)?;
+        Ok(Some(Self::db_gate(limit)))
+    }
+
+    /// Sets the limit back to `before` if it is still 0.
+    pub(super) async fn reopen_db(
+        &self,
+        database: &str,
+        before: &DatabaseGate,
+    ) -> Result<Reopened, EngineError> {
+        let limit: i32 = before.setting.parse().map_err(|_| {
+            EngineError::Config(format!(
+                "the kept gate {:?} is not a connection limit",
+                before.setting
+            ))
+        })?;
+        let mut tx = self.lock_pool()?.begin().await.map_err(query_error)?;
+        let Some(now) = Self::connection_limit(&mut tx, database).await? else {
+            return Ok(Reopened::Gone);
+        };
+        if now != 0 {
+            return Ok(Reopened::Changed {
+                now: Self::db_gate(now),
+            });
+        }
+        if limit != 0 && !Self::set_connection_limit(&mut tx, database, limit).await? {
+            return Ok(Reopened::Gone);
+        }
+        tx.commit().await.map_err(query_error)?;
+        Ok(Reopened::Restored)
     }
 }

@@ -22,6 +22,7 @@ use crate::config::{TargetConfig, TerminationConfig};
 use crate::select::Selector;
 use crate::store::{APPLICATION_NAME, Store};
 use crate::terminate::classify::connection_lost;
+use crate::terminate::drain::{DatabaseGate, Reopened};
 use crate::terminate::listing::Listed;
 use crate::terminate::lockout::{LoginGate, Restored};
 
@@ -524,6 +525,22 @@ impl Engine for Postgres {
         before: &LoginGate,
     ) -> Result<Restored, EngineError> {
         self.restore(login, before).await
+    }
+
+    async fn database_gate(&self, database: &str) -> Result<Option<DatabaseGate>, EngineError> {
+        self.read_database_gate(database).await
+    }
+
+    async fn close_database(&self, database: &str) -> Result<Option<DatabaseGate>, EngineError> {
+        self.close_db(database).await
+    }
+
+    async fn reopen_database(
+        &self,
+        database: &str,
+        before: &DatabaseGate,
+    ) -> Result<Reopened, EngineError> {
+        self.reopen_db(database, before).await
     }
 
     async fn signal(&self, sessions: &[Listed], signal: Signal) -> Result<Vec<Sent>, EngineError> {

@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 
 use super::{Connection, Principal, SqlServer, query_error, server_code};
 use crate::terminate::EngineError;
+use crate::terminate::drain::{DatabaseGate, Reopened};
 use crate::terminate::lockout::{GateAccount, LoginGate, Restored};
 
 /// A server login's gate: whether sever may alter logins, and the login's `is_disabled`
@@ -219,6 +220,130 @@ impl SqlServer {
                 Self::set_gate(c, &principal, true).await?;
             }
             Ok(Restored::Restored)
+        })
+        .await
+    }
+}
+
+/// A database's gate: `user_access_desc` (`MULTI_USER`, `RESTRICTED_USER`, `SINGLE_USER`).
+const DB_GATE: &str = "SELECT user_access_desc FROM sys.databases WHERE name = @P1";
+
+/// The settings a gate may be restored to: written into `ALTER DATABASE`, so only these.
+const USER_ACCESS: [&str; 3] = ["MULTI_USER", "RESTRICTED_USER", "SINGLE_USER"];
+
+/// `User does not have permission to alter database` (5011), and the denials of [`DENIED`].
+const DB_DENIED: [u32; 2] = [5011, 262];
+
+/// Database drains (issue 19): the gate is `user_access_desc`; a drain runs
+/// `ALTER DATABASE [db] SET RESTRICTED_USER WITH ROLLBACK IMMEDIATE`, which refuses new
+/// connections but those of `db_owner`, `dbcreator` and `sysadmin` members and ends the
+/// other sessions at once (the runner lists them first, so each is audited); its end sets
+/// the access back (`MULTI_USER`). Not `SINGLE_USER`: it gives the one slot to whoever
+/// connects first, and is not allowed in an availability group. Needs `ALTER` on the
+/// database. Tested against the TDS stand-in only.
+impl SqlServer {
+    async fn user_access(
+        client: &mut Connection,
+        database: &str,
+    ) -> Result<Option<String>, EngineError> {
+        let row = match client.query(DB_GATE, &[&database]).await {
+            Ok(stream) => stream.into_row().await,
+            Err(e) => Err(e),
+        }
+        .map_err(query_error)?;
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(row
+                .try_get::<&str, _>(0)
+                .map_err(query_error)?
+                .map(str::to_owned)),
+        }
+    }
+
+    async fn set_user_access(
+        client: &mut Connection,
+        database: &str,
+        access: &str,
+    ) -> Result<bool, EngineError> {
+        if !USER_ACCESS.contains(&access) {
+            return Err(EngineError::Config(format!(
+                "{access:?} is not a database user access setting"
+            )));
+        }
+        let rollback = match access {
+            "MULTI_USER" => "",
+            _ => " WITH ROLLBACK IMMEDIATE",
+        };
+        let sql = format!(
+            "ALTER DATABASE {} SET {access}{rollback}",
+            bracket(database)
+        );
+        let result = match client.simple_query(sql).await {
+            Ok(stream) => stream.into_results().await.map(drop),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) if server_code(&e).is_some_and(|n| NO_DATABASE.contains(&n)) => Ok(false),
+            Err(tiberius::error::Error::Server(t)) if DB_DENIED.contains(&t.code()) => {
+                Err(EngineError::Rejected(format!(
+                    "{} (the lock login needs ALTER on database {})",
+                    t.message(),
+                    bracket(database)
+                )))
+            }
+            Err(e) => Err(query_error(e)),
+        }
+    }
+
+    pub(super) async fn read_database_gate(
+        &self,
+        database: &str,
+    ) -> Result<Option<DatabaseGate>, EngineError> {
+        self.with_lock_client(async |c| {
+            let access = Self::user_access(c, database).await?;
+            Ok(access.map(|setting| DatabaseGate { setting }))
+        })
+        .await
+    }
+
+    pub(super) async fn close_db(
+        &self,
+        database: &str,
+    ) -> Result<Option<DatabaseGate>, EngineError> {
+        self.with_lock_client(async |c| {
+            let Some(setting) = Self::user_access(c, database).await? else {
+                return Ok(None);
+            };
+            if setting != "RESTRICTED_USER"
+                && !Self::set_user_access(c, database, "RESTRICTED_USER").await?
+            {
+                return Ok(None);
+            }
+            Ok(Some(DatabaseGate { setting }))
+        })
+        .await
+    }
+
+    pub(super) async fn reopen_db(
+        &self,
+        database: &str,
+        before: &DatabaseGate,
+    ) -> Result<Reopened, EngineError> {
+        self.with_lock_client(async |c| {
+            let Some(now) = Self::user_access(c, database).await? else {
+                return Ok(Reopened::Gone);
+            };
+            if now != "RESTRICTED_USER" {
+                return Ok(Reopened::Changed {
+                    now: DatabaseGate { setting: now },
+                });
+            }
+            if before.setting != now && !Self::set_user_access(c, database, &before.setting).await?
+            {
+                return Ok(Reopened::Gone);
+            }
+            Ok(Reopened::Restored)
         })
         .await
     }

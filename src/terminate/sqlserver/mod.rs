@@ -28,6 +28,7 @@ use super::{
 };
 use crate::config::{TargetConfig, TerminationConfig};
 use crate::select::Selector;
+use crate::terminate::drain::{DatabaseGate, Reopened};
 use crate::terminate::listing::Listed;
 use crate::terminate::lockout::{LoginGate, Restored};
 
@@ -564,6 +565,26 @@ impl Engine for SqlServer {
 
     async fn restore_login(&self, login: &str, gate: &LoginGate) -> Result<Restored, EngineError> {
         self.restore(login, gate).await
+    }
+
+    async fn database_gate(&self, database: &str) -> Result<Option<DatabaseGate>, EngineError> {
+        self.read_database_gate(database).await
+    }
+
+    async fn close_database(&self, database: &str) -> Result<Option<DatabaseGate>, EngineError> {
+        self.close_db(database).await
+    }
+
+    fn closing_ends_sessions(&self) -> bool {
+        true
+    }
+
+    async fn reopen_database(
+        &self,
+        database: &str,
+        before: &DatabaseGate,
+    ) -> Result<Reopened, EngineError> {
+        self.reopen_db(database, before).await
     }
 
     async fn signal(&self, sessions: &[Listed], signal: Signal) -> Result<Vec<Sent>, EngineError> {

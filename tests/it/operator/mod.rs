@@ -2,4 +2,5 @@
 //! `crate::support::sever::cli`), and login locks through the operator API.
 
 mod cli;
+mod drains;
 mod locks;

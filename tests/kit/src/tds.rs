@@ -71,6 +71,8 @@
 //!   `KILL @P1` is rejected with 102, as SQL Server does (KILL takes a literal only).
 //! - The administrator query (is a login a sysadmin, does it hold `CONTROL SERVER`): see
 //!   `tds/admins.rs`.
+//! - Database drains (the `sys.databases` gate query, `ALTER DATABASE … SET RESTRICTED_USER
+//!   WITH ROLLBACK IMMEDIATE` / `SET MULTI_USER`): see `tds/drains.rs`.
 //! - Login locks (the gate queries, `ALTER LOGIN … DISABLE | ENABLE`, `REVOKE`/`GRANT
 //!   CONNECT` in a database; a disabled login's LOGIN7 gets 18470): see `tds/logins.rs`.
 //! - The activity query (each session's request, open transaction and statement text): see
@@ -255,6 +257,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 mod activity;
 mod admins;
+mod drains;
 mod logins;
 
 pub use activity::FakeRequest;
@@ -328,6 +331,8 @@ struct State {
     view_any_definition: bool,
     /// Disabled logins and contained users' `CONNECT`, for login locks (`tds/logins.rs`).
     gates: logins::Gates,
+    /// `user_access_desc` by lower-cased database, where set (`tds/drains.rs`).
+    user_access: Vec<(String, String)>,
 }
 
 impl State {
@@ -413,6 +418,7 @@ impl TdsStandIn {
             server_standing: HashMap::new(),
             view_any_definition: true,
             gates: logins::Gates::default(),
+            user_access: Vec::new(),
         }));
         let accept_state = state.clone();
         let task = tokio::spawn(async move {
@@ -1881,6 +1887,9 @@ fn execute_inner(
     }
     if first.is_kw("select") && toks.get(1).is_some_and(|t| t.is_kw("loginproperty")) {
         return loginproperty_query(state, &toks, params);
+    }
+    if let Some(outcome) = drains::statement(state, spid, &toks, params) {
+        return outcome;
     }
     if let Some(outcome) = logins::statement(state, spid, &toks, params) {
         return outcome;

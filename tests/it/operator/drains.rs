@@ -1,0 +1,333 @@
+//! Database drains through the real server: against a real PostgreSQL, a drain ends the
+//! database's sessions but the spared application's, refuses new connections to it (not
+//! to another database, not a superuser's) and re-opens it at expiry with its connection
+//! limit exactly as it was; overlapping drains re-open only when the last ends; guard rails
+//! refuse before anything changes. SQL Server through the TDS stand-in: `RESTRICTED_USER`
+//! is sent (sessions listed first), `MULTI_USER` restored, and `except` refused.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sever_testkit::pg::TestPostgres;
+use sever_testkit::tds::{FakeSession, TdsStandIn};
+use sqlx::{Connection, PgConnection};
+
+use crate::support::config::ConfigBuilder;
+use crate::support::scenarios::Database;
+use crate::support::sever::{TOKEN, TestServer, Workspace, create_admin, pids};
+
+const GONE: Duration = Duration::from_secs(5);
+
+/// A target `main` with locks on, a database `shop` owned by `shop_owner` (of which sever's
+/// admin is a member, which `CONNECTION LIMIT` needs) with a limit of 50, and login `app`.
+async fn draining(pg: &TestPostgres, ws: &Workspace) -> ConfigBuilder {
+    create_admin(pg).await;
+    pg.exec("CREATE ROLE shop_owner NOLOGIN; GRANT shop_owner TO sever_admin")
+        .await;
+    pg.exec("CREATE DATABASE shop OWNER shop_owner").await;
+    pg.exec("ALTER DATABASE shop CONNECTION LIMIT 50").await;
+    pg.create_login("app", "pw").await;
+    ws.target_config(ws.config(), "main", pg)
+        .set("targets.main.locks", true)
+        .set("queue.poll_interval", "100ms")
+}
+
+async fn can_connect(pg: &TestPostgres, login: &str, db: &str) -> bool {
+    PgConnection::connect(&pg.url(login, "pw", db))
+        .await
+        .is_ok()
+}
+
+async fn connlimit(pg: &TestPostgres) -> i32 {
+    let mut conn = pg.session("postgres", "", "postgres", "").await.0;
+    sqlx::query_scalar("SELECT datconnlimit FROM pg_database WHERE datname = 'shop'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+fn drain_id(report: &Value) -> String {
+    report["action_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no action_id in {report}"))
+        .to_owned()
+}
+
+async fn lift(server: &TestServer, id: &str) -> (StatusCode, Value) {
+    let r = server
+        .client
+        .delete(server.operator_url(&format!("/v1/drains/{id}?reason=done")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_drain_spares_the_excepted_refuses_new_connections_and_reopens_exactly() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    let config = draining(&pg, &ws).await.toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let (_a, first) = pg.session("app", "pw", "shop", "orders-api").await;
+    let (_b, second) = pg.session("app", "pw", "shop", "orders-api").await;
+    let (_c, dump) = pg.session("app", "pw", "shop", "pg_dump").await;
+    let (_d, elsewhere) = pg.session("app", "pw", "postgres", "orders-api").await;
+
+    let (status, report) = server
+        .operator_post(
+            "/v1/drains",
+            &json!({"target": "main", "database": "shop", "reason": "schema change",
+                    "for": "3s", "except": {"application_names": ["pg_dump"]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "completed", "{report}");
+    let mut expected = vec![i64::from(first), i64::from(second)];
+    expected.sort();
+    assert_eq!(pids(&report, "main", "terminated"), expected, "{report}");
+    assert!(pg.wait_gone(first, GONE).await && pg.wait_gone(second, GONE).await);
+    assert!(pg.is_alive(dump).await, "the spared application stays");
+    assert!(
+        pg.is_alive(elsewhere).await,
+        "another database is untouched"
+    );
+    assert!(
+        report.to_string().contains("exclude_application_names"),
+        "the spared session is reported with its rule: {report}"
+    );
+    assert_eq!(connlimit(&pg).await, 0);
+    assert!(
+        !can_connect(&pg, "app", "shop").await,
+        "new connections are refused"
+    );
+    assert!(
+        can_connect(&pg, "app", "postgres").await,
+        "another database stays reachable"
+    );
+    pg.session("postgres", "", "shop", "").await; // a superuser still gets in (panics if not)
+
+    let (status, listed) = server.operator_get("/v1/drains").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["drain_id"], drain_id(&report));
+    assert_eq!(listed[0]["database"], "shop");
+    assert_eq!(listed[0]["reason"], "schema change");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while !can_connect(&pg, "app", "shop").await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "re-opened at expiry"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(connlimit(&pg).await, 50, "the limit from before, exactly");
+    let (_, listed) = server.operator_get("/v1/drains").await;
+    assert_eq!(listed, json!([]));
+    let (_, all) = server.operator_get("/v1/drains?all=true").await;
+    assert_eq!(all[0]["ended_by"], "expiry", "{all}");
+    let (status, ready) = server.readyz().await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready["locks"]["ok"], true, "{ready}");
+}
+
+#[tokio::test]
+async fn overlapping_drains_reopen_when_the_last_ends() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    let config = draining(&pg, &ws).await.toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let body = json!({"target": "main", "database": "shop", "reason": "r", "for": "10m"});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, report) = server.operator_post("/v1/drains", &body).await;
+        assert_eq!(status, StatusCode::OK, "{report}");
+        assert_eq!(report["status"], "completed", "{report}");
+        ids.push(drain_id(&report));
+    }
+    let (status, body) = lift(&server, &ids[0]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.to_string().contains("stays drained"), "{body}");
+    assert_eq!(
+        connlimit(&pg).await,
+        0,
+        "the second drain is still in force"
+    );
+    assert!(!can_connect(&pg, "app", "shop").await);
+    let (status, body) = lift(&server, &ids[1]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        connlimit(&pg).await,
+        50,
+        "restored once the last drain ended"
+    );
+    assert!(can_connect(&pg, "app", "shop").await);
+    let (status, body) = lift(&server, &ids[0]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test]
+async fn guard_rails_refuse_a_drain_before_anything_changes() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    let plain = ws.secret_path(
+        "plain.url",
+        &pg.url(
+            "sever_admin",
+            crate::support::sever::ADMIN_PASSWORD,
+            "postgres",
+        ),
+    );
+    let maria = ws.secret_path("maria.url", "mysql://sever:pw@127.0.0.1:1/app");
+    let config = draining(&pg, &ws)
+        .await
+        .target_postgres("plain", &plain)
+        .target("maria", "mysql", &maria)
+        .set("targets.maria.locks", true)
+        .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let (_s, pid) = pg.session("app", "pw", "shop", "orders-api").await;
+    let drain = |extra: Value| {
+        let mut body = json!({"target": "main", "database": "shop", "reason": "r", "for": "1m"});
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                body.as_object_mut().unwrap().remove(k);
+            } else {
+                body[k] = v.clone();
+            }
+        }
+        body
+    };
+    for (body, needle) in [
+        (drain(json!({"for": null})), "permanent"),
+        (drain(json!({"permanent": true})), "not both"),
+        (drain(json!({"reason": " "})), "reason"),
+        (drain(json!({"target": "plain"})), "locks = true"),
+        (drain(json!({"database": "postgres"})), "connects to"),
+        (
+            drain(json!({"except": {"exclude_logins": ["x"]}})),
+            "exclusion",
+        ),
+        (drain(json!({"except": {"states": ["idle"]}})), "exclusion"),
+        (drain(json!({"mode": "cancel"})), "cancel"),
+        (drain(json!({"mode": "graceful"})), "grace"),
+        (drain(json!({"target": "maria"})), "no per-database gate"),
+        (
+            drain(json!({"target": "maria", "lock_accounts": true})),
+            "lock_accounts",
+        ),
+        (drain(json!({"drain": 1})), "drain"),
+    ] {
+        let (status, answer) = server.operator_post("/v1/drains", &body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert!(answer.to_string().contains(needle), "{body}: {answer}");
+    }
+    assert_eq!(connlimit(&pg).await, 50);
+    assert!(pg.is_alive(pid).await);
+    assert_eq!(
+        ws.records("action.planned").await.len(),
+        0,
+        "nothing was planned"
+    );
+}
+
+fn fake(id: i16, database: &str) -> FakeSession {
+    FakeSession {
+        session_id: id,
+        original_login_name: "app".into(),
+        login_name: "app".into(),
+        login_time: Utc::now() - chrono::Duration::minutes(5),
+        host_name: Some("app-host-1".into()),
+        program_name: Some("orders-api".into()),
+        database_name: Some(database.into()),
+        client_net_address: Some("10.0.0.7".into()),
+        status: "sleeping".into(),
+        is_user_process: true,
+        authenticating_database: None,
+        request: None,
+        transaction_begin_time: None,
+        last_request_start_time: None,
+        last_request_end_time: None,
+    }
+}
+
+#[tokio::test]
+async fn sqlserver_drain_sends_restricted_user_lists_sessions_first_and_refuses_except() {
+    let db = TdsStandIn::start().await;
+    let ws = Workspace::new();
+    let config = ws
+        .config()
+        .merge_toml(&db.target(&ws, "main").await)
+        .set("targets.main.locks", true)
+        .set("queue.poll_interval", "100ms")
+        .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    db.add_session(fake(61, "shop"));
+    db.add_session(fake(62, "shop"));
+    db.add_session(fake(63, "orders"));
+
+    let (status, answer) = server
+        .operator_post(
+            "/v1/drains",
+            &json!({"target": "main", "database": "shop", "reason": "r", "for": "10m",
+                    "except": {"application_names": ["sqlcmd"]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(answer.to_string().contains("except"), "{answer}");
+    assert_eq!(db.user_access("shop").as_deref(), Some("MULTI_USER"));
+
+    let (status, report) = server
+        .operator_post(
+            "/v1/drains",
+            &json!({"target": "main", "database": "shop", "reason": "r", "for": "10m"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "completed", "{report}");
+    assert_eq!(
+        pids(&report, "main", "terminated"),
+        vec![61, 62],
+        "{report}"
+    );
+    assert_eq!(db.user_access("shop").as_deref(), Some("RESTRICTED_USER"));
+    assert!(
+        Database::is_alive(&db, 63).await,
+        "another database is untouched"
+    );
+    let statements = db.statements();
+    let alter = statements
+        .iter()
+        .position(|s| {
+            s.contains("ALTER DATABASE [shop] SET RESTRICTED_USER WITH ROLLBACK IMMEDIATE")
+        })
+        .unwrap_or_else(|| panic!("no RESTRICTED_USER in {statements:?}"));
+    let listed = statements
+        .iter()
+        .position(|s| s.contains("dm_exec_sessions"))
+        .unwrap_or_else(|| panic!("no listing in {statements:?}"));
+    assert!(
+        listed < alter,
+        "the sessions are listed before the gate ends them"
+    );
+
+    let (status, body) = lift(&server, &drain_id(&report)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        db.user_access("shop").as_deref(),
+        Some("MULTI_USER"),
+        "{body}"
+    );
+    assert!(
+        db.statements()
+            .iter()
+            .any(|s| s.contains("ALTER DATABASE [shop] SET MULTI_USER")),
+        "{:?}",
+        db.statements()
+    );
+}
