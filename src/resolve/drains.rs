@@ -160,6 +160,12 @@ pub fn drain(
                  administrators'"
             )));
         }
+        Engine::Sqlserver if ending.mode == Mode::Graceful => {
+            return Err(invalid(format!(
+                "target {target:?} is SQL Server, where graceful cannot be honoured: \
+                 RESTRICTED_USER WITH ROLLBACK IMMEDIATE ends the sessions at once"
+            )));
+        }
         _ => {}
     }
     if request.lock_accounts {

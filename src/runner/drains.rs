@@ -76,22 +76,26 @@ pub(super) async fn drain(
         databases: vec![step.database.to_owned()],
         ..step.spare.clone()
     };
-    // What the gate itself will end, recorded before it does.
-    let ended_by_gate = match engine.closing_ends_sessions() {
-        false => Vec::new(),
-        true => {
-            let sessions: Vec<Session> = engine
-                .list(&selector, false)
-                .await?
-                .into_iter()
-                .filter(|l| l.decision == Decision::Selected && l.guard.is_none())
-                .map(|l| l.session)
-                .collect();
-            record_intent(step.journal.as_deref(), &sessions).await?;
-            sessions
+    let closed = close(engine, &step, &selector).await;
+    let (ended_by_gate, found) = match closed {
+        Ok(closed) => closed,
+        Err(e) => {
+            // Nothing was closed: the drain must not stay on record as in force, nor its
+            // kept gate be "restored" later as if someone else had changed it.
+            let ended = ctx
+                .store
+                .end_drain(&drain_id, step.target, "failed", Utc::now())
+                .await
+                .map_err(store_error)?;
+            if let Drained::Restore(_) = ended {
+                ctx.store
+                    .forget_database_gate(step.target, step.database)
+                    .await
+                    .map_err(store_error)?;
+            }
+            return Err(e);
         }
     };
-    let found = engine.close_database(step.database).await?;
     let mut outcome = TerminateOutcome::default();
     let Some(gate) = found else {
         outcome.notes.push(format!(
@@ -150,6 +154,45 @@ pub(super) async fn drain(
         outcome.terminated.extend(gone);
     }
     Ok(outcome)
+}
+
+/// Closes the database's gate. Where closing ends sessions itself (SQL Server's
+/// `RESTRICTED_USER … ROLLBACK IMMEDIATE`), lists them first so each is recorded, and refuses
+/// when a protected login has a session there: the engine would end it too.
+async fn close(
+    engine: &dyn Engine,
+    step: &DrainStep<'_>,
+    selector: &Selector,
+) -> Result<(Vec<Session>, Option<DatabaseGate>), EngineError> {
+    let ended_by_gate = match engine.closing_ends_sessions() {
+        false => Vec::new(),
+        true => {
+            let listed = engine.list(selector, false).await?;
+            let protected_here: BTreeSet<&str> = listed
+                .iter()
+                .filter(|l| l.session.database.as_deref() == Some(step.database))
+                .filter_map(|l| l.session.login.as_deref())
+                .filter(|login| step.protected.contains(*login))
+                .collect();
+            if !protected_here.is_empty() {
+                return Err(EngineError::Refused(format!(
+                    "protected login(s) {protected_here:?} have sessions in {:?}: closing it \
+                     on this engine ends every session but administrators', so the drain was \
+                     not started",
+                    step.database
+                )));
+            }
+            let sessions: Vec<Session> = listed
+                .into_iter()
+                .filter(|l| l.decision == Decision::Selected && l.guard.is_none())
+                .map(|l| l.session)
+                .collect();
+            record_intent(step.journal.as_deref(), &sessions).await?;
+            sessions
+        }
+    };
+    let found = engine.close_database(step.database).await?;
+    Ok((ended_by_gate, found))
 }
 
 /// Ends drain `drain_id` on `target` and, if it was the database's last, re-opens it.

@@ -63,7 +63,8 @@ pub enum Drained {
 
 impl Store {
     /// Records `drain` as active now, and the database's gate if none is kept, in one
-    /// transaction. Recording the same drain again (a retried step) changes nothing.
+    /// transaction. Recording the same drain again (a retried step) changes nothing, except
+    /// that a drain whose closing failed (`ended_by = 'failed'`) is in force again.
     pub async fn begin_drain(
         &self,
         drain: &NewDrain<'_>,
@@ -73,7 +74,9 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO drains (drain_id, target, dbname, since, until, reason, actor, state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'active') ON CONFLICT (drain_id, target) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'active') ON CONFLICT (drain_id, target) \
+             DO UPDATE SET state = 'active', ended_at = NULL, ended_by = NULL \
+             WHERE drains.ended_by = 'failed'",
         )
         .bind(drain.drain_id)
         .bind(drain.target)

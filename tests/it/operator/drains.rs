@@ -331,3 +331,46 @@ async fn sqlserver_drain_sends_restricted_user_lists_sessions_first_and_refuses_
         db.statements()
     );
 }
+
+#[tokio::test]
+async fn sqlserver_refuses_a_drain_that_would_end_a_protected_logins_session() {
+    let db = TdsStandIn::start().await;
+    let ws = Workspace::new();
+    let config = ws
+        .config()
+        .merge_toml(&db.target(&ws, "main").await)
+        .set("targets.main.locks", true)
+        .set("targets.main.protected_logins", vec!["backup"])
+        .set("queue.retry_for", "1s")
+        .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    db.add_session(fake(61, "shop"));
+    db.add_session(FakeSession {
+        original_login_name: "backup".into(),
+        login_name: "backup".into(),
+        ..fake(62, "shop")
+    });
+    let (status, report) = server
+        .operator_post(
+            "/v1/drains",
+            &json!({"target": "main", "database": "shop", "reason": "r", "for": "10m"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "incomplete", "{report}");
+    assert!(report.to_string().contains("backup"), "{report}");
+    assert_eq!(db.user_access("shop").as_deref(), Some("MULTI_USER"));
+    assert!(
+        !db.statements()
+            .iter()
+            .any(|s| s.contains("RESTRICTED_USER")),
+        "the gate was never closed"
+    );
+    assert!(Database::is_alive(&db, 62).await && Database::is_alive(&db, 61).await);
+    let (_, active) = server.operator_get("/v1/drains").await;
+    assert_eq!(
+        active,
+        json!([]),
+        "a drain that closed nothing is not in force"
+    );
+}
