@@ -193,6 +193,19 @@ impl Mysql {
         let account = Account::parse(login)?;
         let mut conn = self.lock_connection().await?;
         let mut hosts = self.accounts_of(&mut conn, &account).await?;
+        // Administrators are never locked, as their sessions are never ended; one whose
+        // privileges cannot be read counts as one.
+        let users = std::collections::BTreeSet::from([account.user.as_str()]);
+        let privileges = self.privileges(&mut conn, &users).await?;
+        for (host, _) in &hosts {
+            if let Some(reason) = privileges.standing(&account.user, Some(host)).skip_reason() {
+                return Err(EngineError::Refused(format!(
+                    "{login:?} ({}) is never locked: {}",
+                    Account::display(&account.user, host),
+                    reason.word()
+                )));
+            }
+        }
         let open: Vec<&str> = hosts
             .iter()
             .filter(|(_, open)| *open)

@@ -133,6 +133,17 @@ impl Postgres {
         let Some(open) = Self::can_login(&mut tx, login).await? else {
             return Ok(None);
         };
+        let superuser: Option<bool> =
+            sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = $1")
+                .bind(login)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query_error)?;
+        if superuser == Some(true) {
+            return Err(EngineError::Refused(format!(
+                "{login:?} is a superuser: sever never locks superusers"
+            )));
+        }
         if open && !Self::set_login(&mut tx, login, false).await? {
             return Ok(None);
         }

@@ -194,6 +194,13 @@ impl SqlServer {
             let Some(open) = Self::gate_open(c, &principal).await? else {
                 return Ok(None);
             };
+            // Administrators are never locked, as their sessions are never ended.
+            if let Some(reason) = Self::standing(c, &principal).await?.skip_reason() {
+                return Err(EngineError::Refused(format!(
+                    "{login:?} is never locked: {}",
+                    reason.word()
+                )));
+            }
             if open {
                 Self::set_gate(c, &principal, false).await?;
             }

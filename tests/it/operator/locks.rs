@@ -431,3 +431,28 @@ async fn a_lock_sever_may_not_take_names_the_grant_and_stays_off_the_record() {
     let (_, ready) = server.readyz().await;
     assert_eq!(ready["locks"]["ok"], true, "{ready}");
 }
+
+#[tokio::test]
+async fn a_superuser_is_never_locked() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    let config = locking(&pg, &ws).await.set("queue.retry_for", "1s").toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    pg.exec("CREATE ROLE boss SUPERUSER LOGIN PASSWORD 'pw'")
+        .await;
+    let (status, report) = server
+        .operator_post(
+            "/v1/locks",
+            &json!({"login": "boss", "targets": ["main"], "reason": "r", "for": "10m"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "incomplete", "{report}");
+    assert!(
+        report.to_string().contains("never locks superusers"),
+        "{report}"
+    );
+    assert!(rolcanlogin(&pg, "boss").await);
+    let (_, active) = server.operator_get("/v1/locks").await;
+    assert_eq!(active, json!([]));
+}

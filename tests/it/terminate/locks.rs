@@ -205,14 +205,16 @@ async fn can_login_as_superuser(pg: &TestPostgres, role: &str) -> Option<bool> {
 // --- MariaDB ----------------------------------------------------------------------------
 
 /// A server without name resolution (accounts match by address) with sever's admin and a
-/// `locker` login holding CREATE USER and SELECT on mysql.global_priv; user `app` has two
+/// `locker` login holding CREATE USER and SELECT on mysql.global_priv and mysql.roles_mapping
+/// (to tell administrators, which are never locked); user `app` has two
 /// accounts, `'app'@'localhost'` already locked.
 async fn mariadb_setup(ws: &Workspace) -> (TestMariaDb, Arc<dyn Engine>) {
     let db = TestMariaDb::start_with_args(&["--skip-name-resolve"]);
     db.exec(
         "CREATE USER 'locker'@'%' IDENTIFIED BY 'lockerpw'; \
          GRANT CREATE USER ON *.* TO 'locker'@'%'; \
-         GRANT SELECT ON mysql.global_priv TO 'locker'@'%'",
+         GRANT SELECT ON mysql.global_priv TO 'locker'@'%'; \
+         GRANT SELECT ON mysql.roles_mapping TO 'locker'@'%'",
     )
     .await;
     db.create_account("app", "127.0.0.1", "pw").await;
