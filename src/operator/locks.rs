@@ -92,6 +92,8 @@ pub async fn post_lock(
 /// Plans and stores a lock and its expiry; the lock's id.
 pub async fn take(ctx: &Context, request: &LockRequest, actor: &str) -> Result<Uuid, ApiError> {
     let plans = lock(&ctx.config, request, Utc::now())?;
+    let targets: Vec<String> = plans.lock.steps.iter().map(|s| s.target.clone()).collect();
+    check_grants(ctx, &targets).await?;
     if let Some((expiry, due)) = plans.expiry {
         let mut submission = Submission::new(expiry, actor.to_owned());
         submission.due = Some(due);
@@ -99,6 +101,25 @@ pub async fn take(ctx: &Context, request: &LockRequest, actor: &str) -> Result<U
         store(ctx, submission).await?;
     }
     store(ctx, Submission::new(plans.lock, actor.to_owned())).await
+}
+
+/// Refuses (`422`) a lock or drain on a target whose lock login lacks the grant it needs,
+/// naming the grant, before anything is stored. A target that cannot be asked now is let
+/// through: the step will say what is wrong, and retry while it is unreachable.
+pub async fn check_grants(ctx: &Context, targets: &[String]) -> Result<(), ApiError> {
+    for target in targets {
+        let Some(engine) = ctx.targets.get(target) else {
+            continue;
+        };
+        let asked =
+            tokio::time::timeout(ctx.config.termination.timeout, engine.missing_lock_grant());
+        if let Ok(Ok(Some(grant))) = asked.await {
+            return Err(ApiError::Invalid(format!(
+                "target {target:?}: the lock login lacks {grant}, which locks need"
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn store(ctx: &Context, submission: Submission) -> Result<Uuid, ApiError> {

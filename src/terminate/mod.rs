@@ -294,6 +294,14 @@ pub trait Engine: Send + Sync + Debug {
     /// its id still names the same session; what came of each, in the same order. Checks
     /// nothing else: the caller decided these sessions may be signalled.
     async fn signal(&self, sessions: &[Listed], signal: Signal) -> Result<Vec<Sent>, EngineError>;
+    /// The grant locks need that the lock login lacks (`CREATEROLE`, `CREATE USER`), or
+    /// `None` when it holds it; asked before a lock is taken so a missing grant is refused
+    /// by name. [`EngineError::Unsupported`] where it cannot be asked.
+    async fn missing_lock_grant(&self) -> Result<Option<String>, EngineError> {
+        Err(EngineError::Unsupported(
+            "locks: the lock grant is not checked on this target".into(),
+        ))
+    }
     /// Whether `login` may authenticate, account by account; `None` when no such login
     /// exists. Read over the lock connection; [`EngineError::Unsupported`] on a target
     /// without `locks = true`.

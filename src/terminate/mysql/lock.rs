@@ -188,6 +188,20 @@ impl Mysql {
         Ok((!hosts.is_empty()).then(|| Self::gate_of(&account.user, &hosts)))
     }
 
+    /// `CREATE USER`, when the lock login does not hold it globally (its own privileges are
+    /// always visible to it in `information_schema.USER_PRIVILEGES`).
+    pub(super) async fn lock_grant(&self) -> Result<Option<String>, EngineError> {
+        let mut conn = self.lock_connection().await?;
+        let held: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES \
+             WHERE PRIVILEGE_TYPE = 'CREATE USER'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(sqlx_error)?;
+        Ok((held == 0).then(|| "CREATE USER".into()))
+    }
+
     /// Locks every open account of `login`; the gate as it was.
     pub(super) async fn close(&self, login: &str) -> Result<Option<LoginGate>, EngineError> {
         let account = Account::parse(login)?;

@@ -556,6 +556,10 @@ impl Engine for Mysql {
         self.read_gate(login).await
     }
 
+    async fn missing_lock_grant(&self) -> Result<Option<String>, EngineError> {
+        self.lock_grant().await
+    }
+
     async fn close_login(&self, login: &str) -> Result<Option<LoginGate>, EngineError> {
         self.close(login).await
     }

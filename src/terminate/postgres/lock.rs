@@ -127,6 +127,19 @@ impl Postgres {
             .map(|open| Self::gate(login, open)))
     }
 
+    /// `CREATEROLE`, when the lock login has neither it nor superuser.
+    pub(super) async fn lock_grant(&self) -> Result<Option<String>, EngineError> {
+        let held: Option<bool> = sqlx::query_scalar(
+            "SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_optional(self.lock_pool()?)
+        .await
+        .map_err(query_error)?;
+        Ok((held != Some(true)).then(|| {
+            "CREATEROLE (and, on PostgreSQL 16+, the ADMIN option on each role to lock)".into()
+        }))
+    }
+
     /// Reads the gate and, if open, sets `NOLOGIN`, in one transaction; the gate as read.
     pub(super) async fn close(&self, login: &str) -> Result<Option<LoginGate>, EngineError> {
         let mut tx = self.lock_pool()?.begin().await.map_err(query_error)?;

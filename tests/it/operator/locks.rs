@@ -400,7 +400,7 @@ async fn a_rotation_lifts_a_lock_only_where_its_credential_says_so() {
 }
 
 #[tokio::test]
-async fn a_lock_sever_may_not_take_names_the_grant_and_stays_off_the_record() {
+async fn a_lock_sever_may_not_take_is_refused_naming_the_grant() {
     let pg = TestPostgres::start();
     create_admin(&pg).await;
     let ws = Workspace::new();
@@ -418,9 +418,13 @@ async fn a_lock_sever_may_not_take_names_the_grant_and_stays_off_the_record() {
             &json!({"login": "app", "targets": ["main"], "reason": "r", "for": "10m"}),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{report}");
-    assert_eq!(report["status"], "incomplete", "{report}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{report}");
     assert!(report.to_string().contains("CREATEROLE"), "{report}");
+    assert_eq!(
+        ws.records("action.planned").await.len(),
+        0,
+        "nothing was planned"
+    );
     assert!(can_log_in(&pg, "app").await);
     let (_, active) = server.operator_get("/v1/locks").await;
     assert_eq!(

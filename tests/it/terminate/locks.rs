@@ -185,6 +185,11 @@ async fn postgres_without_createrole_is_rejected_by_name_and_without_locks_unsup
     let engine = locking(&base, &ws, None).await;
     rejected_naming(engine.close_login("app").await, "CREATEROLE");
     assert_eq!(can_login_as_superuser(&pg, "app").await, Some(true));
+    // Asked beforehand, so a lock request is refused by name before anything is stored.
+    let missing = engine.missing_lock_grant().await.unwrap();
+    assert!(missing.is_some_and(|g| g.contains("CREATEROLE")));
+    pg.exec("ALTER ROLE sever_admin CREATEROLE").await;
+    assert_eq!(engine.missing_lock_grant().await.unwrap(), None);
 
     let plain = build(&ws, base).await;
     unsupported(plain.login_gate("app").await);
@@ -318,6 +323,10 @@ async fn mariadb_without_create_user_is_rejected_by_name_and_without_locks_unsup
     let engine = locking(&base, &ws, None).await;
     rejected_naming(engine.close_login("app").await, "CREATE USER");
     db.session("app", "pw").await;
+    assert_eq!(
+        engine.missing_lock_grant().await.unwrap().as_deref(),
+        Some("CREATE USER")
+    );
 
     let plain = build(&ws, base).await;
     unsupported(plain.close_login("app").await);
