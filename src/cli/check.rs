@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use super::CliError;
@@ -10,8 +11,10 @@ use crate::audit::CheckpointKey;
 use crate::config::Config;
 use crate::intake::webhook::Verifier;
 use crate::operator::new_token;
+use crate::store::Store;
+use crate::terminate::Targets;
 
-pub(super) fn check_config(config: &Config) -> Result<ExitCode, CliError> {
+pub(super) async fn check_config(config: &Config) -> Result<ExitCode, CliError> {
     let secrets = config.webhook_secrets()?;
     Verifier::new(&secrets, config.webhooks.tolerance)?;
     config.store.url.load("store.url")?;
@@ -93,7 +96,9 @@ pub(super) fn check_config(config: &Config) -> Result<ExitCode, CliError> {
             (id.clone(), detail)
         })
         .collect();
+    let grants = lock_grants(config).await;
     let plan = json!({
+        "lock_grants": grants,
         "server": {
             "listen": config.server.listen,
             "operator_listen": config.server.operator_listen,
@@ -155,8 +160,66 @@ pub(super) fn check_config(config: &Config) -> Result<ExitCode, CliError> {
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
     }
+    let missing: Vec<String> = grants
+        .iter()
+        .filter_map(|(id, v)| {
+            let text = v.as_str()?;
+            text.starts_with("missing")
+                .then(|| format!("targets.{id}: the lock login has {text}"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        for m in &missing {
+            eprintln!("error: {m}");
+        }
+        return Err(CliError::Usage(format!(
+            "locks are on where the lock login lacks the grant they need: {}",
+            missing.join("; ")
+        )));
+    }
     eprintln!("config OK: every secret loaded");
     Ok(ExitCode::SUCCESS)
+}
+
+/// For each target with `locks = true`, whether its lock login holds the grant locks need:
+/// `ok`, `missing <grant>`, or `not checked: <why>` (unreachable, or an engine that cannot
+/// be asked). The only part of `check-config` that connects, and only where locks are on.
+async fn lock_grants(config: &Config) -> serde_json::Map<String, Value> {
+    let mut grants = serde_json::Map::new();
+    if !config.targets.values().any(|t| t.locks) {
+        return grants;
+    }
+    // The engines want a store for what they remember; an in-memory one leaves nothing
+    // behind and touches no real store.
+    let store = match Store::connect(&SecretString::from("sqlite::memory:")).await {
+        Ok(store) => store,
+        Err(e) => {
+            grants.insert("*".into(), json!(format!("not checked: {e}")));
+            return grants;
+        }
+    };
+    let targets = match Targets::from_config(config, &store) {
+        Ok(targets) => targets,
+        Err(e) => {
+            grants.insert("*".into(), json!(format!("not checked: {e}")));
+            return grants;
+        }
+    };
+    let timeout = config.termination.timeout;
+    let asked = targets
+        .iter()
+        .filter(|(id, _)| config.targets.get(*id).is_some_and(|t| t.locks))
+        .map(|(id, engine)| async move {
+            let answer = match tokio::time::timeout(timeout, engine.missing_lock_grant()).await {
+                Ok(Ok(None)) => "ok".to_owned(),
+                Ok(Ok(Some(grant))) => format!("missing {grant}"),
+                Ok(Err(e)) => format!("not checked: {e}"),
+                Err(_) => format!("not checked: no answer within {timeout:?}"),
+            };
+            (id.clone(), json!(answer))
+        });
+    grants.extend(futures_util::future::join_all(asked).await);
+    grants
 }
 
 /// `sever operator-token`: prints a new token and the hash to configure.

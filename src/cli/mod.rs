@@ -203,7 +203,7 @@ impl Cli {
                 listen,
                 operator_listen,
             } => serve::serve(config, listen, operator_listen, shutdown).await,
-            Command::CheckConfig => check::check_config(&config),
+            Command::CheckConfig => check::check_config(&config).await,
             Command::Sessions(args) => sessions::sessions(config, *args).await,
             Command::Revoke(args) => revoke::revoke(config, *args).await,
             Command::Sweep(args) => revoke::sweep(config, args).await,

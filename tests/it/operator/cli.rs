@@ -592,3 +592,27 @@ async fn lock_locks_and_unlock_from_the_command_line() {
     let out = cli(&config, &["unlock", &id, "--reason", "again"]);
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn check_config_asks_each_locking_target_for_the_lock_grant() {
+    let pg = TestPostgres::start();
+    create_admin(&pg).await;
+    let ws = Workspace::new();
+    let config = ws.write_config(
+        &ws.target_config(ws.config(), "main", &pg)
+            .set("targets.main.locks", true)
+            .toml(),
+    );
+    let out = cli(&config, &["check-config"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("CREATEROLE"), "{}", stderr(&out));
+    pg.exec("ALTER ROLE sever_admin CREATEROLE").await;
+    let out = cli(&config, &["check-config"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(plan["lock_grants"]["main"], "ok", "{plan}");
+    assert!(
+        !ws.path("sever.db").exists(),
+        "check-config creates no store"
+    );
+}
