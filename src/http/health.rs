@@ -236,7 +236,7 @@ async fn unrestored(ctx: &Context) -> Result<(), String> {
         .pending_restores()
         .await
         .map_err(|e| e.to_string())?;
-    let overdue = ctx.store.locks(None).await.map_err(|e| e.to_string())?;
+    let overdue = ctx.store.active_locks().await.map_err(|e| e.to_string())?;
     let now = chrono::Utc::now();
     let mut problems: Vec<String> = pending
         .into_iter()
@@ -268,7 +268,7 @@ async fn undrained(
         .pending_reopens()
         .await
         .map_err(|e| e.to_string())?;
-    let drains = ctx.store.drains(None).await.map_err(|e| e.to_string())?;
+    let drains = ctx.store.active_drains().await.map_err(|e| e.to_string())?;
     let mut problems: Vec<String> = pending
         .into_iter()
         .map(|(target, db, _)| format!("database {db:?} on {target:?}: not re-opened yet"))

@@ -180,12 +180,26 @@ impl Store {
 
     /// Every drain, or those of one drain id, active ones first, newest first.
     pub async fn drains(&self, drain_id: Option<&str>) -> Result<Vec<DrainRow>, StoreError> {
+        self.drains_where(drain_id, false).await
+    }
+
+    /// The drains in force (readiness reads these often; ended ones pile up).
+    pub async fn active_drains(&self) -> Result<Vec<DrainRow>, StoreError> {
+        self.drains_where(None, true).await
+    }
+
+    async fn drains_where(
+        &self,
+        drain_id: Option<&str>,
+        active_only: bool,
+    ) -> Result<Vec<DrainRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT drain_id, target, dbname, since, until, reason, actor, state, ended_at, ended_by \
-             FROM drains WHERE $1 IS NULL OR drain_id = $1 \
+             FROM drains WHERE ($1 IS NULL OR drain_id = $1) AND ($2 = 0 OR state = 'active') \
              ORDER BY CASE state WHEN 'active' THEN 0 ELSE 1 END, since DESC, target",
         )
         .bind(drain_id)
+        .bind(i32::from(active_only))
         .fetch_all(self.pool())
         .await?;
         rows.iter()

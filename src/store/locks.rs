@@ -176,12 +176,26 @@ impl Store {
 
     /// Every lock, or those of one lock id, active ones first, newest first.
     pub async fn locks(&self, lock_id: Option<&str>) -> Result<Vec<LockRow>, StoreError> {
+        self.locks_where(lock_id, false).await
+    }
+
+    /// The locks in force (readiness reads these often; ended ones pile up).
+    pub async fn active_locks(&self) -> Result<Vec<LockRow>, StoreError> {
+        self.locks_where(None, true).await
+    }
+
+    async fn locks_where(
+        &self,
+        lock_id: Option<&str>,
+        active_only: bool,
+    ) -> Result<Vec<LockRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT lock_id, target, login, since, until, reason, actor, state, ended_at, ended_by \
-             FROM locks WHERE $1 IS NULL OR lock_id = $1 \
+             FROM locks WHERE ($1 IS NULL OR lock_id = $1) AND ($2 = 0 OR state = 'active') \
              ORDER BY CASE state WHEN 'active' THEN 0 ELSE 1 END, since DESC, target",
         )
         .bind(lock_id)
+        .bind(i32::from(active_only))
         .fetch_all(self.pool())
         .await?;
         rows.iter()

@@ -460,3 +460,53 @@ async fn a_superuser_is_never_locked() {
     let (_, active) = server.operator_get("/v1/locks").await;
     assert_eq!(active, json!([]));
 }
+
+#[tokio::test]
+async fn locks_stack_expire_and_lift_on_a_postgresql_store() {
+    use crate::support::config::file;
+    let pg = TestPostgres::start();
+    pg.exec("CREATE ROLE sever_store LOGIN PASSWORD 'storepw'")
+        .await;
+    pg.exec("CREATE DATABASE sever_store OWNER sever_store")
+        .await;
+    let ws = Workspace::new();
+    let store = pg.url("sever_store", "storepw", "sever_store");
+    let config = locking(&pg, &ws)
+        .await
+        .set("store.url", file(&ws.secret_path("store.url", &store)))
+        .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    pg.create_login("app", "pw").await;
+    let take = |duration: &str| {
+        let body = json!({"login": "app", "targets": ["main"], "reason": "r", "for": duration});
+        let server = &server;
+        async move {
+            let (status, report) = server.operator_post("/v1/locks", &body).await;
+            assert_eq!(status, StatusCode::OK, "{report}");
+            lock_id(&report)
+        }
+    };
+    let long = take("10m").await;
+    let _short = take("1s").await;
+    let (_, active) = server.operator_get("/v1/locks").await;
+    assert_eq!(active.as_array().unwrap().len(), 2, "{active}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, active) = server.operator_get("/v1/locks").await;
+    assert_eq!(
+        active.as_array().unwrap().len(),
+        1,
+        "the short one expired: {active}"
+    );
+    assert!(!can_log_in(&pg, "app").await, "the long lock still holds");
+    let r = server
+        .client
+        .delete(server.operator_url(&format!("/v1/locks/{long}?reason=done")))
+        .bearer_auth(crate::support::sever::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(can_log_in(&pg, "app").await);
+    let (_, ready) = server.readyz().await;
+    assert_eq!(ready["locks"]["ok"], true, "{ready}");
+}
