@@ -133,6 +133,10 @@ pub enum Origin {
         /// the drain spares, from the request's `except`.
         #[serde(default)]
         spare: Selector,
+        /// MySQL/MariaDB, which has no per-database gate: the accounts with sessions in the
+        /// database are locked instead, server-wide, each as a lock under the drain's id.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        lock_accounts: bool,
     },
     /// The end of a drain (its expiry, or an operator lifting it): the database re-opens
     /// once no other drain of it is in force.
@@ -248,11 +252,13 @@ impl Plan {
                 database,
                 until,
                 spare,
+                lock_accounts,
             } => {
                 return Some(Work::Drain {
                     database: database.clone(),
                     until: *until,
                     spare: Box::new(spare.clone()),
+                    lock_accounts: *lock_accounts,
                 });
             }
             Origin::Undrain {
@@ -317,6 +323,8 @@ pub enum Work {
         until: Option<DateTime<Utc>>,
         /// The exclusions that spare sessions (boxed: the selector is large).
         spare: Box<Selector>,
+        /// Lock the accounts using the database instead of closing a database gate.
+        lock_accounts: bool,
     },
     /// End the drain and, if it was the database's last, restore the gate it found.
     Undrain {

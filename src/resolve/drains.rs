@@ -41,7 +41,8 @@ pub struct DrainRequest {
     /// Sessions spared: `logins` and `application_names` only (they become exclusions).
     #[serde(default)]
     pub except: Selector,
-    /// MySQL/MariaDB only: lock the accounts using the database instead (not built yet).
+    /// MySQL/MariaDB only (required there): lock the accounts whose sessions use the
+    /// database, server-wide, instead of closing a per-database gate the engine lacks.
     #[serde(default)]
     pub lock_accounts: bool,
 }
@@ -80,7 +81,8 @@ pub fn spare_of(except: &Selector) -> Result<Selector, ResolveError> {
 
 /// Plans a drain, refusing before anything is connected: no reason, no `for` (nor
 /// `permanent`), a target without `locks = true`, the store's database or a target's own,
-/// an `except` that cannot be honoured, an engine with no per-database gate.
+/// an `except` that cannot be honoured, an engine with no per-database gate unless its
+/// accounts are to be locked (`lock_accounts`).
 pub fn drain(
     config: &Config,
     request: &DrainRequest,
@@ -139,18 +141,14 @@ pub fn drain(
     }
     let spare = spare_of(&request.except)?;
     match t.engine {
-        Engine::Mysql if request.lock_accounts => {
-            return Err(invalid(
-                "lock_accounts is not built yet: MySQL/MariaDB has no per-database gate, and \
-                 locking the accounts that use the database is still to come"
-                    .into(),
-            ));
-        }
+        Engine::Mysql if request.lock_accounts => {}
         Engine::Mysql => {
             return Err(invalid(format!(
-                "target {target:?} is MySQL/MariaDB, which has no per-database gate: a drain \
-                 there would have to lock the accounts using the database on the whole server \
-                 (lock_accounts: true, not built yet)"
+                "target {target:?} is MySQL/MariaDB, which has no per-database gate: give \
+                 lock_accounts: true to lock the accounts whose sessions use {:?} instead. \
+                 Each locked account then loses every database on the server, not just this \
+                 one, until the drain ends; accounts not connected now are not covered",
+                request.database
             )));
         }
         Engine::Sqlserver if !request.except.fields().is_empty() => {
@@ -168,7 +166,7 @@ pub fn drain(
         }
         _ => {}
     }
-    if request.lock_accounts {
+    if request.lock_accounts && t.engine != Engine::Mysql {
         return Err(invalid(
             "lock_accounts is for MySQL/MariaDB targets only".into(),
         ));
@@ -185,6 +183,7 @@ pub fn drain(
             database: request.database.clone(),
             until,
             spare,
+            lock_accounts: request.lock_accounts,
         },
         scope: Some(Scope::All),
         dry_run: false,

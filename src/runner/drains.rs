@@ -7,7 +7,8 @@
 //! still restores the gate. Where closing itself ends sessions (SQL Server's `ROLLBACK
 //! IMMEDIATE`), they are listed and journaled first, so each is audited. Ending a drain
 //! marks it ended and, when it was the database's last, restores the kept gate, unless
-//! someone else changed it meanwhile, which is reported and left alone.
+//! someone else changed it meanwhile, which is reported and left alone. MySQL/MariaDB has
+//! no database gate: there a drain locks accounts instead (`drain_accounts`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub(super) struct DrainStep<'a> {
     pub database: &'a str,
     pub until: Option<DateTime<Utc>>,
     pub spare: &'a Selector,
+    /// No per-database gate (MySQL/MariaDB): lock the accounts using the database instead.
+    pub lock_accounts: bool,
     pub protected: &'a BTreeSet<String>,
     pub journal: Option<Arc<dyn Journal>>,
 }
@@ -52,6 +55,9 @@ pub(super) async fn drain(
     engine: &dyn Engine,
     step: DrainStep<'_>,
 ) -> Result<TerminateOutcome, EngineError> {
+    if step.lock_accounts {
+        return super::drain_accounts::drain(ctx, engine, step).await;
+    }
     let before = engine.database_gate(step.database).await?.ok_or_else(|| {
         EngineError::Rejected(format!(
             "database {:?} does not exist on this target",
@@ -113,22 +119,7 @@ pub(super) async fn drain(
             None => "until lifted (permanent)".to_owned(),
         }
     ));
-    let request = SelectRequest {
-        selector: selector.clone(),
-        // The selector names no login, but the database narrows it: not the every-login
-        // guard, which would refuse a database holding all of the target's sessions.
-        all_logins: false,
-        ending: step.plan.ending,
-        protected: step.protected.clone(),
-        dry_run: false,
-        verify_timeout: ctx.config.termination.verify_timeout,
-        at_most: None,
-        journal: step.journal,
-    };
-    outcome.absorb(end_selected(engine, &request).await?);
-    // Sessions of other databases are not the drain's business.
-    let other_database = SkipReason::Excluded("databases".into());
-    outcome.skipped.retain(|s| s.reason != other_database);
+    outcome.absorb(end_sessions(ctx, engine, &step, &selector).await?);
     if !ended_by_gate.is_empty() {
         let still: Vec<Session> = engine
             .list(&selector, false)
@@ -153,6 +144,33 @@ pub(super) async fn drain(
         outcome.matched.extend(gone.iter().cloned());
         outcome.terminated.extend(gone);
     }
+    Ok(outcome)
+}
+
+/// Ends the sessions `selector` selects in the step's database, in the plan's mode; sessions
+/// of other databases are left out of the report.
+pub(super) async fn end_sessions(
+    ctx: &Context,
+    engine: &dyn Engine,
+    step: &DrainStep<'_>,
+    selector: &Selector,
+) -> Result<TerminateOutcome, EngineError> {
+    let request = SelectRequest {
+        selector: selector.clone(),
+        // The selector names no login, but the database narrows it: not the every-login
+        // guard, which would refuse a database holding all of the target's sessions.
+        all_logins: false,
+        ending: step.plan.ending,
+        protected: step.protected.clone(),
+        dry_run: false,
+        verify_timeout: ctx.config.termination.verify_timeout,
+        at_most: None,
+        journal: step.journal.clone(),
+    };
+    let mut outcome = end_selected(engine, &request).await?;
+    // Sessions of other databases are not the drain's business.
+    let other_database = SkipReason::Excluded("databases".into());
+    outcome.skipped.retain(|s| s.reason != other_database);
     Ok(outcome)
 }
 
@@ -204,7 +222,10 @@ pub(super) async fn undrain(
     database: &str,
     ended_by: &str,
 ) -> Result<TerminateOutcome, EngineError> {
-    let mut outcome = TerminateOutcome::default();
+    // The accounts a lock_accounts drain locked are restored first: should that fail, the
+    // drain stays in force and the retried re-open tries again.
+    let mut outcome =
+        super::drain_accounts::unlock_accounts(ctx, engine, drain_id, target, ended_by).await?;
     let ended = ctx
         .store
         .end_drain(&drain_id.to_string(), target, ended_by, Utc::now())
@@ -218,7 +239,12 @@ pub(super) async fn undrain(
         Drained::Restore(kept) => {
             let before: DatabaseGate = serde_json::from_str(&kept)
                 .map_err(|e| EngineError::Config(format!("the kept gate is unreadable: {e}")))?;
-            let note = match engine.reopen_database(database, &before).await? {
+            let reopened = match before == super::drain_accounts::accounts_marker() {
+                // No database gate was closed: the accounts were restored above.
+                true => Reopened::Restored,
+                false => engine.reopen_database(database, &before).await?,
+            };
+            let note = match reopened {
                 Reopened::Restored => {
                     format!("re-opened {database:?}: restored {}", gate_text(&before))
                 }

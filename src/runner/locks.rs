@@ -39,69 +39,107 @@ pub(super) struct LockStep<'a> {
     pub journal: Option<Arc<dyn Journal>>,
 }
 
-/// Locks `login` on the step's target; with `terminate`, then ends its sessions.
-pub(super) async fn lock(
+/// One login's lock on one target, as it is recorded: by a lock step, or by a drain with
+/// `lock_accounts` (one per account, all under the drain's id).
+pub(super) struct LoginLock<'a> {
+    pub lock_id: &'a str,
+    pub target: &'a str,
+    pub login: &'a str,
+    pub until: Option<DateTime<Utc>>,
+    pub reason: &'a str,
+    pub actor: &'a str,
+}
+
+/// Reads `lock.login`'s gate, records the lock with it, then closes the gate. Recording first
+/// means a crash in between leaves a lock whose end still restores the gate; a close that
+/// fails ends the lock as failed, so it is not left in force. The gate as it was; `None`
+/// when the login was dropped meanwhile.
+pub(super) async fn close_gate(
     ctx: &Context,
     engine: &dyn Engine,
-    step: LockStep<'_>,
-) -> Result<TerminateOutcome, EngineError> {
-    let before = engine.login_gate(step.login).await?.ok_or_else(|| {
+    lock: &LoginLock<'_>,
+) -> Result<Option<LoginGate>, EngineError> {
+    let before = engine.login_gate(lock.login).await?.ok_or_else(|| {
         EngineError::Rejected(format!(
             "login {:?} does not exist on this target",
-            step.login
+            lock.login
         ))
     })?;
-    let lock_id = step.plan.action_id.to_string();
     let record = NewLock {
-        lock_id: &lock_id,
-        target: step.target,
-        login: step.login,
-        until: step.until,
-        reason: step.plan.reason.as_deref().unwrap_or_default(),
-        actor: step.actor,
+        lock_id: lock.lock_id,
+        target: lock.target,
+        login: lock.login,
+        until: lock.until,
+        reason: lock.reason,
+        actor: lock.actor,
         gate_before: &gate_text(&before),
     };
     ctx.store
         .begin_lock(&record, Utc::now())
         .await
         .map_err(store_error)?;
-    let found = match engine.close_login(step.login).await {
-        Ok(found) => found,
+    match engine.close_login(lock.login).await {
+        Ok(found) => Ok(found),
         Err(e) => {
             // Nothing was closed: the lock must not stay on record as in force, nor its
             // kept gate be "restored" later as if someone else had changed it.
             let ended = ctx
                 .store
-                .end_lock(&lock_id, step.target, "failed", Utc::now())
+                .end_lock(lock.lock_id, lock.target, lock.login, "failed", Utc::now())
                 .await
                 .map_err(store_error)?;
             if let Ended::Restore(_) = ended {
                 ctx.store
-                    .forget_gate(step.target, step.login)
+                    .forget_gate(lock.target, lock.login)
                     .await
                     .map_err(store_error)?;
             }
-            return Err(e);
+            Err(e)
         }
-    };
-    let mut outcome = TerminateOutcome::default();
-    match &found {
+    }
+}
+
+/// What closing `login`'s gate came to, for the report.
+pub(super) fn locked_note(
+    login: &str,
+    found: Option<&LoginGate>,
+    until: Option<DateTime<Utc>>,
+) -> String {
+    match found {
         // Dropped between the read and the change: there is nothing to keep out.
-        None => outcome.notes.push(format!(
-            "login {:?} was dropped while it was being locked",
-            step.login
-        )),
-        Some(gate) => outcome.notes.push(format!(
-            "locked {:?}: gate before {}, now {}; {}",
-            step.login,
+        None => format!("login {login:?} was dropped while it was being locked"),
+        Some(gate) => format!(
+            "locked {login:?}: gate before {}, now {}; {}",
             gate_text(gate),
             gate_text(&gate.closed()),
-            match step.until {
+            match until {
                 Some(until) => format!("until {}", until.to_rfc3339()),
                 None => "until lifted (permanent)".to_owned(),
             }
-        )),
+        ),
     }
+}
+
+/// Locks `login` on the step's target; with `terminate`, then ends its sessions.
+pub(super) async fn lock(
+    ctx: &Context,
+    engine: &dyn Engine,
+    step: LockStep<'_>,
+) -> Result<TerminateOutcome, EngineError> {
+    let lock_id = step.plan.action_id.to_string();
+    let lock = LoginLock {
+        lock_id: &lock_id,
+        target: step.target,
+        login: step.login,
+        until: step.until,
+        reason: step.plan.reason.as_deref().unwrap_or_default(),
+        actor: step.actor,
+    };
+    let found = close_gate(ctx, engine, &lock).await?;
+    let mut outcome = TerminateOutcome::default();
+    outcome
+        .notes
+        .push(locked_note(step.login, found.as_ref(), step.until));
     if step.terminate && found.is_some() {
         let request = TerminateRequest {
             logins: vec![step.login.to_owned()],
@@ -129,7 +167,7 @@ pub(super) async fn unlock(
     let mut outcome = TerminateOutcome::default();
     let ended = ctx
         .store
-        .end_lock(&lock_id.to_string(), target, ended_by, Utc::now())
+        .end_lock(&lock_id.to_string(), target, login, ended_by, Utc::now())
         .await
         .map_err(store_error)?;
     let note = match ended {

@@ -300,6 +300,7 @@ async fn run_step(
                         database,
                         until,
                         spare,
+                        lock_accounts,
                     } => {
                         let drain = drains::DrainStep {
                             plan,
@@ -308,6 +309,7 @@ async fn run_step(
                             database,
                             until: *until,
                             spare,
+                            lock_accounts: *lock_accounts,
                             protected: &step.protected,
                             journal,
                         };
@@ -362,6 +364,7 @@ async fn run_step(
     (report, class)
 }
 
+mod drain_accounts;
 mod drains;
 mod locks;
 

@@ -74,7 +74,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO locks (lock_id, target, login, since, until, reason, actor, state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'active') ON CONFLICT (lock_id, target) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'active') ON CONFLICT (lock_id, target, login) \
              DO UPDATE SET state = 'active', ended_at = NULL, ended_by = NULL \
              WHERE locks.ended_by = 'failed'",
         )
@@ -101,35 +101,37 @@ impl Store {
         Ok(())
     }
 
-    /// Ends lock `lock_id` on `target` (if still active) and says what is left to do: when it
-    /// was the login's last active lock, the gate to restore. Safe to repeat: a retried
-    /// restore finds the lock ended and the gate still kept.
+    /// Ends lock `lock_id` of `login` on `target` (if still active) and says what is left to
+    /// do: when it was the login's last active lock, the gate to restore. Safe to repeat: a
+    /// retried restore finds the lock ended and the gate still kept. The login is part of the
+    /// key because a drain with `lock_accounts` locks several logins under one id.
     pub async fn end_lock(
         &self,
         lock_id: &str,
         target: &str,
+        login: &str,
         ended_by: &str,
         now: DateTime<Utc>,
     ) -> Result<Ended, StoreError> {
         let mut tx = self.begin_write().await?;
-        let login: Option<String> =
-            sqlx::query("SELECT login FROM locks WHERE lock_id = $1 AND target = $2")
+        let known =
+            sqlx::query("SELECT 1 FROM locks WHERE lock_id = $1 AND target = $2 AND login = $3")
                 .bind(lock_id)
                 .bind(target)
+                .bind(login)
                 .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get("login"))
-                .transpose()?;
-        let Some(login) = login else {
+                .await?;
+        if known.is_none() {
             tx.commit().await?;
             return Ok(Ended::Nothing);
-        };
+        }
         sqlx::query(
-            "UPDATE locks SET state = 'ended', ended_at = $3, ended_by = $4 \
-             WHERE lock_id = $1 AND target = $2 AND state = 'active'",
+            "UPDATE locks SET state = 'ended', ended_at = $4, ended_by = $5 \
+             WHERE lock_id = $1 AND target = $2 AND login = $3 AND state = 'active'",
         )
         .bind(lock_id)
         .bind(target)
+        .bind(login)
         .bind(timestamp(now))
         .bind(ended_by)
         .execute(&mut *tx)
@@ -138,14 +140,14 @@ impl Store {
             "SELECT COUNT(*) AS n FROM locks WHERE target = $1 AND login = $2 AND state = 'active'",
         )
         .bind(target)
-        .bind(&login)
+        .bind(login)
         .fetch_one(&mut *tx)
         .await?
         .try_get("n")?;
         let gate: Option<String> =
             sqlx::query("SELECT before FROM login_gates WHERE target = $1 AND login = $2")
                 .bind(target)
-                .bind(&login)
+                .bind(login)
                 .fetch_optional(&mut *tx)
                 .await?
                 .map(|r| r.try_get("before"))

@@ -2,17 +2,20 @@
 //! database's sessions but the spared application's, refuses new connections to it (not
 //! to another database, not a superuser's) and re-opens it at expiry with its connection
 //! limit exactly as it was; overlapping drains re-open only when the last ends; guard rails
-//! refuse before anything changes. SQL Server through the TDS stand-in: `RESTRICTED_USER`
-//! is sent (sessions listed first), `MULTI_USER` restored, and `except` refused.
+//! refuse before anything changes. On a real MariaDB, with `lock_accounts`, the accounts
+//! using the database are locked server-wide until expiry. SQL Server through the TDS
+//! stand-in: `RESTRICTED_USER` is sent (sessions listed first), `MULTI_USER` restored, and
+//! `except` refused.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sever_testkit::mariadb::TestMariaDb;
 use sever_testkit::pg::TestPostgres;
 use sever_testkit::tds::{FakeSession, TdsStandIn};
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, MySqlConnection, PgConnection};
 
 use crate::support::config::ConfigBuilder;
 use crate::support::scenarios::Database;
@@ -218,8 +221,8 @@ async fn guard_rails_refuse_a_drain_before_anything_changes() {
         (drain(json!({"mode": "graceful"})), "grace"),
         (drain(json!({"target": "maria"})), "no per-database gate"),
         (
-            drain(json!({"target": "maria", "lock_accounts": true})),
-            "lock_accounts",
+            drain(json!({"lock_accounts": true})),
+            "MySQL/MariaDB targets only",
         ),
         (drain(json!({"drain": 1})), "drain"),
     ] {
@@ -373,4 +376,113 @@ async fn sqlserver_refuses_a_drain_that_would_end_a_protected_logins_session() {
         json!([]),
         "a drain that closed nothing is not in force"
     );
+}
+
+/// A MariaDB session of `user` (password `pw`) using `database`, and its thread id.
+async fn maria_session(
+    db: &TestMariaDb,
+    user: &str,
+    database: &str,
+) -> Result<(MySqlConnection, u64), sqlx::Error> {
+    let opts = db.connect_options(user).password("pw").database(database);
+    let mut conn = MySqlConnection::connect_with(&opts).await?;
+    let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+        .fetch_one(&mut conn)
+        .await?;
+    Ok((conn, id))
+}
+
+#[tokio::test]
+async fn mariadb_drain_locks_the_accounts_using_the_database_until_expiry() {
+    sever::install_crypto_provider();
+    let db = TestMariaDb::start();
+    let ws = Workspace::new();
+    let target = Database::target(&db, &ws, "main").await;
+    // Locks need CREATE USER, and reading privileges to tell administrators apart.
+    db.exec("GRANT CREATE USER ON *.* TO 'sever_admin'@'%'")
+        .await;
+    db.exec("CREATE DATABASE shop; CREATE DATABASE other").await;
+    for (user, database) in [("buyer", "shop"), ("seller", "shop"), ("auditor", "other")] {
+        db.create_account(user, "%", "pw").await;
+        db.exec(&format!("GRANT ALL ON {database}.* TO '{user}'@'%'"))
+            .await;
+    }
+    let config = ws
+        .config()
+        .merge_toml(&target)
+        .set("targets.main.locks", true)
+        .set("queue.poll_interval", "100ms")
+        .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let (_b, buyer) = maria_session(&db, "buyer", "shop").await.unwrap();
+    let (_s, seller) = maria_session(&db, "seller", "shop").await.unwrap();
+    let (_a, auditor) = maria_session(&db, "auditor", "other").await.unwrap();
+    let body = json!({"target": "main", "database": "shop", "reason": "schema change",
+                      "for": "2s"});
+
+    let (status, answer) = server.operator_post("/v1/drains", &body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        answer.to_string().contains("lock_accounts: true"),
+        "{answer}"
+    );
+
+    let mut body = body;
+    body["lock_accounts"] = json!(true);
+    let (status, report) = server.operator_post("/v1/drains", &body).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "completed", "{report}");
+    let id = drain_id(&report);
+    let mut expected = vec![buyer as i64, seller as i64];
+    expected.sort();
+    assert_eq!(pids(&report, "main", "terminated"), expected, "{report}");
+    assert!(db.wait_gone(buyer, GONE).await && db.wait_gone(seller, GONE).await);
+    assert!(
+        db.is_alive(auditor).await,
+        "another database's session stays"
+    );
+    let text = report.to_string();
+    assert!(
+        text.contains(
+            "\\\"buyer\\\", \\\"seller\\\": each locked account loses every \
+                       database on the server, not just shop; accounts not connected now \
+                       are not covered"
+        ),
+        "{report}"
+    );
+    for user in ["buyer", "seller"] {
+        let refused = maria_session(&db, user, "shop").await.unwrap_err();
+        assert!(refused.to_string().contains("locked"), "{user}: {refused}");
+    }
+    maria_session(&db, "auditor", "other").await.unwrap();
+
+    let (status, locks) = server.operator_get("/v1/locks").await;
+    assert_eq!(status, StatusCode::OK, "{locks}");
+    let mut locked: Vec<&str> = locks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["lock_id"] == id.as_str())
+        .map(|l| l["login"].as_str().unwrap())
+        .collect();
+    locked.sort();
+    assert_eq!(locked, ["buyer", "seller"], "{locks}");
+    let (_, drains) = server.operator_get("/v1/drains").await;
+    assert_eq!(drains[0]["drain_id"], id.as_str(), "{drains}");
+
+    // At expiry both accounts get in again, and nothing is left in force.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    for user in ["buyer", "seller"] {
+        while maria_session(&db, user, "shop").await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{user} still locked after expiry"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (_, locks) = server.operator_get("/v1/locks").await;
+    assert_eq!(locks.as_array().map(Vec::len), Some(0), "{locks}");
+    let (_, drains) = server.operator_get("/v1/drains").await;
+    assert_eq!(drains.as_array().map(Vec::len), Some(0), "{drains}");
 }
