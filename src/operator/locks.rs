@@ -280,6 +280,13 @@ pub async fn lift(ctx: &Context, id: Uuid, reason: &str, actor: &str) -> Result<
         return Err(ApiError::UnknownLock(id.to_string()));
     };
     let login = first.login.clone();
+    if active.iter().any(|l| l.login != login) {
+        // A drain on MySQL/MariaDB locks every account using the database under its id.
+        return Err(ApiError::Invalid(format!(
+            "lock {id} covers several accounts (it is a drain's): lift it with \
+             DELETE /v1/drains/{id}"
+        )));
+    }
     let targets: BTreeSet<String> = active.iter().map(|l| l.target.clone()).collect();
     let steps = targets
         .into_iter()

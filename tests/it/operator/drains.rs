@@ -469,6 +469,15 @@ async fn mariadb_drain_locks_the_accounts_using_the_database_until_expiry() {
     assert_eq!(locked, ["buyer", "seller"], "{locks}");
     let (_, drains) = server.operator_get("/v1/drains").await;
     assert_eq!(drains[0]["drain_id"], id.as_str(), "{drains}");
+    // Its locks are lifted with the drain, not one account at a time.
+    let lifted = server
+        .client
+        .delete(server.operator_url(&format!("/v1/locks/{id}?reason=r")))
+        .bearer_auth(crate::support::sever::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lifted.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
     // At expiry both accounts get in again, and nothing is left in force.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
