@@ -244,7 +244,27 @@ impl Transaction for RetryTx<'_> {
         }
         // One record when a target starts failing, not one per attempt: the attempts are
         // visible in GET /v1/actions/{id}, and the final outcome is audited either way.
-        let entries = if lease.attempts == 1 {
+        let entries = if lease.deadline >= super::never() {
+            // A step that never gives up (a lock's or a drain's restore) is loud at every
+            // tenth failure: `target.failed`, though it goes on being retried, so a login or
+            // database left locked is never only a line in readiness.
+            if lease.attempts % 10 == 1 {
+                vec![Entry::new(
+                    Kind::TargetFailed,
+                    &lease.actor,
+                    Some(lease.action_id),
+                    json!({
+                        "target": lease.target,
+                        "error": self.error,
+                        "attempts": lease.attempts,
+                        "next_attempt_at": at(self.next),
+                        "retrying": "until it succeeds",
+                    }),
+                )]
+            } else {
+                Vec::new()
+            }
+        } else if lease.attempts == 1 {
             vec![Entry::new(
                 Kind::TargetRetrying,
                 &lease.actor,
