@@ -1,5 +1,6 @@
--- Login locks (issue 19). One row per lock and target: who locked which login, why, until
--- when, and whether it has ended. A lock's expiry is a scheduled action in the queue.
+-- Login locks (issue 19). One row per lock, target and login (a drain with lock_accounts
+-- locks several accounts of one target under its own id): who locked which login, why,
+-- until when, and whether it has ended. A lock's expiry is a scheduled action in the queue.
 CREATE TABLE locks (
     lock_id    TEXT NOT NULL,
     target     TEXT NOT NULL,
@@ -13,7 +14,7 @@ CREATE TABLE locks (
     state      TEXT NOT NULL,
     ended_at   TEXT,
     ended_by   TEXT,
-    PRIMARY KEY (lock_id, target)
+    PRIMARY KEY (lock_id, target, login)
 );
 CREATE INDEX locks_login ON locks (target, login, state);
 
