@@ -157,6 +157,36 @@ pub enum Origin {
     },
 }
 
+impl Origin {
+    /// The origin's name, as plans and reports spell it (`event`, `revocation`, `lock`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Origin::Event { .. } => "event",
+            Origin::Revocation { .. } => "revocation",
+            Origin::Aws { .. } => "aws",
+            Origin::Vault { .. } => "vault",
+            Origin::Lock { .. } => "lock",
+            Origin::Unlock { .. } => "unlock",
+            Origin::Drain { .. } => "drain",
+            Origin::Undrain { .. } => "undrain",
+            Origin::Sweep { .. } => "sweep",
+        }
+    }
+
+    /// Every name [`Origin::name`] gives.
+    pub const NAMES: [&'static str; 9] = [
+        "event",
+        "revocation",
+        "aws",
+        "vault",
+        "lock",
+        "unlock",
+        "drain",
+        "undrain",
+        "sweep",
+    ];
+}
+
 /// One target's part of a plan.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Step {

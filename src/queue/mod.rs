@@ -197,6 +197,40 @@ pub struct ActionStatus {
     pub report: Option<ActionReport>,
 }
 
+/// Which actions [`Queue::list`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct ActionFilter {
+    /// Only this origin (`event`, `revocation`, `lock`, …).
+    pub origin: Option<String>,
+    /// Only this actor (`webhook`, `operator:alice`, …).
+    pub actor: Option<String>,
+    /// Only this status (`running`, `completed`, `incomplete`).
+    pub status: Option<String>,
+    /// Only actions accepted at or after this moment.
+    pub since: Option<DateTime<Utc>>,
+    /// Only actions accepted before this one (the previous page's last id).
+    pub before: Option<Uuid>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// One action in a list: what it is and how it stands, without its steps or report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionSummary {
+    /// The action.
+    pub action_id: String,
+    /// What asked for it (`null` for actions accepted before origins were recorded).
+    pub origin: Option<String>,
+    /// Who asked.
+    pub actor: String,
+    /// `running`, `completed` or `incomplete`.
+    pub status: String,
+    /// When it was accepted.
+    pub created_at: String,
+    /// When it finished.
+    pub finished_at: Option<String>,
+}
+
 /// The queue, shared by the server's workers, its handlers and the CLI.
 #[derive(Debug)]
 pub struct Queue {

@@ -8,7 +8,9 @@ use sqlx::Row;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::{ActionStatus, Queue, QueueError, StepStatus, at, from_json};
+use super::{
+    ActionFilter, ActionStatus, ActionSummary, Queue, QueueError, StepStatus, at, from_json,
+};
 use crate::action::ActionReport;
 
 impl Queue {
@@ -146,6 +148,38 @@ impl Queue {
             steps,
             report: report.map(|r| from_json("report", &r)).transpose()?,
         }))
+    }
+
+    /// Actions, newest first, filtered; at most `filter.limit`. Action ids are UUIDv7, so
+    /// ordering by id is ordering by acceptance, and `before` (an id) pages back from it.
+    pub async fn list(&self, filter: &ActionFilter) -> Result<Vec<ActionSummary>, QueueError> {
+        let rows = sqlx::query(
+            "SELECT action_id, origin, actor, status, created_at, finished_at FROM actions \
+             WHERE ($1 IS NULL OR origin = $1) AND ($2 IS NULL OR actor = $2) \
+               AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR created_at >= $4) \
+               AND ($5 IS NULL OR action_id < $5) \
+             ORDER BY action_id DESC LIMIT $6",
+        )
+        .bind(filter.origin.as_deref())
+        .bind(filter.actor.as_deref())
+        .bind(filter.status.as_deref())
+        .bind(filter.since.map(at))
+        .bind(filter.before.map(|id| id.to_string()))
+        .bind(i64::try_from(filter.limit).unwrap_or(i64::MAX))
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ActionSummary {
+                    action_id: r.try_get("action_id")?,
+                    origin: r.try_get("origin")?,
+                    actor: r.try_get("actor")?,
+                    status: r.try_get("status")?,
+                    created_at: r.try_get("created_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                })
+            })
+            .collect()
     }
 
     /// The state of each of `action_id`'s steps, in the plan's order.

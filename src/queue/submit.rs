@@ -227,6 +227,7 @@ impl Transaction for SubmitTx<'_> {
             actions.push(ActionRow {
                 id: (*id).clone(),
                 actor: s.actor.clone(),
+                origin: plan.origin.name(),
                 plan: to_json(plan),
                 work: to_json(&work),
                 deadline: at(pending.deadline),
@@ -268,11 +269,11 @@ impl Transaction for SubmitTx<'_> {
             }
             insert.execute(&mut **tx).await?;
         }
-        for chunk in actions.chunks(rows_per_statement(9)) {
+        for chunk in actions.chunks(rows_per_statement(10)) {
             let sql = format!(
                 "INSERT INTO actions (action_id, created_at, actor, plan, work, deadline, status, \
-                 finished_at, report) VALUES {}",
-                values_list(self.backend, chunk.len(), 9)
+                 finished_at, report, origin) VALUES {}",
+                values_list(self.backend, chunk.len(), 10)
             );
             let mut insert =
                 sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len()));
@@ -286,7 +287,8 @@ impl Transaction for SubmitTx<'_> {
                     .bind(&a.deadline)
                     .bind(a.status)
                     .bind(&a.finished_at)
-                    .bind(&a.report);
+                    .bind(&a.report)
+                    .bind(a.origin);
             }
             insert.execute(&mut **tx).await?;
         }
@@ -317,6 +319,7 @@ impl Transaction for SubmitTx<'_> {
 struct ActionRow {
     id: String,
     actor: String,
+    origin: &'static str,
     plan: String,
     work: String,
     deadline: String,

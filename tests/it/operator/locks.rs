@@ -509,4 +509,11 @@ async fn locks_stack_expire_and_lift_on_a_postgresql_store() {
     assert!(can_log_in(&pg, "app").await);
     let (_, ready) = server.readyz().await;
     assert_eq!(ready["locks"]["ok"], true, "{ready}");
+    // The action list's filters work on a PostgreSQL store too.
+    let (status, page) = server
+        .operator_get("/v1/actions?origin=lock&status=completed&limit=1")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["actions"].as_array().unwrap().len(), 1, "{page}");
+    assert!(page["next"].is_string(), "two locks, pages of one: {page}");
 }
