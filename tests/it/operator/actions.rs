@@ -63,7 +63,7 @@ async fn actions_are_listed_newest_first_filtered_and_paged() {
     newest.reverse();
     assert_eq!(ids(&only), newest);
     let (_, by_actor) = server.operator_get("/v1/actions?actor=webhook").await;
-    assert_eq!(ids(&by_actor), [event_id.clone()]);
+    assert_eq!(ids(&by_actor), std::slice::from_ref(&event_id));
     let (_, none) = server.operator_get("/v1/actions?status=running").await;
     assert_eq!(ids(&none), Vec::<String>::new());
     let since = url::form_urlencoded::byte_serialize(since.as_bytes()).collect::<String>();
