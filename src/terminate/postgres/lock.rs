@@ -90,25 +90,13 @@ impl Postgres {
             .fetch_one(&mut *conn)
             .await
             .map_err(query_error)?;
-        match sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-            .execute(conn)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(UNDEFINED_OBJECT) => {
-                Ok(false)
-            }
-            Err(sqlx::Error::Database(db))
-                if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) =>
-            {
-                Err(EngineError::Rejected(format!(
-                    "{} (the lock login needs CREATEROLE, and on PostgreSQL 16+ the ADMIN \
-                     option on role {login:?}; only a superuser may alter a superuser)",
-                    db.message()
-                )))
-            }
-            Err(e) => Err(query_error(e)),
-        }
+        run_altered(conn, statement, UNDEFINED_OBJECT, |message| {
+            format!(
+                "{message} (the lock login needs CREATEROLE, and on PostgreSQL 16+ the ADMIN \
+                 option on role {login:?}; only a superuser may alter a superuser)"
+            )
+        })
+        .await
     }
 
     fn gate(login: &str, open: bool) -> LoginGate {
@@ -215,25 +203,13 @@ impl Postgres {
             .fetch_one(&mut *conn)
             .await
             .map_err(query_error)?;
-        match sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-            .execute(conn)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(INVALID_CATALOG) => {
-                Ok(false)
-            }
-            Err(sqlx::Error::Database(db))
-                if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) =>
-            {
-                Err(EngineError::Rejected(format!(
-                    "{} (the lock login must own database {database:?} or be a member of its \
-                     owner role to change its CONNECTION LIMIT)",
-                    db.message()
-                )))
-            }
-            Err(e) => Err(query_error(e)),
-        }
+        run_altered(conn, statement, INVALID_CATALOG, |message| {
+            format!(
+                "{message} (the lock login must own database {database:?} or be a member of \
+                 its owner role to change its CONNECTION LIMIT)"
+            )
+        })
+        .await
     }
 
     fn db_gate(limit: i32) -> DatabaseGate {
@@ -294,5 +270,26 @@ impl Postgres {
         }
         tx.commit().await.map_err(query_error)?;
         Ok(Reopened::Restored)
+    }
+}
+
+/// Runs an `ALTER` the server built: `false` when its object is gone (SQLSTATE `gone`), a
+/// refusal (42501) as [`EngineError::Rejected`] with `refused(message)` naming the grant.
+async fn run_altered(
+    conn: &mut PgConnection,
+    statement: String,
+    gone: &str,
+    refused: impl FnOnce(&str) -> String,
+) -> Result<bool, EngineError> {
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+        .execute(conn)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(gone) => Ok(false),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(INSUFFICIENT_PRIVILEGE) => {
+            Err(EngineError::Rejected(refused(db.message())))
+        }
+        Err(e) => Err(query_error(e)),
     }
 }
