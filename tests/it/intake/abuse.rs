@@ -887,7 +887,8 @@ fn method_path(rng: &mut StdRng) -> Bad {
         5 => "/v1/events/gcp".to_owned(),
         6 => "/admin".to_owned(),
         7 => "/.env".to_owned(),
-        8 => "/v1/actions".to_owned(),
+        // `/v1/actions` is a route (the list); its singular is not.
+        8 => "/v1/action".to_owned(),
         9 => "/v1/revocations/all".to_owned(),
         10 => "/%2e%2e/%2e%2e/etc/passwd".to_owned(),
         11 => "/V1/EVENTS".to_owned(),
