@@ -239,12 +239,16 @@ pub(super) async fn undrain(
         Drained::Restore(kept) => {
             let before: DatabaseGate = serde_json::from_str(&kept)
                 .map_err(|e| EngineError::Config(format!("the kept gate is unreadable: {e}")))?;
-            let reopened = match before == super::drain_accounts::accounts_marker() {
+            let accounts = before == super::drain_accounts::accounts_marker();
+            let reopened = match accounts {
                 // No database gate was closed: the accounts were restored above.
                 true => Reopened::Restored,
                 false => engine.reopen_database(database, &before).await?,
             };
             let note = match reopened {
+                Reopened::Restored if accounts => {
+                    format!("re-opened {database:?}: its accounts' locks ended")
+                }
                 Reopened::Restored => {
                     format!("re-opened {database:?}: restored {}", gate_text(&before))
                 }

@@ -494,4 +494,16 @@ async fn mariadb_drain_locks_the_accounts_using_the_database_until_expiry() {
     assert_eq!(locks.as_array().map(Vec::len), Some(0), "{locks}");
     let (_, drains) = server.operator_get("/v1/drains").await;
     assert_eq!(drains.as_array().map(Vec::len), Some(0), "{drains}");
+    let mut said = false;
+    for _ in 0..50 {
+        let completed = ws.records("action.completed").await;
+        said = completed
+            .iter()
+            .any(|r| r.to_string().contains("its accounts' locks ended"));
+        if said {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(said, "the re-open says what it undid");
 }
