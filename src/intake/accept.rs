@@ -74,7 +74,10 @@ pub async fn accept(
     accepted: Value,
 ) -> Result<Accepted, ApiError> {
     let action_id = plan.action_id;
-    let rotation = plan.clone();
+    // Cloned only where a rotation may lift locks: accepting an event is a hot path.
+    let rotation = crate::operator::locks::lifting_credential(&ctx.config, &plan)
+        .is_some()
+        .then(|| plan.clone());
     let submission = Submission {
         plan,
         actor: actor.to_string(),
@@ -95,7 +98,9 @@ pub async fn accept(
             tracing::info!(%action_id, actor = actor.as_str(), "event accepted");
             // Only where a credential's config asks for it (off by default: one signed event
             // must not lift an incident lock).
-            crate::operator::locks::lift_for_rotation(ctx, &rotation).await;
+            if let Some(rotation) = &rotation {
+                crate::operator::locks::lift_for_rotation(ctx, rotation).await;
+            }
             Ok(Accepted::Started(action_id))
         }
         Ok(Submitted::Duplicate { index, action_id }) => {

@@ -143,14 +143,10 @@ pub async fn list(
 ) -> Result<Vec<DrainView>, ApiError> {
     let rows = ctx
         .store
-        .drains(drain_id)
+        .drains_where(drain_id, !all)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(rows
-        .into_iter()
-        .filter(|r| all || r.state == "active")
-        .map(DrainView::from)
-        .collect())
+    Ok(rows.into_iter().map(DrainView::from).collect())
 }
 
 /// `DELETE /v1/drains/{id}?reason=…`: why it is lifted early.

@@ -163,14 +163,10 @@ pub async fn list(
 ) -> Result<Vec<LockView>, ApiError> {
     let rows = ctx
         .store
-        .locks(lock_id)
+        .locks_where(lock_id, !all)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(rows
-        .into_iter()
-        .filter(|r| all || r.state == "active")
-        .map(LockView::from)
-        .collect())
+    Ok(rows.into_iter().map(LockView::from).collect())
 }
 
 /// `DELETE /v1/locks/{id}?reason=…`: why it is lifted early.
@@ -199,12 +195,12 @@ pub async fn delete_lock(
     (Extension(actor), answer)
 }
 
-/// Lifts the active locks on the logins a rotation of `credential` reaches, that began before
-/// the rotation's cutoff (`plan`'s scope), when the credential's config asks for it
-/// (`lift_locks`). A lock that began after the rotation is kept: the rotation cannot have
-/// been the answer to it. A `revoked` event never lifts anything. Returns the actions
-/// stored.
-pub async fn lift_for_rotation(ctx: &Context, plan: &crate::action::Plan) -> Vec<Uuid> {
+/// The credential whose rotation `plan` is, when its config asks that rotation to lift
+/// locks (`lift_locks`); `None` for anything else, a `revoked` event included.
+pub fn lifting_credential<'a>(
+    config: &crate::config::Config,
+    plan: &'a crate::action::Plan,
+) -> Option<&'a str> {
     use crate::action::{EventKind, Origin};
     let credential = match &plan.origin {
         Origin::Event {
@@ -217,16 +213,24 @@ pub async fn lift_for_rotation(ctx: &Context, plan: &crate::action::Plan) -> Vec
             credential: Some(credential),
             ..
         } => credential,
-        _ => return Vec::new(),
+        _ => return None,
     };
-    if !ctx
-        .config
+    config
         .credentials
         .get(credential)
         .is_some_and(|c| c.lift_locks)
-    {
+        .then_some(credential.as_str())
+}
+
+/// Lifts the active locks on the logins a rotation of `credential` reaches, that began before
+/// the rotation's cutoff (`plan`'s scope), when the credential's config asks for it
+/// (`lift_locks`). A lock that began after the rotation is kept: the rotation cannot have
+/// been the answer to it. A `revoked` event never lifts anything. Returns the actions
+/// stored.
+pub async fn lift_for_rotation(ctx: &Context, plan: &crate::action::Plan) -> Vec<Uuid> {
+    let Some(credential) = lifting_credential(&ctx.config, plan) else {
         return Vec::new();
-    }
+    };
     let cutoff = match plan.scope {
         Some(crate::terminate::Scope::Before(at)) => at,
         _ => Utc::now(),

@@ -188,7 +188,8 @@ impl Store {
         self.drains_where(None, true).await
     }
 
-    async fn drains_where(
+    /// The drains (of one id, if given), only those in force when `active_only`.
+    pub async fn drains_where(
         &self,
         drain_id: Option<&str>,
         active_only: bool,

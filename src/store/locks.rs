@@ -186,7 +186,8 @@ impl Store {
         self.locks_where(None, true).await
     }
 
-    async fn locks_where(
+    /// The locks (of one id, if given), only those in force when `active_only`.
+    pub async fn locks_where(
         &self,
         lock_id: Option<&str>,
         active_only: bool,
