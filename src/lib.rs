@@ -19,6 +19,7 @@ pub mod http;
 pub mod intake;
 pub mod logging;
 pub mod operator;
+pub mod policy;
 pub mod queue;
 pub mod resolve;
 pub mod runner;
@@ -173,6 +174,7 @@ pub async fn run_with(
     intake::spawn_background(&intake, &background);
     // On the tracker, so shutdown waits for a sweep in progress to finish its records.
     tracker.spawn(sweep::run_sweeper(ctx.clone(), background.clone()));
+    tracker.spawn(policy::run_policies(ctx.clone(), background.clone()));
     tracker.spawn(refusals.clone().flush_periodically(background.clone()));
     let layers = http::Layers {
         request_timeout: ctx.config.server.request_timeout,

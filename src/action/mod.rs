@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::{PreviousUserPolicy, RotationPolicy};
-use crate::select::{Ending, Mode, Selector};
+use crate::select::{Ending, Mode, Pick, Selector};
 use crate::terminate::{Scope, Session, SkipReason, TerminateOutcome, same_session};
 
 pub use records::{completed_record, target_records};
@@ -148,6 +148,20 @@ pub enum Origin {
         /// `expiry` or the operator who lifted it.
         ended_by: String,
     },
+    /// A policy's firing: its evaluation selected sessions to end (or, observing, to
+    /// report). Its actor is `policy:<name>`.
+    Policy {
+        /// The policy.
+        policy: String,
+        /// What evaluated it: `schedule`, `manual` (an operator) or `alert` (Alertmanager).
+        trigger: String,
+        /// For `alert`: the alert's name and fingerprint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alert: Option<String>,
+        /// It only reports: observing, outside nothing, or mode `report`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        observe: bool,
+    },
     /// A periodic or manual sweep for sessions of dropped or expired logins on one target.
     Sweep {
         /// Target id.
@@ -170,11 +184,12 @@ impl Origin {
             Origin::Drain { .. } => "drain",
             Origin::Undrain { .. } => "undrain",
             Origin::Sweep { .. } => "sweep",
+            Origin::Policy { .. } => "policy",
         }
     }
 
     /// Every name [`Origin::name`] gives.
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 10] = [
         "event",
         "revocation",
         "aws",
@@ -184,6 +199,7 @@ impl Origin {
         "drain",
         "undrain",
         "sweep",
+        "policy",
     ];
 }
 
@@ -245,6 +261,10 @@ pub struct Selection {
     /// revocation's `expect_count` was checked against.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub at_most: BTreeMap<String, usize>,
+    /// A policy's firing: its threshold and victims rule, checked again on each target
+    /// (`at_most` then caps the victims rather than refusing a grown selection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pick: Option<Pick>,
 }
 
 impl Plan {

@@ -9,7 +9,9 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{ActionReport, Plan, TargetReport};
+use std::collections::BTreeMap;
+
+use super::{ActionReport, Origin, Plan, TargetReport};
 use crate::audit::{Entry, Kind};
 use crate::select::{Ending, Mode};
 use crate::terminate::Session;
@@ -50,6 +52,15 @@ pub fn target_records(t: &TargetReport, plan: &Plan, actor: &str, action_id: Uui
             json!({"target": t.target, "error": error}),
         ));
     }
+    // A policy fires every interval: one summary per target, and a record per session only
+    // for those it really signalled, so a standing order does not flood the trail.
+    let policy = matches!(plan.origin, Origin::Policy { .. });
+    if policy {
+        entries.push(entry(Kind::PolicyTarget, policy_summary(t, plan)));
+        if dry_run {
+            return entries;
+        }
+    }
     if dry_run {
         let kind = match plan.ending.mode {
             Mode::Cancel => Kind::SessionWouldCancel,
@@ -71,7 +82,7 @@ pub fn target_records(t: &TargetReport, plan: &Plan, actor: &str, action_id: Uui
             session_detail(t, s, json!({})),
         ));
     }
-    for s in &t.outcome.skipped {
+    for s in t.outcome.skipped.iter().filter(|_| !policy) {
         entries.push(entry(
             Kind::SessionSkipped,
             session_detail(
@@ -94,6 +105,41 @@ pub fn target_records(t: &TargetReport, plan: &Plan, actor: &str, action_id: Uui
         ));
     }
     entries
+}
+
+/// A policy's record of one target: what it saw there (its threshold), which sessions it
+/// picked (pid and login, or would have, observing), what it ended, and how many it spared
+/// for each reason.
+fn policy_summary(t: &TargetReport, plan: &Plan) -> Value {
+    let mut spared: BTreeMap<String, usize> = BTreeMap::new();
+    for s in &t.outcome.skipped {
+        *spared.entry(s.reason.word()).or_default() += 1;
+    }
+    let brief = |list: &[Session]| -> Vec<Value> {
+        list.iter()
+            .map(|s| json!({"pid": s.pid, "login": s.login}))
+            .collect()
+    };
+    let mut detail = json!({
+        "target": t.target,
+        "observe": plan.dry_run,
+        "picked": brief(&t.outcome.matched),
+        "spared": spared,
+    });
+    if let Origin::Policy { policy, .. } = &plan.origin {
+        detail["policy"] = json!(policy);
+    }
+    if let Some(threshold) = &t.outcome.threshold {
+        detail["threshold"] = json!(threshold);
+    }
+    if !plan.dry_run {
+        detail["terminated"] = json!(t.outcome.terminated.len());
+        detail["cancelled"] = json!(t.outcome.cancelled.len());
+    }
+    if !t.outcome.notes.is_empty() {
+        detail["notes"] = json!(t.outcome.notes);
+    }
+    detail
 }
 
 /// The `action.completed` record: the action's summary.

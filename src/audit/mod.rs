@@ -96,6 +96,13 @@ pub enum Kind {
     TargetFailed,
     /// An action finished; its summary.
     ActionCompleted,
+    /// A policy's firing on one target: what it saw, picked and ended (one record per
+    /// target, not one per session spared).
+    PolicyTarget,
+    /// A policy paused itself after ending sessions in too many runs in a row.
+    PolicyPaused,
+    /// An operator resumed a paused policy.
+    PolicyResumed,
 }
 
 impl Kind {
@@ -118,6 +125,9 @@ impl Kind {
             Kind::TargetRetrying => "target.retrying",
             Kind::TargetFailed => "target.failed",
             Kind::ActionCompleted => "action.completed",
+            Kind::PolicyTarget => "policy.target",
+            Kind::PolicyPaused => "policy.paused",
+            Kind::PolicyResumed => "policy.resumed",
         }
     }
 }

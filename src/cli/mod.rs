@@ -9,6 +9,7 @@ mod audit;
 mod check;
 mod drains;
 mod locks;
+mod policies;
 mod revoke;
 mod serve;
 mod sessions;
@@ -160,6 +161,9 @@ pub enum Command {
     /// Read and check the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Session policies: list them, evaluate one now, resume a paused one.
+    #[command(subcommand)]
+    Policy(policies::PolicyCommand),
     /// Generate an operator token and the hash to put in `operators[].token_sha256`.
     OperatorToken,
 }
@@ -214,6 +218,7 @@ impl Cli {
             Command::Undrain(args) => drains::undrain(config, args).await,
             Command::Drains(args) => drains::drains(config, args).await,
             Command::Audit(cmd) => audit::audit(config, cmd).await,
+            Command::Policy(cmd) => policies::policy(config, cmd).await,
             Command::OperatorToken => Ok(check::operator_token()),
         }
     }

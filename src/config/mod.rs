@@ -1,6 +1,6 @@
 //! The service's configuration: TOML, strictly validated, secrets kept outside the file.
 //! One file per section (`server`, `store` with `audit`, `webhooks`, `queue`, `termination`,
-//! `targets`, `credentials`, `operators`, `vault`, `aws`), each with its own `validate()`,
+//! `targets`, `credentials`, `operators`, `vault`, `aws`, `policies`), each with its own `validate()`,
 //! which `Config::validate` calls in turn; every type is re-exported here as
 //! `crate::config::X`. May call `fds` (a leaf) and nothing else of the crate.
 
@@ -9,6 +9,7 @@ mod credentials;
 pub mod names;
 mod operators;
 mod own_logins;
+mod policies;
 mod queue;
 mod secret;
 mod server;
@@ -30,6 +31,7 @@ pub use credentials::{
     RotationPolicy,
 };
 pub use operators::OperatorConfig;
+pub use policies::{Enforcement, PolicyConfig, PolicyMode, PolicyTargets, SWEEP_PREFIX};
 pub use queue::QueueConfig;
 pub use secret::{SecretRef, UrlSource, redact_url};
 pub use server::ServerConfig;
@@ -114,6 +116,9 @@ pub struct Config {
     pub aws: AwsConfig,
     /// HashiCorp Vault access, subscriber and watcher.
     pub vault: Option<VaultConfig>,
+    /// Standing orders that end sessions by rule.
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
 }
 
 impl Config {
@@ -187,6 +192,7 @@ impl Config {
         }
         targets::validate(&self.targets)?;
         credentials::validate(self)?;
+        policies::validate(self)?;
         self.aws.validate()?;
         operators::validate(&self.operators)
     }

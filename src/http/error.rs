@@ -126,6 +126,9 @@ pub enum ApiError {
     /// No active drain has this id (it never existed, or it has ended).
     #[error("no active drain {0}")]
     UnknownDrain(String),
+    /// No policy (or sweep) has this name.
+    #[error("no policy is named {0:?}")]
+    UnknownPolicy(String),
     /// A revocation's selection grew since the dry run whose count it carries: a conflict
     /// with the state it was approved against, so nothing was ended.
     #[error(
@@ -205,6 +208,7 @@ impl ApiError {
             ApiError::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::Body(_) => (S::BAD_REQUEST, "unreadable_body"),
             ApiError::UnknownAction(_) => (S::NOT_FOUND, "unknown_action"),
+            ApiError::UnknownPolicy(_) => (S::NOT_FOUND, "unknown_policy"),
             ApiError::UnknownLock(_) => (S::NOT_FOUND, "unknown_lock"),
             ApiError::UnknownDrain(_) => (S::NOT_FOUND, "unknown_drain"),
             ApiError::SelectionGrew { .. } => (S::CONFLICT, "selection_grew"),

@@ -10,6 +10,7 @@ pub mod actions;
 pub mod auth;
 pub mod drains;
 pub mod locks;
+pub mod policies;
 pub mod revocations;
 pub mod sessions;
 
@@ -71,5 +72,8 @@ pub fn router(state: OperatorState) -> Router {
             post(drains::post_drain).get(drains::get_drains),
         )
         .route("/v1/drains/{id}", delete(drains::delete_drain))
+        .route("/v1/policies", get(policies::get_policies))
+        .route("/v1/policies/{name}/run", post(policies::run_policy))
+        .route("/v1/policies/{name}/resume", post(policies::resume_policy))
         .with_state(state)
 }

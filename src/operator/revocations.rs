@@ -77,6 +77,7 @@ pub async fn check_count(
             verify_timeout: termination.verify_timeout,
             at_most: None,
             journal: None,
+            pick: None,
         };
         let result = match ctx.targets.get(&step.target) {
             None => Err(EngineError::Config("not configured".into())),

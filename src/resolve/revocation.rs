@@ -218,6 +218,7 @@ pub fn revocation(config: &Config, request: &RevocationRequest) -> Result<Plan, 
         selector: chosen.clone(),
         all_logins: request.all_logins,
         at_most: BTreeMap::new(),
+        pick: None,
     });
     Ok(Plan {
         action_id: Uuid::now_v7(),

@@ -166,6 +166,7 @@ pub(super) async fn end_sessions(
         verify_timeout: ctx.config.termination.verify_timeout,
         at_most: None,
         journal: step.journal.clone(),
+        pick: None,
     };
     let mut outcome = end_selected(engine, &request).await?;
     // Sessions of other databases are not the drain's business.

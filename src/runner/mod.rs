@@ -233,6 +233,7 @@ async fn run_step(
                             verify_timeout: termination.verify_timeout,
                             at_most: selection.at_most.get(&step.target).copied(),
                             journal,
+                            pick: selection.pick,
                         };
                         selected::end_selected(engine.as_ref(), &request).await
                     }

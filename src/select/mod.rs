@@ -13,6 +13,7 @@
 mod decide;
 mod mode;
 mod values;
+mod victims;
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use decide::{Decision, Facts, Seen};
 pub use mode::{Ending, MAX_GRACE, Mode};
 pub use values::{AddrBlock, Pattern, SessionState};
+pub use victims::{Age, MAX_SHARE_PERCENT, Pick, Picked, Victims, When, pick, share_cap};
 
 /// A refused selector: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,6 +9,7 @@
 mod drains;
 mod file;
 mod locks;
+mod policies;
 mod roles;
 
 use std::str::FromStr;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub use drains::{DrainRow, Drained, NewDrain};
 pub use file::FileWatch;
 pub use locks::{Ended, LockRow, NewLock};
+pub use policies::{LastEvaluation, PolicyState, Streak};
 pub use roles::{LearnedRole, RoleClass};
 
 /// How often the store file's identity is checked besides before each commit.

@@ -212,6 +212,9 @@ pub struct TerminateOutcome {
         deserialize_with = "pid_keyed"
     )]
     pub sweep_reasons: BTreeMap<i64, SweepReason>,
+    /// Policies only: the target's load and the policy's threshold, as the step saw them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<selected::Threshold>,
 }
 
 impl TerminateOutcome {
@@ -226,6 +229,7 @@ impl TerminateOutcome {
         self.remaining.extend(later.remaining);
         self.notes.extend(later.notes);
         self.sweep_reasons.extend(later.sweep_reasons);
+        self.threshold = self.threshold.or(later.threshold);
     }
 }
 
@@ -290,6 +294,15 @@ pub trait Engine: Send + Sync + Debug {
         selector: &Selector,
         include_query: bool,
     ) -> Result<Vec<Listed>, EngineError>;
+    /// How many client connections the server accepts from non-administrators
+    /// (PostgreSQL: `max_connections` less the reserved slots; MySQL and MariaDB:
+    /// `max_connections`), for a policy's `connections_above_percent_of_max`.
+    /// [`EngineError::Unsupported`] where no such limit is meaningful (SQL Server).
+    async fn connection_limit(&self) -> Result<u64, EngineError> {
+        Err(EngineError::Unsupported(
+            "this engine has no client connection limit to compare with".into(),
+        ))
+    }
     /// Sends `signal` to each of `sessions` (as [`Engine::list`] gave them), each only while
     /// its id still names the same session; what came of each, in the same order. Checks
     /// nothing else: the caller decided these sessions may be signalled.

@@ -17,7 +17,11 @@ use super::{
     Engine, EngineError, Failed, Journal, Poll, Scope, Sent, Session, Signal, SkipReason, Skipped,
     TerminateOutcome, record_intent, same_session,
 };
-use crate::select::{Decision, Ending, Mode, Selector, SessionState};
+use crate::select::{Decision, Ending, Mode, Pick, Selector, SessionState};
+
+mod pick;
+
+pub use pick::Threshold;
 
 /// How often a graceful step looks again at the sessions it waits for.
 const GRACE_POLL: Duration = Duration::from_millis(200);
@@ -46,6 +50,10 @@ pub struct SelectRequest {
     pub at_most: Option<usize>,
     /// Where the sessions about to be terminated are recorded first, if anywhere.
     pub journal: Option<Arc<dyn Journal>>,
+    /// A policy's step: its threshold and victims. `at_most` then caps the victims instead
+    /// of refusing a grown selection, and a quarter of the target's client sessions caps
+    /// them too.
+    pub pick: Option<Pick>,
 }
 
 /// Ends what `request` selects on `engine`, and reports every session it considered.
@@ -54,6 +62,7 @@ pub async fn end_selected(
     request: &SelectRequest,
 ) -> Result<TerminateOutcome, EngineError> {
     let listed = engine.list(&request.selector, false).await?;
+    let clients = pick::clients(&listed);
     let mut outcome = TerminateOutcome::default();
     // The sessions any revocation could end there: not guarded, not protected.
     let endable = listed
@@ -79,13 +88,14 @@ pub async fn end_selected(
             None => candidates.push(l),
         }
     }
-    if request.all_logins && !candidates.is_empty() && candidates.len() >= endable {
+    let policy_cap = request.pick.is_some();
+    if request.all_logins && !policy_cap && !candidates.is_empty() && candidates.len() >= endable {
         return Err(EngineError::Refused(format!(
             "the selection reaches every one of the {endable} session(s) sever could end on \
              this target; narrow it, or name the logins"
         )));
     }
-    if let Some(at_most) = request.at_most
+    if let Some(at_most) = request.at_most.filter(|_| !policy_cap)
         && candidates.len() > at_most
     {
         return Err(EngineError::Refused(format!(
@@ -101,6 +111,10 @@ pub async fn end_selected(
             session: l.session,
             reason: SkipReason::NoStatement,
         }));
+    }
+    if let Some(pick_by) = request.pick {
+        candidates =
+            pick::victims(engine, request, pick_by, clients, &mut outcome, candidates).await?;
     }
     outcome.matched = candidates.iter().map(|l| l.session.clone()).collect();
     if request.dry_run || candidates.is_empty() {

@@ -42,6 +42,14 @@ pub enum SkipReason {
     SystemBackend,
     /// `cancel` only: it runs no statement, so there is nothing to cancel.
     NoStatement,
+    /// Policies: selected, but the policy's `victims` rule spares it (the oldest under
+    /// `all_but_oldest`, all but the oldest under `oldest`).
+    NotAVictim,
+    /// Policies: a victim beyond what this run may end on the target (`max_per_run`, or a
+    /// quarter of the target's client sessions); a later run may end it.
+    OverLimit,
+    /// Policies: the policy's threshold (`when`) does not hold on the target.
+    BelowThreshold,
 }
 
 /// How a [`SkipReason`] is written: `{"reason": "excluded", "rule": "databases"}`.
@@ -75,6 +83,9 @@ impl From<SkipReason> for SkipWire {
             SkipReason::NotBeforeCutoff => word("not_before_cutoff"),
             SkipReason::SystemBackend => word("system_backend"),
             SkipReason::NoStatement => word("no_statement"),
+            SkipReason::NotAVictim => word("not_a_victim"),
+            SkipReason::OverLimit => word("over_limit"),
+            SkipReason::BelowThreshold => word("below_threshold"),
         }
     }
 }
@@ -96,6 +107,9 @@ impl TryFrom<SkipWire> for SkipReason {
             "not_before_cutoff" => SkipReason::NotBeforeCutoff,
             "system_backend" => SkipReason::SystemBackend,
             "no_statement" => SkipReason::NoStatement,
+            "not_a_victim" => SkipReason::NotAVictim,
+            "over_limit" => SkipReason::OverLimit,
+            "below_threshold" => SkipReason::BelowThreshold,
             other => match other.strip_prefix("unknown_") {
                 Some(field) if !field.is_empty() => SkipReason::Unknown(field.to_owned()),
                 _ => return Err(format!("not a skip reason: {other:?}")),

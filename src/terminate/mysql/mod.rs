@@ -552,6 +552,15 @@ impl Engine for Mysql {
         self.list_sessions(selector, include_query).await
     }
 
+    async fn connection_limit(&self) -> Result<u64, EngineError> {
+        let mut conn = self.connection().await?;
+        let limit: u64 = sqlx::query_scalar("SELECT CAST(@@max_connections AS UNSIGNED)")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(sqlx_error)?;
+        Ok(limit)
+    }
+
     async fn login_gate(&self, login: &str) -> Result<Option<LoginGate>, EngineError> {
         self.read_gate(login).await
     }

@@ -179,6 +179,7 @@ fn request(selector: &str, mode: &str) -> SelectRequest {
         verify_timeout: Duration::from_millis(200),
         at_most: None,
         journal: None,
+        pick: None,
     }
 }
 

@@ -5,3 +5,4 @@ mod actions;
 mod cli;
 mod drains;
 mod locks;
+mod policies;

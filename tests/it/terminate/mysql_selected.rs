@@ -278,6 +278,7 @@ async fn rds_mode_cancels_through_mysql_rds_kill_query() {
         verify_timeout: GONE,
         at_most: None,
         journal: None,
+        pick: None,
     };
     let mut outcome = Default::default();
     for _ in 0..300 {

@@ -247,6 +247,7 @@ async fn a_session_rolling_back_is_listed_with_its_guard_and_never_killed() {
         verify_timeout: StdDuration::from_secs(3),
         at_most: None,
         journal: None,
+        pick: None,
     };
     let outcome = end_selected(&engine, &request).await.unwrap();
     let ended: Vec<i64> = outcome.terminated.iter().map(|s| s.pid).collect();

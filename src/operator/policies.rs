@@ -1,0 +1,110 @@
+//! `GET /v1/policies`, `POST /v1/policies/{name}/run` and `POST /v1/policies/{name}/resume`:
+//! the policies with their last and next evaluation, an evaluation now (a dry run unless
+//! `execute`), and resuming a policy that paused itself.
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+
+use super::OperatorState;
+use super::auth::Operator;
+use crate::http::error::{ApiError, parse_json};
+use crate::http::{self, Actor};
+use crate::policy::{self, Evaluation, PolicyError, PolicyView, Trigger};
+
+/// Every policy (the `[[policies]]` rules and the targets' sweeps) with its state.
+#[derive(Debug, Serialize)]
+pub struct PolicyList {
+    /// The policies, rules first, in config order.
+    pub policies: Vec<PolicyView>,
+}
+
+/// Lists the policies.
+pub async fn get_policies(
+    State(state): State<OperatorState>,
+    operator: Operator,
+) -> (Extension<Actor>, Result<Json<PolicyList>, ApiError>) {
+    let answer = policy::list(&state.ctx)
+        .await
+        .map(|policies| Json(PolicyList { policies }))
+        .map_err(api_error);
+    (Extension(operator.actor()), answer)
+}
+
+/// `POST /v1/policies/{name}/run`'s body (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// End what the policy picks, if it enforces; without it the evaluation only reports.
+    #[serde(default)]
+    pub execute: bool,
+}
+
+/// Evaluates a policy now and answers with the evaluation (and its action's report).
+pub async fn run_policy(
+    State(state): State<OperatorState>,
+    operator: Operator,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> (Extension<Actor>, Result<Json<Evaluation>, ApiError>) {
+    let answer = async {
+        let Path(name) = name.map_err(|e| ApiError::Invalid(e.body_text()))?;
+        let body = http::body(body, state.max_body)?;
+        let request: RunRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            RunRequest::default()
+        } else {
+            parse_json(&body)?
+        };
+        let found = policy::find(&state.ctx.config, &name).map_err(api_error)?;
+        tracing::info!(policy = %name, operator = %operator.name, execute = request.execute,
+            "policy run requested");
+        policy::evaluate(&state.ctx, found, &Trigger::manual(request.execute))
+            .await
+            .map(Json)
+            .map_err(api_error)
+    };
+    let answer = answer.await;
+    (Extension(operator.actor()), answer)
+}
+
+/// What resuming did.
+#[derive(Debug, Serialize)]
+pub struct Resumed {
+    /// The policy.
+    pub policy: String,
+    /// It was paused and runs again; `false` when it was not paused.
+    pub resumed: bool,
+}
+
+/// Resumes a policy that paused itself.
+pub async fn resume_policy(
+    State(state): State<OperatorState>,
+    operator: Operator,
+    name: Result<Path<String>, PathRejection>,
+) -> (Extension<Actor>, Result<Json<Resumed>, ApiError>) {
+    let actor = operator.actor();
+    let answer = async {
+        let Path(name) = name.map_err(|e| ApiError::Invalid(e.body_text()))?;
+        let resumed = policy::resume(&state.ctx, &name, &actor.to_string())
+            .await
+            .map_err(api_error)?;
+        Ok(Json(Resumed {
+            policy: name,
+            resumed,
+        }))
+    };
+    let answer = answer.await;
+    (Extension(actor), answer)
+}
+
+/// The API's answer to a policy failure.
+pub fn api_error(e: PolicyError) -> ApiError {
+    match e {
+        PolicyError::Unknown(name) => ApiError::UnknownPolicy(name),
+        PolicyError::Invalid(why) => ApiError::Invalid(why),
+        other => ApiError::Unavailable(other.to_string()),
+    }
+}
