@@ -1,7 +1,7 @@
 //! The service's configuration: TOML, strictly validated, secrets kept outside the file.
 //! One file per section (`server`, `store` with `audit`, `webhooks`, `queue`, `termination`,
-//! `targets`, `credentials`, `operators`, `vault`, `aws`, `policies`), each with its own `validate()`,
-//! which `Config::validate` calls in turn; every type is re-exported here as
+//! `targets`, `credentials`, `operators`, `vault`, `aws`, `windows`, `policies`), each with its
+//! own `validate()`, which `Config::validate` calls in turn; every type is re-exported here as
 //! `crate::config::X`. May call `fds` (a leaf) and nothing else of the crate.
 
 mod aws;
@@ -18,6 +18,7 @@ mod targets;
 mod termination;
 mod vault;
 mod webhooks;
+mod windows;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -40,6 +41,7 @@ pub use targets::{Engine, SweepConfig, TargetConfig};
 pub use termination::TerminationConfig;
 pub use vault::{VaultAuth, VaultConfig, VaultSubscriber, VaultTls, VaultWatcher, WatchedMount};
 pub use webhooks::WebhookConfig;
+pub use windows::{TimeInterval, WindowConfig};
 
 use crate::fds::{self, Budget};
 
@@ -116,6 +118,9 @@ pub struct Config {
     pub aws: AwsConfig,
     /// HashiCorp Vault access, subscriber and watcher.
     pub vault: Option<VaultConfig>,
+    /// Named maintenance windows (Alertmanager `time_intervals`), referred to by name.
+    #[serde(default)]
+    pub windows: Vec<WindowConfig>,
     /// Standing orders that end sessions by rule.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
@@ -145,6 +150,11 @@ impl Config {
             set.extend(t.protected_logins.iter().cloned());
         }
         set
+    }
+
+    /// The maintenance window called `name`, if one is configured.
+    pub fn window(&self, name: &str) -> Option<&WindowConfig> {
+        self.windows.iter().find(|w| w.name == name)
     }
 
     /// Valid but probably unintended settings, for start-up logs and `check-config`.
@@ -192,8 +202,9 @@ impl Config {
         }
         targets::validate(&self.targets)?;
         credentials::validate(self)?;
-        policies::validate(self)?;
         self.aws.validate()?;
+        windows::validate(&self.windows)?;
+        policies::validate(self)?;
         operators::validate(&self.operators)
     }
 

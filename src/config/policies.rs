@@ -243,7 +243,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             return Err(invalid(path("reason"), "is longer than 512 characters"));
         }
         for window in &policy.windows {
-            if WINDOWS_PENDING_MERGE.contains(&window.as_str()) {
+            if config.window(window).is_none() {
                 return Err(invalid(
                     path("windows"),
                     &format!("no [[windows]] is named {window:?}"),
@@ -319,5 +319,3 @@ fn check_reach(policy: &PolicyConfig, path: &dyn Fn(&str) -> String) -> Result<(
 
 #[cfg(test)]
 mod tests;
-
-const WINDOWS_PENDING_MERGE: [&str; 1] = ["nights"];

@@ -41,6 +41,7 @@ fn the_shipped_example_is_valid() {
     assert!(config.protected_on("orders-db").contains("orders_migrator"));
     assert_eq!(config.audit.checkpoint_interval, Duration::from_secs(60));
     assert!(config.audit.checkpoint_key.is_some() && config.audit.checkpoint_file.is_some());
+    assert_eq!(config.window("weeknights").unwrap().time_intervals.len(), 2);
 }
 
 #[test]

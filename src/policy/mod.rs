@@ -230,8 +230,12 @@ fn enforcement_word(p: &PolicyConfig) -> &'static str {
 
 /// Whether `policy` may enforce at `at`: it has no windows, or one of them is open.
 pub fn in_window(config: &Config, policy: &PolicyConfig, at: DateTime<Utc>) -> bool {
-    let _ = (config, at); // WINDOWS_PENDING_MERGE
     policy.windows.is_empty()
+        || policy
+            .windows
+            .iter()
+            .filter_map(|name| config.window(name))
+            .any(|w| w.contains(at))
 }
 
 /// Resumes a paused policy, recording who did; `false` if it was not paused.

@@ -355,3 +355,70 @@ async fn policy_routes_refuse_bad_tokens_unknown_names_and_bad_bodies() {
     assert_eq!(evaluation["outcome"], "observed", "{evaluation}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_windowed_policy_enforces_only_inside_one_of_its_windows() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    let enforcing = |name: &str, windows: &str| {
+        format!(
+            r#"[[policies]]
+            name = "{name}"
+            targets = ["main"]
+            selector = {{ logins = ["app"], states = ["idle"] }}
+            max_per_run = 1
+            enforcement = "enforce"
+            windows = {windows}
+            interval = "1h"
+            "#
+        )
+    };
+    // One TOML text: merging would replace the [[policies]] array, not extend it.
+    let policies = format!(
+        r#"name = "observer"
+        targets = ["main"]
+        selector = {{ logins = ["app"] }}
+        windows = ["closed"]
+        interval = "1h"
+        [[windows]]
+        name = "closed"
+        [[windows.time_intervals]]
+        years = ["2020"]
+        [[windows]]
+        name = "open"
+        [[windows.time_intervals]]
+        times = [{{ start_time = "00:00", end_time = "24:00" }}]
+        {}
+        {}"#,
+        enforcing("nightly", r#"["closed"]"#),
+        enforcing("any", r#"["closed", "open"]"#),
+    );
+    let config = with_policy(&pg, &ws, &policies).await.toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let sessions = pg.open_sessions("app", "pw", 8).await;
+
+    let outside = run(&server, "nightly", true).await;
+    assert_eq!(outside["outcome"], "outside_window", "{outside}");
+    for pid in &sessions {
+        assert!(pg.is_alive(*pid).await, "nothing ends outside the window");
+    }
+    let (_, policies) = server.operator_get("/v1/policies").await;
+    assert_eq!(
+        listed(&policies, "nightly")["in_window"],
+        false,
+        "{policies}"
+    );
+    assert_eq!(listed(&policies, "any")["in_window"], true, "{policies}");
+    // Observing is not bound by windows: it ends nothing anyway.
+    let observed = run(&server, "observer", true).await;
+    assert_eq!(observed["outcome"], "observed", "{observed}");
+
+    let inside = run(&server, "any", true).await;
+    assert_eq!(inside["outcome"], "fired", "{inside}");
+    assert_eq!(
+        pids(&inside["action"], "main", "terminated"),
+        sorted(&sessions[..1]),
+        "{inside}"
+    );
+    server.stop().await;
+}
