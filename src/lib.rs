@@ -310,6 +310,13 @@ async fn maintain(ctx: Arc<Context>, stop: CancellationToken) {
                 }
                 let keep = chrono::Duration::from_std(ctx.config.queue.keep_finished)
                     .unwrap_or(chrono::Duration::MAX);
+                let remember = chrono::Duration::from_std(ctx.config.alertmanager.remember_for)
+                    .unwrap_or(chrono::Duration::MAX);
+                match ctx.store.prune_alerts(chrono::Utc::now() - remember).await {
+                    Ok(n) if n > 0 => tracing::debug!(pruned = n, "old Alertmanager firings dropped"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not prune Alertmanager firings"),
+                }
                 match ctx.queue.prune_finished(chrono::Utc::now() - keep).await {
                     Ok(n) if n > 0 => tracing::debug!(pruned = n, "old finished actions dropped"),
                     Ok(_) => {}

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::context::Context;
 
 /// The actor the sweeper's audit records name.
-pub const ACTOR: &str = "sweeper";
+pub use crate::policy::SWEEP_ACTOR as ACTOR;
 
 /// Sweeps every target that has a sweep configured, each on its own interval (the first
 /// sweep one interval after start-up, then on the schedule kept in the store, so replicas

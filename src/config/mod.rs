@@ -4,6 +4,7 @@
 //! own `validate()`, which `Config::validate` calls in turn; every type is re-exported here as
 //! `crate::config::X`. May call `fds` (a leaf) and nothing else of the crate.
 
+mod alertmanager;
 mod aws;
 mod credentials;
 pub mod names;
@@ -26,6 +27,7 @@ use std::path::Path;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+pub use alertmanager::{AlertRoute, AlertmanagerConfig};
 pub use aws::{AwsConfig, EventBridgeConfig, SnsConfig, StaticCredentials};
 pub use credentials::{
     CredentialAws, CredentialConfig, CredentialVault, LoginMapping, PreviousUserPolicy,
@@ -124,6 +126,9 @@ pub struct Config {
     /// Standing orders that end sessions by rule.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// Alertmanager's webhook: its tokens and which alerts run which policy.
+    #[serde(default)]
+    pub alertmanager: AlertmanagerConfig,
 }
 
 impl Config {
@@ -205,6 +210,7 @@ impl Config {
         self.aws.validate()?;
         windows::validate(&self.windows)?;
         policies::validate(self)?;
+        alertmanager::validate(self)?;
         operators::validate(&self.operators)
     }
 

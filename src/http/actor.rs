@@ -19,6 +19,8 @@ pub enum Actor {
     EventBridge,
     /// An SNS HTTPS subscription.
     Sns,
+    /// Alertmanager's webhook (`POST /v1/alerts/alertmanager`).
+    Alertmanager,
     /// An authenticated operator, by configured name.
     Operator(String),
     /// The command line, by the user at the keyboard.
@@ -48,6 +50,7 @@ impl fmt::Display for Actor {
             Actor::LambdaHook => "aws:lambda-hook",
             Actor::EventBridge => "aws:eventbridge",
             Actor::Sns => "aws:sns",
+            Actor::Alertmanager => "alertmanager",
             Actor::Anonymous => "anonymous",
             Actor::Operator(name) => return write!(f, "operator:{name}"),
             Actor::Cli(user) => return write!(f, "cli:{user}"),

@@ -9,6 +9,7 @@
 //! `resolve`, `queue`, `audit`, `store`, `config`. Not `operator` or `cli`.
 
 mod accept;
+mod alertmanager;
 mod aws;
 mod eventbridge;
 mod events;
@@ -114,6 +115,8 @@ pub struct Intake {
     /// Where refusals outside HTTP requests (subscriber, watcher) are recorded.
     refusals: Arc<Refusals>,
     max_body: usize,
+    /// Alertmanager's bearer tokens, by hash.
+    alertmanager_keys: Arc<crate::http::keys::HashedKeys<()>>,
 }
 
 impl Intake {
@@ -138,6 +141,7 @@ impl Intake {
             verifier: Arc::new(verifier),
             refusals,
             max_body: config.server.max_body_bytes,
+            alertmanager_keys: Arc::new(alertmanager::keys(&config.alertmanager.tokens_sha256)),
             ctx,
         })
     }
@@ -214,5 +218,9 @@ pub fn router(intake: Intake) -> Router {
         .route("/v1/events", post(events::post_event))
         .route("/v1/events/aws", post(aws::post_aws_event))
         .route("/v1/events/vault", post(vault::post_vault_event))
+        .route(
+            "/v1/alerts/alertmanager",
+            post(alertmanager::post_alertmanager),
+        )
         .with_state(intake)
 }

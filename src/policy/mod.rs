@@ -23,6 +23,9 @@ use crate::config::{Config, PolicyConfig, SWEEP_PREFIX, SweepConfig};
 use crate::context::Context;
 use crate::store::{LastEvaluation, StoreError};
 
+/// The actor a sweep's actions and records name.
+pub const SWEEP_ACTOR: &str = "sweeper";
+
 /// Why a policy could not be listed, run or resumed.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -74,6 +77,14 @@ impl Policy<'_> {
         }
     }
 
+    /// The targets it covers.
+    pub fn targets(&self, config: &Config) -> Vec<String> {
+        match self {
+            Policy::Rule(p) => p.target_ids(config),
+            Policy::Sweep { target, .. } => vec![(*target).to_owned()],
+        }
+    }
+
     /// Evaluations in a row that end sessions before it pauses itself.
     pub fn pause_after(&self) -> u32 {
         match self {
@@ -87,7 +98,7 @@ impl Policy<'_> {
     pub fn actor(&self) -> String {
         match self {
             Policy::Rule(p) => format!("policy:{}", p.name),
-            Policy::Sweep { .. } => crate::sweep::ACTOR.to_owned(),
+            Policy::Sweep { .. } => SWEEP_ACTOR.to_owned(),
         }
     }
 }

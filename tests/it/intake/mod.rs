@@ -3,6 +3,7 @@
 //! Drives sever from outside (HTTP, CLI) through `crate::support` and `sever_testkit`.
 
 mod abuse;
+mod alertmanager;
 mod aws;
 mod fuzz_corpus;
 mod hostile_input;
