@@ -184,6 +184,13 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             When::MatchingAtLeast(0) => {
                 return Err(invalid(path("when"), "matching_at_least must be positive"));
             }
+            When::LoginSessionsAbove(_) if policy.all_logins => {
+                return Err(invalid(
+                    path("when"),
+                    "login_sessions_above counts the named logins' sessions: name them, or \
+                     use connections_above_percent_of_max",
+                ));
+            }
             When::ConnectionsAbovePercentOfMax(p) if p == 0 || p > 100 => {
                 return Err(invalid(
                     path("when"),

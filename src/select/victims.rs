@@ -41,6 +41,9 @@ pub enum When {
     Always,
     /// When at least this many sessions are selected there.
     MatchingAtLeast(usize),
+    /// When the selector's logins hold more than this many sessions there, whatever their
+    /// state (every client session, for an `all_logins` policy).
+    LoginSessionsAbove(usize),
     /// When the target's client sessions use more than this percentage of the connections
     /// clients can open (PostgreSQL: `max_connections` less the reserved slots; MySQL and
     /// MariaDB: `max_connections`).

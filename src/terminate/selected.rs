@@ -62,7 +62,7 @@ pub async fn end_selected(
     request: &SelectRequest,
 ) -> Result<TerminateOutcome, EngineError> {
     let listed = engine.list(&request.selector, false).await?;
-    let clients = pick::clients(&listed);
+    let load = pick::load(&listed, request);
     let mut outcome = TerminateOutcome::default();
     // The sessions any revocation could end there: not guarded, not protected.
     let endable = listed
@@ -114,7 +114,7 @@ pub async fn end_selected(
     }
     if let Some(pick_by) = request.pick {
         candidates =
-            pick::victims(engine, request, pick_by, clients, &mut outcome, candidates).await?;
+            pick::victims(engine, request, pick_by, load, &mut outcome, candidates).await?;
     }
     outcome.matched = candidates.iter().map(|l| l.session.clone()).collect();
     if request.dry_run || candidates.is_empty() {

@@ -123,6 +123,12 @@ fn guard_rails_and_bad_values_are_refused_at_load() {
         "percentage",
     );
     refused(
+        &with(
+            "all_logins = true\nselector = { databases = [\"d\"] }\nwhen = { login_sessions_above = 5 }",
+        ),
+        "name them",
+    );
+    refused(
         &with("selector = { logins = [\"app\"] }\nwhen = \"sometimes\""),
         "unknown variant",
     );

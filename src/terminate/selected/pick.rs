@@ -14,6 +14,8 @@ use crate::terminate::{Engine, EngineError, SkipReason, Skipped, TerminateOutcom
 pub struct Threshold {
     /// Client sessions on the target, sever's own listing connection included.
     pub clients: usize,
+    /// Sessions of the selector's logins, in any state.
+    pub login_sessions: usize,
     /// The client connection limit, when the policy compares with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
@@ -25,13 +27,30 @@ pub struct Threshold {
     pub cap: usize,
 }
 
-/// Client sessions among `listed` (every backend the engine listed), counting the listing's
-/// own connection, which holds a slot too.
-pub(super) fn clients(listed: &[Listed]) -> usize {
-    1 + listed
-        .iter()
-        .filter(|l| l.guard != Some(SkipReason::SystemBackend))
-        .count()
+/// What the listing says of the target's load: its client sessions (counting the listing's
+/// own connection, which holds a slot too) and those of the request's logins.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Load {
+    /// Client sessions on the target.
+    pub clients: usize,
+    /// Sessions of the selector's logins (every client session without named logins).
+    pub logins: usize,
+}
+
+/// The load `listed` (every backend the engine listed) shows.
+pub(super) fn load(listed: &[Listed], request: &SelectRequest) -> Load {
+    let client = |l: &&Listed| l.guard != Some(SkipReason::SystemBackend);
+    let logins = &request.selector.logins;
+    Load {
+        clients: 1 + listed.iter().filter(client).count(),
+        logins: listed
+            .iter()
+            .filter(client)
+            .filter(|l| {
+                request.all_logins || l.session.login.as_ref().is_some_and(|n| logins.contains(n))
+            })
+            .count(),
+    }
 }
 
 /// Checks the policy's threshold and keeps its victims among `candidates`; the rest are
@@ -40,14 +59,16 @@ pub(super) async fn victims(
     engine: &dyn Engine,
     request: &SelectRequest,
     pick_by: Pick,
-    clients: usize,
+    load: Load,
     outcome: &mut TerminateOutcome,
     candidates: Vec<Listed>,
 ) -> Result<Vec<Listed>, EngineError> {
     let selected = candidates.len();
+    let clients = load.clients;
     let (met, limit) = match pick_by.when {
         When::Always => (true, None),
         When::MatchingAtLeast(n) => (selected >= n, None),
+        When::LoginSessionsAbove(n) => (load.logins > n, None),
         When::ConnectionsAbovePercentOfMax(percent) => {
             let limit = engine.connection_limit().await?;
             // clients / limit > percent / 100, in integers.
@@ -61,6 +82,7 @@ pub(super) async fn victims(
         .min(share_cap(clients));
     outcome.threshold = Some(Threshold {
         clients,
+        login_sessions: load.logins,
         limit,
         selected,
         met,

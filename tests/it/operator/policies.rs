@@ -422,3 +422,36 @@ async fn a_windowed_policy_enforces_only_inside_one_of_its_windows() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_login_sessions_threshold_counts_the_logins_sessions_in_any_state() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    let config = with_policy(
+        &pg,
+        &ws,
+        r#"name = "busy-login"
+        targets = ["main"]
+        selector = { logins = ["app"], application_names = ["batch"] }
+        when = { login_sessions_above = 5 }
+        interval = "1h""#,
+    )
+    .await
+    .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(pg.session("app", "pw", "postgres", "batch").await);
+    }
+    let _others = pg.open_sessions("app", "pw", 3).await;
+    // Five sessions of app, two of them selected: not above five.
+    let below = run(&server, "busy-login", true).await;
+    assert_eq!(below["outcome"], "below_threshold", "{below}");
+    assert_eq!(threshold(&below)["login_sessions"], 5, "{below}");
+    assert_eq!(threshold(&below)["selected"], 2, "{below}");
+    held.push(pg.session("app", "pw", "postgres", "web").await);
+    let above = run(&server, "busy-login", true).await;
+    assert_eq!(above["outcome"], "observed", "{above}");
+    assert_eq!(threshold(&above)["login_sessions"], 6, "{above}");
+    server.stop().await;
+}
