@@ -153,6 +153,10 @@ pub async fn run_with(
     // Before anything records: the recorder is the process's, installed once.
     let metrics = http::exporter::install();
     let ctx = Arc::new(Context::build(config).await?);
+    telemetry::initialize(
+        ctx.targets.iter().map(|(target, _)| target.as_str()),
+        &action::Origin::NAMES,
+    );
     let tracker = TaskTracker::new();
     let refusals = Arc::new(Refusals::new(ctx.clone()));
     let intake = Intake::new(ctx.clone(), options.sns_http, refusals.clone()).await?;

@@ -220,6 +220,23 @@ pub fn describe() {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
+/// Starts at 0 the counters the shipped alerts take `increase()` of, for every configured
+/// target and every action origin: Prometheus sees no increase in a series whose first
+/// sample is already 1, so an alert on the first incomplete action would never fire.
+pub fn initialize<'a>(targets: impl IntoIterator<Item = &'a str>, origins: &[&'static str]) {
+    for &origin in origins {
+        for status in ["completed", "incomplete"] {
+            counter!(ACTIONS, "origin" => origin, "status" => status).increment(0);
+        }
+    }
+    for target in targets {
+        for &origin in origins {
+            counter!(SESSIONS_REMAINING, "target" => target.to_owned(), "origin" => origin)
+                .increment(0);
+        }
+    }
+}
+
 /// An event reached an intake: `source` is its door as the audit trail names the actor
 /// (`webhook`, `aws:sns`, `vault:watcher`, …); `outcome` is `accepted`, `duplicate`,
 /// `ignored` (needs no action), `refused` or `failed` (sever could not take it).
