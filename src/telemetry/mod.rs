@@ -409,43 +409,4 @@ fn unix(at: SystemTime) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_counter_ends_in_total_and_every_name_has_the_prefix() {
-        let counters = [
-            EVENTS_RECEIVED,
-            REFUSALS,
-            ACTIONS,
-            SESSIONS_TERMINATED,
-            SESSIONS_CANCELLED,
-            SESSIONS_SKIPPED,
-            SESSIONS_FAILED,
-            SESSIONS_REMAINING,
-            STEP_RETRIES,
-            POLICY_EVALUATIONS,
-            POLICY_MATCHED,
-        ];
-        for name in counters {
-            assert!(
-                name.starts_with("sever_") && name.ends_with("_total"),
-                "{name}"
-            );
-        }
-        for (name, buckets) in HISTOGRAMS {
-            assert!(
-                name.starts_with("sever_") && name.ends_with("_seconds"),
-                "{name}"
-            );
-            assert!(buckets.windows(2).all(|w| w[0] < w[1]), "{name}: sorted");
-        }
-    }
-
-    #[test]
-    fn ages_are_never_negative() {
-        let now = SystemTime::now();
-        assert_eq!(seconds_between(now + Duration::from_secs(5), now), 0.0);
-        assert_eq!(seconds_between(now, now + Duration::from_secs(5)), 5.0);
-    }
-}
+mod tests;
