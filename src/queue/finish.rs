@@ -118,7 +118,8 @@ fn observe_step(lease: &Lease, report: &TargetReport) {
 
 /// Counts a finished action; for a rotation event's action that completed, the time from
 /// the event's receipt to now, when its last step was recorded clean. The receipt time is
-/// the action id's: a UUIDv7 made when the event was resolved, right after it arrived.
+/// the action id's: a UUIDv7 made when the event was resolved, right after it arrived (for
+/// AWS and Vault, after the lookup of the secret or role).
 fn observe_action(plan: &Plan, report: &ActionReport) {
     if plan.dry_run {
         return;
