@@ -1,7 +1,8 @@
 //! `GET /metrics` for real: the server against a real PostgreSQL, real terminations through a
 //! signed rotation event and an operator revocation, then the scrape read by Prometheus's own
 //! tools: `promtool check metrics` lints it, and the Python `prometheus_client` parser reads
-//! the values asserted here. Also where `/metrics` is served and who may read it.
+//! the values asserted here. Also where `/metrics` is served and who may read it, and the
+//! Vault token's TTL against the Vault stand-in.
 //!
 //! A test binary of its own: the metrics recorder is global to a process, so the values here
 //! are this binary's alone (tests/it runs many servers in one process). Its one test runs the
@@ -26,7 +27,9 @@ use serde_json::{Value, json};
 use sever::operator::token_hash;
 use sever_testkit::pg::TestPostgres;
 
+use crate::support::config::file;
 use crate::support::sever::{TOKEN, TestServer, WRONG_SECRET, Workspace, create_admin, now};
+use sever_testkit::vault::VaultStandIn;
 
 /// Upper bound for what should take a second or two (a collector tick is 200 ms here).
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -409,5 +412,29 @@ async fn metrics_follow_real_terminations_and_only_scrapers_may_read_them() {
         ),
         Some(2.0)
     );
+    assert_eq!(value(&samples, "sever_vault_token_ttl_seconds", &[]), None);
+    server.stop().await;
+
+    // --- With Vault: the TTL left of sever's token (the stand-in issues an hour). ---------
+    let vault = VaultStandIn::start().await;
+    vault.allow_approle("approle", "sever-role-id", "sever-secret-id");
+    let secret_id = ws.secret_path("vault.secret-id", "sever-secret-id");
+    let with_vault = ws
+        .target_config(ws.config(), "main", &pg)
+        .set("metrics.tokens_sha256", vec![token_hash(METRICS_TOKEN)])
+        .set("vault.address", vault.address())
+        .set("vault.auth.method", "approle")
+        .set("vault.auth.role_id", "sever-role-id")
+        .set("vault.auth.secret_id", file(&secret_id))
+        .toml();
+    let server = TestServer::start(&ws.write_config(&with_vault)).await;
+    let url = server.url("/metrics");
+    let (body, samples) = scrape_until(&client, &url, Some(METRICS_TOKEN), "a Vault TTL", |s| {
+        value(s, "sever_vault_token_ttl_seconds", &[]).is_some()
+    })
+    .await;
+    promtool_check(&body);
+    let ttl = value(&samples, "sever_vault_token_ttl_seconds", &[]).unwrap();
+    assert!((3000.0..=3600.0).contains(&ttl), "{ttl}");
     server.stop().await;
 }
