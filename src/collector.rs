@@ -2,7 +2,8 @@
 //! than at each scrape, so a scraper never makes sever query its targets or its store: every
 //! target's current sessions by login (`sever_sessions`), whether it answered and how fast
 //! (`sever_target_up`, its listing latency), and the queue's depth. A scrape renders what
-//! the last tick set.
+//! the last tick set; the ticks start with the first scrape, so a sever nobody scrapes
+//! lists no target for metrics.
 //!
 //! Calls `context` (targets, queue, config), `select` (the empty selector) and `telemetry`.
 
@@ -19,20 +20,37 @@ use crate::select::Selector;
 use crate::telemetry;
 use crate::terminate::{EngineError, SkipReason};
 
-/// Collects every `metrics.sessions_interval`, at once first, until `stop` is cancelled;
-/// `upkeep` runs after each tick (the exporter's housekeeping).
-pub async fn run(ctx: Arc<Context>, upkeep: impl Fn() + Send, stop: CancellationToken) {
+/// Collects every `metrics.sessions_interval` once `scraped` is cancelled (by the first
+/// scrape let in: until someone reads `/metrics`, no target is queried for it), the first
+/// time at once; runs `upkeep` (the exporter's housekeeping, which bounds what histograms
+/// hold between scrapes) on every tick regardless. Ends when `stop` is cancelled.
+pub async fn run(
+    ctx: Arc<Context>,
+    upkeep: impl Fn() + Send,
+    scraped: CancellationToken,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(ctx.config.metrics.sessions_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut collecting = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
+            () = scraped.cancelled(), if !collecting => {}
+        }
+        upkeep();
+        if !scraped.is_cancelled() {
+            continue;
+        }
+        if !collecting {
+            collecting = true;
+            tick.reset();
         }
         // A collection under way is dropped at shutdown: it changes nothing.
         tokio::select! {
             () = stop.cancelled() => return,
-            () = collect(&ctx) => upkeep(),
+            () = collect(&ctx) => {}
         }
     }
 }

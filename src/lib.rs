@@ -199,9 +199,12 @@ pub async fn run_with(
     tracker.spawn(sweep::run_sweeper(ctx.clone(), background.clone()));
     tracker.spawn(refusals.clone().flush_periodically(background.clone()));
     let upkeep = metrics.clone();
+    // Cancelled by the first scrape: the collector lists no target before anyone looks.
+    let scraped = CancellationToken::new();
     tokio::spawn(collector::run(
         ctx.clone(),
         move || upkeep.run_upkeep(),
+        scraped.clone(),
         background.clone(),
     ));
     let layers = http::Layers {
@@ -224,8 +227,9 @@ pub async fn run_with(
     // `/metrics` goes with the operator API unless it has a listener of its own.
     let own_metrics_listener = metrics_listener.is_some();
     let guarded_metrics = || {
-        (!own_metrics_listener)
-            .then(|| http::exporter::guarded_router(metrics.clone(), &ctx.config.metrics))
+        (!own_metrics_listener).then(|| {
+            http::exporter::guarded_router(metrics.clone(), &ctx.config.metrics, scraped.clone())
+        })
     };
     let limits = |max_connections| Limits {
         header_read_timeout: ctx.config.server.header_read_timeout,
@@ -274,7 +278,8 @@ pub async fn run_with(
     };
     let scraping = async {
         if let Some(scrape) = metrics_listener {
-            let router = http::app([http::exporter::open_router(metrics.clone())], &layers);
+            let open = http::exporter::open_router(metrics.clone(), scraped.clone());
+            let router = http::app([open], &layers);
             let limits = limits(fds::METRICS_MAX_CONNECTIONS);
             server::serve(scrape, router, limits, stop.clone()).await;
         }

@@ -19,7 +19,7 @@ pub struct MetricsConfig {
     /// when `server.metrics_listen` is set: that listener asks for no token.
     pub tokens_sha256: Vec<String>,
     /// How often every target's sessions are listed for `sever_sessions` (and target up,
-    /// latency) and the queue is read for its depth.
+    /// latency) and the queue is read for its depth, from the first scrape on.
     #[serde(with = "humantime_serde")]
     pub sessions_interval: Duration,
 }

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
 
 use super::Actor;
 use super::error::ApiError;
@@ -57,19 +58,27 @@ struct Scrape {
     handle: PrometheusHandle,
     /// `None`: no token asked (the metrics listener).
     tokens: Option<Arc<HashedKeys<()>>>,
+    /// Cancelled by the first scrape let in, which starts the collector.
+    scraped: CancellationToken,
 }
 
-/// `GET /metrics` without a token, for `server.metrics_listen`.
-pub fn open_router(handle: PrometheusHandle) -> Router {
+/// `GET /metrics` without a token, for `server.metrics_listen`; the first scrape cancels
+/// `scraped`.
+pub fn open_router(handle: PrometheusHandle, scraped: CancellationToken) -> Router {
     router(Scrape {
         handle,
         tokens: None,
+        scraped,
     })
 }
 
 /// `GET /metrics` behind a token of `metrics.tokens_sha256`, for the operator listener:
-/// without one configured it refuses every call.
-pub fn guarded_router(handle: PrometheusHandle, config: &MetricsConfig) -> Router {
+/// without one configured it refuses every call. The first scrape let in cancels `scraped`.
+pub fn guarded_router(
+    handle: PrometheusHandle,
+    config: &MetricsConfig,
+    scraped: CancellationToken,
+) -> Router {
     let entries = config
         .tokens_sha256
         .iter()
@@ -83,6 +92,7 @@ pub fn guarded_router(handle: PrometheusHandle, config: &MetricsConfig) -> Route
     router(Scrape {
         handle,
         tokens: Some(Arc::new(HashedKeys::new(entries))),
+        scraped,
     })
 }
 
@@ -109,6 +119,7 @@ async fn get_metrics(State(scrape): State<Scrape>, headers: HeaderMap) -> Respon
             return (Extension(Actor::Anonymous), error).into_response();
         }
     }
+    scrape.scraped.cancel();
     telemetry::refresh();
     let body = scrape.handle.render();
     let mut response = (StatusCode::OK, body).into_response();
