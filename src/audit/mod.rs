@@ -304,6 +304,15 @@ impl Audit {
     /// the records it decided on in the same transaction: a state change and its audit
     /// records are committed together or not at all.
     pub async fn transact<W: Transaction>(&self, work: &W) -> Result<W::Output, AuditError> {
+        // Timed as its caller waits for it: the chain lock, the attempts, the commit.
+        let started = std::time::Instant::now();
+        let result = self.transact_timed(work).await;
+        crate::telemetry::store_write(started.elapsed(), result.is_ok());
+        result
+    }
+
+    /// [`Self::transact`] without its timing.
+    async fn transact_timed<W: Transaction>(&self, work: &W) -> Result<W::Output, AuditError> {
         let mut head = self.append_lock.lock().await;
         // Another process (the CLI beside the server, or a second replica) may take the same
         // sequence number; the primary key refuses the loser, which then retries on the new head.

@@ -102,6 +102,7 @@ pub(super) async fn check_config(config: &Config) -> Result<ExitCode, CliError> 
         "server": {
             "listen": config.server.listen,
             "operator_listen": config.server.operator_listen,
+            "metrics_listen": config.server.metrics_listen,
             "request_timeout": humantime::format_duration(config.server.request_timeout).to_string(),
             "header_read_timeout": humantime::format_duration(config.server.header_read_timeout).to_string(),
             // null: sized at start to fit the open-file limit.
@@ -136,6 +137,10 @@ pub(super) async fn check_config(config: &Config) -> Result<ExitCode, CliError> 
             "keep_finished": humantime::format_duration(config.queue.keep_finished).to_string(),
         },
         "operators": config.operators.iter().map(|o| json!({"name": o.name, "token_sha256": "<redacted>"})).collect::<Vec<_>>(),
+        "metrics": {
+            "tokens_sha256": config.metrics.tokens_sha256.iter().map(|_| "<redacted>").collect::<Vec<_>>(),
+            "sessions_interval": humantime::format_duration(config.metrics.sessions_interval).to_string(),
+        },
         "targets": targets,
         "credentials": credentials,
         "aws": {

@@ -1,7 +1,8 @@
 //! The service's configuration: TOML, strictly validated, secrets kept outside the file.
 //! One file per section (`server`, `store` with `audit`, `webhooks`, `queue`, `termination`,
-//! `targets`, `credentials`, `operators`, `vault`, `aws`, `windows`, `policies`), each with its
-//! own `validate()`, which `Config::validate` calls in turn; every type is re-exported here as
+//! `targets`, `credentials`, `operators`, `metrics`, `vault`, `aws`, `windows`, `policies`,
+//! `alertmanager`), each with its own `validate()`, which `Config::validate` calls in turn;
+//! every type is re-exported here as
 //! `crate::config::X`. May call `fds` (a leaf) and nothing else of the crate.
 
 mod alertmanager;
@@ -11,6 +12,7 @@ pub mod names;
 mod operators;
 mod own_logins;
 mod policies;
+mod prometheus;
 mod queue;
 mod secret;
 mod server;
@@ -35,6 +37,7 @@ pub use credentials::{
 };
 pub use operators::OperatorConfig;
 pub use policies::{Enforcement, PolicyConfig, PolicyMode, PolicyTargets, SWEEP_PREFIX};
+pub use prometheus::MetricsConfig;
 pub use queue::QueueConfig;
 pub use secret::{SecretRef, UrlSource, redact_url};
 pub use server::ServerConfig;
@@ -109,6 +112,9 @@ pub struct Config {
     /// People (or systems) allowed to call the operator API.
     #[serde(default)]
     pub operators: Vec<OperatorConfig>,
+    /// Who may scrape `GET /metrics` on the operator listener; how often gauges are collected.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Database servers sever can terminate sessions on, by id.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetConfig>,
@@ -173,6 +179,21 @@ impl Config {
         if self.operators.is_empty() {
             warnings.push("no operators configured: the operator API refuses every call".into());
         }
+        if self.server.metrics_listen.is_none() && self.metrics.tokens_sha256.is_empty() {
+            warnings.push(
+                "neither server.metrics_listen nor metrics.tokens_sha256 configured: GET /metrics \
+                 refuses every call (401)"
+                    .into(),
+            );
+        }
+        if let Some(addr) = self.server.metrics_listen
+            && !server::is_private(addr.ip())
+        {
+            warnings.push(format!(
+                "server.metrics_listen = {addr} is not a loopback or private address: GET /metrics \
+                 there asks for no token, so anyone who can reach it reads the metrics"
+            ));
+        }
         if self.targets.is_empty() {
             warnings.push("no targets configured: nothing can be terminated".into());
         }
@@ -211,7 +232,8 @@ impl Config {
         windows::validate(&self.windows)?;
         policies::validate(self)?;
         alertmanager::validate(self)?;
-        operators::validate(&self.operators)
+        operators::validate(&self.operators)?;
+        self.metrics.validate(&self.operators)
     }
 
     /// Where the descriptors under the open-file `limit` go with this configuration, apart
@@ -233,7 +255,13 @@ impl Config {
             || self.credentials.values().any(|c| c.aws.is_some());
         Budget {
             limit,
-            reserve: fds::RESERVE,
+            // The metrics listener's few connections come out of the reserve's side.
+            reserve: fds::RESERVE
+                + if self.server.metrics_listen.is_some() {
+                    fds::METRICS_MAX_CONNECTIONS as u64
+                } else {
+                    0
+                },
             store: fds::STORE_POOL,
             targets,
             checkpoint_file: u64::from(self.audit.checkpoint_file.is_some()),

@@ -32,13 +32,7 @@ pub(super) fn validate(operators: &[OperatorConfig]) -> Result<(), ConfigError> 
         if !names.insert(op.name.as_str()) {
             return Err(invalid(format!("{path}.name"), "duplicate operator name"));
         }
-        let hash = op.token_sha256.to_ascii_lowercase();
-        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(invalid(
-                format!("{path}.token_sha256"),
-                "must be 64 hex characters (run `sever operator-token`)",
-            ));
-        }
+        let hash = token_hash(&format!("{path}.token_sha256"), &op.token_sha256)?;
         if !hashes.insert(hash) {
             return Err(invalid(
                 format!("{path}.token_sha256"),
@@ -47,4 +41,17 @@ pub(super) fn validate(operators: &[OperatorConfig]) -> Result<(), ConfigError> 
         }
     }
     Ok(())
+}
+
+/// A configured token hash (`operators[].token_sha256`, `metrics.tokens_sha256[]`) checked
+/// and lowercased: 64 hex characters, as `sever operator-token` prints.
+pub(super) fn token_hash(path: &str, hash: &str) -> Result<String, ConfigError> {
+    let hash = hash.to_ascii_lowercase();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid(
+            path.to_owned(),
+            "must be 64 hex characters (run `sever operator-token`)",
+        ));
+    }
+    Ok(hash)
 }

@@ -1,7 +1,7 @@
 //! `[server]`: the listeners, their timeouts, connection caps and body limit. Uses `config`'s
 //! own types and `fds` (the caps as configured).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -17,6 +17,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Optional separate address for the operator API (and health checks).
     pub operator_listen: Option<SocketAddr>,
+    /// Optional address serving only `GET /metrics`, without a token: bind it where only
+    /// the scraper reaches it (loopback, a private network). Unset: `/metrics` is on the
+    /// operator listener, behind `metrics.tokens_sha256`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Upper bound for one request once its headers are in: reading the body, handling it,
     /// including `?wait=true` executions.
     #[serde(with = "humantime_serde")]
@@ -39,6 +43,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             operator_listen: None,
+            metrics_listen: None,
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             max_connections: None,
@@ -87,6 +92,31 @@ impl ServerConfig {
                 "must differ from server.listen (leave it unset to serve everything there)",
             ));
         }
+        if let Some(metrics) = self.metrics_listen
+            && (metrics == self.listen || Some(metrics) == self.operator_listen)
+        {
+            return Err(invalid(
+                "server.metrics_listen".into(),
+                "must differ from server.listen and server.operator_listen (leave it unset to \
+                 serve /metrics on the operator listener, with a token)",
+            ));
+        }
         Ok(())
+    }
+}
+
+/// Whether only a host or a private network can reach `ip`: loopback, RFC 1918, link-local,
+/// IPv6 unique-local. The unspecified address (every interface) is not.
+pub(super) fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unique_local()
+                || v6.is_unicast_link_local()
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_private(IpAddr::V4(v4)))
+        }
     }
 }

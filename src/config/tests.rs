@@ -278,3 +278,66 @@ fn locks_are_off_unless_enabled_and_a_lock_url_needs_them() {
         "{e}"
     );
 }
+
+#[test]
+fn metrics_tokens_are_hashes_of_their_own_and_the_collector_ticks_every_15s_by_default() {
+    let config = Config::parse(GOOD).unwrap();
+    assert!(config.metrics.tokens_sha256.is_empty());
+    assert_eq!(config.metrics.sessions_interval, Duration::from_secs(15));
+    let with = |body: &str| format!("{GOOD}\n[metrics]\n{body}\n");
+    let ok = with(&format!(
+        "tokens_sha256 = [\"{}\"]\nsessions_interval = \"200ms\"",
+        "A".repeat(64)
+    ));
+    let config = Config::parse(&ok).unwrap();
+    assert_eq!(config.metrics.sessions_interval, Duration::from_millis(200));
+    let e = err(&with("tokens_sha256 = [\"abc\"]"));
+    assert!(e.contains("metrics.tokens_sha256[0]"), "{e}");
+    // The operator's token (GOOD's hash, in another case) is not a scraper's.
+    let e = err(&with(&format!("tokens_sha256 = [\"{}\"]", "0".repeat(64))));
+    assert!(e.contains("operator's token"), "{e}");
+    let twice = format!("tokens_sha256 = [\"{0}\", \"{0}\"]", "b".repeat(64));
+    assert!(err(&with(&twice)).contains("metrics.tokens_sha256[1]"));
+    assert!(err(&with("sessions_interval = \"0s\"")).contains("metrics.sessions_interval"));
+    assert!(err(&with("token = \"x\"")).contains("token"));
+}
+
+#[test]
+fn the_metrics_listener_is_an_address_of_its_own_and_a_public_one_is_warned_about() {
+    let server = |body: &str| format!("{GOOD}\n[server]\n{body}\n");
+    let e = err(&server(
+        "listen = \"127.0.0.1:9000\"\nmetrics_listen = \"127.0.0.1:9000\"",
+    ));
+    assert!(e.contains("server.metrics_listen"), "{e}");
+    let e = err(&server(
+        "operator_listen = \"127.0.0.1:9001\"\nmetrics_listen = \"127.0.0.1:9001\"",
+    ));
+    assert!(e.contains("server.metrics_listen"), "{e}");
+    let warned = |text: &str, what: &str| {
+        Config::parse(text)
+            .unwrap()
+            .warnings()
+            .iter()
+            .any(|w| w.contains(what))
+    };
+    // Neither a listener nor a token: /metrics refuses every call.
+    assert!(warned(GOOD, "GET /metrics refuses every call"));
+    let token = format!(
+        "{GOOD}\n[metrics]\ntokens_sha256 = [\"{}\"]\n",
+        "c".repeat(64)
+    );
+    assert!(!warned(&token, "GET /metrics"));
+    for (addr, public) in [
+        ("127.0.0.1:9100", false),
+        ("10.1.2.3:9100", false),
+        ("[::1]:9100", false),
+        ("[fd00::1]:9100", false),
+        ("0.0.0.0:9100", true),
+        ("[::]:9100", true),
+        ("203.0.113.7:9100", true),
+    ] {
+        let text = server(&format!("metrics_listen = \"{addr}\""));
+        assert!(!warned(&text, "refuses every call"), "{addr}");
+        assert_eq!(warned(&text, "not a loopback or private"), public, "{addr}");
+    }
+}

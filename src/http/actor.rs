@@ -38,11 +38,11 @@ impl Actor {
             .unwrap_or_else(|| "unknown".into());
         Actor::Cli(user)
     }
-}
 
-impl fmt::Display for Actor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let fixed = match self {
+    /// The intake an event came through, as the audit trail names it (`webhook`,
+    /// `aws:sns`, `vault:watcher`, …), for metrics; `None` for people and the anonymous.
+    pub fn event_source(&self) -> Option<&'static str> {
+        Some(match self {
             Actor::Webhook => "webhook",
             Actor::VaultEvent => "vault:event",
             Actor::VaultSubscriber => "vault:subscriber",
@@ -51,11 +51,19 @@ impl fmt::Display for Actor {
             Actor::EventBridge => "aws:eventbridge",
             Actor::Sns => "aws:sns",
             Actor::Alertmanager => "alertmanager",
-            Actor::Anonymous => "anonymous",
-            Actor::Operator(name) => return write!(f, "operator:{name}"),
-            Actor::Cli(user) => return write!(f, "cli:{user}"),
-        };
-        f.write_str(fixed)
+            Actor::Operator(_) | Actor::Cli(_) | Actor::Anonymous => return None,
+        })
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Anonymous => f.write_str("anonymous"),
+            Actor::Operator(name) => write!(f, "operator:{name}"),
+            Actor::Cli(user) => write!(f, "cli:{user}"),
+            source => f.write_str(source.event_source().unwrap_or_default()),
+        }
     }
 }
 
@@ -79,5 +87,7 @@ mod tests {
         );
         assert_eq!(Actor::Cli("root".into()).to_string(), "cli:root");
         assert_eq!(String::from(&Actor::Anonymous), "anonymous");
+        assert_eq!(Actor::Sns.event_source(), Some("aws:sns"));
+        assert_eq!(Actor::Operator("alice".into()).event_source(), None);
     }
 }

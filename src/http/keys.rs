@@ -1,5 +1,6 @@
 //! The one check of a presented secret against configured SHA-256 hashes, in constant time:
-//! operator tokens and EventBridge API keys both go through it.
+//! operator tokens, metrics tokens and EventBridge API keys all go through it; and reading a
+//! bearer token from its header.
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -39,4 +40,11 @@ impl<T> HashedKeys<T> {
     pub fn names(&self) -> impl Iterator<Item = &T> {
         self.entries.iter().map(|(what, _)| what)
     }
+}
+
+/// The token of an `Authorization` value `Bearer <token>`, if it carries a non-blank one.
+/// The scheme is matched case-insensitively, as RFC 9110 (section 11.1) says schemes are.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    Some(token.trim()).filter(|token| scheme.eq_ignore_ascii_case("bearer") && !token.is_empty())
 }

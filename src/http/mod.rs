@@ -1,13 +1,15 @@
 //! The HTTP door's plumbing, shared by every area that answers over HTTP: the accept loop
 //! ([`server`]), the one JSON error shape ([`error`]), health checks ([`health`]), the
 //! recording of refused requests ([`refusal`], coalesced by [`rejections`]), hashed-key
-//! checks ([`keys`]), the audit [`actor`], replies ([`reply`]) and route assembly ([`app`]).
+//! checks ([`keys`]), the audit [`actor`], replies ([`reply`]), `GET /metrics`
+//! ([`exporter`]) and route assembly ([`app`]).
 //!
 //! May call: `runner`, `context`, `resolve`, `queue`, `audit`, `store`, `config`.
 //! Never `intake` or `operator`: their routers are handed to [`app`] by `lib.rs`.
 
 pub mod actor;
 pub mod error;
+pub mod exporter;
 pub mod health;
 pub mod keys;
 pub mod refusal;

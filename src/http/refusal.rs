@@ -45,6 +45,11 @@ impl Refusals {
             message: error,
         } = refusal;
         let (status, code) = (*status, *code);
+        // Counted before the coalescing below: a flood shows in full in the metrics.
+        crate::telemetry::refused(code);
+        if let Some(source) = actor.event_source() {
+            crate::telemetry::event_received(source, "refused");
+        }
         let actor = actor.to_string();
         let record =
             self.rejections
@@ -125,6 +130,14 @@ pub async fn record_refusals(
             .remove::<Actor>()
             .unwrap_or(Actor::Anonymous);
         refusals.record(&meta, &actor, &refusal).await;
+    } else if response.status().is_server_error()
+        && let Some(source) = response
+            .extensions()
+            .get::<Actor>()
+            .and_then(Actor::event_source)
+    {
+        // An event sever could not take (its store unavailable): not a refusal, still counted.
+        crate::telemetry::event_received(source, "failed");
     }
     response
 }

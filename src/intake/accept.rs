@@ -94,6 +94,7 @@ pub async fn accept(
     };
     match ctx.queue.submit(&ctx.audit, &submission).await {
         Ok(Submitted::Accepted(action_id)) => {
+            count(actor, "accepted");
             let actor = actor.to_string();
             tracing::info!(%action_id, actor = actor.as_str(), "event accepted");
             // Only where a credential's config asks for it (off by default: one signed event
@@ -118,6 +119,7 @@ pub async fn accept(
                 .append(entry)
                 .await
                 .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            count(actor, "duplicate");
             Ok(Accepted::Duplicate(action_id))
         }
         Err(e) => Err(ApiError::Unavailable(e.to_string())),
@@ -138,7 +140,16 @@ pub async fn note(
         .append(entry)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    count(actor, "ignored");
     let actor = actor.to_string();
     tracing::info!(actor = actor.as_str(), kind = kind.as_str(), %reason, "event needs no action");
     Ok(())
+}
+
+/// Counts an event taken in by its intake; refusals and failures are counted where they are
+/// recorded (`http::refusal`, [`super::Intake::refused`]).
+fn count(actor: &Actor, outcome: &'static str) {
+    if let Some(source) = actor.event_source() {
+        crate::telemetry::event_received(source, outcome);
+    }
 }

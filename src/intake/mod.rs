@@ -162,10 +162,12 @@ impl Intake {
 
     /// Records why an event that did not come as an HTTP request (from the Vault subscriber
     /// or watcher, `meta` saying which) was refused, as the refusal middleware does for
-    /// requests; errors that refuse nothing (sever's own unavailability) are not recorded.
+    /// requests; errors that refuse nothing (sever's own unavailability) are only counted.
     pub async fn refused(&self, meta: &RequestMeta, actor: &Actor, error: &ApiError) {
         if error.is_refusal() {
             self.refusals.record(meta, actor, &error.refusal()).await;
+        } else if let Some(source) = actor.event_source() {
+            crate::telemetry::event_received(source, "failed");
         }
     }
 

@@ -17,6 +17,7 @@ use crate::config::OperatorConfig;
 use crate::http::Actor;
 use crate::http::error::ApiError;
 use crate::http::keys::HashedKeys;
+pub use crate::http::keys::bearer_token;
 
 /// The configured operators.
 #[derive(Clone)]
@@ -42,13 +43,6 @@ pub fn new_token() -> (String, String) {
     let token = format!("sev_{}", hex::encode(bytes));
     let hash = token_hash(&token);
     (token, hash)
-}
-
-/// The token of an `Authorization` value `Bearer <token>`, if it carries a non-blank one.
-/// The scheme is matched case-insensitively, as RFC 9110 (section 11.1) says schemes are.
-pub fn bearer_token(header: &str) -> Option<&str> {
-    let (scheme, token) = header.split_once(' ')?;
-    Some(token.trim()).filter(|token| scheme.eq_ignore_ascii_case("bearer") && !token.is_empty())
 }
 
 impl Operators {

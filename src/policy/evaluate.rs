@@ -173,6 +173,11 @@ pub async fn evaluate(
         Policy::Rule(rule) => evaluate_rule(ctx, rule, trigger, at).await?,
         Policy::Sweep { target, .. } => sweep(ctx, &policy, target, trigger, at).await?,
     };
+    crate::telemetry::policy_evaluated(
+        &name,
+        evaluation.outcome.as_str(),
+        evaluation.matched() as u64,
+    );
     if trigger.execute {
         let last = LastEvaluation {
             at: crate::store::timestamp(at),

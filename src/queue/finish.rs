@@ -10,8 +10,9 @@ use serde_json::json;
 use sqlx::Row;
 
 use super::{Lease, Queue, QueueError, at, status_name, to_json};
-use crate::action::{self, ActionReport, TargetReport};
+use crate::action::{self, ActionReport, Origin, Plan, Status, TargetReport};
 use crate::audit::{Audit, Decision, Entry, Kind, Transaction};
+use crate::telemetry;
 use crate::terminate::classify::{DETERMINISTIC_ATTEMPTS, ErrorClass};
 
 impl Queue {
@@ -31,7 +32,11 @@ impl Queue {
             })
             .await?;
         let recorded = done.is_some();
+        if recorded {
+            observe_step(lease, report);
+        }
         if let Some(Some(report)) = done {
+            observe_action(&lease.plan, &report);
             self.forget_plan(&lease.action_id.to_string());
             self.announce(lease.action_id, report);
         }
@@ -80,7 +85,7 @@ impl Queue {
         let backoff = chrono::Duration::from_std(backoff(lease.attempts, self.config.max_backoff))
             .unwrap_or_default();
         let next = (now + backoff).min(lease.deadline);
-        audit
+        let put_back = audit
             .transact(&RetryTx {
                 owner: &self.owner,
                 lease,
@@ -88,8 +93,53 @@ impl Queue {
                 class,
                 next,
             })
-            .await
-            .map_err(Into::into)
+            .await?;
+        if put_back {
+            telemetry::step_retried(&lease.target, class_name(class));
+        }
+        Ok(put_back)
+    }
+}
+
+/// Counts what a step recorded just now did to its sessions (dry runs change nothing and
+/// count nothing), once per step: a step is recorded finished only once.
+fn observe_step(lease: &Lease, report: &TargetReport) {
+    let plan = &lease.plan;
+    if plan.dry_run {
+        return;
+    }
+    let decisions = action::decisions(&report.outcome, false, plan.ending.mode);
+    telemetry::step_sessions(
+        &report.target,
+        plan.origin.name(),
+        decisions.iter().map(|d| d.decision.as_str()),
+    );
+}
+
+/// Counts a finished action; for a rotation event's action that completed, the time from
+/// the event's receipt to now, when its last step was recorded clean. The receipt time is
+/// the action id's: a UUIDv7 made when the event was resolved, right after it arrived (for
+/// AWS and Vault, after the lookup of the secret or role).
+fn observe_action(plan: &Plan, report: &ActionReport) {
+    if plan.dry_run {
+        return;
+    }
+    let origin = plan.origin.name();
+    telemetry::action_finished(origin, status_name(report.status));
+    let from_event = matches!(
+        plan.origin,
+        Origin::Event { .. } | Origin::Aws { .. } | Origin::Vault { .. }
+    );
+    if from_event
+        && report.status == Status::Completed
+        && let Some(received) = plan.action_id.get_timestamp()
+    {
+        let (secs, nanos) = received.to_unix();
+        let received = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
+        let took = std::time::SystemTime::now()
+            .duration_since(received)
+            .unwrap_or_default();
+        telemetry::event_to_clean(origin, took);
     }
 }
 

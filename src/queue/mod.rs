@@ -197,6 +197,17 @@ pub struct ActionStatus {
     pub report: Option<ActionReport>,
 }
 
+/// How deep the queue is, as [`Queue::depth`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Depth {
+    /// Pending steps that are due: waiting for a worker, or running.
+    pub due: u64,
+    /// Pending steps due later (a retry's backoff, a lock's or drain's expiry).
+    pub scheduled: u64,
+    /// When the oldest due step became due.
+    pub oldest_due: Option<DateTime<Utc>>,
+}
+
 /// Which actions [`Queue::list`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct ActionFilter {

@@ -1,5 +1,5 @@
 //! What the queue shows: an action's status and report, waiting for it to finish, the
-//! targets with steps waiting, and pruning finished actions.
+//! targets with steps waiting, its depth, and pruning finished actions.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::{
-    ActionFilter, ActionStatus, ActionSummary, Queue, QueueError, StepStatus, at, from_json,
+    ActionFilter, ActionStatus, ActionSummary, Depth, Queue, QueueError, StepStatus, at, from_json,
 };
 use crate::action::ActionReport;
 
@@ -28,6 +28,27 @@ impl Queue {
         rows.iter()
             .map(|r| Ok((r.try_get("target")?, r.try_get::<i32, _>("retrying")? > 0)))
             .collect()
+    }
+
+    /// How deep the queue is now: pending steps that are due (waiting or running), those
+    /// scheduled for later, and when the oldest due one became due. One indexed query, for
+    /// the metrics collector's tick.
+    pub async fn depth(&self) -> Result<Depth, QueueError> {
+        let row = sqlx::query(
+            "SELECT COUNT(CASE WHEN next_attempt_at <= $1 THEN 1 END) AS due, \
+               COUNT(CASE WHEN next_attempt_at > $1 THEN 1 END) AS later, \
+               MIN(CASE WHEN next_attempt_at <= $1 THEN next_attempt_at END) AS oldest \
+             FROM action_steps WHERE state = 'pending'",
+        )
+        .bind(at(Utc::now()))
+        .fetch_one(self.store.pool())
+        .await?;
+        let oldest: Option<String> = row.try_get("oldest")?;
+        Ok(Depth {
+            due: u64::try_from(row.try_get::<i64, _>("due")?).unwrap_or_default(),
+            scheduled: u64::try_from(row.try_get::<i64, _>("later")?).unwrap_or_default(),
+            oldest_due: oldest.as_deref().map(super::parse_time).transpose()?,
+        })
     }
 
     /// Makes the steps waiting on `target` for a retry due now (the target answered again),

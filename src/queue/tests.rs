@@ -492,3 +492,48 @@ async fn a_waiter_gets_the_report_of_a_finish_here_before_or_after_it_subscribed
     });
     assert_eq!(report.unwrap().unwrap().action_id, s.plan.action_id);
 }
+
+/// The depth the metrics collector reads: due steps (waiting or leased), scheduled ones, and
+/// the oldest due one's due time; on both store backends (the SQL is shared).
+async fn depth_counts_due_and_scheduled_steps(store: Store) {
+    let audit = Audit::new(store.clone());
+    let q = Queue::new(store, "depth".into(), QueueConfig::default());
+    let empty = q.depth().await.unwrap();
+    assert_eq!((empty.due, empty.scheduled, empty.oldest_due), (0, 0, None));
+    let before = Utc::now();
+    q.submit(&audit, &submission(&["a", "b"], &[]))
+        .await
+        .unwrap();
+    let later = Submission {
+        due: Some(Utc::now() + chrono::Duration::hours(1)),
+        ..submission(&["a"], &[])
+    };
+    q.submit(&audit, &later).await.unwrap();
+    let depth = q.depth().await.unwrap();
+    assert_eq!((depth.due, depth.scheduled), (2, 1));
+    let oldest = depth.oldest_due.unwrap();
+    assert!(oldest >= before - chrono::Duration::seconds(1) && oldest <= Utc::now());
+    // A leased step is still due work; a finished one is no longer counted.
+    let lease = q.claim(1, None).await.unwrap().pop().unwrap();
+    assert_eq!(q.depth().await.unwrap().due, 2);
+    assert!(
+        q.finish(&audit, &lease, &done(&lease.target))
+            .await
+            .unwrap()
+    );
+    assert_eq!(q.depth().await.unwrap().due, 1);
+}
+
+#[tokio::test]
+async fn queue_depth_on_sqlite() {
+    let (_dir, store, _, _) = queue("depth", Duration::from_secs(30)).await;
+    depth_counts_due_and_scheduled_steps(store).await;
+}
+
+#[tokio::test]
+async fn queue_depth_on_postgres() {
+    let pg = sever_testkit::pg::TestPostgres::start();
+    let url = pg.superuser_url("postgres");
+    let store = Store::connect(&SecretString::from(url)).await.unwrap();
+    depth_counts_due_and_scheduled_steps(store).await;
+}

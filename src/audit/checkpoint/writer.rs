@@ -151,6 +151,8 @@ impl Writer {
             tracing::error!(checkpoint = cp.index, "audit trail tampered with: {what}");
             self.chain_health.record(what);
         }
+        crate::telemetry::checkpoint_written();
+        crate::telemetry::chain_checked(self.chain_health.state().is_ok());
         tracing::info!(
             index = cp.index,
             at = %cp.at,

@@ -16,6 +16,7 @@ use vaultrs::client::{Client as _, Identity, VaultClient, VaultClientSettingsBui
 use super::token::TokenLease;
 use super::{StaticRole, VaultError, transport};
 use crate::config::{CredentialVault, VaultAuth, VaultConfig};
+use crate::telemetry::VaultToken;
 
 /// Vault's answer to a read, told apart the ways sever needs.
 enum Read<T> {
@@ -134,6 +135,12 @@ impl Vault {
 
     pub(super) fn set_lease(&self, lease: Option<TokenLease>) {
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = lease;
+        let token = match lease.map(|l| l.expires_at) {
+            None => VaultToken::Missing,
+            Some(None) => VaultToken::Unlimited,
+            Some(Some(at)) => VaultToken::ExpiresIn(at.saturating_duration_since(Instant::now())),
+        };
+        crate::telemetry::vault_token(token);
     }
 
     /// A digest of the current token, to tell whether a re-read changed it without keeping
