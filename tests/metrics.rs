@@ -165,6 +165,13 @@ async fn metrics_follow_real_terminations_and_only_scrapers_may_read_them() {
         .credential("orders", &[("main", "app")])
         .set("metrics.tokens_sha256", vec![token_hash(METRICS_TOKEN)])
         .set("metrics.sessions_interval", "200ms")
+        .merge_toml(
+            r#"[[policies]]
+            name = "watch"
+            targets = ["main"]
+            selector = { logins = ["app"] }
+            interval = "1h""#,
+        )
         .toml();
     let path = ws.write_config(&config);
     let app = pg.open_sessions("app", "pw", 2).await;
@@ -234,6 +241,32 @@ async fn metrics_follow_real_terminations_and_only_scrapers_may_read_them() {
     let checkpoint = value(&before, "sever_audit_checkpoint_timestamp_seconds", &[]).unwrap();
     assert!((checkpoint - now() as f64).abs() < 60.0, "{checkpoint}");
     assert!(value(&before, "sever_audit_checkpoint_age_seconds", &[]).is_some());
+
+    // An observing policy's evaluation is counted by policy and outcome, with what it
+    // picked (a quarter of the target's clients at most: one here).
+    let (status, evaluation) = server
+        .operator_post("/v1/policies/watch/run", &json!({"execute": true}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{evaluation}");
+    assert_eq!(evaluation["outcome"], "observed", "{evaluation}");
+    let picked = evaluation["targets"][0]["allotted"].as_f64().unwrap();
+    let (_, counted) = scrape_until(&client, &scrape_url, None, "the policy's evaluation", |s| {
+        value(
+            s,
+            "sever_policy_evaluations_total",
+            &[("policy", "watch"), ("outcome", "observed")],
+        ) == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        value(
+            &counted,
+            "sever_policy_matched_sessions_total",
+            &[("policy", "watch")]
+        ),
+        Some(picked)
+    );
+    assert!(picked >= 1.0, "{evaluation}");
 
     // A real rotation: the app's two sessions predate it and are terminated.
     tokio::time::sleep(Duration::from_millis(20)).await;
