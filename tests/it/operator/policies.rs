@@ -455,3 +455,45 @@ async fn a_login_sessions_threshold_counts_the_logins_sessions_in_any_state() {
     assert_eq!(threshold(&above)["login_sessions"], 6, "{above}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_target_that_cannot_be_read_reports_its_error_and_the_next_still_runs() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    let down = ws.secret_path("down.url", "postgres://sever_admin:pw@127.0.0.1:1/postgres");
+    let config = with_policy(
+        &pg,
+        &ws,
+        // "down" sorts first, so it is evaluated (and would take max_per_run) first.
+        r#"name = "idle-app"
+        targets = ["down", "main"]
+        selector = { logins = ["app"], states = ["idle"] }
+        max_per_run = 1
+        enforcement = "enforce"
+        interval = "1h""#,
+    )
+    .await
+    .target_postgres("down", &down)
+    .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let sessions = pg.open_sessions("app", "pw", 8).await;
+
+    let evaluation = run(&server, "idle-app", true).await;
+    assert_eq!(evaluation["outcome"], "fired", "{evaluation}");
+    let targets = evaluation["targets"].as_array().unwrap();
+    assert_eq!(targets[0]["target"], "down");
+    assert!(targets[0]["error"].is_string(), "{evaluation}");
+    assert_eq!(targets[1]["allotted"], 1, "{evaluation}");
+    assert_eq!(
+        pids(&evaluation["action"], "main", "terminated"),
+        sorted(&sessions[..1]),
+        "{evaluation}"
+    );
+    let (_, policies) = server.operator_get("/v1/policies").await;
+    let last = &listed(&policies, "idle-app")["last_evaluation"];
+    assert!(
+        last["error"].is_string(),
+        "the failing target is on record: {last}"
+    );
+    server.stop().await;
+}
