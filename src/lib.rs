@@ -133,24 +133,10 @@ pub async fn run_with(
     let has_operator_listener =
         options.operator_listener.is_some() || config.server.operator_listen.is_some();
     let caps = connection_caps(&config, has_operator_listener)?;
-    let operator_listener = match (options.operator_listener, config.server.operator_listen) {
-        (Some(listener), _) => Some(listener),
-        (None, Some(addr)) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind { addr, source })?,
-        ),
-        (None, None) => None,
-    };
-    let metrics_listener = match (options.metrics_listener, config.server.metrics_listen) {
-        (Some(listener), _) => Some(listener),
-        (None, Some(addr)) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind { addr, source })?,
-        ),
-        (None, None) => None,
-    };
+    let operator_listener =
+        given_or_bound(options.operator_listener, config.server.operator_listen).await?;
+    let metrics_listener =
+        given_or_bound(options.metrics_listener, config.server.metrics_listen).await?;
     // Before anything records: the recorder is the process's, installed once.
     let metrics = http::exporter::install();
     let ctx = Arc::new(Context::build(config).await?);
@@ -310,6 +296,21 @@ pub async fn run_with(
     refusals.flush().await;
     tracing::info!("sever stopped");
     Ok(())
+}
+
+/// The listener a caller gave, else one bound to the configured address, else none.
+async fn given_or_bound(
+    given: Option<TcpListener>,
+    configured: Option<std::net::SocketAddr>,
+) -> Result<Option<TcpListener>, ServeError> {
+    match (given, configured) {
+        (Some(listener), _) => Ok(Some(listener)),
+        (None, Some(addr)) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| ServeError::Bind { addr, source }),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Raises the open-file limit and sizes each listener's connection cap to fit under it,

@@ -169,6 +169,13 @@ async fn handle(ctx: &Context, group_key: &str, alert: &Alert) -> Result<AlertOu
         if let (Some(map), serde_json::Value::Object(more)) = (d.as_object_mut(), detail) {
             map.extend(more);
         }
+        let outcome = match kind {
+            Kind::EventAccepted => "accepted",
+            Kind::EventDuplicate => "duplicate",
+            // Resolved alerts too: they need no action.
+            _ => "ignored",
+        };
+        crate::telemetry::event_received("alertmanager", outcome);
         ctx.audit
             .append(Entry::new(kind, Actor::Alertmanager.to_string(), None, d))
             .await

@@ -38,19 +38,8 @@ async fn run(server: &TestServer, name: &str, execute: bool) -> Value {
     evaluation
 }
 
-/// Every audit record of `kind`: its actor and its detail.
 async fn records(ws: &Workspace, kind: &str) -> Vec<(String, Value)> {
-    ws.audit()
-        .await
-        .list(&sever::audit::ListFilter {
-            kind: Some(kind.into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.actor.clone(), serde_json::from_str(&r.detail).unwrap()))
-        .collect()
+    ws.records_by(kind).await
 }
 
 fn threshold(evaluation: &Value) -> &Value {

@@ -145,6 +145,15 @@ impl Workspace {
 
     /// The details of every audit record of `kind`, oldest first.
     pub async fn records(&self, kind: &str) -> Vec<Value> {
+        self.records_by(kind)
+            .await
+            .into_iter()
+            .map(|(_, detail)| detail)
+            .collect()
+    }
+
+    /// Every audit record of `kind`, oldest first: its actor and its details.
+    pub async fn records_by(&self, kind: &str) -> Vec<(String, Value)> {
         self.audit()
             .await
             .list(&sever::audit::ListFilter {
@@ -154,7 +163,7 @@ impl Workspace {
             .await
             .unwrap()
             .iter()
-            .map(|r| serde_json::from_str(&r.detail).unwrap())
+            .map(|r| (r.actor.clone(), serde_json::from_str(&r.detail).unwrap()))
             .collect()
     }
 
