@@ -42,6 +42,8 @@ pub struct Context {
     pub checkpoint_file: Arc<CheckpointFileHealth>,
     /// Tampering the checkpoint writer noticed since start, for readiness.
     pub audit_chain: Arc<ChainHealth>,
+    /// Notifications out: queued in the store's outbox, delivered in the background.
+    pub notifier: Arc<crate::notify::Notifier>,
 }
 
 impl Context {
@@ -49,6 +51,8 @@ impl Context {
     pub async fn build(config: Config) -> Result<Self, ContextError> {
         let store = Store::connect(&config.store.url.load("store.url")?).await?;
         let targets = Targets::from_config(&config, &store)?;
+        let notifier = crate::notify::Notifier::new(&config, store.clone())
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
         let queue = Queue::new(
             store.clone(),
             Queue::owner_name("sever"),
@@ -61,6 +65,7 @@ impl Context {
                 config.audit.checkpoint_file.is_some(),
             )),
             audit_chain: Arc::default(),
+            notifier: Arc::new(notifier),
             config: Arc::new(config),
             store,
             targets,

@@ -21,6 +21,7 @@ pub mod fds;
 pub mod http;
 pub mod intake;
 pub mod logging;
+pub mod notify;
 pub mod operator;
 pub mod policy;
 pub mod queue;
@@ -185,6 +186,10 @@ pub async fn run_with(
     // On the tracker, so shutdown waits for a sweep in progress to finish its records.
     tracker.spawn(sweep::run_sweeper(ctx.clone(), background.clone()));
     tracker.spawn(policy::run_policies(ctx.clone(), background.clone()));
+    tokio::spawn(runner::schedule::run_announcer(
+        ctx.clone(),
+        background.clone(),
+    ));
     tracker.spawn(refusals.clone().flush_periodically(background.clone()));
     let upkeep = metrics.clone();
     // Cancelled by the first scrape: the collector lists no target before anyone looks.

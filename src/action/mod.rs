@@ -7,6 +7,7 @@
 //! calls nothing: resolution builds plans, the runner carries them out.
 
 pub mod records;
+mod schedule;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,6 +20,7 @@ use crate::select::{Ending, Mode, Pick, Selector};
 use crate::terminate::{Scope, Session, SkipReason, TerminateOutcome, same_session};
 
 pub use records::{completed_record, target_records};
+pub use schedule::{Schedule, ScheduleRequest};
 
 /// `rotated`: the old secret stopped being valid; `revoked`: the login must lose every session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +243,9 @@ pub struct Plan {
     /// and cutoff of a rotation or an incident revocation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<Selection>,
+    /// When it acts and is announced, if not at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
     /// Per-target work.
     pub steps: Vec<Step>,
 }
@@ -272,6 +277,9 @@ impl Plan {
     /// from the plan, which stores the scope once: a sweep's plan (origin `sweep`) sweeps
     /// with its pattern, any other terminates its logins' sessions in its scope.
     pub fn work(&self) -> Option<Work> {
+        if self.schedule.as_ref().is_some_and(|s| s.expired) {
+            return None;
+        }
         if let Some(selection) = &self.selection {
             return Some(Work::Select(Box::new(selection.clone())));
         }
@@ -395,6 +403,10 @@ pub enum Status {
     Completed,
     /// A target failed, a session could not be terminated, or one is still connected.
     Incomplete,
+    /// Called off before it acted (`POST /v1/actions/{id}/cancel`): nothing was ended.
+    Cancelled,
+    /// Its window did not open within its `max_wait`: nothing was ended.
+    Expired,
 }
 
 /// What happened on one target.
@@ -520,7 +532,9 @@ pub fn report(plan: &Plan, mut targets: Vec<TargetReport>) -> ActionReport {
     for t in &mut targets {
         t.decisions = decisions(&t.outcome, plan.dry_run, plan.ending.mode);
     }
-    let status = if targets.iter().all(TargetReport::ok) {
+    let status = if plan.schedule.as_ref().is_some_and(|s| s.expired) {
+        Status::Expired
+    } else if targets.iter().all(TargetReport::ok) {
         Status::Completed
     } else {
         Status::Incomplete

@@ -103,6 +103,12 @@ pub enum Kind {
     PolicyPaused,
     /// An operator resumed a paused policy.
     PolicyResumed,
+    /// A scheduled action was called off before it acted.
+    ActionCancelled,
+    /// A scheduled action was announced: what, where, why and when.
+    AnnouncementMade,
+    /// An announced action was called off (or expired), and that was announced.
+    AnnouncementCancelled,
 }
 
 impl Kind {
@@ -128,6 +134,9 @@ impl Kind {
             Kind::PolicyTarget => "policy.target",
             Kind::PolicyPaused => "policy.paused",
             Kind::PolicyResumed => "policy.resumed",
+            Kind::ActionCancelled => "action.cancelled",
+            Kind::AnnouncementMade => "announcement.made",
+            Kind::AnnouncementCancelled => "announcement.cancelled",
         }
     }
 }

@@ -172,7 +172,7 @@ pub(super) async fn finish(
         }
     }
     Ok(match report.status {
-        Status::Completed => ExitCode::SUCCESS,
-        Status::Incomplete => ExitCode::from(EXIT_INCOMPLETE),
+        Status::Completed | Status::Cancelled => ExitCode::SUCCESS,
+        Status::Incomplete | Status::Expired => ExitCode::from(EXIT_INCOMPLETE),
     })
 }

@@ -5,6 +5,7 @@
 //! [`revoke`] (`revoke`, `sweep`) and [`audit`]. The CLI may call everything below it (the
 //! server through `crate::run_with`, the operator functions, the runner); nothing calls it but `main`.
 
+mod actions;
 mod audit;
 mod check;
 mod drains;
@@ -161,6 +162,9 @@ pub enum Command {
     /// Read and check the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Scheduled actions: call one off before it acts.
+    #[command(subcommand)]
+    Action(actions::ActionCommand),
     /// Session policies: list them, evaluate one now, resume a paused one.
     #[command(subcommand)]
     Policy(policies::PolicyCommand),
@@ -219,6 +223,7 @@ impl Cli {
             Command::Drains(args) => drains::drains(config, args).await,
             Command::Audit(cmd) => audit::audit(config, cmd).await,
             Command::Policy(cmd) => policies::policy(config, cmd).await,
+            Command::Action(cmd) => actions::action(config, cmd).await,
             Command::OperatorToken => Ok(check::operator_token()),
         }
     }

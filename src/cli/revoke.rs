@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::sessions::{SelectorArgs, session_row, session_table};
 use super::{CliError, EXIT_INCOMPLETE};
-use crate::action::{ActionReport, Status};
+use crate::action::{ActionReport, ScheduleRequest, Status};
 use crate::config::Config;
 use crate::context::Context;
 use crate::http::Actor;
@@ -63,6 +63,41 @@ pub struct RevokeArgs {
     /// Print the JSON report instead of a summary.
     #[arg(long)]
     pub json: bool,
+    /// When to act, if not at once (the service carries it out then).
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+}
+
+/// When an action acts, if not at once: the schedule's fields as flags.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ScheduleArgs {
+    /// Announce this long before acting, e.g. 15m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub notify_before: Option<std::time::Duration>,
+    /// Act at or after this time (RFC 3339).
+    #[arg(long, conflicts_with = "window")]
+    pub not_before: Option<DateTime<Utc>>,
+    /// Act when this [[windows]] window is open.
+    #[arg(long)]
+    pub window: Option<String>,
+    /// How long to wait for the window (default 7d).
+    #[arg(long, value_parser = humantime::parse_duration, requires = "window")]
+    pub max_wait: Option<std::time::Duration>,
+    /// Act only if the announcement was delivered by then.
+    #[arg(long, requires = "notify_before")]
+    pub require_announcement: bool,
+}
+
+impl From<ScheduleArgs> for ScheduleRequest {
+    fn from(a: ScheduleArgs) -> Self {
+        Self {
+            notify_before: a.notify_before,
+            not_before: a.not_before,
+            window: a.window,
+            max_wait: a.max_wait,
+            require_announcement: a.require_announcement,
+        }
+    }
 }
 
 /// `sever sweep`.
@@ -101,6 +136,7 @@ pub(super) async fn revoke(config: Config, args: RevokeArgs) -> Result<ExitCode,
             grace: args.grace,
         },
         expect_count: args.expect_count,
+        schedule: args.schedule.into(),
     };
     // A selector revocation previews until told to act, as sp_kill and -WhatIf do.
     let preview_only = request.uses_selector() && !args.execute;
@@ -111,6 +147,33 @@ pub(super) async fn revoke(config: Config, args: RevokeArgs) -> Result<ExitCode,
     crate::operator::revocations::check_count(&ctx, &mut plan, request.expect_count)
         .await
         .map_err(|e| CliError::Usage(e.to_string()))?;
+    if let Some(schedule) = plan.schedule.clone().filter(|_| !plan.dry_run) {
+        // Stored for the service to carry out at its time; nothing is done here.
+        let id = plan.action_id;
+        let submission = crate::queue::Submission::new(plan, Actor::cli().to_string());
+        runner::schedule::submit(&ctx, submission)
+            .await
+            .map_err(runner::RunError::from)?;
+        let mut out = std::io::stdout().lock();
+        if schedule.expired {
+            writeln!(
+                out,
+                "action {id} expired: its window does not open within max_wait"
+            )?;
+            return Ok(ExitCode::from(EXIT_INCOMPLETE));
+        }
+        writeln!(
+            out,
+            "action {id} scheduled: acts at {}{}; a running sever carries it out \
+             (sever action cancel {id} --reason … calls it off)",
+            schedule.act_at,
+            schedule
+                .announce_at
+                .map(|t| format!(", announced at {t}"))
+                .unwrap_or_default()
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = runner::execute(&ctx, plan, &Actor::cli().to_string()).await?;
     let mut out = std::io::stdout().lock();
     if preview_only {
@@ -132,8 +195,8 @@ pub(super) async fn revoke(config: Config, args: RevokeArgs) -> Result<ExitCode,
         print_report(&mut out, &report)?;
     }
     Ok(match report.status {
-        Status::Completed => ExitCode::SUCCESS,
-        Status::Incomplete => ExitCode::from(EXIT_INCOMPLETE),
+        Status::Completed | Status::Cancelled => ExitCode::SUCCESS,
+        Status::Incomplete | Status::Expired => ExitCode::from(EXIT_INCOMPLETE),
     })
 }
 

@@ -126,6 +126,9 @@ pub enum ApiError {
     /// No active drain has this id (it never existed, or it has ended).
     #[error("no active drain {0}")]
     UnknownDrain(String),
+    /// The action cannot be called off: it has acted (or is acting), or has finished.
+    #[error("action cannot be cancelled: {0}")]
+    NotCancellable(String),
     /// No policy (or sweep) has this name.
     #[error("no policy is named {0:?}")]
     UnknownPolicy(String),
@@ -209,6 +212,7 @@ impl ApiError {
             ApiError::Body(_) => (S::BAD_REQUEST, "unreadable_body"),
             ApiError::UnknownAction(_) => (S::NOT_FOUND, "unknown_action"),
             ApiError::UnknownPolicy(_) => (S::NOT_FOUND, "unknown_policy"),
+            ApiError::NotCancellable(_) => (S::CONFLICT, "not_cancellable"),
             ApiError::UnknownLock(_) => (S::NOT_FOUND, "unknown_lock"),
             ApiError::UnknownDrain(_) => (S::NOT_FOUND, "unknown_drain"),
             ApiError::SelectionGrew { .. } => (S::CONFLICT, "selection_grew"),

@@ -29,6 +29,21 @@ pub fn running(action_id: uuid::Uuid, status: &str) -> Response {
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
+/// `202` for an action that waits for its time: when it acts, when it is announced, and
+/// where to follow it (`POST /v1/actions/{id}/cancel` calls it off until then).
+pub fn scheduled(action_id: uuid::Uuid, schedule: &crate::action::Schedule) -> Response {
+    let body = json!({
+        "action_id": action_id,
+        "status": "scheduled",
+        "act_at": schedule.act_at,
+        "announce_at": schedule.announce_at,
+        "window": schedule.window,
+        "poll": format!("/v1/actions/{action_id}"),
+        "cancel": format!("/v1/actions/{action_id}/cancel"),
+    });
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
 /// The finished report of `action_id`, waiting for it within the request's time limit;
 /// `202 {"status": "running"}` if it is still running then.
 pub async fn finished(ctx: &Context, action_id: uuid::Uuid) -> Result<Response, ApiError> {

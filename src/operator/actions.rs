@@ -10,11 +10,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Operator;
-use crate::action::Origin;
+use crate::action::{ActionReport, Origin};
 use crate::context::Context;
 use crate::http::Actor;
 use crate::http::error::ApiError;
-use crate::queue::{ActionFilter, ActionStatus, ActionSummary};
+use crate::queue::{ActionFilter, ActionStatus, ActionSummary, Cancelled};
 
 /// Shows an action: its status, each target's attempts and last error, and the report.
 pub async fn get_action(
@@ -39,6 +39,16 @@ pub async fn status(ctx: &Context, id: uuid::Uuid) -> Result<ActionStatus, ApiEr
     }
 }
 
+/// The statuses `GET /v1/actions` filters on.
+const STATUSES: [&str; 6] = [
+    "running",
+    "scheduled",
+    "completed",
+    "incomplete",
+    "cancelled",
+    "expired",
+];
+
 /// The most actions one page of `GET /v1/actions` holds.
 pub const MAX_PAGE: usize = 500;
 
@@ -51,7 +61,8 @@ pub struct ListQuery {
     pub origin: Option<String>,
     /// Only this actor, exactly (`operator:alice`).
     pub actor: Option<String>,
-    /// Only `running`, `completed` or `incomplete` actions.
+    /// Only `running`, `scheduled` (running, waiting for its time), `completed`,
+    /// `incomplete`, `cancelled` or `expired` actions.
     pub status: Option<String>,
     /// Only actions accepted at or after this moment (RFC 3339).
     pub since: Option<DateTime<Utc>>,
@@ -95,10 +106,11 @@ pub async fn list(ctx: &Context, q: &ListQuery) -> Result<ActionPage, ApiError> 
         )));
     }
     if let Some(status) = &q.status
-        && !["running", "completed", "incomplete"].contains(&status.as_str())
+        && !STATUSES.contains(&status.as_str())
     {
         return Err(ApiError::Invalid(format!(
-            "status: {status:?} is none of running, completed, incomplete"
+            "status: {status:?} is none of {}",
+            STATUSES.join(", ")
         )));
     }
     let limit = q.limit.unwrap_or(50);
@@ -127,4 +139,61 @@ pub async fn list(ctx: &Context, q: &ListQuery) -> Result<ActionPage, ApiError> 
         .then(|| actions.last().map(|a| a.action_id.clone()))
         .flatten();
     Ok(ActionPage { actions, next })
+}
+
+/// `POST /v1/actions/{id}/cancel`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    /// Why; required, recorded and announced.
+    pub reason: String,
+}
+
+/// Calls off a scheduled action that has not acted: `200` with its report (status
+/// `cancelled`), `409 not_cancellable` once it has begun or finished.
+pub async fn cancel_action(
+    State(state): State<super::OperatorState>,
+    operator: Operator,
+    id: Result<Path<uuid::Uuid>, PathRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> (Extension<Actor>, Result<Json<ActionReport>, ApiError>) {
+    let actor = operator.actor();
+    let answer = async {
+        let Path(id) = id.map_err(|e| ApiError::Invalid(e.body_text()))?;
+        let body = crate::http::body(body, state.max_body)?;
+        let request: CancelRequest = crate::http::error::parse_json(&body)?;
+        cancel(&state.ctx, id, &actor.to_string(), &request.reason)
+            .await
+            .map(Json)
+    };
+    let answer = answer.await;
+    (Extension(actor), answer)
+}
+
+/// Calls off action `id` for `actor`, with `reason` (required, at most 1024 characters).
+pub async fn cancel(
+    ctx: &Context,
+    id: uuid::Uuid,
+    actor: &str,
+    reason: &str,
+) -> Result<ActionReport, ApiError> {
+    if reason.trim().is_empty() || reason.chars().count() > 1024 {
+        return Err(ApiError::Invalid(
+            "reason is required (at most 1024 characters)".into(),
+        ));
+    }
+    match crate::runner::schedule::cancel(ctx, id, actor, reason).await {
+        Ok(Cancelled::Done(done)) => {
+            tracing::info!(action_id = %id, actor, "scheduled action cancelled");
+            Ok(done.0)
+        }
+        Ok(Cancelled::Unknown) => Err(ApiError::UnknownAction(id.to_string())),
+        Ok(Cancelled::Finished(status)) => Err(ApiError::NotCancellable(format!(
+            "it has finished ({status})"
+        ))),
+        Ok(Cancelled::Started) => Err(ApiError::NotCancellable(
+            "it has begun acting on a target".into(),
+        )),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    }
 }

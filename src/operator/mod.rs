@@ -65,6 +65,7 @@ pub fn router(state: OperatorState) -> Router {
         .route("/v1/sessions", get(sessions::get_sessions))
         .route("/v1/actions", get(actions::list_actions))
         .route("/v1/actions/{id}", get(actions::get_action))
+        .route("/v1/actions/{id}/cancel", post(actions::cancel_action))
         .route("/v1/locks", post(locks::post_lock).get(locks::get_locks))
         .route("/v1/locks/{id}", delete(locks::delete_lock))
         .route(

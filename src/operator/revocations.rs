@@ -39,8 +39,12 @@ pub async fn post_revocation(
         tracing::info!(action_id = %plan.action_id, operator = %operator.name,
             logins = ?request.selector.logins, all_logins = request.all_logins,
             mode = plan.ending.mode.as_str(), dry_run = request.dry_run, "revocation requested");
+        let schedule = plan.schedule.clone().filter(|s| !s.expired);
         let action_id = submit(&state.ctx, plan, &actor).await?;
-        finished(&state.ctx, action_id).await
+        match schedule {
+            Some(schedule) => Ok(crate::http::reply::scheduled(action_id, &schedule)),
+            None => finished(&state.ctx, action_id).await,
+        }
     };
     let answer = answer.await;
     (Extension(actor), answer)
@@ -120,7 +124,7 @@ pub async fn check_count(
 /// Stores the plan for the queue to carry out; the action's id.
 pub async fn submit(ctx: &Context, plan: Plan, actor: &Actor) -> Result<uuid::Uuid, ApiError> {
     let submission = Submission::new(plan, actor.to_string());
-    match ctx.queue.submit(&ctx.audit, &submission).await {
+    match crate::runner::schedule::submit(ctx, submission).await {
         Ok(Submitted::Accepted(action_id)) => Ok(action_id),
         // No claims were taken, so a duplicate cannot happen.
         Ok(Submitted::Duplicate { action_id, .. }) => Err(ApiError::Unavailable(format!(

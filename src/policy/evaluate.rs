@@ -316,6 +316,7 @@ async fn evaluate_rule(
             at_most: picked.clone(),
             pick: Some(pick),
         }),
+        schedule: None,
         steps: picked
             .keys()
             .map(|target| Step {

@@ -17,6 +17,7 @@
 //! (which targets may take more steps). May call `action`, `terminate`, `audit`, `store`
 //! and `config`.
 
+mod cancel;
 pub mod fairness;
 mod finish;
 mod lease;
@@ -32,10 +33,12 @@ use tokio::sync::{Mutex, Notify, broadcast, oneshot};
 use uuid::Uuid;
 
 use crate::action::{ActionReport, Plan, Status, Work};
+
 use crate::audit::{AuditError, Entry};
 use crate::config::QueueConfig;
 use crate::store::{Store, timestamp};
 use crate::terminate::Session;
+pub use cancel::Cancelled;
 
 /// Failures of the work queue.
 #[derive(Debug, thiserror::Error)]
@@ -421,6 +424,8 @@ fn status_name(status: Status) -> &'static str {
     match status {
         Status::Completed => "completed",
         Status::Incomplete => "incomplete",
+        Status::Cancelled => "cancelled",
+        Status::Expired => "expired",
     }
 }
 

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{
     ActionFilter, ActionStatus, ActionSummary, Depth, Queue, QueueError, StepStatus, at, from_json,
 };
-use crate::action::ActionReport;
+use crate::action::{ActionReport, Plan};
 
 impl Queue {
     /// Targets with pending steps, each with whether any of them waits for a retry a probe
@@ -144,6 +144,23 @@ impl Queue {
         }
     }
 
+    /// An action's plan, actor and status (`running`, `completed`, …), or `None` if there
+    /// is no such action.
+    pub async fn stored_plan(
+        &self,
+        action_id: Uuid,
+    ) -> Result<Option<(Plan, String, String)>, QueueError> {
+        let Some(row) = sqlx::query("SELECT plan, actor, status FROM actions WHERE action_id = $1")
+            .bind(action_id.to_string())
+            .fetch_optional(self.store.pool())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let plan = from_json("plan", &row.try_get::<String, _>("plan")?)?;
+        Ok(Some((plan, row.try_get("actor")?, row.try_get("status")?)))
+    }
+
     /// An action's state, or `None` if there is no such action.
     pub async fn status(&self, action_id: Uuid) -> Result<Option<ActionStatus>, QueueError> {
         let id = action_id.to_string();
@@ -174,19 +191,30 @@ impl Queue {
     /// Actions, newest first, filtered; at most `filter.limit`. Action ids are UUIDv7, so
     /// ordering by id is ordering by acceptance, and `before` (an id) pages back from it.
     pub async fn list(&self, filter: &ActionFilter) -> Result<Vec<ActionSummary>, QueueError> {
+        // `scheduled`: running, and waiting for its time (no step attempted, one due later).
+        let scheduled = filter.status.as_deref() == Some("scheduled");
+        let status = if scheduled {
+            Some("running")
+        } else {
+            filter.status.as_deref()
+        };
         let rows = sqlx::query(
             "SELECT action_id, origin, actor, status, created_at, finished_at FROM actions \
              WHERE ($1 IS NULL OR origin = $1) AND ($2 IS NULL OR actor = $2) \
                AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR created_at >= $4) \
                AND ($5 IS NULL OR action_id < $5) \
+               AND ($7 IS NULL OR EXISTS (SELECT 1 FROM action_steps s \
+                    WHERE s.action_id = actions.action_id AND s.state = 'pending' \
+                      AND s.attempts = 0 AND s.next_attempt_at > $7)) \
              ORDER BY action_id DESC LIMIT $6",
         )
         .bind(filter.origin.as_deref())
         .bind(filter.actor.as_deref())
-        .bind(filter.status.as_deref())
+        .bind(status)
         .bind(filter.since.map(at))
         .bind(filter.before.map(|id| id.to_string()))
         .bind(i64::try_from(filter.limit).unwrap_or(i64::MAX))
+        .bind(scheduled.then(|| at(chrono::Utc::now())))
         .fetch_all(self.store.pool())
         .await?;
         rows.iter()

@@ -31,6 +31,7 @@ fn submission(targets: &[&str], claims: &[&str]) -> Submission {
         cutoff_defaulted: false,
         ending: Default::default(),
         selection: None,
+        schedule: None,
         steps: targets
             .iter()
             .map(|t| Step {
@@ -422,6 +423,7 @@ async fn a_submission_run_again_after_it_committed_is_accepted_once() {
         cutoff_defaulted: false,
         ending: Default::default(),
         selection: None,
+        schedule: None,
         steps: vec![Step {
             target: "main".into(),
             logins: vec!["app".into()],

@@ -302,6 +302,7 @@ pub fn plan(
         cutoff_defaulted: false,
         ending: credential.ending(),
         selection: None,
+        schedule: None,
         steps: steps_for(config, mappings)?,
     })
 }

@@ -191,6 +191,7 @@ pub fn drain(
         cutoff_defaulted: false,
         ending,
         selection: None,
+        schedule: None,
         steps: steps.clone(),
     };
     let expiry = until.map(|until| {
@@ -227,6 +228,7 @@ pub fn undrain_plan(
         cutoff_defaulted: false,
         ending: Default::default(),
         selection: None,
+        schedule: None,
         steps,
     }
 }

@@ -144,6 +144,7 @@ pub fn lock(
         cutoff_defaulted: false,
         ending: Default::default(),
         selection: None,
+        schedule: None,
         steps: steps.clone(),
     };
     let expiry = until.map(|until| {
@@ -180,6 +181,7 @@ pub fn unlock_plan(
         cutoff_defaulted: false,
         ending: Default::default(),
         selection: None,
+        schedule: None,
         steps,
     }
 }

@@ -14,6 +14,7 @@ pub mod cutoff;
 pub mod drains;
 pub mod locks;
 mod revocation;
+pub mod schedule;
 pub mod sweep;
 pub mod vault;
 
@@ -148,6 +149,7 @@ pub fn event(
             EventKind::Rotated => credential.ending(),
         },
         selection: None,
+        schedule: None,
         steps: steps_for(config, mappings)?,
     })
 }

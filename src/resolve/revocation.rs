@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::{ResolveError, TargetSelection, check_login_on, check_reason, selector};
-use crate::action::{Origin, Plan, Selection, Step};
+use crate::action::{Origin, Plan, ScheduleRequest, Selection, Step};
 use crate::config::{Config, Engine};
 use crate::select::{Ending, MAX_GRACE, Mode, Selector};
 use crate::terminate::Scope;
@@ -49,6 +49,10 @@ pub struct RevocationRequest {
     /// refused (`409`) if more are selected now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_count: Option<usize>,
+    /// When it acts and is announced, if not at once (`notify_before`, `not_before`,
+    /// `window`, `max_wait`, `require_announcement`).
+    #[serde(flatten)]
+    pub schedule: ScheduleRequest,
 }
 
 /// The request as sent: its own fields, the rest read as the selector.
@@ -68,6 +72,16 @@ struct Wire {
     grace: Option<std::time::Duration>,
     #[serde(default)]
     expect_count: Option<usize>,
+    #[serde(default, with = "humantime_serde::option")]
+    notify_before: Option<std::time::Duration>,
+    #[serde(default)]
+    not_before: Option<DateTime<Utc>>,
+    #[serde(default)]
+    window: Option<String>,
+    #[serde(default, with = "humantime_serde::option")]
+    max_wait: Option<std::time::Duration>,
+    #[serde(default)]
+    require_announcement: bool,
     #[serde(flatten)]
     rest: Map<String, Value>,
 }
@@ -90,6 +104,13 @@ impl TryFrom<Wire> for RevocationRequest {
                 grace: w.grace,
             },
             expect_count: w.expect_count,
+            schedule: ScheduleRequest {
+                notify_before: w.notify_before,
+                not_before: w.not_before,
+                window: w.window,
+                max_wait: w.max_wait,
+                require_announcement: w.require_announcement,
+            },
         })
     }
 }
@@ -109,6 +130,7 @@ impl RevocationRequest {
             dry_run: false,
             ending: Ending::TERMINATE,
             expect_count: None,
+            schedule: ScheduleRequest::default(),
         }
     }
 
@@ -220,6 +242,7 @@ pub fn revocation(config: &Config, request: &RevocationRequest) -> Result<Plan, 
         at_most: BTreeMap::new(),
         pick: None,
     });
+    let schedule = super::schedule::schedule(config, &request.schedule, now)?;
     Ok(Plan {
         action_id: Uuid::now_v7(),
         origin: Origin::Revocation { login },
@@ -229,6 +252,7 @@ pub fn revocation(config: &Config, request: &RevocationRequest) -> Result<Plan, 
         cutoff_defaulted: false,
         ending: request.ending,
         selection,
+        schedule,
         steps,
     })
 }

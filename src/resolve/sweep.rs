@@ -48,6 +48,7 @@ pub fn plan(config: &Config, target: &str, dry_run: bool) -> Result<Plan, SweepE
         cutoff_defaulted: false,
         ending: Ending::TERMINATE,
         selection: None,
+        schedule: None,
         steps: vec![Step {
             target: target.to_owned(),
             logins: Vec::new(),

@@ -6,6 +6,7 @@
 //! May call `context` and everything below it (`resolve`, `queue`, `action`, `terminate`,
 //! `audit`); nothing below calls back up here.
 
+pub mod schedule;
 pub mod worker;
 
 use std::sync::Arc;
@@ -214,7 +215,10 @@ async fn run_step(
     let termination = &ctx.config.termination;
     // A graceful step waits its grace before it signals; the rest is as for any step.
     let limit = termination.timeout + termination.verify_timeout + plan.ending.grace();
+    let missing = schedule::announcement_missing(ctx, plan).await;
     let result = match ctx.targets.get(&step.target) {
+        // An action that required its announcement acts only once it was delivered.
+        _ if missing.is_some() => Err((missing.unwrap_or_default(), ErrorClass::Fatal)),
         // Resolution only plans configured targets; this guards a config/target mismatch.
         None => Err((
             format!("target {:?} is not configured", step.target),

@@ -27,6 +27,7 @@ fn lease(journal: Vec<Session>) -> Lease {
         cutoff_defaulted: false,
         ending: Default::default(),
         selection: None,
+        schedule: None,
         steps: vec![Step {
             target: "a".into(),
             logins: vec!["app".into()],

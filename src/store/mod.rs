@@ -6,6 +6,7 @@
 //!
 //! At the bottom: may call only `fds` (the pool size its descriptor budget counts).
 
+mod announcements;
 mod drains;
 mod file;
 mod locks;
@@ -23,6 +24,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use tokio_util::sync::CancellationToken;
 
+pub use announcements::AnnouncementRow;
 pub use drains::{DrainRow, Drained, NewDrain};
 pub use file::FileWatch;
 pub use locks::{Ended, LockRow, NewLock};

@@ -238,6 +238,7 @@ pub fn plan(
         cutoff_defaulted: false,
         ending: credential.ending(),
         selection: None,
+        schedule: None,
         steps: steps_for(config, mappings)?,
     })
 }
@@ -277,6 +278,7 @@ pub fn plan_for_mount(
         cutoff_defaulted: false,
         ending: Ending::TERMINATE,
         selection: None,
+        schedule: None,
         steps: steps_for(config, [(target.to_owned(), username.to_owned())])?,
     })
 }

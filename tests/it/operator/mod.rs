@@ -6,3 +6,4 @@ mod cli;
 mod drains;
 mod locks;
 mod policies;
+mod schedule;

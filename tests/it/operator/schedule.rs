@@ -1,0 +1,242 @@
+//! Announced and scheduled revocations through the real server, against a real PostgreSQL:
+//! announced at once, nothing ended before its time, and at its time the sessions selected
+//! then (a newer one included) are ended, across a restart of sever in between; a scheduled
+//! revocation called off ends nothing and its cancellation is announced; the waiting list
+//! (`status=scheduled`); a window that never opens expires; bad schedules are refused.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sever_testkit::pg::TestPostgres;
+
+use crate::support::sever::{TestServer, Workspace, cli, create_admin, stdout};
+
+const GONE: Duration = Duration::from_secs(8);
+
+async fn server_for(pg: &TestPostgres, ws: &Workspace) -> std::path::PathBuf {
+    create_admin(pg).await;
+    pg.create_login("app", "pw").await;
+    let config = ws
+        .target_config(ws.config(), "main", pg)
+        .set("queue.poll_interval", "100ms")
+        .merge_toml(
+            r#"[[windows]]
+            name = "never"
+            [[windows.time_intervals]]
+            years = ["2020"]"#,
+        )
+        .toml();
+    ws.write_config(&config)
+}
+
+async fn wait_for_record(ws: &Workspace, kind: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = ws.records(kind).await;
+        if !found.is_empty() || Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_announced_revocation_waits_then_ends_what_is_selected_then_across_a_restart() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    let path = server_for(&pg, &ws).await;
+    let server = TestServer::start(&path).await;
+    let early = pg.open_sessions("app", "pw", 2).await;
+
+    let (status, answer) = server
+        .operator_post(
+            "/v1/revocations",
+            &json!({"login": "app", "targets": ["main"], "reason": "planned rotation",
+                    "notify_before": "3s"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["status"], "scheduled", "{answer}");
+    let id = answer["action_id"].as_str().unwrap().to_owned();
+    let act_at: chrono::DateTime<chrono::Utc> = answer["act_at"].as_str().unwrap().parse().unwrap();
+
+    let announced = wait_for_record(&ws, "announcement.made").await;
+    assert_eq!(announced.len(), 1, "announced at once: {announced:?}");
+    assert_eq!(announced[0]["logins"], json!(["app"]));
+    assert_eq!(announced[0]["reason"], "planned rotation");
+    let (status, waiting) = server.operator_get("/v1/actions?status=scheduled").await;
+    assert_eq!(status, StatusCode::OK, "{waiting}");
+    assert_eq!(waiting["actions"][0]["action_id"], id, "{waiting}");
+    for pid in &early {
+        assert!(pg.is_alive(*pid).await, "nothing ends before its time");
+    }
+
+    // sever restarts while the action waits; a session opens meanwhile.
+    server.stop().await;
+    let late = pg.open_sessions("app", "pw", 1).await;
+    assert!(
+        chrono::Utc::now() < act_at,
+        "the test must restart before act_at"
+    );
+    let server = TestServer::start(&path).await;
+    for pid in early.iter().chain(&late) {
+        assert!(
+            pg.wait_gone(*pid, GONE).await,
+            "session {pid} ended at its time"
+        );
+    }
+    assert!(chrono::Utc::now() >= act_at, "not before act_at ({act_at})");
+    let (_, action) = server.operator_get(&format!("/v1/actions/{id}")).await;
+    assert_eq!(action["status"], "completed", "{action}");
+    assert_eq!(
+        ws.records("announcement.made").await.len(),
+        1,
+        "announced once, not again after the restart"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_revocation_ends_nothing_and_its_cancellation_is_announced() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    let path = server_for(&pg, &ws).await;
+    let server = TestServer::start(&path).await;
+    let sessions = pg.open_sessions("app", "pw", 2).await;
+    let not_before = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let (status, answer) = server
+        .operator_post(
+            "/v1/revocations",
+            &json!({"login": "app", "targets": ["main"], "reason": "maintenance",
+                    "notify_before": "1s", "not_before": not_before}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let id = answer["action_id"].as_str().unwrap().to_owned();
+    assert!(!wait_for_record(&ws, "announcement.made").await.is_empty());
+
+    let cancel = |reason: Value| {
+        let server = &server;
+        let id = id.clone();
+        async move {
+            server
+                .operator_post(
+                    &format!("/v1/actions/{id}/cancel"),
+                    &json!({"reason": reason}),
+                )
+                .await
+        }
+    };
+    let (status, refused) = cancel(json!(" ")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    let (status, report) = cancel(json!("the window moved")).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "cancelled", "{report}");
+    let (status, again) = cancel(json!("twice")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for pid in &sessions {
+        assert!(
+            pg.is_alive(*pid).await,
+            "a cancelled revocation ends nothing"
+        );
+    }
+    let cancelled = ws.records("action.cancelled").await;
+    assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+    assert_eq!(cancelled[0]["reason"], "the window moved");
+    let announced = ws.records("announcement.cancelled").await;
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    assert_eq!(announced[0]["reason"], "the window moved");
+    let (_, action) = server.operator_get(&format!("/v1/actions/{id}")).await;
+    assert_eq!(action["status"], "cancelled", "{action}");
+    assert!(ws.records("session.terminated").await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_window_that_never_opens_expires_and_bad_schedules_are_refused() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    let path = server_for(&pg, &ws).await;
+    let server = TestServer::start(&path).await;
+    let sessions = pg.open_sessions("app", "pw", 1).await;
+    let (status, report) = server
+        .operator_post(
+            "/v1/revocations",
+            &json!({"login": "app", "targets": ["main"], "reason": "r",
+                    "window": "never", "max_wait": "1h"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "expired", "{report}");
+    assert!(pg.is_alive(sessions[0]).await);
+    assert_eq!(ws.records("announcement.cancelled").await.len(), 1);
+
+    for (body, needle) in [
+        (json!({"window": "nope"}), "no [[windows]]"),
+        (
+            json!({"notify_before": "1h", "not_before": chrono::Utc::now()}),
+            "in time",
+        ),
+        (json!({"require_announcement": true}), "notify_before"),
+    ] {
+        let mut request = json!({"login": "app", "targets": ["main"], "reason": "r"});
+        request
+            .as_object_mut()
+            .unwrap()
+            .extend(body.as_object().unwrap().clone());
+        let (status, refused) = server.operator_post("/v1/revocations", &request).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+        assert!(refused.to_string().contains(needle), "{refused}");
+    }
+
+    // The CLI schedules for the service and calls off.
+    let out = cli(
+        &path,
+        &[
+            "revoke",
+            "--login",
+            "app",
+            "--target",
+            "main",
+            "--reason",
+            "later",
+            "--not-before",
+            "2999-01-01T00:00:00Z",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "more than 30 days ahead is refused: {out:?}"
+    );
+    let at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let out = cli(
+        &path,
+        &[
+            "revoke",
+            "--login",
+            "app",
+            "--target",
+            "main",
+            "--reason",
+            "later",
+            "--not-before",
+            &at,
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    let id = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("{text}"))
+        .to_owned();
+    assert!(text.contains("scheduled"), "{text}");
+    let out = cli(&path, &["action", "cancel", &id, "--reason", "not needed"]);
+    assert!(out.status.success(), "{out:?}");
+    let (_, action) = server.operator_get(&format!("/v1/actions/{id}")).await;
+    assert_eq!(action["status"], "cancelled", "{action}");
+    server.stop().await;
+}
