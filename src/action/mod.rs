@@ -19,8 +19,9 @@ use crate::config::{PreviousUserPolicy, RotationPolicy};
 use crate::select::{Ending, Mode, Pick, Selector};
 use crate::terminate::{Scope, Session, SkipReason, TerminateOutcome, same_session};
 
+pub use crate::config::ScheduleRequest;
 pub use records::{completed_record, target_records};
-pub use schedule::{Schedule, ScheduleRequest};
+pub use schedule::Schedule;
 
 /// `rotated`: the old secret stopped being valid; `revoked`: the login must lose every session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -46,6 +46,20 @@ pub struct CredentialConfig {
     /// How long `graceful` waits, e.g. `30s`.
     #[serde(default, with = "humantime_serde::option")]
     pub grace: Option<Duration>,
+    /// Announce a `rotated` event's termination this long ahead, and act only then (a
+    /// `revoked` event never waits). Unset: act at once.
+    #[serde(default, with = "humantime_serde::option")]
+    pub notify_before: Option<Duration>,
+    /// Act on a `rotated` event only when this `[[windows]]` window is open.
+    #[serde(default)]
+    pub window: Option<String>,
+    /// How long a rotation waits for `window` (default 7d); then it expires, recorded and
+    /// announced.
+    #[serde(default, with = "humantime_serde::option")]
+    pub max_wait: Option<Duration>,
+    /// Act only if the announcement was delivered by then.
+    #[serde(default)]
+    pub require_announcement: bool,
     /// A rotation of this credential lifts the login locks on its logins that began before
     /// the rotation. Off by default: otherwise one signed event could lift an incident lock.
     #[serde(default)]
@@ -101,6 +115,17 @@ pub enum PreviousUserPolicy {
 pub const MAX_CREDENTIAL_GRACE: Duration = Duration::from_secs(5 * 60);
 
 impl CredentialConfig {
+    /// When a `rotated` event acts and is announced, as configured.
+    pub fn schedule(&self) -> super::ScheduleRequest {
+        super::ScheduleRequest {
+            notify_before: self.notify_before,
+            not_before: None,
+            window: self.window.clone(),
+            max_wait: self.max_wait,
+            require_announcement: self.require_announcement,
+        }
+    }
+
     /// How a `rotated` event ends this credential's sessions.
     pub fn ending(&self) -> Ending {
         Ending {
@@ -142,6 +167,20 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             .ending()
             .validate(MAX_CREDENTIAL_GRACE)
             .map_err(|e| invalid(format!("{path}.{}", e.field), &e.problem))?;
+        if let Some(window) = &credential.window
+            && config.window(window).is_none()
+        {
+            return Err(invalid(
+                format!("{path}.window"),
+                &format!("no [[windows]] is named {window:?}"),
+            ));
+        }
+        if credential.require_announcement && credential.notify_before.is_none() {
+            return Err(invalid(
+                format!("{path}.require_announcement"),
+                "needs notify_before",
+            ));
+        }
         if credential.logins.is_empty() && !derives_logins {
             return Err(invalid(
                 format!("{path}.logins"),

@@ -57,6 +57,14 @@ pub struct PolicyConfig {
     /// Names of `[[windows]]`: an enforcing policy acts only inside one of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub windows: Vec<String>,
+    /// An enforcing firing is announced this long ahead and acts only then, selecting its
+    /// sessions again at that time.
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub notify_before: Option<Duration>,
     /// Runs in a row that end sessions before the policy pauses itself.
     #[serde(default = "default_pause_after")]
     pub pause_after: u32,
@@ -235,6 +243,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                     ),
                 ));
             }
+        }
+        if policy
+            .notify_before
+            .is_some_and(|d| d.is_zero() || d >= policy.interval)
+        {
+            return Err(invalid(
+                path("notify_before"),
+                "is more than zero and shorter than the interval: a firing acts before the \
+                 next evaluation",
+            ));
         }
         if policy.interval < Duration::from_secs(1) {
             return Err(invalid(path("interval"), "must be at least 1s"));

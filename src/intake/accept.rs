@@ -17,6 +17,8 @@ use crate::queue::{Submission, Submitted};
 pub enum Accepted {
     /// The action is stored and will be carried out.
     Started(uuid::Uuid),
+    /// The action is stored and waits for its time (its credential announces rotations).
+    Scheduled(uuid::Uuid, crate::action::Schedule),
     /// The same event was acted on before, as this action.
     Duplicate(String),
 }
@@ -75,6 +77,7 @@ pub async fn accept(
 ) -> Result<Accepted, ApiError> {
     let action_id = plan.action_id;
     // Cloned only where a rotation may lift locks: accepting an event is a hot path.
+    let schedule = plan.schedule.clone().filter(|s| !s.expired);
     let rotation = crate::operator::locks::lifting_credential(&ctx.config, &plan)
         .is_some()
         .then(|| plan.clone());
@@ -92,7 +95,8 @@ pub async fn accept(
         due: None,
         never_give_up: false,
     };
-    match ctx.queue.submit(&ctx.audit, &submission).await {
+    // A rotation its credential schedules waits for its time, announced ahead.
+    match crate::runner::schedule::submit(ctx, submission).await {
         Ok(Submitted::Accepted(action_id)) => {
             count(actor, "accepted");
             let actor = actor.to_string();
@@ -102,7 +106,10 @@ pub async fn accept(
             if let Some(rotation) = &rotation {
                 crate::operator::locks::lift_for_rotation(ctx, rotation).await;
             }
-            Ok(Accepted::Started(action_id))
+            Ok(match schedule {
+                Some(schedule) => Accepted::Scheduled(action_id, schedule),
+                None => Accepted::Started(action_id),
+            })
         }
         Ok(Submitted::Duplicate { index, action_id }) => {
             let claim = &claims[index];

@@ -155,6 +155,9 @@ impl Intake {
                 let body = json!({"status": "duplicate", "action_id": first});
                 Ok((StatusCode::OK, Json(body)).into_response())
             }
+            Accepted::Scheduled(action_id, schedule) => {
+                Ok(crate::http::reply::scheduled(action_id, &schedule))
+            }
             Accepted::Started(action_id) if !wait => Ok(running(action_id, "accepted")),
             Accepted::Started(action_id) => finished(&self.ctx, action_id).await,
         }

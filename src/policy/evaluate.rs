@@ -327,6 +327,25 @@ async fn evaluate_rule(
             .collect(),
     };
     let actor = Policy::Rule(rule).actor();
+    let mut plan = plan;
+    if let Some(ahead) = rule.notify_before.filter(|_| enforcing) {
+        // Announced now, acting later: it waits in the queue and selects again then.
+        let ask = crate::config::ScheduleRequest {
+            notify_before: Some(ahead),
+            ..Default::default()
+        };
+        plan.schedule = crate::resolve::schedule::schedule(&ctx.config, &ask, at)
+            .map_err(|e| PolicyError::Invalid(e.to_string()))?;
+        let submission = crate::queue::Submission::new(plan, actor);
+        // No claims were taken, so it is never a duplicate.
+        if let crate::queue::Submitted::Accepted(id) = runner::schedule::submit(ctx, submission)
+            .await
+            .map_err(|e| PolicyError::Run(RunError::from(e)))?
+        {
+            evaluation.running_action = Some(id);
+        }
+        return Ok(evaluation);
+    }
     carry_out(ctx, plan, &actor, &mut evaluation).await?;
     Ok(evaluation)
 }

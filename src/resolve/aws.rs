@@ -302,7 +302,7 @@ pub fn plan(
         cutoff_defaulted: false,
         ending: credential.ending(),
         selection: None,
-        schedule: None,
+        schedule: super::schedule::schedule(config, &credential.schedule(), chrono::Utc::now())?,
         steps: steps_for(config, mappings)?,
     })
 }

@@ -149,7 +149,11 @@ pub fn event(
             EventKind::Rotated => credential.ending(),
         },
         selection: None,
-        schedule: None,
+        // A revocation never waits; a rotation waits only if its credential says so.
+        schedule: match event.kind {
+            EventKind::Revoked => None,
+            EventKind::Rotated => schedule::schedule(config, &credential.schedule(), verified_at)?,
+        },
         steps: steps_for(config, mappings)?,
     })
 }

@@ -237,7 +237,7 @@ async fn watch_one(
         state.refused(&meta, &ACTOR, e).await;
     }
     match accepted {
-        Ok(Accepted::Started(action_id)) => {
+        Ok(Accepted::Started(action_id) | Accepted::Scheduled(action_id, _)) => {
             tracing::info!(%path, %action_id, "watcher saw a rotation");
         }
         Ok(Accepted::Duplicate(_)) => {}

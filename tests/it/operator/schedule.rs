@@ -240,3 +240,52 @@ async fn a_window_that_never_opens_expires_and_bad_schedules_are_refused() {
     assert_eq!(action["status"], "cancelled", "{action}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_credential_that_announces_rotations_waits_and_a_revoked_event_never_does() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    create_admin(&pg).await;
+    pg.create_login("app", "pw").await;
+    let config = ws
+        .target_config(ws.config(), "main", &pg)
+        .credential("orders", &[("main", "app")])
+        .set("credentials.orders.notify_before", "2s")
+        .set("queue.poll_interval", "100ms")
+        .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let rotated = pg.open_sessions("app", "pw", 2).await;
+
+    let (status, answer) = server
+        .event(&json!({"credential": "orders", "kind": "rotated"}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "answered at once, even asked to wait: {answer}"
+    );
+    assert_eq!(answer["status"], "scheduled", "{answer}");
+    let announced = wait_for_record(&ws, "announcement.made").await;
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    assert_eq!(announced[0]["origin"], "event");
+    for pid in &rotated {
+        assert!(pg.is_alive(*pid).await, "the rotation waits for its time");
+    }
+    for pid in &rotated {
+        assert!(pg.wait_gone(*pid, GONE).await, "then ends them");
+    }
+
+    let revoked = pg.open_sessions("app", "pw", 1).await;
+    let (status, report) = server
+        .event(&json!({"credential": "orders", "kind": "revoked"}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a revocation acts at once: {report}"
+    );
+    assert_eq!(report["status"], "completed", "{report}");
+    assert!(pg.wait_gone(revoked[0], GONE).await);
+    assert_eq!(ws.records("announcement.made").await.len(), 1);
+    server.stop().await;
+}
