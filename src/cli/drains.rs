@@ -54,6 +54,9 @@ pub struct DrainArgs {
     /// Print the JSON report.
     #[arg(long)]
     pub json: bool,
+    /// When to act, if not at once (the service carries it out then).
+    #[command(flatten)]
+    pub schedule: super::revoke::ScheduleArgs,
 }
 
 /// `sever undrain`.
@@ -108,6 +111,11 @@ pub(super) async fn drain(config: Config, args: DrainArgs) -> Result<ExitCode, C
             ..Selector::default()
         },
         lock_accounts: false,
+        notify_before: args.schedule.notify_before,
+        not_before: args.schedule.not_before,
+        window: args.schedule.window.clone(),
+        max_wait: args.schedule.max_wait,
+        require_announcement: args.schedule.require_announcement,
     };
     // Checked before anything is connected.
     crate::resolve::drains::drain(&config, &request, chrono::Utc::now())?;
@@ -115,6 +123,9 @@ pub(super) async fn drain(config: Config, args: DrainArgs) -> Result<ExitCode, C
     let id = take(&ctx, &request, &Actor::cli().to_string())
         .await
         .map_err(refused)?;
+    if request.schedule().is_set() {
+        return super::revoke::print_scheduled(&ctx, id).await;
+    }
     finish(&ctx, id, args.json, &format!("drain {id}")).await
 }
 

@@ -52,6 +52,9 @@ pub struct LockArgs {
     /// Print the JSON report.
     #[arg(long)]
     pub json: bool,
+    /// When to act, if not at once (the service carries it out then).
+    #[command(flatten)]
+    pub schedule: super::revoke::ScheduleArgs,
 }
 
 /// `sever unlock`.
@@ -94,6 +97,11 @@ pub(super) async fn lock(config: Config, args: LockArgs) -> Result<ExitCode, Cli
         duration: args.duration,
         permanent: args.permanent,
         terminate: !args.no_terminate,
+        notify_before: args.schedule.notify_before,
+        not_before: args.schedule.not_before,
+        window: args.schedule.window.clone(),
+        max_wait: args.schedule.max_wait,
+        require_announcement: args.schedule.require_announcement,
     };
     // Checked before anything is connected.
     crate::resolve::locks::lock(&config, &request, chrono::Utc::now())?;
@@ -101,6 +109,9 @@ pub(super) async fn lock(config: Config, args: LockArgs) -> Result<ExitCode, Cli
     let id = take(&ctx, &request, &Actor::cli().to_string())
         .await
         .map_err(refused)?;
+    if request.schedule().is_set() {
+        return super::revoke::print_scheduled(&ctx, id).await;
+    }
     finish(&ctx, id, args.json, &format!("lock {id}")).await
 }
 

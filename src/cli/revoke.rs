@@ -147,32 +147,14 @@ pub(super) async fn revoke(config: Config, args: RevokeArgs) -> Result<ExitCode,
     crate::operator::revocations::check_count(&ctx, &mut plan, request.expect_count)
         .await
         .map_err(|e| CliError::Usage(e.to_string()))?;
-    if let Some(schedule) = plan.schedule.clone().filter(|_| !plan.dry_run) {
+    if plan.schedule.is_some() && !plan.dry_run {
         // Stored for the service to carry out at its time; nothing is done here.
         let id = plan.action_id;
         let submission = crate::queue::Submission::new(plan, Actor::cli().to_string());
         runner::schedule::submit(&ctx, submission)
             .await
             .map_err(runner::RunError::from)?;
-        let mut out = std::io::stdout().lock();
-        if schedule.expired {
-            writeln!(
-                out,
-                "action {id} expired: its window does not open within max_wait"
-            )?;
-            return Ok(ExitCode::from(EXIT_INCOMPLETE));
-        }
-        writeln!(
-            out,
-            "action {id} scheduled: acts at {}{}; a running sever carries it out \
-             (sever action cancel {id} --reason … calls it off)",
-            schedule.act_at,
-            schedule
-                .announce_at
-                .map(|t| format!(", announced at {t}"))
-                .unwrap_or_default()
-        )?;
-        return Ok(ExitCode::SUCCESS);
+        return print_scheduled(&ctx, id).await;
     }
     let report = runner::execute(&ctx, plan, &Actor::cli().to_string()).await?;
     let mut out = std::io::stdout().lock();
@@ -198,6 +180,35 @@ pub(super) async fn revoke(config: Config, args: RevokeArgs) -> Result<ExitCode,
         Status::Completed | Status::Cancelled => ExitCode::SUCCESS,
         Status::Incomplete | Status::Expired => ExitCode::from(EXIT_INCOMPLETE),
     })
+}
+
+/// Says when a scheduled action acts (or that it expired), as stored.
+pub(super) async fn print_scheduled(ctx: &Context, id: uuid::Uuid) -> Result<ExitCode, CliError> {
+    let stored = ctx
+        .queue
+        .stored_plan(id)
+        .await
+        .map_err(runner::RunError::from)?;
+    let schedule = stored.and_then(|(plan, _, _)| plan.schedule);
+    let mut out = std::io::stdout().lock();
+    let Some(schedule) = schedule.filter(|s| !s.expired) else {
+        writeln!(
+            out,
+            "action {id} expired: its window does not open within max_wait"
+        )?;
+        return Ok(ExitCode::from(EXIT_INCOMPLETE));
+    };
+    writeln!(
+        out,
+        "action {id} scheduled: acts at {}{}; a running sever carries it out \
+         (sever action cancel {id} --reason … calls it off)",
+        schedule.act_at,
+        schedule
+            .announce_at
+            .map(|t| format!(", announced at {t}"))
+            .unwrap_or_default()
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(super) async fn sweep(config: Config, args: SweepArgs) -> Result<ExitCode, CliError> {

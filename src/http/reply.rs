@@ -55,3 +55,16 @@ pub async fn finished(ctx: &Context, action_id: uuid::Uuid) -> Result<Response, 
         Err(e) => Err(ApiError::Unavailable(e.to_string())),
     }
 }
+
+/// [`scheduled`] for an action that waits for its time, else [`finished`].
+pub async fn answered(ctx: &Context, action_id: uuid::Uuid) -> Result<Response, ApiError> {
+    let stored = ctx
+        .queue
+        .stored_plan(action_id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    match stored.and_then(|(plan, _, _)| plan.schedule) {
+        Some(schedule) if !schedule.expired => Ok(scheduled(action_id, &schedule)),
+        _ => finished(ctx, action_id).await,
+    }
+}

@@ -84,7 +84,7 @@ pub async fn post_drain(
         let drain_id = take(&state.ctx, &request, &actor.to_string()).await?;
         tracing::info!(drain_id = %drain_id, operator = %operator.name, database = %request.database,
             target_id = %request.target, "database drain requested");
-        finished(&state.ctx, drain_id).await
+        crate::http::reply::answered(&state.ctx, drain_id).await
     };
     let answer = answer.await;
     (Extension(actor), answer)
@@ -92,7 +92,19 @@ pub async fn post_drain(
 
 /// Plans and stores a drain and its expiry; the drain's id.
 pub async fn take(ctx: &Context, request: &DrainRequest, actor: &str) -> Result<Uuid, ApiError> {
-    let plans = drain(&ctx.config, request, Utc::now())?;
+    let now = Utc::now();
+    let schedule = crate::resolve::schedule::schedule(&ctx.config, &request.schedule(), now)?;
+    let expired = schedule.as_ref().is_some_and(|s| s.expired);
+    // A scheduled one starts (and its expiry counts) from when it acts.
+    let start = schedule
+        .as_ref()
+        .filter(|s| !s.expired)
+        .map_or(now, |s| s.act_at);
+    let mut plans = drain(&ctx.config, request, start)?;
+    plans.drain.schedule = schedule;
+    if expired {
+        plans.expiry = None;
+    }
     if let Some((expiry, due)) = plans.expiry {
         let mut submission = Submission::new(expiry, actor.to_owned());
         submission.due = Some(due);
@@ -103,7 +115,7 @@ pub async fn take(ctx: &Context, request: &DrainRequest, actor: &str) -> Result<
 }
 
 async fn store(ctx: &Context, submission: Submission) -> Result<Uuid, ApiError> {
-    match ctx.queue.submit(&ctx.audit, &submission).await {
+    match crate::runner::schedule::submit(ctx, submission).await {
         Ok(Submitted::Accepted(id)) => Ok(id),
         Ok(Submitted::Duplicate { action_id, .. }) => Err(ApiError::Unavailable(format!(
             "unexpected duplicate of action {action_id}"

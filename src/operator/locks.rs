@@ -83,7 +83,7 @@ pub async fn post_lock(
         let lock_id = take(&state.ctx, &request, &actor.to_string()).await?;
         tracing::info!(lock_id = %lock_id, operator = %operator.name, login = %request.login,
             "login lock requested");
-        finished(&state.ctx, lock_id).await
+        crate::http::reply::answered(&state.ctx, lock_id).await
     };
     let answer = answer.await;
     (Extension(actor), answer)
@@ -91,7 +91,19 @@ pub async fn post_lock(
 
 /// Plans and stores a lock and its expiry; the lock's id.
 pub async fn take(ctx: &Context, request: &LockRequest, actor: &str) -> Result<Uuid, ApiError> {
-    let plans = lock(&ctx.config, request, Utc::now())?;
+    let now = Utc::now();
+    let schedule = crate::resolve::schedule::schedule(&ctx.config, &request.schedule(), now)?;
+    let expired = schedule.as_ref().is_some_and(|s| s.expired);
+    // A scheduled one starts (and its expiry counts) from when it acts.
+    let start = schedule
+        .as_ref()
+        .filter(|s| !s.expired)
+        .map_or(now, |s| s.act_at);
+    let mut plans = lock(&ctx.config, request, start)?;
+    plans.lock.schedule = schedule;
+    if expired {
+        plans.expiry = None;
+    }
     let targets: Vec<String> = plans.lock.steps.iter().map(|s| s.target.clone()).collect();
     check_grants(ctx, &targets).await?;
     if let Some((expiry, due)) = plans.expiry {
@@ -123,7 +135,7 @@ pub async fn check_grants(ctx: &Context, targets: &[String]) -> Result<(), ApiEr
 }
 
 async fn store(ctx: &Context, submission: Submission) -> Result<Uuid, ApiError> {
-    match ctx.queue.submit(&ctx.audit, &submission).await {
+    match crate::runner::schedule::submit(ctx, submission).await {
         Ok(Submitted::Accepted(id)) => Ok(id),
         Ok(Submitted::Duplicate { action_id, .. }) => Err(ApiError::Unavailable(format!(
             "unexpected duplicate of action {action_id}"

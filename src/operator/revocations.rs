@@ -16,7 +16,6 @@ use crate::action::Plan;
 use crate::config::Config;
 use crate::context::Context;
 use crate::http::error::{ApiError, parse_json};
-use crate::http::reply::finished;
 use crate::http::{self, Actor};
 use crate::queue::{Submission, Submitted};
 use crate::resolve::{self, ResolveError, RevocationRequest};
@@ -39,12 +38,8 @@ pub async fn post_revocation(
         tracing::info!(action_id = %plan.action_id, operator = %operator.name,
             logins = ?request.selector.logins, all_logins = request.all_logins,
             mode = plan.ending.mode.as_str(), dry_run = request.dry_run, "revocation requested");
-        let schedule = plan.schedule.clone().filter(|s| !s.expired);
         let action_id = submit(&state.ctx, plan, &actor).await?;
-        match schedule {
-            Some(schedule) => Ok(crate::http::reply::scheduled(action_id, &schedule)),
-            None => finished(&state.ctx, action_id).await,
-        }
+        crate::http::reply::answered(&state.ctx, action_id).await
     };
     let answer = answer.await;
     (Extension(actor), answer)

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{ResolveError, check_reason};
 use crate::action::{Origin, Plan, Step};
 use crate::config::names::{self, NameKind};
-use crate::config::{Config, Engine};
+use crate::config::{Config, Engine, ScheduleRequest};
 use crate::select::{Ending, MAX_GRACE, Mode, Selector};
 use crate::terminate::Scope;
 
@@ -45,6 +45,34 @@ pub struct DrainRequest {
     /// database, server-wide, instead of closing a per-database gate the engine lacks.
     #[serde(default)]
     pub lock_accounts: bool,
+    /// Announce this long before acting (e.g. `15m`).
+    #[serde(default, with = "humantime_serde::option")]
+    pub notify_before: Option<Duration>,
+    /// Act at or after this time.
+    #[serde(default)]
+    pub not_before: Option<DateTime<Utc>>,
+    /// Act when this `[[windows]]` window is open.
+    #[serde(default)]
+    pub window: Option<String>,
+    /// How long to wait for `window` (default 7d).
+    #[serde(default, with = "humantime_serde::option")]
+    pub max_wait: Option<Duration>,
+    /// Act only if the announcement was delivered by then.
+    #[serde(default)]
+    pub require_announcement: bool,
+}
+
+impl DrainRequest {
+    /// When it acts and is announced, as asked.
+    pub fn schedule(&self) -> ScheduleRequest {
+        ScheduleRequest {
+            notify_before: self.notify_before,
+            not_before: self.not_before,
+            window: self.window.clone(),
+            max_wait: self.max_wait,
+            require_announcement: self.require_announcement,
+        }
+    }
 }
 
 /// A drain's plan and, unless it is permanent, the plan of its re-open (due at `until`).

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{ResolveError, TargetSelection, check_login_on, check_reason};
 use crate::action::{Origin, Plan, Step};
-use crate::config::Config;
+use crate::config::{Config, ScheduleRequest};
 use crate::terminate::Scope;
 
 /// An operator's request to keep a login out of some targets for a while.
@@ -33,6 +33,34 @@ pub struct LockRequest {
     /// Also end the login's sessions (the default); `false` only locks.
     #[serde(default = "yes")]
     pub terminate: bool,
+    /// Announce this long before acting (e.g. `15m`).
+    #[serde(default, with = "humantime_serde::option")]
+    pub notify_before: Option<Duration>,
+    /// Act at or after this time.
+    #[serde(default)]
+    pub not_before: Option<DateTime<Utc>>,
+    /// Act when this `[[windows]]` window is open.
+    #[serde(default)]
+    pub window: Option<String>,
+    /// How long to wait for `window` (default 7d).
+    #[serde(default, with = "humantime_serde::option")]
+    pub max_wait: Option<Duration>,
+    /// Act only if the announcement was delivered by then.
+    #[serde(default)]
+    pub require_announcement: bool,
+}
+
+impl LockRequest {
+    /// When it acts and is announced, as asked.
+    pub fn schedule(&self) -> ScheduleRequest {
+        ScheduleRequest {
+            notify_before: self.notify_before,
+            not_before: self.not_before,
+            window: self.window.clone(),
+            max_wait: self.max_wait,
+            require_announcement: self.require_announcement,
+        }
+    }
 }
 
 fn yes() -> bool {

@@ -289,3 +289,61 @@ async fn a_credential_that_announces_rotations_waits_and_a_revoked_event_never_d
     assert_eq!(ws.records("announcement.made").await.len(), 1);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_scheduled_lock_starts_at_its_time_and_its_expiry_counts_from_then() {
+    use sqlx::Connection;
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    create_admin(&pg).await;
+    pg.exec("ALTER ROLE sever_admin CREATEROLE").await;
+    pg.create_login("app", "pw").await;
+    let config = ws
+        .target_config(ws.config(), "main", &pg)
+        .set("targets.main.locks", true)
+        .set("queue.poll_interval", "100ms")
+        .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let can_log_in = || async {
+        sqlx::PgConnection::connect(&pg.url("app", "pw", "postgres"))
+            .await
+            .is_ok()
+    };
+    let asked = chrono::Utc::now();
+    let (status, answer) = server
+        .operator_post(
+            "/v1/locks",
+            &json!({"login": "app", "targets": ["main"], "reason": "incident drill",
+                    "for": "2s", "notify_before": "2s"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["status"], "scheduled", "{answer}");
+    assert!(can_log_in().await, "not locked before its time");
+    assert!(!wait_for_record(&ws, "announcement.made").await.is_empty());
+    // Locked from about 2s on, for 2s: out between 2s and 4s after the request.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut locked_at = None;
+    while Instant::now() < deadline && locked_at.is_none() {
+        if !can_log_in().await {
+            locked_at = Some(chrono::Utc::now());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let locked_at = locked_at.expect("the lock was taken at its time");
+    assert!(
+        locked_at - asked >= chrono::Duration::milliseconds(1900),
+        "locked {} after the request",
+        locked_at - asked
+    );
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline && !can_log_in().await {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(can_log_in().await, "the expiry lifted it");
+    assert!(
+        chrono::Utc::now() - asked >= chrono::Duration::milliseconds(3900),
+        "the expiry counted from when the lock began"
+    );
+    server.stop().await;
+}
