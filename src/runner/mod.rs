@@ -215,9 +215,10 @@ async fn run_step(
     let termination = &ctx.config.termination;
     // A graceful step waits its grace before it signals; the rest is as for any step.
     let limit = termination.timeout + termination.verify_timeout + plan.ending.grace();
-    let missing = schedule::announcement_missing(ctx, plan).await;
+    let missing = schedule::may_not_act(ctx, plan).await;
     let result = match ctx.targets.get(&step.target) {
-        // An action that required its announcement acts only once it was delivered.
+        // A scheduled action acts only inside its window, and only once its announcement
+        // was delivered if it required that.
         _ if missing.is_some() => Err((missing.unwrap_or_default(), ErrorClass::Fatal)),
         // Resolution only plans configured targets; this guards a config/target mismatch.
         None => Err((

@@ -212,9 +212,26 @@ pub async fn cancel(
     Ok(cancelled)
 }
 
-/// For an action that may act only once its announcement was delivered: why it may not
-/// (yet), or `None` when it may.
-pub async fn announcement_missing(ctx: &Context, plan: &Plan) -> Option<String> {
+/// Why a scheduled action may not act now, or `None` when it may: its window has closed
+/// (its first attempts came late, a target being down), or it required its announcement
+/// and that was not delivered. Such a step fails for good, recorded, rather than acting
+/// outside what was announced.
+pub async fn may_not_act(ctx: &Context, plan: &Plan) -> Option<String> {
+    let schedule = plan.schedule.as_ref()?;
+    if let Some(name) = &schedule.window
+        && ctx
+            .config
+            .window(name)
+            .is_some_and(|w| !w.contains(Utc::now()))
+    {
+        return Some(format!(
+            "window {name:?} closed before it could act, so nothing was done"
+        ));
+    }
+    announcement_missing(ctx, plan).await
+}
+
+async fn announcement_missing(ctx: &Context, plan: &Plan) -> Option<String> {
     let schedule = plan.schedule.as_ref().filter(|s| s.require_announcement)?;
     let row = match ctx.store.announcement(&plan.action_id.to_string()).await {
         Ok(row) => row,
