@@ -68,6 +68,16 @@ SELECT PROCESSLIST_ID AS id, ATTR_VALUE AS name \
 FROM performance_schema.session_connect_attrs WHERE ATTR_NAME = 'program_name'";
 
 impl Mysql {
+    /// The connections clients may open: `max_connections`.
+    pub(super) async fn client_limit(&self) -> Result<u64, EngineError> {
+        let mut conn = self.connection().await?;
+        let limit: u64 = sqlx::query_scalar("SELECT CAST(@@max_connections AS UNSIGNED)")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(sqlx_error)?;
+        Ok(limit)
+    }
+
     /// The client threads with their impact, each decided by `selector`.
     pub(super) async fn list_sessions(
         &self,

@@ -553,12 +553,7 @@ impl Engine for Mysql {
     }
 
     async fn connection_limit(&self) -> Result<u64, EngineError> {
-        let mut conn = self.connection().await?;
-        let limit: u64 = sqlx::query_scalar("SELECT CAST(@@max_connections AS UNSIGNED)")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(sqlx_error)?;
-        Ok(limit)
+        self.client_limit().await
     }
 
     async fn login_gate(&self, login: &str) -> Result<Option<LoginGate>, EngineError> {

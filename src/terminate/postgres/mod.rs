@@ -460,17 +460,7 @@ impl Engine for Postgres {
     }
 
     async fn connection_limit(&self) -> Result<u64, EngineError> {
-        // `reserved_connections` (16+) is read with missing_ok, NULL before 16.
-        let mut conn = self.connection().await?;
-        let limit: i64 = sqlx::query_scalar(
-            "SELECT current_setting('max_connections')::int8 \
-             - current_setting('superuser_reserved_connections')::int8 \
-             - COALESCE(current_setting('reserved_connections', true)::int8, 0)",
-        )
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(query_error)?;
-        Ok(u64::try_from(limit).unwrap_or(0))
+        self.client_limit().await
     }
 
     async fn login_gate(&self, login: &str) -> Result<Option<LoginGate>, EngineError> {

@@ -8,6 +8,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use super::Postgres;
+use super::query_error;
 use crate::select::{Decision, Facts, Seen, Selector, SessionState};
 use crate::terminate::listing::{Impact, Listed, count_blocking};
 use crate::terminate::{EngineError, Session, SkipReason, sqlx_error};
@@ -39,6 +40,21 @@ ORDER BY a.backend_start NULLS FIRST, a.pid
 "#;
 
 impl Postgres {
+    /// The connections non-superusers may open: `max_connections` less the reserved slots.
+    pub(super) async fn client_limit(&self) -> Result<u64, EngineError> {
+        // `reserved_connections` (16+) is read with missing_ok, NULL before 16.
+        let mut conn = self.connection().await?;
+        let limit: i64 = sqlx::query_scalar(
+            "SELECT current_setting('max_connections')::int8 \
+             - current_setting('superuser_reserved_connections')::int8 \
+             - COALESCE(current_setting('reserved_connections', true)::int8, 0)",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(query_error)?;
+        Ok(u64::try_from(limit).unwrap_or(0))
+    }
+
     /// The client sessions with their impact, each decided by `selector`. Sessions of a
     /// dropped role are named by the login sever remembered for its oid, when the selector
     /// names that login.
