@@ -307,3 +307,60 @@ async fn rds_mode_cancels_through_mysql_rds_kill_query() {
         .unwrap();
     assert_eq!(calls, [sleeper_id as i64]);
 }
+
+/// A policy's pick on a real MariaDB: `connections_above_percent_of_max` reads
+/// `max_connections`, and without start times the rising connection ids give the age, so
+/// `oldest` picks the first connection.
+#[tokio::test]
+async fn a_policy_pick_reads_max_connections_and_takes_the_lowest_id_as_oldest() {
+    use sever::select::{Ending, Pick, Selector, Victims, When};
+    use sever::terminate::Engine;
+    use sever::terminate::selected::{SelectRequest, end_selected};
+    sever::install_crypto_provider();
+    let db = TestMariaDb::start();
+    let ws = Workspace::new();
+    let engine = super::mysql::engine(&db, &ws, false).await;
+    let max: u64 = {
+        let mut conn = db.root_connection().await;
+        sqlx::query_scalar("SELECT CAST(@@max_connections AS UNSIGNED)")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(engine.connection_limit().await.unwrap(), max);
+    db.create_login("app", "pw0").await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(db.session("app", "pw0").await);
+    }
+    let first = held[0].1 as i64;
+    let request = |when| SelectRequest {
+        selector: Selector {
+            logins: vec!["app".into()],
+            ..Selector::default()
+        },
+        all_logins: false,
+        ending: Ending::TERMINATE,
+        protected: Default::default(),
+        dry_run: true,
+        verify_timeout: GONE,
+        at_most: None,
+        journal: None,
+        pick: Some(Pick {
+            victims: Victims::Oldest,
+            when,
+        }),
+    };
+    // 8 app sessions (and sever's) are far below 50% of max_connections.
+    let below = end_selected(&engine, &request(When::ConnectionsAbovePercentOfMax(50)))
+        .await
+        .unwrap();
+    let threshold = below.threshold.unwrap();
+    assert!(!threshold.met && threshold.limit == Some(max), "{threshold:?}");
+    assert!(below.matched.is_empty());
+    let picked = end_selected(&engine, &request(When::MatchingAtLeast(8)))
+        .await
+        .unwrap();
+    let pids: Vec<i64> = picked.matched.iter().map(|s| s.pid).collect();
+    assert_eq!(pids, [first], "the lowest connection id is the oldest: {picked:?}");
+}
