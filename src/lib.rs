@@ -27,6 +27,7 @@ pub mod queue;
 pub mod resolve;
 pub mod runner;
 pub mod select;
+pub mod signing;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;
