@@ -21,6 +21,7 @@ pub mod fds;
 pub mod http;
 pub mod intake;
 pub mod logging;
+pub mod notify;
 pub mod operator;
 pub mod policy;
 pub mod queue;

@@ -103,6 +103,14 @@ pub enum Kind {
     PolicyPaused,
     /// An operator resumed a paused policy.
     PolicyResumed,
+    /// A notification's first delivery attempt failed; it is retried.
+    NotificationFailed,
+    /// A notification was delivered (after how many attempts).
+    NotificationDelivered,
+    /// A notification was given up: retried too long, or refused for good.
+    NotificationGivenUp,
+    /// Notifications were dropped: the channel's outbox was full (counts per event).
+    NotificationDropped,
 }
 
 impl Kind {
@@ -128,6 +136,10 @@ impl Kind {
             Kind::PolicyTarget => "policy.target",
             Kind::PolicyPaused => "policy.paused",
             Kind::PolicyResumed => "policy.resumed",
+            Kind::NotificationFailed => "notification.failed",
+            Kind::NotificationDelivered => "notification.delivered",
+            Kind::NotificationGivenUp => "notification.given_up",
+            Kind::NotificationDropped => "notification.dropped",
         }
     }
 }
