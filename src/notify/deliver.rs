@@ -439,7 +439,7 @@ impl Transaction for Drops {
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     ) -> Result<Decision<()>, sqlx::Error> {
-        let drops = outbox::take_drops(&mut **tx).await?;
+        let drops = outbox::take_drops(tx).await?;
         if drops.is_empty() {
             return Ok(Decision::Rollback(()));
         }

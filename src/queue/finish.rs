@@ -229,7 +229,7 @@ impl Transaction for FinishTx<'_> {
         .await?
         .try_get("n")?;
         let step_notices = notices::step(&lease.plan, self.report);
-        notices::queue(self.notifier, &mut **tx, step_notices).await?;
+        notices::queue(self.notifier, tx, step_notices).await?;
         if pending > 0 {
             return Ok(Decision::Commit(entries, Some(None)));
         }
@@ -257,12 +257,7 @@ impl Transaction for FinishTx<'_> {
         .execute(&mut **tx)
         .await?;
         entries.push(action::completed_record(&report, &lease.actor));
-        notices::queue(
-            self.notifier,
-            &mut **tx,
-            notices::finished(&lease.plan, &report),
-        )
-        .await?;
+        notices::queue(self.notifier, tx, notices::finished(&lease.plan, &report)).await?;
         Ok(Decision::Commit(entries, Some(Some(report))))
     }
 }
@@ -320,7 +315,7 @@ impl Transaction for RetryTx<'_> {
             if lease.attempts % 10 == 1 {
                 let restore =
                     notices::restore_failed(&lease.plan, &lease.target, self.error, lease.attempts);
-                notices::queue(self.notifier, &mut **tx, restore).await?;
+                notices::queue(self.notifier, tx, restore).await?;
                 vec![Entry::new(
                     Kind::TargetFailed,
                     &lease.actor,

@@ -320,7 +320,7 @@ impl Transaction for SubmitTx<'_> {
             .iter()
             .filter_map(|(pending, _)| notices::started(&pending.submission.plan))
             .collect();
-        notices::queue(self.notifier, &mut **tx, started).await?;
+        notices::queue(self.notifier, tx, started).await?;
         Ok(Decision::Commit(entries, outputs))
     }
 }
