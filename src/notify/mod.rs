@@ -187,31 +187,11 @@ impl Notifier {
     /// intake's (`webhooks.secrets`): one key would then both sign what sever sends and
     /// authenticate what it receives.
     pub fn new(config: &Config, store: Store) -> Result<Self, NotifyError> {
-        let notify = &config.notify;
-        let intake_keys: Vec<Vec<u8>> = if notify
-            .channels
-            .iter()
-            .any(|c| c.kind == ChannelKind::Webhook)
-        {
-            config
-                .webhook_secrets()?
-                .iter()
-                .filter_map(|s| crate::signing::decode_key(s.expose_secret()).ok())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let channels = notify
-            .channels
-            .iter()
-            .enumerate()
-            .map(|(i, c)| Channel::load(i, c, notify, &intake_keys).map(Arc::new))
-            .collect::<Result<_, _>>()?;
         Ok(Self {
             audit: Audit::new(store.clone()),
             store,
-            config: notify.clone(),
-            channels,
+            config: config.notify.clone(),
+            channels: load_channels(config)?,
             owner: owner_name(),
         })
     }
@@ -428,6 +408,60 @@ impl Channel {
             paused_until: std::sync::Mutex::new(None),
         })
     }
+}
+
+/// Loads and checks every channel of `config` (see [`Notifier::new`]).
+fn load_channels(config: &Config) -> Result<Vec<Arc<Channel>>, NotifyError> {
+    let notify = &config.notify;
+    let intake_keys: Vec<Vec<u8>> = if notify
+        .channels
+        .iter()
+        .any(|c| c.kind == ChannelKind::Webhook)
+    {
+        config
+            .webhook_secrets()?
+            .iter()
+            .filter_map(|s| crate::signing::decode_key(s.expose_secret()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    notify
+        .channels
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Channel::load(i, c, notify, &intake_keys).map(Arc::new))
+        .collect()
+}
+
+/// Loads and checks every channel as the server would (for `sever check-config`), and
+/// describes them with each secret shown only by where it comes from.
+pub fn check_channels(config: &Config) -> Result<serde_json::Value, NotifyError> {
+    load_channels(config)?;
+    let redacted = |s: &crate::config::SecretRef| format!("<redacted, {}>", s.describe());
+    let channels: Vec<serde_json::Value> = config
+        .notify
+        .channels
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name,
+                "kind": c.kind,
+                "url": c.url.as_ref().map_or_else(
+                    || (c.kind == ChannelKind::Pagerduty).then(|| PAGERDUTY_API.to_owned()),
+                    |u| Some(u.describe()),
+                ),
+                "routing_key": c.routing_key.as_ref().map(redacted),
+                "secret": c.secret.as_ref().map(redacted),
+                "events": c.events,
+                "rate_per_minute": c.rate_per_minute(),
+                "coalesce": humantime::format_duration(c.coalesce()).to_string(),
+                "include": c.include,
+                "allow_http": c.allow_http,
+            })
+        })
+        .collect();
+    Ok(serde_json::Value::Array(channels))
 }
 
 /// A lease owner name for this process's deliveries: the replica's name, the pid and a
