@@ -7,6 +7,7 @@
 
 mod channels;
 mod delivery;
+mod events;
 
 use std::time::Duration;
 
