@@ -20,6 +20,11 @@ struct Setup {
 /// A notifier over a fresh SQLite store, with `channels` (TOML) under `[notify]`; its
 /// secrets are files in the temp dir (`{dir}` in the text).
 async fn setup(notify: &str) -> Result<Setup, NotifyError> {
+    setup_on(notify, None).await
+}
+
+/// [`setup`] on the store at `url` (a fresh SQLite file when `None`).
+async fn setup_on(notify: &str, url: Option<String>) -> Result<Setup, NotifyError> {
     let dir = tempfile::tempdir().unwrap();
     let file = |name: &str, value: &str| {
         let path = dir.path().join(name);
@@ -35,7 +40,8 @@ async fn setup(notify: &str) -> Result<Setup, NotifyError> {
         notify.replace("{dir}", &dir.path().display().to_string())
     );
     let config = Config::parse(&text).unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+    let url =
+        url.unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display()));
     let store = Store::connect(&SecretString::from(url)).await.unwrap();
     let notifier = Notifier::new(&config, store.clone())?;
     Ok(Setup {
@@ -82,7 +88,19 @@ events = ["action.completed", "target.down"]
 
 #[tokio::test]
 async fn a_burst_is_one_message_with_counts() {
-    let s = setup(SLACK).await.unwrap();
+    a_burst_folds(setup(SLACK).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn a_burst_is_one_message_with_counts_on_postgres() {
+    let pg = sever_testkit::pg::TestPostgres::start();
+    let s = setup_on(SLACK, Some(pg.superuser_url("postgres")))
+        .await
+        .unwrap();
+    a_burst_folds(s).await;
+}
+
+async fn a_burst_folds(s: Setup) {
     let mut ids = Vec::new();
     for i in 0..50 {
         ids.extend(
@@ -300,4 +318,55 @@ async fn a_secret_url_must_be_https_once_loaded() {
     .to_string();
     assert!(s.contains("not an absolute URL"), "{s}");
     assert!(!s.contains("routingkey"), "{s}");
+}
+
+/// A notice queued in the caller's transaction commits with it; one whose outbox fails (the
+/// table is gone) is lost, logged, and the caller's transaction still commits.
+async fn queued_in_a_transaction(s: Setup) {
+    let mut tx = s.store.begin_write().await.unwrap();
+    let ids = s
+        .notifier
+        .enqueue_in(&mut tx, &completed("t", 1))
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1);
+    tx.commit().await.unwrap();
+    assert_eq!(rows(&s.store).await.len(), 1);
+
+    sqlx::query("ALTER TABLE notifications RENAME TO notifications_gone")
+        .execute(s.store.pool())
+        .await
+        .unwrap();
+    let mut tx = s.store.begin_write().await.unwrap();
+    sqlx::query("INSERT INTO watch_marks (key, value, seen_at) VALUES ('mine', 'x', 'now')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let ids = s
+        .notifier
+        .enqueue_in(&mut tx, &completed("t", 1))
+        .await
+        .unwrap();
+    assert!(ids.is_empty());
+    sqlx::query("INSERT INTO watch_marks (key, value, seen_at) VALUES ('after', 'y', 'now')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(s.store.mark("mine").await.unwrap().as_deref(), Some("x"));
+    assert_eq!(s.store.mark("after").await.unwrap().as_deref(), Some("y"));
+}
+
+#[tokio::test]
+async fn an_outbox_failure_never_fails_the_transaction_it_is_queued_in() {
+    queued_in_a_transaction(setup(SLACK).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn an_outbox_failure_never_fails_the_transaction_it_is_queued_in_on_postgres() {
+    let pg = sever_testkit::pg::TestPostgres::start();
+    let s = setup_on(SLACK, Some(pg.superuser_url("postgres")))
+        .await
+        .unwrap();
+    queued_in_a_transaction(s).await;
 }
