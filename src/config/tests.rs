@@ -42,6 +42,12 @@ fn the_shipped_example_is_valid() {
     assert_eq!(config.audit.checkpoint_interval, Duration::from_secs(60));
     assert!(config.audit.checkpoint_key.is_some() && config.audit.checkpoint_file.is_some());
     assert_eq!(config.window("weeknights").unwrap().time_intervals.len(), 2);
+    let slack = &config.notify.channels[0];
+    assert_eq!(
+        (slack.name.as_str(), slack.kind),
+        ("dba-slack", ChannelKind::Slack)
+    );
+    assert!(slack.wants(NotifyEvent::TargetDown));
 }
 
 #[test]

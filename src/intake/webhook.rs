@@ -4,13 +4,7 @@
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use hmac::{KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
-use sha2::Sha256;
-
-type HmacSha256 = hmac::Hmac<Sha256>;
 
 /// Longest `webhook-id` accepted; ids are stored for de-duplication.
 const MAX_ID_LEN: usize = 256;
@@ -18,6 +12,11 @@ const MAX_ID_LEN: usize = 256;
 const MAX_SIGNATURES: usize = 8;
 
 use crate::http::error::WebhookError;
+use crate::signing;
+
+/// Signs a payload the way a Standard Webhooks sender does (kept here for the CLI's helper
+/// and the tests that sign deliveries); the one implementation is [`crate::signing`].
+pub use crate::signing::sign;
 
 /// A signing-secret problem found at start-up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,23 +59,10 @@ impl Verifier {
             .iter()
             .enumerate()
             .map(|(index, secret)| {
-                let encoded = secret
-                    .expose_secret()
-                    .strip_prefix("whsec_")
-                    .ok_or(SecretError {
-                        index,
-                        reason: "must start with whsec_",
-                    })?;
-                let key = STANDARD.decode(encoded).map_err(|_| SecretError {
+                let key = signing::decode_key(secret.expose_secret()).map_err(|e| SecretError {
                     index,
-                    reason: "is not valid base64 after whsec_",
+                    reason: e.reason(),
                 })?;
-                if !(24..=64).contains(&key.len()) {
-                    return Err(SecretError {
-                        index,
-                        reason: "must decode to 24 to 64 bytes",
-                    });
-                }
                 Ok(SecretSlice::from(key))
             })
             .collect::<Result<_, _>>()?;
@@ -102,28 +88,12 @@ impl Verifier {
         if now.abs_diff(timestamp) > tolerance {
             return Err(WebhookError::Timestamp(tolerance));
         }
-        let candidates: Vec<Vec<u8>> = signatures
-            .split(' ')
-            .filter_map(|s| s.strip_prefix("v1,"))
-            .take(MAX_SIGNATURES)
-            .filter_map(|s| STANDARD.decode(s).ok())
-            .collect();
+        let candidates = signing::candidates(signatures, MAX_SIGNATURES);
         if candidates.is_empty() {
             return Err(WebhookError::MalformedHeader("webhook-signature"));
         }
         for key in &self.keys {
-            let mut mac = HmacSha256::new_from_slice(key.expose_secret())
-                .expect("HMAC accepts keys of any length");
-            mac.update(id.as_bytes());
-            mac.update(b".");
-            mac.update(timestamp.to_string().as_bytes());
-            mac.update(b".");
-            mac.update(body);
-            // `verify_slice` compares in constant time.
-            if candidates
-                .iter()
-                .any(|sig| mac.clone().verify_slice(sig).is_ok())
-            {
+            if signing::matches(key.expose_secret(), id, timestamp, body, &candidates) {
                 return Ok(Verified {
                     id: id.to_owned(),
                     timestamp,
@@ -140,20 +110,6 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, Web
         .ok_or(WebhookError::MissingHeader(name))?
         .to_str()
         .map_err(|_| WebhookError::MalformedHeader(name))
-}
-
-/// Signs a payload the way a Standard Webhooks sender does: the `webhook-signature` value.
-///
-/// Used by the CLI's `sign` helper and by tests; `secret` is `whsec_<base64>`.
-pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Option<String> {
-    let key = STANDARD.decode(secret.strip_prefix("whsec_")?).ok()?;
-    let mut mac = HmacSha256::new_from_slice(&key).ok()?;
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    Some(format!(
-        "v1,{}",
-        STANDARD.encode(mac.finalize().into_bytes())
-    ))
 }
 
 #[cfg(test)]

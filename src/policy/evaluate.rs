@@ -14,6 +14,7 @@ use crate::action::{ActionReport, Origin, Plan, Selection, Status, Step};
 use crate::audit::{Entry, Kind};
 use crate::config::PolicyConfig;
 use crate::context::Context;
+use crate::notify::{Event, Notice};
 use crate::runner::{self, RunError};
 use crate::select::{Ending, Pick};
 use crate::store::LastEvaluation;
@@ -178,6 +179,9 @@ pub async fn evaluate(
         evaluation.outcome.as_str(),
         evaluation.matched() as u64,
     );
+    if evaluation.outcome == Outcome::Fired {
+        notify_fired(ctx, &policy, &evaluation).await;
+    }
     if trigger.execute {
         let last = LastEvaluation {
             at: crate::store::timestamp(at),
@@ -214,6 +218,37 @@ pub async fn evaluate(
         }
     }
     Ok(evaluation)
+}
+
+/// Queues `policy.fired` for a firing: the policy, its targets, what it picked and ended.
+/// A notice that cannot be queued is logged; the evaluation stands.
+async fn notify_fired(ctx: &Context, policy: &Policy<'_>, evaluation: &Evaluation) {
+    let mut notice = Notice::new(Event::PolicyFired);
+    notice.policy = Some(evaluation.policy.clone());
+    notice.action_id = evaluation
+        .action
+        .as_ref()
+        .map(|a| a.action_id)
+        .or(evaluation.running_action);
+    notice.targets = evaluation
+        .targets
+        .iter()
+        .filter(|t| t.allotted > 0)
+        .map(|t| t.target.clone())
+        .collect();
+    notice
+        .counts
+        .insert("picked".into(), evaluation.matched() as u64);
+    notice
+        .counts
+        .insert("ended".into(), evaluation.ended() as u64);
+    notice.at = Some(evaluation.at);
+    if let Policy::Rule(rule) = policy {
+        notice.reason = Some(rule.reason());
+    }
+    if let Err(e) = ctx.notifier.notify(&notice).await {
+        tracing::warn!(policy = %evaluation.policy, error = %e, "cannot queue policy.fired");
+    }
 }
 
 async fn evaluate_rule(

@@ -9,7 +9,7 @@ use rand::Rng;
 use serde_json::json;
 use sqlx::Row;
 
-use super::{Lease, Queue, QueueError, at, status_name, to_json};
+use super::{Lease, Queue, QueueError, at, notices, status_name, to_json};
 use crate::action::{self, ActionReport, Origin, Plan, Status, TargetReport};
 use crate::audit::{Audit, Decision, Entry, Kind, Transaction};
 use crate::telemetry;
@@ -29,9 +29,13 @@ impl Queue {
                 owner: &self.owner,
                 lease,
                 report,
+                notifier: self.notifier.as_deref(),
             })
             .await?;
         let recorded = done.is_some();
+        if let (true, Some(notifier)) = (recorded, &self.notifier) {
+            notifier.wake();
+        }
         if recorded {
             observe_step(lease, report);
         }
@@ -92,8 +96,12 @@ impl Queue {
                 error: &error,
                 class,
                 next,
+                notifier: self.notifier.as_deref(),
             })
             .await?;
+        if let (true, Some(notifier)) = (put_back, &self.notifier) {
+            notifier.wake();
+        }
         if put_back {
             telemetry::step_retried(&lease.target, class_name(class));
         }
@@ -167,6 +175,7 @@ struct FinishTx<'a> {
     owner: &'a str,
     lease: &'a Lease,
     report: &'a TargetReport,
+    notifier: Option<&'a crate::notify::Notifier>,
 }
 
 #[async_trait]
@@ -219,6 +228,8 @@ impl Transaction for FinishTx<'_> {
         .fetch_one(&mut **tx)
         .await?
         .try_get("n")?;
+        let step_notices = notices::step(&lease.plan, self.report);
+        notices::queue(self.notifier, tx, step_notices).await?;
         if pending > 0 {
             return Ok(Decision::Commit(entries, Some(None)));
         }
@@ -246,6 +257,7 @@ impl Transaction for FinishTx<'_> {
         .execute(&mut **tx)
         .await?;
         entries.push(action::completed_record(&report, &lease.actor));
+        notices::queue(self.notifier, tx, notices::finished(&lease.plan, &report)).await?;
         Ok(Decision::Commit(entries, Some(Some(report))))
     }
 }
@@ -257,6 +269,7 @@ struct RetryTx<'a> {
     error: &'a str,
     class: ErrorClass,
     next: DateTime<Utc>,
+    notifier: Option<&'a crate::notify::Notifier>,
 }
 
 #[async_trait]
@@ -297,8 +310,12 @@ impl Transaction for RetryTx<'_> {
         let entries = if lease.deadline >= super::never() {
             // A step that never gives up (a lock's or a drain's restore) is loud at every
             // tenth failure: `target.failed`, though it goes on being retried, so a login or
-            // database left locked is never only a line in readiness.
+            // database left locked is never only a line in readiness (and a lock's restore
+            // notifies `lock.restore_failed` as often).
             if lease.attempts % 10 == 1 {
+                let restore =
+                    notices::restore_failed(&lease.plan, &lease.target, self.error, lease.attempts);
+                notices::queue(self.notifier, tx, restore).await?;
                 vec![Entry::new(
                     Kind::TargetFailed,
                     &lease.actor,

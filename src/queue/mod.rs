@@ -14,13 +14,16 @@
 //! what runs the steps. Its rooms: `submit` (storing actions, in group commits), `lease`
 //! (claiming, renewing and releasing steps, their journals), `finish` (a step's outcome or
 //! retry), `status` (what `GET /v1/actions/{id}` shows, waiting, pruning), [`fairness`]
-//! (which targets may take more steps). May call `action`, `terminate`, `audit`, `store`
-//! and `config`.
+//! (which targets may take more steps). Notices of what it records (an action started or
+//! finished, a step given up, sessions left, locks and drains) are queued for the notifier in
+//! the same transactions (`notices`). May call `action`, `notify`, `terminate`, `audit`,
+//! `store` and `config`.
 
 mod cancel;
 pub mod fairness;
 mod finish;
 mod lease;
+mod notices;
 mod status;
 mod submit;
 
@@ -36,6 +39,7 @@ use crate::action::{ActionReport, Plan, Status, Work};
 
 use crate::audit::{AuditError, Entry};
 use crate::config::QueueConfig;
+use crate::notify::Notifier;
 use crate::store::{Store, timestamp};
 use crate::terminate::Session;
 pub use cancel::Cancelled;
@@ -264,6 +268,8 @@ pub struct Queue {
     committing: Mutex<()>,
     /// Plans of unfinished actions, so a claim need not read them back from the store.
     plans: std::sync::Mutex<Plans>,
+    /// Where notices of what the queue records go; none in tests that need none.
+    notifier: Option<Arc<Notifier>>,
 }
 
 /// How many finished reports a waiter that subscribed late can still find in memory: more
@@ -348,7 +354,14 @@ impl Queue {
             pending: std::sync::Mutex::new(Vec::new()),
             committing: Mutex::new(()),
             plans: std::sync::Mutex::default(),
+            notifier: None,
         }
+    }
+
+    /// The same queue, queueing notices of what it records for `notifier`.
+    pub fn with_notifier(mut self, notifier: Arc<Notifier>) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
     /// A lease owner name for this process: the replica's name (`SEVER_REPLICA_ID`, else

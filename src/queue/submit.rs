@@ -9,7 +9,7 @@ use sqlx::Row;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{Pending, Queue, QueueError, Submission, Submitted, at, status_name, to_json};
+use super::{Pending, Queue, QueueError, Submission, Submitted, at, notices, status_name, to_json};
 use crate::action;
 use crate::audit::{Audit, Decision, Entry, Kind, Transaction};
 use crate::store::{
@@ -123,10 +123,14 @@ impl Queue {
             .transact(&SubmitTx {
                 group: &group,
                 backend: self.store.backend(),
+                notifier: self.notifier.as_deref(),
             })
             .await
         {
             Ok(outputs) => {
+                if let Some(notifier) = &self.notifier {
+                    notifier.wake();
+                }
                 for (pending, output) in group.into_iter().zip(outputs) {
                     let _ = pending.reply.send(Ok(output));
                 }
@@ -148,6 +152,7 @@ impl Queue {
 struct SubmitTx<'a> {
     group: &'a [Pending],
     backend: Backend,
+    notifier: Option<&'a crate::notify::Notifier>,
 }
 
 #[async_trait]
@@ -311,6 +316,11 @@ impl Transaction for SubmitTx<'_> {
             }
             insert.execute(&mut **tx).await?;
         }
+        let started: Vec<_> = accepted
+            .iter()
+            .filter_map(|(pending, _)| notices::started(&pending.submission.plan))
+            .collect();
+        notices::queue(self.notifier, tx, started).await?;
         Ok(Decision::Commit(entries, outputs))
     }
 }

@@ -64,6 +64,12 @@ pub const VAULT_TOKEN_TTL: &str = "sever_vault_token_ttl_seconds";
 pub const POLICY_EVALUATIONS: &str = "sever_policy_evaluations_total";
 /// Sessions a policy's evaluations matched, by `policy`.
 pub const POLICY_MATCHED: &str = "sever_policy_matched_sessions_total";
+/// Notifications by `channel` and `outcome` (`delivered`, `given_up`, `dropped`, `folded`).
+pub const NOTIFICATIONS: &str = "sever_notifications_total";
+/// Failed delivery attempts, by `channel`.
+pub const NOTIFICATION_FAILURES: &str = "sever_notification_attempts_failed_total";
+/// Notifications waiting in the outbox, by `channel`.
+pub const NOTIFICATION_OUTBOX: &str = "sever_notification_outbox";
 /// Always 1, with the running `version`.
 pub const BUILD_INFO: &str = "sever_build_info";
 
@@ -134,6 +140,16 @@ pub fn describe() {
         (
             POLICY_MATCHED,
             "Sessions matched by session-policy evaluations, by policy.",
+        ),
+        (
+            NOTIFICATIONS,
+            "Notifications by channel and outcome: delivered, given_up (retried too long or \
+             refused), dropped (the channel's outbox was full), folded (coalesced into a \
+             message already waiting).",
+        ),
+        (
+            NOTIFICATION_FAILURES,
+            "Failed notification delivery attempts, by channel.",
         ),
     ];
     for &(name, help) in counters {
@@ -207,6 +223,11 @@ pub fn describe() {
             Unit::Seconds,
             "Seconds left of sever's Vault token, as of the scrape (+Inf: it never expires; \
              0: there is none).",
+        ),
+        (
+            NOTIFICATION_OUTBOX,
+            Unit::Count,
+            "Notifications waiting in the outbox (to send or to retry), by channel.",
         ),
         (
             BUILD_INFO,
@@ -378,6 +399,22 @@ pub fn vault_token(token: VaultToken) {
 pub fn policy_evaluated(policy: &str, outcome: &'static str, matched: u64) {
     counter!(POLICY_EVALUATIONS, "policy" => policy.to_owned(), "outcome" => outcome).increment(1);
     counter!(POLICY_MATCHED, "policy" => policy.to_owned()).increment(matched);
+}
+
+/// A notification on `channel` came to `outcome`: `delivered`, `given_up`, `dropped` or
+/// `folded`. Channel names come from the config.
+pub fn notification(channel: &str, outcome: &'static str) {
+    counter!(NOTIFICATIONS, "channel" => channel.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// A delivery attempt on `channel` failed.
+pub fn notification_failed(channel: &str) {
+    counter!(NOTIFICATION_FAILURES, "channel" => channel.to_owned()).increment(1);
+}
+
+/// `channel`'s outbox holds `pending` notifications.
+pub fn notification_outbox(channel: &str, pending: u64) {
+    gauge!(NOTIFICATION_OUTBOX, "channel" => channel.to_owned()).set(pending as f64);
 }
 
 /// Brings the gauges that are ages (checkpoint age, Vault token TTL) up to now; the

@@ -17,6 +17,8 @@ fn every_counter_ends_in_total_and_every_name_has_the_prefix() {
         STEP_RETRIES,
         POLICY_EVALUATIONS,
         POLICY_MATCHED,
+        NOTIFICATIONS,
+        NOTIFICATION_FAILURES,
     ];
     for name in counters {
         assert!(

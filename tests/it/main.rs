@@ -8,6 +8,7 @@
 //! - `operator`: the CLI.
 //! - `audit`: the trail and its integrity.
 //! - `reliability`: faults, fairness, replicas, hostile clients.
+//! - `notify`: outbound notifications (Slack, PagerDuty, webhooks) against local receivers.
 //! - `support`: the running sever (`TestServer`, `Workspace`), the config builder, the
 //!   engine scenarios and the SNS signer; they call sever and the kit.
 //!
@@ -17,6 +18,7 @@
 
 mod audit;
 mod intake;
+mod notify;
 mod operator;
 mod reliability;
 mod support;

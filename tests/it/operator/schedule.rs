@@ -9,17 +9,46 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sever_testkit::pg::TestPostgres;
+use sever_testkit::receiver::Receiver;
 
 use crate::support::sever::{TestServer, Workspace, cli, create_admin, stdout};
 
 const GONE: Duration = Duration::from_secs(8);
 
+/// A whsec_ secret for the announcements' webhook channel.
+const HOOK_SECRET: &str = "whsec_c2V2ZXItc2NoZWR1bGUtdGVzdC1zZWNyZXQtMDE=";
+
 async fn server_for(pg: &TestPostgres, ws: &Workspace) -> std::path::PathBuf {
+    server_with(pg, ws, None).await
+}
+
+/// A server whose announcements go to a webhook channel at `hook`, if given.
+async fn server_with(pg: &TestPostgres, ws: &Workspace, hook: Option<&str>) -> std::path::PathBuf {
     create_admin(pg).await;
     pg.create_login("app", "pw").await;
+    let channel = hook.map_or(String::new(), |url| {
+        let secret = ws.secret_path("hook.secret", HOOK_SECRET);
+        format!(
+            r#"[notify]
+            poll_interval = "100ms"
+            retry_min = "200ms"
+            retry_max = "500ms"
+            timeout = "1s"
+            [[notify.channels]]
+            name = "ops"
+            kind = "webhook"
+            url = "{url}"
+            allow_http = true
+            secret = {{ file = "{secret}" }}
+            coalesce = "0s"
+            events = ["announcement.made", "announcement.cancelled"]
+            "#
+        )
+    });
     let config = ws
         .target_config(ws.config(), "main", pg)
         .set("queue.poll_interval", "100ms")
+        .merge_toml(&channel)
         .merge_toml(
             r#"[[windows]]
             name = "never"
@@ -45,7 +74,8 @@ async fn wait_for_record(ws: &Workspace, kind: &str) -> Vec<Value> {
 async fn an_announced_revocation_waits_then_ends_what_is_selected_then_across_a_restart() {
     let pg = TestPostgres::start();
     let ws = Workspace::new();
-    let path = server_for(&pg, &ws).await;
+    let hook = Receiver::start().await;
+    let path = server_with(&pg, &ws, Some(&hook.url("/hook"))).await;
     let server = TestServer::start(&path).await;
     let early = pg.open_sessions("app", "pw", 2).await;
 
@@ -65,6 +95,15 @@ async fn an_announced_revocation_waits_then_ends_what_is_selected_then_across_a_
     assert_eq!(announced.len(), 1, "announced at once: {announced:?}");
     assert_eq!(announced[0]["logins"], json!(["app"]));
     assert_eq!(announced[0]["reason"], "planned rotation");
+    // Delivered to the channel before anything ends: what, where, why and when.
+    let delivered = hook.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    let body = delivered[0].json();
+    assert_eq!(body["type"], "announcement.made", "{body}");
+    let text = body.to_string();
+    for needle in ["app", "main", "planned rotation", &id] {
+        assert!(text.contains(needle), "{needle} in {body}");
+    }
     let (status, waiting) = server.operator_get("/v1/actions?status=scheduled").await;
     assert_eq!(status, StatusCode::OK, "{waiting}");
     assert_eq!(waiting["actions"][0]["action_id"], id, "{waiting}");
@@ -345,5 +384,39 @@ async fn a_scheduled_lock_starts_at_its_time_and_its_expiry_counts_from_then() {
         chrono::Utc::now() - asked >= chrono::Duration::milliseconds(3900),
         "the expiry counted from when the lock began"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_action_that_requires_its_announcement_does_not_act_when_it_was_not_delivered() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    let hook = Receiver::start_hanging().await;
+    let path = server_with(&pg, &ws, Some(&hook.url("/hook"))).await;
+    let server = TestServer::start(&path).await;
+    let sessions = pg.open_sessions("app", "pw", 1).await;
+    let (status, answer) = server
+        .operator_post(
+            "/v1/revocations",
+            &json!({"login": "app", "targets": ["main"], "reason": "needs sign-off",
+                    "notify_before": "2s", "require_announcement": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let id = answer["action_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let action = loop {
+        let (_, action) = server.operator_get(&format!("/v1/actions/{id}")).await;
+        if action["status"] != "running" || Instant::now() > deadline {
+            break action;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(action["status"], "incomplete", "{action}");
+    assert!(
+        action.to_string().contains("require_announcement"),
+        "the reason is on record: {action}"
+    );
+    assert!(pg.is_alive(sessions[0]).await, "nothing was ended");
     server.stop().await;
 }

@@ -1,6 +1,7 @@
 //! sever's test kit: throwaway real servers (PostgreSQL, MariaDB, moto, OpenBao), the
 //! stand-ins for what cannot run here (SQL Server over TDS, the Vault features OpenBao lacks),
-//! a test CA, a stalling TCP proxy, and the small helpers they share.
+//! a test CA, a stalling TCP proxy, a recording HTTP receiver (which can also hang), and the
+//! small helpers they share.
 //!
 //! It knows nothing of sever and may not depend on it: it calls only the servers' own binaries
 //! and their wire protocols. The tests that drive sever (`tests/it/`, `tests/secrets.rs`,
@@ -13,6 +14,7 @@ pub mod moto;
 pub mod openbao;
 pub mod pg;
 pub mod proxy;
+pub mod receiver;
 pub mod tds;
 pub mod util;
 pub mod vault;
