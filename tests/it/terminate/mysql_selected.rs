@@ -356,11 +356,18 @@ async fn a_policy_pick_reads_max_connections_and_takes_the_lowest_id_as_oldest()
         .await
         .unwrap();
     let threshold = below.threshold.unwrap();
-    assert!(!threshold.met && threshold.limit == Some(max), "{threshold:?}");
+    assert!(
+        !threshold.met && threshold.limit == Some(max),
+        "{threshold:?}"
+    );
     assert!(below.matched.is_empty());
     let picked = end_selected(&engine, &request(When::MatchingAtLeast(8)))
         .await
         .unwrap();
     let pids: Vec<i64> = picked.matched.iter().map(|s| s.pid).collect();
-    assert_eq!(pids, [first], "the lowest connection id is the oldest: {picked:?}");
+    assert_eq!(
+        pids,
+        [first],
+        "the lowest connection id is the oldest: {picked:?}"
+    );
 }
