@@ -113,6 +113,10 @@ pub enum Origin {
         until: Option<DateTime<Utc>>,
         /// Also end the login's sessions once it is locked.
         terminate: bool,
+        /// The action that ends it at `until`: called off with it, if it is called off
+        /// before it acts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expiry: Option<Uuid>,
     },
     /// The end of a login lock (its expiry, or an operator lifting it): the login's gate is
     /// restored once no other lock on it is in force.
@@ -140,6 +144,10 @@ pub enum Origin {
         /// database are locked instead, server-wide, each as a lock under the drain's id.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         lock_accounts: bool,
+        /// The action that re-opens it at `until`: called off with it, if it is called off
+        /// before it acts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expiry: Option<Uuid>,
     },
     /// The end of a drain (its expiry, or an operator lifting it): the database re-opens
     /// once no other drain of it is in force.
@@ -289,6 +297,7 @@ impl Plan {
                 login,
                 until,
                 terminate,
+                ..
             } => {
                 return Some(Work::Lock {
                     login: login.clone(),
@@ -312,6 +321,7 @@ impl Plan {
                 until,
                 spare,
                 lock_accounts,
+                ..
             } => {
                 return Some(Work::Drain {
                     database: database.clone(),

@@ -212,6 +212,7 @@ pub fn drain(
             until,
             spare,
             lock_accounts: request.lock_accounts,
+            expiry: None,
         },
         scope: Some(Scope::All),
         dry_run: false,
@@ -222,6 +223,7 @@ pub fn drain(
         schedule: None,
         steps: steps.clone(),
     };
+    let mut drain = drain;
     let expiry = until.map(|until| {
         let plan = undrain_plan(
             drain.action_id,
@@ -232,6 +234,9 @@ pub fn drain(
         );
         (plan, until)
     });
+    if let (Origin::Drain { expiry: id, .. }, Some((plan, _))) = (&mut drain.origin, &expiry) {
+        *id = Some(plan.action_id);
+    }
     Ok(DrainPlans { drain, expiry })
 }
 

@@ -165,6 +165,7 @@ pub fn lock(
             login: request.login.clone(),
             until,
             terminate: request.terminate,
+            expiry: None,
         },
         scope: Some(Scope::All),
         dry_run: false,
@@ -175,6 +176,7 @@ pub fn lock(
         schedule: None,
         steps: steps.clone(),
     };
+    let mut lock = lock;
     let expiry = until.map(|until| {
         let plan = unlock_plan(
             lock.action_id,
@@ -185,6 +187,9 @@ pub fn lock(
         );
         (plan, until)
     });
+    if let (Origin::Lock { expiry: id, .. }, Some((plan, _))) = (&mut lock.origin, &expiry) {
+        *id = Some(plan.action_id);
+    }
     Ok(LockPlans { lock, expiry })
 }
 

@@ -192,6 +192,19 @@ pub async fn cancel(
         .cancel(&ctx.audit, action_id, actor, reason)
         .await?;
     if let Cancelled::Done(done) = &cancelled {
+        // A lock's or drain's expiry goes with it: there is nothing left for it to end.
+        if let Origin::Lock {
+            expiry: Some(expiry),
+            ..
+        }
+        | Origin::Drain {
+            expiry: Some(expiry),
+            ..
+        } = &done.1.origin
+        {
+            let why = format!("{reason} (its {} was called off)", done.1.origin.name());
+            ctx.queue.cancel(&ctx.audit, *expiry, actor, &why).await?;
+        }
         let before = ctx
             .store
             .cancel_announcement(&action_id.to_string())

@@ -420,3 +420,44 @@ async fn an_action_that_requires_its_announcement_does_not_act_when_it_was_not_d
     assert!(pg.is_alive(sessions[0]).await, "nothing was ended");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn cancelling_a_scheduled_lock_cancels_its_expiry_too() {
+    let pg = TestPostgres::start();
+    let ws = Workspace::new();
+    create_admin(&pg).await;
+    pg.exec("ALTER ROLE sever_admin CREATEROLE").await;
+    pg.create_login("app", "pw").await;
+    let config = ws
+        .target_config(ws.config(), "main", &pg)
+        .set("targets.main.locks", true)
+        .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let at = chrono::Utc::now() + chrono::Duration::hours(1);
+    let (status, answer) = server
+        .operator_post(
+            "/v1/locks",
+            &json!({"login": "app", "targets": ["main"], "reason": "r", "for": "10m",
+                    "not_before": at}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let id = answer["action_id"].as_str().unwrap().to_owned();
+    let (status, report) = server
+        .operator_post(
+            &format!("/v1/actions/{id}/cancel"),
+            &json!({"reason": "no longer"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let (_, expiries) = server.operator_get("/v1/actions?origin=unlock").await;
+    let expiries = expiries["actions"].as_array().unwrap().clone();
+    assert_eq!(expiries.len(), 1, "{expiries:?}");
+    assert_eq!(expiries[0]["status"], "cancelled", "{expiries:?}");
+    let (_, waiting) = server.operator_get("/v1/actions?status=scheduled").await;
+    assert!(
+        waiting["actions"].as_array().unwrap().is_empty(),
+        "{waiting}"
+    );
+    server.stop().await;
+}
