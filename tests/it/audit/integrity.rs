@@ -408,3 +408,44 @@ async fn unkeyed_history_from_before_the_key_fails_verify_until_the_printed_pin_
     assert!(out.status.success(), "{}", stdout(&out));
     pool.close().await;
 }
+
+/// A trail found tampered with is told to the channels that take `audit.chain_broken`,
+/// once, through a real (local) webhook receiver.
+#[tokio::test]
+async fn a_broken_chain_is_notified_once() {
+    use sever_testkit::receiver::Receiver;
+    let ws = Workspace::new();
+    let url = sqlite_url(&ws);
+    let (config, forger) = configs(&ws, &format!("{url:?}"), "1h");
+    let server = TestServer::start(&config).await;
+    await_audit_chain(&server, true).await;
+    server.stop().await;
+    // Every checkpoint deleted and an unkeyed one written by someone without the key.
+    let pool = pool(&url).await;
+    sqlx::query("DELETE FROM audit_checkpoints")
+        .execute(&pool)
+        .await
+        .unwrap();
+    cli_ok(&forger, &["audit", "checkpoint"]);
+
+    let hook = Receiver::start().await;
+    let secret = ws.secret_path("hook.secret", "whsec_YnJva2VuLWNoYWluLXRlc3Qtc2VjcmV0LTAx");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = format!(
+        "{text}\n[notify]\ntarget_down_after = \"1s\"\npoll_interval = \"100ms\"\n\
+         [[notify.channels]]\nname = \"sec\"\nkind = \"webhook\"\nurl = \"{}\"\n\
+         allow_http = true\nsecret = {{ file = \"{secret}\" }}\nevents = [\"audit.chain_broken\"]\n",
+        hook.url("/hook")
+    );
+    std::fs::write(&config, text).unwrap();
+    let server = TestServer::start(&config).await;
+    await_audit_chain(&server, false).await;
+    let got = hook.wait_for(1, Duration::from_secs(8)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let body = got[0].json();
+    assert_eq!(body["type"], "audit.chain_broken", "{body}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(hook.received().len(), 1, "told once, not every tick");
+    server.stop().await;
+    pool.close().await;
+}
