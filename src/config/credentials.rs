@@ -181,6 +181,18 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 "needs notify_before",
             ));
         }
+        let announced = config
+            .notify
+            .channels
+            .iter()
+            .any(|c| c.events.contains(&super::NotifyEvent::AnnouncementMade));
+        if credential.require_announcement && !announced {
+            return Err(invalid(
+                format!("{path}.require_announcement"),
+                "no [[notify.channels]] takes announcement.made, so it could never be \
+                 delivered",
+            ));
+        }
         if credential.logins.is_empty() && !derives_logins {
             return Err(invalid(
                 format!("{path}.logins"),

@@ -52,6 +52,17 @@ pub fn schedule(
     if request.require_announcement && request.notify_before.is_none() {
         return invalid("require_announcement needs notify_before".into());
     }
+    let announced = config.notify.channels.iter().any(|c| {
+        c.events
+            .contains(&crate::config::NotifyEvent::AnnouncementMade)
+    });
+    if request.require_announcement && !announced {
+        return invalid(
+            "require_announcement: no [[notify.channels]] takes announcement.made, so it \
+             could never be delivered"
+                .into(),
+        );
+    }
     let earliest = now + to_chrono(ahead);
     let mut expired = false;
     let act_at = match (&request.not_before, &request.window) {
@@ -227,6 +238,10 @@ mod tests {
                 "could not go out in time",
             ),
             (r#"{"require_announcement":true}"#, "needs notify_before"),
+            (
+                r#"{"notify_before":"1h","require_announcement":true}"#,
+                "no [[notify.channels]] takes announcement.made",
+            ),
             (r#"{"max_wait":"1d"}"#, "goes with window"),
             (r#"{"notify_before":"0s"}"#, "more than zero"),
             (r#"{"notify_before":"60d"}"#, "at most"),

@@ -256,7 +256,10 @@ async fn announcement_missing(ctx: &Context, plan: &Plan) -> Option<String> {
         .and_then(|r| r.notifications.as_deref())
         .and_then(|t| serde_json::from_str(t).ok())
         .unwrap_or_default();
+    // Made but queued nowhere (no channel took it, or the process stopped in between)
+    // is not delivered.
     let delivered = row.as_ref().is_some_and(|r| r.state == "made")
+        && !ids.is_empty()
         && ctx.notifier.delivered(&ids).await.unwrap_or(false);
     (!delivered).then(|| {
         format!(
