@@ -59,6 +59,18 @@ async fn server_with(pg: &TestPostgres, ws: &Workspace, hook: Option<&str>) -> s
     ws.write_config(&config)
 }
 
+/// The action's status once it is no longer running (or after 5 s).
+async fn settled(server: &TestServer, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, action) = server.operator_get(&format!("/v1/actions/{id}")).await;
+        if action["status"] != "running" || Instant::now() > deadline {
+            return action;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_for_record(ws: &Workspace, kind: &str) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -126,7 +138,7 @@ async fn an_announced_revocation_waits_then_ends_what_is_selected_then_across_a_
         );
     }
     assert!(chrono::Utc::now() >= act_at, "not before act_at ({act_at})");
-    let (_, action) = server.operator_get(&format!("/v1/actions/{id}")).await;
+    let action = settled(&server, &id).await;
     assert_eq!(action["status"], "completed", "{action}");
     assert_eq!(
         ws.records("announcement.made").await.len(),
@@ -459,5 +471,53 @@ async fn cancelling_a_scheduled_lock_cancels_its_expiry_too() {
         waiting["actions"].as_array().unwrap().is_empty(),
         "{waiting}"
     );
+    server.stop().await;
+}
+
+/// The same waiting list, announcer and cancel on a PostgreSQL store (the production one).
+#[tokio::test]
+async fn scheduling_works_on_a_postgresql_store() {
+    use crate::support::config::file;
+    let pg = TestPostgres::start();
+    pg.exec("CREATE ROLE sever_store LOGIN PASSWORD 'storepw'")
+        .await;
+    pg.exec("CREATE DATABASE sever_store OWNER sever_store")
+        .await;
+    let ws = Workspace::new();
+    create_admin(&pg).await;
+    pg.create_login("app", "pw").await;
+    let store = pg.url("sever_store", "storepw", "sever_store");
+    let config = ws
+        .target_config(ws.config(), "main", &pg)
+        .set("queue.poll_interval", "100ms")
+        .set("store.url", file(&ws.secret_path("store.url", &store)))
+        .toml();
+    let server = TestServer::start(&ws.write_config(&config)).await;
+    let sessions = pg.open_sessions("app", "pw", 1).await;
+    let post = |notify_before: &str| {
+        let server = &server;
+        let body = json!({"login": "app", "targets": ["main"], "reason": "r",
+                          "notify_before": notify_before});
+        async move { server.operator_post("/v1/revocations", &body).await }
+    };
+    let (status, later) = post("1h").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{later}");
+    let later = later["action_id"].as_str().unwrap().to_owned();
+    let (_, waiting) = server.operator_get("/v1/actions?status=scheduled").await;
+    assert_eq!(waiting["actions"][0]["action_id"], later, "{waiting}");
+    let (status, cancelled) = server
+        .operator_post(
+            &format!("/v1/actions/{later}/cancel"),
+            &json!({"reason": "no"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled");
+    let (status, soon) = post("1s").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{soon}");
+    assert!(pg.wait_gone(sessions[0], GONE).await, "acts at its time");
+    let soon = soon["action_id"].as_str().unwrap();
+    let action = settled(&server, soon).await;
+    assert_eq!(action["status"], "completed", "{action}");
     server.stop().await;
 }
