@@ -92,19 +92,7 @@ pub async fn post_drain(
 
 /// Plans and stores a drain and its expiry; the drain's id.
 pub async fn take(ctx: &Context, request: &DrainRequest, actor: &str) -> Result<Uuid, ApiError> {
-    let now = Utc::now();
-    let schedule = crate::resolve::schedule::schedule(&ctx.config, &request.schedule(), now)?;
-    let expired = schedule.as_ref().is_some_and(|s| s.expired);
-    // A scheduled one starts (and its expiry counts) from when it acts.
-    let start = schedule
-        .as_ref()
-        .filter(|s| !s.expired)
-        .map_or(now, |s| s.act_at);
-    let mut plans = drain(&ctx.config, request, start)?;
-    plans.drain.schedule = schedule;
-    if expired {
-        plans.expiry = None;
-    }
+    let plans = drain(&ctx.config, request, Utc::now())?;
     if let Some((expiry, due)) = plans.expiry {
         let mut submission = Submission::new(expiry, actor.to_owned());
         submission.due = Some(due);

@@ -91,19 +91,7 @@ pub async fn post_lock(
 
 /// Plans and stores a lock and its expiry; the lock's id.
 pub async fn take(ctx: &Context, request: &LockRequest, actor: &str) -> Result<Uuid, ApiError> {
-    let now = Utc::now();
-    let schedule = crate::resolve::schedule::schedule(&ctx.config, &request.schedule(), now)?;
-    let expired = schedule.as_ref().is_some_and(|s| s.expired);
-    // A scheduled one starts (and its expiry counts) from when it acts.
-    let start = schedule
-        .as_ref()
-        .filter(|s| !s.expired)
-        .map_or(now, |s| s.act_at);
-    let mut plans = lock(&ctx.config, request, start)?;
-    plans.lock.schedule = schedule;
-    if expired {
-        plans.expiry = None;
-    }
+    let plans = lock(&ctx.config, request, Utc::now())?;
     let targets: Vec<String> = plans.lock.steps.iter().map(|s| s.target.clone()).collect();
     check_grants(ctx, &targets).await?;
     if let Some((expiry, due)) = plans.expiry {

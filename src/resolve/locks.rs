@@ -88,6 +88,9 @@ pub fn lock(
         return Err(invalid("reason is required".into()));
     }
     check_reason(&request.reason)?;
+    // A scheduled one takes effect (and its `for` counts) from when it acts.
+    let (schedule, start) = super::schedule::starting(config, &request.schedule(), now)?;
+    let expired = schedule.as_ref().is_some_and(|s| s.expired);
     let until = match (request.duration, request.permanent) {
         (Some(_), true) => {
             return Err(invalid(
@@ -104,7 +107,7 @@ pub fn lock(
             return Err(invalid("for must be longer than zero".into()));
         }
         (Some(d), false) => Some(
-            now + chrono::Duration::from_std(d).map_err(|_| invalid("for is too long".into()))?,
+            start + chrono::Duration::from_std(d).map_err(|_| invalid("for is too long".into()))?,
         ),
         (None, true) => None,
     };
@@ -173,11 +176,11 @@ pub fn lock(
         cutoff_defaulted: false,
         ending: Default::default(),
         selection: None,
-        schedule: None,
+        schedule,
         steps: steps.clone(),
     };
     let mut lock = lock;
-    let expiry = until.map(|until| {
+    let expiry = until.filter(|_| !expired).map(|until| {
         let plan = unlock_plan(
             lock.action_id,
             &request.login,

@@ -112,6 +112,21 @@ pub fn schedule(
     }))
 }
 
+/// A lock's or drain's schedule, and the moment it takes effect (when it acts, or `now`):
+/// its `for` counts from then.
+pub fn starting(
+    config: &Config,
+    request: &ScheduleRequest,
+    now: DateTime<Utc>,
+) -> Result<(Option<Schedule>, DateTime<Utc>), ResolveError> {
+    let schedule = schedule(config, request, now)?;
+    let start = schedule
+        .as_ref()
+        .filter(|s| !s.expired)
+        .map_or(now, |s| s.act_at);
+    Ok((schedule, start))
+}
+
 /// The first moment from `from` (then each whole minute after it, the windows' resolution)
 /// up to `until` at which `open` holds.
 fn next_opening(
