@@ -172,7 +172,44 @@ pub fn document(parts: impl IntoIterator<Item = OpenApi>) -> OpenApi {
         "ErrorDetail".to_owned(),
         <ErrorDetail as utoipa::PartialSchema>::schema(),
     );
-    doc
+    open_flattened_parts(doc)
+}
+
+/// `doc` with each `allOf` part that refers to a closed schema (`additionalProperties:
+/// false`, from `deny_unknown_fields`) inlined without that closure: a `#[serde(flatten)]`
+/// of such a type (the selector in a revocation) would otherwise forbid the fields of the
+/// other parts, and no body could match. The closed schema stays closed where it stands
+/// alone.
+fn open_flattened_parts(doc: OpenApi) -> OpenApi {
+    let Ok(mut json) = serde_json::to_value(&doc) else {
+        return doc;
+    };
+    let schemas = json["components"]["schemas"].clone();
+    let Some(map) = json["components"]["schemas"].as_object_mut() else {
+        return doc;
+    };
+    for schema in map.values_mut() {
+        let Some(parts) = schema.get_mut("allOf").and_then(|p| p.as_array_mut()) else {
+            continue;
+        };
+        for part in parts {
+            let target = part
+                .get("$ref")
+                .and_then(|r| r.as_str())
+                .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                .and_then(|name| schemas.get(name));
+            if let Some(target) = target
+                && target["additionalProperties"] == serde_json::Value::Bool(false)
+            {
+                let mut open = target.clone();
+                if let Some(fields) = open.as_object_mut() {
+                    fields.remove("additionalProperties");
+                }
+                *part = open;
+            }
+        }
+    }
+    serde_json::from_value(json).unwrap_or(doc)
 }
 
 /// `GET /openapi.json`: `doc` as JSON, asking for no token (it holds no secret).
