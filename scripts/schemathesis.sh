@@ -29,7 +29,7 @@ as_pg() {
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 cargo build --quiet --locked --bin sever
-sever=${CARGO_TARGET_DIR:-target}/debug/sever
+sever=$(realpath "${CARGO_TARGET_DIR:-target}/debug/sever")
 
 # --- throwaway PostgreSQL target ---------------------------------------------------------------
 chmod 755 "$work"
@@ -103,6 +103,8 @@ done
 export SEVER_OPERATOR_TOKEN=$operator_token SEVER_ALERTMANAGER_TOKEN=$alertmanager_token
 export SEVER_WEBHOOK_SECRET=$webhook_secret SEVER_METRICS_TOKEN=$metrics_token
 export SCHEMATHESIS_HOOKS=sever_hooks PYTHONPATH="$PWD/scripts/schemathesis${PYTHONPATH:+:$PYTHONPATH}"
+# From the temp dir: schemathesis and hypothesis keep their example databases in the cwd.
+cd "$work"
 checks=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance
 intake_re='^/v1/(events|alerts)'
 status=0
