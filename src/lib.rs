@@ -84,6 +84,16 @@ pub enum ServeError {
         source: std::io::Error,
     },
 }
+/// The OpenAPI 3.1 document of every route sever serves (`GET /openapi.json`), from the
+/// areas' routers, which register each route with its description.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    http::openapi::document([
+        http::health::routes().into_openapi(),
+        intake::routes().into_openapi(),
+        operator::routes().into_openapi(),
+        http::exporter::openapi(),
+    ])
+}
 
 /// Installs the process-wide TLS crypto provider. Several crates pull in rustls with
 /// different backends; without an explicit choice the first TLS connection panics.
@@ -244,6 +254,7 @@ pub async fn run_with(
                         http::health::router(health),
                         intake::router(intake),
                         crate::operator::router(operators),
+                        http::openapi::router(&openapi()),
                     ]
                     .into_iter()
                     .chain(guarded_metrics()),
@@ -260,6 +271,7 @@ pub async fn run_with(
                     [
                         http::health::router(health),
                         crate::operator::router(operators),
+                        http::openapi::router(&openapi()),
                     ]
                     .into_iter()
                     .chain(guarded_metrics()),

@@ -24,7 +24,7 @@ pub use records::{completed_record, target_records};
 pub use schedule::Schedule;
 
 /// `rotated`: the old secret stopped being valid; `revoked`: the login must lose every session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// Terminate sessions that predate the rotation (per the credential's policy).
@@ -34,7 +34,7 @@ pub enum EventKind {
 }
 
 /// Where a rotation was reported from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AwsSource {
     /// The rotation Lambda's hook call after `finishSecret`.
@@ -47,7 +47,7 @@ pub enum AwsSource {
 }
 
 /// What sever decided about the previous user of an alternating-users rotation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PreviousUser {
     /// The login that is `AWSPREVIOUS` now.
     pub login: String,
@@ -56,7 +56,7 @@ pub struct PreviousUser {
 }
 
 /// Where an action came from.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(tag = "origin", rename_all = "snake_case")]
 pub enum Origin {
     /// A rotation event for a configured credential.
@@ -407,7 +407,7 @@ pub enum Work {
 }
 
 /// Overall result of an action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Every target answered, every signalled session is gone.
@@ -421,7 +421,7 @@ pub enum Status {
 }
 
 /// What happened on one target.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TargetReport {
     /// Target id.
     pub target: String,
@@ -443,7 +443,7 @@ pub struct TargetReport {
 /// `cancelled`, `would_terminate`, `would_cancel`, `failed`, `remaining`, or a skip reason
 /// (`excluded` with its rule, `protected`, `superuser`, `own_login`, `rolling_back`,
 /// `not_before_cutoff`, `already_gone`, `system_backend`, `unknown_<field>`, …).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionDecision {
     /// The session's id on its target.
     pub pid: i64,
@@ -518,7 +518,7 @@ impl TargetReport {
 }
 
 /// The finished result of an action, as returned by `?wait=true`, revocations and the CLI.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActionReport {
     /// The action's id, also on every audit record it wrote.
     pub action_id: Uuid,

@@ -241,3 +241,17 @@ pub(super) fn operator_token() -> ExitCode {
     println!("token_sha256 (put in the config):         {hash}");
     ExitCode::SUCCESS
 }
+
+/// Prints the OpenAPI document, for generating a client without a running server.
+pub(super) fn openapi() -> ExitCode {
+    match serde_json::to_string_pretty(&crate::openapi()) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot write the OpenAPI document: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -170,6 +170,8 @@ pub enum Command {
     Policy(policies::PolicyCommand),
     /// Generate an operator token and the hash to put in `operators[].token_sha256`.
     OperatorToken,
+    /// Print the OpenAPI 3.1 document of the HTTP API (as `GET /openapi.json` serves it).
+    Openapi,
 }
 
 impl Cli {
@@ -225,6 +227,7 @@ impl Cli {
             Command::Policy(cmd) => policies::policy(config, cmd).await,
             Command::Action(cmd) => actions::action(config, cmd).await,
             Command::OperatorToken => Ok(check::operator_token()),
+            Command::Openapi => Ok(check::openapi()),
         }
     }
 }

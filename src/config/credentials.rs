@@ -11,7 +11,7 @@ use super::{Config, ConfigError, check_id, invalid};
 use crate::select::{Ending, Mode};
 
 /// What a rotation of a credential does to the sessions of its logins.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RotationPolicy {
     /// Terminate sessions that began before the rotation's cutoff.
@@ -101,7 +101,7 @@ pub struct CredentialAws {
 }
 
 /// In AWS's alternating-users strategy the previous user stays valid by design.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PreviousUserPolicy {
     /// Leave the previous user's sessions alone (AWS's intent).

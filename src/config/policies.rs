@@ -16,7 +16,7 @@ use crate::select::{Ending, MAX_GRACE, Mode, Selector, Victims, When};
 pub const SWEEP_PREFIX: &str = "sweep:";
 
 /// One policy.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Its name: in the actor of its actions (`policy:<name>`), its metrics and its URL.
@@ -47,12 +47,14 @@ pub struct PolicyConfig {
         with = "humantime_serde::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>)]
     pub grace: Option<Duration>,
     /// `observe` (the default) reports what it would end; `enforce` ends it.
     #[serde(default)]
     pub enforcement: Enforcement,
     /// How often it is evaluated.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub interval: Duration,
     /// Names of `[[windows]]`: an enforcing policy acts only inside one of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -64,6 +66,7 @@ pub struct PolicyConfig {
         with = "humantime_serde::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>)]
     pub notify_before: Option<Duration>,
     /// Runs in a row that end sessions before the policy pauses itself.
     #[serde(default = "default_pause_after")]
@@ -78,7 +81,7 @@ fn default_pause_after() -> u32 {
 }
 
 /// Target ids, or the word `"all"`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum PolicyTargets {
     /// These targets.
@@ -88,7 +91,7 @@ pub enum PolicyTargets {
 }
 
 /// How a policy's victims end: the selector's modes, or `report` (nothing ends).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyMode {
     /// End the session at once.
@@ -103,7 +106,7 @@ pub enum PolicyMode {
 }
 
 /// Whether a policy ends what it selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Enforcement {
     /// Report what would be ended; end nothing.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// What a request asks about its timing: the fields revocations, locks and drains accept,
 /// and credentials and policies configure.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScheduleRequest {
     /// Announce this long before acting (e.g. `15m`); acts only after that.
     #[serde(
@@ -17,6 +17,7 @@ pub struct ScheduleRequest {
         with = "humantime_serde::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>)]
     pub notify_before: Option<Duration>,
     /// Act at or after this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -30,6 +31,7 @@ pub struct ScheduleRequest {
         with = "humantime_serde::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>)]
     pub max_wait: Option<Duration>,
     /// Do not act unless the announcement was delivered by then.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -10,9 +10,10 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::Actor;
 use super::error::ApiError;
@@ -97,13 +98,27 @@ pub fn guarded_router(
 }
 
 fn router(scrape: Scrape) -> Router {
-    Router::new()
-        .route("/metrics", get(get_metrics))
-        .with_state(scrape)
+    routes().split_for_parts().0.with_state(scrape)
+}
+
+/// `GET /metrics`, registered with its OpenAPI description (for the document only: the
+/// state is private, so this says what the route is, not how it is built).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+fn routes() -> OpenApiRouter<Scrape> {
+    OpenApiRouter::new().routes(routes!(get_metrics))
 }
 
 /// The current metrics, once the token (where one is asked) checks out; a refused scrape
 /// is recorded like any refused request, by `anonymous`.
+#[utoipa::path(get, path = "/metrics", tag = "metrics",
+    security(("metrics_token" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition format.", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 401, description = "`missing_token` or `invalid_token` (on the operator listener).", body = crate::http::openapi::ErrorBody),
+    ))]
 async fn get_metrics(State(scrape): State<Scrape>, headers: HeaderMap) -> Response {
     if let Some(tokens) = &scrape.tokens {
         let token = headers

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::context::Context;
 use crate::resolve::vault::Vault;
@@ -33,14 +33,18 @@ pub struct Health {
 
 /// Liveness and readiness, answered on every listener so probes can reach either port.
 pub fn router(health: Health) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(health)
+    routes().split_for_parts().0.with_state(health)
+}
+
+/// The probes' routes, each registered with its OpenAPI description.
+pub fn routes() -> OpenApiRouter<Health> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
 /// One subscription's state, for `/readyz`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct StreamState {
     /// The websocket is open.
     pub connected: bool,
@@ -75,12 +79,31 @@ impl Status {
 }
 
 /// Always 200 while the process serves HTTP.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process is up.", body = Alive)))]
+pub async fn healthz() -> Json<Alive> {
+    Json(Alive {
+        status: AliveStatus::Ok,
+    })
+}
+
+/// `GET /healthz`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Alive {
+    /// Always `ok`.
+    status: AliveStatus,
+}
+
+/// The one status `/healthz` gives.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum AliveStatus {
+    /// The process answers.
+    Ok,
 }
 
 /// One component's readiness.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Probe {
     ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,8 +151,9 @@ impl Probe {
 /// writes through the append path or its file was lost (nothing could be accepted durably);
 /// a failing checkpoint file, target, Vault or Vault stream, or a tampered audit trail, makes the
 /// status `degraded` (200): sessions must still be ended while the operator looks.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
+    #[schema(value_type = ReadyStatus)]
     status: &'static str,
     /// The store takes a write through the same transaction and commit as appends.
     store: Probe,
@@ -155,6 +179,11 @@ pub struct Readiness {
 }
 
 /// Probes the store, its file and every target concurrently.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready, or degraded: a target, Vault or the audit chain is unwell.", body = Readiness),
+        (status = 503, description = "The store is unavailable.", body = Readiness),
+    ))]
 pub async fn readyz(State(state): State<Health>) -> (StatusCode, Json<Readiness>) {
     let ctx = &state.ctx;
     let store = tokio::time::timeout(PROBE_TIMEOUT, ctx.audit.probe());
@@ -223,6 +252,19 @@ pub async fn readyz(State(state): State<Health>) -> (StatusCode, Json<Readiness>
         vault_subscriber,
     };
     (code, Json(readiness))
+}
+
+/// `/readyz`'s overall status.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Only describes the `&'static str` the handler sets.
+enum ReadyStatus {
+    /// Everything answered.
+    Ready,
+    /// Serving, with a component unwell.
+    Degraded,
+    /// The store is down.
+    Unavailable,
 }
 
 /// How long past its expiry a lock may still be in force before readiness says so: the

@@ -12,6 +12,7 @@ pub mod error;
 pub mod exporter;
 pub mod health;
 pub mod keys;
+pub mod openapi;
 pub mod refusal;
 pub mod rejections;
 pub mod reply;

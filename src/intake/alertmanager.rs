@@ -32,7 +32,7 @@ const MAX_ALERTS: usize = 1000;
 
 /// Alertmanager's webhook body, version 4 (fields sever does not use are ignored, as
 /// Alertmanager adds some over time).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Notification {
     /// Must be `"4"`.
@@ -46,7 +46,7 @@ pub struct Notification {
 }
 
 /// One alert of a notification.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
     /// `firing` or `resolved`.
@@ -60,7 +60,7 @@ pub struct Alert {
 }
 
 /// What became of one alert.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AlertOutcome {
     /// The alert's fingerprint.
     pub fingerprint: String,
@@ -81,13 +81,24 @@ pub struct AlertOutcome {
 }
 
 /// The answer: one outcome per alert.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Answer {
     /// Per alert, in the notification's order.
     pub alerts: Vec<AlertOutcome>,
 }
 
 /// Receives one notification.
+#[utoipa::path(post, path = "/v1/alerts/alertmanager", tag = "intake",
+    security(("alertmanager_token" = [])),
+    request_body = Notification,
+    responses(
+        (status = 200, description = "One outcome per alert.", body = Answer),
+        (status = 400, description = "`malformed_json` or `unreadable_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "`missing_token` or `invalid_token`.", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request`, or a refusal of the policy a route names.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn post_alertmanager(
     State(intake): State<Intake>,
     headers: HeaderMap,

@@ -24,7 +24,7 @@ use crate::http::{self, Actor, RequestMeta};
 use crate::resolve::aws::{self, RotationError};
 
 /// The rotation Lambda's own event, as the hook forwards it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct HookEvent {
     #[serde(rename = "SecretId")]
     secret_id: String,
@@ -32,6 +32,20 @@ pub(super) struct HookEvent {
     token: String,
     #[serde(rename = "Step")]
     pub(super) step: String,
+}
+
+/// `POST /v1/events/aws`'s body, for the document: which one is read depends on how the
+/// request authenticates (Standard Webhooks headers, SNS's message type, or the API key).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Describes the body; the handler reads each kind itself.
+pub(super) enum AwsBody {
+    /// From the Lambda hook (signed).
+    Hook(HookEvent),
+    /// An SNS delivery.
+    Sns(super::sns::SnsMessage),
+    /// An EventBridge event (API key).
+    EventBridge(super::eventbridge::EventBridgeEvent),
 }
 
 /// The rotation steps the hook may report.
@@ -47,6 +61,21 @@ pub(super) fn parse_hook(body: &[u8]) -> Result<HookEvent, ApiError> {
 }
 
 /// Dispatches on how the request authenticates itself.
+#[utoipa::path(post, path = "/v1/events/aws", tag = "intake",
+    request_body = AwsBody,
+    params(("wait" = Option<bool>, Query, description = "Answer with the finished report instead of `202`.")),
+    responses(
+        (status = 200, description = "Finished (`wait=true`): the report; or a duplicate delivery, or an event that needs nothing done.", body = crate::http::openapi::EventAnswer),
+        (status = 202, description = "Accepted: the action and where to follow it (with `wait`, still running; or scheduled).", body = crate::http::openapi::AcceptedBody),
+        (status = 401, description = "`missing_credentials`, `invalid_api_key`, a Standard Webhooks refusal, or an SNS one (`invalid_sns_signature`, `stale_sns_message`).", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "`malformed_json`, `malformed_header` or `unreadable_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`replayed_delivery` or `version_not_current`.", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request`, `unknown_credential`, `unknown_target`, `protected_login` and the other refusals of what the event names.", body = crate::http::openapi::ErrorBody),
+        (status = 502, description = "Secrets Manager, Vault or SNS could not be asked; nothing was executed.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable` (store, audit trail) or `sns_busy`.", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "`untrusted_topic`.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn post_aws_event(
     State(intake): State<Intake>,
     meta: RequestMeta,

@@ -4,6 +4,52 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+/// An EventBridge event as [`interpret`] reads it, for the OpenAPI document only (the
+/// handler reads the JSON tree leniently).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct EventBridgeEvent {
+    /// `Secret Label Updated`, `AWS API Call via CloudTrail`, …
+    #[serde(rename = "detail-type")]
+    detail_type: String,
+    /// `aws.secretsmanager`; others are ignored.
+    source: String,
+    /// When it happened.
+    time: Option<String>,
+    /// What happened.
+    detail: EventBridgeDetail,
+}
+
+/// The fields of an event's `detail` that are read.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct EventBridgeDetail {
+    /// The CloudTrail call (`PutSecretValue`, `RotationSucceeded`, …).
+    event_name: Option<String>,
+    /// Set when the call failed: the event is ignored.
+    error_code: Option<String>,
+    /// The label that moved (`Secret Label Updated`).
+    label_updated: Option<String>,
+    /// The version it moved to.
+    version_id: Option<String>,
+    /// The secret, for label events.
+    secret_id: Option<String>,
+    /// The call's parameters (`secretId`, `versionStages`, …).
+    request_parameters: Option<EventBridgeParameters>,
+}
+
+/// A CloudTrail call's `requestParameters`, as far as they are read.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct EventBridgeParameters {
+    /// The secret.
+    secret_id: Option<String>,
+    /// The labels the new version gets.
+    version_stages: Option<Vec<String>>,
+}
+
 /// A rotation an event reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reported {

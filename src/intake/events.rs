@@ -31,6 +31,20 @@ pub fn wait_flag(query: Result<Query<WaitQuery>, QueryRejection>) -> Result<bool
 }
 
 /// Verifies, de-duplicates, plans and starts a rotation; see the README for the contract.
+#[utoipa::path(post, path = "/v1/events", tag = "intake",
+    request_body = crate::resolve::RotationEvent,
+    params(("wait" = Option<bool>, Query, description = "Answer with the finished report instead of `202`.")),
+    responses(
+        (status = 200, description = "Finished (`wait=true`): the report; or a duplicate delivery, or an event that needs nothing done.", body = crate::http::openapi::EventAnswer),
+        (status = 202, description = "Accepted: the action and where to follow it (with `wait`, still running; or scheduled).", body = crate::http::openapi::AcceptedBody),
+        (status = 401, description = "Standard Webhooks: `missing_header`, `timestamp_out_of_tolerance`, `invalid_signature`.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "`malformed_json`, `malformed_header` or `unreadable_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`replayed_delivery` or `version_not_current`.", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request`, `unknown_credential`, `unknown_target`, `protected_login` and the other refusals of what the event names.", body = crate::http::openapi::ErrorBody),
+        (status = 502, description = "Secrets Manager, Vault or SNS could not be asked; nothing was executed.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable` (store, audit trail) or `sns_busy`.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn post_event(
     State(intake): State<Intake>,
     meta: RequestMeta,

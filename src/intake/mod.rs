@@ -26,9 +26,10 @@ use axum::Json;
 use axum::Router;
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use self::sns::{SnsHttp, SnsVerifier};
 use self::webhook::{SecretError, Verifier};
@@ -219,13 +220,14 @@ pub fn spawn_background(intake: &Intake, stop: &CancellationToken) {
 
 /// Signed events from rotation systems: the routes that face senders.
 pub fn router(intake: Intake) -> Router {
-    Router::new()
-        .route("/v1/events", post(events::post_event))
-        .route("/v1/events/aws", post(aws::post_aws_event))
-        .route("/v1/events/vault", post(vault::post_vault_event))
-        .route(
-            "/v1/alerts/alertmanager",
-            post(alertmanager::post_alertmanager),
-        )
-        .with_state(intake)
+    routes().split_for_parts().0.with_state(intake)
+}
+
+/// The intake routes, each registered with its OpenAPI description.
+pub fn routes() -> OpenApiRouter<Intake> {
+    OpenApiRouter::new()
+        .routes(routes!(events::post_event))
+        .routes(routes!(aws::post_aws_event))
+        .routes(routes!(vault::post_vault_event))
+        .routes(routes!(alertmanager::post_alertmanager))
 }

@@ -17,6 +17,18 @@ use crate::http::error::ApiError;
 use crate::queue::{ActionFilter, ActionStatus, ActionSummary, Cancelled};
 
 /// Shows an action: its status, each target's attempts and last error, and the report.
+#[utoipa::path(get,
+    path = "/v1/actions/{id}",
+    tag = "operator",
+    security(("operator_token" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The action.")),
+    responses(
+        (status = 200, description = "Its status and, once finished, its report.", body = ActionStatus),
+        (status = 401, description = "`missing_token` or `invalid_token`.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store or audit trail is down.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request` and the other refusals of what the request names.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`unknown_action`.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn get_action(
     State(ctx): State<Arc<Context>>,
     operator: Operator,
@@ -53,8 +65,9 @@ const STATUSES: [&str; 6] = [
 pub const MAX_PAGE: usize = 500;
 
 /// `GET /v1/actions`'s query: filters, the page size and the cursor.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only this origin (`event`, `revocation`, `aws`, `vault`, `lock`, `unlock`, `drain`,
     /// `undrain`, `sweep`).
@@ -73,7 +86,7 @@ pub struct ListQuery {
 }
 
 /// One page of actions, newest first, and the cursor of the next page (`null` at the end).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ActionPage {
     /// The actions.
     pub actions: Vec<ActionSummary>,
@@ -82,6 +95,17 @@ pub struct ActionPage {
 }
 
 /// Lists actions with filters, newest first, paginated.
+#[utoipa::path(get,
+    path = "/v1/actions",
+    tag = "operator",
+    security(("operator_token" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page, newest first.", body = ActionPage),
+        (status = 401, description = "`missing_token` or `invalid_token`.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store or audit trail is down.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request` and the other refusals of what the request names.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn list_actions(
     State(ctx): State<Arc<Context>>,
     operator: Operator,
@@ -142,7 +166,7 @@ pub async fn list(ctx: &Context, q: &ListQuery) -> Result<ActionPage, ApiError> 
 }
 
 /// `POST /v1/actions/{id}/cancel`'s body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
     /// Why; required, recorded and announced.
@@ -151,6 +175,22 @@ pub struct CancelRequest {
 
 /// Calls off a scheduled action that has not acted: `200` with its report (status
 /// `cancelled`), `409 not_cancellable` once it has begun or finished.
+#[utoipa::path(post,
+    path = "/v1/actions/{id}/cancel",
+    tag = "operator",
+    security(("operator_token" = [])),
+    request_body = CancelRequest,
+    params(("id" = uuid::Uuid, Path, description = "The action.")),
+    responses(
+        (status = 200, description = "Called off: its report, status `cancelled`.", body = ActionReport),
+        (status = 401, description = "`missing_token` or `invalid_token`.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store or audit trail is down.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request` and the other refusals of what the request names.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "`malformed_json` or `unreadable_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`unknown_action`.", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`not_cancellable`: it has acted or finished.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn cancel_action(
     State(state): State<super::OperatorState>,
     operator: Operator,

@@ -29,7 +29,7 @@ use crate::resolve::drains::{DrainRequest, drain, undrain_plan};
 use crate::store::DrainRow;
 
 /// One drain on one target, as listed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DrainView {
     /// The drain's id (also its action's).
     pub drain_id: String,
@@ -72,6 +72,20 @@ impl From<DrainRow> for DrainView {
 }
 
 /// Takes a drain: stores its expiry, then the drain, and answers with the drain's report.
+#[utoipa::path(post,
+    path = "/v1/drains",
+    tag = "operator",
+    security(("operator_token" = [])),
+    request_body = DrainRequest,
+    responses(
+        (status = 200, description = "Finished: the drain's report.", body = crate::action::ActionReport),
+        (status = 202, description = "Stored, not finished (or scheduled): where to follow it.", body = crate::http::openapi::AcceptedBody),
+        (status = 401, description = "`missing_token` or `invalid_token`.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store or audit trail is down.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request` and the other refusals of what the request names.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "`malformed_json` or `unreadable_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn post_drain(
     State(state): State<OperatorState>,
     operator: Operator,
@@ -113,8 +127,9 @@ async fn store(ctx: &Context, submission: Submission) -> Result<Uuid, ApiError> 
 }
 
 /// `GET /v1/drains?all=true`: the active drains (with `all`, ended ones too).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Also list ended drains.
     #[serde(default)]
@@ -122,6 +137,17 @@ pub struct ListQuery {
 }
 
 /// Lists drains, active first.
+#[utoipa::path(get,
+    path = "/v1/drains",
+    tag = "operator",
+    security(("operator_token" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The drains, active first.", body = Vec<DrainView>),
+        (status = 401, description = "`missing_token` or `invalid_token`.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store or audit trail is down.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request` and the other refusals of what the request names.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn get_drains(
     State(state): State<OperatorState>,
     operator: Operator,
@@ -150,14 +176,28 @@ pub async fn list(
 }
 
 /// `DELETE /v1/drains/{id}?reason=…`: why it is lifted early.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LiftQuery {
     /// Why; required, recorded in the audit trail.
     pub reason: String,
 }
 
 /// Lifts a drain before its expiry; answers with the report of its end.
+#[utoipa::path(delete,
+    path = "/v1/drains/{id}",
+    tag = "operator",
+    security(("operator_token" = [])),
+    params(("id" = Uuid, Path, description = "The drain."), LiftQuery),
+    responses(
+        (status = 200, description = "Lifted: the report of its end.", body = crate::action::ActionReport),
+        (status = 202, description = "Stored, not finished (or scheduled): where to follow it.", body = crate::http::openapi::AcceptedBody),
+        (status = 401, description = "`missing_token` or `invalid_token`.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store or audit trail is down.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request` and the other refusals of what the request names.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`unknown_drain`.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn delete_drain(
     State(state): State<OperatorState>,
     operator: Operator,

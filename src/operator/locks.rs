@@ -28,7 +28,7 @@ use crate::resolve::locks::{LockRequest, lock, unlock_plan};
 use crate::store::LockRow;
 
 /// One lock on one target, as listed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LockView {
     /// The lock's id (also its action's).
     pub lock_id: String,
@@ -71,6 +71,20 @@ impl From<LockRow> for LockView {
 }
 
 /// Takes a lock: stores its expiry, then the lock, and answers with the lock's report.
+#[utoipa::path(post,
+    path = "/v1/locks",
+    tag = "operator",
+    security(("operator_token" = [])),
+    request_body = LockRequest,
+    responses(
+        (status = 200, description = "Finished: the lock's report.", body = crate::action::ActionReport),
+        (status = 202, description = "Stored, not finished (or scheduled): where to follow it.", body = crate::http::openapi::AcceptedBody),
+        (status = 401, description = "`missing_token` or `invalid_token`.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store or audit trail is down.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request` and the other refusals of what the request names.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "`malformed_json` or `unreadable_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn post_lock(
     State(state): State<OperatorState>,
     operator: Operator,
@@ -133,8 +147,9 @@ async fn store(ctx: &Context, submission: Submission) -> Result<Uuid, ApiError> 
 }
 
 /// `GET /v1/locks?all=true`: the active locks (with `all`, ended ones too).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Also list ended locks.
     #[serde(default)]
@@ -142,6 +157,17 @@ pub struct ListQuery {
 }
 
 /// Lists locks, active first.
+#[utoipa::path(get,
+    path = "/v1/locks",
+    tag = "operator",
+    security(("operator_token" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The locks, active first.", body = Vec<LockView>),
+        (status = 401, description = "`missing_token` or `invalid_token`.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store or audit trail is down.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request` and the other refusals of what the request names.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn get_locks(
     State(state): State<OperatorState>,
     operator: Operator,
@@ -170,14 +196,28 @@ pub async fn list(
 }
 
 /// `DELETE /v1/locks/{id}?reason=…`: why it is lifted early.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LiftQuery {
     /// Why; required, recorded in the audit trail.
     pub reason: String,
 }
 
 /// Lifts a lock before its expiry; answers with the report of its end.
+#[utoipa::path(delete,
+    path = "/v1/locks/{id}",
+    tag = "operator",
+    security(("operator_token" = [])),
+    params(("id" = Uuid, Path, description = "The lock."), LiftQuery),
+    responses(
+        (status = 200, description = "Lifted: the report of its end.", body = crate::action::ActionReport),
+        (status = 202, description = "Stored, not finished (or scheduled): where to follow it.", body = crate::http::openapi::AcceptedBody),
+        (status = 401, description = "`missing_token` or `invalid_token`.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store or audit trail is down.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request` and the other refusals of what the request names.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`unknown_lock`.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn delete_lock(
     State(state): State<OperatorState>,
     operator: Operator,

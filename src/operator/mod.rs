@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::{delete, get, post};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use self::auth::{Operator, Operators, bearer_token, new_token, token_hash};
 use crate::context::Context;
@@ -60,21 +61,22 @@ impl FromRef<OperatorState> for Arc<Context> {
 /// Operator-authenticated routes (revocations, sessions, actions): the routes that are kept
 /// off the intake listener when the two are split.
 pub fn router(state: OperatorState) -> Router {
-    Router::new()
-        .route("/v1/revocations", post(revocations::post_revocation))
-        .route("/v1/sessions", get(sessions::get_sessions))
-        .route("/v1/actions", get(actions::list_actions))
-        .route("/v1/actions/{id}", get(actions::get_action))
-        .route("/v1/actions/{id}/cancel", post(actions::cancel_action))
-        .route("/v1/locks", post(locks::post_lock).get(locks::get_locks))
-        .route("/v1/locks/{id}", delete(locks::delete_lock))
-        .route(
-            "/v1/drains",
-            post(drains::post_drain).get(drains::get_drains),
-        )
-        .route("/v1/drains/{id}", delete(drains::delete_drain))
-        .route("/v1/policies", get(policies::get_policies))
-        .route("/v1/policies/{name}/run", post(policies::run_policy))
-        .route("/v1/policies/{name}/resume", post(policies::resume_policy))
-        .with_state(state)
+    routes().split_for_parts().0.with_state(state)
+}
+
+/// The operator routes, each registered with its OpenAPI description.
+pub fn routes() -> OpenApiRouter<OperatorState> {
+    OpenApiRouter::new()
+        .routes(routes!(revocations::post_revocation))
+        .routes(routes!(sessions::get_sessions))
+        .routes(routes!(actions::list_actions))
+        .routes(routes!(actions::get_action))
+        .routes(routes!(actions::cancel_action))
+        .routes(routes!(locks::post_lock, locks::get_locks))
+        .routes(routes!(locks::delete_lock))
+        .routes(routes!(drains::post_drain, drains::get_drains))
+        .routes(routes!(drains::delete_drain))
+        .routes(routes!(policies::get_policies))
+        .routes(routes!(policies::run_policy))
+        .routes(routes!(policies::resume_policy))
 }

@@ -16,13 +16,22 @@ use crate::http::{self, Actor};
 use crate::policy::{self, Evaluation, PolicyError, PolicyView, Trigger};
 
 /// Every policy (the `[[policies]]` rules and the targets' sweeps) with its state.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PolicyList {
     /// The policies, rules first, in config order.
     pub policies: Vec<PolicyView>,
 }
 
 /// Lists the policies.
+#[utoipa::path(get,
+    path = "/v1/policies",
+    tag = "operator",
+    security(("operator_token" = [])),
+    responses(
+        (status = 200, description = "The policies and their state.", body = PolicyList),
+        (status = 401, description = "`missing_token` or `invalid_token`.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store or audit trail is down.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn get_policies(
     State(state): State<OperatorState>,
     operator: Operator,
@@ -35,7 +44,7 @@ pub async fn get_policies(
 }
 
 /// `POST /v1/policies/{name}/run`'s body (optional).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     /// End what the policy picks, if it enforces; without it the evaluation only reports.
@@ -44,6 +53,21 @@ pub struct RunRequest {
 }
 
 /// Evaluates a policy now and answers with the evaluation (and its action's report).
+#[utoipa::path(post,
+    path = "/v1/policies/{name}/run",
+    tag = "operator",
+    security(("operator_token" = [])),
+    request_body = Option<RunRequest>,
+    params(("name" = String, Path, description = "The policy.")),
+    responses(
+        (status = 200, description = "The evaluation and its action's report.", body = Evaluation),
+        (status = 401, description = "`missing_token` or `invalid_token`.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store or audit trail is down.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request` and the other refusals of what the request names.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "`malformed_json` or `unreadable_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`unknown_policy`.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn run_policy(
     State(state): State<OperatorState>,
     operator: Operator,
@@ -71,7 +95,7 @@ pub async fn run_policy(
 }
 
 /// What resuming did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Resumed {
     /// The policy.
     pub policy: String,
@@ -80,6 +104,18 @@ pub struct Resumed {
 }
 
 /// Resumes a policy that paused itself.
+#[utoipa::path(post,
+    path = "/v1/policies/{name}/resume",
+    tag = "operator",
+    security(("operator_token" = [])),
+    params(("name" = String, Path, description = "The policy.")),
+    responses(
+        (status = 200, description = "The policy's state now.", body = Resumed),
+        (status = 401, description = "`missing_token` or `invalid_token`.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store or audit trail is down.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request` and the other refusals of what the request names.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`unknown_policy`.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn resume_policy(
     State(state): State<OperatorState>,
     operator: Operator,

@@ -24,6 +24,21 @@ use crate::terminate::selected::{self, SelectRequest};
 
 /// Plans and stores the revocation, then returns the finished report (or `202` with the
 /// action id if it is still running when the request's time limit nears).
+#[utoipa::path(post,
+    path = "/v1/revocations",
+    tag = "operator",
+    security(("operator_token" = [])),
+    request_body = RevocationRequest,
+    responses(
+        (status = 200, description = "Finished: the report.", body = crate::action::ActionReport),
+        (status = 202, description = "Stored, not finished (or scheduled): where to follow it.", body = crate::http::openapi::AcceptedBody),
+        (status = 401, description = "`missing_token` or `invalid_token`.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store or audit trail is down.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request` and the other refusals of what the request names.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "`malformed_json` or `unreadable_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`selection_grew`: more sessions than `expect_count`.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn post_revocation(
     State(state): State<OperatorState>,
     operator: Operator,

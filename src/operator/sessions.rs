@@ -50,7 +50,56 @@ impl ListingQuery {
     }
 }
 
+/// `GET /v1/sessions`'s query, for the OpenAPI document: [`ListingQuery::parse`] reads it
+/// (a list field takes its key repeated).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct SessionsParams {
+    /// Only this target.
+    target: Option<String>,
+    /// Show each session's statement text.
+    include_query: Option<bool>,
+    /// Only these logins.
+    logins: Option<Vec<String>>,
+    /// Not these logins.
+    exclude_logins: Option<Vec<String>>,
+    /// Only these databases.
+    databases: Option<Vec<String>>,
+    /// Not these databases.
+    exclude_databases: Option<Vec<String>>,
+    /// Only these application names (`*` matches any run of characters).
+    application_names: Option<Vec<String>>,
+    /// Not these application names.
+    exclude_application_names: Option<Vec<String>>,
+    /// Only clients in these CIDR blocks.
+    client_addrs: Option<Vec<String>>,
+    /// Only sessions started before this moment (RFC 3339).
+    started_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only sessions started after this moment (RFC 3339).
+    started_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only sessions in these states.
+    states: Option<Vec<crate::select::SessionState>>,
+    /// Only sessions idle at least this long (`5m`).
+    idle_for: Option<String>,
+    /// Only sessions active at least this long.
+    active_for: Option<String>,
+    /// Only sessions in a transaction at least this long.
+    in_transaction_for: Option<String>,
+}
+
 /// Lists sessions on one target or all of them.
+#[utoipa::path(get,
+    path = "/v1/sessions",
+    tag = "operator",
+    security(("operator_token" = [])),
+    params(SessionsParams),
+    responses(
+        (status = 200, description = "Summaries, sessions, undecided ones and failed targets.", body = SessionsReport),
+        (status = 401, description = "`missing_token` or `invalid_token`.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store or audit trail is down.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request` and the other refusals of what the request names.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn get_sessions(
     State(ctx): State<Arc<Context>>,
     operator: Operator,

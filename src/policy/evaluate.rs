@@ -58,7 +58,7 @@ impl Trigger {
 }
 
 /// What came of an evaluation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Sessions were picked and the action ran, ending them.
@@ -94,7 +94,7 @@ impl Outcome {
 }
 
 /// One target's preview.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TargetEvaluation {
     /// Target id.
     pub target: String,
@@ -111,7 +111,7 @@ pub struct TargetEvaluation {
 }
 
 /// An evaluation and what it did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Evaluation {
     /// The policy.
     pub policy: String,

@@ -123,7 +123,7 @@ pub fn find<'a>(config: &'a Config, name: &str) -> Result<Policy<'a>, PolicyErro
 }
 
 /// A policy's configuration and state, as `GET /v1/policies` and `sever policies` show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PolicyView {
     /// Its name.
     pub name: String,
@@ -138,6 +138,7 @@ pub struct PolicyView {
     pub config: Option<PolicyConfig>,
     /// How often it is evaluated.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String)]
     pub interval: Duration,
     /// Whether one of its windows is open now (`true` without windows).
     pub in_window: bool,
@@ -152,7 +153,7 @@ pub struct PolicyView {
 }
 
 /// A pause.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Paused {
     /// When.
     pub at: String,
@@ -161,7 +162,7 @@ pub struct Paused {
 }
 
 /// A policy's last evaluation, as listed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LastView {
     /// When.
     pub at: String,

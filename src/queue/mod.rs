@@ -164,7 +164,7 @@ struct LeasedAction {
 }
 
 /// One step's state, as `GET /v1/actions/{id}` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StepStatus {
     /// Target id.
     pub target: String,
@@ -184,7 +184,7 @@ pub struct StepStatus {
 }
 
 /// An action's state and, once finished, its report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ActionStatus {
     /// The action.
     pub action_id: String,
@@ -233,7 +233,7 @@ pub struct ActionFilter {
 }
 
 /// One action in a list: what it is and how it stands, without its steps or report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ActionSummary {
     /// The action.
     pub action_id: String,

@@ -17,7 +17,7 @@ use crate::select::{Ending, MAX_GRACE, Mode, Selector};
 use crate::terminate::Scope;
 
 /// An operator's request to keep one database clear for a while.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
     /// The target (one; it must have `locks = true`).
@@ -28,6 +28,7 @@ pub struct DrainRequest {
     pub reason: String,
     /// How long (`15m`); required unless `permanent`.
     #[serde(default, rename = "for", with = "humantime_serde::option")]
+    #[schema(value_type = Option<String>)]
     pub duration: Option<Duration>,
     /// Keep it until lifted: must be said explicitly.
     #[serde(default)]
@@ -37,6 +38,7 @@ pub struct DrainRequest {
     pub mode: Mode,
     /// How long `graceful` waits (e.g. `30s`).
     #[serde(default, with = "humantime_serde::option")]
+    #[schema(value_type = Option<String>)]
     pub grace: Option<Duration>,
     /// Sessions spared: `logins` and `application_names` only (they become exclusions).
     #[serde(default)]
@@ -47,6 +49,7 @@ pub struct DrainRequest {
     pub lock_accounts: bool,
     /// Announce this long before acting (e.g. `15m`).
     #[serde(default, with = "humantime_serde::option")]
+    #[schema(value_type = Option<String>)]
     pub notify_before: Option<Duration>,
     /// Act at or after this time.
     #[serde(default)]
@@ -56,6 +59,7 @@ pub struct DrainRequest {
     pub window: Option<String>,
     /// How long to wait for `window` (default 7d).
     #[serde(default, with = "humantime_serde::option")]
+    #[schema(value_type = Option<String>)]
     pub max_wait: Option<Duration>,
     /// Act only if the announcement was delivered by then.
     #[serde(default)]

@@ -14,7 +14,7 @@ use crate::config::{Config, ScheduleRequest};
 use crate::terminate::Scope;
 
 /// An operator's request to keep a login out of some targets for a while.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LockRequest {
     /// The login kept out.
@@ -25,6 +25,7 @@ pub struct LockRequest {
     pub reason: String,
     /// How long (`30m`); required unless `permanent`.
     #[serde(default, rename = "for", with = "humantime_serde::option")]
+    #[schema(value_type = Option<String>)]
     pub duration: Option<Duration>,
     /// Keep it until lifted: must be said explicitly, so a forgotten `for` never locks a
     /// login for good.
@@ -35,6 +36,7 @@ pub struct LockRequest {
     pub terminate: bool,
     /// Announce this long before acting (e.g. `15m`).
     #[serde(default, with = "humantime_serde::option")]
+    #[schema(value_type = Option<String>)]
     pub notify_before: Option<Duration>,
     /// Act at or after this time.
     #[serde(default)]
@@ -44,6 +46,7 @@ pub struct LockRequest {
     pub window: Option<String>,
     /// How long to wait for `window` (default 7d).
     #[serde(default, with = "humantime_serde::option")]
+    #[schema(value_type = Option<String>)]
     pub max_wait: Option<Duration>,
     /// Act only if the announcement was delivered by then.
     #[serde(default)]

@@ -63,7 +63,7 @@ pub enum ResolveError {
 }
 
 /// The generic rotation event any rotation tool can send to `POST /v1/events`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 // Unknown fields are refused: a misspelt `rotated_at` would otherwise silently move the cutoff.
 #[serde(deny_unknown_fields)]
 pub struct RotationEvent {
@@ -80,7 +80,7 @@ pub struct RotationEvent {
 }
 
 /// Which targets an operator's revocation covers.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum TargetSelection {
     /// These targets.

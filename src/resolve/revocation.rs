@@ -23,7 +23,7 @@ use crate::terminate::Scope;
 /// An operator's request to end sessions now: the session selector's fields beside
 /// `targets`, `reason`, `dry_run`, `mode` / `grace`, `all_logins` and `expect_count`.
 /// Unknown fields are refused (a misspelt `exclude_logins` must not widen a revocation).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "Wire")]
 pub struct RevocationRequest {
     /// Target ids, or `"all"`.

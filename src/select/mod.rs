@@ -38,7 +38,7 @@ pub struct SelectorError {
 /// Which sessions to reach. Every field given narrows; see the module docs for how they
 /// combine. `login`, `database`, `application_name` and `client_addr` are accepted as aliases
 /// of the list fields (the listing's parameters before the selector existed).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Selector {
     /// Only these logins.
@@ -113,6 +113,7 @@ pub struct Selector {
         with = "humantime_serde::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "5m")]
     pub idle_for: Option<Duration>,
     /// Only sessions running their current statement for at least this long.
     #[serde(
@@ -120,6 +121,7 @@ pub struct Selector {
         with = "humantime_serde::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "5m")]
     pub active_for: Option<Duration>,
     /// Only sessions with a transaction open for at least this long.
     #[serde(
@@ -127,6 +129,7 @@ pub struct Selector {
         with = "humantime_serde::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "5m")]
     pub in_transaction_for: Option<Duration>,
 }
 

@@ -12,7 +12,7 @@ use super::SelectorError;
 pub const MAX_GRACE: Duration = Duration::from_secs(30 * 60);
 
 /// How a selected session is ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// End the session at once.
@@ -42,7 +42,7 @@ impl Mode {
 }
 
 /// A mode with its grace, as requests and the config spell them (`mode`, `grace`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Ending {
     /// How (left out when `terminate`, the default).
     #[serde(default, skip_serializing_if = "Mode::is_terminate")]
@@ -53,6 +53,7 @@ pub struct Ending {
         with = "humantime_serde::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>)]
     pub grace: Option<Duration>,
 }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// Written here rather than taken from a glob crate: those also give `?`, `[…]` and `\`
 /// meanings, and application names are free text that may hold any of them literally
 /// (`myapp[worker-1]`). Only `*` is special, as the selector documents.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct Pattern(String);
 
@@ -69,7 +69,8 @@ impl fmt::Display for Pattern {
 }
 
 /// A client address or CIDR block (`10.0.0.7`, `10.0.0.0/8`, `2001:db8::/32`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(value_type = String, example = "10.0.0.0/8")]
 pub struct AddrBlock(IpNet);
 
 impl AddrBlock {
@@ -143,7 +144,7 @@ impl<'de> Deserialize<'de> for AddrBlock {
 
 /// A session's state, in the selector's words (PostgreSQL's, with underscores). Engines map
 /// their own: MySQL's `Sleep` with a transaction open is `idle_in_transaction`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     /// Running a statement.

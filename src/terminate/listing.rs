@@ -12,7 +12,7 @@ use super::{EngineError, EngineKind, Session, SkipReason, TargetError, Targets};
 use crate::select::{Decision, Selector};
 
 /// What a session holds and waits for, as the engine reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Impact {
     /// When the session entered its current state.
     pub state_since: Option<DateTime<Utc>>,
@@ -66,7 +66,7 @@ pub fn count_blocking(listed: &mut [Listed]) {
 }
 
 /// A listed session and the target it is on, with its impact (the listing's row).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ListedSession {
     /// Target id.
     pub target: String,
@@ -79,7 +79,7 @@ pub struct ListedSession {
 }
 
 /// A session the selector could not decide on, so it was left out.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Undecided {
     /// Target id.
     pub target: String,
@@ -92,7 +92,7 @@ pub struct Undecided {
 }
 
 /// One login's selected sessions on one target, and what they hold.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Summary {
     /// Target id.
     pub target: String,
@@ -110,7 +110,7 @@ pub struct Summary {
 
 /// The listing across targets: per-login summaries first, then the sessions, the sessions
 /// left out because a value was unknown, and the targets that failed.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct SessionsReport {
     /// Per target and login, in that order.
     pub summary: Vec<Summary>,

@@ -32,7 +32,7 @@ use lockout::{LoginGate, Restored};
 pub use skip::SkipReason;
 
 /// A database session as the engine reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Session {
     /// Server-side session id (PostgreSQL backend pid).
     pub pid: i64,
@@ -53,7 +53,7 @@ pub struct Session {
 }
 
 /// Which of a login's sessions to terminate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "sessions", content = "before")]
 pub enum Scope {
     /// Every session.
@@ -155,18 +155,19 @@ impl Standing {
 }
 
 /// A session that matched but was not terminated, and why.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Skipped {
     /// The session.
     #[serde(flatten)]
     pub session: Session,
     /// Why it was left alone (`reason`, and `rule` for a selector's exclusion).
     #[serde(flatten)]
+    #[schema(value_type = skip::SkipWire)]
     pub reason: SkipReason,
 }
 
 /// A session that could not be terminated, and the engine's error.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Failed {
     /// The session.
     #[serde(flatten)]
@@ -176,7 +177,7 @@ pub struct Failed {
 }
 
 /// Why a sweep selected a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SweepReason {
     /// Its login no longer exists (dropped, e.g. by Vault's revocation).
@@ -186,7 +187,7 @@ pub enum SweepReason {
 }
 
 /// What happened on one target.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TerminateOutcome {
     /// Sessions in scope and eligible (in a dry run: what would be terminated).
     pub matched: Vec<Session>,
@@ -537,7 +538,7 @@ impl Targets {
 }
 
 /// A target that could not answer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TargetError {
     /// Target id.
     pub target: String,

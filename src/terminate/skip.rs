@@ -53,9 +53,11 @@ pub enum SkipReason {
 }
 
 /// How a [`SkipReason`] is written: `{"reason": "excluded", "rule": "databases"}`.
-#[derive(Serialize, Deserialize)]
-struct SkipWire {
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SkipWire {
+    /// The reason's word (`excluded`, `protected`, `superuser`, …).
     reason: String,
+    /// The selector rule, for `excluded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rule: Option<String>,
 }

@@ -19,6 +19,7 @@
 mod audit;
 mod intake;
 mod notify;
+mod openapi;
 mod operator;
 mod reliability;
 mod support;

@@ -31,7 +31,7 @@ use self::urls::{check_cert_url, check_sns_url};
 use crate::http::error::SnsError;
 
 /// The `Type` of an SNS message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 pub enum SnsMessageType {
     /// A published message.
     Notification,
@@ -42,7 +42,7 @@ pub enum SnsMessageType {
 }
 
 /// An SNS message as delivered to an HTTPS endpoint (unknown fields are ignored).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct SnsMessage {
     /// `Type`: which kind of message this is.

@@ -27,6 +27,54 @@ use crate::resolve::cutoff;
 use crate::resolve::vault::{self, StaticRole, trimmed};
 use crate::resolve::vault::{Owner, owner_of};
 
+/// A Vault event's CloudEvents envelope as [`VaultEvent::parse`] reads it, for the OpenAPI
+/// document only.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct VaultEnvelope {
+    /// The event id, when `data.event.id` is absent.
+    id: Option<String>,
+    /// The event type, when `data.event_type` is absent.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    /// When Vault emitted it (RFC 3339).
+    time: Option<String>,
+    /// The event.
+    data: VaultData,
+}
+
+/// A Vault event's `data`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct VaultData {
+    /// `database/rotate`, `kv-v2/data-write`, …
+    event_type: Option<String>,
+    /// Its namespace.
+    namespace: Option<String>,
+    /// Where it happened.
+    plugin_info: VaultPluginInfo,
+    /// Its id and metadata.
+    event: VaultEventBody,
+}
+
+/// A Vault event's `data.plugin_info`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct VaultPluginInfo {
+    /// The mount.
+    mount_path: String,
+}
+
+/// A Vault event's `data.event`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct VaultEventBody {
+    /// The event id.
+    id: Option<String>,
+    /// Vault sends every value as a string.
+    metadata: Option<BTreeMap<String, String>>,
+}
+
 /// A Vault event notification, read leniently from its CloudEvents envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VaultEvent {
@@ -109,6 +157,20 @@ impl VaultEvent {
 }
 
 /// `POST /v1/events/vault`: a forwarded, Standard Webhooks-signed Vault event.
+#[utoipa::path(post, path = "/v1/events/vault", tag = "intake",
+    request_body = VaultEnvelope,
+    params(("wait" = Option<bool>, Query, description = "Answer with the finished report instead of `202`.")),
+    responses(
+        (status = 200, description = "Finished (`wait=true`): the report; or a duplicate delivery, or an event that needs nothing done.", body = crate::http::openapi::EventAnswer),
+        (status = 202, description = "Accepted: the action and where to follow it (with `wait`, still running; or scheduled).", body = crate::http::openapi::AcceptedBody),
+        (status = 401, description = "Standard Webhooks: `missing_header`, `timestamp_out_of_tolerance`, `invalid_signature`.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "`malformed_json`, `malformed_header` or `unreadable_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`replayed_delivery` or `version_not_current`.", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "`invalid_request`, `unknown_credential`, `unknown_target`, `protected_login` and the other refusals of what the event names.", body = crate::http::openapi::ErrorBody),
+        (status = 502, description = "Secrets Manager, Vault or SNS could not be asked; nothing was executed.", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "`unavailable` (store, audit trail) or `sns_busy`.", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn post_vault_event(
     State(intake): State<Intake>,
     meta: RequestMeta,

@@ -10,7 +10,7 @@ use crate::terminate::listing::Listed;
 use crate::terminate::{Engine, EngineError, SkipReason, Skipped, TerminateOutcome};
 
 /// What a policy's step saw on a target before it picked: reported beside its sessions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Threshold {
     /// Client sessions on the target, sever's own listing connection included.
     pub clients: usize,
