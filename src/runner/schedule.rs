@@ -64,14 +64,25 @@ pub async fn submit(ctx: &Context, mut submission: Submission) -> Result<Submitt
 pub async fn run_announcer(ctx: Arc<Context>, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(ANNOUNCE_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A store that is down would fail every tick: say so once, and once when it recovers.
+    let mut failing = false;
     loop {
         tokio::select! {
             biased;
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        if let Err(e) = announce_due(&ctx).await {
-            tracing::warn!(error = %e, "cannot send due announcements; trying again");
+        match announce_due(&ctx).await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("due announcements are sent again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot send due announcements; trying every second");
+            }
+            Err(e) => tracing::debug!(error = %e, "due announcements still cannot be sent"),
         }
     }
 }
