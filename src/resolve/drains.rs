@@ -125,29 +125,14 @@ pub fn drain(
         return Err(invalid("reason is required".into()));
     }
     check_reason(&request.reason)?;
-    // A scheduled one takes effect (and its `for` counts) from when it acts.
-    let (schedule, start) = super::schedule::starting(config, &request.schedule(), now)?;
-    let expired = schedule.as_ref().is_some_and(|s| s.expired);
-    let until = match (request.duration, request.permanent) {
-        (Some(_), true) => {
-            return Err(invalid(
-                "give for (a duration) or permanent: true, not both".into(),
-            ));
-        }
-        (None, false) => {
-            return Err(invalid(
-                "a drain needs for (e.g. \"15m\"), or permanent: true to keep it until lifted"
-                    .into(),
-            ));
-        }
-        (Some(d), false) if d.is_zero() => {
-            return Err(invalid("for must be longer than zero".into()));
-        }
-        (Some(d), false) => Some(
-            start + chrono::Duration::from_std(d).map_err(|_| invalid("for is too long".into()))?,
-        ),
-        (None, true) => None,
-    };
+    let span = super::schedule::span(
+        config,
+        &request.schedule(),
+        (request.duration, request.permanent),
+        ("a drain", "15m"),
+        now,
+    )?;
+    let (schedule, until, expired) = (span.schedule, span.until, span.expired);
     let target = &request.target;
     let t = config
         .targets

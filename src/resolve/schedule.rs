@@ -112,19 +112,60 @@ pub fn schedule(
     }))
 }
 
-/// A lock's or drain's schedule, and the moment it takes effect (when it acts, or `now`):
-/// its `for` counts from then.
-pub fn starting(
+/// When a lock or drain takes effect and ends: its schedule (if it waits), and its end,
+/// `for` counted from when it acts (`None` when `permanent`). `what` names it in errors
+/// ("a lock"), with an `example` duration.
+#[derive(Debug, Clone)]
+pub struct Span {
+    /// Its schedule, if it waits.
+    pub schedule: Option<Schedule>,
+    /// When it ends by itself; `None` for a permanent one.
+    pub until: Option<DateTime<Utc>>,
+    /// Its window never opens within `max_wait`: it acts on nothing and has no expiry.
+    pub expired: bool,
+}
+
+/// The [`Span`] a lock's or drain's request asks for at `now`, refusing a missing,
+/// doubled, zero or overlong `for`.
+pub fn span(
     config: &Config,
     request: &ScheduleRequest,
+    (duration, permanent): (Option<Duration>, bool),
+    (what, example): (&str, &str),
     now: DateTime<Utc>,
-) -> Result<(Option<Schedule>, DateTime<Utc>), ResolveError> {
+) -> Result<Span, ResolveError> {
+    let invalid = |why: String| Err(ResolveError::Invalid(why));
     let schedule = schedule(config, request, now)?;
+    let expired = schedule.as_ref().is_some_and(|s| s.expired);
+    // A scheduled one takes effect (and its `for` counts) from when it acts.
     let start = schedule
         .as_ref()
         .filter(|s| !s.expired)
         .map_or(now, |s| s.act_at);
-    Ok((schedule, start))
+    let until = match (duration, permanent) {
+        (Some(_), true) => {
+            return invalid("give for (a duration) or permanent: true, not both".into());
+        }
+        (None, false) => {
+            return invalid(format!(
+                "{what} needs for (e.g. \"{example}\"), or permanent: true to keep it until \
+                 lifted"
+            ));
+        }
+        (Some(d), false) if d.is_zero() => {
+            return invalid("for must be longer than zero".into());
+        }
+        (Some(d), false) => match chrono::Duration::from_std(d) {
+            Ok(d) => Some(start + d),
+            Err(_) => return invalid("for is too long".into()),
+        },
+        (None, true) => None,
+    };
+    Ok(Span {
+        schedule,
+        until,
+        expired,
+    })
 }
 
 /// The first moment from `from` (then each whole minute after it, the windows' resolution)
