@@ -13,7 +13,8 @@ use crate::config::{Config, ConfigError};
 use crate::notify::{Notifier, NotifyError};
 use crate::queue::Queue;
 use crate::store::{Store, StoreError};
-use crate::terminate::{EngineError, Learn, Targets};
+use crate::terminate::selected::{self, SelectRequest};
+use crate::terminate::{EngineError, Learn, Targets, TerminateOutcome};
 
 /// Failures while bringing the service up.
 #[derive(Debug, thiserror::Error)]
@@ -131,5 +132,23 @@ impl Context {
             .learn(&what)
             .instrument(tracing::info_span!("learn_logins", target_id = %target))
             .await
+    }
+
+    /// `request`'s dry run on `target` (the caller sets `dry_run`), bounded by the
+    /// termination timeout: what a revocation's count check and a policy's preview see.
+    pub async fn preview(
+        &self,
+        target: &str,
+        request: &SelectRequest,
+    ) -> Result<TerminateOutcome, EngineError> {
+        let Some(engine) = self.targets.get(target) else {
+            return Err(EngineError::Config(format!(
+                "target {target:?} is not configured"
+            )));
+        };
+        let limit = self.config.termination.timeout;
+        tokio::time::timeout(limit, selected::end_selected(engine.as_ref(), request))
+            .await
+            .unwrap_or(Err(EngineError::Timeout(limit)))
     }
 }

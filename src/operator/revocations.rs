@@ -20,7 +20,7 @@ use crate::http::{self, Actor};
 use crate::queue::{Submission, Submitted};
 use crate::resolve::{self, ResolveError, RevocationRequest};
 use crate::terminate::EngineError;
-use crate::terminate::selected::{self, SelectRequest};
+use crate::terminate::selected::SelectRequest;
 
 /// Plans and stores the revocation, then returns the finished report (or `202` with the
 /// action id if it is still running when the request's time limit nears).
@@ -93,16 +93,10 @@ pub async fn check_count(
             journal: None,
             pick: None,
         };
-        let result = match ctx.targets.get(&step.target) {
-            None => Err(EngineError::Config("not configured".into())),
-            Some(engine) => {
-                let preview = selected::end_selected(engine.as_ref(), &request);
-                tokio::time::timeout(termination.timeout, preview)
-                    .await
-                    .unwrap_or(Err(EngineError::Timeout(termination.timeout)))
-            }
-        };
-        (step.target.clone(), result)
+        (
+            step.target.clone(),
+            ctx.preview(&step.target, &request).await,
+        )
     });
     let mut counts = BTreeMap::new();
     for (target, result) in futures_util::future::join_all(previews).await {

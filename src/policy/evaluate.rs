@@ -18,8 +18,8 @@ use crate::notify::{Event, Notice};
 use crate::runner::{self, RunError};
 use crate::select::{Ending, Pick};
 use crate::store::LastEvaluation;
-use crate::terminate::selected::{self, SelectRequest, Threshold};
-use crate::terminate::{EngineError, Scope};
+use crate::terminate::Scope;
+use crate::terminate::selected::{SelectRequest, Threshold};
 
 /// What evaluated a policy, and how far it may go.
 #[derive(Debug, Clone)]
@@ -405,18 +405,7 @@ async fn preview(
         journal: None,
         pick: Some(pick),
     };
-    let result = match ctx.targets.get(target) {
-        None => Err(EngineError::Config(format!(
-            "target {target:?} is not configured"
-        ))),
-        Some(engine) => tokio::time::timeout(
-            termination.timeout,
-            selected::end_selected(engine.as_ref(), &request),
-        )
-        .await
-        .unwrap_or(Err(EngineError::Timeout(termination.timeout))),
-    };
-    match result {
+    match ctx.preview(target, &request).await {
         Ok(outcome) => TargetEvaluation {
             target: target.to_owned(),
             threshold: outcome.threshold,
