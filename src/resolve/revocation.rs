@@ -135,9 +135,11 @@ impl RevocationRequest {
     }
 
     /// Whether it takes the selector path: a field beyond logins and a cutoff, every
-    /// login, or a mode other than `terminate`.
+    /// login, a mode other than `terminate`, or an `expect_count` (only that path counts
+    /// the selection again before it ends anything, so the count must not be ignored).
     pub fn uses_selector(&self) -> bool {
         self.all_logins
+            || self.expect_count.is_some()
             || self.ending != Ending::TERMINATE
             || self
                 .selector
@@ -337,6 +339,9 @@ mod tests {
                 .unwrap();
         assert!(p.selection.is_some());
         assert_eq!(p.ending.mode, Mode::Graceful);
+        // A count to hold it to is checked on the selector path, never silently dropped.
+        let p = plan(r#"{"login":"app","targets":["a"],"reason":"r","expect_count":2}"#).unwrap();
+        assert!(p.selection.is_some());
     }
 
     #[test]
