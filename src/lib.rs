@@ -18,6 +18,7 @@ pub mod audit;
 pub mod cli;
 pub mod collector;
 pub mod config;
+pub mod console;
 pub mod context;
 pub mod fds;
 pub mod http;
@@ -255,6 +256,7 @@ pub async fn run_with(
                         intake::router(intake),
                         crate::operator::router(operators),
                         http::openapi::router(&openapi()),
+                        console::router(),
                     ]
                     .into_iter()
                     .chain(guarded_metrics()),
@@ -272,6 +274,7 @@ pub async fn run_with(
                         http::health::router(health),
                         crate::operator::router(operators),
                         http::openapi::router(&openapi()),
+                        console::router(),
                     ]
                     .into_iter()
                     .chain(guarded_metrics()),

@@ -7,6 +7,7 @@
 //! - `terminate`: which sessions end, per engine, and how failures are retried.
 //! - `operator`: the CLI.
 //! - `audit`: the trail and its integrity.
+//! - `console`: the operator console in a real headless Chromium.
 //! - `reliability`: faults, fairness, replicas, hostile clients.
 //! - `notify`: outbound notifications (Slack, PagerDuty, webhooks) against local receivers.
 //! - `support`: the running sever (`TestServer`, `Workspace`), the config builder, the
@@ -17,6 +18,7 @@
 //! `tests/fdlimit.rs` (descriptor limits).
 
 mod audit;
+mod console;
 mod intake;
 mod notify;
 mod openapi;
