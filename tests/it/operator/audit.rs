@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 use sever::audit::{Entry, Kind};
 use uuid::Uuid;
 
+use sever_testkit::pg::TestPostgres;
+
 use crate::support::sever::{TOKEN, TestServer, Workspace};
 
 /// A server on a fresh workspace.
@@ -178,8 +180,9 @@ async fn the_export_is_json_lines_matching_the_listing_across_pages() {
     server.stop().await;
 }
 
-/// Starts a verification and polls it (briefly) until it is no longer running.
-async fn verify(server: &TestServer) -> Value {
+/// Starts a verification on `server` and polls it on `poll` (briefly) until it is no
+/// longer running.
+async fn verify_across(server: &TestServer, poll: &TestServer) -> Value {
     let (status, started) = server
         .operator_post("/v1/audit/verifications", &json!({}))
         .await;
@@ -189,7 +192,7 @@ async fn verify(server: &TestServer) -> Value {
     assert_eq!(started["href"], format!("/v1/audit/verifications/{id}"));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, body) = server.operator_get(started["href"].as_str().unwrap()).await;
+        let (status, body) = poll.operator_get(started["href"].as_str().unwrap()).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["id"], id);
         if body["status"] != "running" {
@@ -198,6 +201,11 @@ async fn verify(server: &TestServer) -> Value {
         assert!(Instant::now() < deadline, "still running: {body}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Starts a verification and polls it (briefly) until it is no longer running.
+async fn verify(server: &TestServer) -> Value {
+    verify_across(server, server).await
 }
 
 #[tokio::test]
@@ -280,4 +288,49 @@ async fn every_audit_route_wants_the_operator_token() {
     let (_, list) = server.operator_get("/v1/audit/verifications").await;
     assert_eq!(list["verifications"], json!([]), "nothing was started");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn on_a_postgres_store_one_replica_lists_and_answers_for_the_others_verification() {
+    let pg = TestPostgres::start();
+    pg.exec("CREATE DATABASE sever_store").await;
+    let url = pg.superuser_url("sever_store");
+    let ws = Workspace::new();
+    let config = ws.write_config(&ws.config().set("store.url", url.clone()).toml());
+    let (a, b) = tokio::join!(TestServer::start(&config), TestServer::start(&config));
+    let audit = sever::audit::Audit::new(
+        sever::store::Store::connect(&secrecy::SecretString::from(url.clone()))
+            .await
+            .unwrap(),
+    );
+    let action = Uuid::now_v7();
+    for i in 0..4 {
+        let entry = Entry::new(
+            Kind::SessionTerminated,
+            "test:pg",
+            Some(action),
+            json!({"i": i}),
+        );
+        audit.append(entry).await.unwrap();
+    }
+
+    let (status, page) = b
+        .operator_get(&format!(
+            "/v1/audit?actor=test:pg&action_id={action}&limit=3"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let listed = seqs(&page);
+    assert_eq!(listed.len(), 3);
+    assert!(listed.windows(2).all(|w| w[0] > w[1]), "{listed:?}");
+    let before = page["next_before_seq"].as_i64().unwrap();
+    let path = format!("/v1/audit?actor=test:pg&before_seq={before}");
+    assert_eq!(seqs(&b.operator_get(&path).await.1).len(), 1);
+
+    let done = verify_across(&a, &b).await;
+    assert_eq!(done["status"], "ok", "{done}");
+    assert!(done["report"]["records"].as_u64().unwrap() >= 4, "{done}");
+    let (_, page) = a.operator_get("/v1/audit?kind=audit.verified").await;
+    assert_eq!(page["records"][0]["detail"]["verification_id"], done["id"]);
+    tokio::join!(a.stop(), b.stop());
 }
