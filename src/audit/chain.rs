@@ -38,7 +38,7 @@ pub fn record_hash(prev_hash: &str, record: &AuditRecord) -> String {
 }
 
 /// One inconsistency found by [`Verifier`].
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Problem {
     /// The record at which the chain stops checking out.
     pub seq: i64,
@@ -164,7 +164,7 @@ impl Verifier {
 }
 
 /// Result of verifying the whole chain.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VerifyReport {
     /// True when no problem was found.
     pub ok: bool,

@@ -117,6 +117,9 @@ pub enum Kind {
     NotificationGivenUp,
     /// Notifications were dropped: the channel's outbox was full (counts per event).
     NotificationDropped,
+    /// An operator's verification of the trail finished (or failed): its outcome, so the
+    /// check itself is on the record.
+    AuditVerified,
 }
 
 impl Kind {
@@ -149,6 +152,7 @@ impl Kind {
             Kind::NotificationDelivered => "notification.delivered",
             Kind::NotificationGivenUp => "notification.given_up",
             Kind::NotificationDropped => "notification.dropped",
+            Kind::AuditVerified => "audit.verified",
         }
     }
 }
@@ -250,7 +254,7 @@ impl Transaction for Probe {
 }
 
 /// A record as stored; serialises (for export) with `detail` as a JSON object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// Position in the chain, from 1, without gaps.
     pub seq: i64,
@@ -264,8 +268,10 @@ pub struct AuditRecord {
     pub actor: String,
     /// The action it belongs to.
     pub action_id: Option<String>,
-    /// Compact, key-sorted JSON, exactly as hashed.
+    /// Compact, key-sorted JSON, exactly as hashed; served as the JSON object it holds,
+    /// whose fields depend on `kind` (a string only if someone edited the row into non-JSON).
     #[serde(serialize_with = "raw_json")]
+    #[schema(value_type = Object, additional_properties = true)]
     pub detail: String,
     /// Hash of the previous record.
     pub prev_hash: String,
@@ -280,9 +286,14 @@ pub struct ListFilter {
     pub action_id: Option<String>,
     /// Only this kind.
     pub kind: Option<String>,
+    /// Only records by this actor, exactly (`operator:alice`).
+    pub actor: Option<String>,
     /// Only records after this sequence number.
     pub after_seq: Option<i64>,
-    /// At most this many, newest last.
+    /// Only records before this sequence number.
+    pub before_seq: Option<i64>,
+    /// At most this many (the newest for [`Audit::list`], the oldest for
+    /// [`Audit::list_from`]), newest last.
     pub limit: Option<i64>,
 }
 
@@ -421,27 +432,53 @@ impl Audit {
         self.transact(&Probe).await
     }
 
-    /// Records matching `filter`, in chain order.
+    /// The newest records matching `filter`, in chain order (oldest first).
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<AuditRecord>, AuditError> {
-        // Newest `limit` records, returned oldest first.
         let sql = concat!(
             "SELECT ",
             columns!(),
             " FROM audit_records \
              WHERE (CAST($1 AS TEXT) IS NULL OR action_id = $1) \
-             AND (CAST($2 AS TEXT) IS NULL OR kind = $2) AND seq > $3 \
-             ORDER BY seq DESC LIMIT $4"
+             AND (CAST($2 AS TEXT) IS NULL OR kind = $2) \
+             AND (CAST($3 AS TEXT) IS NULL OR actor = $3) AND seq > $4 AND seq < $5 \
+             ORDER BY seq DESC LIMIT $6"
         );
+        let mut records = self.select(sql, filter).await?;
+        records.reverse();
+        Ok(records)
+    }
+
+    /// The oldest records matching `filter` (after its `after_seq`), in chain order: one
+    /// page of a walk forwards, as an export takes it.
+    pub async fn list_from(&self, filter: &ListFilter) -> Result<Vec<AuditRecord>, AuditError> {
+        let sql = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM audit_records \
+             WHERE (CAST($1 AS TEXT) IS NULL OR action_id = $1) \
+             AND (CAST($2 AS TEXT) IS NULL OR kind = $2) \
+             AND (CAST($3 AS TEXT) IS NULL OR actor = $3) AND seq > $4 AND seq < $5 \
+             ORDER BY seq LIMIT $6"
+        );
+        self.select(sql, filter).await
+    }
+
+    /// Runs one of the filtered selects with `filter`'s values bound in order.
+    async fn select(
+        &self,
+        sql: &'static str,
+        filter: &ListFilter,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
         let rows = sqlx::query(sql)
             .bind(&filter.action_id)
             .bind(&filter.kind)
+            .bind(&filter.actor)
             .bind(filter.after_seq.unwrap_or(0))
+            .bind(filter.before_seq.unwrap_or(i64::MAX))
             .bind(filter.limit.unwrap_or(i64::MAX))
             .fetch_all(self.store.pool())
             .await?;
-        let mut records = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        records.reverse();
-        Ok(records)
+        Ok(rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Every record in chain order, page by page, to `visit`.

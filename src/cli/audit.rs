@@ -103,8 +103,8 @@ pub(super) async fn audit(config: Config, command: AuditCommand) -> Result<ExitC
             let filter = ListFilter {
                 action_id: action,
                 kind,
-                after_seq: None,
                 limit: Some(limit),
+                ..ListFilter::default()
             };
             let records = ctx.audit.list(&filter).await?;
             if json {

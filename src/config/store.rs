@@ -45,7 +45,7 @@ pub struct AuditConfig {
 /// Pins the unkeyed checkpoints from before the key by the last one's index and digest: the
 /// digest covers its predecessor's, so it fixes the whole unkeyed prefix, and nobody can
 /// write a different prefix that matches it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnkeyedPin {
     /// The checkpoint's index.

@@ -126,6 +126,9 @@ pub enum ApiError {
     /// No active drain has this id (it never existed, or it has ended).
     #[error("no active drain {0}")]
     UnknownDrain(String),
+    /// No audit verification has this id.
+    #[error("no audit verification {0}")]
+    UnknownVerification(String),
     /// The action cannot be called off: it has acted (or is acting), or has finished.
     #[error("action cannot be cancelled: {0}")]
     NotCancellable(String),
@@ -166,7 +169,12 @@ impl ApiError {
     /// Whether answering with this error refuses the request, so that it is recorded
     /// (audited and logged): everything but sever's own unavailability and unknown ids.
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, ApiError::Unavailable(_) | ApiError::UnknownAction(_))
+        !matches!(
+            self,
+            ApiError::Unavailable(_)
+                | ApiError::UnknownAction(_)
+                | ApiError::UnknownVerification(_)
+        )
     }
 
     /// What the refusal middleware records about this error.
@@ -215,6 +223,7 @@ impl ApiError {
             ApiError::NotCancellable(_) => (S::CONFLICT, "not_cancellable"),
             ApiError::UnknownLock(_) => (S::NOT_FOUND, "unknown_lock"),
             ApiError::UnknownDrain(_) => (S::NOT_FOUND, "unknown_drain"),
+            ApiError::UnknownVerification(_) => (S::NOT_FOUND, "unknown_verification"),
             ApiError::SelectionGrew { .. } => (S::CONFLICT, "selection_grew"),
             ApiError::MissingToken => (S::UNAUTHORIZED, "missing_token"),
             ApiError::InvalidToken => (S::UNAUTHORIZED, "invalid_token"),

@@ -31,6 +31,7 @@ pub const ERROR_CODES: &[&str] = &[
     "not_cancellable",
     "unknown_lock",
     "unknown_drain",
+    "unknown_verification",
     "selection_grew",
     "missing_token",
     "invalid_token",

@@ -1,12 +1,13 @@
 //! The operator door: authentication ([`auth`]: tokens and their hashes), revocations,
-//! sessions and actions. Each operation is a plain function over what it needs, called by
-//! the HTTP handlers here and by the command line (`cli`), which runs the steps in-process
-//! and needs no server.
+//! sessions, actions and the audit trail. Each operation is a plain function over what it
+//! needs, called by the HTTP handlers here and by the command line (`cli`), which runs the
+//! steps in-process and needs no server.
 //!
 //! May call: `http` (errors, replies, the actor), `runner`, `context`, `resolve`,
 //! `queue`, `terminate`, `audit`, `config`. Not `intake` or `cli`.
 
 pub mod actions;
+pub mod audit;
 pub mod auth;
 pub mod drains;
 pub mod locks;
@@ -33,6 +34,8 @@ pub struct OperatorState {
     pub operators: Arc<Operators>,
     /// `server.max_body_bytes`.
     pub max_body: usize,
+    /// The audit verification this replica runs, if any.
+    pub verifications: Arc<audit::verifications::Verifications>,
 }
 
 impl OperatorState {
@@ -41,6 +44,7 @@ impl OperatorState {
         Self {
             operators: Arc::new(Operators::new(&ctx.config.operators)),
             max_body: ctx.config.server.max_body_bytes,
+            verifications: Arc::default(),
             ctx,
         }
     }
@@ -79,4 +83,11 @@ pub fn routes() -> OpenApiRouter<OperatorState> {
         .routes(routes!(policies::get_policies))
         .routes(routes!(policies::run_policy))
         .routes(routes!(policies::resume_policy))
+        .routes(routes!(audit::list_records))
+        .routes(routes!(audit::export_records))
+        .routes(routes!(
+            audit::verifications::post_verification,
+            audit::verifications::list_verifications
+        ))
+        .routes(routes!(audit::verifications::get_verification))
 }

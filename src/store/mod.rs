@@ -12,6 +12,7 @@ mod file;
 mod locks;
 mod policies;
 mod roles;
+mod verifications;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub use file::FileWatch;
 pub use locks::{Ended, LockRow, NewLock};
 pub use policies::{LastEvaluation, PolicyState, Streak};
 pub use roles::{LearnedRole, RoleClass};
+pub use verifications::{VerificationEnd, VerificationRow};
 
 /// How often the store file's identity is checked besides before each commit.
 pub const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);

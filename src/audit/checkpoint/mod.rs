@@ -34,7 +34,7 @@ macro_rules! checkpoint_columns {
 }
 
 /// One checkpoint, as stored and as written to the checkpoint file (one JSON line each).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
     /// Position in the checkpoint chain, from 1, without gaps.

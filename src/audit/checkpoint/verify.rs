@@ -34,7 +34,7 @@ pub struct VerifyOptions {
 }
 
 /// One checkpoint inconsistency.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CheckpointProblem {
     /// The checkpoint concerned, if one is.
     pub index: Option<i64>,
@@ -43,7 +43,7 @@ pub struct CheckpointProblem {
 }
 
 /// The checkpoint part of a verification.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct CheckpointReport {
     /// Checkpoints checked in the store.
     pub checked: u64,

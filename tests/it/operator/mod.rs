@@ -1,7 +1,8 @@
 //! The operator's tools: the CLI, run as a real process (the `sever` binary, via
-//! `crate::support::sever::cli`), and login locks through the operator API.
+//! `crate::support::sever::cli`), login locks and the audit trail through the operator API.
 
 mod actions;
+mod audit;
 mod cli;
 mod drains;
 mod locks;
