@@ -7,3 +7,4 @@ mod drains;
 mod locks;
 mod policies;
 mod schedule;
+mod targets;
