@@ -228,15 +228,13 @@ pub async fn list(ctx: &Context) -> Result<Vec<PolicyView>, PolicyError> {
                     Some(p.clone()),
                     in_window(&ctx.config, p, now),
                 ),
-                Policy::Sweep { target, .. } => {
-                    (
-                        PolicyKind::Sweep,
-                        vec![target.to_owned()],
-                        Enforcement::Enforce,
-                        None,
-                        true,
-                    )
-                }
+                Policy::Sweep { target, .. } => (
+                    PolicyKind::Sweep,
+                    vec![target.to_owned()],
+                    Enforcement::Enforce,
+                    None,
+                    true,
+                ),
             };
             PolicyView {
                 name,
