@@ -1,14 +1,15 @@
 //! `GET /v1/targets`: every configured target probed now. A real PostgreSQL answers with
 //! its latency, client sessions and connection limit; a target whose port nobody listens on
 //! is listed unreachable with the engine's error (not its URL or password), and does not
-//! hold up the answer past the probe's bound; the route wants an operator token.
+//! hold up the answer past the probe's bound; `sever targets` says the same; the route wants
+//! an operator token.
 
 use reqwest::StatusCode;
 use serde_json::Value;
 use sever_testkit::pg::TestPostgres;
 use sever_testkit::util::free_port;
 
-use crate::support::sever::{ADMIN_PASSWORD, TestServer, Workspace, create_admin};
+use crate::support::sever::{ADMIN_PASSWORD, TestServer, Workspace, cli, create_admin, stdout};
 
 /// The password in the closed target's URL: it must not appear in the answer.
 const CLOSED_PASSWORD: &str = "closed-target-pw-7f3a9c";
@@ -42,7 +43,8 @@ async fn every_target_is_listed_with_whether_and_how_fast_it_answers() {
         .set("targets.closed.connect_timeout", "60s")
         .set("termination.timeout", "1s")
         .toml();
-    let server = TestServer::start(&ws.write_config(&config)).await;
+    let config_path = ws.write_config(&config);
+    let server = TestServer::start(&config_path).await;
 
     let (status, list) = server.operator_get("/v1/targets").await;
     assert_eq!(status, StatusCode::OK, "{list}");
@@ -76,6 +78,18 @@ async fn every_target_is_listed_with_whether_and_how_fast_it_answers() {
     let text = list.to_string();
     assert!(!text.contains(CLOSED_PASSWORD), "{text}");
     assert!(!text.contains(ADMIN_PASSWORD), "{text}");
+
+    // The command line probes the same way, and says a target was unreachable by its exit.
+    let out = cli(&config_path, &["targets", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(target(&list, "main")["reachable"], true, "{list}");
+    assert_eq!(target(&list, "closed")["reachable"], false, "{list}");
+    let out = cli(&config_path, &["targets"]);
+    let text = stdout(&out);
+    assert!(text.contains("main (postgres): up in "), "{text}");
+    assert!(text.contains("closed (postgres): unreachable: "), "{text}");
+    assert!(!text.contains(CLOSED_PASSWORD), "{text}");
     server.stop().await;
 }
 
