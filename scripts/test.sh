@@ -78,6 +78,9 @@ phase "build tests" cargo test --workspace --locked --all-targets --no-run
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 phase "cargo test" bash -c 'set -o pipefail; cargo test --workspace --locked --all-targets 2>&1 | tee "$1"' _ "$log"
+# The one-command demo still starts: PostgreSQL, its demo sessions, sever; GET /v1/sessions
+# lists them; everything is cleaned up (a few seconds).
+phase "try.sh --check" scripts/try.sh --check
 # A bounded schemathesis run against a live sever with a throwaway PostgreSQL target: no 5xx,
 # every response within its documented schema, then `sever audit verify` passes.
 phase "schemathesis" scripts/schemathesis.sh

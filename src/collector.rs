@@ -18,7 +18,8 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::select::Selector;
 use crate::telemetry;
-use crate::terminate::{EngineError, SkipReason};
+use crate::terminate::listing::Listed;
+use crate::terminate::{Engine, EngineError, SkipReason};
 
 /// Collects every `metrics.sessions_interval` once `scraped` is cancelled (by the first
 /// scrape let in: until someone reads `/metrics`, no target is queried for it), the first
@@ -59,30 +60,17 @@ pub async fn run(
 /// queue read.
 pub async fn collect(ctx: &Context) {
     let timeout = ctx.config.termination.timeout;
-    let selector = Selector::default();
-    let listings = ctx.targets.iter().map(|(target, engine)| {
-        let selector = &selector;
-        async move {
-            let started = Instant::now();
-            let listed = match tokio::time::timeout(timeout, engine.list(selector, false)).await {
-                Ok(listed) => listed,
-                Err(_) => Err(EngineError::Timeout(timeout)),
-            };
-            let took = started.elapsed();
-            telemetry::target_listed(target, listed.is_ok(), took);
-            match listed {
-                Ok(listed) => {
-                    let logins = listed
-                        .iter()
-                        // Not client sessions (replication, background workers): no one's.
-                        .filter(|l| l.guard != Some(SkipReason::SystemBackend))
-                        .map(|l| l.session.login.as_deref());
-                    telemetry::sessions(target, &count_by_login(&ctx.config, target, logins));
-                }
-                // Last counts stay; `sever_target_up` 0 says they are not current.
-                Err(e) => tracing::debug!(target_id = %target, error = %e,
-                    "metrics: cannot list the target's sessions"),
+    let listings = ctx.targets.iter().map(|(target, engine)| async move {
+        let probe = probe(engine.as_ref(), timeout).await;
+        telemetry::target_listed(target, probe.listed.is_ok(), probe.took);
+        match probe.listed {
+            Ok(listed) => {
+                let logins = client_sessions(&listed).map(|l| l.session.login.as_deref());
+                telemetry::sessions(target, &count_by_login(&ctx.config, target, logins));
             }
+            // Last counts stay; `sever_target_up` 0 says they are not current.
+            Err(e) => tracing::debug!(target_id = %target, error = %e,
+                "metrics: cannot list the target's sessions"),
         }
     });
     futures_util::future::join_all(listings).await;
@@ -96,6 +84,38 @@ pub async fn collect(ctx: &Context) {
         }
         Err(e) => tracing::debug!(error = %e, "metrics: cannot read the queue's depth"),
     }
+}
+
+/// One target asked for its sessions: what it answered and how long it took.
+#[derive(Debug)]
+pub struct Probe {
+    /// Every session it listed (none selected away), or why it could not list them.
+    pub listed: Result<Vec<Listed>, EngineError>,
+    /// How long the listing took, connection included (`sever_target_list_duration_seconds`).
+    pub took: Duration,
+}
+
+/// Lists every session on `engine` within `timeout`: whether the target is up and how fast
+/// it answers, for metrics and for `GET /v1/targets`.
+pub async fn probe(engine: &dyn Engine, timeout: Duration) -> Probe {
+    let started = Instant::now();
+    let listed = match tokio::time::timeout(timeout, engine.list(&Selector::default(), false)).await
+    {
+        Ok(listed) => listed,
+        Err(_) => Err(EngineError::Timeout(timeout)),
+    };
+    Probe {
+        listed,
+        took: started.elapsed(),
+    }
+}
+
+/// The client sessions among `listed`: not replication or background workers, which are
+/// no one's.
+pub fn client_sessions(listed: &[Listed]) -> impl Iterator<Item = &Listed> {
+    listed
+        .iter()
+        .filter(|l| l.guard != Some(SkipReason::SystemBackend))
 }
 
 /// The logins the config names on `target`: those its credentials map there, and those

@@ -923,6 +923,11 @@ async fn drive_server_a(env: &Env, runtime: &Handle) {
         "{body}"
     );
     assert_eq!(body["errors"].as_array().unwrap().len(), 3, "{body}");
+    // The same failing targets, as the target probe renders them.
+    let (status, body) = server
+        .operator("/v1/targets", Some(OPERATOR_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = server.get("/readyz").await;
     assert_eq!(
         (status, body["status"].as_str()),

@@ -1,6 +1,7 @@
-# Sourced by scripts/test.sh and scripts/bench.sh: puts the PostgreSQL and MariaDB server
-# binaries on PATH, installing the Debian packages when running as root and they are missing.
-# The tests and benchmarks start their own throwaway servers from these binaries.
+# Sourced by scripts/test.sh, scripts/bench.sh and scripts/try.sh: puts the PostgreSQL and
+# MariaDB server binaries on PATH, installing the Debian packages when running as root and
+# they are missing. The tests and benchmarks start their own throwaway servers from these
+# binaries. SEVER_SERVERS=postgres skips MariaDB (scripts/try.sh needs PostgreSQL only).
 
 # --- PostgreSQL server binaries (initdb, pg_ctl, postgres) ---------------------------------
 if ! command -v initdb >/dev/null 2>&1; then
@@ -19,7 +20,8 @@ if ! command -v initdb >/dev/null 2>&1; then
     export PATH="$pgbin:$PATH"
 fi
 # --- MariaDB server binaries (mariadb-install-db, mariadbd) for the MySQL engine's tests -----
-if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
+if [ "${SEVER_SERVERS:-}" != postgres ] && ! command -v mariadbd >/dev/null 2>&1 \
+    && [ ! -x /usr/sbin/mariadbd ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "installing MariaDB server binaries (Debian package mariadb-server)"
         apt-get update -qq

@@ -2,7 +2,7 @@
 //! (so they still work when the service is down) and write the same audit records.
 //!
 //! One file per verb group: [`serve`], [`check`] (`check-config`, `operator-token`), [`sessions`],
-//! [`revoke`] (`revoke`, `sweep`) and [`audit`]. The CLI may call everything below it (the
+//! [`targets`], [`revoke`] (`revoke`, `sweep`) and [`audit`]. The CLI may call everything below it (the
 //! server through `crate::run_with`, the operator functions, the runner); nothing calls it but `main`.
 
 mod actions;
@@ -14,6 +14,7 @@ mod policies;
 mod revoke;
 mod serve;
 mod sessions;
+mod targets;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -142,6 +143,12 @@ pub enum Command {
     CheckConfig,
     /// List sessions on the configured targets.
     Sessions(Box<SessionsArgs>),
+    /// Probe every configured target: reachable, latency, client sessions, connection limit.
+    Targets {
+        /// Print JSON (as `GET /v1/targets` answers) instead of a line per target.
+        #[arg(long)]
+        json: bool,
+    },
     /// Terminate a login's sessions now.
     Revoke(Box<RevokeArgs>),
     /// Terminate the sessions of dropped logins, and of expired logins matching a target's
@@ -215,6 +222,7 @@ impl Cli {
             } => serve::serve(config, listen, operator_listen, shutdown).await,
             Command::CheckConfig => check::check_config(&config).await,
             Command::Sessions(args) => sessions::sessions(config, *args).await,
+            Command::Targets { json } => targets::targets(config, json).await,
             Command::Revoke(args) => revoke::revoke(config, *args).await,
             Command::Sweep(args) => revoke::sweep(config, args).await,
             Command::Lock(args) => locks::lock(config, *args).await,

@@ -10,7 +10,7 @@ use super::names::{self, NameKind};
 use super::{ConfigError, UrlSource, check_id, invalid};
 
 /// Database engines sever can terminate sessions on.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Engine {
     /// PostgreSQL 10 or later.
@@ -19,6 +19,17 @@ pub enum Engine {
     Mysql,
     /// Microsoft SQL Server 2016 or later, or Azure SQL (`url` is an ADO.NET connection string).
     Sqlserver,
+}
+
+impl Engine {
+    /// The word the config, the API and the command line use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Mysql => "mysql",
+            Engine::Sqlserver => "sqlserver",
+        }
+    }
 }
 
 /// One database server (or cluster) sever connects to with its own admin login.

@@ -25,7 +25,7 @@ use crate::http::error::{ApiError, parse_json};
 use crate::http::keys::HashedKeys;
 use crate::http::{self, Actor};
 use crate::operator::bearer_token;
-use crate::policy::{self, Trigger};
+use crate::policy::{self, Outcome, Trigger};
 
 /// The most alerts one notification may carry.
 const MAX_ALERTS: usize = 1000;
@@ -64,20 +64,34 @@ pub struct Alert {
 pub struct AlertOutcome {
     /// The alert's fingerprint.
     pub fingerprint: String,
-    /// `ran`, `duplicate`, `resolved` or `ignored`.
-    pub status: &'static str,
+    /// Whether its policy ran.
+    pub status: AlertStatus,
     /// The policy its route names.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
     /// What the policy's evaluation came to.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<&'static str>,
+    pub outcome: Option<Outcome>,
     /// The action the policy created.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action_id: Option<String>,
     /// Why it was ignored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// Whether an alert's policy ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStatus {
+    /// Its policy was evaluated.
+    Ran,
+    /// This firing was already handled (Alertmanager's repeat or another replica's).
+    Duplicate,
+    /// The alert resolved: nothing to do.
+    Resolved,
+    /// No route matched, or the route could not be applied (see `reason`).
+    Ignored,
 }
 
 /// The answer: one outcome per alert.
@@ -166,7 +180,7 @@ async fn handle(ctx: &Context, group_key: &str, alert: &Alert) -> Result<AlertOu
     let alertname = alert.labels.get("alertname").cloned().unwrap_or_default();
     let mut out = AlertOutcome {
         fingerprint: alert.fingerprint.clone(),
-        status: "ignored",
+        status: AlertStatus::Ignored,
         policy: None,
         outcome: None,
         action_id: None,
@@ -193,7 +207,7 @@ async fn handle(ctx: &Context, group_key: &str, alert: &Alert) -> Result<AlertOu
             .map_err(|e| ApiError::Unavailable(e.to_string()))
     };
     if alert.status == "resolved" {
-        out.status = "resolved";
+        out.status = AlertStatus::Resolved;
         record(Kind::EventAcknowledged, json!({})).await?;
         return Ok(out);
     }
@@ -230,7 +244,7 @@ async fn handle(ctx: &Context, group_key: &str, alert: &Alert) -> Result<AlertOu
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     if !first {
-        out.status = "duplicate";
+        out.status = AlertStatus::Duplicate;
         record(Kind::EventDuplicate, json!({"policy": route.policy})).await?;
         return Ok(out);
     }
@@ -251,8 +265,8 @@ async fn handle(ctx: &Context, group_key: &str, alert: &Alert) -> Result<AlertOu
             )));
         }
     };
-    out.status = "ran";
-    out.outcome = Some(evaluation.outcome.as_str());
+    out.status = AlertStatus::Ran;
+    out.outcome = Some(evaluation.outcome);
     out.action_id = evaluation
         .action
         .as_ref()

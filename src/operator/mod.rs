@@ -4,7 +4,8 @@
 //! steps in-process and needs no server.
 //!
 //! May call: `http` (errors, replies, the actor), `runner`, `context`, `resolve`,
-//! `queue`, `terminate`, `audit`, `config`. Not `intake` or `cli`.
+//! `queue`, `collector` (target probes), `terminate`, `audit`, `config`. Not `intake` or
+//! `cli`.
 
 pub mod actions;
 pub mod audit;
@@ -14,6 +15,7 @@ pub mod locks;
 pub mod policies;
 pub mod revocations;
 pub mod sessions;
+pub mod targets;
 
 use std::sync::Arc;
 
@@ -73,6 +75,7 @@ pub fn routes() -> OpenApiRouter<OperatorState> {
     OpenApiRouter::new()
         .routes(routes!(revocations::post_revocation))
         .routes(routes!(sessions::get_sessions))
+        .routes(routes!(targets::get_targets))
         .routes(routes!(actions::list_actions))
         .routes(routes!(actions::get_action))
         .routes(routes!(actions::cancel_action))

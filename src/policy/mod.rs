@@ -19,7 +19,7 @@ pub use evaluate::{Evaluation, Outcome, TargetEvaluation, Trigger, evaluate};
 pub use schedule::{run_policies, run_sweep_policies};
 
 use crate::audit::{AuditError, Entry, Kind};
-use crate::config::{Config, PolicyConfig, SWEEP_PREFIX, SweepConfig};
+use crate::config::{Config, Enforcement, PolicyConfig, SWEEP_PREFIX, SweepConfig};
 use crate::context::Context;
 use crate::store::{LastEvaluation, StoreError};
 
@@ -127,12 +127,12 @@ pub fn find<'a>(config: &'a Config, name: &str) -> Result<Policy<'a>, PolicyErro
 pub struct PolicyView {
     /// Its name.
     pub name: String,
-    /// `rule` (from `[[policies]]`) or `sweep` (from `[targets.<id>.sweep]`).
-    pub kind: &'static str,
+    /// Where it is configured.
+    pub kind: PolicyKind,
     /// The targets it covers.
     pub targets: Vec<String>,
-    /// `observe` or `enforce`.
-    pub enforcement: &'static str,
+    /// Whether it ends what it selects (a sweep always does).
+    pub enforcement: Enforcement,
     /// Its configuration as written (rules only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<PolicyConfig>,
@@ -150,6 +150,26 @@ pub struct PolicyView {
     pub last_evaluation: Option<LastView>,
     /// When it is next evaluated; `null` before this or another replica scheduled it.
     pub next_evaluation: Option<String>,
+}
+
+/// Where a policy is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    /// From `[[policies]]`.
+    Rule,
+    /// From `[targets.<id>.sweep]`.
+    Sweep,
+}
+
+impl PolicyKind {
+    /// The word the API and the command line show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::Rule => "rule",
+            PolicyKind::Sweep => "sweep",
+        }
+    }
 }
 
 /// A pause.
@@ -202,15 +222,19 @@ pub async fn list(ctx: &Context) -> Result<Vec<PolicyView>, PolicyError> {
             let state = states.iter().find(|s| s.name == name).cloned();
             let (kind, targets, enforcement, config, in_window) = match policy {
                 Policy::Rule(p) => (
-                    "rule",
+                    PolicyKind::Rule,
                     p.target_ids(&ctx.config),
-                    enforcement_word(p),
+                    p.enforcement,
                     Some(p.clone()),
                     in_window(&ctx.config, p, now),
                 ),
-                Policy::Sweep { target, .. } => {
-                    ("sweep", vec![target.to_owned()], "enforce", None, true)
-                }
+                Policy::Sweep { target, .. } => (
+                    PolicyKind::Sweep,
+                    vec![target.to_owned()],
+                    Enforcement::Enforce,
+                    None,
+                    true,
+                ),
             };
             PolicyView {
                 name,
@@ -233,10 +257,11 @@ pub async fn list(ctx: &Context) -> Result<Vec<PolicyView>, PolicyError> {
     Ok(views)
 }
 
-fn enforcement_word(p: &PolicyConfig) -> &'static str {
-    match p.enforcement {
-        crate::config::Enforcement::Observe => "observe",
-        crate::config::Enforcement::Enforce => "enforce",
+/// The word the API and the command line show for `enforcement`.
+pub fn enforcement_word(enforcement: Enforcement) -> &'static str {
+    match enforcement {
+        Enforcement::Observe => "observe",
+        Enforcement::Enforce => "enforce",
     }
 }
 

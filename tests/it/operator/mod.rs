@@ -8,3 +8,4 @@ mod drains;
 mod locks;
 mod policies;
 mod schedule;
+mod targets;
