@@ -27,7 +27,9 @@ pub struct SessionRef {
 impl SessionRef {
     fn checked(pid: i64, backend_start: Option<DateTime<Utc>>) -> Result<Self, String> {
         if pid <= 0 {
-            return Err(format!("pid {pid} is not a session id (a positive integer)"));
+            return Err(format!(
+                "pid {pid} is not a session id (a positive integer)"
+            ));
         }
         Ok(Self { pid, backend_start })
     }

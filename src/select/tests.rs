@@ -305,9 +305,7 @@ fn a_session_ref_matches_its_pid_and_exact_start_only() {
     );
     // ANDed with the other fields.
     assert_eq!(
-        decide(
-            r#"{"databases": ["billing"], "sessions": ["4242@2026-12-06T11:00:00.123456Z"]}"#
-        ),
+        decide(r#"{"databases": ["billing"], "sessions": ["4242@2026-12-06T11:00:00.123456Z"]}"#),
         Decision::Excluded("databases".into())
     );
     // An id alone (MySQL/MariaDB, which record no start) matches on the id.
@@ -352,7 +350,13 @@ fn session_refs_read_both_forms_and_refuse_malformed_ones() {
     assert_eq!(s.sessions.len(), 3);
     assert_eq!(s.sessions[0].to_string(), "1@2026-12-07T01:02:03.456789Z");
     assert_eq!(s.sessions[1].to_string(), "2@2026-12-07T01:02:03Z");
-    assert_eq!(s.sessions[2], SessionRef { pid: 3, backend_start: None });
+    assert_eq!(
+        s.sessions[2],
+        SessionRef {
+            pid: 3,
+            backend_start: None
+        }
+    );
     assert_eq!(s.fields(), ["sessions"]);
     // Round trip (actions are stored this way), and through the text form.
     let back: Selector = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
@@ -368,11 +372,19 @@ fn session_refs_read_both_forms_and_refuse_malformed_ones() {
         (r#"{"sessions": ["12@2026-12-07T01:02:03 01:00"]}"#, "%2B"),
         (r#"{"sessions": ["0"]}"#, "positive"),
         (r#"{"sessions": [{"pid": -4}]}"#, "positive"),
-        (r#"{"sessions": [{"pid": 4, "start": "2026-12-07T01:02:03Z"}]}"#, "start"),
-        (r#"{"sessions": [{"backend_start": "2026-12-07T01:02:03Z"}]}"#, "pid"),
+        (
+            r#"{"sessions": [{"pid": 4, "start": "2026-12-07T01:02:03Z"}]}"#,
+            "start",
+        ),
+        (
+            r#"{"sessions": [{"backend_start": "2026-12-07T01:02:03Z"}]}"#,
+            "pid",
+        ),
         (r#"{"sessions": [{"pid": "4"}]}"#, "i64"),
     ] {
-        let e = serde_json::from_str::<Selector>(bad).unwrap_err().to_string();
+        let e = serde_json::from_str::<Selector>(bad)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(needle), "{bad} => {e}");
     }
 }
@@ -399,7 +411,13 @@ fn a_query_string_names_sessions_by_text() {
     assert_eq!(s.decide(&facts()), Decision::Selected);
     assert_eq!(s.sessions[1].to_string(), "7@2026-12-06T11:00:00Z");
     let one: Selector = serde_html_form::from_str("sessions=42").unwrap();
-    assert_eq!(one.sessions, [SessionRef { pid: 42, backend_start: None }]);
+    assert_eq!(
+        one.sessions,
+        [SessionRef {
+            pid: 42,
+            backend_start: None
+        }]
+    );
     let e = serde_html_form::from_str::<Selector>("sessions=42%40soon").unwrap_err();
     assert!(e.to_string().contains("RFC 3339"), "{e}");
 }

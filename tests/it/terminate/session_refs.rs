@@ -78,14 +78,21 @@ async fn all_logins_with_one_session_ref_ends_exactly_that_session() {
         .operator_post("/v1/revocations", &body(json!({"dry_run": true})))
         .await;
     assert_eq!(status, StatusCode::OK, "{preview}");
-    assert_eq!(pids(&preview, "main", "matched"), [i64::from(b)], "{preview}");
+    assert_eq!(
+        pids(&preview, "main", "matched"),
+        [i64::from(b)],
+        "{preview}"
+    );
     let (status, done) = server
         .operator_post("/v1/revocations", &body(json!({"expect_count": 1})))
         .await;
     assert_eq!(status, StatusCode::OK, "{done}");
     assert_eq!(pids(&done, "main", "terminated"), [i64::from(b)], "{done}");
     assert!(pg.wait_gone(b, GONE).await);
-    assert!(pg.is_alive(a).await && pg.is_alive(c).await, "the others stay");
+    assert!(
+        pg.is_alive(a).await && pg.is_alive(c).await,
+        "the others stay"
+    );
     for pid in [a, c] {
         assert!(
             decisions(&done).contains(&(
@@ -98,7 +105,10 @@ async fn all_logins_with_one_session_ref_ends_exactly_that_session() {
     }
     let ended = ws.records("session.terminated").await;
     assert_eq!(ended.len(), 1, "{ended:?}");
-    assert_eq!(ended[0]["selected_by"]["sessions"][0]["pid"], b, "{ended:?}");
+    assert_eq!(
+        ended[0]["selected_by"]["sessions"][0]["pid"], b,
+        "{ended:?}"
+    );
 }
 
 #[tokio::test]
@@ -110,8 +120,7 @@ async fn a_ref_whose_start_differs_ends_nothing_and_one_without_a_start_is_refus
     let server = server(&pg, &ws).await;
     let (_a, a) = pg.session("app", "pw", "postgres", "web").await;
     let (_b, b) = pg.session("app", "pw", "postgres", "web").await;
-    let start: chrono::DateTime<chrono::Utc> =
-        listed_start(&server, a).await.parse().unwrap();
+    let start: chrono::DateTime<chrono::Utc> = listed_start(&server, a).await.parse().unwrap();
     // The same pid under another start: what a reused pid looks like to the console.
     let other = (start + chrono::Duration::microseconds(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -222,7 +231,10 @@ async fn the_listing_shows_exactly_the_session_its_start_names() {
         .map(|s| s["pid"].as_i64().unwrap())
         .collect();
     assert_eq!(shown, [i64::from(b)], "{listed}");
-    let out = cli(&config, &["sessions", "--target", "main", "--session", &b.to_string()]);
+    let out = cli(
+        &config,
+        &["sessions", "--target", "main", "--session", &b.to_string()],
+    );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("reused"), "{}", stderr(&out));
     let out = cli(&config, &["sessions", "--session", "b@now"]);

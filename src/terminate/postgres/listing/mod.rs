@@ -9,8 +9,8 @@ use sqlx::postgres::PgRow;
 
 use super::Postgres;
 use super::query_error;
-use crate::select::{Decision, Facts, Seen, Selector, SessionState};
 use crate::config::Engine as EngineKind;
+use crate::select::{Decision, Facts, Seen, Selector, SessionState};
 use crate::terminate::listing::{Impact, Listed, count_blocking, unsupported_sessions};
 use crate::terminate::{EngineError, Session, SkipReason, sqlx_error};
 
