@@ -358,6 +358,14 @@ fn session_refs_read_both_forms_and_refuse_malformed_ones() {
         }
     );
     assert_eq!(s.fields(), ["sessions"]);
+    let single = selector(r#"{"sessions": {"pid": 9}}"#);
+    assert_eq!(
+        single.sessions,
+        [SessionRef {
+            pid: 9,
+            backend_start: None
+        }]
+    );
     // Round trip (actions are stored this way), and through the text form.
     let back: Selector = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
     assert_eq!(back, s);
