@@ -137,9 +137,9 @@ pub enum Origin {
         /// When it re-opens by itself; `None` only for an explicitly permanent drain.
         until: Option<DateTime<Utc>>,
         /// Exclusions only (`exclude_logins`, `exclude_application_names`): the sessions
-        /// the drain spares, from the request's `except`.
+        /// the drain spares, from the request's `except` (boxed: the selector is large).
         #[serde(default)]
-        spare: Selector,
+        spare: Box<Selector>,
         /// MySQL/MariaDB, which has no per-database gate: the accounts with sessions in the
         /// database are locked instead, server-wide, each as a lock under the drain's id.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -326,7 +326,7 @@ impl Plan {
                 return Some(Work::Drain {
                     database: database.clone(),
                     until: *until,
-                    spare: Box::new(spare.clone()),
+                    spare: spare.clone(),
                     lock_accounts: *lock_accounts,
                 });
             }

@@ -13,7 +13,7 @@ use super::{CliError, EXIT_INCOMPLETE};
 use crate::config::Config;
 use crate::context::Context;
 use crate::operator::sessions::ListingQuery;
-use crate::select::{AddrBlock, Pattern, Selector, SessionState};
+use crate::select::{AddrBlock, Pattern, Selector, SessionRef, SessionState};
 use crate::terminate::Session;
 
 /// The session selector as flags: the same names as the API's fields, in kebab-case; a
@@ -60,10 +60,18 @@ pub struct SelectorArgs {
     /// Only sessions with a transaction open at least this long.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub in_transaction_for: Option<Duration>,
+    /// Only these single sessions, PID@START with START the backend_start the listing shows
+    /// (RFC 3339); PID alone on MySQL and MariaDB, which record no start.
+    #[arg(long = "sessions", alias = "session", value_name = "PID[@START]", value_parser = session_ref)]
+    pub sessions: Vec<SessionRef>,
 }
 
 fn pattern(s: &str) -> Result<Pattern, String> {
     Ok(Pattern::new(s))
+}
+
+fn session_ref(s: &str) -> Result<SessionRef, String> {
+    s.parse()
 }
 
 fn state(s: &str) -> Result<SessionState, String> {
@@ -86,6 +94,7 @@ impl From<SelectorArgs> for Selector {
             idle_for: a.idle_for,
             active_for: a.active_for,
             in_transaction_for: a.in_transaction_for,
+            sessions: a.sessions,
         }
     }
 }

@@ -183,6 +183,14 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             .selector
             .validate()
             .map_err(|e| invalid(path("selector"), &e.to_string()))?;
+        if !policy.selector.sessions.is_empty() {
+            return Err(invalid(
+                path("selector.sessions"),
+                "a policy cannot name single sessions: a pid is reused and means nothing to a \
+                 standing policy (select by login, database, application name, state or \
+                 duration)",
+            ));
+        }
         check_reach(policy, &path)?;
         if let Some(ending) = policy.ending() {
             ending

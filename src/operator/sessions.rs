@@ -86,6 +86,10 @@ pub struct SessionsParams {
     active_for: Option<String>,
     /// Only sessions in a transaction at least this long.
     in_transaction_for: Option<String>,
+    /// Only these single sessions, `PID@START` with START the session's `backend_start`
+    /// exactly as listed (RFC 3339, a `+` sent as `%2B`); `PID` alone on MySQL and MariaDB.
+    #[param(example = "12345@2026-12-07T01:02:03.456789Z")]
+    sessions: Option<Vec<String>>,
 }
 
 /// Lists sessions on one target or all of them.

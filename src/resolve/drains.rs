@@ -202,7 +202,7 @@ pub fn drain(
         origin: Origin::Drain {
             database: request.database.clone(),
             until,
-            spare,
+            spare: Box::new(spare),
             lock_accounts: request.lock_accounts,
             expiry: None,
         },

@@ -240,6 +240,13 @@ pub fn selector(
             }
         }
     }
+    for (id, t) in &chosen {
+        if let Some(why) = listing::unsupported_sessions(t.engine, &selector.sessions) {
+            return Err(ResolveError::Invalid(format!(
+                "sessions: {why} (target {id:?})"
+            )));
+        }
+    }
     for field in selector.fields() {
         for (id, t) in &chosen {
             if let Some(why) = listing::unsupported(t.engine, field) {

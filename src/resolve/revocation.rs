@@ -192,8 +192,8 @@ pub fn revocation(config: &Config, request: &RevocationRequest) -> Result<Plan, 
                 return Err(invalid(
                     "all_logins needs a field that narrows the selection (a database, an \
                      application name, a client block smaller than /0, a past start time, \
-                     some states, a non-zero duration); exclusions and values matching \
-                     everything do not count",
+                     some states, a non-zero duration, single sessions); exclusions, values \
+                     matching everything and empty lists do not count",
                 ));
             }
             if !request.dry_run && request.expect_count.is_none() {

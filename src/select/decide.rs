@@ -29,6 +29,8 @@ impl<T: Copy> Seen<T> {
 /// What an engine read about one session, for [`Selector::decide`].
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
+    /// The session id (PostgreSQL pid, SQL Server session_id, MySQL connection id).
+    pub pid: Seen<i64>,
     /// The login; unknown for a dropped login sever never knew.
     pub login: Seen<&'a str>,
     /// The database connected to.
@@ -53,6 +55,7 @@ impl<'a> Facts<'a> {
     /// Facts with every value unknown, read at `now`; engines fill in what they read.
     pub fn unknown(now: DateTime<Utc>) -> Self {
         Self {
+            pid: Seen::Unknown,
             login: Seen::Unknown,
             database: Seen::Unknown,
             application_name: Seen::Unknown,
@@ -126,6 +129,7 @@ impl Selector {
             ),
         ];
         let inclusions = [
+            self.named(facts),
             include("logins", &self.logins, facts.login, |v, s| v == s),
             include("databases", &self.databases, facts.database, |v, s| v == s),
             include(
@@ -150,6 +154,33 @@ impl Selector {
             .flatten()
             .next()
             .unwrap_or(Decision::Selected)
+    }
+
+    /// `sessions`: some ref has the session's id and, when the ref carries one, exactly its
+    /// start time. The id alone could be a reused one, so a ref with a start never matches a
+    /// session whose start is unknown (spared) or another (excluded: a reused id).
+    fn named(&self, facts: &Facts<'_>) -> Check {
+        if self.sessions.is_empty() {
+            return None;
+        }
+        let pid = match facts.pid {
+            Seen::Known(pid) => pid,
+            _ => return Some(Decision::Unknown("pid")),
+        };
+        let mut unknown_start = false;
+        for r in self.sessions.iter().filter(|r| r.pid == pid) {
+            match (r.backend_start, facts.backend_start) {
+                (None, _) => return None,
+                (Some(wanted), Seen::Known(start)) if wanted == start => return None,
+                (Some(_), Seen::Unknown) => unknown_start = true,
+                _ => {}
+            }
+        }
+        Some(if unknown_start {
+            Decision::Unknown("backend_start")
+        } else {
+            Decision::Excluded("sessions".into())
+        })
     }
 
     fn started(&self, facts: &Facts<'_>) -> Check {

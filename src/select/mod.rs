@@ -2,16 +2,27 @@
 //! (the listing's query parameters, revocation bodies, CLI flags in kebab-case, and the
 //! config's policies).
 //!
-//! Fields combine with AND, the values of one field with OR, and exclusions always win. A
+//! Fields combine with AND, the values of one field with OR, and exclusions always win. An
+//! empty list is a field not given: it narrows nothing (so `sessions: []` beside
+//! `all_logins` is refused as narrowing nothing, never taken as "every session"). A
 //! value the engine could not read (no privilege to see it, a host name where an address was
 //! asked for) never matches an inclusion and is always spared by an exclusion, so an
 //! operation reaches only sessions it can show are selected. Engines narrow with their
 //! catalogue query; the exact decision is made here ([`Selector::decide`]), once, for every
-//! engine. Depends on no other module of the crate, so the config, the engines and the doors
+//! engine.
+//!
+//! `sessions` names single sessions ([`SessionRef`]): a session is selected by it only when
+//! one ref has its id and its exact start time (ids are reused; a reused id with another
+//! start is excluded by `sessions`, and a session whose start could not be read is spared as
+//! unknown). Where the engine records no start (MySQL, MariaDB) a ref carries the id alone.
+//! It is for one operation on sessions seen a moment ago, never for a standing policy.
+//!
+//! Depends on no other module of the crate, so the config, the engines and the doors
 //! can all use it.
 
 mod decide;
 mod mode;
+mod session_ref;
 mod values;
 mod victims;
 
@@ -22,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 pub use decide::{Decision, Facts, Seen};
 pub use mode::{Ending, MAX_GRACE, Mode};
+pub use session_ref::SessionRef;
 pub use values::{AddrBlock, Pattern, SessionState};
 pub use victims::{Age, MAX_SHARE_PERCENT, Pick, Picked, Victims, When, pick, share_cap};
 
@@ -131,6 +143,16 @@ pub struct Selector {
     )]
     #[schema(value_type = Option<String>, example = "5m")]
     pub in_transaction_for: Option<Duration>,
+    /// Only these single sessions, each `{"pid", "backend_start"}` (or `"PID@START"`): the
+    /// id and its exact start time, so a reused id never matches; the id alone where the
+    /// engine records no start (MySQL, MariaDB).
+    #[serde(
+        default,
+        alias = "session",
+        deserialize_with = "values::one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub sessions: Vec<SessionRef>,
 }
 
 impl Selector {
@@ -154,6 +176,7 @@ impl Selector {
             ("idle_for", self.idle_for.is_some()),
             ("active_for", self.active_for.is_some()),
             ("in_transaction_for", self.in_transaction_for.is_some()),
+            ("sessions", !self.sessions.is_empty()),
         ];
         given
             .into_iter()
@@ -177,7 +200,8 @@ impl Selector {
 
     /// The fields other than `logins` that really narrow the selection at `now`: exclusions
     /// never do, nor do trivial values (`*`, a `/0` block, a zero duration, every state, a
-    /// time in the future). An operation over every login needs at least one.
+    /// time in the future, an empty `sessions`). An operation over every login needs at least
+    /// one.
     pub fn narrowing(&self, now: DateTime<Utc>) -> Vec<&'static str> {
         let all_states = SessionState::ALL.iter().all(|s| self.states.contains(s));
         let nonzero = |d: Option<Duration>| d.is_some_and(|d| !d.is_zero());
@@ -203,6 +227,8 @@ impl Selector {
             ("idle_for", nonzero(self.idle_for)),
             ("active_for", nonzero(self.active_for)),
             ("in_transaction_for", nonzero(self.in_transaction_for)),
+            // Each ref names at most one session; an empty list names none and is no field.
+            ("sessions", !self.sessions.is_empty()),
         ];
         narrowing
             .into_iter()

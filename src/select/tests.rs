@@ -8,20 +8,25 @@ fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 12, 6, 12, 0, 0).unwrap()
 }
 
-/// A session everything about is known: `app` on `orders` from 10.1.2.3, idle for 5 min,
-/// connected an hour ago, no transaction.
+/// A session everything about is known: pid 4242, `app` on `orders` from 10.1.2.3, idle for
+/// 5 min, connected an hour ago (11:00:00.123456), no transaction.
 fn facts() -> Facts<'static> {
     Facts {
+        pid: Seen::Known(4242),
         login: Seen::Known("app"),
         database: Seen::Known("orders"),
         application_name: Seen::Known("pg_dump"),
         client_addr: Seen::Known("10.1.2.3".parse().unwrap()),
-        backend_start: Seen::Known(now() - chrono::Duration::hours(1)),
+        backend_start: Seen::Known(started()),
         state: Seen::Known(SessionState::Idle),
         state_since: Seen::Known(now() - chrono::Duration::minutes(5)),
         xact_start: Seen::Absent,
         now: now(),
     }
+}
+
+fn started() -> DateTime<Utc> {
+    now() - chrono::Duration::hours(1) + chrono::Duration::microseconds(123_456)
 }
 
 fn selector(json: &str) -> Selector {
@@ -269,4 +274,158 @@ fn a_query_string_repeats_a_key_for_a_list() {
     let e = serde_html_form::from_str::<Selector>("client_addrs=db-host").unwrap_err();
     assert!(e.to_string().contains("db-host"), "{e}");
     assert!(serde_html_form::from_str::<Selector>("logn=app").is_err());
+}
+
+#[test]
+fn a_session_ref_matches_its_pid_and_exact_start_only() {
+    let f = facts();
+    let decide = |json: &str| selector(json).decide(&f);
+    assert_eq!(
+        decide(r#"{"sessions": [{"pid": 4242, "backend_start": "2026-12-06T11:00:00.123456Z"}]}"#),
+        Decision::Selected
+    );
+    // The same instant in another offset is the same start.
+    assert_eq!(
+        decide(r#"{"sessions": ["4242@2026-12-06T12:00:00.123456+01:00"]}"#),
+        Decision::Selected
+    );
+    // Values OR'd: one ref of several is enough.
+    assert_eq!(
+        decide(r#"{"sessions": ["7@2026-12-06T11:00:00Z", "4242@2026-12-06T11:00:00.123456Z"]}"#),
+        Decision::Selected
+    );
+    // A reused pid: same id, another start (a microsecond off is another session).
+    assert_eq!(
+        decide(r#"{"sessions": ["4242@2026-12-06T11:00:00.123457Z"]}"#),
+        Decision::Excluded("sessions".into())
+    );
+    assert_eq!(
+        decide(r#"{"sessions": ["4243@2026-12-06T11:00:00.123456Z"]}"#),
+        Decision::Excluded("sessions".into())
+    );
+    // ANDed with the other fields.
+    assert_eq!(
+        decide(r#"{"databases": ["billing"], "sessions": ["4242@2026-12-06T11:00:00.123456Z"]}"#),
+        Decision::Excluded("databases".into())
+    );
+    // An id alone (MySQL/MariaDB, which record no start) matches on the id.
+    let mut mysql = facts();
+    mysql.backend_start = Seen::Unknown;
+    assert_eq!(
+        selector(r#"{"sessions": [{"pid": 4242}]}"#).decide(&mysql),
+        Decision::Selected
+    );
+    assert_eq!(
+        selector(r#"{"sessions": "4241"}"#).decide(&mysql),
+        Decision::Excluded("sessions".into())
+    );
+}
+
+#[test]
+fn a_session_whose_start_or_id_is_unreadable_is_spared() {
+    let mut f = facts();
+    f.backend_start = Seen::Unknown;
+    let one = selector(r#"{"sessions": ["4242@2026-12-06T11:00:00.123456Z"]}"#);
+    assert_eq!(one.decide(&f), Decision::Unknown("backend_start"));
+    assert_eq!(
+        Decision::Unknown("backend_start").reason().as_deref(),
+        Some("unknown_backend_start")
+    );
+    // Another pid is out whatever its start.
+    let other = selector(r#"{"sessions": ["7@2026-12-06T11:00:00Z"]}"#);
+    assert_eq!(other.decide(&f), Decision::Excluded("sessions".into()));
+    f.pid = Seen::Unknown;
+    assert_eq!(one.decide(&f), Decision::Unknown("pid"));
+    // Facts start unknown: an engine that forgets the id never selects by it.
+    let mut blank = Facts::unknown(now());
+    blank.backend_start = Seen::Known(started());
+    assert_eq!(one.decide(&blank), Decision::Unknown("pid"));
+}
+
+#[test]
+fn session_refs_read_both_forms_and_refuse_malformed_ones() {
+    let s = selector(
+        r#"{"sessions": [{"pid": 1, "backend_start": "2026-12-07T01:02:03.456789Z"}, "2@2026-12-07T01:02:03Z", "3"]}"#,
+    );
+    assert_eq!(s.sessions.len(), 3);
+    assert_eq!(s.sessions[0].to_string(), "1@2026-12-07T01:02:03.456789Z");
+    assert_eq!(s.sessions[1].to_string(), "2@2026-12-07T01:02:03Z");
+    assert_eq!(
+        s.sessions[2],
+        SessionRef {
+            pid: 3,
+            backend_start: None
+        }
+    );
+    assert_eq!(s.fields(), ["sessions"]);
+    let single = selector(r#"{"sessions": {"pid": 9}}"#);
+    assert_eq!(
+        single.sessions,
+        [SessionRef {
+            pid: 9,
+            backend_start: None
+        }]
+    );
+    // Round trip (actions are stored this way), and through the text form.
+    let back: Selector = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert_eq!(back, s);
+    for r in &s.sessions {
+        assert_eq!(r.to_string().parse::<SessionRef>().unwrap(), *r);
+    }
+    let nanos: SessionRef = "5@2026-12-07T01:02:03.123456789Z".parse().unwrap();
+    assert_eq!(nanos.to_string(), "5@2026-12-07T01:02:03.123456789Z");
+    for (bad, needle) in [
+        (r#"{"sessions": ["abc"]}"#, "PID@START"),
+        (r#"{"sessions": ["12@yesterday"]}"#, "RFC 3339"),
+        (r#"{"sessions": ["12@2026-12-07T01:02:03 01:00"]}"#, "%2B"),
+        (r#"{"sessions": ["0"]}"#, "positive"),
+        (r#"{"sessions": [{"pid": -4}]}"#, "positive"),
+        (
+            r#"{"sessions": [{"pid": 4, "start": "2026-12-07T01:02:03Z"}]}"#,
+            "start",
+        ),
+        (
+            r#"{"sessions": [{"backend_start": "2026-12-07T01:02:03Z"}]}"#,
+            "pid",
+        ),
+        (r#"{"sessions": [{"pid": "4"}]}"#, "i64"),
+    ] {
+        let e = serde_json::from_str::<Selector>(bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{bad} => {e}");
+    }
+}
+
+#[test]
+fn sessions_narrow_unless_the_list_is_empty() {
+    let some = selector(r#"{"sessions": ["4242@2026-12-06T11:00:00Z"]}"#);
+    assert_eq!(some.narrowing(now()), ["sessions"]);
+    // `sessions: []` is a field not given: with all_logins it must be refused, never read
+    // as "every session".
+    let none = selector(r#"{"sessions": []}"#);
+    assert!(none.narrowing(now()).is_empty());
+    assert!(none.fields().is_empty());
+    assert_eq!(none.decide(&facts()), Decision::Selected);
+}
+
+#[test]
+fn a_query_string_names_sessions_by_text() {
+    let s: Selector = serde_html_form::from_str(
+        "sessions=4242%402026-12-06T11%3A00%3A00.123456Z&sessions=7%402026-12-06T12%3A00%3A00%2B01%3A00",
+    )
+    .unwrap();
+    assert_eq!(s.sessions.len(), 2);
+    assert_eq!(s.decide(&facts()), Decision::Selected);
+    assert_eq!(s.sessions[1].to_string(), "7@2026-12-06T11:00:00Z");
+    let one: Selector = serde_html_form::from_str("sessions=42").unwrap();
+    assert_eq!(
+        one.sessions,
+        [SessionRef {
+            pid: 42,
+            backend_start: None
+        }]
+    );
+    let e = serde_html_form::from_str::<Selector>("sessions=42%40soon").unwrap_err();
+    assert!(e.to_string().contains("RFC 3339"), "{e}");
 }

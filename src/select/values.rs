@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use ipnet::IpNet;
-use serde::de::{self, Deserializer, IntoDeserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// An application name to match: exact, or with `*` standing for any run of characters.
@@ -189,7 +189,7 @@ impl SessionState {
     }
 }
 
-/// Reads one value or a list of them: JSON `"a"` or `["a", "b"]`, and a query string's
+/// Reads one value or a list of them: JSON `"a"` (or one object) or `["a", "b"]`, and a query string's
 /// `?x=a` or `?x=a&x=b`. Each value goes through `T`'s own parsing, so a bad one is named
 /// in the error (an untagged enum would only say that nothing matched).
 pub fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
@@ -212,6 +212,11 @@ where
 
         fn visit_string<E: de::Error>(self, v: String) -> Result<Vec<T>, E> {
             T::deserialize(v.into_deserializer()).map(|one| vec![one])
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Vec<T>, A::Error> {
+            // One object (a single `sessions` ref), read by `T` itself.
+            T::deserialize(de::value::MapAccessDeserializer::new(map)).map(|one| vec![one])
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{EngineError, EngineKind, Session, SkipReason, TargetError, Targets};
-use crate::select::{Decision, Selector};
+use crate::select::{Decision, Selector, SessionRef};
 
 /// What a session holds and waits for, as the engine reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -238,4 +238,26 @@ pub fn unsupported(engine: EngineKind, field: &str) -> Option<&'static str> {
         }
         _ => None,
     }
+}
+
+/// Why `sessions` as given cannot name sessions on `engine`, or `None` when it can. Checked
+/// before anything is connected: where the engine records a start time, a ref must carry it
+/// (ids are reused, and the id alone could reach whoever connected under it since); where
+/// it records none, a ref carrying one could never match.
+pub fn unsupported_sessions(engine: EngineKind, sessions: &[SessionRef]) -> Option<String> {
+    let records_start = !matches!(engine, EngineKind::Mysql);
+    let wrong = sessions
+        .iter()
+        .find(|r| r.backend_start.is_some() != records_start)?;
+    Some(if records_start {
+        format!(
+            "{wrong} has no backend_start: session ids are reused, so a session is named by \
+             its pid and its exact backend_start as the listing shows them"
+        )
+    } else {
+        format!(
+            "{wrong} has a backend_start, but MySQL and MariaDB record no connection start \
+             time: name the session by its id alone (ids only rise until a restart)"
+        )
+    })
 }

@@ -195,3 +195,16 @@ fn guard_rails_and_bad_values_are_refused_at_load() {
             .contains("two policies")
     );
 }
+
+#[test]
+fn a_policy_naming_single_sessions_is_refused() {
+    refused(
+        r#"
+        name = "one"
+        targets = ["pg"]
+        selector = { logins = ["app"], sessions = ["123@2026-12-07T01:02:03.456789Z"] }
+        interval = "1m"
+        "#,
+        "selector.sessions",
+    );
+}

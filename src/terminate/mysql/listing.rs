@@ -305,6 +305,7 @@ fn decode(
     }
     let login = matched_form.map_or(thread.user.as_str(), |(form, _, _)| form.as_str());
     let mut facts = Facts::unknown(now);
+    facts.pid = Seen::Known(session.pid);
     facts.login = Seen::Known(login);
     facts.database = session
         .database

@@ -94,6 +94,7 @@ impl Engine for Memory {
             .iter()
             .map(|f| {
                 let mut facts = Facts::unknown(at("2026-12-01T02:00:00Z"));
+                facts.pid = Seen::Known(f.session.pid);
                 facts.login = f
                     .session
                     .login

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use super::{Principal, SESSIONS, SqlServer, activity};
 use crate::config::Engine as EngineKind;
 use crate::select::{Decision, Facts, Seen, Selector};
-use crate::terminate::listing::{Listed, count_blocking, unsupported};
+use crate::terminate::listing::{Listed, count_blocking, unsupported, unsupported_sessions};
 use crate::terminate::{EngineError, SkipReason};
 
 impl SqlServer {
@@ -25,6 +25,10 @@ impl SqlServer {
             if let Some(why) = unsupported(EngineKind::Sqlserver, field) {
                 return Err(EngineError::Unsupported(format!("{field}: {why}")));
             }
+        }
+        // Checked by resolve already; an id alone must never reach a reused session_id.
+        if let Some(why) = unsupported_sessions(EngineKind::Sqlserver, &selector.sessions) {
+            return Err(EngineError::Unsupported(format!("sessions: {why}")));
         }
         let logins = selector.logins.clone();
         let (offset, found, others, (activities, now_local), standings) = self
@@ -95,6 +99,7 @@ impl SqlServer {
             let decision = match &login {
                 Some(login) => {
                     let mut facts = Facts::unknown(now);
+                    facts.pid = Seen::Known(session.pid);
                     facts.login = Seen::Known(login.as_str());
                     facts.database = session
                         .database

@@ -13,5 +13,6 @@ mod own_login;
 mod postgres;
 mod retry_classes;
 mod selected;
+mod session_refs;
 mod sqlserver;
 mod sweep;

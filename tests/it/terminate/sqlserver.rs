@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use sever_testkit::tds::{FakeSession, TdsStandIn};
 
 mod impact;
+mod session_refs;
 
 fn fake(id: i16, login: &str, started: DateTime<Utc>, status: &str) -> FakeSession {
     FakeSession {

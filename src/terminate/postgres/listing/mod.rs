@@ -9,8 +9,9 @@ use sqlx::postgres::PgRow;
 
 use super::Postgres;
 use super::query_error;
+use crate::config::Engine as EngineKind;
 use crate::select::{Decision, Facts, Seen, Selector, SessionState};
-use crate::terminate::listing::{Impact, Listed, count_blocking};
+use crate::terminate::listing::{Impact, Listed, count_blocking, unsupported_sessions};
 use crate::terminate::{EngineError, Session, SkipReason, sqlx_error};
 
 /// Every backend but this one, in one round trip. `pg_blocking_pids()` takes the lock
@@ -63,6 +64,10 @@ impl Postgres {
         selector: &Selector,
         include_query: bool,
     ) -> Result<Vec<Listed>, EngineError> {
+        // Checked by resolve already; an id alone must never reach a reused pid.
+        if let Some(why) = unsupported_sessions(EngineKind::Postgres, &selector.sessions) {
+            return Err(EngineError::Unsupported(format!("sessions: {why}")));
+        }
         let remembered: BTreeMap<i64, String> = if selector.logins.is_empty() {
             BTreeMap::new()
         } else {
@@ -141,6 +146,7 @@ fn decode(
     let now: DateTime<Utc> = row.try_get("now")?;
     let visible = backend_start.is_some();
     let mut facts = Facts::unknown(now);
+    facts.pid = Seen::Known(session.pid);
     facts.login = session.login.as_deref().map_or(Seen::Unknown, Seen::Known);
     facts.database = session
         .database
