@@ -173,8 +173,12 @@ def scenario_revoke(c):
             row.find_element(*tid("select-session")).click()
     c.until("the ticked count", lambda: c.find("selection").text.startswith(f"{len(pids)} ticked"))
     preview(c, len(pids))
-    decisions = {r.get_attribute("data-decision") for r in c.all("decision-row", "[data-testid=preview-report]")}
-    assert decisions == {"would_terminate"}, decisions
+    # Exactly the ticked sessions would be ended; every other one is spared with its rule.
+    report = "[data-testid=preview-report] [data-testid=decisions]"
+    ending = {(r.get_attribute("data-pid"), r.get_attribute("data-decision")) for r in c.all("decision-row", report)}
+    assert ending == {(p, "would_terminate") for p in pids}, ending
+    spared = c.d.find_elements(By.CSS_SELECTOR, "[data-testid=preview-report] [data-testid=spared-decisions] [data-testid=decision-row]")
+    assert spared and all(r.get_attribute("data-pid") not in pids for r in spared)
     # No reason, no revocation.
     c.find("revoke").click()
     c.find("reason-required")
@@ -184,8 +188,10 @@ def scenario_revoke(c):
     c.find("page-actions-detail")
     c.until("the action to complete", lambda: c.find("action-status").text == "completed")
     action_id = c.d.current_url.rsplit("/", 1)[-1]
-    terminated = [r for r in c.all("decision-row") if r.get_attribute("data-decision") == "terminated"]
-    assert len(terminated) == len(pids), f"{len(terminated)} terminated rows"
+    c.until("the report", lambda: c.all("decisions"))
+    terminated = {r.get_attribute("data-pid") for r in c.all("decision-row", "[data-testid=decisions]")
+                  if r.get_attribute("data-decision") == "terminated"}
+    assert terminated == set(pids), f"terminated rows: {terminated}"
 
     # Its audit records, without leaving the browser.
     c.find("action-audit").click()

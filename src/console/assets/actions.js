@@ -17,12 +17,24 @@ export async function finished(id) {
   }
 }
 
-/** One row per session decision: what was decided, and why. */
+/** Decisions that end (or would end, or failed to end) a session, as opposed to sparing it. */
+const ENDING = new Set(["terminated", "cancelled", "would_terminate", "would_cancel", "failed", "remaining"]);
+
+/** One row per session decision, what was decided and why: those ended first, those
+ * spared (with their rule) folded below, since a selector spares every other session. */
 export function decisionsTable(decisions) {
-  return table("decisions", ["pid", "login", "decision", "why"], decisions, (d) =>
-    h("tr", { testid: "decision-row", dataset: { decision: d.decision } },
-      h("td", {}, d.pid), h("td", {}, text(d.login)), h("td", {}, d.decision), h("td", {}, text(d.rule))),
-    "No session was in scope.");
+  const row = (d) =>
+    h("tr", { testid: "decision-row", dataset: { decision: d.decision, pid: d.pid } },
+      h("td", {}, d.pid), h("td", {}, text(d.login)), h("td", {}, d.decision), h("td", {}, text(d.rule)));
+  const ended = decisions.filter((d) => ENDING.has(d.decision));
+  const spared = decisions.filter((d) => !ENDING.has(d.decision));
+  return h("div", {},
+    table("decisions", ["pid", "login", "decision", "why"], ended, row, "No session is ended."),
+    spared.length
+      ? h("details", { testid: "spared" },
+        h("summary", {}, `${spared.length} session(s) spared, and why`),
+        table("spared-decisions", ["pid", "login", "decision", "why"], spared, row))
+      : null);
 }
 
 export function render(root, path) {
