@@ -32,58 +32,29 @@ struct Asset {
 
 const JS: &str = "text/javascript; charset=utf-8";
 
+/// An [`Asset`] from a file of `assets/`, compiled in.
+macro_rules! asset {
+    ($name:literal, $content_type:expr) => {
+        Asset {
+            name: $name,
+            content_type: $content_type,
+            body: include_bytes!(concat!("assets/", $name)),
+        }
+    };
+}
+
 /// Every file the console serves besides its page.
 const ASSETS: &[Asset] = &[
-    Asset {
-        name: "console.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_bytes!("assets/console.css"),
-    },
-    Asset {
-        name: "icon.svg",
-        content_type: "image/svg+xml",
-        body: include_bytes!("assets/icon.svg"),
-    },
-    Asset {
-        name: "app.js",
-        content_type: JS,
-        body: include_bytes!("assets/app.js"),
-    },
-    Asset {
-        name: "api.js",
-        content_type: JS,
-        body: include_bytes!("assets/api.js"),
-    },
-    Asset {
-        name: "dom.js",
-        content_type: JS,
-        body: include_bytes!("assets/dom.js"),
-    },
-    Asset {
-        name: "sessions.js",
-        content_type: JS,
-        body: include_bytes!("assets/sessions.js"),
-    },
-    Asset {
-        name: "actions.js",
-        content_type: JS,
-        body: include_bytes!("assets/actions.js"),
-    },
-    Asset {
-        name: "audit.js",
-        content_type: JS,
-        body: include_bytes!("assets/audit.js"),
-    },
-    Asset {
-        name: "locks.js",
-        content_type: JS,
-        body: include_bytes!("assets/locks.js"),
-    },
-    Asset {
-        name: "policies.js",
-        content_type: JS,
-        body: include_bytes!("assets/policies.js"),
-    },
+    asset!("console.css", "text/css; charset=utf-8"),
+    asset!("icon.svg", "image/svg+xml"),
+    asset!("app.js", JS),
+    asset!("api.js", JS),
+    asset!("dom.js", JS),
+    asset!("sessions.js", JS),
+    asset!("actions.js", JS),
+    asset!("audit.js", JS),
+    asset!("locks.js", JS),
+    asset!("policies.js", JS),
 ];
 
 const PAGE: &[u8] = include_bytes!("assets/index.html");

@@ -203,6 +203,24 @@ def scenario_revoke(c):
     verdict = c.find("verify-status").get_attribute("data-status")
     assert verdict == "ok", f"verify said {verdict}: {c.find('verify-verdict').text}"
 
+    # Keep a login out for a while, then lift the lock early, both with a reason.
+    lock_login = os.environ["LOCK_LOGIN"]
+    c.open("locks")
+    c.find("page-locks")
+    c.find("lock-login").send_keys(lock_login)
+    targets = c.find("lock-targets")
+    targets.clear()
+    targets.send_keys(TARGET)
+    c.find("lock-terminate").click()  # lock only: its session stays
+    c.find("lock-reason").send_keys("console test: lock")
+    c.find("lock").click()
+    c.find("confirm", "[data-testid=confirm-dialog]").click()
+    c.until("the lock listed", lambda: [r for r in c.all("lock-row") if lock_login in r.text])
+    c.find("lift-lock").click()
+    c.find("dialog-reason").send_keys("console test: lift")
+    c.find("confirm", "[data-testid=confirm-dialog]").click()
+    c.until("the lock lifted", lambda: not c.all("lock-row") and c.all("lock-list"))
+
     # Every page renders for this operator without a console error.
     for page in PAGES:
         c.open(page)

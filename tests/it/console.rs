@@ -3,9 +3,10 @@
 //! scripts/ensure-chromium.sh), against the real server and a real PostgreSQL: sign-in, an
 //! attacker's `application_name` shown as text, a grown selection refused, single sessions
 //! previewed and revoked, the action followed to completion, its audit records read and the
-//! trail verified, with no console error or CSP violation on any page. Then the database is
-//! checked: exactly the ticked sessions are gone. Screenshots of every page are written
-//! under `CARGO_TARGET_TMPDIR/console/` when the browser side fails.
+//! trail verified, a login locked and the lock lifted early, with no console error or CSP
+//! violation on any page. Then the database is checked: exactly the ticked sessions are
+//! gone, and the locked login can log in again. Screenshots of every page are written under
+//! `CARGO_TARGET_TMPDIR/console/` when the browser side fails.
 
 use std::process::Command;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sever_testkit::pg::TestPostgres;
+use sqlx::Connection;
 
 use crate::support::sever::{TOKEN, TestServer, Workspace, create_admin};
 
@@ -91,8 +93,11 @@ async fn an_operator_previews_and_revokes_sessions_in_a_real_browser() {
     for login in ["app", "batch", "mallory"] {
         pg.create_login(login, "pw").await;
     }
+    // Locks on, so the console can lock a login (sever's login may then change roles).
+    pg.exec("ALTER ROLE sever_admin CREATEROLE").await;
     let config = ws
         .target_config(ws.config(), "main", &pg)
+        .set("targets.main.locks", true)
         .set("queue.poll_interval", "100ms")
         .toml();
     let server = TestServer::start_split(&ws.write_config(&config)).await;
@@ -138,6 +143,7 @@ async fn an_operator_previews_and_revokes_sessions_in_a_real_browser() {
                 .env("REVOKE_LOGIN", "app")
                 .env("REVOKE_LOGIN_SESSIONS", "3")
                 .env("REVOKE_PIDS", pids)
+                .env("LOCK_LOGIN", "mallory")
                 .output()
                 .expect("python3 runs (scripts/ensure-chromium.sh installs selenium)")
         }
@@ -169,6 +175,13 @@ async fn an_operator_previews_and_revokes_sessions_in_a_real_browser() {
     assert!(
         result["grown_error"].as_str().unwrap().contains("grew"),
         "{result}"
+    );
+    // The lock the console took and lifted left the login as it was.
+    assert!(
+        sqlx::PgConnection::connect(&pg.url("mallory", "pw", "postgres"))
+            .await
+            .is_ok(),
+        "mallory cannot log in after the lock was lifted"
     );
     let action_id = result["action_id"].as_str().unwrap();
     let records = ws
