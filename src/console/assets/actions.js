@@ -1,20 +1,23 @@
 // Actions: the list (newest first, filtered, a page at a time) and one action's detail with
 // its live progress per target, its report's decisions, and cancelling it while scheduled.
 
-import { api, query } from "./api.js";
+import { ApiError, api, query } from "./api.js";
 import { age, confirmDialog, every, field, h, notice, replace, table, text, values } from "./dom.js";
 
 const STATUSES = ["", "running", "scheduled", "completed", "incomplete", "cancelled", "expired"];
 const ORIGINS = ["", "revocation", "event", "aws", "vault", "policy", "sweep", "lock", "unlock", "drain", "undrain"];
 const FINISHED = new Set(["completed", "incomplete", "cancelled", "expired"]);
 
-/** Waits for an action to finish; resolves with its report. */
+/** Waits up to a minute for an action to finish; resolves with its report. */
 export async function finished(id) {
-  for (;;) {
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
     const { data } = await api("GET", `/v1/actions/${encodeURIComponent(id)}`);
     if (data.report && FINISHED.has(data.status)) return data.report;
     await new Promise((r) => setTimeout(r, 500));
   }
+  // A target that does not answer is retried for a long time; the page must not wait.
+  throw new ApiError(0, "still_running", `action ${id} has not finished yet: follow it on the Actions page`);
 }
 
 /** Decisions that end (or would end, or failed to end) a session, as opposed to sparing it. */

@@ -3,6 +3,9 @@
 
 const KEY = "sever.operator-token";
 
+/** The longest one API call may take (longer than sever's own request timeout). */
+const TIMEOUT_MS = 60_000;
+
 /** The token signed in with, or null. */
 export function token() {
   return sessionStorage.getItem(KEY);
@@ -37,7 +40,8 @@ export function onUnauthorized(handler) {
 /** Calls the API; resolves with `{status, data}` or rejects with an ApiError. */
 export async function api(method, path, body) {
   const headers = { Accept: "application/json", Authorization: `Bearer ${token() ?? ""}` };
-  const init = { method, headers, cache: "no-store", credentials: "omit", redirect: "error" };
+  // A server that stops answering fails the call instead of freezing the page's refresh.
+  const init = { method, headers, cache: "no-store", credentials: "omit", redirect: "error", signal: AbortSignal.timeout(TIMEOUT_MS) };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -69,6 +73,7 @@ export async function download(path, filename) {
     headers: { Authorization: `Bearer ${token() ?? ""}` },
     cache: "no-store",
     credentials: "omit",
+    redirect: "error",
   });
   if (!response.ok) {
     if (response.status === 401) unauthorized();
