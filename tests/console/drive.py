@@ -144,6 +144,12 @@ def scenario_revoke(c):
     assert cell.text == payload, f"application name shown as {cell.text!r}"
     assert not c.all("session-list") or not c.d.find_elements(By.CSS_SELECTOR, "[data-testid=session-list] img")
     c.no_alert()
+    # Characters that hide or reorder text (a bidi override, a NUL) are shown as escapes; a
+    # 4-byte character is kept as it is.
+    shown = c.d.execute_async_script(
+        "const done = arguments[0];"
+        r"import('/console/assets/dom.js').then((m) => done(m.text('pay\u202egnp.exe\u0000 \u{1F600}')));")
+    assert shown == "pay\\u202egnp.exe\\u0000 \U0001F600", repr(shown)
 
     # The whole filter of a login, previewed; a session opened before the revocation grows
     # the selection, and sever refuses it (409): nothing is ended.

@@ -43,12 +43,17 @@ export function replace(el, ...children) {
   return append(el, children);
 }
 
-/** A value for a table cell: empty for none, text otherwise. */
+// Control characters, zero-width characters and bidirectional overrides: a client can put
+// them in an application name to hide or reorder what an operator reads.
+const INVISIBLE = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/g;
+
+/** A value for a table cell: `—` for none, text otherwise, with invisible characters shown
+ * as `\u202e` escapes. */
 export function text(value) {
   if (value === undefined || value === null || value === "") return "—";
   if (Array.isArray(value)) return value.length ? value.join(", ") : "—";
-  if (typeof value === "object") return JSON.stringify(value);
-  return String(value);
+  const s = typeof value === "object" ? JSON.stringify(value) : String(value);
+  return s.replace(INVISIBLE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 /** How long ago an RFC 3339 moment was, as `3m 12s`; `—` for none. */
