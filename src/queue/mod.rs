@@ -190,6 +190,9 @@ pub struct ActionStatus {
     pub action_id: String,
     /// `running`, `completed` or `incomplete`.
     pub status: String,
+    /// Running and waiting for its time (as `GET /v1/actions?status=scheduled` lists it):
+    /// it has not acted yet, so it can still be cancelled.
+    pub scheduled: bool,
     /// Who asked.
     pub actor: String,
     /// When it was accepted.

@@ -13,6 +13,20 @@ use super::{
 };
 use crate::action::{ActionReport, Plan};
 
+/// Whether an action waits for its time, as SQL over `actions` with `now` bound at `$now`:
+/// a step pending, never attempted and due later. The one rule behind `status=scheduled`
+/// and the `scheduled` flag of an action's status.
+macro_rules! waiting_for_its_time {
+    ($now:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM action_steps s WHERE s.action_id = actions.action_id \
+             AND s.state = 'pending' AND s.attempts = 0 AND s.next_attempt_at > ",
+            $now,
+            ")"
+        )
+    };
+}
+
 impl Queue {
     /// Targets with pending steps, each with whether any of them waits for a retry a probe
     /// may bring forward (one whose last failure will recur does not).
@@ -164,11 +178,15 @@ impl Queue {
     /// An action's state, or `None` if there is no such action.
     pub async fn status(&self, action_id: Uuid) -> Result<Option<ActionStatus>, QueueError> {
         let id = action_id.to_string();
-        let Some(row) = sqlx::query(
-            "SELECT actor, created_at, deadline, status, finished_at, report \
-             FROM actions WHERE action_id = $1",
-        )
+        let Some(row) = sqlx::query(concat!(
+            // A number, not a boolean: SQLite has no boolean type to decode.
+            "SELECT actor, created_at, deadline, status, finished_at, report, \
+             CAST(CASE WHEN ",
+            waiting_for_its_time!("$2"),
+            " THEN 1 ELSE 0 END AS BIGINT) AS waiting FROM actions WHERE action_id = $1"
+        ))
         .bind(&id)
+        .bind(at(chrono::Utc::now()))
         .fetch_optional(self.store.pool())
         .await?
         else {
@@ -176,9 +194,12 @@ impl Queue {
         };
         let steps = self.step_statuses(&id).await?;
         let report: Option<String> = row.try_get("report")?;
+        let status: String = row.try_get("status")?;
+        let waiting = row.try_get::<i64, _>("waiting")? != 0;
         Ok(Some(ActionStatus {
             action_id: id,
-            status: row.try_get("status")?,
+            scheduled: waiting && status == "running",
+            status,
             actor: row.try_get("actor")?,
             created_at: row.try_get("created_at")?,
             retry_until: row.try_get("deadline")?,
@@ -198,16 +219,14 @@ impl Queue {
         } else {
             filter.status.as_deref()
         };
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT action_id, origin, actor, status, created_at, finished_at FROM actions \
              WHERE ($1 IS NULL OR origin = $1) AND ($2 IS NULL OR actor = $2) \
                AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR created_at >= $4) \
-               AND ($5 IS NULL OR action_id < $5) \
-               AND ($7 IS NULL OR EXISTS (SELECT 1 FROM action_steps s \
-                    WHERE s.action_id = actions.action_id AND s.state = 'pending' \
-                      AND s.attempts = 0 AND s.next_attempt_at > $7)) \
-             ORDER BY action_id DESC LIMIT $6",
-        )
+               AND ($5 IS NULL OR action_id < $5) AND ($7 IS NULL OR ",
+            waiting_for_its_time!("$7"),
+            ") ORDER BY action_id DESC LIMIT $6"
+        ))
         .bind(filter.origin.as_deref())
         .bind(filter.actor.as_deref())
         .bind(status)

@@ -15,7 +15,11 @@ import sys
 import time
 
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
@@ -56,7 +60,9 @@ def tid(name, within=""):
 class Console:
     def __init__(self, driver):
         self.d = driver
-        self.wait = WebDriverWait(driver, WAIT, poll_frequency=0.1)
+        # Pages redraw as they refresh: an element found a moment ago may be replaced.
+        self.wait = WebDriverWait(driver, WAIT, poll_frequency=0.1,
+                                  ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
         self.problems = []
 
     def find(self, name, within=""):
@@ -208,6 +214,14 @@ def scenario_revoke(c):
     c.until("the verdict", lambda: c.find("verify-status").get_attribute("data-status") not in (None, "running"))
     verdict = c.find("verify-status").get_attribute("data-status")
     assert verdict == "ok", f"verify said {verdict}: {c.find('verify-verdict').text}"
+
+    # Call off an action scheduled for later, with a reason.
+    c.open(f"actions/{os.environ['SCHEDULED_ACTION']}")
+    c.until("the scheduled action", lambda: c.find("action-status").text == "scheduled")
+    c.find("cancel-reason").send_keys("console test: called off")
+    c.find("cancel-action").click()
+    c.find("confirm", "[data-testid=confirm-dialog]").click()
+    c.until("the action cancelled", lambda: c.find("action-status").text == "cancelled")
 
     # Keep a login out for a while, then lift the lock early, both with a reason.
     lock_login = os.environ["LOCK_LOGIN"]

@@ -3,7 +3,7 @@
 //! scripts/ensure-chromium.sh), against the real server and a real PostgreSQL: sign-in, an
 //! attacker's `application_name` shown as text, a grown selection refused, single sessions
 //! previewed and revoked, the action followed to completion, its audit records read and the
-//! trail verified, a login locked and the lock lifted early, with no console error or CSP
+//! trail verified, a scheduled action called off, a login locked and the lock lifted early, with no console error or CSP
 //! violation on any page. Then the database is checked: exactly the ticked sessions are
 //! gone, and the locked login can log in again. Screenshots of every page are written under
 //! `CARGO_TARGET_TMPDIR/console/` when the browser side fails.
@@ -118,6 +118,16 @@ async fn an_operator_previews_and_revokes_sessions_in_a_real_browser() {
     let (conn, xss_pid) = pg.session("mallory", "pw", "postgres", XSS).await;
     held.push(conn);
     let revoke = [app[0], app[2]];
+    // An action scheduled for later, for the console to call off.
+    let (status, scheduled) = server
+        .operator_post(
+            "/v1/revocations",
+            &serde_json::json!({"login": "batch", "targets": ["main"], "reason": "maintenance",
+                    "not_before": chrono::Utc::now() + chrono::Duration::hours(1)}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{scheduled}");
+    let scheduled = scheduled["action_id"].as_str().unwrap().to_owned();
 
     let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console/revoke");
     let _ = std::fs::remove_dir_all(&out_dir);
@@ -144,6 +154,7 @@ async fn an_operator_previews_and_revokes_sessions_in_a_real_browser() {
                 .env("REVOKE_LOGIN_SESSIONS", "3")
                 .env("REVOKE_PIDS", pids)
                 .env("LOCK_LOGIN", "mallory")
+                .env("SCHEDULED_ACTION", scheduled)
                 .output()
                 .expect("python3 runs (scripts/ensure-chromium.sh installs selenium)")
         }

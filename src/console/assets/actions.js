@@ -104,9 +104,10 @@ function detail(root, id) {
   async function load() {
     try {
       const { data } = await api("GET", `/v1/actions/${encodeURIComponent(id)}`);
+      const shown = data.scheduled ? "scheduled" : data.status;
       replace(head,
         h("dl", {},
-          h("dt", {}, "Status"), h("dd", { testid: "action-status", class: `status ${data.status}` }, data.status),
+          h("dt", {}, "Status"), h("dd", { testid: "action-status", class: `status ${shown}` }, shown),
           h("dt", {}, "Actor"), h("dd", {}, data.actor),
           h("dt", {}, "Accepted"), h("dd", { title: data.created_at }, `${age(data.created_at)} ago`),
           h("dt", {}, "Finished"), h("dd", {}, data.finished_at ? `${age(data.finished_at)} ago` : "—")),
@@ -114,13 +115,14 @@ function detail(root, id) {
       replace(steps, table("step-list", ["target", "state", "attempts", "failure", "last error", "next attempt"], data.steps, (s) =>
         h("tr", { testid: "step-row" }, h("td", {}, s.target), h("td", {}, s.state), h("td", {}, s.attempts),
           h("td", {}, text(s.failure)), h("td", {}, text(s.last_error)), h("td", {}, text(s.next_attempt_at)))));
-      const scheduled = data.status === "scheduled";
+      const scheduled = data.scheduled;
       cancelButton.hidden = !scheduled;
       cancelReason.hidden = !scheduled;
       if (data.report) {
         const r = data.report;
         replace(report,
           h("h2", {}, r.dry_run ? "Report (dry run: nothing was changed)" : "Report"),
+          r.targets.length ? null : h("p", { class: "empty" }, "No target was acted on."),
           r.targets.map((t) => h("div", { testid: "target-report" },
             h("h3", {}, t.target),
             h("p", {}, `${t.found} in scope · ${t.terminated?.length ?? 0} terminated · ${t.cancelled?.length ?? 0} cancelled · ${t.skipped?.length ?? 0} spared · ${t.remaining?.length ?? 0} remaining`),

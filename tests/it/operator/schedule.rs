@@ -179,6 +179,13 @@ async fn a_cancelled_revocation_ends_nothing_and_its_cancellation_is_announced()
                 .await
         }
     };
+    // Its status says it waits for its time, as `status=scheduled` lists it.
+    let (_, action) = server.operator_get(&format!("/v1/actions/{id}")).await;
+    assert_eq!(
+        (&action["status"], &action["scheduled"]),
+        (&json!("running"), &json!(true)),
+        "{action}"
+    );
     let (status, refused) = cancel(json!(" ")).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     let (status, report) = cancel(json!("the window moved")).await;
@@ -202,6 +209,7 @@ async fn a_cancelled_revocation_ends_nothing_and_its_cancellation_is_announced()
     assert_eq!(announced[0]["reason"], "the window moved");
     let (_, action) = server.operator_get(&format!("/v1/actions/{id}")).await;
     assert_eq!(action["status"], "cancelled", "{action}");
+    assert_eq!(action["scheduled"], false, "{action}");
     assert!(ws.records("session.terminated").await.is_empty());
     server.stop().await;
 }
