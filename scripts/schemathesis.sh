@@ -28,8 +28,14 @@ as_pg() {
 }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-cargo build --quiet --locked --bin sever
-sever=$(realpath "${CARGO_TARGET_DIR:-target}/debug/sever")
+# SEVER_BIN: a binary already built from this tree (scripts/test.sh passes the one its
+# integration tests ran); otherwise the debug build.
+if [ -n "${SEVER_BIN:-}" ]; then
+    sever=$SEVER_BIN
+else
+    cargo build --quiet --locked --bin sever
+    sever=$(realpath "${CARGO_TARGET_DIR:-target}/debug/sever")
+fi
 
 # --- throwaway PostgreSQL target ---------------------------------------------------------------
 chmod 755 "$work"

@@ -78,6 +78,10 @@ phase "build tests" cargo test --workspace --locked --all-targets --no-run
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 phase "cargo test" bash -c 'set -o pipefail; cargo test --workspace --locked --all-targets 2>&1 | tee "$1"' _ "$log"
+# The two scripts below run the binary the integration tests just ran: a plain `cargo build`
+# would compile it again, since the test build unifies features with the dev-dependencies.
+export SEVER_BIN
+SEVER_BIN=$(realpath "${CARGO_TARGET_DIR:-target}/debug/sever")
 # The one-command demo still starts: PostgreSQL, its demo sessions, sever; GET /v1/sessions
 # lists them; everything is cleaned up (a few seconds).
 phase "try.sh --check" scripts/try.sh --check
