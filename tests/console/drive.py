@@ -241,6 +241,19 @@ def scenario_revoke(c):
     c.find("confirm", "[data-testid=confirm-dialog]").click()
     c.until("the lock lifted", lambda: not c.all("lock-row") and c.all("lock-list"))
 
+    # Keep a database clear for a while, then lift the drain early.
+    drain_db = os.environ["DRAIN_DATABASE"]
+    c.find("drain-target").send_keys(TARGET)
+    c.find("drain-database").send_keys(drain_db)
+    c.find("drain-reason").send_keys("console test: drain")
+    c.find("drain").click()
+    c.find("confirm", "[data-testid=confirm-dialog]").click()
+    c.until("the drain listed", lambda: [r for r in c.all("drain-row") if drain_db in r.text])
+    c.find("lift-drain").click()
+    c.find("dialog-reason").send_keys("console test: reopen")
+    c.find("confirm", "[data-testid=confirm-dialog]").click()
+    c.until("the drain lifted", lambda: not c.all("drain-row") and c.all("drain-list"))
+
     # Every page renders for this operator without a console error.
     for page in PAGES:
         c.open(page)

@@ -3,9 +3,10 @@
 //! scripts/ensure-chromium.sh), against the real server and a real PostgreSQL: sign-in, an
 //! attacker's `application_name` shown as text, a grown selection refused, single sessions
 //! previewed and revoked, the action followed to completion, its audit records read and the
-//! trail verified, a scheduled action called off, a login locked and the lock lifted early, with no console error or CSP
-//! violation on any page. Then the database is checked: exactly the ticked sessions are
-//! gone, and the locked login can log in again. Screenshots of every page are written under
+//! trail verified, a scheduled action called off, a login locked and a database drained and
+//! both lifted early, with no console error or CSP violation on any page. Then the database
+//! is checked: exactly the ticked sessions are gone, the locked login can log in again and
+//! the drained database has its limit back. Screenshots of every page are written under
 //! `CARGO_TARGET_TMPDIR/console/` when the browser side fails.
 
 use std::process::Command;
@@ -95,6 +96,11 @@ async fn an_operator_previews_and_revokes_sessions_in_a_real_browser() {
     }
     // Locks on, so the console can lock a login (sever's login may then change roles).
     pg.exec("ALTER ROLE sever_admin CREATEROLE").await;
+    // A database to drain: sever's login is a member of its owner (`CONNECTION LIMIT`).
+    pg.exec("CREATE ROLE shop_owner NOLOGIN; GRANT shop_owner TO sever_admin")
+        .await;
+    pg.exec("CREATE DATABASE shop OWNER shop_owner CONNECTION LIMIT 50")
+        .await;
     let config = ws
         .target_config(ws.config(), "main", &pg)
         .set("targets.main.locks", true)
@@ -155,6 +161,7 @@ async fn an_operator_previews_and_revokes_sessions_in_a_real_browser() {
                 .env("REVOKE_PIDS", pids)
                 .env("LOCK_LOGIN", "mallory")
                 .env("SCHEDULED_ACTION", scheduled)
+                .env("DRAIN_DATABASE", "shop")
                 .output()
                 .expect("python3 runs (scripts/ensure-chromium.sh installs selenium)")
         }
@@ -194,6 +201,16 @@ async fn an_operator_previews_and_revokes_sessions_in_a_real_browser() {
             .is_ok(),
         "mallory cannot log in after the lock was lifted"
     );
+    // The drain the console took and lifted left the database's limit as it was.
+    let mut admin = sqlx::PgConnection::connect(&pg.superuser_url("postgres"))
+        .await
+        .unwrap();
+    let limit: i32 =
+        sqlx::query_scalar("SELECT datconnlimit FROM pg_database WHERE datname = 'shop'")
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(limit, 50, "the drain did not restore the connection limit");
     let action_id = result["action_id"].as_str().unwrap();
     let records = ws
         .audit()
