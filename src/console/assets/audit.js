@@ -3,7 +3,7 @@
 // trail can take longer than one request may), and the page polls for its verdict.
 
 import { api, download, query } from "./api.js";
-import { every, field, h, notice, replace, table, values } from "./dom.js";
+import { every, field, h, notice, replace, table, text, values } from "./dom.js";
 
 const PAGE = 100;
 
@@ -40,7 +40,7 @@ export function render(root, _path, params) {
         h("tr", { testid: "audit-row", dataset: { kind: r.kind, seq: r.seq } },
           h("td", {}, r.seq), h("td", {}, r.at), h("td", {}, r.kind), h("td", {}, r.actor),
           h("td", {}, r.action_id ? h("a", { href: `#/actions/${encodeURIComponent(r.action_id)}` }, r.action_id.slice(0, 8)) : "—"),
-          h("td", { class: "detail" }, h("code", {}, JSON.stringify(r.detail)))),
+          h("td", { class: "detail" }, h("code", {}, text(r.detail)))),
         "No records."));
     } catch (e) {
       replace(records, notice("error", e.message));

@@ -101,30 +101,41 @@ export function values(form) {
   return out;
 }
 
-/** Asks to confirm in a modal dialog; resolves true only on the confirm button. */
-export function confirmDialog(title, lines, confirmLabel) {
+/** Opens a modal dialog built by `build(close)` and resolves with what `close` is given;
+ * Escape closes it with `dismissed`. */
+function modal(dismissed, build) {
   return new Promise((resolve) => {
-    const dialog = h(
-      "dialog",
-      { testid: "confirm-dialog", class: "confirm" },
-      h("h2", {}, title),
-      lines.map((l) => h("p", {}, l)),
-      h(
-        "div",
-        { class: "buttons" },
-        h("button", { type: "button", testid: "confirm-cancel", onclick: () => close(false) }, "Cancel"),
-        h("button", { type: "button", class: "danger", testid: "confirm", onclick: () => close(true) }, confirmLabel),
-      ),
-    );
+    const dialog = h("dialog", { testid: "confirm-dialog", class: "confirm" });
     const close = (answer) => {
       dialog.close();
       dialog.remove();
       resolve(answer);
     };
-    dialog.addEventListener("cancel", () => close(false));
+    append(dialog, [build(close)]);
+    dialog.addEventListener("cancel", () => close(dismissed));
     document.body.append(dialog);
     dialog.showModal();
   });
+}
+
+/** The dialog's buttons: cancel (closing with `dismissed`) and the confirming one. */
+function buttons(close, dismissed, confirm) {
+  return h(
+    "div",
+    { class: "buttons" },
+    h("button", { type: "button", testid: "confirm-cancel", onclick: () => close(dismissed) }, "Cancel"),
+    confirm,
+  );
+}
+
+/** Asks to confirm in a modal dialog; resolves true only on the confirm button. */
+export function confirmDialog(title, lines, confirmLabel) {
+  return modal(false, (close) => [
+    h("h2", {}, title),
+    lines.map((l) => h("p", {}, l)),
+    buttons(close, false,
+      h("button", { type: "button", class: "danger", testid: "confirm", onclick: () => close(true) }, confirmLabel)),
+  ]);
 }
 
 /** Runs `task` now and every `ms` while the tab is visible; returns what stops it. */
@@ -156,33 +167,21 @@ export function list(value) {
 
 /** Asks for a reason in a modal dialog; resolves with it, or null when cancelled. */
 export function reasonDialog(title, confirmLabel) {
-  return new Promise((resolve) => {
-    const input = h("input", { name: "reason", required: true, testid: "dialog-reason", placeholder: "Why (recorded in the audit trail)" });
+  const input = h("input", { name: "reason", required: true, testid: "dialog-reason", placeholder: "Why (recorded in the audit trail)" });
+  const answer = modal(null, (close) => {
     const form = h(
       "form",
       { method: "dialog" },
       h("h2", {}, title),
       field("Reason", input),
-      h(
-        "div",
-        { class: "buttons" },
-        h("button", { type: "button", testid: "confirm-cancel", onclick: () => close(null) }, "Cancel"),
-        h("button", { type: "submit", class: "danger", testid: "confirm" }, confirmLabel),
-      ),
+      buttons(close, null, h("button", { type: "submit", class: "danger", testid: "confirm" }, confirmLabel)),
     );
-    const dialog = h("dialog", { testid: "confirm-dialog", class: "confirm" }, form);
-    const close = (answer) => {
-      dialog.close();
-      dialog.remove();
-      resolve(answer);
-    };
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       if (input.value.trim()) close(input.value.trim());
     });
-    dialog.addEventListener("cancel", () => close(null));
-    document.body.append(dialog);
-    dialog.showModal();
-    input.focus();
+    return form;
   });
+  input.focus();
+  return answer;
 }

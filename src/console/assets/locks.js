@@ -42,21 +42,21 @@ export function render(root) {
     }
   }
 
+  /** The active locks or drains (`kind`), each named by its `what` (login or database). */
+  function listed(kind, what, items) {
+    return table(`${kind}-list`, [what, "target", "since", "until", "state", "reason", "by", ""], items, (x) =>
+      h("tr", { testid: `${kind}-row` },
+        h("td", {}, x[what]), h("td", {}, x.target), h("td", { title: x.since }, `${age(x.since)} ago`),
+        h("td", {}, text(x.until)), h("td", {}, x.state), h("td", {}, text(x.reason)), h("td", {}, x.actor),
+        h("td", {}, h("button", { type: "button", testid: `lift-${kind}`, onclick: () => lift(kind, x[`${kind}_id`], x[what]) }, "Lift"))),
+      `No active ${kind}s.`);
+  }
+
   async function load() {
     try {
       const [locks, drains] = await Promise.all([api("GET", "/v1/locks"), api("GET", "/v1/drains")]);
-      replace(lockList, table("lock-list", ["login", "target", "since", "until", "state", "reason", "by", ""], locks.data, (l) =>
-        h("tr", { testid: "lock-row" },
-          h("td", {}, l.login), h("td", {}, l.target), h("td", { title: l.since }, `${age(l.since)} ago`),
-          h("td", {}, text(l.until)), h("td", {}, l.state), h("td", {}, l.reason), h("td", {}, l.actor),
-          h("td", {}, h("button", { type: "button", testid: "lift-lock", onclick: () => lift("lock", l.lock_id, l.login) }, "Lift"))),
-        "No active locks."));
-      replace(drainList, table("drain-list", ["database", "target", "since", "until", "state", "reason", "by", ""], drains.data, (d) =>
-        h("tr", { testid: "drain-row" },
-          h("td", {}, d.database), h("td", {}, d.target), h("td", { title: d.since }, `${age(d.since)} ago`),
-          h("td", {}, text(d.until)), h("td", {}, d.state), h("td", {}, d.reason), h("td", {}, d.actor),
-          h("td", {}, h("button", { type: "button", testid: "lift-drain", onclick: () => lift("drain", d.drain_id, d.database) }, "Lift"))),
-        "No active drains."));
+      replace(lockList, listed("lock", "login", locks.data));
+      replace(drainList, listed("drain", "database", drains.data));
     } catch (e) {
       replace(message, notice("error", e.message));
     }

@@ -37,7 +37,7 @@ export function render(root) {
         h("tr", { testid: "policy-row", dataset: { policy: p.name } },
           h("td", {}, p.name), h("td", {}, p.kind), h("td", {}, text(p.targets)), h("td", {}, p.enforcement),
           h("td", {}, p.interval), h("td", {}, p.in_window ? "yes" : "no"),
-          h("td", {}, p.paused ? `since ${age(p.paused.at)} ago: ${p.paused.reason}` : "no"),
+          h("td", {}, p.paused ? `since ${age(p.paused.at)} ago: ${text(p.paused.reason)}` : "no"),
           h("td", {}, p.streak),
           h("td", {}, p.last_evaluation ? `${p.last_evaluation.outcome}, ${age(p.last_evaluation.at)} ago (${p.last_evaluation.matched} matched, ${p.last_evaluation.ended} ended)` : "—"),
           h("td", {}, text(p.next_evaluation)),
