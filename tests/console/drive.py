@@ -132,10 +132,14 @@ def preview(c, expect):
     c.until(f"a preview of {expect}", lambda: c.find("preview-count").text.startswith(f"{expect} session(s)"))
 
 
+def press_confirm(c):
+    c.find("confirm", "[data-testid=confirm-dialog]").click()
+
+
 def confirm(c, expect):
     dialog = c.find("confirm-dialog")
     assert f"End {expect} session(s)" in dialog.text, dialog.text
-    c.find("confirm", "[data-testid=confirm-dialog]").click()
+    press_confirm(c)
 
 
 def scenario_revoke(c):
@@ -220,7 +224,7 @@ def scenario_revoke(c):
     c.until("the scheduled action", lambda: c.find("action-status").text == "scheduled")
     c.find("cancel-reason").send_keys("console test: called off")
     c.find("cancel-action").click()
-    c.find("confirm", "[data-testid=confirm-dialog]").click()
+    press_confirm(c)
     c.until("the action cancelled", lambda: c.find("action-status").text == "cancelled")
 
     # Keep a login out for a while, then lift the lock early, both with a reason.
@@ -234,11 +238,11 @@ def scenario_revoke(c):
     c.find("lock-terminate").click()  # lock only: its session stays
     c.find("lock-reason").send_keys("console test: lock")
     c.find("lock").click()
-    c.find("confirm", "[data-testid=confirm-dialog]").click()
+    press_confirm(c)
     c.until("the lock listed", lambda: [r for r in c.all("lock-row") if lock_login in r.text])
     c.find("lift-lock").click()
     c.find("dialog-reason").send_keys("console test: lift")
-    c.find("confirm", "[data-testid=confirm-dialog]").click()
+    press_confirm(c)
     c.until("the lock lifted", lambda: not c.all("lock-row") and c.all("lock-list"))
 
     # Keep a database clear for a while, then lift the drain early.
@@ -247,11 +251,11 @@ def scenario_revoke(c):
     c.find("drain-database").send_keys(drain_db)
     c.find("drain-reason").send_keys("console test: drain")
     c.find("drain").click()
-    c.find("confirm", "[data-testid=confirm-dialog]").click()
+    press_confirm(c)
     c.until("the drain listed", lambda: [r for r in c.all("drain-row") if drain_db in r.text])
     c.find("lift-drain").click()
     c.find("dialog-reason").send_keys("console test: reopen")
-    c.find("confirm", "[data-testid=confirm-dialog]").click()
+    press_confirm(c)
     c.until("the drain lifted", lambda: not c.all("drain-row") and c.all("drain-list"))
 
     # Every page renders for this operator without a console error.

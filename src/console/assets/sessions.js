@@ -85,15 +85,23 @@ export function render(root) {
         s.backend_start ? { pid: s.pid, backend_start: s.backend_start } : { pid: s.pid });
       return body;
     }
-    const logins = list(v.login);
-    if (logins.length) body.logins = logins;
-    else body.all_logins = true;
-    if (v.database) body.databases = list(v.database);
-    if (v.application) body.application_names = list(v.application);
-    if (v.client) body.client_addrs = list(v.client);
-    if (v.state) body.states = [v.state];
-    if (v.idle_for) body.idle_for = v.idle_for;
-    return body;
+    const selector = selectorFields(v);
+    if (!selector.logins) body.all_logins = true;
+    return { ...body, ...selector };
+  }
+
+  /** The filter form as the selector's fields, leaving out those not given (the listing's
+   * query and the revocation's body say the same). */
+  function selectorFields(v) {
+    const fields = {
+      logins: list(v.login),
+      databases: list(v.database),
+      application_names: list(v.application),
+      client_addrs: list(v.client),
+      states: list(v.state),
+      idle_for: v.idle_for,
+    };
+    return Object.fromEntries(Object.entries(fields).filter(([, x]) => x !== undefined && x.length));
   }
 
   function describeSelection() {
@@ -181,12 +189,7 @@ export function render(root) {
     if (!v.target) return;
     const params = {
       target: v.target,
-      logins: list(v.login),
-      databases: list(v.database),
-      application_names: list(v.application),
-      client_addrs: list(v.client),
-      states: v.state,
-      idle_for: v.idle_for,
+      ...selectorFields(v),
       include_query: v.include_query ? "true" : undefined,
     };
     try {
