@@ -7,15 +7,7 @@
 # sudo when it is there.
 set -euo pipefail
 
-sudo_cmd=()
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-        sudo_cmd=(sudo)
-    else
-        echo "error: not root and no sudo: cannot install Debian packages" >&2
-        exit 1
-    fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib/sudo.sh"
 
 packages=()
 [ -x /usr/bin/chromium ] || packages+=(chromium)

@@ -9,15 +9,7 @@
 # Runs as root in CI; elsewhere uses sudo when it is there.
 set -euo pipefail
 
-sudo_cmd=()
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-        sudo_cmd=(sudo)
-    else
-        echo "error: not root and no sudo: cannot install Debian packages" >&2
-        exit 1
-    fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib/sudo.sh"
 
 have_alertmanager() {
     command -v alertmanager >/dev/null 2>&1 || command -v prometheus-alertmanager >/dev/null 2>&1
