@@ -200,6 +200,11 @@ pub async fn run_with(
     tokio::spawn(watch::run(ctx.clone(), background.clone()));
     // Between commits too, so a deleted store file shows in the log and `/readyz` at once.
     tokio::spawn(ctx.store.clone().watch_file(background.clone()));
+    tokio::spawn(
+        ctx.store
+            .clone()
+            .keep_warm(store::KEEP_WARM_EVERY, background.clone()),
+    );
     intake::spawn_background(&intake, &background);
     // On the tracker, so shutdown waits for a sweep in progress to finish its records.
     tracker.spawn(sweep::run_sweeper(ctx.clone(), background.clone()));

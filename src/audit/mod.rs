@@ -13,6 +13,7 @@ macro_rules! columns {
 mod chain;
 mod checkpoint;
 mod checkpoint_file;
+mod fast;
 mod read;
 
 use std::io::Write;
@@ -26,7 +27,7 @@ use sqlx::any::AnyRow;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::store::{Backend, Store, StoreError, timestamp};
+use crate::store::{Backend, Store, StoreError, connection_lost, timestamp};
 
 pub use chain::{GENESIS, Problem, VerifyReport, record_hash};
 use chain::{chain_records, insert_records, read_head};
@@ -35,6 +36,7 @@ pub use checkpoint::{
     Writer, Written, checkpoint_writer,
 };
 pub use checkpoint_file::CheckpointFileHealth;
+pub use fast::Prepared;
 
 /// Failures of the audit trail.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +218,15 @@ pub trait Transaction: Send + Sync {
     fn is_new_work(&self) -> bool {
         true
     }
+
+    /// The rows this work would write, when they can be known without reading the store
+    /// (see [`fast`]): on PostgreSQL they are then written in one round trip, and [`run`]
+    /// runs only if an assumption they rest on turns out false. `None`: always [`run`].
+    ///
+    /// [`run`]: Self::run
+    fn prepared(&self) -> Option<Prepared<Self::Output>> {
+        None
+    }
 }
 
 /// Appends the records and nothing else.
@@ -349,12 +360,22 @@ impl Audit {
         // Another process (the CLI beside the server, or a second replica) may take the same
         // sequence number; the primary key refuses the loser, which then retries on the new head.
         let mut attempt = 0;
+        // Connections that had died while idle (the pool does not ping them first): each
+        // failed attempt closed one, and after a store restart every idle one is dead.
+        let mut dead = 0;
         loop {
             attempt += 1;
             match self.try_transact(work, &mut head).await {
                 Ok(output) => return Ok(output),
                 Err(AuditError::Store(StoreError::FileLost)) => {
                     return Err(StoreError::FileLost.into());
+                }
+                Err(AuditError::Store(StoreError::Query(e)))
+                    if connection_lost(&e) && dead < crate::store::POSTGRES_POOL =>
+                {
+                    tracing::debug!(error = %e, "a store connection had died while idle; retrying");
+                    dead += 1;
+                    attempt -= 1;
                 }
                 Err(e) if attempt < 8 => {
                     tracing::debug!(error = %e, attempt, "audit append conflicted; retrying");
@@ -372,7 +393,26 @@ impl Audit {
         work: &W,
         known: &mut Option<(i64, String)>,
     ) -> Result<W::Output, AuditError> {
-        let cached = known.take();
+        let mut cached = known.take();
+        // Taken (not put back) until a commit succeeds: a failed call leaves the next
+        // attempt to read the head.
+        if let Some(head) = &cached
+            && self.store.backend() == Backend::Postgres
+            && let Some(prepared) = work.prepared()
+        {
+            match fast::commit(&self.store, prepared, head, &timestamp(Utc::now())).await? {
+                fast::Outcome::Committed(output, head) => {
+                    *known = Some(head);
+                    return Ok(output);
+                }
+                fast::Outcome::Refused(why) => {
+                    tracing::debug!(why, "the one-statement commit did not apply; running it");
+                    if why == "head" {
+                        cached = None;
+                    }
+                }
+            }
+        }
         let mut tx = begin_chain_tx(&self.store).await?;
         let (entries, output) = match work.run(&mut tx).await? {
             Decision::Commit(entries, output) => (entries, output),

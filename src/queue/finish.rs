@@ -11,7 +11,7 @@ use sqlx::Row;
 
 use super::{Lease, Queue, QueueError, at, notices, status_name, to_json};
 use crate::action::{self, ActionReport, Origin, Plan, Status, TargetReport};
-use crate::audit::{Audit, Decision, Entry, Kind, Transaction};
+use crate::audit::{Audit, Decision, Entry, Kind, Prepared, Transaction};
 use crate::telemetry;
 use crate::terminate::classify::{DETERMINISTIC_ATTEMPTS, ErrorClass};
 
@@ -178,9 +178,78 @@ struct FinishTx<'a> {
     notifier: Option<&'a crate::notify::Notifier>,
 }
 
+impl FinishTx<'_> {
+    /// The step's records.
+    fn entries(&self) -> Vec<Entry> {
+        let lease = self.lease;
+        let mut entries =
+            action::target_records(self.report, &lease.plan, &lease.actor, lease.action_id);
+        if let Some(error) = &self.report.error {
+            // The step is finished with an error only when retrying is over or pointless.
+            if let Some(last) = entries.iter_mut().find(|e| e.kind == Kind::TargetFailed) {
+                last.detail["attempts"] = json!(lease.attempts);
+                last.detail["error"] = json!(error);
+            }
+        }
+        entries
+    }
+}
+
 #[async_trait]
 impl Transaction for FinishTx<'_> {
     type Output = Option<Option<ActionReport>>;
+
+    /// The rows of `run`, for an action of one step (which this step finishes) or a step
+    /// other steps of its action are still pending after (the store function checks which
+    /// holds). The last of several steps needs the others' reports, which only `run` reads.
+    fn prepared(&self) -> Option<Prepared<Self::Output>> {
+        let lease = self.lease;
+        let plan = &lease.plan;
+        let only = plan.steps.len() == 1;
+        let finished = only.then(|| action::report(plan, vec![self.report.clone()]));
+        // Notices are queued in their outbox by `run` alone.
+        if self.notifier.is_some()
+            && (!notices::step(plan, self.report).is_empty()
+                || finished
+                    .as_ref()
+                    .is_some_and(|r| notices::finished(plan, r).is_some()))
+        {
+            return None;
+        }
+        let id = lease.action_id.to_string();
+        let mut entries = self.entries();
+        let mut rows = serde_json::Map::new();
+        rows.insert(
+            "step".into(),
+            json!({
+                "action_id": id,
+                "target": lease.target,
+                "owner": self.owner,
+                "attempts": lease.attempts,
+                "report": to_json(self.report),
+                "last_error": self.report.error,
+                "failed": self.report.error.is_some(),
+                "others_pending": !only,
+            }),
+        );
+        if let Some(report) = &finished {
+            rows.insert(
+                "finished".into(),
+                json!({
+                    "action_id": id,
+                    "status": status_name(report.status),
+                    "finished_at": at(Utc::now()),
+                    "report": to_json(report),
+                }),
+            );
+            entries.push(action::completed_record(report, &lease.actor));
+        }
+        Some(Prepared {
+            rows,
+            entries,
+            output: Some(finished),
+        })
+    }
 
     /// Progress of an accepted action: it finishes even after the store file is lost.
     fn is_new_work(&self) -> bool {
@@ -212,15 +281,7 @@ impl Transaction for FinishTx<'_> {
         if updated == 0 {
             return Ok(Decision::Rollback(None));
         }
-        let mut entries =
-            action::target_records(self.report, &lease.plan, &lease.actor, lease.action_id);
-        if let Some(error) = &self.report.error {
-            // The step is finished with an error only when retrying is over or pointless.
-            if let Some(last) = entries.iter_mut().find(|e| e.kind == Kind::TargetFailed) {
-                last.detail["attempts"] = json!(lease.attempts);
-                last.detail["error"] = json!(error);
-            }
-        }
+        let mut entries = self.entries();
         let pending: i64 = sqlx::query(
             "SELECT COUNT(*) AS n FROM action_steps WHERE action_id = $1 AND state = 'pending'",
         )
@@ -247,6 +308,7 @@ impl Transaction for FinishTx<'_> {
             targets.push(report);
         }
         let report = action::report(&lease.plan, targets);
+        // (The one-statement commit writes the same columns: `prepared`.)
         sqlx::query(
             "UPDATE actions SET status = $2, finished_at = $3, report = $4 WHERE action_id = $1",
         )

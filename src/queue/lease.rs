@@ -15,7 +15,7 @@ use super::{
     Lease, LeasedAction, Queue, QueueError, at, fairness, from_json, later, parse_time, to_json,
 };
 use crate::action::Plan;
-use crate::store::{Backend, keep_padded_prepared, padded};
+use crate::store::{Backend, again_if_lost, keep_padded_prepared, padded};
 use crate::terminate::{EngineError, Journal, Session, same_session};
 
 const CLAIM_SQLITE: &str = "UPDATE action_steps \
@@ -50,14 +50,16 @@ impl Queue {
             Backend::Sqlite => CLAIM_SQLITE,
             Backend::Postgres => CLAIM_POSTGRES,
         };
-        let rows = sqlx::query(sql)
-            .bind(&self.owner)
-            .bind(at(later(self.config.lease)))
-            .bind(at(Utc::now()))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(action.map(|a| a.to_string()))
-            .fetch_all(self.store.pool())
-            .await?;
+        let rows = again_if_lost(|| {
+            sqlx::query(sql)
+                .bind(&self.owner)
+                .bind(at(later(self.config.lease)))
+                .bind(at(Utc::now()))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(action.map(|a| a.to_string()))
+                .fetch_all(self.store.pool())
+        })
+        .await?;
         self.leases(rows).await
     }
 
@@ -76,24 +78,26 @@ impl Queue {
         // one of a few and prepared.
         let shape = padded(allowances.len());
         let sql = fairness::claim_sql(self.store.backend(), shape);
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(keep_padded_prepared(shape))
-            .bind(&self.owner)
-            .bind(at(later(self.config.lease)));
-        for (target, n) in allowances {
-            query = query
-                .bind(Some(target.as_str()))
-                .bind(i64::try_from(*n).unwrap_or(i64::MAX));
-        }
-        for _ in allowances.len()..shape {
-            query = query.bind(None::<&str>).bind(0_i64);
-        }
-        let rows = query
-            .bind(&now)
-            .bind(&now)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(self.store.pool())
-            .await?;
+        let rows = again_if_lost(|| {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .persistent(keep_padded_prepared(shape))
+                .bind(&self.owner)
+                .bind(at(later(self.config.lease)));
+            for (target, n) in allowances {
+                query = query
+                    .bind(Some(target.as_str()))
+                    .bind(i64::try_from(*n).unwrap_or(i64::MAX));
+            }
+            for _ in allowances.len()..shape {
+                query = query.bind(None::<&str>).bind(0_i64);
+            }
+            query
+                .bind(&now)
+                .bind(&now)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(self.store.pool())
+        })
+        .await?;
         self.leases(rows).await
     }
 
@@ -201,10 +205,12 @@ impl Queue {
     async fn leased_action(&self, action_id: &str) -> Result<LeasedAction, QueueError> {
         // The plan says what its steps do; the row's `work` column, still written for earlier
         // versions, says the same.
-        let row = sqlx::query("SELECT actor, plan, deadline FROM actions WHERE action_id = $1")
-            .bind(action_id)
-            .fetch_one(self.store.pool())
-            .await?;
+        let row = again_if_lost(|| {
+            sqlx::query("SELECT actor, plan, deadline FROM actions WHERE action_id = $1")
+                .bind(action_id)
+                .fetch_one(self.store.pool())
+        })
+        .await?;
         let plan: Plan = from_json("plan", &row.try_get::<String, _>("plan")?)?;
         let work = plan.work();
         Ok(LeasedAction {
@@ -248,21 +254,26 @@ impl Queue {
         lease: &Lease,
         sessions: &[Session],
     ) -> Result<(), QueueError> {
-        let updated = sqlx::query(
-            "UPDATE action_steps SET journal = $4 \
-             WHERE action_id = $1 AND target = $2 AND lease_owner = $3 \
-               AND state = 'pending' AND lease_until > $5 AND attempts = $6",
-        )
-        .bind(lease.action_id.to_string())
-        .bind(&lease.target)
-        .bind(&self.owner)
-        .bind(to_json(&sessions))
-        .bind(at(Utc::now()))
-        // The owner names the process, the attempt count this attempt: a process can hold
-        // a step again (its lease lapsed while the store was down) while its earlier
-        // attempt is still running, and that one must not signal or record any more.
-        .bind(lease.attempts)
-        .execute(self.store.pool())
+        let journal = to_json(&sessions);
+        // Twice if need be: the second run writes the same journal.
+        let updated = again_if_lost(|| {
+            sqlx::query(
+                "UPDATE action_steps SET journal = $4 \
+                 WHERE action_id = $1 AND target = $2 AND lease_owner = $3 \
+                   AND state = 'pending' AND lease_until > $5 AND attempts = $6",
+            )
+            .bind(lease.action_id.to_string())
+            .bind(&lease.target)
+            .bind(&self.owner)
+            .bind(&journal)
+            .bind(at(Utc::now()))
+            // The owner names the process, the attempt count this attempt: a process can
+            // hold a step again (its lease lapsed while the store was down) while its
+            // earlier attempt is still running, and that one must not signal or record
+            // any more.
+            .bind(lease.attempts)
+            .execute(self.store.pool())
+        })
         .await?
         .rows_affected();
         if updated == 0 {

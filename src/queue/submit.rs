@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde_json::json;
 use sqlx::Row;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::{Pending, Queue, QueueError, Submission, Submitted, at, notices, status_name, to_json};
 use crate::action;
-use crate::audit::{Audit, Decision, Entry, Kind, Transaction};
+use crate::audit::{Audit, Decision, Entry, Kind, Prepared, Transaction};
 use crate::store::{
     Backend, keep_padded_prepared, keep_prepared, padded, rows_per_statement, values_list,
 };
@@ -159,6 +160,10 @@ struct SubmitTx<'a> {
 impl Transaction for SubmitTx<'_> {
     type Output = Vec<Submitted>;
 
+    fn prepared(&self) -> Option<Prepared<Vec<Submitted>>> {
+        self.prepared_rows()
+    }
+
     async fn run(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
@@ -212,54 +217,13 @@ impl Transaction for SubmitTx<'_> {
             return Ok(Decision::Rollback(outputs));
         }
 
-        let now = at(Utc::now());
-        let mut claims = Vec::new();
-        let mut actions = Vec::new();
-        let mut steps = Vec::new();
-        let mut entries = Vec::new();
-        for (pending, id) in &accepted {
-            let s = &pending.submission;
-            let plan = &s.plan;
-            let mut own: Vec<&String> = s.claims.iter().collect();
-            own.sort();
-            own.dedup();
-            claims.extend(
-                own.into_iter()
-                    .map(|key| [key.clone(), now.clone(), (*id).clone()]),
-            );
-            let work = plan.work();
-            let finished = work.is_none().then(|| action::report(plan, Vec::new()));
-            actions.push(ActionRow {
-                id: (*id).clone(),
-                actor: s.actor.clone(),
-                origin: plan.origin.name(),
-                plan: to_json(plan),
-                work: to_json(&work),
-                deadline: at(pending.deadline),
-                status: match &finished {
-                    Some(report) => status_name(report.status),
-                    None => "running",
-                },
-                finished_at: finished.as_ref().map(|_| now.clone()),
-                report: finished.as_ref().map(to_json),
-            });
-            if work.is_some() {
-                let due = s.due.map_or_else(|| now.clone(), at);
-                for (position, step) in plan.steps.iter().enumerate() {
-                    steps.push(((*id).clone(), step.target.clone(), position, due.clone()));
-                }
-            }
-            entries.extend(s.before.iter().cloned());
-            entries.push(Entry::new(
-                Kind::ActionPlanned,
-                &s.actor,
-                Some(plan.action_id),
-                serde_json::to_value(plan).unwrap_or_default(),
-            ));
-            if let Some(report) = &finished {
-                entries.push(action::completed_record(report, &s.actor));
-            }
-        }
+        let Rows {
+            now,
+            claims,
+            actions,
+            steps,
+            entries,
+        } = rows(&accepted);
         // A plain INSERT: a claim taken meanwhile by a process outside this lock fails the
         // transaction, and its rerun finds the claim and answers duplicate.
         for chunk in claims.chunks(rows_per_statement(3)) {
@@ -322,6 +286,155 @@ impl Transaction for SubmitTx<'_> {
             .collect();
         notices::queue(self.notifier, tx, started).await?;
         Ok(Decision::Commit(entries, outputs))
+    }
+}
+
+/// What a group's accepted members write.
+struct Rows {
+    /// When they were stored.
+    now: String,
+    /// `webhook_deliveries`: key, received at, action id.
+    claims: Vec<[String; 3]>,
+    actions: Vec<ActionRow>,
+    /// `action_steps`: action id, target, position, due.
+    steps: Vec<(String, String, usize, String)>,
+    /// Their records, in order.
+    entries: Vec<Entry>,
+}
+
+/// The rows of `accepted` (each a member and its action id).
+fn rows(accepted: &[(&Pending, &String)]) -> Rows {
+    let now = at(Utc::now());
+    let mut claims = Vec::new();
+    let mut actions = Vec::new();
+    let mut steps = Vec::new();
+    let mut entries = Vec::new();
+    for (pending, id) in accepted {
+        let s = &pending.submission;
+        let plan = &s.plan;
+        let mut own: Vec<&String> = s.claims.iter().collect();
+        own.sort();
+        own.dedup();
+        claims.extend(
+            own.into_iter()
+                .map(|key| [key.clone(), now.clone(), (*id).clone()]),
+        );
+        let work = plan.work();
+        let finished = work.is_none().then(|| action::report(plan, Vec::new()));
+        actions.push(ActionRow {
+            id: (*id).clone(),
+            actor: s.actor.clone(),
+            origin: plan.origin.name(),
+            plan: to_json(plan),
+            work: to_json(&work),
+            deadline: at(pending.deadline),
+            status: match &finished {
+                Some(report) => status_name(report.status),
+                None => "running",
+            },
+            finished_at: finished.as_ref().map(|_| now.clone()),
+            report: finished.as_ref().map(to_json),
+        });
+        if work.is_some() {
+            let due = s.due.map_or_else(|| now.clone(), at);
+            for (position, step) in plan.steps.iter().enumerate() {
+                steps.push(((*id).clone(), step.target.clone(), position, due.clone()));
+            }
+        }
+        entries.extend(s.before.iter().cloned());
+        entries.push(Entry::new(
+            Kind::ActionPlanned,
+            &s.actor,
+            Some(plan.action_id),
+            serde_json::to_value(plan).unwrap_or_default(),
+        ));
+        if let Some(report) = &finished {
+            entries.push(action::completed_record(report, &s.actor));
+        }
+    }
+    Rows {
+        now,
+        claims,
+        actions,
+        steps,
+        entries,
+    }
+}
+
+impl SubmitTx<'_> {
+    /// The rows of the whole group, assuming every member is new: none stored already, no
+    /// claim taken (the store function checks both). `None` when members share a key,
+    /// or when notices would be queued (their outbox rows are written by `run` alone).
+    fn prepared_rows(&self) -> Option<Prepared<Vec<Submitted>>> {
+        if self.group.is_empty() {
+            return None;
+        }
+        let mut owners: std::collections::HashMap<&str, usize> = Default::default();
+        for (member, pending) in self.group.iter().enumerate() {
+            for key in &pending.submission.claims {
+                if *owners.entry(key.as_str()).or_insert(member) != member {
+                    return None;
+                }
+            }
+        }
+        if self.notifier.is_some()
+            && self
+                .group
+                .iter()
+                .any(|p| notices::started(&p.submission.plan).is_some())
+        {
+            return None;
+        }
+        let ids: Vec<String> = self
+            .group
+            .iter()
+            .map(|p| p.submission.plan.action_id.to_string())
+            .collect();
+        let accepted: Vec<(&Pending, &String)> = self.group.iter().zip(&ids).collect();
+        let rows = rows(&accepted);
+        let mut doc = serde_json::Map::new();
+        doc.insert(
+            "claims".into(),
+            rows.claims
+                .iter()
+                .map(|[key, received, id]| {
+                    json!({"webhook_id": key, "received_at": received, "action_id": id})
+                })
+                .collect(),
+        );
+        doc.insert(
+            "actions".into(),
+            rows.actions
+                .iter()
+                .map(|a| {
+                    json!({
+                        "action_id": a.id, "created_at": rows.now, "actor": a.actor,
+                        "plan": a.plan, "work": a.work, "deadline": a.deadline,
+                        "status": a.status, "finished_at": a.finished_at, "report": a.report,
+                        "origin": a.origin,
+                    })
+                })
+                .collect(),
+        );
+        doc.insert(
+            "steps".into(),
+            rows.steps
+                .iter()
+                .map(|(id, target, position, due)| {
+                    json!({"action_id": id, "target": target, "position": position,
+                           "next_attempt_at": due})
+                })
+                .collect(),
+        );
+        Some(Prepared {
+            rows: doc,
+            entries: rows.entries,
+            output: self
+                .group
+                .iter()
+                .map(|p| Submitted::Accepted(p.submission.plan.action_id))
+                .collect(),
+        })
     }
 }
 

@@ -153,6 +153,27 @@ async fn an_earlier_attempt_of_this_process_can_no_longer_journal_or_record() {
 #[tokio::test]
 async fn an_action_is_claimed_once_per_step_and_completes_after_its_last_step() {
     let (_dir, _store, audit, q) = queue("one", Duration::from_secs(15)).await;
+    claimed_once_per_step_and_completed_after_the_last(audit, q).await;
+}
+
+/// As above on a PostgreSQL store, where the duplicate and the two finishes go through the
+/// one-statement commit first: it refuses the duplicate (`taken`) and the last step
+/// (`others`), and commits the first step's finish itself.
+#[tokio::test]
+async fn on_postgres_an_action_is_claimed_once_per_step_and_completes_after_its_last_step() {
+    let pg = sever_testkit::pg::TestPostgres::start();
+    let store = Store::connect(&SecretString::from(pg.superuser_url("postgres")))
+        .await
+        .unwrap();
+    let q = Arc::new(Queue::new(
+        store.clone(),
+        "one".into(),
+        QueueConfig::default(),
+    ));
+    claimed_once_per_step_and_completed_after_the_last(Audit::new(store), q).await;
+}
+
+async fn claimed_once_per_step_and_completed_after_the_last(audit: Audit, q: Arc<Queue>) {
     let s = submission(&["a", "b"], &["webhook:1"]);
     let id = s.plan.action_id;
     assert_eq!(q.submit(&audit, &s).await.unwrap(), Submitted::Accepted(id));
@@ -463,6 +484,7 @@ async fn a_submission_run_again_after_it_committed_is_accepted_once() {
     );
 }
 
+mod fast_commit;
 mod round_trips;
 
 #[tokio::test]
