@@ -1,7 +1,7 @@
 //! The delaying proxy: a network distance between sever (or the floor's client) and a
 //! database, with the round trips it counts on each connection.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,12 +11,13 @@ use crate::trace::{self, Wire};
 pub fn median_rt(samples: &mut [RoundTrips]) -> RoundTrips {
     samples.sort_by_key(|r| r.max);
     let m = &samples[samples.len() / 2];
-    RoundTrips {
-        max: m.max,
-        total: m.total,
-        connections: m.connections,
-    }
+    RoundTrips { ..*m }
 }
+
+/// A PostgreSQL `Sync` message alone: what sqlx sends to ping a connection (before handing
+/// it out, if asked, and always as it goes back to the pool). A request that is only this
+/// is counted as a ping, apart from the round trips that do work.
+const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
 
 /// What a delaying proxy saw: the request/response exchanges on each connection it carried,
 /// and the delay it really added per hop (Tokio's timer rounds a sleep up to the next
@@ -34,34 +35,52 @@ pub struct Traffic {
 struct Conn {
     /// The client's turns, i.e. the times the client sent bytes after the server had (or
     /// first). Back-to-back chunks of one request, or requests pipelined before reading, are
-    /// one exchange: one wait for the network.
+    /// one exchange: one wait for the network. Pings included.
     turns: AtomicU64,
+    /// The turns that were a ping ([`SYNC`] alone).
+    pings: AtomicU64,
+    /// Whether the turn in progress is, so far, a ping.
+    in_ping: AtomicBool,
     /// The client's messages per round trip; `None` unless tracing.
     wire: Option<Mutex<Wire>>,
 }
 
-/// Round trips between two snapshots of a proxy's [`Traffic`].
+/// Round trips between two snapshots of a proxy's [`Traffic`]: those that did work, and
+/// pings apart (sqlx's ping as a connection goes back to its pool runs after the statement's
+/// answer, in the background, so it holds up no one unless every connection is busy).
+#[derive(Clone, Copy)]
 pub struct RoundTrips {
-    /// Exchanges on the connection that had the most: the round trips on the critical path
-    /// when one connection carries the work.
+    /// Exchanges doing work on the connection that had the most: the round trips on the
+    /// critical path when one connection carries the work.
     pub max: u64,
-    /// Exchanges on all connections together.
+    /// Exchanges doing work on all connections together.
     pub total: u64,
     /// Connections that carried any.
     pub connections: usize,
+    /// Pings on all connections together.
+    pub pings: u64,
+}
+
+/// Each connection's turns and pings at one moment, to count from.
+pub struct Snapshot {
+    turns: Vec<u64>,
+    pings: Vec<u64>,
 }
 
 impl RoundTrips {
-    /// The round trips of each connection, counted since a snapshot.
-    fn of(diffs: impl Iterator<Item = u64>) -> Self {
+    /// The round trips of each connection since a snapshot: (turns, of which pings).
+    fn of(diffs: impl Iterator<Item = (u64, u64)>) -> Self {
         let mut rt = Self {
             max: 0,
             total: 0,
             connections: 0,
+            pings: 0,
         };
-        for d in diffs.filter(|d| *d > 0) {
-            rt.max = rt.max.max(d);
-            rt.total += d;
+        for (turns, pings) in diffs.filter(|(turns, _)| *turns > 0) {
+            let work = turns - pings;
+            rt.max = rt.max.max(work);
+            rt.total += work;
+            rt.pings += pings;
             rt.connections += 1;
         }
         rt
@@ -69,7 +88,7 @@ impl RoundTrips {
 
     /// The exchanges on several proxies (one per target) since their snapshots, taken in
     /// the same order.
-    pub fn since_all(traffics: &[Arc<Traffic>], befores: &[Vec<u64>]) -> Self {
+    pub fn since_all(traffics: &[Arc<Traffic>], befores: &[Snapshot]) -> Self {
         Self::of(
             traffics
                 .iter()
@@ -79,8 +98,13 @@ impl RoundTrips {
     }
 
     pub fn show(&self) -> String {
+        let pings = match self.pings {
+            0 => String::new(),
+            1 => " + 1 ping".to_owned(),
+            n => format!(" + {n} pings"),
+        };
         format!(
-            "{} RT ({} over {} conn)",
+            "{} RT ({} over {} conn){pings}",
             self.max, self.total, self.connections
         )
     }
@@ -88,37 +112,50 @@ impl RoundTrips {
 
 impl Traffic {
     /// Each connection's exchanges so far, to count from.
-    pub fn snapshot(&self) -> Vec<u64> {
+    pub fn snapshot(&self) -> Snapshot {
         let conns = self.conns.lock().unwrap();
-        conns
-            .iter()
-            .map(|c| c.turns.load(Ordering::Relaxed))
-            .collect()
+        Snapshot {
+            turns: conns
+                .iter()
+                .map(|c| c.turns.load(Ordering::Relaxed))
+                .collect(),
+            pings: conns
+                .iter()
+                .map(|c| c.pings.load(Ordering::Relaxed))
+                .collect(),
+        }
     }
 
-    /// Each connection's exchanges since `before`; new connections count from zero.
-    fn diffs(&self, before: &[u64]) -> Vec<u64> {
+    /// Each connection's exchanges and pings since `before`; new connections count from
+    /// zero.
+    fn diffs(&self, before: &Snapshot) -> Vec<(u64, u64)> {
         let now = self.snapshot();
-        now.iter()
-            .enumerate()
-            .map(|(i, n)| n - before.get(i).copied().unwrap_or(0))
+        let since = |now: &[u64], before: &[u64]| -> Vec<u64> {
+            now.iter()
+                .enumerate()
+                .map(|(i, n)| n - before.get(i).copied().unwrap_or(0))
+                .collect()
+        };
+        since(&now.turns, &before.turns)
+            .into_iter()
+            .zip(since(&now.pings, &before.pings))
             .collect()
     }
 
     /// The exchanges since `before` (a [`Self::snapshot`]).
-    pub fn since(&self, before: &[u64]) -> RoundTrips {
+    pub fn since(&self, before: &Snapshot) -> RoundTrips {
         RoundTrips::of(self.diffs(before).into_iter())
     }
 
     /// With tracing on, each connection that carried exchanges since `before`: its number
     /// and the messages of each of its round trips since.
-    pub fn traced_since(&self, before: &[u64]) -> Vec<(usize, Vec<Vec<String>>)> {
+    pub fn traced_since(&self, before: &Snapshot) -> Vec<(usize, Vec<Vec<String>>)> {
         let conns = self.conns.lock().unwrap();
         conns
             .iter()
             .enumerate()
             .filter_map(|(i, c)| {
-                let from = before.get(i).copied().unwrap_or(0) as usize;
+                let from = before.turns.get(i).copied().unwrap_or(0) as usize;
                 let wire = c.wire.as_ref()?.lock().unwrap();
                 let rts = wire.round_trips_from(from);
                 (!rts.is_empty()).then(|| (i, rts.to_vec()))
@@ -151,6 +188,8 @@ pub async fn delaying_proxy(upstream: u16, delay: Duration) -> (u16, Arc<Traffic
         while let Ok((client, _)) = listener.accept().await {
             let conn = Arc::new(Conn {
                 turns: AtomicU64::new(0),
+                pings: AtomicU64::new(0),
+                in_ping: AtomicBool::new(false),
                 wire: trace::enabled().then(|| Mutex::new(Wire::default())),
             });
             seen.conns.lock().unwrap().push(conn.clone());
@@ -211,6 +250,14 @@ pub async fn delayed_copy(
                 let turn = before != direction.to;
                 if turn {
                     conn.turns.fetch_add(1, Ordering::Relaxed);
+                    let ping = buf[..n] == SYNC;
+                    if ping {
+                        conn.pings.fetch_add(1, Ordering::Relaxed);
+                    }
+                    conn.in_ping.store(ping, Ordering::Relaxed);
+                } else if conn.in_ping.swap(false, Ordering::Relaxed) {
+                    // More followed the Sync in the same turn: a request, not a ping.
+                    conn.pings.fetch_sub(1, Ordering::Relaxed);
                 }
                 if let Some(wire) = &conn.wire {
                     let mut wire = wire.lock().unwrap();

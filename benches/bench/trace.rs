@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use crate::proxy::Traffic;
+use crate::proxy::{Snapshot, Traffic};
 
 /// Whether `SEVER_BENCH_TRACE=1` asked for round-trip traces (read once).
 pub fn enabled() -> bool {
@@ -150,7 +150,7 @@ fn quote(sql: &str) -> String {
 
 /// Prints, under `label`, each connection's round trips on `traffic` since `before` (a
 /// [`Traffic::snapshot`]), one line per round trip. Does nothing unless tracing is on.
-pub fn print(label: &str, traffic: &Traffic, before: &[u64]) {
+pub fn print(label: &str, traffic: &Traffic, before: &Snapshot) {
     if !enabled() {
         return;
     }
