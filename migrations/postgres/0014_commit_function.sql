@@ -73,10 +73,14 @@ BEGIN
     FROM jsonb_to_recordset(COALESCE(d->'actions', '[]'))
          AS a(action_id TEXT, created_at TEXT, actor TEXT, plan TEXT, work TEXT,
               deadline TEXT, status TEXT, finished_at TEXT, report TEXT, origin TEXT);
-    INSERT INTO action_steps (action_id, target, position, next_attempt_at, state, attempts)
-    SELECT action_id, target, position, next_attempt_at, 'pending', 0
+    -- A step is stored leased to the accepting process when its worker starts it at once.
+    INSERT INTO action_steps (action_id, target, position, next_attempt_at, state, attempts,
+                              lease_owner, lease_until)
+    SELECT action_id, target, position, next_attempt_at, 'pending', COALESCE(attempts, 0),
+           lease_owner, lease_until
     FROM jsonb_to_recordset(COALESCE(d->'steps', '[]'))
-         AS s(action_id TEXT, target TEXT, position BIGINT, next_attempt_at TEXT);
+         AS s(action_id TEXT, target TEXT, position BIGINT, next_attempt_at TEXT,
+              attempts BIGINT, lease_owner TEXT, lease_until TEXT);
     IF jsonb_typeof(d->'finished') = 'object' THEN
         UPDATE actions
         SET status = d->'finished'->>'status', finished_at = d->'finished'->>'finished_at',

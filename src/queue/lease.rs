@@ -187,6 +187,7 @@ impl Queue {
                     work: action.work.clone(),
                     actor: action.actor.clone(),
                     deadline: action.deadline,
+                    roles: None,
                 })
             });
             match lease {
@@ -219,6 +220,75 @@ impl Queue {
             actor: row.try_get("actor")?,
             deadline: parse_time(&row.try_get::<String, _>("deadline")?)?,
         })
+    }
+
+    /// From now on (`true`, while the worker runs) or no more, stores the due steps of the
+    /// actions accepted here leased to this process, for [`Self::take_adopted`]: the
+    /// accepting replica starts them without a claim round trip to the store. Each is still
+    /// leased like a claimed one (renewed, handed back at shutdown, taken over by another
+    /// replica if this one dies), and the worker starts it only within its target's share;
+    /// what it cannot start now it hands back ([`Self::hand_back`]).
+    pub fn adopt_accepted(&self, on: bool) {
+        self.adopting.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Reads what the store keeps about the roles of `targets` (the PostgreSQL ones: their
+    /// engine reads it before its statement) beside the commit that accepts a step there
+    /// for adoption, on another connection: that round trip then overlaps the commit's
+    /// instead of following it on the rotation's path.
+    pub fn read_roles_ahead(&self, targets: impl IntoIterator<Item = String>) {
+        if let Ok(mut ahead) = self.roles_ahead.lock() {
+            *ahead = targets.into_iter().collect();
+        }
+    }
+
+    /// Of `targets`, those whose roles are read ahead.
+    pub(super) fn roles_ahead_of(&self, targets: impl IntoIterator<Item = String>) -> Vec<String> {
+        let Ok(ahead) = self.roles_ahead.lock() else {
+            return Vec::new();
+        };
+        let mut of: Vec<String> = targets.into_iter().filter(|t| ahead.contains(t)).collect();
+        of.sort();
+        of.dedup();
+        of
+    }
+
+    /// Whether accepted steps are leased to this process as they are stored.
+    pub(super) fn adopting(&self) -> bool {
+        self.adopting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The steps accepted here and leased to this process since the last call.
+    pub fn take_adopted(&self) -> Vec<Lease> {
+        self.adopted
+            .lock()
+            .map(|mut adopted| std::mem::take(&mut *adopted))
+            .unwrap_or_default()
+    }
+
+    /// Keeps `leases`, just stored leased to this process, for [`Self::take_adopted`].
+    pub(super) fn adopt(&self, leases: impl IntoIterator<Item = Lease>) {
+        if let Ok(mut adopted) = self.adopted.lock() {
+            adopted.extend(leases);
+        }
+    }
+
+    /// Gives back an adopted step the worker cannot start now, as if never claimed, so any
+    /// replica's next claim takes it.
+    pub async fn hand_back(&self, lease: &Lease) -> Result<(), QueueError> {
+        sqlx::query(
+            "UPDATE action_steps \
+             SET lease_owner = NULL, lease_until = NULL, attempts = attempts - 1 \
+             WHERE action_id = $1 AND target = $2 AND lease_owner = $3 \
+               AND state = 'pending' AND attempts = $4",
+        )
+        .bind(lease.action_id.to_string())
+        .bind(&lease.target)
+        .bind(&self.owner)
+        .bind(lease.attempts)
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
     }
 
     /// Extends every lease this process holds.

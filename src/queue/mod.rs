@@ -40,7 +40,7 @@ use crate::action::{ActionReport, Plan, Status, Work};
 use crate::audit::{AuditError, Entry};
 use crate::config::QueueConfig;
 use crate::notify::Notifier;
-use crate::store::{Store, timestamp};
+use crate::store::{Store, StoredRoles, timestamp};
 use crate::terminate::Session;
 pub use cancel::Cancelled;
 
@@ -152,6 +152,9 @@ pub struct Lease {
     pub actor: String,
     /// When retrying stops.
     pub deadline: DateTime<Utc>,
+    /// What the store keeps about the target's roles, read beside the commit that accepted
+    /// the step here ([`Queue::read_roles_ahead`]); `None` for a claimed step.
+    pub roles: Option<Arc<StoredRoles>>,
 }
 
 /// The parts of a [`Lease`] that come from its action's row; never changed once stored.
@@ -273,6 +276,13 @@ pub struct Queue {
     plans: std::sync::Mutex<Plans>,
     /// Where notices of what the queue records go; none in tests that need none.
     notifier: Option<Arc<Notifier>>,
+    /// Whether this process's worker runs, so accepted steps that are due are stored
+    /// leased to this process and handed to it ([`Queue::take_adopted`]) without a claim.
+    adopting: std::sync::atomic::AtomicBool,
+    /// Steps accepted here and leased to this process, for the worker to start.
+    adopted: std::sync::Mutex<Vec<Lease>>,
+    /// Targets whose adopted steps get their stored roles read beside their acceptance.
+    roles_ahead: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// How many finished reports a waiter that subscribed late can still find in memory: more
@@ -358,6 +368,9 @@ impl Queue {
             committing: Mutex::new(()),
             plans: std::sync::Mutex::default(),
             notifier: None,
+            adopting: std::sync::atomic::AtomicBool::new(false),
+            adopted: std::sync::Mutex::default(),
+            roles_ahead: std::sync::Mutex::default(),
         }
     }
 

@@ -14,7 +14,8 @@ use super::{Pending, Queue, QueueError, Submission, Submitted, at, notices, stat
 use crate::action;
 use crate::audit::{Audit, Decision, Entry, Kind, Prepared, Transaction};
 use crate::store::{
-    Backend, keep_padded_prepared, keep_prepared, padded, rows_per_statement, values_list,
+    Backend, StoredRoles, keep_padded_prepared, keep_prepared, padded, rows_per_statement,
+    values_list,
 };
 
 /// The most submissions one commit carries; bounds how long one transaction holds the lock.
@@ -120,17 +121,54 @@ impl Queue {
             let n = pending.len().min(GROUP_MAX);
             pending.drain(..n).collect()
         };
-        match audit
-            .transact(&SubmitTx {
-                group: &group,
-                backend: self.store.backend(),
-                notifier: self.notifier.as_deref(),
+        let adopt = self.adopting();
+        let leased_until = at(super::later(self.config.lease));
+        let ahead = if adopt {
+            self.roles_ahead_of(
+                group
+                    .iter()
+                    .filter(|p| due_now(&p.submission) && p.submission.plan.work().is_some())
+                    .flat_map(|p| p.submission.plan.steps.iter().map(|s| s.target.clone())),
+            )
+        } else {
+            Vec::new()
+        };
+        let tx = SubmitTx {
+            group: &group,
+            backend: self.store.backend(),
+            notifier: self.notifier.as_deref(),
+            lease: adopt.then_some((self.owner.as_str(), leased_until.as_str())),
+        };
+        let commit = audit.transact(&tx);
+        // Beside the commit, on another connection; unread (the step's engine reads it
+        // then) if it fails.
+        let read_ahead = async {
+            if ahead.is_empty() {
+                return Default::default();
+            }
+            self.store.stored_roles(&ahead).await.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "cannot read the targets' roles ahead");
+                Default::default()
             })
-            .await
-        {
+        };
+        let (committed, mut roles) = tokio::join!(commit, read_ahead);
+        match committed {
             Ok(outputs) => {
                 if let Some(notifier) = &self.notifier {
                     notifier.wake();
+                }
+                if adopt {
+                    let roles: std::collections::HashMap<String, Arc<StoredRoles>> = roles
+                        .drain()
+                        .map(|(target, r)| (target, Arc::new(r)))
+                        .collect();
+                    self.adopt(
+                        group
+                            .iter()
+                            .zip(&outputs)
+                            .filter(|(_, output)| matches!(output, Submitted::Accepted(_)))
+                            .flat_map(|(pending, _)| adopted(pending, &roles)),
+                    );
                 }
                 for (pending, output) in group.into_iter().zip(outputs) {
                     let _ = pending.reply.send(Ok(output));
@@ -146,7 +184,42 @@ impl Queue {
     }
 }
 
-/// Stores a submission: claims, the action, its steps, its first records.
+/// The leases of `pending`'s steps stored leased to this process (those due now), with
+/// their targets' `roles` read ahead, if read.
+fn adopted(
+    pending: &Pending,
+    roles: &std::collections::HashMap<String, Arc<StoredRoles>>,
+) -> Vec<super::Lease> {
+    let s = &pending.submission;
+    let Some(work) = s.plan.work() else {
+        return Vec::new();
+    };
+    if !due_now(s) {
+        return Vec::new();
+    }
+    s.plan
+        .steps
+        .iter()
+        .map(|step| super::Lease {
+            action_id: s.plan.action_id,
+            target: step.target.clone(),
+            attempts: 1,
+            journal: Vec::new(),
+            plan: s.plan.clone(),
+            work: work.clone(),
+            actor: s.actor.clone(),
+            // As stored: to the microsecond.
+            deadline: super::parse_time(&at(pending.deadline)).unwrap_or(pending.deadline),
+            roles: roles.get(&step.target).cloned(),
+        })
+        .collect()
+}
+
+/// Whether a submission's steps are due as it is stored (not a scheduled action).
+fn due_now(s: &Submission) -> bool {
+    s.due.is_none_or(|due| due <= Utc::now())
+}
+
 /// Stores a group of submissions in one transaction, with a few multi-row statements
 /// whatever the group's size. Members are decided in order, each all-or-nothing: one whose
 /// claim is taken (in the store, or by an earlier member) stores nothing.
@@ -154,6 +227,9 @@ struct SubmitTx<'a> {
     group: &'a [Pending],
     backend: Backend,
     notifier: Option<&'a crate::notify::Notifier>,
+    /// The owner and lease end the due steps are stored leased with, if any
+    /// ([`Queue::adopt_accepted`]).
+    lease: Option<(&'a str, &'a str)>,
 }
 
 #[async_trait]
@@ -223,7 +299,7 @@ impl Transaction for SubmitTx<'_> {
             actions,
             steps,
             entries,
-        } = rows(&accepted);
+        } = rows(&accepted, self.lease);
         // A plain INSERT: a claim taken meanwhile by a process outside this lock fails the
         // transaction, and its rerun finds the claim and answers duplicate.
         for chunk in claims.chunks(rows_per_statement(3)) {
@@ -261,22 +337,25 @@ impl Transaction for SubmitTx<'_> {
             }
             insert.execute(&mut **tx).await?;
         }
-        for chunk in steps.chunks(rows_per_statement(6)) {
+        for chunk in steps.chunks(rows_per_statement(8)) {
             let sql = format!(
                 "INSERT INTO action_steps (action_id, target, position, next_attempt_at, \
-                 state, attempts) VALUES {}",
-                values_list(self.backend, chunk.len(), 6)
+                 state, attempts, lease_owner, lease_until) VALUES {}",
+                values_list(self.backend, chunk.len(), 8)
             );
             let mut insert =
                 sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(keep_prepared(chunk.len()));
-            for (id, target, position, due) in chunk {
+            for step in chunk {
+                let (owner, until) = step.lease.unzip();
                 insert = insert
-                    .bind(id)
-                    .bind(target)
-                    .bind(i64::try_from(*position).unwrap_or(i64::MAX))
-                    .bind(due)
+                    .bind(&step.action_id)
+                    .bind(&step.target)
+                    .bind(i64::try_from(step.position).unwrap_or(i64::MAX))
+                    .bind(&step.due)
                     .bind("pending")
-                    .bind(0_i64);
+                    .bind(i64::from(step.lease.is_some()))
+                    .bind(owner)
+                    .bind(until);
             }
             insert.execute(&mut **tx).await?;
         }
@@ -289,21 +368,31 @@ impl Transaction for SubmitTx<'_> {
     }
 }
 
+/// One `action_steps` row to insert.
+struct StepRow<'a> {
+    action_id: String,
+    target: String,
+    position: usize,
+    due: String,
+    /// Stored leased to this process (owner, lease end): its first attempt, adopted.
+    lease: Option<(&'a str, &'a str)>,
+}
+
 /// What a group's accepted members write.
-struct Rows {
+struct Rows<'a> {
     /// When they were stored.
     now: String,
     /// `webhook_deliveries`: key, received at, action id.
     claims: Vec<[String; 3]>,
     actions: Vec<ActionRow>,
-    /// `action_steps`: action id, target, position, due.
-    steps: Vec<(String, String, usize, String)>,
+    steps: Vec<StepRow<'a>>,
     /// Their records, in order.
     entries: Vec<Entry>,
 }
 
-/// The rows of `accepted` (each a member and its action id).
-fn rows(accepted: &[(&Pending, &String)]) -> Rows {
+/// The rows of `accepted` (each a member and its action id); the due steps leased with
+/// `lease`, if given.
+fn rows<'a>(accepted: &[(&Pending, &String)], lease: Option<(&'a str, &'a str)>) -> Rows<'a> {
     let now = at(Utc::now());
     let mut claims = Vec::new();
     let mut actions = Vec::new();
@@ -337,8 +426,15 @@ fn rows(accepted: &[(&Pending, &String)]) -> Rows {
         });
         if work.is_some() {
             let due = s.due.map_or_else(|| now.clone(), at);
+            let lease = lease.filter(|_| due_now(s));
             for (position, step) in plan.steps.iter().enumerate() {
-                steps.push(((*id).clone(), step.target.clone(), position, due.clone()));
+                steps.push(StepRow {
+                    action_id: (*id).clone(),
+                    target: step.target.clone(),
+                    position,
+                    due: due.clone(),
+                    lease,
+                });
             }
         }
         entries.extend(s.before.iter().cloned());
@@ -391,7 +487,7 @@ impl SubmitTx<'_> {
             .map(|p| p.submission.plan.action_id.to_string())
             .collect();
         let accepted: Vec<(&Pending, &String)> = self.group.iter().zip(&ids).collect();
-        let rows = rows(&accepted);
+        let rows = rows(&accepted, self.lease);
         let mut doc = serde_json::Map::new();
         doc.insert(
             "claims".into(),
@@ -420,9 +516,12 @@ impl SubmitTx<'_> {
             "steps".into(),
             rows.steps
                 .iter()
-                .map(|(id, target, position, due)| {
-                    json!({"action_id": id, "target": target, "position": position,
-                           "next_attempt_at": due})
+                .map(|step| {
+                    let (owner, until) = step.lease.unzip();
+                    json!({"action_id": step.action_id, "target": step.target,
+                           "position": step.position, "next_attempt_at": step.due,
+                           "attempts": i64::from(step.lease.is_some()),
+                           "lease_owner": owner, "lease_until": until})
                 })
                 .collect(),
         );

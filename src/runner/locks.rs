@@ -149,6 +149,7 @@ pub(super) async fn lock(
             verify_timeout: ctx.config.termination.verify_timeout,
             refine_cutoff: false,
             journal: step.journal,
+            roles: None,
         };
         outcome.absorb(engine.terminate(&request).await?);
     }

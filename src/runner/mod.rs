@@ -136,6 +136,7 @@ async fn run_lease(ctx: &Context, lease: Lease) -> Option<ErrorClass> {
         step,
         &lease.work,
         Some(journal),
+        lease.roles.clone(),
     )
     .await;
     let result = match failure {
@@ -211,6 +212,7 @@ async fn run_step(
     step: &Step,
     work: &Work,
     journal: Option<Arc<dyn Journal>>,
+    roles: Option<Arc<crate::store::StoredRoles>>,
 ) -> (TargetReport, Option<ErrorClass>) {
     let termination = &ctx.config.termination;
     // A graceful step waits its grace before it signals; the rest is as for any step.
@@ -266,6 +268,7 @@ async fn run_step(
                             verify_timeout: termination.verify_timeout,
                             refine_cutoff: plan.cutoff_defaulted,
                             journal,
+                            roles,
                         };
                         outcome.absorb(engine.terminate(&request).await?);
                         Ok(outcome)

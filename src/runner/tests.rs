@@ -43,6 +43,7 @@ fn lease(journal: Vec<Session>) -> Lease {
         work: Work::Terminate(Scope::All),
         actor: "tester".into(),
         deadline: chrono::Utc::now(),
+        roles: None,
     }
 }
 

@@ -41,8 +41,17 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken, drain: Duration) {
     let keep = CancellationToken::new();
     let keeper = tokio::spawn(keep_leases(ctx.clone(), keep.clone()));
     let prober = tokio::spawn(probe_targets(ctx.clone(), fairness.clone(), stop.clone()));
+    queue.read_roles_ahead(
+        ctx.config
+            .targets
+            .iter()
+            .filter(|(_, t)| t.engine == crate::config::Engine::Postgres)
+            .map(|(id, _)| id.clone()),
+    );
+    queue.adopt_accepted(true);
     loop {
         while running.try_join_next().is_some() {}
+        start_adopted(&mut running, &ctx, &fairness, &slots).await;
         let free = slots.available_permits();
         let mut claimed = 0;
         let allowances = fairness.allowances();
@@ -94,6 +103,8 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken, drain: Duration) {
         }
     }
     prober.abort();
+    // Whatever was adopted meanwhile is leased to this process, so handed back below.
+    queue.adopt_accepted(false);
     if tokio::time::timeout(drain, async {
         while running.join_next().await.is_some() {}
     })
@@ -113,6 +124,34 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken, drain: Duration) {
         Ok(0) => {}
         Ok(n) => tracing::info!(steps = n, "handed back unfinished steps"),
         Err(e) => tracing::warn!(error = %e, "could not hand back steps; their leases will expire"),
+    }
+}
+
+/// Starts the steps accepted here and stored leased to this process, as if just claimed:
+/// on a shared slot within the target's allowance, or as an idle target's first step on a
+/// slot of its own. One that cannot start now is handed back for the next claim (here or
+/// on another replica).
+async fn start_adopted(
+    running: &mut JoinSet<()>,
+    ctx: &Arc<Context>,
+    fairness: &Arc<Fairness>,
+    slots: &Arc<Semaphore>,
+) {
+    for lease in ctx.queue.take_adopted() {
+        let allowed = |allowances: Vec<(String, usize)>| {
+            allowances.iter().any(|(target, _)| *target == lease.target)
+        };
+        if allowed(fairness.allowances())
+            && let Ok(slot) = slots.clone().try_acquire_owned()
+        {
+            start(running, ctx, fairness, lease, Some(slot));
+        } else if allowed(fairness.idle_allowances()) {
+            start(running, ctx, fairness, lease, None);
+        } else if let Err(e) = ctx.queue.hand_back(&lease).await {
+            // Its lease then expires, and a claim takes it after that.
+            tracing::warn!(action_id = %lease.action_id, target = %lease.target, error = %e,
+                "cannot hand back a step accepted here");
+        }
     }
 }
 

@@ -30,7 +30,7 @@ pub use drains::{DrainRow, Drained, NewDrain};
 pub use file::FileWatch;
 pub use locks::{Ended, LockRow, NewLock};
 pub use policies::{LastEvaluation, PolicyState, Streak};
-pub use roles::{LearnedRole, RoleClass};
+pub use roles::{LearnedRole, RoleClass, StoredRoles};
 pub use verifications::{VerificationEnd, VerificationRow};
 
 /// How often the store file's identity is checked besides before each commit.

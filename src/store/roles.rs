@@ -56,7 +56,91 @@ pub struct LearnedRole {
     pub class: RoleClass,
 }
 
+/// What the store keeps about one target's roles that a rotation there reads before its
+/// statement: the role identities remembered per login (a dropped role's sessions are
+/// still found by oid) and the roles learned (so its own, a superuser's or a protected
+/// role's orphaned sessions are spared).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredRoles {
+    /// Every (login, identity) remembered on the target.
+    pub identities: Vec<(String, String)>,
+    /// Every role learned on the target, in order.
+    pub learned: Vec<LearnedRole>,
+}
+
+impl StoredRoles {
+    /// The remembered (login, identity) pairs of `logins`.
+    pub fn identities_of(&self, logins: &[String]) -> Vec<(String, String)> {
+        self.identities
+            .iter()
+            .filter(|(login, _)| logins.contains(login))
+            .cloned()
+            .collect()
+    }
+}
+
+/// The most targets one [`Store::stored_roles`] statement names (padded to a power of two,
+/// so its text is one of a few and stays prepared).
+const ROLES_TARGETS: usize = 64;
+
 impl Store {
+    /// What is stored about the roles of each of `targets` ([`StoredRoles`]), in one
+    /// statement (per [`ROLES_TARGETS`] targets): one round trip to a store on another host.
+    pub async fn stored_roles(
+        &self,
+        targets: &[String],
+    ) -> Result<std::collections::HashMap<String, StoredRoles>, StoreError> {
+        let mut out: std::collections::HashMap<String, StoredRoles> = targets
+            .iter()
+            .map(|t| (t.clone(), StoredRoles::default()))
+            .collect();
+        for chunk in targets.chunks(ROLES_TARGETS) {
+            let shape = super::padded(chunk.len());
+            // Padded by repeating the last target.
+            let sql = format!(
+                "WITH t (target) AS (VALUES {}) \
+                 SELECT 'identity' AS kind, target, login, identity, '' AS class \
+                   FROM login_identities WHERE target IN (SELECT target FROM t) \
+                 UNION ALL \
+                 SELECT 'learned' AS kind, target, login, identity, class \
+                   FROM learned_roles WHERE target IN (SELECT target FROM t)",
+                super::values_list(self.backend, shape, 1)
+            );
+            let rows = super::again_if_lost(|| {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .persistent(super::keep_padded_prepared(shape));
+                for i in 0..shape {
+                    query = query.bind(&chunk[i.min(chunk.len() - 1)]);
+                }
+                query.fetch_all(&self.pool)
+            })
+            .await?;
+            for row in rows {
+                let target: String = row.try_get("target")?;
+                let Some(roles) = out.get_mut(&target) else {
+                    continue;
+                };
+                let login: String = row.try_get("login")?;
+                let identity: String = row.try_get("identity")?;
+                if row.try_get::<String, _>("kind")? == "identity" {
+                    roles.identities.push((login, identity));
+                } else if let Some(class) = RoleClass::parse(&row.try_get::<String, _>("class")?) {
+                    // A class this version does not know is left out, never guessed.
+                    roles.learned.push(LearnedRole {
+                        identity,
+                        login,
+                        class,
+                    });
+                }
+            }
+        }
+        for roles in out.values_mut() {
+            roles.identities.sort();
+            roles.learned.sort();
+        }
+        Ok(out)
+    }
+
     /// Records `roles` as learned on `target` now (an existing row only has its time moved).
     pub async fn learn_roles(
         &self,
@@ -88,11 +172,12 @@ impl Store {
 
     /// Every role learned on `target`.
     pub async fn learned_roles(&self, target: &str) -> Result<Vec<LearnedRole>, StoreError> {
-        let rows =
+        let rows = super::again_if_lost(|| {
             sqlx::query("SELECT identity, login, class FROM learned_roles WHERE target = $1")
                 .bind(target)
                 .fetch_all(&self.pool)
-                .await?;
+        })
+        .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let class: String = row.try_get("class")?;
@@ -170,5 +255,78 @@ mod tests {
             vec![role("10", "postgres", RoleClass::Superuser)]
         );
         assert_eq!(store.learned_roles("other").await.unwrap().len(), 1);
+    }
+
+    /// What one statement reads for several targets is what the two reads per target give.
+    async fn stored_roles_match_the_reads_they_replace(store: Store) {
+        let role = |identity: &str, login: &str, class| LearnedRole {
+            identity: identity.into(),
+            login: login.into(),
+            class,
+        };
+        let now = Utc::now();
+        store
+            .learn_roles("pg", &[role("10", "postgres", RoleClass::Superuser)], now)
+            .await
+            .unwrap();
+        store
+            .learn_roles("other", &[role("30", "x", RoleClass::OwnLogin)], now)
+            .await
+            .unwrap();
+        let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+            p.iter()
+                .map(|(l, i)| (l.to_string(), i.to_string()))
+                .collect()
+        };
+        store
+            .remember_identities("pg", &pairs(&[("app", "16384"), ("old", "16390")]), now)
+            .await
+            .unwrap();
+        store
+            .remember_identities("other", &pairs(&[("app", "5")]), now)
+            .await
+            .unwrap();
+        let targets: Vec<String> = ["pg", "other", "empty"].map(String::from).to_vec();
+        let all = store.stored_roles(&targets).await.unwrap();
+        assert_eq!(all.len(), 3);
+        for target in &targets {
+            let roles = &all[target];
+            assert_eq!(roles.learned, store.learned_roles(target).await.unwrap());
+            let logins = vec!["app".to_owned()];
+            let mut read = store.identities(target, &logins).await.unwrap();
+            read.sort();
+            assert_eq!(roles.identities_of(&logins), read, "{target}");
+        }
+        assert_eq!(
+            all["pg"].identities,
+            pairs(&[("app", "16384"), ("old", "16390")])
+        );
+        assert_eq!(all["empty"], StoredRoles::default());
+        // More targets than one statement names: padded and chunked alike.
+        let many: Vec<String> = (0..70).map(|i| format!("t{i}")).chain(targets).collect();
+        let all = store.stored_roles(&many).await.unwrap();
+        assert_eq!(all.len(), 73);
+        assert_eq!(all["other"].learned.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn stored_roles_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        stored_roles_match_the_reads_they_replace(
+            Store::connect(&SecretString::from(url)).await.unwrap(),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn stored_roles_on_postgres() {
+        let pg = sever_testkit::pg::TestPostgres::start();
+        stored_roles_match_the_reads_they_replace(
+            Store::connect(&SecretString::from(pg.superuser_url("postgres")))
+                .await
+                .unwrap(),
+        )
+        .await;
     }
 }

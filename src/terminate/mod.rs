@@ -80,6 +80,9 @@ pub struct TerminateRequest {
     pub refine_cutoff: bool,
     /// Where the sessions about to be signalled are recorded first, if anywhere.
     pub journal: Option<Arc<dyn Journal>>,
+    /// What the store keeps about the target's roles, read as the step was accepted (beside
+    /// its commit, so not on the rotation's path); `None`: the engine reads it.
+    pub roles: Option<Arc<crate::store::StoredRoles>>,
 }
 
 /// What a sweep does on one target.

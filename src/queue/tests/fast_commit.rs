@@ -240,3 +240,82 @@ async fn the_store_function_writes_nothing_when_an_assumption_fails() {
         .unwrap();
     assert_eq!(status, "running");
 }
+
+/// With the worker running, the due steps of an action accepted here are stored leased to
+/// this process and handed over without a claim; a scheduled one is not; a step handed back
+/// is claimed as if never taken.
+async fn accepted_steps_are_adopted_and_handed_back(audit: Audit, q: Arc<Queue>) {
+    q.adopt_accepted(true);
+    let now = submission(&["a", "b"], &["webhook:now"]);
+    let mut later = submission(&["a"], &["webhook:later"]);
+    later.due = Some(Utc::now() + chrono::Duration::hours(1));
+    q.submit(&audit, &now).await.unwrap();
+    q.submit(&audit, &later).await.unwrap();
+    let mut adopted = q.take_adopted();
+    adopted.sort_by(|x, y| x.target.cmp(&y.target));
+    assert_eq!(
+        adopted
+            .iter()
+            .map(|l| (l.action_id, l.target.as_str(), l.attempts))
+            .collect::<Vec<_>>(),
+        [(now.plan.action_id, "a", 1), (now.plan.action_id, "b", 1)]
+    );
+    assert!(q.take_adopted().is_empty(), "taken once");
+    assert!(
+        q.claim(10, None).await.unwrap().is_empty(),
+        "leased already"
+    );
+    let status = q.status(now.plan.action_id).await.unwrap().unwrap();
+    assert!(
+        status
+            .steps
+            .iter()
+            .all(|s| s.leased_by.as_deref() == Some("one"))
+    );
+
+    // The worker cannot start "b" now: handed back, then claimed as a first attempt.
+    q.hand_back(&adopted[1]).await.unwrap();
+    let claimed = q.claim(10, None).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].target.as_str(), claimed[0].attempts), ("b", 1));
+    assert!(q.finish(&audit, &adopted[0], &done("a")).await.unwrap());
+    assert!(q.finish(&audit, &claimed[0], &done("b")).await.unwrap());
+    let report = q
+        .report(now.plan.action_id)
+        .await
+        .unwrap()
+        .expect("finished");
+    assert_eq!(report.status, Status::Completed);
+
+    // Without a worker (the CLI), nothing is adopted: a claim takes it.
+    q.adopt_accepted(false);
+    let unadopted = submission(&["a"], &["webhook:cli"]);
+    q.submit(&audit, &unadopted).await.unwrap();
+    assert!(q.take_adopted().is_empty());
+    let claimed = q.claim(10, None).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].action_id, unadopted.plan.action_id);
+    assert!(audit.verify().await.unwrap().ok);
+}
+
+#[tokio::test]
+async fn accepted_steps_are_adopted_on_sqlite() {
+    let (_dir, _store, audit, q) = super::queue("one", Duration::from_secs(15)).await;
+    accepted_steps_are_adopted_and_handed_back(audit, q).await;
+}
+
+/// On PostgreSQL the first submission goes through the transaction (no head known yet),
+/// the later ones through the one-statement commit.
+#[tokio::test]
+async fn accepted_steps_are_adopted_on_postgres() {
+    let pg = TestPostgres::start();
+    let store = Store::connect(&SecretString::from(pg.superuser_url("postgres")))
+        .await
+        .unwrap();
+    let q = Arc::new(Queue::new(
+        store.clone(),
+        "one".into(),
+        QueueConfig::default(),
+    ));
+    accepted_steps_are_adopted_and_handed_back(Audit::new(store), q).await;
+}

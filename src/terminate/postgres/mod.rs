@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -118,10 +119,7 @@ impl Postgres {
             .identities(&self.id, logins)
             .await
             .map_err(|e| EngineError::Query(format!("state store: {e}")))?;
-        Ok(remembered
-            .into_iter()
-            .filter_map(|(login, oid)| oid.parse().ok().map(|oid| (login, oid)))
-            .collect())
+        Ok(parse_oids(remembered))
     }
 
     /// Remembers the role oids of `sessions` of `logins` not yet in `remembered`.
@@ -509,17 +507,25 @@ impl Engine for Postgres {
 
     async fn terminate(&self, request: &TerminateRequest) -> Result<TerminateOutcome, EngineError> {
         // Names are matched by the statement itself; the remembered oids add the sessions of
-        // roles dropped since, and name them (oid → login) in the report.
-        let remembered = self.remembered(&request.logins).await?;
+        // roles dropped since, and name them (oid → login) in the report. And what sever
+        // learned about the roles of sessions left by a drop, so one of those that was its
+        // own, a superuser or protected is spared too. Read with the step's acceptance when
+        // it was accepted here, else now, in one statement.
+        let roles = match &request.roles {
+            Some(roles) => roles.clone(),
+            None => Arc::new(
+                self.store
+                    .stored_roles(std::slice::from_ref(&self.id))
+                    .await
+                    .map_err(|e| EngineError::Query(format!("state store: {e}")))?
+                    .remove(&self.id)
+                    .unwrap_or_default(),
+            ),
+        };
+        let remembered = parse_oids(roles.identities_of(&request.logins));
+        let learned = &roles.learned;
         let oids: Vec<i64> = remembered.iter().map(|(_, oid)| *oid).collect();
-        // What sever learned about the roles of sessions left by a drop, so one of those that
-        // was its own, a superuser or protected is spared too.
-        let learned = self
-            .store
-            .learned_roles(&self.id)
-            .await
-            .map_err(|e| EngineError::Query(format!("state store: {e}")))?;
-        let known = Known::new(self.store.login(), &request.protected, &learned, &[]);
+        let known = Known::new(self.store.login(), &request.protected, learned, &[]);
         let mut names = known.names.clone();
         names.extend(remembered.iter().map(|(login, oid)| (*oid, login.clone())));
         let statement = Statement::Terminate {
@@ -619,4 +625,12 @@ impl Engine for Postgres {
         }
         Ok(outcome)
     }
+}
+
+/// Remembered (login, identity) pairs as (login, oid); an identity that is no oid is left out.
+fn parse_oids(remembered: Vec<(String, String)>) -> Vec<(String, i64)> {
+    remembered
+        .into_iter()
+        .filter_map(|(login, oid)| oid.parse().ok().map(|oid| (login, oid)))
+        .collect()
 }

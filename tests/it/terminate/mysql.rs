@@ -113,6 +113,7 @@ fn request(login: &str) -> TerminateRequest {
         verify_timeout: GONE,
         refine_cutoff: false,
         journal: None,
+        roles: None,
     }
 }
 

@@ -277,6 +277,7 @@ async fn a_session_rolling_back_is_listed_with_its_guard_and_never_killed() {
         verify_timeout: StdDuration::from_secs(3),
         refine_cutoff: false,
         journal: None,
+        roles: None,
     };
     let outcome = engine.terminate(&rotation).await.unwrap();
     let ended: Vec<i64> = outcome.terminated.iter().map(|s| s.pid).collect();
