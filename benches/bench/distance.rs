@@ -206,7 +206,7 @@ fn against_floor(
         ratio: format!(
             "{}, {:+} RT",
             ratio(s.median, f.median),
-            srt.max as i64 - frt.max as i64
+            srt.sequential as i64 - frt.sequential as i64
         ),
     };
     (line, (s.median, f.median))

@@ -3,13 +3,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::trace::{self, Wire};
 
-/// The run with the median critical-path round trips (`max`).
+/// The run with the median critical-path round trips (`sequential`).
 pub fn median_rt(samples: &mut [RoundTrips]) -> RoundTrips {
-    samples.sort_by_key(|r| r.max);
+    samples.sort_by_key(|r| r.sequential);
     let m = &samples[samples.len() / 2];
     RoundTrips { ..*m }
 }
@@ -41,8 +41,19 @@ struct Conn {
     pings: AtomicU64,
     /// Whether the turn in progress is, so far, a ping.
     in_ping: AtomicBool,
+    /// Each turn's wait: when its request passed the proxy, when the answer's first bytes
+    /// did, and whether it was a ping.
+    spans: Mutex<Vec<Span>>,
     /// The client's messages per round trip; `None` unless tracing.
     wire: Option<Mutex<Wire>>,
+}
+
+/// One turn's wait for the network, as the proxy saw it pass.
+#[derive(Clone, Copy)]
+struct Span {
+    asked: Instant,
+    answered: Option<Instant>,
+    ping: bool,
 }
 
 /// Round trips between two snapshots of a proxy's [`Traffic`]: those that did work, and
@@ -50,15 +61,16 @@ struct Conn {
 /// answer, in the background, so it holds up no one unless every connection is busy).
 #[derive(Clone, Copy)]
 pub struct RoundTrips {
-    /// Exchanges doing work on the connection that had the most: the round trips on the
-    /// critical path when one connection carries the work.
-    pub max: u64,
     /// Exchanges doing work on all connections together.
     pub total: u64,
     /// Connections that carried any.
     pub connections: usize,
     /// Pings on all connections together.
     pub pings: u64,
+    /// The round trips doing work one after another: those of all connections, where two
+    /// that were in flight at once count once. What the answer waits for when the work is
+    /// spread over several connections (a store's pool, 16 targets at once).
+    pub sequential: u64,
 }
 
 /// Each connection's turns and pings at one moment, to count from.
@@ -71,14 +83,13 @@ impl RoundTrips {
     /// The round trips of each connection since a snapshot: (turns, of which pings).
     fn of(diffs: impl Iterator<Item = (u64, u64)>) -> Self {
         let mut rt = Self {
-            max: 0,
             total: 0,
             connections: 0,
             pings: 0,
+            sequential: 0,
         };
         for (turns, pings) in diffs.filter(|(turns, _)| *turns > 0) {
             let work = turns - pings;
-            rt.max = rt.max.max(work);
             rt.total += work;
             rt.pings += pings;
             rt.connections += 1;
@@ -89,12 +100,14 @@ impl RoundTrips {
     /// The exchanges on several proxies (one per target) since their snapshots, taken in
     /// the same order.
     pub fn since_all(traffics: &[Arc<Traffic>], befores: &[Snapshot]) -> Self {
-        Self::of(
+        let mut rt = Self::of(
             traffics
                 .iter()
                 .zip(befores)
                 .flat_map(|(t, before)| t.diffs(before)),
-        )
+        );
+        rt.sequential = sequential(traffics.iter().map(|t| &**t).zip(befores));
+        rt
     }
 
     pub fn show(&self) -> String {
@@ -105,7 +118,7 @@ impl RoundTrips {
         };
         format!(
             "{} RT ({} over {} conn){pings}",
-            self.max, self.total, self.connections
+            self.sequential, self.total, self.connections
         )
     }
 }
@@ -144,7 +157,24 @@ impl Traffic {
 
     /// The exchanges since `before` (a [`Self::snapshot`]).
     pub fn since(&self, before: &Snapshot) -> RoundTrips {
-        RoundTrips::of(self.diffs(before).into_iter())
+        let mut rt = RoundTrips::of(self.diffs(before).into_iter());
+        rt.sequential = sequential([(self, before)]);
+        rt
+    }
+
+    /// The waits (turns doing work) of every connection since `before`.
+    fn spans_since(&self, before: &Snapshot) -> Vec<Span> {
+        let conns = self.conns.lock().unwrap();
+        conns
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                let from = before.turns.get(i).copied().unwrap_or(0) as usize;
+                let spans = c.spans.lock().unwrap();
+                spans.get(from..).unwrap_or_default().to_vec()
+            })
+            .filter(|s| !s.ping)
+            .collect()
     }
 
     /// With tracing on, each connection that carried exchanges since `before`: its number
@@ -170,6 +200,31 @@ impl Traffic {
     }
 }
 
+/// The round trips doing work on several proxies' connections since their snapshots, one
+/// after another: waits that overlapped in time (two connections each waiting for an answer
+/// at once) count once.
+pub fn sequential<'a>(of: impl IntoIterator<Item = (&'a Traffic, &'a Snapshot)>) -> u64 {
+    let now = Instant::now();
+    let mut spans: Vec<(Instant, Instant)> = of
+        .into_iter()
+        .flat_map(|(traffic, before)| traffic.spans_since(before))
+        .map(|s| (s.asked, s.answered.unwrap_or(now)))
+        .collect();
+    spans.sort();
+    let mut count = 0;
+    let mut until: Option<Instant> = None;
+    for (asked, answered) in spans {
+        match until {
+            Some(end) if asked <= end => until = Some(end.max(answered)),
+            _ => {
+                count += 1;
+                until = Some(answered);
+            }
+        }
+    }
+    count
+}
+
 /// Which way a connection's bytes last went.
 pub const TO_SERVER: u8 = 1;
 pub const TO_CLIENT: u8 = 2;
@@ -190,6 +245,7 @@ pub async fn delaying_proxy(upstream: u16, delay: Duration) -> (u16, Arc<Traffic
                 turns: AtomicU64::new(0),
                 pings: AtomicU64::new(0),
                 in_ping: AtomicBool::new(false),
+                spans: Mutex::default(),
                 wire: trace::enabled().then(|| Mutex::new(Wire::default())),
             });
             seen.conns.lock().unwrap().push(conn.clone());
@@ -206,12 +262,14 @@ pub async fn delaying_proxy(upstream: u16, delay: Duration) -> (u16, Arc<Traffic
                 let to_server = Direction {
                     to: TO_SERVER,
                     last: last.clone(),
-                    conn: Some(conn),
+                    conn: Some(conn.clone()),
+                    answers: None,
                 };
                 let to_client = Direction {
                     to: TO_CLIENT,
                     last,
                     conn: None,
+                    answers: Some(conn.clone()),
                 };
                 tokio::join!(
                     delayed_copy(client_read, server_write, delay, to_server, &traffic),
@@ -230,6 +288,8 @@ pub struct Direction {
     last: Arc<AtomicU8>,
     /// Counted (and traced) on the client-to-server side only.
     conn: Option<Arc<Conn>>,
+    /// On the server-to-client side: the connection whose turns its answers end.
+    answers: Option<Arc<Conn>>,
 }
 
 /// Copies `from` to `to`, each chunk written `delay` after it was read, in order.
@@ -249,8 +309,14 @@ pub async fn delayed_copy(
             if let Some(conn) = &direction.conn {
                 let turn = before != direction.to;
                 if turn {
-                    conn.turns.fetch_add(1, Ordering::Relaxed);
                     let ping = buf[..n] == SYNC;
+                    // The span first, so a snapshot never counts a turn without one.
+                    conn.spans.lock().unwrap().push(Span {
+                        asked: Instant::now(),
+                        answered: None,
+                        ping,
+                    });
+                    conn.turns.fetch_add(1, Ordering::Relaxed);
                     if ping {
                         conn.pings.fetch_add(1, Ordering::Relaxed);
                     }
@@ -258,6 +324,9 @@ pub async fn delayed_copy(
                 } else if conn.in_ping.swap(false, Ordering::Relaxed) {
                     // More followed the Sync in the same turn: a request, not a ping.
                     conn.pings.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(last) = conn.spans.lock().unwrap().last_mut() {
+                        last.ping = false;
+                    }
                 }
                 if let Some(wire) = &conn.wire {
                     let mut wire = wire.lock().unwrap();
@@ -266,6 +335,12 @@ pub async fn delayed_copy(
                     }
                     wire.feed(&buf[..n]);
                 }
+            }
+            if let (Some(conn), true) = (&direction.answers, before != direction.to)
+                && let Some(last) = conn.spans.lock().unwrap().last_mut()
+                && last.answered.is_none()
+            {
+                last.answered = Some(Instant::now());
             }
             if tx
                 .send((tokio::time::Instant::now(), buf[..n].to_vec()))
