@@ -21,7 +21,7 @@
 #   SEVER_BENCH_LOG=sqlx=debug  log filter of the sever under test (to stderr)
 #   SEVER_BENCH_TRACE=1         the delaying proxies decode the PostgreSQL protocol and print
 #                               each measured rotation's round trips, message by message
-#   SEVER_BENCH_BASELINE=b78afc6  git revision of scenarios 3-4's baseline (`none`: skip it);
+#   SEVER_BENCH_BASELINE=53e7ebf  git revision of scenarios 3-4's baseline (`none`: skip it);
 #                               its release binary is built once into
 #                               $CARGO_TARGET_DIR/bench-baseline/ and reused
 set -euo pipefail
@@ -33,11 +33,12 @@ target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release --locked --bin sever
 
 # The baseline for scenarios 3 and 4: the release binary of SEVER_BENCH_BASELINE (default:
-# the commit before issue 17's first code change), built from a `git archive` of that
-# revision in a temp dir, with its own target dir, and kept by full commit hash.
+# the previous release, the last landing before the store's one-statement commit and
+# adopted steps), built from a `git archive` of that revision in a temp dir, with its own
+# target dir, and kept by full commit hash.
 only="${SEVER_BENCH_ONLY:-}"
 wants() { [ -z "$only" ] || [[ ",${only// /}," == *",$1,"* ]]; }
-export SEVER_BENCH_BASELINE="${SEVER_BENCH_BASELINE:-b78afc6}"
+export SEVER_BENCH_BASELINE="${SEVER_BENCH_BASELINE:-53e7ebf}"
 unset SEVER_BENCH_BASELINE_BIN
 if [ "$SEVER_BENCH_BASELINE" != none ] && { wants 3 || wants 4; }; then
     rev=$(git rev-parse --verify "$SEVER_BENCH_BASELINE^{commit}")

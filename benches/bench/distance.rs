@@ -32,11 +32,7 @@ pub async fn at_a_distance(runs: usize, lines: &mut Vec<Line>) {
     // The floor's client, through the proxy; the checks go directly and cost nothing.
     let mut remote = PgConnection::connect(&admin_url(port)).await.unwrap();
     let mut check = PgConnection::connect(&admin_url(pg.port())).await.unwrap();
-    // Not measured: the first rotation opens sever's connection and prepares its statements,
-    // which a running sever has done long before.
-    let sessions = open(&pg, "app", 10).await;
-    sever.rotate("orders").await;
-    drop(sessions);
+    crate::sever::warm_up(&sever, "orders", || open(&pg, "app", 10)).await;
     for n in [10usize, 100, 500] {
         let (mut with_sever, mut floor) = (Vec::new(), Vec::new());
         let (mut sever_rt, mut floor_rt) = (Vec::new(), Vec::new());
@@ -126,11 +122,7 @@ pub async fn sixteen_at_a_distance(runs: usize, lines: &mut Vec<Line>) {
     let snapshots = |traffics: &[Arc<Traffic>]| traffics.iter().map(|t| t.snapshot()).collect();
     let mut one = (Duration::ZERO, Duration::ZERO);
     for (k, credential) in [(1usize, "one"), (16, "sixteen")] {
-        // Not measured: the first rotation on each target's connections prepares sever's
-        // statements there (a round trip each), which a running sever has done long before.
-        let sessions = open_per_target(&clusters, k, 1).await;
-        sever.rotate(credential).await;
-        drop(sessions);
+        crate::sever::warm_up(&sever, credential, || open_per_target(&clusters, k, 1)).await;
         let (mut with_sever, mut floor) = (Vec::new(), Vec::new());
         let (mut sever_rt, mut floor_rt) = (Vec::new(), Vec::new());
         for run in 1..=runs {

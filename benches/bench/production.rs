@@ -55,11 +55,7 @@ pub async fn production_shape(runs: usize, lines: &mut Vec<Line>) {
         .await
         .unwrap();
     let mut check = PgConnection::connect(&admin_url(pg.port())).await.unwrap();
-    // Not measured: the first rotation opens the store's and the target's connections and
-    // prepares sever's statements on them, which a running sever has done long before.
-    let sessions = open(&pg, "app", 10).await;
-    sever.rotate("orders").await;
-    drop(sessions);
+    crate::sever::warm_up(&sever, "orders", || open(&pg, "app", 10)).await;
     for n in [10usize, 100] {
         let (mut with_sever, mut floor_took) = (Vec::new(), Vec::new());
         let (mut target_rt, mut store_rt, mut floor_rt) = (Vec::new(), Vec::new(), Vec::new());

@@ -172,3 +172,23 @@ pub fn sever_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/sever"))
 }
+
+/// Rotations before the measured ones, not measured: they open sever's connections (to the
+/// targets and a PostgreSQL store) and prepare its statements on each, one round trip per
+/// statement and connection, which a sever that has been running did long ago. Several,
+/// because a pool hands out its idle connections in turn, so each rotation prepares its
+/// statements on other ones.
+pub const WARM_UP: usize = 8;
+
+/// Runs [`WARM_UP`] rotations of `credential`, each on sessions `open` opens and then drops.
+pub async fn warm_up<S, F, Fut>(sever: &Sever, credential: &str, open: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    for _ in 0..WARM_UP {
+        let sessions = open().await;
+        sever.rotate(credential).await;
+        drop(sessions);
+    }
+}

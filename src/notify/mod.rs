@@ -253,7 +253,8 @@ impl Notifier {
         }
     }
 
-    fn wanted(&self, notice: &Notice) -> bool {
+    /// Whether any channel takes `notice`, i.e. whether queueing it writes anything.
+    pub fn wanted(&self, notice: &Notice) -> bool {
         notice
             .event
             .is_some_and(|e| self.channels.iter().any(|c| c.accepts(notice, e)))

@@ -207,13 +207,10 @@ impl Transaction for FinishTx<'_> {
         let plan = &lease.plan;
         let only = plan.steps.len() == 1;
         let finished = only.then(|| action::report(plan, vec![self.report.clone()]));
-        // Notices are queued in their outbox by `run` alone.
-        if self.notifier.is_some()
-            && (!notices::step(plan, self.report).is_empty()
-                || finished
-                    .as_ref()
-                    .is_some_and(|r| notices::finished(plan, r).is_some()))
-        {
+        // Notices a channel takes are queued in their outbox by `run` alone.
+        let mut wanted = notices::step(plan, self.report);
+        wanted.extend(finished.as_ref().and_then(|r| notices::finished(plan, r)));
+        if notices::any_wanted(self.notifier, &wanted) {
             return None;
         }
         let id = lease.action_id.to_string();

@@ -190,6 +190,14 @@ pub fn finished(plan: &Plan, report: &ActionReport) -> Option<Notice> {
 
 /// Queues `notices` on `notifier` in the transaction on `conn` (a notice that cannot be
 /// queued is logged, and the transaction goes on).
+/// Whether queueing `notices` would write an outbox row (a channel takes one of them).
+pub fn any_wanted<'a>(
+    notifier: Option<&Notifier>,
+    notices: impl IntoIterator<Item = &'a Notice>,
+) -> bool {
+    notifier.is_some_and(|n| notices.into_iter().any(|notice| n.wanted(notice)))
+}
+
 pub async fn queue(
     notifier: Option<&Notifier>,
     conn: &mut sqlx::AnyConnection,

@@ -473,12 +473,12 @@ impl SubmitTx<'_> {
                 }
             }
         }
-        if self.notifier.is_some()
-            && self
-                .group
-                .iter()
-                .any(|p| notices::started(&p.submission.plan).is_some())
-        {
+        let started: Vec<_> = self
+            .group
+            .iter()
+            .filter_map(|p| notices::started(&p.submission.plan))
+            .collect();
+        if notices::any_wanted(self.notifier, &started) {
             return None;
         }
         let ids: Vec<String> = self

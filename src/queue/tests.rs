@@ -19,6 +19,20 @@ async fn queue(owner: &str, lease: Duration) -> (tempfile::TempDir, Store, Audit
     (dir, store.clone(), Audit::new(store), queue)
 }
 
+/// As [`queue`], on a throwaway PostgreSQL (kept alive by the first value).
+async fn pg_queue(owner: &str) -> (sever_testkit::pg::TestPostgres, Store, Audit, Arc<Queue>) {
+    let pg = sever_testkit::pg::TestPostgres::start();
+    let store = Store::connect(&SecretString::from(pg.superuser_url("postgres")))
+        .await
+        .unwrap();
+    let queue = Arc::new(Queue::new(
+        store.clone(),
+        owner.into(),
+        QueueConfig::default(),
+    ));
+    (pg, store.clone(), Audit::new(store), queue)
+}
+
 fn submission(targets: &[&str], claims: &[&str]) -> Submission {
     let plan = Plan {
         action_id: Uuid::now_v7(),
@@ -161,16 +175,8 @@ async fn an_action_is_claimed_once_per_step_and_completes_after_its_last_step() 
 /// (`others`), and commits the first step's finish itself.
 #[tokio::test]
 async fn on_postgres_an_action_is_claimed_once_per_step_and_completes_after_its_last_step() {
-    let pg = sever_testkit::pg::TestPostgres::start();
-    let store = Store::connect(&SecretString::from(pg.superuser_url("postgres")))
-        .await
-        .unwrap();
-    let q = Arc::new(Queue::new(
-        store.clone(),
-        "one".into(),
-        QueueConfig::default(),
-    ));
-    claimed_once_per_step_and_completed_after_the_last(Audit::new(store), q).await;
+    let (_pg, _store, audit, q) = pg_queue("one").await;
+    claimed_once_per_step_and_completed_after_the_last(audit, q).await;
 }
 
 async fn claimed_once_per_step_and_completed_after_the_last(audit: Audit, q: Arc<Queue>) {

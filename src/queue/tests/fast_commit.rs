@@ -4,7 +4,6 @@
 
 use super::*;
 use crate::audit::{Entry, Kind};
-use sever_testkit::pg::TestPostgres;
 
 async fn count(store: &Store, table: &str) -> i64 {
     let sql = match table {
@@ -29,16 +28,7 @@ async fn call(store: &Store, doc: serde_json::Value) -> String {
 
 #[tokio::test]
 async fn the_one_statement_commit_writes_what_the_transaction_would_and_refuses_what_it_must() {
-    let pg = TestPostgres::start();
-    let store = Store::connect(&SecretString::from(pg.superuser_url("postgres")))
-        .await
-        .unwrap();
-    let audit = Audit::new(store.clone());
-    let q = Arc::new(Queue::new(
-        store.clone(),
-        "one".into(),
-        QueueConfig::default(),
-    ));
+    let (_pg, store, audit, q) = super::pg_queue("one").await;
 
     // No head known yet: the transaction, which leaves the head known.
     let first = submission(&["pg"], &["webhook:first"]);
@@ -156,11 +146,7 @@ async fn the_one_statement_commit_writes_what_the_transaction_would_and_refuses_
 
 #[tokio::test]
 async fn the_store_function_writes_nothing_when_an_assumption_fails() {
-    let pg = TestPostgres::start();
-    let store = Store::connect(&SecretString::from(pg.superuser_url("postgres")))
-        .await
-        .unwrap();
-    let audit = Audit::new(store.clone());
+    let (_pg, store, audit, _) = super::pg_queue("one").await;
     audit
         .append(Entry::new(
             Kind::EventAccepted,
@@ -308,14 +294,6 @@ async fn accepted_steps_are_adopted_on_sqlite() {
 /// the later ones through the one-statement commit.
 #[tokio::test]
 async fn accepted_steps_are_adopted_on_postgres() {
-    let pg = TestPostgres::start();
-    let store = Store::connect(&SecretString::from(pg.superuser_url("postgres")))
-        .await
-        .unwrap();
-    let q = Arc::new(Queue::new(
-        store.clone(),
-        "one".into(),
-        QueueConfig::default(),
-    ));
-    accepted_steps_are_adopted_and_handed_back(Audit::new(store), q).await;
+    let (_pg, _store, audit, q) = super::pg_queue("one").await;
+    accepted_steps_are_adopted_and_handed_back(audit, q).await;
 }

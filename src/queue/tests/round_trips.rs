@@ -107,6 +107,22 @@ async fn settled(store: &Store, turns: &Turns) -> (u64, u64) {
     panic!("a store connection never went back to the pool");
 }
 
+/// A throwaway PostgreSQL, a store reaching it through [`counting_proxy`], a queue and an
+/// audit trail on that store.
+async fn proxied_store(
+    config: QueueConfig,
+) -> (TestPostgres, Arc<Turns>, Store, Arc<Queue>, Audit) {
+    let pg = TestPostgres::start();
+    let (port, turns) = counting_proxy(pg.port()).await;
+    let url = pg
+        .superuser_url("postgres")
+        .replace(&format!(":{}/", pg.port()), &format!(":{port}/"));
+    let store = Store::connect(&SecretString::from(url)).await.unwrap();
+    let q = Arc::new(Queue::new(store.clone(), "one".into(), config));
+    let audit = Audit::new(store.clone());
+    (pg, turns, store, q, audit)
+}
+
 /// One rotation's store work, as the server does it for a signed event with `?wait=true` on
 /// one target whose sessions are ended: per phase, the round trips it took (all, and of
 /// those the pings).
@@ -191,19 +207,12 @@ impl Phases<'_> {
 
 #[tokio::test]
 async fn one_rotation_on_a_postgres_store_stays_within_its_round_trip_count() {
-    let pg = TestPostgres::start();
-    let (port, turns) = counting_proxy(pg.port()).await;
-    let url = pg
-        .superuser_url("postgres")
-        .replace(&format!(":{}/", pg.port()), &format!(":{port}/"));
-    let store = Store::connect(&SecretString::from(url)).await.unwrap();
-    let config = QueueConfig {
+    let (_pg, turns, store, q, audit) = proxied_store(QueueConfig {
         // The waiter polls only if it misses the broadcast, which would change the count.
         poll_interval: Duration::from_secs(3600),
         ..QueueConfig::default()
-    };
-    let q = Arc::new(Queue::new(store.clone(), "one".into(), config));
-    let audit = Audit::new(store.clone());
+    })
+    .await;
     // A first rotation fills the connections' statement caches, as a running server has.
     let cold: u64 = rotation(&store, &audit, &q, &turns)
         .await
@@ -250,18 +259,7 @@ async fn restart(pg: &TestPostgres, store: &Store, turns: &Turns) {
 /// another connection (the direct statements) or its transaction does.
 #[tokio::test]
 async fn each_store_statement_of_a_rotation_runs_again_after_the_store_restarted() {
-    let pg = TestPostgres::start();
-    let (port, turns) = counting_proxy(pg.port()).await;
-    let url = pg
-        .superuser_url("postgres")
-        .replace(&format!(":{}/", pg.port()), &format!(":{port}/"));
-    let store = Store::connect(&SecretString::from(url)).await.unwrap();
-    let q = Arc::new(Queue::new(
-        store.clone(),
-        "one".into(),
-        QueueConfig::default(),
-    ));
-    let audit = Audit::new(store.clone());
+    let (pg, turns, store, q, audit) = proxied_store(QueueConfig::default()).await;
     // Several connections idle, as on a running server.
     for _ in 0..3 {
         rotation(&store, &audit, &q, &turns).await;
@@ -285,10 +283,7 @@ async fn each_store_statement_of_a_rotation_runs_again_after_the_store_restarted
         .pop()
         .expect("the step is due");
     restart(&pg, &store, &turns).await;
-    store
-        .identities("pg", &lease.plan.steps[0].logins)
-        .await
-        .unwrap();
+    store.stored_roles(&["pg".to_owned()]).await.unwrap();
     restart(&pg, &store, &turns).await;
     q.journal(&lease).record(&[session(1)]).await.unwrap();
     restart(&pg, &store, &turns).await;
@@ -301,18 +296,7 @@ async fn each_store_statement_of_a_rotation_runs_again_after_the_store_restarted
 /// running again succeeds at once.
 #[tokio::test]
 async fn the_keeper_replaces_connections_that_died_while_idle() {
-    let pg = TestPostgres::start();
-    let (port, turns) = counting_proxy(pg.port()).await;
-    let url = pg
-        .superuser_url("postgres")
-        .replace(&format!(":{}/", pg.port()), &format!(":{port}/"));
-    let store = Store::connect(&SecretString::from(url)).await.unwrap();
-    let q = Arc::new(Queue::new(
-        store.clone(),
-        "one".into(),
-        QueueConfig::default(),
-    ));
-    let audit = Audit::new(store.clone());
+    let (pg, turns, store, q, audit) = proxied_store(QueueConfig::default()).await;
     for _ in 0..3 {
         rotation(&store, &audit, &q, &turns).await;
     }
