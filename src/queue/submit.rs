@@ -123,7 +123,9 @@ impl Queue {
         };
         let adopt = self.adopting();
         let leased_until = at(super::later(self.config.lease));
-        let ahead = if adopt {
+        // Only across a network: on SQLite a read costs no round trip, and on its one
+        // connection it would only queue behind the commit.
+        let ahead = if adopt && self.store.backend() == Backend::Postgres {
             self.roles_ahead_of(
                 group
                     .iter()
