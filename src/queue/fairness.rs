@@ -74,15 +74,27 @@ impl Fairness {
         self.lock()
             .iter()
             .filter_map(|(target, s)| {
-                let cap = match s.health {
-                    Health::Answering => self.per_target,
-                    Health::Recovering => 1,
-                    Health::Unknown | Health::Failing => 0,
-                };
-                let more = cap.saturating_sub(s.in_flight);
+                let more = self.cap(s).saturating_sub(s.in_flight);
                 (more > 0).then(|| (target.clone(), more))
             })
             .collect()
+    }
+
+    /// Whether a target that may take steps has as many running as it may: its due steps
+    /// wait for one of them to end.
+    pub fn any_at_cap(&self) -> bool {
+        self.lock()
+            .values()
+            .any(|s| self.cap(s) > 0 && s.in_flight >= self.cap(s))
+    }
+
+    /// How many steps a target in state `s` may run at once.
+    fn cap(&self, s: &TargetState) -> usize {
+        match s.health {
+            Health::Answering => self.per_target,
+            Health::Recovering => 1,
+            Health::Unknown | Health::Failing => 0,
+        }
     }
 
     /// The targets that may start a step and have none running: one step each. The worker

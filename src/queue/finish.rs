@@ -37,6 +37,8 @@ impl Queue {
             notifier.wake();
         }
         if recorded {
+            tracing::info!(action_id = %lease.action_id, target_id = %lease.target,
+                attempts = lease.attempts, "step finished");
             observe_step(lease, report);
         }
         if let Some(Some(report)) = done {

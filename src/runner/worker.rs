@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -49,25 +49,40 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken, drain: Duration) {
             .map(|(id, _)| id.clone()),
     );
     queue.adopt_accepted(true);
+    // Rung as a step ends: a slot is free, or its target may take more.
+    let ended = Arc::new(Notify::new());
+    // The last claim found nothing due while no target was at its cap: a step ending then
+    // frees a slot no due step waits for, so it is not worth a store round trip. Anything
+    // due since comes with a wake of its own (a submission, a probe that answered, a step
+    // handed back) or is found by the next poll.
+    let mut nothing_due = false;
+    let mut must_claim = true;
     loop {
         while running.try_join_next().is_some() {}
-        start_adopted(&mut running, &ctx, &fairness, &slots).await;
+        if start_adopted(&mut running, &ctx, &fairness, &slots, &ended).await {
+            nothing_due = false;
+        }
         let free = slots.available_permits();
         let mut claimed = 0;
         let allowances = fairness.allowances();
-        if free > 0 && !allowances.is_empty() {
+        if must_claim && free > 0 && !allowances.is_empty() {
+            let at_cap = fairness.any_at_cap();
             match queue.claim_fair(free, &allowances).await {
                 Ok(leases) => {
                     claimed = leases.len();
+                    nothing_due = claimed == 0 && !at_cap;
                     for lease in leases {
                         // Only this loop takes slots, so the `free` counted above are there.
                         let Ok(slot) = slots.clone().try_acquire_owned() else {
                             break;
                         };
-                        start(&mut running, &ctx, &fairness, lease, Some(slot));
+                        start(&mut running, &ctx, &fairness, &ended, lease, Some(slot));
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot claim queued work; retrying"),
+                Err(e) => {
+                    nothing_due = false;
+                    tracing::warn!(error = %e, "cannot claim queued work; retrying");
+                }
             }
         }
         let saturated = free == 0 || claimed == free;
@@ -82,7 +97,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken, drain: Duration) {
                 match queue.claim_fair(idle.len(), &idle).await {
                     Ok(leases) => {
                         for lease in leases {
-                            start(&mut running, &ctx, &fairness, lease, None);
+                            start(&mut running, &ctx, &fairness, &ended, lease, None);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot claim queued work; retrying"),
@@ -93,14 +108,18 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken, drain: Duration) {
             // There may be more due work than slots; keep going once a slot frees.
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = queue.woken() => continue,
+                () = queue.woken() => {}
+                () = ended.notified() => {}
             }
+            must_claim = true;
+            continue;
         }
-        tokio::select! {
+        must_claim = tokio::select! {
             () = stop.cancelled() => break,
-            () = queue.woken() => {}
-            () = tokio::time::sleep(queue.config().poll_interval) => {}
-        }
+            () = queue.woken() => true,
+            () = ended.notified() => !nothing_due,
+            () = tokio::time::sleep(queue.config().poll_interval) => true,
+        };
     }
     prober.abort();
     // Whatever was adopted meanwhile is leased to this process, so handed back below.
@@ -130,13 +149,15 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken, drain: Duration) {
 /// Starts the steps accepted here and stored leased to this process, as if just claimed:
 /// on a shared slot within the target's allowance, or as an idle target's first step on a
 /// slot of its own. One that cannot start now is handed back for the next claim (here or
-/// on another replica).
+/// on another replica); returns whether any was.
 async fn start_adopted(
     running: &mut JoinSet<()>,
     ctx: &Arc<Context>,
     fairness: &Arc<Fairness>,
     slots: &Arc<Semaphore>,
-) {
+    ended: &Arc<Notify>,
+) -> bool {
+    let mut handed_back = false;
     for lease in ctx.queue.take_adopted() {
         let allowed = |allowances: Vec<(String, usize)>| {
             allowances.iter().any(|(target, _)| *target == lease.target)
@@ -144,15 +165,19 @@ async fn start_adopted(
         if allowed(fairness.allowances())
             && let Ok(slot) = slots.clone().try_acquire_owned()
         {
-            start(running, ctx, fairness, lease, Some(slot));
+            start(running, ctx, fairness, ended, lease, Some(slot));
         } else if allowed(fairness.idle_allowances()) {
-            start(running, ctx, fairness, lease, None);
-        } else if let Err(e) = ctx.queue.hand_back(&lease).await {
-            // Its lease then expires, and a claim takes it after that.
-            tracing::warn!(action_id = %lease.action_id, target = %lease.target, error = %e,
-                "cannot hand back a step accepted here");
+            start(running, ctx, fairness, ended, lease, None);
+        } else {
+            handed_back = true;
+            if let Err(e) = ctx.queue.hand_back(&lease).await {
+                // Its lease then expires, and a claim takes it after that.
+                tracing::warn!(action_id = %lease.action_id, target = %lease.target,
+                    error = %e, "cannot hand back a step accepted here");
+            }
         }
     }
+    handed_back
 }
 
 /// Runs `lease` on the worker's `running` set, counted for its target; `slot`, a shared
@@ -161,19 +186,22 @@ fn start(
     running: &mut JoinSet<()>,
     ctx: &Arc<Context>,
     fairness: &Arc<Fairness>,
+    ended: &Arc<Notify>,
     lease: Lease,
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
     fairness.started(&lease.target);
     let ctx = ctx.clone();
     let fairness = fairness.clone();
+    let ended = ended.clone();
     running.spawn(async move {
         let target = lease.target.clone();
         let failure = run_lease(&ctx, lease).await;
         fairness.ended(&target, failure);
         drop(slot);
-        // A slot is free, or the target may take more: look for work at once.
-        ctx.queue.wake();
+        // A slot is free, or the target may take more: look for work at once, if any can
+        // be waiting for it.
+        ended.notify_one();
     });
 }
 

@@ -332,13 +332,7 @@ impl Replica {
     fn finished_steps(&self) -> usize {
         self.lines()
             .iter()
-            .filter(|l| {
-                l["target"] == "sqlx::query"
-                    && l["fields"]["db.statement"]
-                        .as_str()
-                        .is_some_and(|s| s.contains("UPDATE action_steps SET state = 'done'"))
-                    && l["fields"]["rows_affected"] == 1
-            })
+            .filter(|l| l["fields"]["message"] == "step finished")
             .count()
     }
 
