@@ -123,13 +123,17 @@ impl Queue {
         };
         let adopt = self.adopting();
         let leased_until = at(super::later(self.config.lease));
+        // One moment decides which steps are due, for the rows and the leases alike.
+        let decided = Utc::now();
         // Only across a network: on SQLite a read costs no round trip, and on its one
         // connection it would only queue behind the commit.
         let ahead = if adopt && self.store.backend() == Backend::Postgres {
             self.roles_ahead_of(
                 group
                     .iter()
-                    .filter(|p| due_now(&p.submission) && p.submission.plan.work().is_some())
+                    .filter(|p| {
+                        due_at(&p.submission, decided) && p.submission.plan.work().is_some()
+                    })
                     .flat_map(|p| p.submission.plan.steps.iter().map(|s| s.target.clone())),
             )
         } else {
@@ -140,6 +144,7 @@ impl Queue {
             backend: self.store.backend(),
             notifier: self.notifier.as_deref(),
             lease: adopt.then_some((self.owner.as_str(), leased_until.as_str())),
+            decided,
         };
         let commit = audit.transact(&tx);
         // Beside the commit, on another connection; unread (the step's engine reads it
@@ -169,7 +174,7 @@ impl Queue {
                             .iter()
                             .zip(&outputs)
                             .filter(|(_, output)| matches!(output, Submitted::Accepted(_)))
-                            .flat_map(|(pending, _)| adopted(pending, &roles)),
+                            .flat_map(|(pending, _)| adopted(pending, &roles, decided)),
                     );
                 }
                 for (pending, output) in group.into_iter().zip(outputs) {
@@ -186,17 +191,18 @@ impl Queue {
     }
 }
 
-/// The leases of `pending`'s steps stored leased to this process (those due now), with
-/// their targets' `roles` read ahead, if read.
+/// The leases of `pending`'s steps stored leased to this process (those due at `decided`),
+/// with their targets' `roles` read ahead, if read.
 fn adopted(
     pending: &Pending,
     roles: &std::collections::HashMap<String, Arc<StoredRoles>>,
+    decided: DateTime<Utc>,
 ) -> Vec<super::Lease> {
     let s = &pending.submission;
     let Some(work) = s.plan.work() else {
         return Vec::new();
     };
-    if !due_now(s) {
+    if !due_at(s, decided) {
         return Vec::new();
     }
     s.plan
@@ -217,9 +223,9 @@ fn adopted(
         .collect()
 }
 
-/// Whether a submission's steps are due as it is stored (not a scheduled action).
-fn due_now(s: &Submission) -> bool {
-    s.due.is_none_or(|due| due <= Utc::now())
+/// Whether a submission's steps are due at `moment` (not a scheduled action's, later).
+fn due_at(s: &Submission, moment: DateTime<Utc>) -> bool {
+    s.due.is_none_or(|due| due <= moment)
 }
 
 /// Stores a group of submissions in one transaction, with a few multi-row statements
@@ -232,6 +238,8 @@ struct SubmitTx<'a> {
     /// The owner and lease end the due steps are stored leased with, if any
     /// ([`Queue::adopt_accepted`]).
     lease: Option<(&'a str, &'a str)>,
+    /// When the steps that are due were decided (so the leases handed over match the rows).
+    decided: DateTime<Utc>,
 }
 
 #[async_trait]
@@ -301,7 +309,7 @@ impl Transaction for SubmitTx<'_> {
             actions,
             steps,
             entries,
-        } = rows(&accepted, self.lease);
+        } = rows(&accepted, self.lease, self.decided);
         // A plain INSERT: a claim taken meanwhile by a process outside this lock fails the
         // transaction, and its rerun finds the claim and answers duplicate.
         for chunk in claims.chunks(rows_per_statement(3)) {
@@ -392,9 +400,13 @@ struct Rows<'a> {
     entries: Vec<Entry>,
 }
 
-/// The rows of `accepted` (each a member and its action id); the due steps leased with
-/// `lease`, if given.
-fn rows<'a>(accepted: &[(&Pending, &String)], lease: Option<(&'a str, &'a str)>) -> Rows<'a> {
+/// The rows of `accepted` (each a member and its action id); the steps due at `decided`
+/// leased with `lease`, if given.
+fn rows<'a>(
+    accepted: &[(&Pending, &String)],
+    lease: Option<(&'a str, &'a str)>,
+    decided: DateTime<Utc>,
+) -> Rows<'a> {
     let now = at(Utc::now());
     let mut claims = Vec::new();
     let mut actions = Vec::new();
@@ -428,7 +440,7 @@ fn rows<'a>(accepted: &[(&Pending, &String)], lease: Option<(&'a str, &'a str)>)
         });
         if work.is_some() {
             let due = s.due.map_or_else(|| now.clone(), at);
-            let lease = lease.filter(|_| due_now(s));
+            let lease = lease.filter(|_| due_at(s, decided));
             for (position, step) in plan.steps.iter().enumerate() {
                 steps.push(StepRow {
                     action_id: (*id).clone(),
@@ -489,7 +501,7 @@ impl SubmitTx<'_> {
             .map(|p| p.submission.plan.action_id.to_string())
             .collect();
         let accepted: Vec<(&Pending, &String)> = self.group.iter().zip(&ids).collect();
-        let rows = rows(&accepted, self.lease);
+        let rows = rows(&accepted, self.lease, self.decided);
         let mut doc = serde_json::Map::new();
         doc.insert(
             "claims".into(),
