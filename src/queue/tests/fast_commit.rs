@@ -17,6 +17,12 @@ async fn count(store: &Store, table: &str) -> i64 {
         .unwrap()
 }
 
+/// Appends one record by `actor`, as another writer would.
+async fn append_one(audit: &Audit, actor: &str) {
+    let entry = Entry::new(Kind::EventAccepted, actor, None, serde_json::json!({}));
+    audit.append(entry).await.unwrap();
+}
+
 /// What the function answers for `doc`.
 async fn call(store: &Store, doc: serde_json::Value) -> String {
     sqlx::query_scalar("SELECT sever_commit($1)")
@@ -62,15 +68,7 @@ async fn the_one_statement_commit_writes_what_the_transaction_would_and_refuses_
 
     // Another writer (the CLI, a second replica) appends: the head this process knows is
     // not the head any more (`head`), and the transaction chains after the other's record.
-    Audit::new(store.clone())
-        .append(Entry::new(
-            Kind::EventAccepted,
-            "elsewhere",
-            None,
-            serde_json::json!({}),
-        ))
-        .await
-        .unwrap();
+    append_one(&Audit::new(store.clone()), "elsewhere").await;
     let third = submission(&["pg"], &["webhook:third"]);
     assert_eq!(
         q.submit(&audit, &third).await.unwrap(),
@@ -147,15 +145,7 @@ async fn the_one_statement_commit_writes_what_the_transaction_would_and_refuses_
 #[tokio::test]
 async fn the_store_function_writes_nothing_when_an_assumption_fails() {
     let (_pg, store, audit, _) = super::pg_queue("one").await;
-    audit
-        .append(Entry::new(
-            Kind::EventAccepted,
-            "t",
-            None,
-            serde_json::json!({}),
-        ))
-        .await
-        .unwrap();
+    append_one(&audit, "t").await;
     let head = audit
         .list(&Default::default())
         .await
