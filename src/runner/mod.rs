@@ -105,10 +105,17 @@ pub async fn drive(
             if let Some(report) = ctx.queue.report(action_id).await? {
                 return Ok(Some(report));
             }
-            if tokio::time::Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
                 return Ok(None);
             }
-            tokio::time::sleep(ctx.queue.config().poll_interval).await;
+            // Held by another worker. This process's own (which starts the steps it accepted)
+            // announces the finish at once; another's is seen by the next poll, and a step
+            // handed back by the next claim.
+            let poll = ctx.queue.config().poll_interval.min(left);
+            if let Some(report) = ctx.queue.wait(action_id, poll).await? {
+                return Ok(Some(report));
+            }
             continue;
         }
         // A step here is bounded by the termination timeouts; renew leases meanwhile.
