@@ -165,6 +165,8 @@ async fn metrics_follow_real_terminations_and_only_scrapers_may_read_them() {
         .credential("orders", &[("main", "app")])
         .set("metrics.tokens_sha256", vec![token_hash(METRICS_TOKEN)])
         .set("metrics.sessions_interval", "200ms")
+        // No claims but the worker's first and those the test's actions ask for.
+        .set("queue.poll_interval", "1h")
         .merge_toml(
             r#"[[policies]]
             name = "watch"
@@ -268,6 +270,16 @@ async fn metrics_follow_real_terminations_and_only_scrapers_may_read_them() {
     );
     assert!(picked >= 1.0, "{evaluation}");
 
+    let claims = |s: &[Sample]| {
+        ["found", "empty"]
+            .map(|outcome| value(s, "sever_queue_claims_total", &[("outcome", outcome)]))
+    };
+    let claimed_before = claims(&counted);
+    assert!(
+        claimed_before.iter().flatten().sum::<f64>() >= 1.0,
+        "the worker's first claim: {claimed_before:?}"
+    );
+
     // A real rotation: the app's two sessions predate it and are terminated.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let (status, report) = server
@@ -300,6 +312,9 @@ async fn metrics_follow_real_terminations_and_only_scrapers_may_read_them() {
     })
     .await;
     promtool_check(&body);
+    // The rotation and the revocation were accepted here, so their steps started without a
+    // claim of the store, and ending them asked for none.
+    assert_eq!(claims(&after), claimed_before);
     let webhook = |outcome| {
         value(
             &after,

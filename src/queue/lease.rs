@@ -98,6 +98,7 @@ impl Queue {
                 .fetch_all(self.store.pool())
         })
         .await?;
+        crate::telemetry::queue_claimed(rows.len());
         self.leases(rows).await
     }
 

@@ -263,6 +263,8 @@ pub struct Queue {
     config: QueueConfig,
     /// Wakes the local worker: new work, a freed slot, a target back.
     wake: Notify,
+    /// Wakes the local worker for steps accepted here and handed to it: they need no claim.
+    adopted_wake: Notify,
     /// Announces actions this process finished, with their reports, to local waiters.
     finished: broadcast::Sender<(Uuid, Arc<ActionReport>)>,
     /// The last actions this process finished, for a waiter that subscribes after the
@@ -328,7 +330,9 @@ impl Plans {
 struct Pending {
     submission: Submission,
     deadline: DateTime<Utc>,
-    reply: oneshot::Sender<Result<Submitted, QueueError>>,
+    /// What became of it, and whether it was stored with its due steps leased to this
+    /// process's worker ([`Queue::take_adopted`]): then no claim can find them.
+    reply: oneshot::Sender<Result<(Submitted, bool), QueueError>>,
 }
 
 fn at(d: DateTime<Utc>) -> String {
@@ -362,6 +366,7 @@ impl Queue {
             owner,
             config,
             wake: Notify::new(),
+            adopted_wake: Notify::new(),
             finished,
             recent: std::sync::Mutex::default(),
             pending: std::sync::Mutex::new(Vec::new()),
@@ -446,6 +451,13 @@ impl Queue {
     /// Waits until the local worker is woken.
     pub async fn woken(&self) {
         self.wake.notified().await;
+    }
+
+    /// Waits until steps are accepted here and handed to the local worker
+    /// ([`Self::take_adopted`]); nothing else became due with them, so this asks for no
+    /// claim.
+    pub async fn adopted_woken(&self) {
+        self.adopted_wake.notified().await;
     }
 }
 

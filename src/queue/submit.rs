@@ -56,7 +56,7 @@ impl Queue {
             action_id: submission.plan.action_id,
         };
         let turn = self.committing.lock().await;
-        let submitted = loop {
+        let (submitted, adopted) = loop {
             match answer.try_recv() {
                 Ok(result) => break result?,
                 Err(oneshot::error::TryRecvError::Empty) => self.commit_pending(audit).await,
@@ -86,7 +86,12 @@ impl Queue {
                         deadline: super::parse_time(&at(deadline)).unwrap_or(deadline),
                     };
                     self.keep_plan(action_id.to_string(), Arc::new(action));
-                    self.wake.notify_one();
+                    if adopted {
+                        // Handed to the worker as stored: a claim would find nothing of it.
+                        self.adopted_wake.notify_one();
+                    } else {
+                        self.wake.notify_one();
+                    }
                 }
             }
         }
@@ -97,7 +102,7 @@ impl Queue {
         &self,
         submission: &Submission,
         deadline: DateTime<Utc>,
-    ) -> oneshot::Receiver<Result<Submitted, QueueError>> {
+    ) -> oneshot::Receiver<Result<(Submitted, bool), QueueError>> {
         let (reply, answer) = oneshot::channel();
         self.pending
             .lock()
@@ -178,7 +183,7 @@ impl Queue {
                     );
                 }
                 for (pending, output) in group.into_iter().zip(outputs) {
-                    let _ = pending.reply.send(Ok(output));
+                    let _ = pending.reply.send(Ok((output, adopt)));
                 }
             }
             Err(e) => {

@@ -109,6 +109,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken, drain: Duration) {
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = queue.woken() => {}
+                () = queue.adopted_woken() => {}
                 () = ended.notified() => {}
             }
             must_claim = true;
@@ -117,6 +118,8 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken, drain: Duration) {
         must_claim = tokio::select! {
             () = stop.cancelled() => break,
             () = queue.woken() => true,
+            // Started at the top of the loop; whatever else is due has a wake of its own.
+            () = queue.adopted_woken() => false,
             () = ended.notified() => !nothing_due,
             () = tokio::time::sleep(queue.config().poll_interval) => true,
         };

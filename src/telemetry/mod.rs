@@ -36,6 +36,8 @@ pub const SESSIONS_REMAINING: &str = "sever_sessions_remaining_total";
 pub const EVENT_TO_CLEAN: &str = "sever_event_to_clean_seconds";
 /// Steps put back for another attempt, by `target` and failure `class`.
 pub const STEP_RETRIES: &str = "sever_step_retries_total";
+/// The worker's claims of due steps from the store, by `outcome` (`found`, `empty`).
+pub const QUEUE_CLAIMS: &str = "sever_queue_claims_total";
 /// Pending steps that are due (waiting or running).
 pub const QUEUE_PENDING: &str = "sever_queue_pending_steps";
 /// Pending steps scheduled for later (a lock's expiry, a retry's backoff).
@@ -132,6 +134,11 @@ pub fn describe() {
         (
             STEP_RETRIES,
             "Steps put back for another attempt, by target and failure class.",
+        ),
+        (
+            QUEUE_CLAIMS,
+            "Claims of due steps from the store, by outcome: found (at least one step) or \
+             empty. Steps accepted by this replica start without one.",
         ),
         (
             POLICY_EVALUATIONS,
@@ -313,6 +320,12 @@ pub fn step_sessions<'a>(
 /// is retried (`unreachable`, `transient`, `deterministic`, `fatal`).
 pub fn step_retried(target: &str, class: &'static str) {
     counter!(STEP_RETRIES, "target" => target.to_owned(), "class" => class).increment(1);
+}
+
+/// A claim of due steps took `found` of them from the store.
+pub fn queue_claimed(found: usize) {
+    let outcome = if found > 0 { "found" } else { "empty" };
+    counter!(QUEUE_CLAIMS, "outcome" => outcome).increment(1);
 }
 
 /// The queue as last read: pending steps that are `due`, those `scheduled` for later, and
