@@ -99,10 +99,12 @@ pub async fn drive(
     budget: Duration,
 ) -> Result<Option<ActionReport>, QueueError> {
     let deadline = tokio::time::Instant::now() + budget;
+    // Whether the last wait ended by reading the report, just before this claim.
+    let mut just_read = false;
     loop {
         let leases = ctx.queue.claim(usize::MAX >> 1, Some(action_id)).await?;
         if leases.is_empty() {
-            if let Some(report) = ctx.queue.report(action_id).await? {
+            if !just_read && let Some(report) = ctx.queue.report(action_id).await? {
                 return Ok(Some(report));
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -116,8 +118,10 @@ pub async fn drive(
             if let Some(report) = ctx.queue.wait(action_id, poll).await? {
                 return Ok(Some(report));
             }
+            just_read = true;
             continue;
         }
+        just_read = false;
         // A step here is bounded by the termination timeouts; renew leases meanwhile.
         let steps = futures_util::future::join_all(leases.into_iter().map(|l| run_lease(ctx, l)));
         tokio::select! {
