@@ -6,15 +6,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::{
-    Lease, LeasedAction, Queue, QueueError, at, fairness, from_json, later, parse_time, to_json,
+    Lease, LeasedAction, Pending, Queue, QueueError, at, fairness, from_json, later, parse_time,
+    to_json,
 };
 use crate::action::Plan;
+use crate::store::StoredRoles;
 use crate::store::{Backend, again_if_lost, keep_padded_prepared, padded};
 use crate::terminate::{EngineError, Journal, Session, same_session};
 
@@ -391,4 +393,36 @@ impl Journal for StepJournal {
         *recorded = all;
         Ok(())
     }
+}
+
+/// The leases of `pending`'s steps stored leased to this process (those due at `decided`),
+/// with their targets' `roles` read ahead, if read.
+pub(super) fn adopted(
+    pending: &Pending,
+    roles: &HashMap<String, Arc<StoredRoles>>,
+    decided: DateTime<Utc>,
+) -> Vec<Lease> {
+    let s = &pending.submission;
+    let Some(work) = s.plan.work() else {
+        return Vec::new();
+    };
+    if !s.due_at(decided) {
+        return Vec::new();
+    }
+    s.plan
+        .steps
+        .iter()
+        .map(|step| Lease {
+            action_id: s.plan.action_id,
+            target: step.target.clone(),
+            attempts: 1,
+            journal: Vec::new(),
+            plan: s.plan.clone(),
+            work: work.clone(),
+            actor: s.actor.clone(),
+            // As stored: to the microsecond.
+            deadline: parse_time(&at(pending.deadline)).unwrap_or(pending.deadline),
+            roles: roles.get(&step.target).cloned(),
+        })
+        .collect()
 }

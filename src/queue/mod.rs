@@ -109,6 +109,11 @@ impl Submission {
         from + chrono::Duration::from_std(self.retry_for.unwrap_or(retry_for))
             .unwrap_or(chrono::Duration::MAX / 2)
     }
+
+    /// Whether its steps are due at `moment` (not a scheduled action's, later).
+    fn due_at(&self, moment: DateTime<Utc>) -> bool {
+        self.due.is_none_or(|due| due <= moment)
+    }
 }
 
 /// The deadline of a step that never gives up; far enough that no clock reaches it, and

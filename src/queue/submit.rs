@@ -136,9 +136,7 @@ impl Queue {
             self.roles_ahead_of(
                 group
                     .iter()
-                    .filter(|p| {
-                        due_at(&p.submission, decided) && p.submission.plan.work().is_some()
-                    })
+                    .filter(|p| p.submission.due_at(decided) && p.submission.plan.work().is_some())
                     .flat_map(|p| p.submission.plan.steps.iter().map(|s| s.target.clone())),
             )
         } else {
@@ -179,7 +177,9 @@ impl Queue {
                             .iter()
                             .zip(&outputs)
                             .filter(|(_, output)| matches!(output, Submitted::Accepted(_)))
-                            .flat_map(|(pending, _)| adopted(pending, &roles, decided)),
+                            .flat_map(|(pending, _)| {
+                                super::lease::adopted(pending, &roles, decided)
+                            }),
                     );
                 }
                 for (pending, output) in group.into_iter().zip(outputs) {
@@ -194,43 +194,6 @@ impl Queue {
             }
         }
     }
-}
-
-/// The leases of `pending`'s steps stored leased to this process (those due at `decided`),
-/// with their targets' `roles` read ahead, if read.
-fn adopted(
-    pending: &Pending,
-    roles: &std::collections::HashMap<String, Arc<StoredRoles>>,
-    decided: DateTime<Utc>,
-) -> Vec<super::Lease> {
-    let s = &pending.submission;
-    let Some(work) = s.plan.work() else {
-        return Vec::new();
-    };
-    if !due_at(s, decided) {
-        return Vec::new();
-    }
-    s.plan
-        .steps
-        .iter()
-        .map(|step| super::Lease {
-            action_id: s.plan.action_id,
-            target: step.target.clone(),
-            attempts: 1,
-            journal: Vec::new(),
-            plan: s.plan.clone(),
-            work: work.clone(),
-            actor: s.actor.clone(),
-            // As stored: to the microsecond.
-            deadline: super::parse_time(&at(pending.deadline)).unwrap_or(pending.deadline),
-            roles: roles.get(&step.target).cloned(),
-        })
-        .collect()
-}
-
-/// Whether a submission's steps are due at `moment` (not a scheduled action's, later).
-fn due_at(s: &Submission, moment: DateTime<Utc>) -> bool {
-    s.due.is_none_or(|due| due <= moment)
 }
 
 /// Stores a group of submissions in one transaction, with a few multi-row statements
@@ -445,7 +408,7 @@ fn rows<'a>(
         });
         if work.is_some() {
             let due = s.due.map_or_else(|| now.clone(), at);
-            let lease = lease.filter(|_| due_at(s, decided));
+            let lease = lease.filter(|_| s.due_at(decided));
             for (position, step) in plan.steps.iter().enumerate() {
                 steps.push(StepRow {
                     action_id: (*id).clone(),
