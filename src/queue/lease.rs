@@ -16,8 +16,7 @@ use super::{
     to_json,
 };
 use crate::action::Plan;
-use crate::store::StoredRoles;
-use crate::store::{Backend, again_if_lost, keep_padded_prepared, padded};
+use crate::store::{Backend, StoredRoles, again_if_lost, keep_padded_prepared, padded};
 use crate::terminate::{EngineError, Journal, Session, same_session};
 
 const CLAIM_SQLITE: &str = "UPDATE action_steps \
